@@ -1,0 +1,117 @@
+"""Index checks: the weight index and the shards must describe the same tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..contents import FolderContents, IndexFile
+from ..dtypes import SAFETENSORS_BITS
+from ..findings import Finding, finding
+from ..tensors import WeightFile
+
+
+def check_index(contents: FolderContents) -> Iterator[Finding]:
+    """Every index entry is in its shard, every shard tensor is indexed, sizes add up."""
+    folder = contents.folder
+    for name, why in contents.index_errors.items():
+        if name not in contents.json_errors:  # parse errors are already reported by the read check
+            yield finding("HFC307", f"{name} {why}", file=name)
+    for shard, index_name in contents.unsafe_names.items():
+        yield finding("HFC006", f"{index_name} names shard {shard!r}, which is outside the model folder; "
+                      "it was not opened", file=index_name, tensor=None)
+
+    for weight_set in folder.weight_sets.values():
+        index = contents.indexes.get(weight_set.index) if weight_set.index else None
+        if index is None or weight_set.single:
+            continue
+        yield from _check_one_index(contents, index)
+
+    for name, weight_file in contents.weights.items():
+        if not weight_file.tensors:
+            yield finding("HFC309", f"{name} holds no tensors", file=name)
+
+
+def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Finding]:
+    folder = contents.folder
+    shard_names = [s for s in index.shard_names if s not in contents.unsafe_names]
+    existing = [s for s in shard_names if folder.has(s)]
+    if shard_names and not existing:
+        yield finding("HFC003", f"{index.name} names {len(shard_names)} shard file(s) but none of them exists",
+                      file=index.name)
+    else:
+        for shard in shard_names:
+            if not folder.has(shard):
+                count = sum(1 for v in index.weight_map.values() if v == shard)
+                yield finding("HFC304", f"{shard} is named by {index.name} for {count} tensor(s) but is missing",
+                              file=shard)
+
+    readable: dict[str, WeightFile] = {s: contents.weights[s] for s in existing if s in contents.weights}
+    for shard in existing:
+        if shard not in readable:
+            yield finding("HFC308", f"{shard} could not be read, so its {index.name} entries are unchecked", file=shard)
+
+    # Where each tensor really lives, over every readable shard of the index.
+    holders: dict[str, list[str]] = {}
+    for shard, weight_file in readable.items():
+        for tensor in weight_file.tensors:
+            holders.setdefault(tensor, []).append(shard)
+
+    for tensor, shard in index.weight_map.items():
+        if shard in contents.unsafe_names or shard not in readable:
+            continue
+        if tensor in readable[shard].tensors:
+            continue
+        elsewhere = holders.get(tensor)
+        if elsewhere:
+            yield finding("HFC303", f"{index.name} maps {tensor!r} to {shard}, but it is in {elsewhere[0]}",
+                          file=index.name, tensor=tensor)
+        else:
+            yield finding("HFC301", f"{index.name} maps {tensor!r} to {shard}, which does not contain it",
+                          file=shard, tensor=tensor)
+
+    for tensor, shards in holders.items():
+        if len(shards) > 1:
+            yield finding("HFC305", f"{tensor!r} is stored in {len(shards)} shards ({', '.join(shards)})",
+                          file=shards[0], tensor=tensor)
+        if tensor not in index.weight_map:
+            yield finding("HFC302", f"{shards[0]} holds {tensor!r}, which {index.name} does not list; "
+                          "loaders will not load it", file=shards[0], tensor=tensor)
+
+    yield from _check_total_size(index, readable, complete=len(readable) == len(shard_names))
+
+
+def _check_total_size(index: IndexFile, readable: dict[str, WeightFile], complete: bool) -> Iterator[Finding]:
+    total = index.metadata.get("total_size")
+    if total is None or not complete:
+        return
+    if isinstance(total, bool) or not isinstance(total, (int, float)):
+        yield finding("HFC306", f"metadata.total_size in {index.name} is {total!r}, not a number", file=index.name)
+        return
+    if total not in _plausible_total_sizes(readable):
+        actual = sum(w.tensor_nbytes for w in readable.values())
+        yield finding("HFC306", f"metadata.total_size in {index.name} is {total} but the shards' tensors hold "
+                      f"{actual} bytes", file=index.name)
+
+
+def _plausible_total_sizes(readable: dict[str, WeightFile]) -> set[float]:
+    """The sums the ecosystem's writers have recorded, all of them legitimate.
+
+    huggingface_hub sums unique storage bytes; older transformers summed tensor bytes of the first
+    tensor per storage and counted a bool as 1/8 byte.
+    """
+    tensor_bytes = sum(w.tensor_nbytes for w in readable.values())
+    storage_bytes = sum(w.storage_nbytes for w in readable.values() if w.storages)
+    storage_bytes += sum(w.tensor_nbytes for w in readable.values() if not w.storages)
+    first_per_storage = 0
+    bool_as_bits = 0.0
+    for weight_file in readable.values():
+        seen: set[str] = set()
+        for meta in weight_file.tensors.values():
+            if meta.storage_key is not None:
+                if meta.storage_key in seen:
+                    continue
+                seen.add(meta.storage_key)
+            first_per_storage += meta.nbytes
+            bits = SAFETENSORS_BITS[meta.dtype] if meta.dtype != "BOOL" else 1
+            bool_as_bits += meta.numel * bits / 8
+    return {tensor_bytes, storage_bytes, first_per_storage, bool_as_bits, int(bool_as_bits)}

@@ -1,0 +1,98 @@
+"""Layout checks: which weight files are there, and do their names add up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..contents import FolderContents
+from ..discovery import parse_shard_name
+from ..findings import Finding, finding
+
+
+def check_read_errors(contents: FolderContents) -> Iterator[Finding]:
+    """Every file a reader refused becomes a finding naming the file (and tensor)."""
+    for name, error in contents.weight_errors.items():
+        yield finding(error.code, f"{name}: {error.message}", file=name, tensor=error.tensor)
+    for name, weight_file in contents.weights.items():
+        for note in weight_file.notes:
+            yield finding(note.code, f"{name}: {note.message}", file=name, tensor=note.tensor)
+    for name, error in contents.json_errors.items():
+        code = getattr(error, "code", None) or "HFC401"
+        yield finding(code, f"{name} {_describe_json_error(error)}", file=name, tensor=getattr(error, "key", None))
+    for name in contents.folder.special_files:
+        yield finding("HFC008", f"{name} is not a regular file (FIFO, device or socket); it was not opened", file=name)
+
+
+def _describe_json_error(error: Exception) -> str:
+    message = getattr(error, "message", str(error))
+    return message if message.startswith(("is ", "has ", "was ")) else f"is not valid JSON: {message}"
+
+
+def check_layout(contents: FolderContents) -> Iterator[Finding]:
+    """Weights present, indexes where shards need them, one weight format, shard numbering."""
+    folder = contents.folder
+    chosen = folder.loaded_set
+    if chosen is None:
+        if not (folder.has("adapter_config.json") and any(f.startswith("adapter_model.") for f in folder.files)):
+            yield finding("HFC001", "no weight files found (expected model.safetensors, pytorch_model.bin, "
+                          "or sharded shards with their index json)")
+    if not folder.has("config.json"):
+        yield finding("HFC009", "config.json is missing; checks against the config are skipped", file="config.json")
+
+    for weight_set in folder.weight_sets.values():
+        if weight_set.shard_files and not weight_set.index and not weight_set.single:
+            index_name = "model.safetensors.index.json" if weight_set.format == "safetensors" else "pytorch_model.bin.index.json"
+            yield finding("HFC002", f"{len(weight_set.shard_files)} {weight_set.format} shards "
+                          f"({weight_set.shard_files[0]}, ...) but no {index_name}: loaders will not find them",
+                          file=weight_set.shard_files[0])
+        if weight_set.single and weight_set.index:
+            yield finding("HFC007", f"{weight_set.index} sits beside {weight_set.single}; loaders use "
+                          f"{weight_set.single} and ignore the index and its shards", file=weight_set.index)
+        yield from _check_numbering(contents, weight_set)
+
+    present = [ws for ws in folder.weight_sets.values() if ws.present]
+    if len(present) == 2 and chosen is not None:
+        other = next(ws for ws in present if ws is not chosen)
+        other_name = other.single or other.index or other.shard_files[0]
+        chosen_name = chosen.single or chosen.index or chosen.shard_files[0]
+        yield finding("HFC004", f"{other.format} weights ({other_name}) sit beside {chosen_name}; loaders use "
+                      f"{chosen.format}, so the {other.format} files are dead weight (or stale)", file=other_name)
+
+
+def _check_numbering(contents: FolderContents, weight_set) -> Iterator[Finding]:
+    """Shard names `-0000i-of-0000N` must form one complete set 1..N."""
+    parsed = [p for p in (parse_shard_name(n, weight_set.format) for n in weight_set.shard_files) if p]
+    if not parsed:
+        return
+    index = contents.indexes.get(weight_set.index) if weight_set.index else None
+    referenced = set(index.shard_names) if index is not None else None
+    if weight_set.single:
+        referenced = {weight_set.single}
+    # Files the loader will read (or, with no index, the set on disk) must be complete.
+    group = [p for p in parsed if referenced is None or p.name in referenced]
+    for name in (p.name for p in parsed if referenced is not None and p.name not in referenced):
+        owner = weight_set.single or weight_set.index
+        yield finding("HFC007", f"{name} is not referenced by {owner}; no loader reads it (stale shard?)", file=name)
+    totals = sorted({p.total for p in group})
+    if len(totals) > 1:
+        yield finding("HFC005", f"{weight_set.format} shards claim different totals ({', '.join(map(str, totals))}): "
+                      "shards from several saves are mixed", file=group[0].name)
+        return
+    if not group:
+        return
+    total = totals[0]
+    numbers = [p.number for p in group]
+    for dup in sorted({n for n in numbers if numbers.count(n) > 1}):
+        names = [p.name for p in group if p.number == dup]
+        yield finding("HFC005", f"shard number {dup} exists twice ({', '.join(names)})", file=names[0])
+    if referenced is None:
+        missing = sorted(set(range(1, total + 1)) - set(numbers))
+        if missing:
+            yield finding("HFC005", f"shard(s) {', '.join(map(str, missing))} of {total} missing from the "
+                          f"{weight_set.format} shard set on disk", file=group[0].name)
+    out_of_range = [p.name for p in group if not 1 <= p.number <= total]
+    for name in out_of_range:
+        yield finding("HFC005", f"{name} has a number outside 1..{total}", file=name)
+    if index is not None and len(index.shard_names) != total and not out_of_range:
+        yield finding("HFC005", f"{weight_set.index} references {len(index.shard_names)} shard files but their "
+                      f"names say there are {total}", file=weight_set.index)

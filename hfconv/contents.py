@@ -1,0 +1,219 @@
+"""The read stage: parse every metadata file of a discovered folder once.
+
+Parse failures are data (recorded next to the successes), so one broken file never stops the
+run; the checks turn them into findings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from .discovery import JSON_FILES, ModelFolder, WeightSet
+from .fsutil import is_safe_relative_name
+from .jsonutil import JsonError, load_json_file
+from .readers import read_weight_file
+from .report import Layout, Summary
+from .tensors import FormatError, TensorMeta, WeightFile
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    """A parsed ``*.index.json``."""
+
+    name: str
+    weight_map: dict[str, str]
+    metadata: dict[str, Any]
+
+    @property
+    def shard_names(self) -> tuple[str, ...]:
+        """Shard files the index references, in shard-number order (``-00002-`` before ``-00010-``)."""
+        return tuple(sorted(set(self.weight_map.values()), key=_shard_sort_key))
+
+
+def _shard_sort_key(name: str) -> tuple:
+    match = re.search(r"-(\d+)-of-(\d+)\.[a-z]+$", name)
+    return (0, int(match.group(1)), name) if match else (1, 0, name)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """What the user asked the checks to do beyond the defaults."""
+
+    trust_remote_code: bool = False
+    reference: str = "auto"
+    """Where expected tensor shapes come from: ``auto``, ``rules`` or ``transformers``."""
+    deep: bool = False
+    """Also read tensor bytes (e.g. to compare against a manifest)."""
+    manifest: str | None = None
+
+
+@dataclass
+class FolderContents:
+    """Everything parsed from one folder: successes and failures side by side."""
+
+    folder: ModelFolder
+    options: CheckOptions = field(default_factory=CheckOptions)
+    json: dict[str, Any] = field(default_factory=dict)
+    json_errors: dict[str, JsonError | FormatError] = field(default_factory=dict)
+    indexes: dict[str, IndexFile] = field(default_factory=dict)
+    index_errors: dict[str, str] = field(default_factory=dict)
+    """Index file -> why it is unusable (message)."""
+    weights: dict[str, WeightFile] = field(default_factory=dict)
+    weight_errors: dict[str, FormatError] = field(default_factory=dict)
+    unsafe_names: dict[str, str] = field(default_factory=dict)
+    """Shard name from an index -> the index naming it, for names escaping the folder."""
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        value = self.json.get("config.json")
+        return value if isinstance(value, dict) else None
+
+    def shards_of(self, weight_set: WeightSet) -> tuple[str, ...]:
+        """The files a loader reads for this weight set: the single file, else the index's shards."""
+        if weight_set.single:
+            return (weight_set.single,)
+        index = self.indexes.get(weight_set.index) if weight_set.index else None
+        if index is not None:
+            return tuple(n for n in index.shard_names if n not in self.unsafe_names)
+        return weight_set.shard_files
+
+    def layout(self) -> Layout:
+        """The contract's layout object: format, sharded, index and the shards loaders read."""
+        chosen = self.folder.loaded_set
+        shards = self.shards_of(chosen) if chosen else ()
+        return Layout(
+            format=self.folder.weight_format,
+            sharded=bool(chosen and not chosen.single and (chosen.index or len(shards) > 1)),
+            index=chosen.index if chosen and not chosen.single else None,
+            shards=tuple(shards),
+            files=self.folder.files,
+        )
+
+    def summary(self) -> Summary:
+        """Tensor count, parameters and bytes of the weights loaders pick."""
+        tensors = self.loaded_tensors.values()
+        return Summary(
+            tensors=len(tensors),
+            parameters=sum(t.numel for t in tensors),
+            bytes=sum(t.nbytes for t in tensors),
+        )
+
+    @cached_property
+    def loaded_tensors(self) -> dict[str, TensorMeta]:
+        """Tensors of the weight set loaders pick, by name (first shard wins on duplicates)."""
+        chosen = self.folder.loaded_set
+        tensors: dict[str, TensorMeta] = {}
+        if chosen is None:
+            return tensors
+        for shard in self.shards_of(chosen):
+            weight_file = self.weights.get(shard)
+            if weight_file is None:
+                continue
+            for name, meta in weight_file.tensors.items():
+                tensors.setdefault(name, meta)
+        return tensors
+
+    @cached_property
+    def tensor_files(self) -> dict[str, str]:
+        """Tensor name -> the shard of the loaded set holding it."""
+        chosen = self.folder.loaded_set
+        where: dict[str, str] = {}
+        if chosen is None:
+            return where
+        for shard in self.shards_of(chosen):
+            weight_file = self.weights.get(shard)
+            if weight_file is not None:
+                for name in weight_file.tensors:
+                    where.setdefault(name, shard)
+        return where
+
+
+def read_contents(folder: ModelFolder, options: CheckOptions | None = None) -> FolderContents:
+    """Parse the JSON files, the indexes and every weight file's header of ``folder``.
+
+    Args:
+        folder: the discovered folder.
+        options: passed through to the checks.
+
+    Returns:
+        FolderContents with parse results and parse errors.
+    """
+    contents = FolderContents(folder=folder, options=options or CheckOptions())
+    # 1. JSON metadata files.
+    for name in JSON_FILES:
+        if folder.has(name):
+            _read_json(contents, name)
+    # 2. Indexes, and which shard names are safe to open.
+    for weight_set in folder.weight_sets.values():
+        if weight_set.index:
+            _read_index(contents, weight_set.index)
+    # 3. Weight headers: every file named like weights, plus every safe shard an index names.
+    to_read: dict[str, None] = {}
+    for weight_set in folder.weight_sets.values():
+        for name in (weight_set.single, *weight_set.shard_files):
+            if name:
+                to_read[name] = None
+        index = contents.indexes.get(weight_set.index) if weight_set.index else None
+        if index is not None:
+            for name in index.shard_names:
+                if name not in contents.unsafe_names and folder.has(name):
+                    to_read[name] = None
+    for name in to_read:
+        if name not in contents.unsafe_names:
+            _read_weights(contents, name)
+    return contents
+
+
+def _read_json(contents: FolderContents, name: str) -> None:
+    path = contents.folder.path(name)
+    if not _inside(contents.folder, name):
+        contents.json_errors[name] = FormatError("HFC006", "is a symlink pointing outside the model folder; not read")
+        return
+    try:
+        contents.json[name] = load_json_file(path)
+    except (JsonError, FormatError) as exc:
+        contents.json_errors[name] = exc
+
+
+def _read_index(contents: FolderContents, name: str) -> None:
+    _read_json(contents, name)
+    if name in contents.json_errors:
+        contents.index_errors[name] = getattr(contents.json_errors[name], "message", str(contents.json_errors[name]))
+        return
+    data = contents.json[name]
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        contents.index_errors[name] = "has no 'weight_map' object mapping tensor names to shard file names"
+        return
+    metadata = data.get("metadata")
+    index = IndexFile(name=name, weight_map=weight_map, metadata=metadata if isinstance(metadata, dict) else {})
+    contents.indexes[name] = index
+    for shard in index.shard_names:
+        if not is_safe_relative_name(shard) or not contents.folder.contains(shard):
+            contents.unsafe_names[shard] = name
+
+
+def _inside(folder: ModelFolder, name: str) -> bool:
+    return folder.contains(name)
+
+
+def _read_weights(contents: FolderContents, name: str) -> None:
+    if name in contents.folder.special_files:
+        contents.weight_errors[name] = FormatError("HFC008", "is not a regular file (FIFO, device or socket); refused")
+        return
+    if not _inside(contents.folder, name):
+        contents.weight_errors[name] = FormatError("HFC006", "is a symlink pointing outside the model folder; not read")
+        return
+    try:
+        contents.weights[name] = read_weight_file(contents.folder.path(name))
+    except FormatError as exc:
+        contents.weight_errors[name] = exc
+    except (OSError, MemoryError, RecursionError, ValueError) as exc:
+        # Readers raise FormatError by contract; anything else is a reader bug, still reported
+        # as data so that one file never stops the run.
+        contents.weight_errors[name] = FormatError("HFC008", f"could not be read: {exc}")

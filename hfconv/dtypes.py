@@ -1,0 +1,98 @@
+"""Dtype names across the formats hfconv reads, with their sizes.
+
+hfconv's canonical dtype name is safetensors' (``F32``, ``BF16``, ...). Sizes are in bits
+because sub-byte dtypes (``F4``, ``F6_*``) exist in safetensors.
+"""
+
+from __future__ import annotations
+
+# safetensors dtype name -> bits per element
+SAFETENSORS_BITS: dict[str, int] = {
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+}
+
+# legacy typed-storage class name (torch.FloatStorage, ...) -> safetensors dtype
+STORAGE_CLASS_DTYPE: dict[str, str] = {
+    "DoubleStorage": "F64",
+    "FloatStorage": "F32",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "LongStorage": "I64",
+    "IntStorage": "I32",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
+    "BoolStorage": "BOOL",
+    "ComplexFloatStorage": "C64",
+}
+
+# torch dtype attribute name (torch.float32 -> "float32") -> safetensors dtype
+TORCH_DTYPE: dict[str, str] = {
+    "float64": "F64",
+    "double": "F64",
+    "float32": "F32",
+    "float": "F32",
+    "float16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "long": "I64",
+    "int32": "I32",
+    "int": "I32",
+    "int16": "I16",
+    "short": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e8m0fnu": "F8_E8M0",
+    "complex64": "C64",
+}
+
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0"})
+
+# config.json torch_dtype value -> safetensors dtype
+CONFIG_DTYPE: dict[str, str] = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+
+
+def nbytes(dtype: str, numel: int) -> int:
+    """Bytes used by ``numel`` elements of ``dtype`` (sub-byte dtypes round up)."""
+    return (SAFETENSORS_BITS[dtype] * numel + 7) // 8
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per element for byte-aligned dtypes."""
+    return SAFETENSORS_BITS[dtype] // 8
+
+
+def torch_dtype(dtype: str):
+    """The torch.dtype for a safetensors dtype name (imports torch)."""
+    import torch
+
+    for attr, name in TORCH_DTYPE.items():
+        if name == dtype and hasattr(torch, attr):
+            return getattr(torch, attr)
+    raise KeyError(dtype)

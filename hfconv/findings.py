@@ -1,0 +1,332 @@
+"""Findings and the one registry of their codes.
+
+Every problem hfconv can report has a stable code here (``HFC`` + three digits), a default
+severity, a title, why it matters and how to fix it. The README's code table is generated
+from this registry (``python -m hfconv.findings``), so the two cannot drift apart.
+
+Code ranges:
+    HFC0xx  folder layout and file discovery
+    HFC1xx  safetensors headers
+    HFC2xx  torch .bin checkpoints (pickle, zip)
+    HFC3xx  weight index vs shards
+    HFC4xx  JSON files and schemas (config, tokenizer, generation config)
+    HFC5xx  tokenizer and special-token consistency
+    HFC6xx  tensor shapes implied by config.json
+    HFC7xx  conversion and loading
+    HFC8xx  custom code and folder hygiene
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Severity(str, enum.Enum):
+    """How bad a finding is. ``error`` fails validation; ``warning`` fails it with --strict."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {"error": 2, "warning": 1, "info": 0}[self.value]
+
+
+@dataclass(frozen=True)
+class Code:
+    """One registered finding code."""
+
+    code: str
+    severity: Severity
+    title: str
+    """Short name of the problem (a few words)."""
+    why: str
+    """Why it matters to someone loading the folder."""
+    fix: str
+    """What to do about it."""
+    example: str
+    """An example message as hfconv prints it."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem (or remark) about one file, and maybe one tensor in it."""
+
+    code: str
+    severity: Severity
+    message: str
+    """One human sentence; says what is wrong and, where useful, how to fix it."""
+    file: str | None = None
+    """Path relative to the model folder, or None for the folder as a whole."""
+    tensor: str | None = None
+    """Tensor name (or global, or JSON path) the finding is about."""
+
+    def to_json(self) -> dict:
+        return {
+            "code": self.code,
+            "severity": self.severity.value,
+            "file": self.file,
+            "tensor": self.tensor,
+            "message": self.message,
+        }
+
+
+REGISTRY: dict[str, Code] = {}
+
+
+def register(code: str, severity: str, title: str, why: str, fix: str, example: str) -> Code:
+    if code in REGISTRY:
+        raise ValueError(f"finding code {code} registered twice")
+    entry = Code(code, Severity(severity), title, why, fix, example)
+    REGISTRY[code] = entry
+    return entry
+
+
+def finding(
+    code: str,
+    message: str,
+    file: str | None = None,
+    tensor: str | None = None,
+    severity: Severity | str | None = None,
+) -> Finding:
+    """Build a Finding with the registered default severity unless one is given."""
+    entry = REGISTRY[code]  # KeyError here means an unregistered code: a programming error
+    sev = Severity(severity) if severity is not None else entry.severity
+    return Finding(code=code, severity=sev, message=message, file=file, tensor=tensor)
+
+
+# --- HFC0xx: layout --------------------------------------------------------------------------
+register("HFC001", "error", "no weights",
+         "from_pretrained finds no weight file and fails.",
+         "Add model.safetensors (or pytorch_model.bin), or their sharded form with an index.",
+         "no weight files found (expected model.safetensors, pytorch_model.bin or sharded shards)")
+register("HFC002", "error", "shards without index",
+         "Sharded weights are only found through their index json; without it from_pretrained "
+         "sees no weights.",
+         "Recreate model.safetensors.index.json (hfconv convert writes one) or re-save the model.",
+         "3 shards model-0000{1..3}-of-00003.safetensors but no model.safetensors.index.json")
+register("HFC003", "error", "index without shards",
+         "The index promises shard files that are not in the folder.",
+         "Upload the shard files, or delete the stale index.",
+         "model.safetensors.index.json names 2 shards but none of them exists")
+register("HFC004", "warning", "second weight format",
+         "Two weight formats side by side: loaders pick one (safetensors first) and the other is "
+         "dead weight that doubles the download, or is stale and disagrees.",
+         "Delete the format loaders will not use (usually the .bin files).",
+         "pytorch_model.bin sits beside model.safetensors; loaders use model.safetensors, "
+         "pytorch_model.bin is dead weight")
+register("HFC005", "error", "shard numbering",
+         "Shard names say '-of-0000N' but the set on disk disagrees: a shard is missing or a "
+         "stale one from an earlier save is left over.",
+         "Re-save or re-upload the complete shard set and delete shards from older saves.",
+         "model-00002-of-00003.safetensors is missing from a 3-shard set")
+register("HFC006", "error", "path escapes folder",
+         "A name from the folder (index shard name, symlink) points outside it; a loader would "
+         "read files the publisher never shipped.",
+         "Use plain file names inside the folder; replace symlinks by the files.",
+         "index names shard '../../etc/passwd', which is outside the model folder")
+register("HFC007", "warning", "stale weight files",
+         "Weight files that no index references and no loader will read.",
+         "Delete them before uploading.",
+         "model-00001-of-00004.safetensors is not referenced by model.safetensors.index.json")
+register("HFC008", "error", "unreadable file",
+         "A file hfconv needs cannot be opened or is not a regular file.",
+         "Check permissions; replace special files (FIFOs, devices) by regular files.",
+         "model.safetensors is not a regular file")
+register("HFC009", "info", "no config",
+         "Without config.json, from_pretrained cannot build the model; shape checks are skipped.",
+         "Add the model's config.json.",
+         "config.json is missing; shape and tokenizer checks against the config are skipped")
+register("HFC010", "error", "git-lfs pointer",
+         "The file is a git-lfs pointer, not the weights: the LFS object was never pulled.",
+         "Run `git lfs pull` (or download with huggingface_hub) before validating.",
+         "pytorch_model.bin is a git-lfs pointer (LFS object not pulled)")
+
+# --- HFC1xx: safetensors headers ------------------------------------------------------------
+register("HFC101", "error", "file too short",
+         "A safetensors file starts with an 8-byte header length; this file is shorter.",
+         "Re-download the file; it is truncated or not safetensors.",
+         "model.safetensors is 5 bytes long, shorter than the 8-byte header length")
+register("HFC102", "error", "header too large",
+         "The header length is absurd (over 100 MB, or past the end of the file); safetensors "
+         "refuses it and hfconv does not allocate it.",
+         "Re-create the file with safetensors.",
+         "header length 18446744073709551615 exceeds the 100 MB limit")
+register("HFC103", "warning", "header over 25 MB",
+         "huggingface_hub refuses to parse safetensors headers over 25 MB (metadata API).",
+         "Reshard, or move large metadata out of __metadata__.",
+         "header is 30.1 MB; huggingface_hub refuses headers over 25 MB")
+register("HFC104", "error", "header not valid JSON",
+         "The header is not UTF-8 JSON text describing an object.",
+         "Re-create the file with safetensors.",
+         "header is not valid JSON: Expecting ',' delimiter at line 1 column 80")
+register("HFC105", "error", "duplicate header key",
+         "The header names one key twice; two readers could see different tensors.",
+         "Re-create the file with safetensors.",
+         "tensor 'lm_head.weight' appears twice in the header")
+register("HFC106", "error", "invalid tensor entry",
+         "A tensor entry lacks dtype/shape/data_offsets or has values of the wrong type.",
+         "Re-create the file with safetensors.",
+         "entry for 'w' has no 'data_offsets'")
+register("HFC107", "error", "unknown dtype",
+         "The dtype is not one safetensors knows.",
+         "Re-create the file with a supported dtype.",
+         "tensor 'w' has unknown dtype 'F128'")
+register("HFC108", "error", "size mismatch",
+         "shape x dtype size differs from the byte range the header gives.",
+         "Re-create the file with safetensors.",
+         "tensor 'w' has shape [4, 4] F32 = 64 bytes but its byte range holds 60")
+register("HFC109", "error", "bad data offsets",
+         "Tensor byte ranges overlap, leave gaps, run backwards or past the data section.",
+         "Re-create the file with safetensors.",
+         "tensor 'b' starts at byte 64 but the previous tensor ended at 60 (gap or overlap)")
+register("HFC110", "error", "truncated file",
+         "The file is shorter than its header says: the download was cut.",
+         "Re-download the file.",
+         "data section needs 4096 bytes but the file holds 2048")
+register("HFC111", "error", "trailing bytes",
+         "Bytes after the last tensor: not covered by the header, a parser differential.",
+         "Re-create the file with safetensors.",
+         "file has 100 bytes after the last tensor")
+register("HFC112", "error", "bad __metadata__",
+         "__metadata__ must map strings to strings.",
+         "Re-create the file with string metadata values.",
+         "__metadata__ value for 'format' is not a string")
+
+# --- HFC2xx: torch checkpoints --------------------------------------------------------------
+register("HFC201", "error", "forbidden pickle global",
+         "The pickle references a global outside the state-dict allow-list; loading it with "
+         "torch.load executes code (a classic model-hub attack). hfconv never executes it.",
+         "Do not load this file. Rebuild it from a trusted source, or convert trusted weights "
+         "to safetensors.",
+         "pickle references forbidden global 'os.system'")
+register("HFC202", "error", "not a checkpoint",
+         "The file is not a torch checkpoint (zip or legacy pickle) at all.",
+         "Replace it with the real weight file.",
+         "pytorch_model.bin is an HTML page, not a torch checkpoint")
+register("HFC203", "error", "malformed pickle",
+         "The pickle cannot be parsed or uses opcodes a torch.save state dict never uses.",
+         "Re-save the checkpoint with torch.save, or convert it to safetensors from a trusted copy.",
+         "data.pkl: unsupported opcode STACK_GLOBAL at byte 12")
+register("HFC204", "error", "malformed zip",
+         "The zip container is damaged or holds entries torch would misread.",
+         "Re-download or re-save the checkpoint.",
+         "zip entry 'archive/data/0' is DEFLATE-compressed; torch requires stored storages")
+register("HFC205", "error", "missing storage",
+         "A tensor's storage record is missing from the archive or too small for the tensor.",
+         "Re-save the checkpoint.",
+         "tensor 'w' needs storage 'archive/data/3', which the zip does not contain")
+register("HFC206", "info", "shared storage",
+         "Several tensors share one storage (tied weights); safetensors cannot alias, so "
+         "conversion drops or copies the alias.",
+         "Nothing to do; hfconv convert handles it.",
+         "lm_head.weight shares its storage with model.embed_tokens.weight")
+register("HFC207", "info", "legacy checkpoint",
+         "A pre-1.6 (non-zip) torch checkpoint; modern loaders still read it.",
+         "Convert to safetensors: hfconv convert SRC DST.",
+         "pytorch_model.bin is a legacy (pre-torch-1.6) checkpoint")
+register("HFC208", "error", "not a state dict",
+         "The checkpoint holds something other than a mapping of names to tensors.",
+         "Save model.state_dict(), not the model object.",
+         "top-level object is a list, not a state dict")
+register("HFC209", "error", "bad tensor view",
+         "A tensor's shape/stride/offset reach outside its storage.",
+         "Re-save the checkpoint.",
+         "tensor 'w' reads 4096 bytes from a 1024-byte storage")
+register("HFC210", "error", "TorchScript archive",
+         "A TorchScript archive, not a state dict; it carries code and from_pretrained cannot load it.",
+         "Save the state dict (model.state_dict()) instead.",
+         "pytorch_model.bin is a TorchScript archive")
+
+# --- HFC3xx: index vs shards ----------------------------------------------------------------
+register("HFC301", "error", "indexed tensor missing",
+         "The index maps a tensor to a shard that does not contain it; loading fails or leaves "
+         "the weight uninitialised.",
+         "Regenerate the index from the shards (hfconv convert rewrites it).",
+         "index maps 'lm_head.weight' to model-00002-of-00002.safetensors, which does not contain it")
+register("HFC302", "error", "tensor not indexed",
+         "A shard holds a tensor the index does not list; loaders never load it.",
+         "Regenerate the index from the shards.",
+         "model-00001-of-00002.safetensors holds 'model.norm.weight', which the index does not list")
+register("HFC303", "error", "tensor in wrong shard",
+         "The index names the wrong shard for a tensor that exists in another shard.",
+         "Regenerate the index from the shards.",
+         "index maps 'w' to shard 1 but it is in model-00002-of-00002.safetensors")
+register("HFC304", "error", "shard file missing",
+         "The index references a shard file that does not exist.",
+         "Upload the missing shard.",
+         "model-00002-of-00002.safetensors is named by the index but missing")
+register("HFC305", "error", "duplicate tensor",
+         "The same tensor name is stored in several shards; which one loads depends on order.",
+         "Remove the stale copy and regenerate the index.",
+         "'lm_head.weight' is stored in 2 shards")
+register("HFC306", "warning", "total_size mismatch",
+         "metadata.total_size in the index differs from the real sum of tensor bytes; tools that "
+         "plan memory or downloads from it are misled.",
+         "Regenerate the index (total_size = sum of tensor bytes).",
+         "metadata.total_size is 1000 but the tensors hold 1024 bytes")
+register("HFC307", "error", "index malformed",
+         "The index json lacks a weight_map mapping tensor names to shard file names.",
+         "Regenerate the index.",
+         "model.safetensors.index.json has no 'weight_map' object")
+register("HFC308", "error", "shard unreadable",
+         "A shard could not be read, so the index cannot be checked against it.",
+         "Fix the shard (see the other findings on this file).",
+         "model-00001-of-00002.safetensors could not be read; its index entries are unchecked")
+register("HFC309", "error", "empty weights",
+         "A weight file holds no tensors.",
+         "Re-save the model.",
+         "model.safetensors holds no tensors")
+
+# --- HFC4xx: JSON files and schemas -------------------------------------------------------
+register("HFC401", "error", "invalid JSON file",
+         "A JSON file of the folder cannot be parsed strictly (syntax error, duplicate key, "
+         "NaN/Infinity, top level not an object, absurd size or depth); loaders fail on it or, "
+         "worse, two parsers read different values.",
+         "Fix the JSON at the line and column given, or re-save the file with save_pretrained.",
+         "config.json is not valid JSON: Expecting ',' delimiter at line 12 column 3")
+
+
+def all_codes() -> dict[str, Code]:
+    """Every registered code, importing the modules that register codes next to their checks."""
+    import importlib
+
+    for module in ("hfconv.checks", "hfconv.conversion", "hfconv.loading"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a missing dependency inside a module is a real error
+                raise
+    return dict(sorted(REGISTRY.items()))
+
+
+def codes_markdown() -> str:
+    """The README's table of finding codes: meaning, example, fix."""
+    lines = ["| code | severity | what it means | example | fix |", "|---|---|---|---|---|"]
+    for entry in all_codes().values():
+        cells = [entry.code, entry.severity.value, f"**{entry.title}**: {entry.why}", f"`{entry.example}`", entry.fix]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrite the code table between the README's markers; True when it changed."""
+    start, end = "<!-- codes:start -->", "<!-- codes:end -->"
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{codes_markdown()}{end}{tail}"
+    if new != text:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m hfconv.findings [README.md]: regenerate the code table
+    import sys
+
+    changed = update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    print("README.md code table " + ("updated" if changed else "already up to date"))

@@ -1,0 +1,132 @@
+"""``inspect``: a readable summary of what a model folder holds."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+from .contents import read_contents
+from .discovery import discover
+from .render import human_bytes, human_count
+from .report import Layout
+from .validation import UsageError
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    name: str
+    file_bytes: int
+    tensors: int
+    tensor_bytes: int
+    format: str | None
+    """Reader's format (``safetensors``, ``zip``, ``legacy``), None when unreadable."""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What ``hfconv inspect`` shows."""
+
+    path: str
+    layout: Layout
+    model_type: str | None
+    architectures: tuple[str, ...]
+    config_dtype: str | None
+    shards: tuple[ShardSummary, ...]
+    dtypes: dict[str, int]
+    """dtype -> number of tensors."""
+    tensors: int
+    parameters: int
+    bytes: int
+    tokenizer_files: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "layout": self.layout.to_json(),
+            "model_type": self.model_type,
+            "architectures": list(self.architectures),
+            "config_dtype": self.config_dtype,
+            "shards": [s.__dict__ for s in self.shards],
+            "dtypes": self.dtypes,
+            "tensors": self.tensors,
+            "parameters": self.parameters,
+            "bytes": self.bytes,
+            "tokenizer_files": list(self.tokenizer_files),
+        }
+
+    def to_text(self) -> str:
+        lines = [self.path]
+        arch = ", ".join(self.architectures) or "?"
+        lines.append(f"  model: {self.model_type or '?'} ({arch}), config dtype {self.config_dtype or '?'}")
+        kind = "sharded" if self.layout.sharded else "single file"
+        lines.append(f"  weights: {self.layout.format}, {kind}" + (f", index {self.layout.index}" if self.layout.index else ""))
+        lines.append(f"  tensors: {self.tensors}, parameters: {human_count(self.parameters)} ({self.parameters}), "
+                     f"bytes: {human_bytes(self.bytes)}")
+        lines.append("  dtypes: " + ", ".join(f"{d} x{n}" for d, n in sorted(self.dtypes.items())))
+        for shard in self.shards:
+            detail = shard.error or f"{shard.tensors} tensors, {human_bytes(shard.tensor_bytes)} of tensors"
+            lines.append(f"    {shard.name:<45} {human_bytes(shard.file_bytes):>10}  {shard.format or '-':<11} {detail}")
+        lines.append("  tokenizer: " + (", ".join(self.tokenizer_files) or "none"))
+        return "\n".join(lines) + "\n"
+
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "added_tokens.json", "chat_template.jinja")
+
+
+def inspect(path: str | os.PathLike) -> Inspection:
+    """Summarise a model folder: format, shards, tensors, parameters, dtypes, bytes per shard.
+
+    Args:
+        path: the model folder.
+
+    Returns:
+        The Inspection (render with ``to_text()`` or ``to_json()``).
+
+    Raises:
+        UsageError: path is missing or not a folder.
+    """
+    if not os.path.isdir(path):
+        raise UsageError(f"{path} is not a folder (give the model folder, not a file)")
+    folder = discover(path)
+    contents = read_contents(folder)
+    layout = contents.layout()
+    shards = []
+    for name in layout.shards:
+        try:
+            size = os.stat(folder.path(name)).st_size
+        except OSError:
+            size = 0
+        weight_file = contents.weights.get(name)
+        error = contents.weight_errors.get(name)
+        shards.append(ShardSummary(
+            name=name,
+            file_bytes=size,
+            tensors=len(weight_file.tensors) if weight_file else 0,
+            tensor_bytes=weight_file.tensor_nbytes if weight_file else 0,
+            format=weight_file.format if weight_file else None,
+            error=f"{error.code}: {error.message}" if error else (None if folder.has(name) else "missing"),
+        ))
+    tensors = contents.loaded_tensors
+    config = contents.config or {}
+    architectures = config.get("architectures")
+    return Inspection(
+        path=str(path),
+        layout=layout,
+        model_type=config.get("model_type") if isinstance(config.get("model_type"), str) else None,
+        architectures=tuple(a for a in architectures if isinstance(a, str)) if isinstance(architectures, list) else (),
+        config_dtype=_config_dtype(config),
+        shards=tuple(shards),
+        dtypes=dict(Counter(t.dtype for t in tensors.values())),
+        tensors=len(tensors),
+        parameters=sum(t.numel for t in tensors.values()),
+        bytes=sum(t.nbytes for t in tensors.values()),
+        tokenizer_files=tuple(f for f in TOKENIZER_FILES if folder.has(f)),
+    )
+
+
+def _config_dtype(config: dict) -> str | None:
+    value = config.get("torch_dtype", config.get("dtype"))
+    return value if isinstance(value, str) else None

@@ -1,0 +1,235 @@
+"""Strict JSON loading for files from untrusted model folders.
+
+Python's ``json`` module is lenient where other parsers (serde_json in the safetensors Rust
+crate, JavaScript, Go) are not: it keeps the last of duplicate keys, accepts ``NaN`` and
+``Infinity``, turns ``1e999`` into ``inf``, accepts lone UTF-16 surrogates in ``\\u``
+escapes, and recurses once per nesting level. Each of these lets two readers see different
+content in the same file, so ``loads_strict`` refuses them all. No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from itertools import accumulate
+from typing import Any
+
+from .fsutil import open_regular
+
+__all__ = ["JsonError", "loads_strict", "load_json_file"]
+
+KINDS = frozenset(
+    {"syntax", "duplicate_key", "nonfinite", "too_deep", "too_large", "not_object", "encoding"}
+)
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+# A JSON string literal (unrolled loop, so the C regex engine runs it without backtracking
+# blow-up). Used only to blank strings out before counting brackets.
+_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
+# A \u escape of a UTF-16 surrogate; only when one is present do we walk the parsed value.
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+# byte -> depth change, for a C-speed running sum over the bracket-only text
+_DEPTH_DELTA = [0] * 256
+_DEPTH_DELTA[ord("[")] = _DEPTH_DELTA[ord("{")] = 1
+_DEPTH_DELTA[ord("]")] = _DEPTH_DELTA[ord("}")] = -1
+
+
+class JsonError(Exception):
+    """Why a JSON text was refused.
+
+    Attributes:
+        kind: one of ``syntax``, ``duplicate_key``, ``nonfinite``, ``too_deep``,
+            ``too_large``, ``not_object``, ``encoding``.
+        message: one human sentence (with line/column for syntax errors, the key for
+            duplicates).
+        line: 1-based line of a syntax error, else None.
+        column: 1-based column of a syntax error, else None.
+        key: the duplicated key for ``duplicate_key``, else None.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        key: str | None = None,
+    ):
+        if kind not in KINDS:
+            raise ValueError(f"unknown JsonError kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.line = line
+        self.column = column
+        self.key = key
+
+
+def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: build the dict, refusing a key seen twice in one object."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JsonError("duplicate_key", f"duplicate key {key!r}", key=key)
+            seen.add(key)
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    """parse_constant: NaN, Infinity and -Infinity are not JSON."""
+    raise JsonError("nonfinite", f"non-finite number {name} is not valid JSON")
+
+
+def _parse_float(text: str) -> float:
+    """parse_float: refuse literals that overflow to infinity (``1e999``)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonError("nonfinite", f"number {text[:40]} is too large for a finite float")
+    return value
+
+
+def _max_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting outside string literals, without recursion.
+
+    Strings are blanked out first (so brackets in names do not count), then everything but
+    brackets is dropped, and the running depth is summed in C. Linear time, no recursion.
+    For text that is not valid JSON the count may be off, but only past the first syntax
+    error, where ``json.loads`` stops anyway.
+    """
+    brackets = _NOT_BRACKET_RE.sub("", _STRING_RE.sub("", text))
+    openers = brackets.count("[") + brackets.count("{")
+    if openers <= 1:
+        return openers
+    return max(accumulate(map(_DEPTH_DELTA.__getitem__, brackets.encode("ascii"))))
+
+
+def _find_surrogate(value: Any) -> str | None:
+    """First string (key or value) holding a lone surrogate, walking iteratively."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE_RE.search(item):
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _type_name(value: Any) -> str:
+    return {
+        list: "an array",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool = True) -> object:
+    """Parse JSON, refusing everything two parsers could read differently.
+
+    Args:
+        text: the JSON text; bytes must be UTF-8 without a byte order mark.
+        max_depth: deepest nesting of arrays/objects allowed (checked before parsing, so a
+            million ``[`` never reach the recursive parser).
+        require_object: when True the top-level value must be an object.
+
+    Returns:
+        The parsed value (a dict when ``require_object``).
+
+    Raises:
+        JsonError: kind ``encoding`` (bad UTF-8, BOM, lone surrogate escape), ``too_deep``,
+            ``syntax``, ``duplicate_key``, ``nonfinite`` or ``not_object``.
+    """
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raw = bytes(text)
+        if raw.startswith(_UTF8_BOM):
+            raise JsonError("encoding", "text starts with a UTF-8 byte order mark, which JSON forbids")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JsonError("encoding", f"text is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
+    if text.startswith("\ufeff"):
+        raise JsonError("encoding", "text starts with a byte order mark (U+FEFF), which JSON forbids")
+
+    depth = _max_depth(text)
+    if depth > max_depth:
+        raise JsonError("too_deep", f"nesting depth {depth} exceeds the limit of {max_depth}")
+
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_pairs_no_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_parse_float,
+        )
+    except json.JSONDecodeError as exc:
+        raise JsonError(
+            "syntax",
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            line=exc.lineno,
+            column=exc.colno,
+        ) from None
+    except RecursionError:
+        # Unreachable after the depth scan; kept so a RecursionError can never escape.
+        raise JsonError("too_deep", "nesting too deep for the parser") from None
+    except ValueError as exc:
+        # CPython refuses integer literals over sys.int_max_str_digits (4300) digits with a
+        # plain ValueError. (JsonError from our hooks is not a ValueError and passes through.)
+        # int stays the default parse_int so the C scanner keeps its fast path.
+        raise JsonError("syntax", f"invalid JSON: {exc}") from None
+
+    # Python decodes "\ud800" to a lone surrogate that other parsers refuse and that cannot
+    # be written back as UTF-8. Only walk the value when the text holds such an escape.
+    if _SURROGATE_ESCAPE_RE.search(text):
+        bad = _find_surrogate(value)
+        if bad is not None:
+            raise JsonError(
+                "encoding", f"string {ascii(bad)[:80]} holds a lone UTF-16 surrogate escape"
+            )
+
+    if require_object and not isinstance(value, dict):
+        raise JsonError("not_object", f"top-level JSON value is {_type_name(value)}, not an object")
+    return value
+
+
+def load_json_file(path: str | os.PathLike, *, max_bytes: int = 50_000_000, **kw: Any) -> object:
+    """Read and strictly parse a JSON file from an untrusted folder.
+
+    Args:
+        path: the file; must be a regular file (FIFOs and devices are refused unread).
+        max_bytes: largest file size accepted, checked with fstat before reading.
+        **kw: passed on to :func:`loads_strict` (``max_depth``, ``require_object``).
+
+    Returns:
+        The parsed value.
+
+    Raises:
+        FormatError: from :func:`hfconv.fsutil.open_regular` (HFC008) when the file cannot
+            be opened or is not a regular file.
+        JsonError: kind ``too_large`` when the file exceeds ``max_bytes``, else as
+            :func:`loads_strict`.
+    """
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise JsonError("too_large", f"file is {size} bytes, over the {max_bytes}-byte limit")
+        # Read at most one byte past the limit: the file may grow after fstat.
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise JsonError("too_large", f"file grew past the {max_bytes}-byte limit while being read")
+    return loads_strict(data, **kw)

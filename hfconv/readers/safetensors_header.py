@@ -1,0 +1,309 @@
+"""Read a safetensors header without torch and without reading tensor bytes.
+
+Layout: an unsigned little-endian 64-bit header length ``N``, ``N`` bytes of UTF-8 JSON
+(an object mapping tensor names to ``{"dtype", "shape", "data_offsets"}`` plus an optional
+``"__metadata__"`` object of strings), then the data section. ``data_offsets`` are relative
+to the start of the data section, ``[begin, end)``.
+
+The checks follow the Rust reference (``safetensors/src/tensor.rs``: ``HeaderTooSmall``,
+``HeaderTooLarge``, ``InvalidHeaderLength``, ``InvalidHeaderStart``,
+``InvalidHeaderDeserialization``, ``InvalidOffset``, ``TensorInvalidInfo``,
+``ValidationOverflow``, ``MetadataIncompleteBuffer``, and the sub-byte alignment check) and
+are stricter where Python's ``json`` and serde_json could disagree: duplicate keys anywhere,
+``NaN``/``Infinity``, lone surrogate escapes and overflowing floats are refused, and
+``__metadata__`` must be an object (the reference also accepts ``null``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+from ..dtypes import SAFETENSORS_BITS
+from ..fsutil import open_regular
+from ..jsonutil import JsonError, loads_strict
+from ..tensors import FormatError, ReaderNote, TensorMeta, WeightFile
+
+__all__ = ["read_safetensors", "MAX_HEADER_BYTES", "HUB_HEADER_LIMIT"]
+
+MAX_HEADER_BYTES = 100_000_000
+"""The reference's MAX_HEADER_SIZE: longer headers are refused unread."""
+HUB_HEADER_LIMIT = 25_000_000
+"""huggingface_hub's SAFETENSORS_MAX_HEADER_LENGTH: longer headers get an HFC103 note."""
+
+_U64 = 1 << 64
+# A safetensors header nests object > entry > list: depth 3. Anything deeper is not a
+# header; the limit only has to keep the parser away from pathological nesting.
+_HEADER_MAX_DEPTH = 8
+_ENTRY_KEYS = ("dtype", "shape", "data_offsets")
+
+
+def _q(value: Any, limit: int = 80) -> str:
+    """repr() cut to ``limit`` characters: names and values come from the file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    """A JSON type name for messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _is_u64(value: Any) -> bool:
+    # type() is int excludes bool (a subclass of int that serde_json refuses as usize).
+    return type(value) is int and 0 <= value < _U64
+
+
+def _first_duplicate(keys: Iterable[str]) -> str | None:
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def _duplicate_error(text: str, key: str | None) -> FormatError:
+    """Turn a duplicate-key JsonError into HFC105 naming the tensor it concerns.
+
+    The strict parser's hook runs bottom-up and does not know where the object sits, so on
+    this (rare) error path the header is parsed again keeping all pairs to find out whether
+    the duplicate is a tensor name, a field of one entry, or inside ``__metadata__``.
+    """
+    try:
+        top = json.loads(text, object_pairs_hook=lambda pairs: pairs)
+    except (ValueError, RecursionError):
+        top = None
+    if isinstance(top, list):
+        dup = _first_duplicate(name for name, _ in top)
+        if dup is not None:
+            what = "__metadata__" if dup == "__metadata__" else f"tensor {_q(dup)}"
+            return FormatError("HFC105", f"{what} appears twice in the header", dup)
+        for name, entry in top:
+            if isinstance(entry, list):
+                dup = _first_duplicate(field for field, _ in entry)
+                if dup is not None:
+                    where = "__metadata__" if name == "__metadata__" else f"entry for {_q(name)}"
+                    return FormatError("HFC105", f"{where} has key {_q(dup)} twice", name)
+    return FormatError("HFC105", f"header has duplicate key {_q(key)}")
+
+
+def _parse_header(raw: bytes) -> dict[str, Any]:
+    """Decode and strictly parse the header bytes (HFC104, HFC105)."""
+    # The reference refuses headers that do not start with '{' (InvalidHeaderStart).
+    if not raw.startswith(b"{"):
+        raise FormatError("HFC104", f"header does not start with '{{' (starts with {_q(raw[:1])})")
+    try:
+        header = loads_strict(raw, max_depth=_HEADER_MAX_DEPTH, require_object=True)
+    except JsonError as exc:
+        if exc.kind == "duplicate_key":
+            raise _duplicate_error(raw.decode("utf-8"), exc.key) from None
+        raise FormatError("HFC104", f"header is not valid JSON: {exc.message}") from None
+    assert isinstance(header, dict)
+    return header
+
+
+def _check_metadata(value: Any) -> dict[str, str]:
+    """``__metadata__`` must map strings to strings (HFC112)."""
+    if not isinstance(value, dict):
+        raise FormatError("HFC112", f"__metadata__ is {_kind(value)}, not an object of strings",
+                          "__metadata__")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise FormatError(
+                "HFC112", f"__metadata__ value for {_q(key)} is {_kind(item)}, not a string",
+                "__metadata__",
+            )
+    return value
+
+
+def _check_entry(name: str, entry: Any) -> tuple[str, tuple[int, ...], int, int]:
+    """Validate one tensor entry on its own (HFC106, HFC107, HFC108, HFC109 begin > end).
+
+    Returns:
+        (dtype, shape, begin, end) with offsets relative to the data section.
+    """
+    if not isinstance(entry, dict):
+        raise FormatError("HFC106", f"entry for {_q(name)} is {_kind(entry)}, not an object", name)
+    for field in _ENTRY_KEYS:
+        if field not in entry:
+            raise FormatError("HFC106", f"entry for {_q(name)} has no {field!r}", name)
+    # Unknown extra fields are ignored, as by the reference (serde ignores unknown fields).
+
+    dtype = entry["dtype"]
+    if not isinstance(dtype, str):
+        raise FormatError("HFC106", f"dtype of {_q(name)} is {_kind(dtype)}, not a string", name)
+    bits = SAFETENSORS_BITS.get(dtype)
+    if bits is None:
+        raise FormatError("HFC107", f"tensor {_q(name)} has unknown dtype {_q(dtype, 40)}", name)
+
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(_is_u64(dim) for dim in shape):
+        raise FormatError(
+            "HFC106",
+            f"shape of {_q(name)} is {_q(shape, 60)}, not a list of non-negative 64-bit integers",
+            name,
+        )
+    offsets = entry["data_offsets"]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_u64(o) for o in offsets)):
+        raise FormatError(
+            "HFC106",
+            f"data_offsets of {_q(name)} is {_q(offsets, 60)}, "
+            "not a list of two non-negative 64-bit integers",
+            name,
+        )
+    begin, end = offsets
+    if begin > end:
+        raise FormatError(
+            "HFC109", f"tensor {_q(name)} has data_offsets [{begin}, {end}]: end before begin", name
+        )
+
+    # Element count with an early exit, so a shape of a million 2s cannot build a huge int
+    # (the reference fails such shapes with ValidationOverflow).
+    numel = 1
+    if 0 in shape:
+        numel = 0
+    else:
+        for dim in shape:
+            numel *= dim
+            if numel >= _U64:
+                raise FormatError(
+                    "HFC108", f"shape of {_q(name)} has more elements than fit in 64 bits", name
+                )
+    total_bits = numel * bits
+    if total_bits % 8:
+        # Sub-byte dtypes (F4, F6_*) must fill whole bytes; safetensors refuses otherwise.
+        raise FormatError(
+            "HFC108",
+            f"tensor {_q(name)} has {numel} {dtype} elements = {total_bits} bits, "
+            "which does not end on a byte boundary",
+            name,
+        )
+    need = total_bits // 8
+    if need != end - begin:
+        raise FormatError(
+            "HFC108",
+            f"tensor {_q(name)} has shape {_q(shape, 60)} {dtype} = {need} bytes "
+            f"but its byte range holds {end - begin}",
+            name,
+        )
+    return dtype, tuple(shape), begin, end
+
+
+def read_safetensors(path: str | os.PathLike) -> WeightFile:
+    """Read and validate a safetensors file's header; never reads the tensor bytes.
+
+    Args:
+        path: the ``.safetensors`` file.
+
+    Returns:
+        A WeightFile with ``format="safetensors"``, tensors in header order whose
+        ``data_offsets`` are absolute byte ranges in the file, ``metadata`` from
+        ``__metadata__`` (or None), ``header_nbytes`` = the header length, and an HFC103
+        note when the header is over 25 MB.
+
+    Raises:
+        FormatError: HFC008 (not a regular file / cannot open), HFC101 (under 8 bytes),
+            HFC102 (header length over 100 MB or past the end of the file), HFC104 (header
+            not UTF-8 JSON object starting with '{'), HFC105 (duplicate key), HFC106 (bad
+            entry), HFC107 (unknown dtype), HFC108 (size mismatch or overflow), HFC109 (bad
+            offsets: gap, overlap, backwards), HFC110 (truncated), HFC111 (trailing bytes),
+            HFC112 (bad ``__metadata__``). ``tensor`` names the tensor where one applies.
+    """
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise FormatError(
+                "HFC101", f"file is {size} bytes long, shorter than the 8-byte header length"
+            )
+        prefix = f.read(8)
+        if len(prefix) < 8:  # the file shrank after fstat
+            raise FormatError(
+                "HFC101", f"file is {len(prefix)} bytes long, shorter than the 8-byte header length"
+            )
+        (n,) = struct.unpack("<Q", prefix)
+        # Both bounds are checked before reading: n comes from the file, and f.read(n) with an
+        # absurd n would try to allocate it.
+        if n > MAX_HEADER_BYTES:
+            raise FormatError("HFC102", f"header length {n} exceeds the 100 MB limit")
+        if n > size - 8:
+            raise FormatError(
+                "HFC102", f"header length {n} runs past the end of the {size}-byte file"
+            )
+        raw = f.read(n)
+        if len(raw) != n:
+            raise FormatError(
+                "HFC102", f"header length {n} runs past the end of the file (it shrank while read)"
+            )
+
+    notes: list[ReaderNote] = []
+    if n > HUB_HEADER_LIMIT:
+        notes.append(
+            ReaderNote("HFC103", f"header is {n / 1e6:.1f} MB; huggingface_hub refuses headers "
+                                 "over 25 MB")
+        )
+
+    header = _parse_header(raw)
+    del raw
+
+    metadata: dict[str, str] | None = None
+    if "__metadata__" in header:
+        metadata = _check_metadata(header["__metadata__"])
+
+    # Pass 1, header order: each entry on its own.
+    checked: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        checked[name] = _check_entry(name, entry)
+
+    # Pass 2, offset order (O(n log n)): the ranges must tile [0, data_end) exactly, as the
+    # reference's validate() requires; a gap or overlap means two readers may disagree.
+    order = sorted(checked, key=lambda name: (checked[name][2], checked[name][3]))
+    cursor = 0
+    previous: str | None = None
+    for name in order:
+        begin, end = checked[name][2], checked[name][3]
+        if begin != cursor:
+            if previous is None:
+                msg = f"tensor {_q(name)} starts at data offset {begin}; the first tensor must start at 0"
+            elif begin > cursor:
+                msg = (f"tensor {_q(name)} starts at data offset {begin} but the previous tensor "
+                       f"{_q(previous)} ended at {cursor} (gap of {begin - cursor} bytes)")
+            else:
+                msg = (f"tensor {_q(name)} starts at data offset {begin} but the previous tensor "
+                       f"{_q(previous)} ended at {cursor} (overlap of {cursor - begin} bytes)")
+            raise FormatError("HFC109", msg, name)
+        cursor = end
+        previous = name
+
+    available = size - 8 - n
+    if cursor > available:
+        raise FormatError(
+            "HFC110", f"data section needs {cursor} bytes but the file holds {available}", previous
+        )
+    if cursor < available:
+        raise FormatError("HFC111", f"file has {available - cursor} bytes after the last tensor")
+
+    base = 8 + n
+    tensors = {
+        name: TensorMeta(name=name, dtype=dtype, shape=shape, data_offsets=(base + begin, base + end))
+        for name, (dtype, shape, begin, end) in checked.items()
+    }
+    return WeightFile(
+        path=os.fsdecode(path),
+        format="safetensors",
+        tensors=tensors,
+        metadata=metadata,
+        notes=tuple(notes),
+        header_nbytes=n,
+    )

@@ -1,0 +1,161 @@
+"""Renderers: pure functions from a Report (or a list of them) to text."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .findings import REGISTRY, Finding, Severity
+from .report import Report
+
+_LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
+_COLOURS = {Severity.ERROR: "\x1b[31m", Severity.WARNING: "\x1b[33m", Severity.INFO: "\x1b[36m"}
+_RESET = "\x1b[0m"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def compress_numbers(numbers: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0..2,5,7..8'."""
+    ordered = sorted(set(numbers))
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for n in ordered[1:] + [None]:  # type: ignore[list-item]
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}..{prev}")
+        if n is not None:
+            start = prev = n
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    """Findings that differ only in a layer number, shown as one line."""
+
+    first: Finding
+    tensor: str | None
+    message: str
+    count: int
+
+
+def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
+    """Fold findings of one code whose tensor names differ only in layer numbers."""
+    buckets: dict[tuple, list[tuple[Finding, list[int]]]] = {}
+    for f in findings:
+        if f.tensor and _LAYER_NUMBER.search(f.tensor):
+            numbers = [int(m) for m in _LAYER_NUMBER.findall(f.tensor)]
+            pattern = _LAYER_NUMBER.sub("{}", f.tensor)
+            message = f.message.replace(f.tensor, "\0")
+            key = (f.code, f.severity, f.file, pattern, _LAYER_NUMBER.sub("{}", message), len(numbers))
+        else:
+            key = (id(f),)
+            numbers = []
+        buckets.setdefault(key, []).append((f, numbers))
+    groups: list[FindingGroup] = []
+    for members in buckets.values():
+        first = members[0][0]
+        if len(members) == 1:
+            groups.append(FindingGroup(first, first.tensor, first.message, 1))
+            continue
+        columns = list(zip(*(numbers for _, numbers in members)))
+        names = iter(
+            str(col[0]) if len(set(col)) == 1 else "{" + compress_numbers(col) + "}" for col in columns
+        )
+        tensor = _LAYER_NUMBER.sub(lambda _m: next(names), first.tensor or "")
+        groups.append(FindingGroup(first, tensor, first.message.replace(first.tensor or "", tensor), len(members)))
+    return groups
+
+
+def render_text(reports: Sequence[Report], colour: bool = False) -> str:
+    """Readable report: a header per folder, findings grouped, the fix once per code."""
+    out: list[str] = []
+    for report in reports:
+        out.append(_render_one_text(report, colour))
+    return "\n".join(out)
+
+
+def _render_one_text(report: Report, colour: bool) -> str:
+    layout, summary = report.layout, report.summary
+    lines = [f"{report.path}"]
+    shape = "sharded" if layout.sharded else "single file"
+    where = f", {layout.index}" if layout.index else ""
+    lines.append(
+        f"  weights: {layout.format}, {shape}{where}, {len(layout.shards)} file(s); "
+        f"{summary.tensors} tensors, {human_count(summary.parameters)} parameters, {human_bytes(summary.bytes)}"
+    )
+    fixes_shown: set[str] = set()
+    for group in group_findings(report.findings):
+        f = group.first
+        sev = f.severity.value
+        label = f"{_COLOURS[f.severity]}{sev:<7}{_RESET}" if colour else f"{sev:<7}"
+        count = f" (x{group.count})" if group.count > 1 else ""
+        lines.append(f"  {label} {f.code} {group.message}{count}")
+        if f.code not in fixes_shown and f.severity is not Severity.INFO:
+            fixes_shown.add(f.code)
+            lines.append(f"          fix: {REGISTRY[f.code].fix}")
+    verdict = "OK" if report.ok else "FAILED"
+    if colour:
+        verdict = f"\x1b[32m{verdict}{_RESET}" if report.ok else f"\x1b[31m{verdict}{_RESET}"
+    lines.append(f"  {verdict}: {report.errors} error(s), {report.warnings} warning(s)"
+                 f"{' (--strict: warnings fail)' if report.strict and report.warnings else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def render_json(reports: Sequence[Report]) -> str:
+    """The contract's JSON: one object for one folder, an array for several."""
+    objects = [_json_object(r) for r in reports]
+    return json.dumps(objects[0] if len(objects) == 1 else objects, indent=2) + "\n"
+
+
+def _json_object(report: Report) -> dict:
+    data = report.to_json()
+    for item in data["findings"]:
+        item["fix"] = REGISTRY[item["code"]].fix  # an extension of the contract: how to fix it
+    return data
+
+
+def _escape_property(value: str) -> str:
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A").replace(":", "%3A").replace(",", "%2C")
+
+
+def _escape_data(value: str) -> str:
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def render_github(reports: Sequence[Report]) -> str:
+    """GitHub Actions workflow commands, one per finding (info becomes ::notice)."""
+    lines: list[str] = []
+    for report in reports:
+        for f in report.findings:
+            command = {"error": "error", "warning": "warning", "info": "notice"}[f.severity.value]
+            props = []
+            if f.file:
+                prefix = report.path.rstrip("/")
+                props.append(f"file={_escape_property(f'{prefix}/{f.file}')}")
+            props.append(f"title={_escape_property(f.code)}")
+            lines.append(f"::{command} {','.join(props)}::{_escape_data(f'{f.code} {f.message}')}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+RENDERERS: dict[str, Callable[[Sequence[Report]], str]] = {
+    "text": render_text,
+    "json": render_json,
+    "github": render_github,
+}

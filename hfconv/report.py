@@ -1,0 +1,81 @@
+"""The result of validating one folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .findings import Finding, Severity
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What weights the folder holds (the contract's ``layout`` object)."""
+
+    format: str
+    """``safetensors``, ``bin``, ``mixed`` or ``none``."""
+    sharded: bool
+    index: str | None
+    shards: tuple[str, ...]
+    files: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "format": self.format,
+            "sharded": self.sharded,
+            "index": self.index,
+            "shards": list(self.shards),
+            "files": list(self.files),
+        }
+
+
+@dataclass(frozen=True)
+class Summary:
+    tensors: int = 0
+    parameters: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything ``validate`` found about one folder."""
+
+    path: str
+    layout: Layout
+    findings: tuple[Finding, ...]
+    summary: Summary = field(default_factory=Summary)
+    strict: bool = False
+    """With strict, warnings fail the folder too."""
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for f in self.findings if f.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.severity is Severity.WARNING)
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and not (self.strict and self.warnings)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def codes(self) -> list[str]:
+        return [f.code for f in self.findings]
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "layout": self.layout.to_json(),
+            "findings": [f.to_json() for f in self.findings],
+            "summary": {
+                "errors": self.errors,
+                "warnings": self.warnings,
+                "tensors": self.summary.tensors,
+                "parameters": self.summary.parameters,
+                "bytes": self.summary.bytes,
+            },
+        }

@@ -1,0 +1,71 @@
+"""``validate``: discover -> read -> check -> report."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from .checks import CHECKS
+from .contents import CheckOptions, FolderContents, read_contents
+from .discovery import discover
+from .findings import Finding
+from .report import Report
+
+
+class UsageError(Exception):
+    """The command cannot run at all (exit code 2): bad path, bad option."""
+
+
+def validate(
+    path: str | os.PathLike,
+    *,
+    strict: bool = False,
+    select: Iterable[str] | None = None,
+    ignore: Iterable[str] | None = None,
+    trust_remote_code: bool = False,
+    reference: str = "auto",
+    deep: bool = False,
+    manifest: str | None = None,
+) -> Report:
+    """Validate one model folder.
+
+    Args:
+        path: the model folder.
+        strict: warnings fail the folder too.
+        select: only keep findings whose code starts with one of these prefixes.
+        ignore: drop findings whose code starts with one of these prefixes.
+        trust_remote_code: allow importing the folder's custom code (in a subprocess).
+        reference: source of expected shapes: ``auto``, ``rules`` or ``transformers``.
+        deep: also read tensor bytes where a check needs them.
+        manifest: a digest manifest written by ``hfconv convert --manifest`` to compare with.
+
+    Returns:
+        The Report; ``report.ok`` is the verdict.
+
+    Raises:
+        UsageError: path is missing or not a folder.
+    """
+    if not os.path.isdir(path):
+        raise UsageError(f"{path} is not a folder (give the model folder, not a file)")
+    folder = discover(path)
+    options = CheckOptions(trust_remote_code=trust_remote_code, reference=reference, deep=deep, manifest=manifest)
+    contents = read_contents(folder, options)
+    findings = [f for check in CHECKS for f in check(contents)]
+    findings = _filter(findings, select, ignore)
+    findings.sort(key=lambda f: (-f.severity.rank, f.code, f.file or "", f.tensor or ""))
+    return Report(
+        path=str(path),
+        layout=contents.layout(),
+        findings=tuple(dict.fromkeys(findings)),  # identical findings from two checks once
+        summary=contents.summary(),
+        strict=strict,
+    )
+
+
+def _filter(findings: list[Finding], select: Iterable[str] | None, ignore: Iterable[str] | None) -> list[Finding]:
+    selected = tuple(select or ())
+    ignored = tuple(ignore or ())
+    return [
+        f for f in findings
+        if (not selected or f.code.startswith(selected)) and not (ignored and f.code.startswith(ignored))
+    ]

@@ -1,0 +1,199 @@
+"""Tests for hfconv.jsonutil: strict JSON that never disagrees with stricter parsers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hfconv.jsonutil import JsonError, load_json_file, loads_strict
+from hfconv.tensors import FormatError
+
+
+def _error(text, **kw) -> JsonError:
+    with pytest.raises(JsonError) as info:
+        loads_strict(text, **kw)
+    return info.value
+
+
+def test_valid_object_round_trips():
+    doc = {"a": 1, "b": [1.5, -2, None, True, "x\u00e9\U0001f600"], "c": {"d": {}}}
+    assert loads_strict(json.dumps(doc)) == doc
+    assert loads_strict(json.dumps(doc).encode("utf-8")) == doc
+
+
+def test_duplicate_key_top_level():
+    err = _error('{"a": 1, "b": 2, "a": 3}')
+    assert err.kind == "duplicate_key"
+    assert err.key == "a"
+    assert "'a'" in err.message
+
+
+def test_duplicate_key_nested():
+    err = _error('{"outer": [{"x": {"k": 1, "k": 2}}]}')
+    assert err.kind == "duplicate_key"
+    assert err.key == "k"
+
+
+def test_duplicate_key_spelled_with_escape():
+    # "\u0061" is "a": the same key in another spelling is still a duplicate.
+    err = _error('{"a": 1, "\\u0061": 2}')
+    assert err.kind == "duplicate_key" and err.key == "a"
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999", "-1E400"])
+def test_nonfinite_numbers_refused(literal):
+    err = _error('{"x": [1, %s]}' % literal)
+    assert err.kind == "nonfinite"
+
+
+@pytest.mark.parametrize("opener,closer", [("[", "]"), ('{"a":', "}")])
+def test_deep_nesting_refused_fast(opener, closer):
+    text = '{"k":' + opener * 100_000 + "1" + closer * 100_000 + "}"
+    start = time.monotonic()
+    err = _error(text)
+    assert time.monotonic() - start < 5
+    assert err.kind == "too_deep"
+
+
+def test_ten_million_brackets_never_reach_the_parser():
+    err = _error("[" * 10_000_000, require_object=False)
+    assert err.kind == "too_deep"
+
+
+def test_depth_limit_is_exact():
+    ok = '{"a":' + "[" * 63 + "]" * 63 + "}"  # depth 64
+    assert loads_strict(ok)
+    err = _error('{"a":' + "[" * 64 + "]" * 64 + "}")
+    assert err.kind == "too_deep"
+    assert loads_strict("[[[]]]", max_depth=3, require_object=False) == [[[]]]
+    assert _error("[[[[]]]]", max_depth=3, require_object=False).kind == "too_deep"
+
+
+def test_brackets_inside_strings_do_not_count():
+    text = json.dumps({"name": "[" * 10_000 + "{" * 10_000, "q": 'a\\"[[['})
+    assert loads_strict(text)["name"].startswith("[[[")
+
+
+def test_syntax_error_has_line_and_column():
+    err = _error('{\n  "a": 1,\n  "b" 2\n}')
+    assert err.kind == "syntax"
+    assert (err.line, err.column) == (3, 7)
+    assert "line 3" in err.message and "column 7" in err.message
+
+
+def test_trailing_garbage_is_a_syntax_error():
+    assert _error('{"a": 1} x').kind == "syntax"
+    assert _error(b'{"a": 1}\x00').kind == "syntax"
+
+
+def test_top_level_must_be_object():
+    err = _error("[1, 2]")
+    assert err.kind == "not_object"
+    assert "array" in err.message
+    assert _error('"s"').kind == "not_object"
+    assert loads_strict("[1, 2]", require_object=False) == [1, 2]
+
+
+def test_bom_refused():
+    assert _error(b'\xef\xbb\xbf{"a": 1}').kind == "encoding"
+    assert _error('\ufeff{"a": 1}').kind == "encoding"
+
+
+def test_invalid_utf8_refused():
+    err = _error(b'{"a": "\xff"}')
+    assert err.kind == "encoding"
+    assert "UTF-8" in err.message
+
+
+def test_lone_surrogate_escape_refused():
+    # Python decodes "\ud800" happily; serde_json and UTF-8 writers refuse it.
+    assert _error('{"a": "\\ud800"}').kind == "encoding"
+    assert _error('{"\\udc00x": 1}').kind == "encoding"
+    assert _error('{"a": ["ok", ["\\uDBFF"]]}').kind == "encoding"
+    # A proper pair is fine.
+    assert loads_strict('{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
+
+
+def test_huge_integer_literal_is_a_json_error():
+    err = _error('{"a": ' + "9" * 5000 + "}")
+    assert err.kind == "syntax"
+
+
+def test_unknown_kind_rejected():
+    with pytest.raises(ValueError):
+        JsonError("bogus", "x")
+
+
+def test_load_json_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"model_type": "llama", "n": [1, 2]}', encoding="utf-8")
+    assert load_json_file(path) == {"model_type": "llama", "n": [1, 2]}
+
+
+def test_load_json_file_too_large(tmp_path):
+    path = tmp_path / "big.json"
+    path.write_bytes(b'{"a": "' + b"x" * 2000 + b'"}')
+    with pytest.raises(JsonError) as info:
+        load_json_file(path, max_bytes=1000)
+    assert info.value.kind == "too_large"
+    assert load_json_file(path, max_bytes=5000)["a"] == "x" * 2000
+
+
+def test_load_json_file_passes_options(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text("[1]", encoding="utf-8")
+    with pytest.raises(JsonError) as info:
+        load_json_file(path)
+    assert info.value.kind == "not_object"
+    assert load_json_file(path, require_object=False) == [1]
+
+
+def test_load_json_file_duplicate(tmp_path):
+    path = tmp_path / "dup.json"
+    path.write_text('{"a": 1, "a": 2}', encoding="utf-8")
+    with pytest.raises(JsonError) as info:
+        load_json_file(path)
+    assert info.value.kind == "duplicate_key"
+
+
+def test_load_json_file_missing_and_fifo(tmp_path):
+    with pytest.raises(FormatError) as info:
+        load_json_file(tmp_path / "nope.json")
+    assert info.value.code == "HFC008"
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "fifo.json"
+        os.mkfifo(fifo)
+        with pytest.raises(FormatError) as info:
+            load_json_file(fifo)  # must not block
+        assert info.value.code == "HFC008"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
+def test_random_input_only_raises_json_error(text):
+    try:
+        loads_strict(text, require_object=False)
+    except JsonError:
+        pass
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json_values)
+def test_valid_json_parses_like_json_module(value):
+    text = json.dumps(value)
+    parsed = loads_strict(text, require_object=False)
+    assert parsed == json.loads(text)

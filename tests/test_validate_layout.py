@@ -1,0 +1,322 @@
+"""validate: good fixtures pass; each layout/index defect gives its own finding and exit 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from hfconv.cli import main
+from hfconv.validation import validate
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+GOOD = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir() and p.name.startswith("llama-"))
+SHARDED_ST = "llama-safetensors-sharded"
+SHARDED_BIN = "llama-bin-sharded"
+
+
+def copy_fixture(tmp_path: Path, name: str) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(FIXTURES / name, dst)
+    return dst
+
+
+def read_index(folder: Path, name: str = "model.safetensors.index.json") -> dict:
+    return json.loads((folder / name).read_text())
+
+
+def write_index(folder: Path, data: dict, name: str = "model.safetensors.index.json") -> None:
+    (folder / name).write_text(json.dumps(data, indent=2))
+
+
+def codes(folder: Path, **kwargs) -> list[str]:
+    return validate(folder, **kwargs).codes()
+
+
+def assert_finding(folder: Path, code: str, file: str | None = None, tensor: str | None = None) -> None:
+    report = validate(folder)
+    assert not report.ok
+    matches = [f for f in report.findings if f.code == code]
+    assert matches, f"expected {code}, got {[(f.code, f.message) for f in report.findings]}"
+    if file is not None:
+        assert any(f.file == file for f in matches), [(f.file, f.message) for f in matches]
+    if tensor is not None:
+        assert any(f.tensor == tensor for f in matches), [(f.tensor, f.message) for f in matches]
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_good_fixture_has_no_errors_or_warnings(name: str) -> None:
+    report = validate(FIXTURES / name)
+    bad = [f for f in report.findings if f.severity.value != "info"]
+    assert report.ok and not bad, bad
+    assert report.summary.tensors >= 20
+    assert report.summary.parameters > 0
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_good_fixture_cli_exit_0(name: str) -> None:
+    result = CliRunner().invoke(main, ["validate", str(FIXTURES / name)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.output
+
+
+def test_layout_of_sharded_safetensors() -> None:
+    layout = validate(FIXTURES / SHARDED_ST).layout
+    assert layout.format == "safetensors" and layout.sharded
+    assert layout.index == "model.safetensors.index.json"
+    assert layout.shards == tuple(f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3))
+
+
+def test_layout_of_old_bin_naming() -> None:
+    layout = validate(FIXTURES / "llama-bin-oldnames").layout
+    assert layout.format == "bin" and layout.sharded
+    assert layout.shards == tuple(f"pytorch_model-{i}-of-3.bin" for i in (1, 2, 3))
+
+
+def test_indexed_tensor_missing_from_its_shard(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    index = read_index(folder)
+    index["weight_map"]["model.layers.0.extra.weight"] = "model-00001-of-00003.safetensors"
+    write_index(folder, index)
+    assert_finding(folder, "HFC301", tensor="model.layers.0.extra.weight")
+
+
+def test_shard_tensor_not_in_index(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    index = read_index(folder)
+    del index["weight_map"]["model.norm.weight"]
+    write_index(folder, index)
+    assert_finding(folder, "HFC302", tensor="model.norm.weight")
+
+
+def test_tensor_indexed_to_wrong_shard(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    index = read_index(folder)
+    real = index["weight_map"]["lm_head.weight"]
+    other = next(s for s in sorted(set(index["weight_map"].values())) if s != real)
+    index["weight_map"]["lm_head.weight"] = other
+    write_index(folder, index)
+    report = validate(folder)
+    [f] = [f for f in report.findings if f.code == "HFC303"]
+    assert f.tensor == "lm_head.weight" and real in f.message
+
+
+def test_shard_file_missing(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    assert_finding(folder, "HFC304", file="model-00002-of-00003.safetensors")
+
+
+def test_unreferenced_stale_shard(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    shutil.copy(folder / "model-00001-of-00003.safetensors", folder / "model-00001-of-00004.safetensors")
+    report = validate(folder)
+    assert "HFC007" in report.codes()
+    report = validate(folder, strict=True)
+    assert not report.ok
+
+
+def test_duplicate_tensor_across_shards(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    index = read_index(folder)
+    name = "lm_head.weight"
+    home = index["weight_map"][name]
+    other = next(s for s in sorted(set(index["weight_map"].values())) if s != home)
+    tensors = load_file(folder / other)
+    tensors[name] = load_file(folder / home)[name]
+    save_file(tensors, folder / other, metadata={"format": "pt"})
+    assert_finding(folder, "HFC305", tensor=name)
+
+
+def test_total_size_mismatch(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    index = read_index(folder)
+    index["metadata"]["total_size"] += 4
+    write_index(folder, index)
+    report = validate(folder)
+    assert "HFC306" in report.codes()
+    assert not validate(folder, strict=True).ok
+
+
+def test_total_size_for_bin_accepts_tensor_bytes(tmp_path: Path) -> None:
+    assert "HFC306" not in codes(FIXTURES / SHARDED_BIN)
+
+
+def test_shard_numbering_gap_without_index(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    (folder / "model.safetensors.index.json").unlink()
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    found = codes(folder)
+    assert "HFC002" in found and "HFC005" in found
+
+
+def test_shard_numbering_mixed_totals(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    os.rename(folder / "model-00003-of-00003.safetensors", folder / "model-00003-of-00004.safetensors")
+    index = read_index(folder)
+    index["weight_map"] = {k: v.replace("00003-of-00003", "00003-of-00004") for k, v in index["weight_map"].items()}
+    write_index(folder, index)
+    assert_finding(folder, "HFC005")
+
+
+def test_shards_without_index(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_BIN)
+    (folder / "pytorch_model.bin.index.json").unlink()
+    assert_finding(folder, "HFC002")
+
+
+def test_index_without_shards(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    for shard in folder.glob("model-*.safetensors"):
+        shard.unlink()
+    assert_finding(folder, "HFC003", file="model.safetensors.index.json")
+
+
+def test_second_weight_format_is_dead_weight(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, "llama-safetensors")
+    shutil.copy(FIXTURES / "llama-bin" / "pytorch_model.bin", folder / "pytorch_model.bin")
+    report = validate(folder)
+    [f] = [f for f in report.findings if f.code == "HFC004"]
+    assert f.file == "pytorch_model.bin" and "model.safetensors" in f.message
+    assert report.layout.format == "mixed"
+    assert report.layout.shards == ("model.safetensors",)
+
+
+@pytest.mark.parametrize("evil", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"])
+def test_index_name_escaping_folder_is_refused(tmp_path: Path, evil: str) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    # Something a careless reader would open, outside the folder.
+    (tmp_path / "outside.safetensors").write_bytes((FIXTURES / "llama-safetensors" / "model.safetensors").read_bytes())
+    index = read_index(folder)
+    index["weight_map"]["model.norm.weight"] = evil
+    write_index(folder, index)
+    report = validate(folder)
+    escaped = [f for f in report.findings if f.code == "HFC006"]
+    assert escaped and evil in escaped[0].message
+    assert not report.ok
+
+
+def test_symlinked_shard_pointing_outside_is_refused(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, "llama-safetensors")
+    outside = tmp_path / "elsewhere.safetensors"
+    os.replace(folder / "model.safetensors", outside)
+    os.symlink(outside, folder / "model.safetensors")
+    assert_finding(folder, "HFC006", file="model.safetensors")
+
+
+def test_truncated_safetensors_shard(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    shard = folder / "model-00002-of-00003.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 100])
+    report = validate(folder)
+    assert "HFC110" in report.codes()
+    assert "HFC308" in report.codes()  # its index entries could not be checked
+
+
+def test_truncated_bin_shard(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_BIN)
+    shard = folder / "pytorch_model-00002-of-00003.bin"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    report = validate(folder)
+    assert not report.ok
+    assert any(f.file == "pytorch_model-00002-of-00003.bin" and f.severity.value == "error" for f in report.findings)
+
+
+def test_no_weights(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, "llama-safetensors")
+    (folder / "model.safetensors").unlink()
+    assert_finding(folder, "HFC001")
+
+
+def test_fifo_is_never_opened(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, "llama-safetensors")
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+    report = validate(folder)  # would block forever if the FIFO were opened for reading
+    assert "HFC008" in report.codes()
+
+
+def test_select_and_ignore(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    assert set(codes(folder, select=["HFC304"])) == {"HFC304"}
+    assert "HFC304" not in codes(folder, ignore=["HFC3"])
+
+
+def test_cli_missing_path_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+def test_cli_file_instead_of_folder_exits_2() -> None:
+    result = CliRunner().invoke(main, ["validate", str(FIXTURES / "llama-bin" / "config.json")])
+    assert result.exit_code == 2
+
+
+def test_cli_broken_folder_exits_1_and_json_matches_schema(tmp_path: Path) -> None:
+    import jsonschema
+
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    result = CliRunner().invoke(main, ["validate", str(folder), "--format", "json"], catch_exceptions=False)
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    schema = json.loads((FIXTURES.parent / "schemas" / "report.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(data)
+    assert data["ok"] is False and data["summary"]["errors"] >= 1
+    assert any(f["code"] == "HFC304" and f["file"] == "model-00002-of-00003.safetensors" for f in data["findings"])
+
+
+def test_cli_json_for_several_paths_is_an_array() -> None:
+    result = CliRunner().invoke(
+        main, ["validate", str(FIXTURES / "llama-bin"), str(FIXTURES / SHARDED_ST), "--format", "json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert isinstance(data, list) and [d["ok"] for d in data] == [True, True]
+
+
+def test_cli_github_annotations(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, SHARDED_ST)
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    result = CliRunner().invoke(main, ["validate", str(folder), "--format", "github"], catch_exceptions=False)
+    assert result.exit_code == 1
+    lines = [line for line in result.stdout.splitlines() if line.startswith("::error ")]
+    assert any("model-00002-of-00003.safetensors" in line and "HFC304" in line for line in lines)
+
+
+def test_text_report_compresses_layer_ranges(tmp_path: Path) -> None:
+    from hfconv.findings import finding
+    from hfconv.render import group_findings
+
+    findings = [finding("HFC302", f"x.bin holds 'model.layers.{i}.mlp.up_proj.weight', which the index does not list",
+                        file="x.bin", tensor=f"model.layers.{i}.mlp.up_proj.weight") for i in range(32)]
+    [group] = group_findings(findings)
+    assert group.tensor == "model.layers.{0..31}.mlp.up_proj.weight"
+    assert group.count == 32 and "{0..31}" in group.message
+
+
+def test_hub_repo_id_resolves_from_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    blob_dir = repo / "blobs"
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    blob_dir.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    for src in (FIXTURES / "llama-safetensors").iterdir():
+        blob = blob_dir / f"blob-{src.name}"
+        shutil.copy(src, blob)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / src.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    result = CliRunner().invoke(main, ["validate", "acme/tiny-llama"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
