@@ -197,3 +197,33 @@ def test_valid_json_parses_like_json_module(value):
     text = json.dumps(value)
     parsed = loads_strict(text, require_object=False)
     assert parsed == json.loads(text)
+
+
+def _depth(value) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+# Strings full of quotes, backslashes and brackets, to trip up the depth pre-scan.
+_tricky_text = st.text(alphabet='[]{}"\\ax\u00e9\n', max_size=8)
+_nested = st.recursive(
+    st.none() | st.integers() | _tricky_text,
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(_tricky_text, children, max_size=3),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_nested, st.booleans())
+def test_depth_limit_matches_real_nesting(value, ascii_only):
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    depth = _depth(value)
+    assert loads_strict(text, max_depth=depth, require_object=False) == value
+    if depth > 0:
+        with pytest.raises(JsonError) as info:
+            loads_strict(text, max_depth=depth - 1, require_object=False)
+        assert info.value.kind == "too_deep"

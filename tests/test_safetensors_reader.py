@@ -266,6 +266,7 @@ def test_hfc102_exact_boundary(tmp_path):
     assert error(tmp_path, struct.pack("<Q", n + 1) + blob[8:]).code == "HFC102"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="needs resource.RLIMIT_AS")
 @pytest.mark.parametrize("length", [2**64 - 1, 10**12, 100_000_000])
 def test_hfc102_absurd_length_in_small_memory(tmp_path, length):
     """The reader must refuse before allocating: run it under a 512 MB address-space cap."""
@@ -590,3 +591,13 @@ def test_generated_headers_agree_with_reference(fuzz_dir, drawn):
     wf = _read_or_format_error(path, build(header, b"\0" * data_len))
     if wf is not None:
         _assert_reference_agrees(path, wf)
+
+
+def test_hfc105_duplicate_deep_inside_entry(tmp_path):
+    # Inside an unknown extra field: still a duplicate, still attributed to the entry.
+    header = ('{"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1], '
+              '"extra": [[["a", 1], ["a", 2]], {"k": {"z": 1, "z": 2}}]}}')
+    err = error(tmp_path, build(header, b"\0"))
+    assert err.code == "HFC105"
+    assert err.tensor == "w"
+    assert "'z'" in err.message

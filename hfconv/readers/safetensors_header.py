@@ -16,10 +16,13 @@ are stricter where Python's ``json`` and serde_json could disagree: duplicate ke
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import math
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..dtypes import SAFETENSORS_BITS
@@ -58,9 +61,33 @@ def _kind(value: Any) -> str:
     )
 
 
-def _is_u64(value: Any) -> bool:
-    # type() is int excludes bool (a subclass of int that serde_json refuses as usize).
-    return type(value) is int and 0 <= value < _U64
+def _all_u64(values: list) -> bool:
+    """True when every item is an int (not a bool) in [0, 2**64), as serde's usize wants."""
+    # type() is int excludes bool, a subclass of int that serde_json refuses as usize.
+    # set/map/min/max run in C: this is the hot loop for headers with a million entries.
+    if not values:
+        return True
+    return set(map(type, values)) == {int} and min(values) >= 0 and max(values) < _U64
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while a big header builds millions of acyclic containers.
+
+    Without this, CPython runs full collections over and over as the parsed objects pile up,
+    which made a 100 MB header about twice as slow in a test. Restored on exit (errors included).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class _Pairs(list):
+    """An object's (key, value) pairs as parsed, duplicates kept; tells objects from arrays."""
 
 
 def _first_duplicate(keys: Iterable[str]) -> str | None:
@@ -72,28 +99,45 @@ def _first_duplicate(keys: Iterable[str]) -> str | None:
     return None
 
 
+def _nested_duplicate(node: Any) -> str | None:
+    """The first duplicated key in any object under ``node`` (depth is capped, recursion ok)."""
+    if isinstance(node, _Pairs):
+        dup = _first_duplicate(key for key, _ in node)
+        if dup is not None:
+            return dup
+        children: Iterable[Any] = (value for _, value in node)
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    for child in children:
+        dup = _nested_duplicate(child)
+        if dup is not None:
+            return dup
+    return None
+
+
 def _duplicate_error(text: str, key: str | None) -> FormatError:
     """Turn a duplicate-key JsonError into HFC105 naming the tensor it concerns.
 
     The strict parser's hook runs bottom-up and does not know where the object sits, so on
     this (rare) error path the header is parsed again keeping all pairs to find out whether
-    the duplicate is a tensor name, a field of one entry, or inside ``__metadata__``.
+    the duplicate is a tensor name, inside one entry, or inside ``__metadata__``.
     """
     try:
-        top = json.loads(text, object_pairs_hook=lambda pairs: pairs)
+        top = json.loads(text, object_pairs_hook=_Pairs)
     except (ValueError, RecursionError):
         top = None
-    if isinstance(top, list):
+    if isinstance(top, _Pairs):
         dup = _first_duplicate(name for name, _ in top)
         if dup is not None:
             what = "__metadata__" if dup == "__metadata__" else f"tensor {_q(dup)}"
             return FormatError("HFC105", f"{what} appears twice in the header", dup)
         for name, entry in top:
-            if isinstance(entry, list):
-                dup = _first_duplicate(field for field, _ in entry)
-                if dup is not None:
-                    where = "__metadata__" if name == "__metadata__" else f"entry for {_q(name)}"
-                    return FormatError("HFC105", f"{where} has key {_q(dup)} twice", name)
+            dup = _nested_duplicate(entry)
+            if dup is not None:
+                where = "__metadata__" if name == "__metadata__" else f"entry for {_q(name)}"
+                return FormatError("HFC105", f"{where} has key {_q(dup)} twice", name)
     return FormatError("HFC105", f"header has duplicate key {_q(key)}")
 
 
@@ -147,14 +191,14 @@ def _check_entry(name: str, entry: Any) -> tuple[str, tuple[int, ...], int, int]
         raise FormatError("HFC107", f"tensor {_q(name)} has unknown dtype {_q(dtype, 40)}", name)
 
     shape = entry["shape"]
-    if not isinstance(shape, list) or not all(_is_u64(dim) for dim in shape):
+    if not isinstance(shape, list) or not _all_u64(shape):
         raise FormatError(
             "HFC106",
             f"shape of {_q(name)} is {_q(shape, 60)}, not a list of non-negative 64-bit integers",
             name,
         )
     offsets = entry["data_offsets"]
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_u64(o) for o in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and _all_u64(offsets)):
         raise FormatError(
             "HFC106",
             f"data_offsets of {_q(name)} is {_q(offsets, 60)}, "
@@ -169,16 +213,18 @@ def _check_entry(name: str, entry: Any) -> tuple[str, tuple[int, ...], int, int]
 
     # Element count with an early exit, so a shape of a million 2s cannot build a huge int
     # (the reference fails such shapes with ValidationOverflow).
-    numel = 1
-    if 0 in shape:
+    if len(shape) <= 16:
+        numel = math.prod(shape)  # at most 16 x 64 bits: a small int, no early exit needed
+    elif 0 in shape:
         numel = 0
     else:
+        numel = 1
         for dim in shape:
             numel *= dim
             if numel >= _U64:
-                raise FormatError(
-                    "HFC108", f"shape of {_q(name)} has more elements than fit in 64 bits", name
-                )
+                break
+    if numel >= _U64:
+        raise FormatError("HFC108", f"shape of {_q(name)} has more elements than fit in 64 bits", name)
     total_bits = numel * bits
     if total_bits % 8:
         # Sub-byte dtypes (F4, F6_*) must fill whole bytes; safetensors refuses otherwise.
@@ -252,27 +298,37 @@ def read_safetensors(path: str | os.PathLike) -> WeightFile:
                                  "over 25 MB")
         )
 
-    header = _parse_header(raw)
-    del raw
+    base = 8 + n
+    available = size - 8 - n
+    with _gc_paused():
+        header = _parse_header(raw)
+        del raw
 
-    metadata: dict[str, str] | None = None
-    if "__metadata__" in header:
-        metadata = _check_metadata(header["__metadata__"])
+        metadata: dict[str, str] | None = None
+        if "__metadata__" in header:
+            metadata = _check_metadata(header.pop("__metadata__"))
 
-    # Pass 1, header order: each entry on its own.
-    checked: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        checked[name] = _check_entry(name, entry)
+        # Pass 1, header order: each entry on its own. Entries are popped as they are checked
+        # so the parsed header and the result are not both fully alive at the peak.
+        tensors: dict[str, TensorMeta] = {}
+        names = list(header)
+        spans: list[tuple[int, int, int]] = []
+        for index, name in enumerate(names):
+            dtype, shape, begin, end = _check_entry(name, header.pop(name))
+            tensors[name] = TensorMeta(
+                name=name, dtype=dtype, shape=shape, data_offsets=(base + begin, base + end)
+            )
+            spans.append((begin, end, index))
+        del header
 
     # Pass 2, offset order (O(n log n)): the ranges must tile [0, data_end) exactly, as the
     # reference's validate() requires; a gap or overlap means two readers may disagree.
-    order = sorted(checked, key=lambda name: (checked[name][2], checked[name][3]))
+    # Ties on (begin, end) fall back to header order (the index), never to name comparison.
+    spans.sort()
     cursor = 0
     previous: str | None = None
-    for name in order:
-        begin, end = checked[name][2], checked[name][3]
+    for begin, end, index in spans:
+        name = names[index]
         if begin != cursor:
             if previous is None:
                 msg = f"tensor {_q(name)} starts at data offset {begin}; the first tensor must start at 0"
@@ -285,8 +341,8 @@ def read_safetensors(path: str | os.PathLike) -> WeightFile:
             raise FormatError("HFC109", msg, name)
         cursor = end
         previous = name
+    del spans
 
-    available = size - 8 - n
     if cursor > available:
         raise FormatError(
             "HFC110", f"data section needs {cursor} bytes but the file holds {available}", previous
@@ -294,11 +350,6 @@ def read_safetensors(path: str | os.PathLike) -> WeightFile:
     if cursor < available:
         raise FormatError("HFC111", f"file has {available - cursor} bytes after the last tensor")
 
-    base = 8 + n
-    tensors = {
-        name: TensorMeta(name=name, dtype=dtype, shape=shape, data_offsets=(base + begin, base + end))
-        for name, (dtype, shape, begin, end) in checked.items()
-    }
     return WeightFile(
         path=os.fsdecode(path),
         format="safetensors",
