@@ -1,0 +1,343 @@
+"""Config-implied shapes: every stored tensor against what config.json says it must be.
+
+A folder whose tensors disagree with its config fails in ``from_pretrained`` with ``size
+mismatch`` errors, or loads with weights silently ignored or left random. This check names the
+tensor, the shape the config implies, and the config field behind the wrong dimension (and,
+when one field change explains every mismatch, its value).
+
+Expected tensors come from hfconv's rule table (:mod:`hfconv.shape_rules`) or, with
+``--reference transformers`` (or ``auto`` for families the table lacks), from transformers'
+own model built on the meta device (:mod:`hfconv.reference_transformers`). Only headers are
+used: no tensor bytes are read.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ..contents import FolderContents
+from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
+from ..findings import Finding, finding, register
+from ..shape_rules import (
+    Comparison,
+    ConfigValueError,
+    CountMismatch,
+    ExpectedModel,
+    ShapeMismatch,
+    architecture_of,
+    compare,
+    expected_tensors,
+    family_of,
+    generic_expected,
+    suggest_fix,
+)
+
+# --- HFC6xx: tensor shapes implied by config.json ------------------------------------------
+register("HFC601", "error", "shape differs from config",
+         "from_pretrained refuses the tensor with a 'size mismatch' error (or, with "
+         "ignore_mismatched_sizes, replaces it by random weights). Either the weights or a config.json "
+         "field is wrong.",
+         "Fix the config field named in the message (the message gives the value the weights fit when "
+         "one field explains every mismatch), or re-export the weights for this config.",
+         "model.layers.0.self_attn.k_proj.weight has shape [64, 32] but config.json implies [16, 32]: "
+         "dim 0 = num_key_value_heads * head_dim = 2 * 8 = 16; the weights fit num_key_value_heads = 8")
+register("HFC602", "error", "expected tensor missing",
+         "The model built from config.json has this weight but the folder does not store it: "
+         "from_pretrained leaves it randomly initialised (with only a log warning).",
+         "Re-save the model with save_pretrained, or correct config.json (e.g. tie_word_embeddings when "
+         "lm_head.weight is deliberately absent).",
+         "lm_head.weight [32000, 4096] is missing from the weights (tie_word_embeddings is false, so it "
+         "is not tied to the input embeddings)")
+register("HFC603", "warning", "unexpected tensor",
+         "The weights hold a tensor the model built from config.json has no place for; loaders skip it "
+         "('Some weights of the model checkpoint were not used'). Often a sign of a wrong architecture "
+         "or a stale export.",
+         "Check config.json's architectures/model_type; delete the tensor if it is a leftover.",
+         "model.layers.0.self_attn.rotary.weight [16] is not part of LlamaForCausalLM as config.json "
+         "describes it; loaders ignore it")
+register("HFC604", "error", "layer count differs from config",
+         "The weights hold more (or fewer) numbered layers or experts than config.json declares: the "
+         "extra ones are silently ignored, the missing ones stay random.",
+         "Set the count field (num_hidden_layers, num_local_experts, ...) to what the weights hold, or "
+         "export the weights again.",
+         "weights hold 3 layers (model.layers.{0..2}) but config.json num_hidden_layers is 2: layer 2 "
+         "would be ignored")
+register("HFC605", "info", "some tensors in another dtype",
+         "Most tensors are stored in config.json's torch_dtype (dtype) but some are not; loading with "
+         "dtype='auto' casts them. (When the bulk disagrees, HFC514 reports it.)",
+         "Nothing, if intended (e.g. float32 norms); else re-save in one dtype or fix torch_dtype.",
+         "5 of 21 tensors are F32 but config.json torch_dtype is bfloat16 (e.g. model.norm.weight); loading "
+         "with dtype='auto' casts them")
+register("HFC606", "info", "architecture not in rule table",
+         "hfconv's shape-rule table does not cover this model_type or model class, and no transformers "
+         "reference was used: only the generic checks ran (embedding rows = vocab_size, embedding width "
+         "= hidden_size, layer count).",
+         "Install the optional extra (pip install 'hfconv[transformers]') and use --reference auto or "
+         "transformers for a full check.",
+         "model_type 'mamba' is not in hfconv's shape-rule table and transformers is not installed: only "
+         "embedding sizes and the layer count were checked")
+register("HFC607", "info", "quantized weights",
+         "config.json has a quantization_config: stored tensors follow the quantizer's packing (packed "
+         "int4 qweight, scales, zeros), so shapes cannot be checked against the config.",
+         "Nothing to do; validate the unquantized model for shape checks.",
+         "config.json has a quantization_config (gptq): stored shapes follow the quantizer's packing, so "
+         "shape checks against the config are skipped")
+register("HFC608", "info", "adapter folder",
+         "adapter_config.json marks a PEFT adapter: its tensors are low-rank deltas for a base model, "
+         "not that model's weights, so they are not checked against a config.json.",
+         "Nothing to do; validate the base model (or the merged model) for shape checks.",
+         "adapter_config.json: a PEFT adapter (LORA) for meta-llama/Llama-3.1-8B; shape checks against "
+         "config.json are skipped")
+register("HFC609", "info", "reference model unavailable",
+         "The transformers reference model could not be built (transformers missing, model unknown to "
+         "it, custom code not trusted, or the config is rejected).",
+         "Install transformers (pip install 'hfconv[transformers]'), pass --trust-remote-code for "
+         "folders with their own code, or use --reference rules.",
+         "--reference transformers: transformers is not installed (pip install 'hfconv[transformers]'); "
+         "checked against hfconv's rule table instead")
+register("HFC610", "info", "ignored buffers stored",
+         "Older exports saved non-persistent buffers (rotary inv_freq, causal-mask attn.bias, position "
+         "ids); loaders recompute and ignore them. Harmless, but dead weight.",
+         "Nothing to do; re-saving with a current transformers drops them.",
+         "2 tensors are rotary_emb.inv_freq (a rotary-embedding buffer recomputed at load); loaders "
+         "ignore them (e.g. model.layers.0.self_attn.rotary_emb.inv_freq)")
+register("HFC611", "error", "config value unusable",
+         "A config.json value that fixes tensor shapes is missing, not an integer, negative, or zero where "
+         "it divides: transformers cannot build the model from it.",
+         "Correct the field in config.json.",
+         "config.json num_attention_heads is '32', not an integer (needed for a tensor shape); tensor "
+         "shapes were not checked")
+
+_CONFIG = "config.json"
+
+
+def check_shapes(contents: FolderContents) -> Iterator[Finding]:
+    """Compare every loaded tensor's shape with the shape config.json implies."""
+    folder = contents.folder
+    if folder.has("adapter_config.json"):
+        yield _adapter(contents)
+        return
+    config = contents.config
+    tensors = contents.loaded_tensors
+    if config is None or not tensors:
+        return  # layout and read checks report missing config or weights
+    quant = config.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method") if isinstance(quant, dict) else None
+        kind = f" ({method})" if isinstance(method, str) else ""
+        yield finding("HFC607", f"config.json has a quantization_config{kind}: stored shapes follow the "
+                      "quantizer's packing, so shape checks against the config are skipped", file=_CONFIG)
+        return
+    yield from _check_dtypes(config, tensors)
+
+    # 1. Where the expected tensors come from.
+    try:
+        expected, notes = _reference(contents, config)
+    except ConfigValueError as exc:
+        field = exc.fields[0] if exc.fields else None
+        yield finding("HFC611", f"config.json {exc.message}; tensor shapes were not checked", file=_CONFIG,
+                      tensor=field)
+        return
+    yield from notes
+    for note in expected.notes:
+        yield finding("HFC606", note, file=_CONFIG)
+
+    # 2. Compare, and look for one config field that explains every mismatch.
+    actual = {name: meta.shape for name, meta in tensors.items()}
+    result = compare(expected, actual)
+    fixes = suggest_fix(config, expected, result, actual)
+    read_all = _all_shards_read(contents)
+    yield from _render(contents, config, expected, result, fixes, read_all)
+
+
+def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[ExpectedModel, list[Finding]]:
+    """The expected model per --reference, with the findings explaining any fallback."""
+    option = contents.options.reference
+    family = family_of(config)
+    architecture = architecture_of(config)
+    known_head = family is not None and family.head_for(architecture) is not None
+    notes: list[Finding] = []
+    if option == "transformers" or (option == "auto" and not known_head):
+        from .. import reference_transformers as ref
+
+        if option == "transformers" or ref.transformers_available():
+            try:
+                return ref.expected_from_transformers(contents.folder.root, config,
+                                                      contents.options.trust_remote_code), notes
+            except ref.ReferenceUnavailable as exc:
+                fallback = ("checked against hfconv's rule table instead" if family is not None else
+                            "only embedding sizes and the layer count were checked")
+                notes.append(finding("HFC609", f"--reference {option}: {exc}; {fallback}", file=_CONFIG))
+    rules = expected_tensors(config)
+    if rules is not None:
+        return rules, notes
+    model_type = config.get("model_type")
+    if not notes:
+        why = ("transformers is not installed" if option == "auto" else f"--reference {option} was asked")
+        what = f"model_type {model_type!r}" if isinstance(model_type, str) else "a config.json without model_type"
+        notes.append(finding("HFC606", f"{what} is not in hfconv's shape-rule table and {why}: only embedding "
+                             "sizes and the layer count were checked", file=_CONFIG))
+    return generic_expected(config, {n: m.shape for n, m in contents.loaded_tensors.items()}), notes
+
+
+def _all_shards_read(contents: FolderContents) -> bool:
+    chosen = contents.folder.loaded_set
+    return chosen is not None and all(s in contents.weights for s in contents.shards_of(chosen))
+
+
+def _render(contents: FolderContents, config: Mapping[str, Any], expected: ExpectedModel, result: Comparison,
+            fixes: Mapping[str, int], read_all: bool) -> Iterator[Finding]:
+    where = contents.tensor_files
+    actual = contents.loaded_tensors
+    for mm in result.mismatched:
+        yield finding("HFC601", _mismatch_message(mm, expected, fixes), file=where.get(mm.name), tensor=mm.name)
+    for count in result.counts:
+        if read_all or count.found and max(count.found) >= count.group.expected:
+            yield finding("HFC604", _count_message(count, config), file=_CONFIG)
+    if read_all:  # with a shard unreadable, its tensors are not "missing": the read findings say why
+        what = expected.architecture or "the model"
+        for name in result.missing:
+            tensor = expected.tensors.get(name) or expected.tensors.get(expected.prefix + name) or \
+                expected.tensors.get(name.removeprefix(expected.prefix))
+            shape = _fmt_shape(tensor.shape) if tensor is not None else ""
+            yield finding("HFC602", f"{name} {shape} is missing from the weights; {what} as config.json describes "
+                          f"it needs it{_tie_hint(name, config)}", tensor=name)
+    for name in result.unexpected:
+        what = expected.architecture or "the model"
+        yield finding("HFC603", f"{name} {_fmt_shape(actual[name].shape)} is not part of {what} as config.json "
+                      "describes it; loaders ignore it", file=where.get(name), tensor=name)
+    by_label: dict[str, list[str]] = {}
+    for name, label in result.ignored:
+        by_label.setdefault(label, []).append(name)
+    for label, names in by_label.items():
+        noun = "tensor is" if len(names) == 1 else "tensors are"
+        yield finding("HFC610", f"{len(names)} {noun} {label}; loaders ignore them (e.g. {names[0]})",
+                      file=where.get(names[0]))
+
+
+def _mismatch_message(mm: ShapeMismatch, expected: ExpectedModel, fixes: Mapping[str, int]) -> str:
+    want = mm.expected
+    text = f"{mm.name} has shape {_fmt_shape(mm.actual)} but config.json implies {_fmt_shape(want.shape)}"
+    if expected.source.startswith("transformers"):
+        text += f" (per {expected.source} {expected.architecture})"
+    dims = mm.wrong_dims
+    if dims:
+        parts = []
+        notes: list[str] = []
+        for k in dims:
+            dim = want.dims[k]
+            if dim.formula:
+                parts.append(f"dim {k} = {dim.formula}")
+            elif len(dim.drivers) == 1:
+                parts.append(f"dim {k} = {dim.value} (the value of {dim.drivers[0]})")
+            elif dim.drivers:
+                parts.append(f"dim {k} = {dim.value} (config.json fields with that value: {', '.join(dim.drivers)})")
+            else:
+                parts.append(f"dim {k} = {dim.value}")
+            notes.extend(n for n in dim.notes if n not in notes)
+        text += ": " + ", ".join(parts)
+        if notes:
+            text += " (" + "; ".join(notes) + ")"
+        drivers = [f for k in dims for f in want.dims[k].drivers]
+    else:
+        text += f" ({len(mm.actual)} dimensions instead of {len(want.dims)})"
+        drivers = list(want.drivers)
+    if tuple(reversed(mm.actual)) == want.shape and len(mm.actual) == 2:
+        text += "; the stored shape is the expected one transposed"
+    fitting = [f"{f} = {v}" for f, v in fixes.items() if f in drivers]
+    if fitting:
+        text += "; the weights fit " + fitting[0] + (f" (or {', '.join(fitting[1:])})" if fitting[1:] else "")
+    elif drivers and not dims:
+        text += f"; check {', '.join(dict.fromkeys(drivers))}"
+    return text
+
+
+def _count_message(count: CountMismatch, config: Mapping[str, Any]) -> str:
+    group = count.group
+    want = set(range(group.expected))
+    found = set(count.found)
+    field = group.field
+    stated = f"config.json {field} is {group.expected}" if field in config else \
+        f"config.json implies {field} = {group.expected}"
+    noun = group.noun
+    if not found:
+        return f"weights hold no {group.display} tensors but {stated}"
+    display = group.display.replace("{n}", "{" + _ranges(sorted(found)) + "}")
+    text = f"weights hold {len(found)} {noun} ({display}) but {stated}"
+    extra, absent = sorted(found - want), sorted(want - found)
+    if extra:
+        text += f": {_singular(noun, extra)} {_ranges(extra)} would be ignored"
+    if absent:
+        text += (", and " if extra else ": ") + f"{_singular(noun, absent)} {_ranges(absent)} would stay randomly " \
+            "initialised"
+    return text
+
+
+def _singular(noun: str, items: list[int]) -> str:
+    return noun[:-1] if len(items) == 1 and noun.endswith("s") else noun
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0..2, 5'."""
+    out: list[str] = []
+    start = prev = None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            out.append(f"{start}..{prev}" if prev != start else str(start))
+            start = prev = v
+    if start is not None:
+        out.append(f"{start}..{prev}" if prev != start else str(start))
+    return ", ".join(out)
+
+
+def _tie_hint(name: str, config: Mapping[str, Any]) -> str:
+    if name.rsplit(".", 2)[-2:] in (["lm_head", "weight"], ["embed_out", "weight"]) and \
+            config.get("tie_word_embeddings") is False:
+        return " (tie_word_embeddings is false, so it is not tied to the input embeddings)"
+    return ""
+
+
+def _check_dtypes(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Iterator[Finding]:
+    """Tensors stored in another float dtype than torch_dtype while most match it.
+
+    When the bulk of the weights disagrees with torch_dtype, HFC514 (checks/tokenizer.py) says
+    so; this reports the remainder: a few tensors left in another dtype.
+    """
+    key = "torch_dtype" if isinstance(config.get("torch_dtype"), str) else "dtype"
+    declared = config.get(key)
+    want = CONFIG_DTYPE.get(declared) if isinstance(declared, str) else None
+    if want is None:
+        return
+    floats = [meta for meta in tensors.values() if meta.dtype in FLOAT_DTYPES]
+    stored = Counter(meta.dtype for meta in floats)
+    if not stored or stored.most_common(1)[0][0] != want:
+        return
+    for dtype, count in sorted(stored.items()):
+        if dtype == want:
+            continue
+        example = next(meta.name for meta in floats if meta.dtype == dtype)
+        yield finding("HFC605", f"{count} of {len(floats)} tensors are {dtype} but config.json {key} is {declared} "
+                      f"(e.g. {example}); loading with dtype='auto' casts them", file=_CONFIG, tensor=example)
+
+
+def _adapter(contents: FolderContents) -> Finding:
+    data = contents.json.get("adapter_config.json")
+    detail = ""
+    if isinstance(data, dict):
+        kind = data.get("peft_type")
+        base = data.get("base_model_name_or_path")
+        detail = f" ({kind})" if isinstance(kind, str) else ""
+        if isinstance(base, str) and base:
+            detail += f" for {base}"
+    return finding("HFC608", f"adapter_config.json: a PEFT adapter{detail}; its tensors are checked against the base "
+                   "model, not config.json, so shape checks are skipped", file="adapter_config.json")
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
