@@ -239,6 +239,11 @@ register("HFC210", "error", "TorchScript archive",
          "A TorchScript archive, not a state dict; it carries code and from_pretrained cannot load it.",
          "Save the state dict (model.state_dict()) instead.",
          "pytorch_model.bin is a TorchScript archive")
+register("HFC211", "error", "unsupported dtype",
+         "The checkpoint uses a torch dtype or storage type hfconv cannot represent (complex128, "
+         "quantized, sub-byte); its tensors cannot be checked or converted.",
+         "Cast the tensors to a supported dtype (e.g. float32 or bfloat16) and re-save.",
+         "data.pkl: uses torch.complex128, a dtype hfconv does not support")
 
 # --- HFC3xx: index vs shards ----------------------------------------------------------------
 register("HFC301", "error", "indexed tensor missing",
@@ -327,6 +332,9 @@ def update_readme(path: str = "README.md") -> bool:
 
 if __name__ == "__main__":  # python -m hfconv.findings [README.md]: regenerate the code table
     import sys
+
+    # Run as __main__, this module is a second copy; the checks register into hfconv.findings.
+    from hfconv.findings import update_readme
 
     changed = update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")
     print("README.md code table " + ("updated" if changed else "already up to date"))
