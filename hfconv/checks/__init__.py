@@ -6,8 +6,12 @@ from collections.abc import Callable, Iterable
 
 from ..contents import FolderContents
 from ..findings import Finding
+from .custom_code import check_custom_code
 from .index import check_index
 from .layout import check_layout, check_read_errors
+from .schemas import check_schemas
+from .shapes import check_shapes
+from .tokenizer import check_dtype, check_tokenizer
 
 Check = Callable[[FolderContents], Iterable[Finding]]
 
@@ -15,4 +19,9 @@ CHECKS: list[Check] = [
     check_read_errors,
     check_layout,
     check_index,
+    check_schemas,
+    check_tokenizer,
+    check_dtype,
+    check_custom_code,
+    check_shapes,
 ]

@@ -1,0 +1,348 @@
+"""Schema checks: each metadata JSON file against its JSON Schema in ``hfconv/schemas``.
+
+The schemas (JSON Schema draft 2020-12) describe what ``from_pretrained`` and
+``AutoTokenizer.from_pretrained`` need from each file and nothing more: extra keys are always
+allowed, ``null`` is allowed wherever transformers writes it. Every violation becomes one finding
+naming the file and the JSON path (``$.rope_scaling.factor``) in words.
+
+Parse errors are not repeated here: the read check already reports them as HFC401, and a file
+that did not parse is simply absent from ``contents.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from ..contents import FolderContents
+from ..findings import Finding, finding, register
+
+# --- codes (HFC402..HFC449) --------------------------------------------------------------------
+register("HFC402", "error", "config.json schema",
+         "config.json lacks a field the model class needs, or holds a value of the wrong type or "
+         "range (a float layer count, a negative size, a rope_scaling without its factor); "
+         "from_pretrained fails or builds the wrong model.",
+         "Correct the value at the JSON path given, or re-save the config with save_pretrained.",
+         "config.json: $.rope_scaling.factor must be a scaling factor greater than 0, not -2; fix that "
+         "value in config.json (or re-save it with save_pretrained)")
+register("HFC403", "error", "tokenizer_config.json schema",
+         "A value in tokenizer_config.json has the wrong shape (a special token that is neither a "
+         "string nor an AddedToken object, a non-numeric key in added_tokens_decoder, ...); "
+         "AutoTokenizer.from_pretrained fails on it.",
+         "Correct the value at the JSON path given, or re-save the tokenizer with save_pretrained.",
+         "tokenizer_config.json: $.added_tokens_decoder has the key 'abc', which must be a token id "
+         "written as a decimal number; fix that value in tokenizer_config.json")
+register("HFC404", "error", "special_tokens_map.json schema",
+         "special_tokens_map.json holds a token that is neither a string nor a valid AddedToken object; "
+         "the tokenizer fails to load (AddedToken refuses unknown keys).",
+         "Correct the value at the JSON path given, or re-save the tokenizer with save_pretrained.",
+         "special_tokens_map.json: $.eos_token.id is not a key an AddedToken object may have; remove it")
+register("HFC405", "error", "generation_config.json schema",
+         "generation_config.json holds a value generate() refuses or misuses (eos_token_id that is not "
+         "an id, top_p above 1, ...).",
+         "Correct the value at the JSON path given, or re-save it with GenerationConfig.save_pretrained.",
+         "generation_config.json: $.top_p must be a number between 0 and 1, not 1.5; fix that value")
+register("HFC406", "error", "index file schema",
+         "A weight index's metadata or weight_map has values of the wrong type; loaders and download "
+         "planners misread it.",
+         "Regenerate the index (hfconv convert writes one).",
+         "model.safetensors.index.json: $.metadata.total_size must be the total tensor bytes (a number "
+         ">= 0), not 'big'; regenerate the index")
+register("HFC407", "error", "tokenizer.json structure",
+         "tokenizer.json lacks the model object, its vocabulary, or well-formed added tokens; the fast "
+         "tokenizer cannot be built from it.",
+         "Re-save the tokenizer with save_pretrained (or tokenizers' Tokenizer.save).",
+         "tokenizer.json: $.added_tokens[3].id is missing; re-save the tokenizer")
+register("HFC408", "info", "unknown model type",
+         "hfconv has no family-specific schema for this model_type, so only the generic config "
+         "fields were checked.",
+         "Nothing to fix; family-specific checks are simply not available for this model type.",
+         "config.json: model_type 'olmo2' has no family-specific schema in hfconv; only the generic "
+         "fields were checked")
+register("HFC409", "warning", "config without model_type",
+         "AutoConfig and the Auto model classes pick the model class from model_type; without it they "
+         "guess from the folder name and usually fail.",
+         "Add \"model_type\" (e.g. \"llama\") to config.json.",
+         "config.json has no model_type (only architectures); AutoConfig.from_pretrained cannot tell "
+         "which model to build")
+register("HFC410", "error", "added_tokens.json schema",
+         "added_tokens.json must map token strings to integer ids; the slow tokenizer fails on "
+         "anything else.",
+         "Correct the value, or re-save the tokenizer with save_pretrained.",
+         "added_tokens.json: $['<pad>'] must be a token id (an integer >= 0), not '32000'; fix that value")
+
+SCHEMA_FILES: dict[str, tuple[str, str]] = {
+    # folder file -> (schema file, code)
+    "config.json": ("config.schema.json", "HFC402"),
+    "tokenizer_config.json": ("tokenizer_config.schema.json", "HFC403"),
+    "special_tokens_map.json": ("special_tokens_map.schema.json", "HFC404"),
+    "generation_config.json": ("generation_config.schema.json", "HFC405"),
+    "model.safetensors.index.json": ("index.schema.json", "HFC406"),
+    "pytorch_model.bin.index.json": ("index.schema.json", "HFC406"),
+    "tokenizer.json": ("tokenizer.schema.json", "HFC407"),
+    "added_tokens.json": ("added_tokens.schema.json", "HFC410"),
+}
+"""Which schema checks which file, and the finding code of its violations."""
+
+MAX_FINDINGS_PER_FILE = 20
+"""A file that is wrong everywhere gets this many findings plus one that counts the rest."""
+
+_FIX = {
+    "config.json": "fix that value in config.json (or re-save it with save_pretrained)",
+    "tokenizer_config.json": "fix that value in tokenizer_config.json (or re-save the tokenizer with save_pretrained)",
+    "special_tokens_map.json": "fix that value in special_tokens_map.json (or re-save the tokenizer)",
+    "generation_config.json": "fix that value in generation_config.json",
+    "tokenizer.json": "re-save the tokenizer with save_pretrained",
+    "added_tokens.json": "fix that value in added_tokens.json (or re-save the tokenizer)",
+}
+_INDEX_FIX = "regenerate the index (hfconv convert writes one)"
+
+
+@dataclass(frozen=True)
+class SchemaProblem:
+    """One schema violation, already in words."""
+
+    path: str
+    """JSON path of the offending value, ``$.a.b[0]``."""
+    message: str
+    """What is wrong there (without the file name or the fix)."""
+
+
+# --- schema loading -----------------------------------------------------------------------------
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """The parsed schema ``hfconv/schemas/<name>`` (shipped in the wheel).
+
+    Raises:
+        FileNotFoundError: no such schema.
+    """
+    text = (resources.files("hfconv") / "schemas" / name).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@cache
+def _validator(name: str):
+    # jsonschema is imported here, not at module import, to keep `hfconv validate` startup fast.
+    from jsonschema import Draft202012Validator, validators
+
+    # JSON Schema counts 32.0 as an integer; Python (and torch: nn.Linear(32.0, ...)) does not.
+    strict_types = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    cls = validators.extend(Draft202012Validator, type_checker=strict_types)
+    return cls(load_schema(name))
+
+
+def known_model_types() -> frozenset[str]:
+    """model_type values with a family-specific sub-schema in config.schema.json."""
+    return frozenset(load_schema("config.schema.json").get("x-known-model-types", ()))
+
+
+# --- validation in words -----------------------------------------------------------------------
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def json_path(parts: Iterable[str | int]) -> str:
+    """``$.a.b[0]`` for the path parts ``("a", "b", 0)``; odd keys as ``$['a b']``."""
+    out = "$"
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENT.match(part):
+            out += f".{part}"
+        else:
+            out += "[" + repr(part) + "]"
+    return out
+
+
+def schema_problems(schema_name: str, data: Any) -> list[SchemaProblem]:
+    """Every violation of ``schema_name`` by ``data``, in words, sorted by path.
+
+    Args:
+        schema_name: a file name in ``hfconv/schemas``.
+        data: the parsed JSON value.
+
+    Returns:
+        The problems (empty when the value is valid).
+    """
+    problems: dict[str, SchemaProblem] = {}
+    for error in _validator(schema_name).iter_errors(data):
+        for problem in _describe(error):
+            # One sentence per path: the generic and the family schema may both object to a value.
+            problems.setdefault(problem.path, problem)
+    if schema_name == "tokenizer.schema.json":
+        for problem in _tokenizer_entry_problems(data):
+            problems.setdefault(problem.path, problem)
+    return sorted(problems.values(), key=lambda p: p.path)
+
+
+def _tokenizer_entry_problems(data: Any) -> Iterator[SchemaProblem]:
+    """The first malformed vocab entry and merge of tokenizer.json (a plain loop: real files hold
+    hundreds of thousands of entries, which jsonschema would take seconds over)."""
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict):
+        return
+    vocab = model.get("vocab")
+    if isinstance(vocab, dict):
+        for token, token_id in vocab.items():
+            if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
+                yield SchemaProblem(json_path(["model", "vocab", token]),
+                                    f"must be a token id (an integer >= 0), not {_show(token_id)}")
+                break
+    elif isinstance(vocab, list):
+        for index, item in enumerate(vocab):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                    and isinstance(item[1], (int, float)) and not isinstance(item[1], bool)):
+                yield SchemaProblem(json_path(["model", "vocab", index]),
+                                    f"must be a [token, score] pair, not {_show(item)}")
+                break
+    merges = model.get("merges")
+    if isinstance(merges, list):
+        for index, item in enumerate(merges):
+            if not (isinstance(item, str) or (isinstance(item, list) and len(item) == 2
+                                              and all(isinstance(x, str) for x in item))):
+                yield SchemaProblem(json_path(["model", "merges", index]),
+                                    f"must be a merge (\"a b\" or [\"a\", \"b\"]), not {_show(item)}")
+                break
+
+
+def _describe(error) -> list[SchemaProblem]:
+    """Turn one jsonschema ValidationError into sentences a user understands."""
+    parts = list(error.absolute_path)
+    path = json_path(parts)
+    kind = error.validator
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    instance = error.instance
+    desc = schema.get("description")
+
+    if kind == "required":
+        missing = [k for k in error.validator_value if not (isinstance(instance, dict) and k in instance)]
+        needs = f" ({desc} needs it)" if desc else ""
+        return [SchemaProblem(json_path([*parts, k]), f"is missing{needs}") for k in missing]
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = set(schema.get("properties", {}))
+        extras = [k for k in instance if k not in allowed]
+        where = f"in {desc}" if desc else "here"
+        return [SchemaProblem(json_path([*parts, k]), f"is not a key allowed {where}; remove it")
+                for k in extras]
+    if kind in ("anyOf", "oneOf"):
+        inner = _best_alternative(error)
+        if inner is not None:
+            return _describe(inner)
+        if desc and desc.startswith("must "):
+            return [SchemaProblem(path, desc)]
+        return [SchemaProblem(path, f"must be {desc or _alternatives(schema)}, not {_show(instance)}")]
+    if "propertyNames" in error.relative_schema_path:
+        return [SchemaProblem(path, f"has the key {_show(instance)}, which must be {desc or 'a valid key'}")]
+    if kind in ("minItems", "maxItems") and isinstance(instance, list):
+        return [SchemaProblem(path, f"must be {desc or 'a list of the right length'}, not a list of {len(instance)}")]
+    if kind == "minLength":
+        return [SchemaProblem(path, f"must be {desc or 'a non-empty string'}, not an empty string")]
+    if kind == "const":
+        return [SchemaProblem(path, f"must be {_show(error.validator_value)}, not {_show(instance)}")]
+    if kind == "enum":
+        if desc:
+            return [SchemaProblem(path, f"must be {desc}, not {_show(instance)}")]
+        options = ", ".join(_show(v) for v in error.validator_value)
+        return [SchemaProblem(path, f"must be one of {options}, not {_show(instance)}")]
+    if kind in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern"):
+        wanted = desc or _type_words(schema.get("type")) or error.message
+        return [SchemaProblem(path, f"must be {wanted}, not {_show(instance)}")]
+    return [SchemaProblem(path, error.message)]
+
+
+def _best_alternative(error):
+    """For anyOf/oneOf: the errors of the one alternative whose type matches the value, if unique."""
+    from jsonschema.exceptions import best_match
+
+    by_branch: dict[int, list] = {}
+    for sub in error.context or ():
+        by_branch.setdefault(sub.schema_path[0] if sub.schema_path else -1, []).append(sub)
+    # A branch "matches the type" when none of its errors is a type error on the value itself.
+    fitting = [
+        subs for subs in by_branch.values()
+        if not any(s.validator == "type" and not s.relative_path for s in subs)
+    ]
+    if len(fitting) == 1:
+        return best_match(fitting[0])
+    return None
+
+
+_TYPE_WORDS = {
+    "integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+    "object": "an object", "array": "a list", "null": "null",
+}
+
+
+def _type_words(types: str | Sequence[str] | None) -> str:
+    if types is None:
+        return ""
+    if isinstance(types, str):
+        types = [types]
+    words = [_TYPE_WORDS.get(t, t) for t in types]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _alternatives(schema: dict) -> str:
+    branches = schema.get("anyOf") or schema.get("oneOf") or []
+    words = [b.get("description") or _type_words(b.get("type")) or "another form" for b in branches]
+    return " or ".join(dict.fromkeys(words)) or "a different value"
+
+
+def _show(value: Any) -> str:
+    """A short rendering of a JSON value for a message."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- the check ----------------------------------------------------------------------------------
+def check_schemas(contents: FolderContents) -> Iterator[Finding]:
+    """Validate every parsed metadata JSON file against its schema."""
+    for name, (schema_name, code) in SCHEMA_FILES.items():
+        data = contents.json.get(name)
+        if data is None or name in contents.json_errors:
+            continue
+        if code == "HFC406" and name in contents.index_errors:
+            continue  # the index check already says the weight_map is unusable (HFC307)
+        fix = _INDEX_FIX if code == "HFC406" else _FIX[name]
+        problems = schema_problems(schema_name, data)
+        for problem in problems[:MAX_FINDINGS_PER_FILE]:
+            where = "the top level" if problem.path == "$" else problem.path
+            yield finding(code, f"{name}: {where} {problem.message}; {fix}", file=name, tensor=problem.path)
+        if len(problems) > MAX_FINDINGS_PER_FILE:
+            rest = len(problems) - MAX_FINDINGS_PER_FILE
+            yield finding(code, f"{name}: {rest} more schema problem(s) not listed; {fix}", file=name)
+    yield from _model_type_findings(contents)
+
+
+def _model_type_findings(contents: FolderContents) -> Iterator[Finding]:
+    config = contents.config
+    if config is None:
+        return
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type:
+        if model_type not in known_model_types():
+            yield finding("HFC408", f"config.json: model_type {model_type!r} has no family-specific schema in "
+                          "hfconv; only the generic fields were checked", file="config.json",
+                          tensor="$.model_type")
+        return
+    auto_map = config.get("auto_map")
+    if "model_type" not in config and config.get("architectures") and not (
+        isinstance(auto_map, dict) and "AutoConfig" in auto_map
+    ):
+        yield finding("HFC409", "config.json has no model_type (only architectures); AutoConfig.from_pretrained "
+                      "cannot tell which model to build, so add \"model_type\"", file="config.json",
+                      tensor="$.model_type")

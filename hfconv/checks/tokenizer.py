@@ -1,0 +1,993 @@
+"""Tokenizer checks: vocabulary, special tokens, token ids, embeddings, chat template, dtype.
+
+What ``AutoTokenizer.from_pretrained`` and ``generate()`` rely on, checked across files:
+
+* the vocabulary (``tokenizer.json``, else ``tokenizer.model`` / ``spiece.model`` read with
+  sentencepiece from bytes, else ``vocab.json`` / ``vocab.txt``) plus the added tokens;
+* ``vocab_size`` and the embedding rows against the tokenizer's ids, special tokens present in the
+  vocabulary, the token ids of config.json / generation_config.json in range and agreeing with
+  the tokenizer's ids (rows against vocab_size is the shape check's HFC601);
+* ``tokenizer.model`` against ``tokenizer.json``, ``added_tokens_decoder`` against both;
+* the chat template parses (jinja2 sandbox) and ends an assistant turn with an eos id;
+* ``torch_dtype`` / ``dtype`` against the dtype the weights are stored in.
+
+Nothing from the folder is executed: sentencepiece parses a protobuf, the chat template is only
+rendered inside jinja2's ImmutableSandboxedEnvironment with a time and size budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from ..contents import FolderContents
+from ..discovery import ModelFolder
+from ..dtypes import FLOAT_DTYPES, TORCH_DTYPE
+from ..findings import Finding, finding, register
+from ..fsutil import is_safe_relative_name, open_regular
+from ..jsonutil import JsonError, loads_strict
+from ..tensors import FormatError
+from .schemas import known_model_types
+
+# --- codes (HFC5xx) ------------------------------------------------------------------------------
+register("HFC501", "error", "tokenizer.model unreadable",
+         "The SentencePiece model cannot be parsed (truncated, not SentencePiece, absurd size); the slow "
+         "tokenizer fails to load, and so does the fast one when no tokenizer.json is present to use instead.",
+         "Re-download the file, or replace it with the model's real tokenizer.model.",
+         "tokenizer.model is not a valid SentencePiece model (it looks like a tiktoken BPE file); replace it "
+         "with the real SentencePiece model")
+register("HFC502", "error", "vocab_size below tokenizer",
+         "The tokenizer can produce ids at or past config.json's vocab_size; the embedding lookup of those "
+         "ids fails (index error, CUDA device-side assert) or reads another token's row.",
+         "Resize the embeddings (model.resize_token_embeddings(len(tokenizer))) and save again, or fix "
+         "vocab_size if it is simply wrong.",
+         "config.json vocab_size is 200 but the tokenizer (tokenizer.json) has ids up to 202; resize the "
+         "embeddings to at least 203 rows and update vocab_size")
+register("HFC503", "info", "vocab_size padded",
+         "config.json's vocab_size is larger than the tokenizer's vocabulary; common (padding to a multiple "
+         "of 64 for speed) and harmless, the extra rows are never produced by the tokenizer.",
+         "Nothing to do.",
+         "config.json vocab_size 32128 is larger than the tokenizer's 32100 ids (padded embedding)")
+register("HFC504", "error", "special token not in vocabulary",
+         "A special token named in special_tokens_map.json or tokenizer_config.json is not in the "
+         "vocabulary; transformers silently adds it as a new token with an id past the vocabulary, "
+         "whose embedding row is untrained or does not exist.",
+         "Use a token that exists in the vocabulary (e.g. the unk or eos token for padding), or add it "
+         "and resize the embeddings.",
+         "special_tokens_map.json: pad_token '<pad>' is not in the vocabulary (tokenizer.model); transformers "
+         "would add it as id 200, past the 200 embedding rows")
+register("HFC505", "error", "token id out of range",
+         "A bos/eos/pad/decoder_start token id in config.json or generation_config.json is negative or not "
+         "below vocab_size; generation can never emit or stop at it, or indexes past the embedding.",
+         "Set the id to the tokenizer's id of that token.",
+         "generation_config.json: eos_token_id 50000 is not below vocab_size 200; set it to the "
+         "tokenizer's id of '</s>' (2)")
+register("HFC506", "warning", "token id disagrees with tokenizer",
+         "config.json or generation_config.json names a different id for bos/eos/pad than the tokenizer "
+         "gives that token; generation stops at the wrong token (or never) and batches are padded "
+         "with a token the model does not expect.",
+         "Make the ids agree with the tokenizer (tokenizer.convert_tokens_to_ids(token)).",
+         "generation_config.json: eos_token_id is 7 but the tokenizer's eos_token '</s>' has id 2; generation "
+         "would not stop at '</s>'")
+register("HFC507", "error", "tokenizer file reference",
+         "tokenizer_config.json names a file (vocab_file, merges_file, sp_model_file, ...) that is not in "
+         "the folder, or a path outside it; transformers 4.x opens such paths as given.",
+         "Remove the key (save_pretrained never writes it) or ship the named file.",
+         "tokenizer_config.json sets vocab_file to 'spm.model', which is not in the folder; ship the file or "
+         "remove the key")
+register("HFC508", "error", "added tokens disagree",
+         "tokenizer_config.json's added_tokens_decoder, added_tokens.json or tokenizer.json's added_tokens "
+         "give a token a different id than the vocabulary does; depending on the loader the token is "
+         "encoded to one id and decoded from another.",
+         "Re-save the tokenizer with save_pretrained so that all files come from one tokenizer.",
+         "tokenizer_config.json: added_tokens_decoder gives '<|im_end|>' id 5 but tokenizer.json gives it "
+         "id 151645")
+# HFC509 is not used: embedding rows against vocab_size is HFC601 of the shape check (checks/shapes.py).
+register("HFC510", "error", "special token past embedding",
+         "A special token's id is not below the embedding's row count; using it (padding, bos) indexes "
+         "past the embedding matrix.",
+         "Resize the embeddings to cover the token, or use a token inside the vocabulary.",
+         "pad_token '<pad>' has id 32000 but model.embed_tokens.weight has only 32000 rows")
+register("HFC511", "warning", "tokenizer.model and tokenizer.json disagree",
+         "The slow (tokenizer.model) and fast (tokenizer.json) tokenizers of the folder encode differently: "
+         "another piece count or other ids for unk/bos/eos; use_fast=False gives other ids than the default.",
+         "Regenerate tokenizer.json from tokenizer.model (or delete the stale file).",
+         "tokenizer.model has 32000 pieces but tokenizer.json's vocabulary has 32001 entries")
+register("HFC512", "error", "chat template does not parse",
+         "apply_chat_template compiles the template with jinja2; a syntax error makes every chat call fail.",
+         "Fix the template at the line given (jinja2 syntax).",
+         "tokenizer_config.json: chat_template does not parse: unexpected '}' at line 1")
+register("HFC513", "warning", "chat turn end not an eos id",
+         "The chat template ends an assistant turn with a token that is not among generation_config.json's "
+         "eos ids, so generation does not stop after the answer (the classic 'model never stops' bug).",
+         "Add the token's id to eos_token_id in generation_config.json (it may be a list).",
+         "tokenizer_config.json: the chat template ends assistant turns with '<|im_end|>' (id 151645), which "
+         "is not among generation_config.json's eos_token_id [151643]")
+register("HFC514", "info", "config dtype differs from weights",
+         "config.json's torch_dtype / dtype is not the dtype the weights are stored in; loaders trust the "
+         "config (torch_dtype='auto' casts to it), so the loaded model differs in memory and precision "
+         "from what the files hold.",
+         "Set torch_dtype (dtype in transformers 5) to the stored dtype, or convert the weights.",
+         "config.json says torch_dtype float32 but the weights are stored as BF16 (19 of 19 floating-point "
+         "tensors)")
+register("HFC515", "warning", "special token files disagree",
+         "special_tokens_map.json and tokenizer_config.json name different strings for the same special "
+         "token; transformers takes special_tokens_map.json's, other tools take tokenizer_config.json's.",
+         "Make both files name the same token (re-save the tokenizer with save_pretrained).",
+         "eos_token is '</s>' in special_tokens_map.json but '<|im_end|>' in tokenizer_config.json; "
+         "transformers uses '</s>'")
+register("HFC516", "error", "vocabulary file unreadable",
+         "The vocabulary file the tokenizer is built from (vocab.json, vocab.txt) cannot be read.",
+         "Re-download or re-save the tokenizer.",
+         "vocab.json is not valid JSON: Expecting ',' delimiter at line 1 column 9")
+register("HFC517", "info", "tokenizer checks skipped",
+         "The folder has tokenizer metadata but no vocabulary hfconv can read (tokenizer.json, tokenizer.model, "
+         "spiece.model, vocab.json or vocab.txt), so vocabulary checks were skipped.",
+         "Nothing to fix if the tokenizer loads; ship tokenizer.json to have it checked.",
+         "no readable tokenizer vocabulary (tokenizer.json, tokenizer.model, vocab.json, vocab.txt); "
+         "vocabulary checks were skipped")
+
+SPECIAL_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+ROLE_OF_ID = {"bos_token_id": "bos_token", "eos_token_id": "eos_token", "pad_token_id": "pad_token"}
+SP_FILES = ("tokenizer.model", "spiece.model")
+"""SentencePiece files whose piece ids are the tokenizer's ids (sentencepiece.bpe.model is shifted)."""
+EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight",
+                  "shared.weight", "lm_head.weight", "embed_out.weight")
+"""Tensors whose first dimension is the vocabulary (input embeddings and output heads)."""
+IGNORED_FILE_KEYS = frozenset({"special_tokens_map_file", "tokenizer_config_file", "name_or_path"})
+"""``*_file`` keys transformers pops or ignores; old save_pretrained wrote absolute paths there."""
+
+MAX_SENTENCEPIECE_BYTES = 50_000_000
+MAX_VOCAB_BYTES = 100_000_000
+MAX_TEMPLATE_BYTES = 1_000_000
+TEMPLATE_TIME_BUDGET_S = 1.0
+TEMPLATE_MAX_OUTPUT = 1_000_000
+
+
+class TokenizerFileError(Exception):
+    """A tokenizer file could not be read; ``message`` continues the sentence after its name."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+# --- readers -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SentencePieceModel:
+    """What hfconv needs from a SentencePiece model: its pieces and the ids of its special pieces."""
+
+    file: str
+    pieces: tuple[str, ...]
+    """Piece text by id."""
+    unk_id: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    """-1 where the model has no such piece."""
+
+    @property
+    def piece_count(self) -> int:
+        return len(self.pieces)
+
+    def special_ids(self) -> dict[str, int]:
+        """role -> id for the special pieces the model defines."""
+        ids = {"unk": self.unk_id, "bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id}
+        return {role: i for role, i in ids.items() if 0 <= i < len(self.pieces)}
+
+
+def _read_limited(folder: ModelFolder, name: str, max_bytes: int) -> bytes:
+    """Read a folder file after proving it is a regular file inside the folder and not absurdly large."""
+    if not folder.contains(name):
+        raise TokenizerFileError("is a symlink pointing outside the model folder; it was not read")
+    try:
+        with open_regular(folder.path(name)) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise TokenizerFileError(f"is {size} bytes, over the {max_bytes}-byte limit; it was not read")
+            data = handle.read(max_bytes + 1)
+    except FormatError as exc:
+        raise TokenizerFileError(exc.message) from None
+    if len(data) > max_bytes:
+        raise TokenizerFileError(f"grew past the {max_bytes}-byte limit while being read")
+    return data
+
+
+_TIKTOKEN_LINE = re.compile(rb"^[A-Za-z0-9+/=]+ \d+\r?$")
+
+
+def read_sentencepiece(folder: ModelFolder, name: str, max_bytes: int | None = None) -> SentencePieceModel:
+    """Parse a SentencePiece model from its bytes (sentencepiece never sees a path, runs no code).
+
+    Args:
+        folder: the model folder.
+        name: file name inside it.
+        max_bytes: files larger than this are refused unread (default ``MAX_SENTENCEPIECE_BYTES``).
+
+    Returns:
+        The pieces and special ids.
+
+    Raises:
+        TokenizerFileError: unreadable, too large, empty, or not a SentencePiece model.
+    """
+    data = _read_limited(folder, name, MAX_SENTENCEPIECE_BYTES if max_bytes is None else max_bytes)
+    if not data:
+        raise TokenizerFileError("is empty, not a SentencePiece model")
+    first_line = data.split(b"\n", 1)[0]
+    if _TIKTOKEN_LINE.match(first_line):
+        raise TokenizerFileError("is a tiktoken BPE file (base64 token and rank per line), not a SentencePiece model")
+    import sentencepiece
+
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_proto=data)
+    except (RuntimeError, OSError, ValueError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TokenizerFileError(f"is not a valid SentencePiece model ({reason[:120]})") from None
+    count = processor.get_piece_size()
+    if count <= 0:
+        raise TokenizerFileError("is not a valid SentencePiece model (it holds no pieces)")
+    pieces = tuple(processor.id_to_piece(list(range(count))))
+    return SentencePieceModel(
+        file=name,
+        pieces=pieces,
+        unk_id=processor.unk_id(),
+        bos_id=processor.bos_id(),
+        eos_id=processor.eos_id(),
+        pad_id=processor.pad_id(),
+    )
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The tokenizer's token -> id map as the loader would build it: base vocabulary plus added tokens."""
+
+    source: str
+    """File the base vocabulary comes from."""
+    base: Mapping[str, int]
+    base_size: int
+    """Ids the base model covers (0 .. base_size-1)."""
+    added: Mapping[str, int]
+    """Added tokens: content -> id."""
+    special: frozenset[str] = frozenset()
+    """Added tokens marked special (they end turns, they are never split)."""
+
+    def id_of(self, token: str) -> int | None:
+        found = self.added.get(token)
+        return found if found is not None else self.base.get(token)
+
+    @property
+    def size(self) -> int:
+        """One more than the largest id the tokenizer can produce (len(tokenizer))."""
+        return max([self.base_size, *(i + 1 for i in self.added.values())])
+
+    @cached_property
+    def token_at(self) -> dict[int, str]:
+        """id -> token (added tokens win, as in the fast tokenizer)."""
+        out = {i: t for t, i in self.base.items()}
+        out.update({i: t for t, i in self.added.items()})
+        return out
+
+
+def _token_text(value: Any) -> str | None:
+    """The text of a token given as a string or an AddedToken object."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_vocabulary(data: dict) -> Vocabulary | None:
+    """Base vocabulary and added tokens of a parsed tokenizer.json, or None if it has no usable vocab."""
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return None
+    vocab = model.get("vocab")
+    base: dict[str, int] = {}
+    if isinstance(vocab, dict):
+        base = {t: i for t, i in vocab.items() if _is_id(i) and i >= 0}
+        base_size = max(base.values(), default=-1) + 1
+    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
+        for i, item in enumerate(vocab):
+            if isinstance(item, list) and item and isinstance(item[0], str):
+                base.setdefault(item[0], i)
+        base_size = len(vocab)
+    else:
+        return None
+    added: dict[str, int] = {}
+    special: set[str] = set()
+    for token in data.get("added_tokens") or ():
+        if isinstance(token, dict) and isinstance(token.get("content"), str) and _is_id(token.get("id")):
+            added.setdefault(token["content"], token["id"])
+            if token.get("special") is True:
+                special.add(token["content"])
+    return Vocabulary(source="tokenizer.json", base=base, base_size=base_size, added=added,
+                      special=frozenset(special))
+
+
+def _read_vocab_json(folder: ModelFolder, name: str) -> dict[str, int]:
+    try:
+        data = loads_strict(_read_limited(folder, name, MAX_VOCAB_BYTES))
+    except JsonError as exc:
+        raise TokenizerFileError(f"is not valid JSON: {exc.message}") from None
+    bad = next((k for k, v in data.items() if not _is_id(v) or v < 0), None)
+    if bad is not None:
+        raise TokenizerFileError(f"maps {bad!r} to {data[bad]!r}, which is not a token id")
+    return data
+
+
+def _read_vocab_txt(folder: ModelFolder, name: str) -> dict[str, int]:
+    try:
+        text = _read_limited(folder, name, MAX_VOCAB_BYTES).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenizerFileError(f"is not UTF-8 text (byte {exc.start})") from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    # As BertTokenizer's load_vocab: one token per line, id = line number, the last duplicate wins.
+    return {token: index for index, token in enumerate(lines)}
+
+
+@dataclass
+class _Facts:
+    """Everything the tokenizer checks share, read once per folder."""
+
+    contents: FolderContents
+    findings: list[Finding]
+    sp_models: dict[str, SentencePieceModel]
+    vocab: Vocabulary | None
+    json_vocab: Vocabulary | None
+    named: dict[str, tuple[str, str]]
+    """role -> (token, file that sets it), after special_tokens_map.json overrides tokenizer_config.json."""
+    extra: list[tuple[str, str]]
+    """additional/extra special tokens: (token, file)."""
+
+    @property
+    def config(self) -> dict | None:
+        return self.contents.config
+
+    @property
+    def text_config(self) -> dict | None:
+        """The config holding vocab_size: config.json itself, or its text_config for multimodal models."""
+        config = self.config
+        if config is None:
+            return None
+        if "vocab_size" not in config and isinstance(config.get("text_config"), dict):
+            return config["text_config"]
+        return config
+
+    @property
+    def vocab_size(self) -> int | None:
+        cfg = self.text_config
+        value = cfg.get("vocab_size") if cfg else None
+        return value if _is_id(value) and value > 0 else None
+
+
+# --- the check -----------------------------------------------------------------------------------
+def check_tokenizer(contents: FolderContents) -> Iterator[Finding]:
+    """Vocabulary, special tokens, ids, embedding rows, slow/fast agreement and the chat template."""
+    facts = _gather(contents)
+    yield from facts.findings
+    yield from _check_file_references(facts)
+    yield from _check_vocab_size(facts)
+    yield from _check_special_tokens(facts)
+    yield from _check_added_tokens(facts)
+    yield from _check_token_ids(facts)
+    yield from _check_embeddings(facts)
+    yield from _check_slow_fast(facts)
+    yield from _check_chat_template(facts)
+
+
+def _gather(contents: FolderContents) -> _Facts:
+    folder = contents.folder
+    findings: list[Finding] = []
+    tokenizer_json = contents.json.get("tokenizer.json")
+    json_vocab = _json_vocabulary(tokenizer_json) if isinstance(tokenizer_json, dict) else None
+
+    # 1. SentencePiece models, read from bytes.
+    sp_models: dict[str, SentencePieceModel] = {}
+    for name in SP_FILES:
+        if not folder.has(name) or name in folder.special_files:
+            continue
+        try:
+            sp_models[name] = read_sentencepiece(folder, name)
+        except TokenizerFileError as exc:
+            severity = "warning" if json_vocab is not None else None
+            extra = ("; the fast tokenizer uses tokenizer.json, but use_fast=False fails" if json_vocab
+                     else "; replace it with the model's real SentencePiece file")
+            findings.append(finding("HFC501", f"{name} {exc.message}{extra}", file=name, severity=severity))
+
+    # 2. The vocabulary the loader uses: tokenizer.json, else the slow files.
+    vocab = json_vocab
+    if vocab is None and "tokenizer.json" not in contents.json_errors:
+        vocab = _slow_vocabulary(contents, sp_models, findings)
+    if vocab is not None:
+        vocab = _with_declared_added_tokens(contents, vocab)
+    elif (folder.has("tokenizer_config.json") or folder.has("special_tokens_map.json")) and not findings and \
+            "tokenizer.json" not in contents.json_errors and not folder.has("tokenizer.json"):
+        # (Read errors of the vocabulary files are findings of their own; no need to add this one.)
+        findings.append(finding("HFC517", "no readable tokenizer vocabulary (tokenizer.json, tokenizer.model, "
+                                "spiece.model, vocab.json or vocab.txt); vocabulary checks were skipped"))
+    named, extra, disagreements = _special_tokens(contents)
+    findings.extend(disagreements)
+    return _Facts(contents, findings, sp_models, vocab, json_vocab, named, extra)
+
+
+def _slow_vocabulary(contents: FolderContents, sp_models: dict[str, SentencePieceModel],
+                     findings: list[Finding]) -> Vocabulary | None:
+    folder = contents.folder
+    for name in SP_FILES:
+        if name in sp_models:
+            model = sp_models[name]
+            base: dict[str, int] = {}
+            for i, piece in enumerate(model.pieces):
+                base.setdefault(piece, i)
+            return Vocabulary(source=name, base=base, base_size=model.piece_count, added={})
+        if folder.has(name):
+            return None  # present but unreadable (HFC501): nothing to compare against
+    for name, reader in (("vocab.json", _read_vocab_json), ("vocab.txt", _read_vocab_txt)):
+        if folder.has(name) and name not in folder.special_files:
+            try:
+                base = reader(folder, name)
+            except TokenizerFileError as exc:
+                findings.append(finding("HFC516", f"{name} {exc.message}; re-download or re-save the tokenizer",
+                                        file=name))
+                return None
+            return Vocabulary(source=name, base=base, base_size=max(base.values(), default=-1) + 1, added={})
+    return None
+
+
+@dataclass(frozen=True)
+class DeclaredToken:
+    """An added token as tokenizer_config.json (added_tokens_decoder) or added_tokens.json declares it."""
+
+    file: str
+    content: str
+    id: int
+    special: bool
+
+
+def _declared_added_tokens(contents: FolderContents) -> list[DeclaredToken]:
+    """Added tokens from tokenizer_config.json's added_tokens_decoder and the legacy added_tokens.json."""
+    out: list[DeclaredToken] = []
+    config = contents.json.get("tokenizer_config.json")
+    decoder = config.get("added_tokens_decoder") if isinstance(config, dict) else None
+    if isinstance(decoder, dict):
+        for key, token in decoder.items():
+            text = _token_text(token)
+            if text is not None and isinstance(key, str) and key.isascii() and key.isdigit():
+                special = isinstance(token, dict) and token.get("special") is True
+                out.append(DeclaredToken("tokenizer_config.json", text, int(key), special))
+    legacy = contents.json.get("added_tokens.json")
+    if isinstance(legacy, dict):
+        for text, token_id in legacy.items():
+            if _is_id(token_id) and token_id >= 0:
+                out.append(DeclaredToken("added_tokens.json", text, token_id, False))
+    return out
+
+
+def _with_declared_added_tokens(contents: FolderContents, vocab: Vocabulary) -> Vocabulary:
+    """Add tokens the tokenizer config declares (and T5's virtual <extra_id_N>) that vocab lacks."""
+    added = dict(vocab.added)
+    special = set(vocab.special)
+    for token in _declared_added_tokens(contents):
+        if token.content not in added and token.content not in vocab.base:
+            added[token.content] = token.id
+        if token.special:
+            special.add(token.content)
+    config = contents.json.get("tokenizer_config.json")
+    extra_ids = config.get("extra_ids") if isinstance(config, dict) else None
+    if vocab.source == "spiece.model" and _is_id(extra_ids) and 0 < extra_ids <= 10_000:
+        # T5Tokenizer (slow): <extra_id_N> has id vocab_size - 1 - N, past the SentencePiece pieces.
+        for n in range(extra_ids):
+            added.setdefault(f"<extra_id_{n}>", vocab.base_size + extra_ids - 1 - n)
+    return Vocabulary(source=vocab.source, base=vocab.base, base_size=vocab.base_size, added=added,
+                      special=frozenset(special))
+
+
+def _special_tokens(contents: FolderContents):
+    """Named special tokens (special_tokens_map.json wins, as in transformers), extras, disagreements."""
+    named: dict[str, tuple[str, str]] = {}
+    extra: dict[str, str] = {}
+    disagreements: list[Finding] = []
+    sources = ("tokenizer_config.json", "special_tokens_map.json")  # later wins
+    for name in sources:
+        data = contents.json.get(name)
+        if not isinstance(data, dict):
+            continue
+        for role in SPECIAL_ROLES:
+            text = _token_text(data.get(role))
+            if text is None:
+                continue
+            previous = named.get(role)
+            if previous is not None and previous[0] != text:
+                disagreements.append(finding(
+                    "HFC515", f"{role} is {text!r} in {name} but {previous[0]!r} in {previous[1]}; transformers "
+                    f"uses {text!r}, so make both files name the same token", file=name, tensor=f"$.{role}"))
+            named[role] = (text, name)
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            value = data.get(key)
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+            for item in items:
+                text = _token_text(item)
+                if text is not None:
+                    extra.setdefault(text, name)
+    return named, list(extra.items()), disagreements
+
+
+# --- individual checks ---------------------------------------------------------------------------
+def _check_file_references(facts: _Facts) -> Iterator[Finding]:
+    """Files tokenizer_config.json names (vocab_file, merges_file, sp_model_file, ...) must be there."""
+    config = facts.contents.json.get("tokenizer_config.json")
+    if not isinstance(config, dict):
+        return
+    folder = facts.contents.folder
+    has_fast = facts.json_vocab is not None
+    for key, value in config.items():
+        if not key.endswith("_file") or key in IGNORED_FILE_KEYS or not isinstance(value, str) or not value:
+            continue
+        if not is_safe_relative_name(value) or not folder.contains(value):
+            yield finding("HFC507", f"tokenizer_config.json sets {key} to {value!r}, a path outside the model "
+                          "folder; transformers 4.x opens it as given (failing on other machines or reading a "
+                          "file the folder does not ship), so remove the key",
+                          file="tokenizer_config.json", tensor=f"$.{key}", severity="warning")
+        elif not folder.has(value):
+            yield finding("HFC507", f"tokenizer_config.json sets {key} to {value!r}, which is not in the folder; "
+                          "ship the file or remove the key", file="tokenizer_config.json", tensor=f"$.{key}",
+                          severity="warning" if has_fast else None)
+
+
+def _check_vocab_size(facts: _Facts) -> Iterator[Finding]:
+    """Every id the tokenizer produces must index the input embedding (vocab_size when rows are unknown)."""
+    vocab, vocab_size = facts.vocab, facts.vocab_size
+    if vocab is None:
+        return
+    extra = len([i for i in vocab.added.values() if i >= vocab.base_size])
+    what = f"the tokenizer ({vocab.source}{f' + {extra} added tokens' if extra else ''})"
+    rows = _input_rows(facts)
+    known = (facts.config or {}).get("model_type") in known_model_types()
+    # Outside hfconv's family table an embedding may legitimately hold more rows than vocab_size
+    # (mllama: vocab_size + 8); there the rows decide.
+    rows_cover = rows is not None and rows[1] >= vocab.size and not known
+    if rows is not None and vocab.size > rows[1]:
+        name, count = rows
+        yield finding("HFC502", f"{name} has {count} rows but {what} has ids up to {vocab.size - 1}; resize the "
+                      f"embeddings to at least {vocab.size} rows and update vocab_size",
+                      file=facts.contents.tensor_files.get(name), tensor=name)
+    elif vocab_size is not None and vocab.size > vocab_size and not rows_cover:
+        yield finding("HFC502", f"config.json vocab_size is {vocab_size} but {what} has ids up to {vocab.size - 1}; "
+                      f"resize the embeddings to at least {vocab.size} rows and update vocab_size",
+                      file="config.json", tensor="$.vocab_size")
+    if vocab_size is not None and vocab.size < vocab_size:
+        yield finding("HFC503", f"config.json vocab_size {vocab_size} is larger than {what}'s {vocab.size} ids "
+                      "(padded embedding; harmless)", file="config.json", tensor="$.vocab_size")
+
+
+OUTPUT_SUFFIXES = ("lm_head.weight", "embed_out.weight")
+
+
+def _embedding_rows(facts: _Facts) -> dict[str, int]:
+    """Name -> first dimension of the floating-point vocabulary matrices of the loaded weights."""
+    rows: dict[str, int] = {}
+    for name, meta in facts.contents.loaded_tensors.items():
+        if len(meta.shape) == 2 and meta.dtype in FLOAT_DTYPES and any(
+            name == suffix or name.endswith("." + suffix) for suffix in EMBED_SUFFIXES
+        ):
+            rows[name] = meta.shape[0]
+    return rows
+
+
+def _input_rows(facts: _Facts) -> tuple[str, int] | None:
+    """(name, rows) of the smallest input embedding: the ids a tokenizer may produce must be below it.
+
+    Output heads are left out: some models (mllama) embed more input ids than the head predicts.
+    """
+    rows = {n: r for n, r in _embedding_rows(facts).items()
+            if not any(n == s or n.endswith("." + s) for s in OUTPUT_SUFFIXES)}
+    return min(rows.items(), key=lambda item: item[1]) if rows else None
+
+
+def _check_special_tokens(facts: _Facts) -> Iterator[Finding]:
+    """Every special token must be in the vocabulary; transformers otherwise appends it silently."""
+    vocab = facts.vocab
+    if vocab is None:
+        return
+    rows = _input_rows(facts)
+    limit = rows[1] if rows is not None else facts.vocab_size
+    next_id = vocab.size
+    tokens = [(role, token, file) for role, (token, file) in facts.named.items()]
+    tokens += [("additional special token", token, file) for token, file in facts.extra]
+    seen: set[str] = set()
+    for role, token, file in tokens:
+        if token in seen or vocab.id_of(token) is not None:
+            continue
+        seen.add(token)
+        new_id = next_id
+        next_id += 1
+        if limit is not None and new_id >= limit:
+            consequence = f"transformers would add it as id {new_id}, past the {limit} embedding rows"
+            severity = None
+        else:
+            consequence = f"transformers would add it as id {new_id}, an untrained embedding row"
+            severity = "warning"
+        yield finding("HFC504", f"{file}: {role} {token!r} is not in the vocabulary ({vocab.source}); {consequence}",
+                      file=file, tensor=f"$.{role}" if role in SPECIAL_ROLES else None, severity=severity)
+
+
+def _check_added_tokens(facts: _Facts) -> Iterator[Finding]:
+    """added_tokens_decoder / added_tokens.json / tokenizer.json added_tokens agree with the vocabulary."""
+    contents = facts.contents
+    json_vocab = facts.json_vocab
+    if json_vocab is not None:
+        for text, token_id in json_vocab.added.items():
+            base_id = json_vocab.base.get(text)
+            if base_id is not None and base_id != token_id:
+                yield finding("HFC508", f"tokenizer.json: added token {text!r} has id {token_id} but the model "
+                              f"vocabulary has it at id {base_id}; re-save the tokenizer",
+                              file="tokenizer.json", tensor="$.added_tokens")
+    reference = json_vocab if json_vocab is not None else facts.vocab
+    if reference is None:
+        return
+    # What the vocabulary says without the declarations being checked.
+    base_ref = reference if json_vocab is not None else Vocabulary(
+        reference.source, reference.base, reference.base_size, {})
+    for declared in _declared_added_tokens(contents):
+        file, text, token_id = declared.file, declared.content, declared.id
+        key = "added_tokens_decoder" if file == "tokenizer_config.json" else "added_tokens"
+        known_id = base_ref.id_of(text)
+        at_id = base_ref.token_at.get(token_id)
+        if known_id is not None and known_id != token_id:
+            yield finding("HFC508", f"{file}: {key} gives {text!r} id {token_id} but {base_ref.source} gives it "
+                          f"id {known_id}; re-save the tokenizer so that the files agree",
+                          file=file, tensor=f"$.{key}")
+        elif known_id is None and at_id is not None and at_id != text:
+            yield finding("HFC508", f"{file}: {key} puts {text!r} at id {token_id}, where {base_ref.source} has "
+                          f"{at_id!r}; re-save the tokenizer so that the files agree", file=file, tensor=f"$.{key}")
+
+
+def _config_ids(data: dict, fallback: dict | None) -> dict[str, list[int]]:
+    """Token ids by key (eos may be a list); keys absent at the top come from ``fallback``."""
+    out: dict[str, list[int]] = {}
+    for key in ID_KEYS:
+        value = data.get(key) if key in data else (fallback or {}).get(key)
+        values = value if isinstance(value, list) else [value]
+        ids = [v for v in values if _is_id(v)]
+        if ids:
+            out[key] = ids
+    return out
+
+
+def _check_token_ids(facts: _Facts) -> Iterator[Finding]:
+    """bos/eos/pad/decoder_start ids in range and equal to the tokenizer's ids for those tokens."""
+    contents = facts.contents
+    vocab = facts.vocab
+    limit = facts.vocab_size or (vocab.size if vocab else None)
+    limit_name = "vocab_size" if facts.vocab_size else "the tokenizer's size"
+    has_generation = isinstance(contents.json.get("generation_config.json"), dict)
+    for file in ("config.json", "generation_config.json"):
+        data = contents.json.get(file)
+        if not isinstance(data, dict):
+            continue
+        fallback = facts.text_config if file == "config.json" and facts.text_config is not data else None
+        for key, ids in _config_ids(data, fallback).items():
+            role = ROLE_OF_ID.get(key)
+            token = facts.named.get(role, (None, None))[0] if role else None
+            token_id = vocab.id_of(token) if vocab is not None and token is not None else None
+            hint = f"; set it to the tokenizer's id of {token!r} ({token_id})" if token_id is not None else ""
+            in_range = True
+            for value in ids:
+                if value < 0 and not (key == "pad_token_id" and value == -1):
+                    in_range = False
+                    yield finding("HFC505", f"{file}: {key} {value} is negative, not a token id{hint}",
+                                  file=file, tensor=f"$.{key}")
+                elif limit is not None and value >= limit:
+                    in_range = False
+                    yield finding("HFC505", f"{file}: {key} {value} is not below {limit_name} {limit}{hint}",
+                                  file=file, tensor=f"$.{key}")
+            if token_id is None or not in_range or token_id in ids:
+                continue
+            shown = ids[0] if len(ids) == 1 else ids
+            if role == "eos_token":
+                effective = file == "generation_config.json" or not has_generation
+                severity = None if effective else "info"
+                why = (f"generation would not stop at {token!r}" if effective else
+                       "generation uses generation_config.json's ids, so this only matters to tools reading "
+                       "config.json")
+            elif role == "bos_token":
+                severity, why = None, "generate() would start from another token than the tokenizer adds"
+            else:
+                severity, why = "info", "batched generation pads with another token than the tokenizer"
+            yield finding("HFC506", f"{file}: {key} is {shown} but the tokenizer's {role} {token!r} has id "
+                          f"{token_id}; {why}", file=file, tensor=f"$.{key}", severity=severity)
+
+
+def _check_embeddings(facts: _Facts) -> Iterator[Finding]:
+    """Every special token's id must be below the embedding's row count.
+
+    (Rows against vocab_size is the shape check's HFC601; this one needs the tokenizer.)
+    """
+    rows = _embedding_rows(facts)
+    vocab = facts.vocab
+    if not rows or vocab is None:
+        return
+    where = facts.contents.tensor_files
+    smallest_name, smallest = min(rows.items(), key=lambda item: item[1])
+    for role, (token, _file) in facts.named.items():
+        token_id = vocab.id_of(token)
+        if token_id is not None and token_id >= smallest:
+            yield finding("HFC510", f"{role} {token!r} has id {token_id} but {smallest_name} has only {smallest} "
+                          "rows; resize the embeddings to cover it", file=where.get(smallest_name),
+                          tensor=smallest_name)
+
+
+def _check_slow_fast(facts: _Facts) -> Iterator[Finding]:
+    """tokenizer.model and tokenizer.json must describe the same vocabulary."""
+    model = facts.sp_models.get("tokenizer.model")
+    fast = facts.json_vocab
+    if model is None or fast is None:
+        return
+    if model.piece_count != fast.base_size:
+        yield finding("HFC511", f"tokenizer.model has {model.piece_count} pieces but tokenizer.json's vocabulary has "
+                      f"{fast.base_size} entries; regenerate tokenizer.json from tokenizer.model (or delete the "
+                      "stale file)", file="tokenizer.json")
+        return
+    for role, piece_id in model.special_ids().items():
+        piece = model.pieces[piece_id]
+        fast_id = fast.id_of(piece)
+        if fast_id != piece_id:
+            got = "does not contain it" if fast_id is None else f"gives it id {fast_id}"
+            yield finding("HFC511", f"tokenizer.model's {role} piece {piece!r} has id {piece_id} but tokenizer.json "
+                          f"{got}; regenerate tokenizer.json from tokenizer.model", file="tokenizer.json")
+
+
+# --- chat template -------------------------------------------------------------------------------
+_MARKER = "hfconvMARKER7q"
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """One chat template and where it comes from."""
+
+    file: str
+    name: str
+    """``default`` or the name in a list of templates."""
+    source: str
+
+
+def _chat_templates(facts: _Facts) -> tuple[list[ChatTemplate], list[Finding]]:
+    """All templates of the folder; the effective one (chat_template.jinja wins) comes first."""
+    folder = facts.contents.folder
+    templates: list[ChatTemplate] = []
+    problems: list[Finding] = []
+    if folder.has("chat_template.jinja") and "chat_template.jinja" not in folder.special_files:
+        try:
+            text = _read_limited(folder, "chat_template.jinja", MAX_TEMPLATE_BYTES).decode("utf-8")
+            templates.append(ChatTemplate("chat_template.jinja", "default", text))
+        except TokenizerFileError as exc:
+            problems.append(finding("HFC512", f"chat_template.jinja {exc.message}", file="chat_template.jinja"))
+        except UnicodeDecodeError as exc:
+            problems.append(finding("HFC512", f"chat_template.jinja is not UTF-8 text (byte {exc.start}); "
+                                    "save it as UTF-8", file="chat_template.jinja"))
+    config = facts.contents.json.get("tokenizer_config.json")
+    value = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(value, str):
+        templates.append(ChatTemplate("tokenizer_config.json", "default", value))
+    elif isinstance(value, list):
+        entries = [e for e in value if isinstance(e, dict) and isinstance(e.get("template"), str)]
+        entries.sort(key=lambda e: e.get("name") != "default")
+        for entry in entries:
+            templates.append(ChatTemplate("tokenizer_config.json", str(entry.get("name")), entry["template"]))
+    return templates, problems
+
+
+def _environment(deadline: float):
+    """jinja2's ImmutableSandboxedEnvironment set up as transformers sets it up, plus a CPU budget."""
+    import jinja2
+    from jinja2 import nodes
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationTag(Extension):
+        """transformers' ``{% generation %}...{% endgeneration %}`` block (renders its body)."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
+    class BudgetExceeded(jinja2.exceptions.TemplateError):
+        pass
+
+    def check_budget():
+        if time.monotonic() > deadline:
+            raise BudgetExceeded("time budget exceeded")
+
+    class BudgetedSandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            check_budget()
+            if operator == "**" and _is_id(right) and abs(right) > 1000:
+                raise BudgetExceeded("exponent too large")
+            if operator == "*":
+                size = next((len(x) for x in (left, right) if isinstance(x, (str, list, tuple))), None)
+                count = next((x for x in (left, right) if _is_id(x)), None)
+                if size is not None and count is not None and size * count > TEMPLATE_MAX_OUTPUT:
+                    raise BudgetExceeded("repetition too large")
+            return super().call_binop(context, operator, left, right)
+
+        def call(self, context, obj, /, *args, **kwargs):
+            check_budget()
+            return super().call(context, obj, *args, **kwargs)
+
+        def getattr(self, obj, attribute):
+            check_budget()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj, argument):
+            check_budget()
+            return super().getitem(obj, argument)
+
+    def budget_range(*args):
+        for value in range(*args)[:100_000]:
+            check_budget()
+            yield value
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = BudgetedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    env.globals["range"] = budget_range
+    return env
+
+
+def _template_error(template: ChatTemplate) -> str | None:
+    """Why the template does not compile, or None when it does."""
+    import jinja2
+
+    env = _environment(time.monotonic() + TEMPLATE_TIME_BUDGET_S)
+    try:
+        env.from_string(template.source)
+    except jinja2.exceptions.TemplateSyntaxError as exc:
+        return f"{exc.message} at line {exc.lineno}"
+    except jinja2.exceptions.TemplateError as exc:
+        return str(exc) or type(exc).__name__
+    except (RecursionError, MemoryError) as exc:
+        return f"it is too deeply nested to compile ({type(exc).__name__})"
+    return None
+
+
+def _render_probe(template: ChatTemplate, facts: _Facts) -> str | None:
+    """The text a template emits right after an assistant message's content, or None if unknown.
+
+    The template is rendered in the sandbox (time and size budget) with a user message and an
+    assistant message whose content is a marker; whatever follows the marker ends the turn.
+    """
+    specials = {role: token for role, (token, _file) in facts.named.items()}
+    content_forms = (_MARKER, [{"type": "text", "text": _MARKER}])
+    deadline = time.monotonic() + TEMPLATE_TIME_BUDGET_S  # one budget for all attempts
+    for content in content_forms:
+        if time.monotonic() > deadline:
+            return None
+        env = _environment(deadline)
+        messages = [{"role": "user", "content": "Hello" if isinstance(content, str) else
+                     [{"type": "text", "text": "Hello"}]},
+                    {"role": "assistant", "content": content}]
+        try:
+            compiled = env.from_string(template.source)
+            out: list[str] = []
+            total = 0
+            for chunk in compiled.generate(messages=messages, add_generation_prompt=False, tools=None,
+                                           documents=None, **{r: specials.get(r) for r in SPECIAL_ROLES}):
+                out.append(chunk)
+                total += len(chunk)
+                if total > TEMPLATE_MAX_OUTPUT:
+                    raise MemoryError("template output too large")
+            text = "".join(out)
+        except Exception:  # noqa: BLE001 - anything a hostile or odd template raises means "cannot decide"
+            continue
+        index = text.find(_MARKER)
+        if index >= 0:
+            return text[index + len(_MARKER):]
+    return None
+
+
+def _eos_ids(facts: _Facts) -> tuple[str, list[int]] | None:
+    """(file, eos ids) that generate() stops at: generation_config.json's, else config.json's."""
+    contents = facts.contents
+    generation = contents.json.get("generation_config.json")
+    if isinstance(generation, dict) and generation.get("eos_token_id") is not None:
+        return "generation_config.json", _config_ids(generation, None).get("eos_token_id", [])
+    config = facts.config
+    if config is not None:
+        ids = _config_ids(config, facts.text_config if facts.text_config is not config else None)
+        if "eos_token_id" in ids:
+            return "config.json", ids["eos_token_id"]
+    return None
+
+
+def _check_chat_template(facts: _Facts) -> Iterator[Finding]:
+    templates, problems = _chat_templates(facts)
+    yield from problems
+    if not templates:
+        return
+    parsed: list[ChatTemplate] = []
+    for template in templates:
+        if len(template.source) > MAX_TEMPLATE_BYTES:
+            continue  # not compiled: no real template is this large, and compiling costs time and memory
+        error = _template_error(template)
+        label = "chat_template" if template.name == "default" else f"chat_template {template.name!r}"
+        if error is not None:
+            yield finding("HFC512", f"{template.file}: {label} does not parse: {error}; fix the jinja2 syntax",
+                          file=template.file, tensor="$.chat_template" if template.file.endswith(".json") else None)
+        else:
+            parsed.append(template)
+    if not parsed or parsed[0] is not templates[0] or facts.vocab is None:
+        return
+    effective = parsed[0]
+    eos = _eos_ids(facts)
+    if eos is None:
+        return
+    after = _render_probe(effective, facts)
+    if after is None:
+        return
+    # Only special tokens can end a turn for this check; ordinary added words ("###") are left alone.
+    candidates = set(facts.vocab.special) | {t for t, _f in facts.named.values()} | {t for t, _f in facts.extra}
+    stripped = after.lstrip()
+    end = next((t for t in sorted(candidates, key=len, reverse=True) if t.strip() and stripped.startswith(t)), None)
+    if end is None:
+        return
+    end_id = facts.vocab.id_of(end)
+    eos_file, eos_ids = eos
+    if end_id is None or end_id in eos_ids:
+        return
+    shown = eos_ids[0] if len(eos_ids) == 1 else eos_ids
+    yield finding("HFC513", f"{effective.file}: the chat template ends assistant turns with {end!r} (id {end_id}), "
+                  f"which is not among {eos_file}'s eos_token_id {shown}; add {end_id} to eos_token_id or "
+                  "generation will not stop after the answer", file=effective.file)
+
+
+# --- dtype ---------------------------------------------------------------------------------------
+def check_dtype(contents: FolderContents) -> Iterator[Finding]:
+    """config.json's torch_dtype / dtype against the dtype most floating-point weights are stored in."""
+    config = contents.config
+    if config is None or config.get("quantization_config") is not None:
+        return
+    key = "dtype" if isinstance(config.get("dtype"), str) else "torch_dtype"
+    value = config.get(key)
+    if not isinstance(value, str) or value not in TORCH_DTYPE:
+        return
+    declared = TORCH_DTYPE[value]
+    stored = Counter(t.dtype for t in contents.loaded_tensors.values() if t.dtype in FLOAT_DTYPES)
+    if not stored or declared not in FLOAT_DTYPES:
+        return
+    dominant, count = stored.most_common(1)[0]
+    if dominant == declared:
+        return
+    total = sum(stored.values())
+    yield finding("HFC514", f"config.json says {key} {value} but the weights are stored as {dominant} ({count} of "
+                  f"{total} floating-point tensors); loaders trust the config, so set {key} to the stored dtype "
+                  "unless the cast is intended", file="config.json", tensor=f"$.{key}")
