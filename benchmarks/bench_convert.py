@@ -1,0 +1,257 @@
+"""Benchmark: `hfconv convert` of a sharded `.bin` folder against `cp -r` and the usual recipes.
+
+Makes (once, cached under --workdir) a Llama-shaped fp32 folder of about --size-gb GB in 5
+`.bin` shards, and the same model with twice the layers (same largest tensor, twice the
+bytes) to show that memory stays flat, or takes --src FOLDER. For each folder it runs, in a
+fresh subprocess each, interleaved round by round, --repeat times (median reported):
+
+    cp -r                       the floor: the same bytes copied by the kernel
+    cp -r && sync               the durable floor (hfconv fsyncs its output before the rename;
+                                cp -r leaves the disk writes for later)
+    torch.load(mmap)+save_file  the best existing way: torch.load(mmap=True, weights_only=True)
+                                and safetensors' save_file, shard by shard
+    torch.load+save_file        the naive way
+    hfconv --no-verify          hfconv convert --no-verify
+    hfconv                      hfconv convert (every tensor compared bitwise, output validated)
+
+and prints wall time, the ratio to `cp -r`, peak RSS (VmHWM, which counts memory-mapped
+file pages too) and peak anonymous memory (RssAnon, the heap: what the issue's memory
+target is about), both polled from /proc/<pid>/status every 2 ms. The page cache is warm
+for every run (the folder is read once first), and `sync` runs, untimed, before each run
+so that no run pays for the previous run's disk writes.
+
+    python benchmarks/bench_convert.py [--size-gb 1.6] [--repeat 5] [--workdir /tmp/hfconv-bench]
+    python benchmarks/bench_convert.py --src ./my-bin-model --no-double
+
+Targets (issue 7): --no-verify <= 1.3x cp -r; with verification <= 2x cp -r; peak anonymous
+memory <= 2x the largest tensor + 200 MB, and flat when the model doubles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HIDDEN, INTER, VOCAB = 2048, 5632, 32000
+SHARDS = 5
+
+MMAP_PEER = r"""
+import json, os, shutil, sys
+import torch
+from safetensors.torch import save_file
+src, out = sys.argv[1], sys.argv[2]
+os.makedirs(out)
+shards = sorted(f for f in os.listdir(src) if f.endswith(".bin"))
+weight_map, total = {}, 0
+for i, name in enumerate(shards, 1):
+    state = torch.load(os.path.join(src, name), map_location="cpu", mmap=MMAP, weights_only=True)
+    target = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+    save_file(state, os.path.join(out, target), metadata={"format": "pt"})
+    for key, tensor in state.items():
+        weight_map[key] = target
+        total += tensor.numel() * tensor.element_size()
+    del state
+for f in os.listdir(src):
+    if not f.endswith(".bin") and not f.endswith(".index.json"):
+        shutil.copyfile(os.path.join(src, f), os.path.join(out, f))
+with open(os.path.join(out, "model.safetensors.index.json"), "w") as fh:
+    json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, fh, indent=2)
+"""
+
+
+def llama_shapes(layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    kv = HIDDEN // 4
+    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes += [
+            (p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)),
+            (p + "self_attn.k_proj.weight", (kv, HIDDEN)),
+            (p + "self_attn.v_proj.weight", (kv, HIDDEN)),
+            (p + "self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
+            (p + "mlp.gate_proj.weight", (INTER, HIDDEN)),
+            (p + "mlp.up_proj.weight", (INTER, HIDDEN)),
+            (p + "mlp.down_proj.weight", (HIDDEN, INTER)),
+            (p + "input_layernorm.weight", (HIDDEN,)),
+            (p + "post_attention_layernorm.weight", (HIDDEN,)),
+        ]
+    shapes += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+    return shapes
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def layers_for(size_gb: float) -> int:
+    fixed = 4 * (2 * VOCAB * HIDDEN + HIDDEN)
+    per_layer = sum(4 * _numel(s) for _, s in llama_shapes(1)) - fixed
+    return max(1, round((size_gb * 1e9 - fixed) / per_layer))
+
+
+def build_folder(folder: Path, layers: int) -> None:
+    """A sharded .bin folder written by torch.save, split into SHARDS by the Hub's rule."""
+    import torch
+
+    if (folder / "DONE").exists():
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    shapes = llama_shapes(layers)
+    total = sum(4 * _numel(s) for _, s in shapes)
+    limit = total / SHARDS
+    groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in shapes:
+        nbytes = 4 * _numel(shape)
+        if groups[-1] and size + nbytes > limit and len(groups) < SHARDS:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, shape))
+        size += nbytes
+    generator = torch.Generator().manual_seed(0)
+    weight_map = {}
+    for i, group in enumerate(groups, 1):
+        name = f"pytorch_model-{i:05d}-of-{len(groups):05d}.bin"
+        state = {t: torch.empty(s).uniform_(-0.05, 0.05, generator=generator) for t, s in group}
+        torch.save(state, folder / name)
+        weight_map.update(dict.fromkeys(state, name))
+        del state
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+              "intermediate_size": INTER, "num_hidden_layers": layers, "num_attention_heads": 16,
+              "num_key_value_heads": 4, "vocab_size": VOCAB, "torch_dtype": "float32",
+              "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "DONE").write_text("")
+
+
+def weight_stats(folder: Path) -> tuple[int, int, int]:
+    """(weight bytes, shard count, largest tensor bytes) read with hfconv's own reader."""
+    from hfconv.readers import read_weight_file
+
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".safetensors"))
+    largest = max(t.nbytes for p in files for t in read_weight_file(p).tensors.values())
+    return sum(p.stat().st_size for p in files), len(files), largest
+
+
+def measure(cmd: list[str]) -> tuple[float, int, int]:
+    """Run ``cmd``; return (wall seconds, peak VmHWM bytes, peak RssAnon bytes)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    hwm = anon = 0
+    status = f"/proc/{proc.pid}/status"
+    while proc.poll() is None:
+        try:
+            with open(status) as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        hwm = max(hwm, int(line.split()[1]) * 1024)
+                    elif line.startswith("RssAnon:"):
+                        anon = max(anon, int(line.split()[1]) * 1024)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.002)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")
+    return wall, hwm, anon
+
+
+def peers(src: Path, out: Path) -> dict[str, list[str]]:
+    py = sys.executable
+    return {
+        "cp -r": ["cp", "-r", str(src), str(out)],
+        "cp -r && sync": ["sh", "-c", 'cp -r "$0" "$1" && sync', str(src), str(out)],
+        "torch.load(mmap)+save_file": [py, "-c", MMAP_PEER.replace("MMAP", "True"), str(src), str(out)],
+        "torch.load+save_file": [py, "-c", MMAP_PEER.replace("MMAP", "False"), str(src), str(out)],
+        "hfconv --no-verify": [py, "-m", "hfconv.cli", "convert", str(src), str(out), "--quiet", "--no-verify"],
+        "hfconv": [py, "-m", "hfconv.cli", "convert", str(src), str(out), "--quiet"],
+    }
+
+
+def bench(src: Path, work: Path, repeat: int) -> dict[str, list[tuple[float, int, int]]]:
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(["cat", *map(str, sorted(src.iterdir()))], stdout=subprocess.DEVNULL, check=True)  # warm
+    runs: dict[str, list[tuple[float, int, int]]] = {}
+    for round_number in range(repeat):
+        for label, cmd in peers(src, out).items():
+            subprocess.run(["sync"], check=True)
+            runs.setdefault(label, []).append(measure(cmd))
+            shutil.rmtree(out)
+        print(f"  round {round_number + 1}/{repeat} done", file=sys.stderr)
+    return runs
+
+
+def report(label: str, src: Path, runs: dict[str, list[tuple[float, int, int]]]) -> list[str]:
+    size, shards, largest = weight_stats(src)
+    lines = [f"{label}: {src} -- {size / 1e9:.2f} GB in {shards} .bin shards, largest tensor "
+             f"{largest / 1e6:.0f} MB (median of {len(next(iter(runs.values())))}, warm page cache)"]
+    header = f"  {'':<28}{'wall s':>8}{'x cp -r':>9}{'MB/s':>8}{'peak RSS MB':>13}{'peak anon MB':>14}"
+    lines += [header, "  " + "-" * (len(header) - 2)]
+    cp = statistics.median(r[0] for r in runs["cp -r"])
+    cp_sync = statistics.median(r[0] for r in runs["cp -r && sync"])
+    for name, results in runs.items():
+        wall = statistics.median(r[0] for r in results)
+        hwm = max(r[1] for r in results)
+        anon = max(r[2] for r in results)
+        lines.append(f"  {name:<28}{wall:>8.2f}{wall / cp:>9.2f}{size / 1e6 / wall:>8.0f}{hwm / 1e6:>13.0f}"
+                     f"{anon / 1e6:>14.0f}")
+    limit = 2 * largest + 200e6
+    no_verify = statistics.median(r[0] for r in runs["hfconv --no-verify"]) / cp
+    verify = statistics.median(r[0] for r in runs["hfconv"]) / cp
+    anon = max(r[2] for name in ("hfconv", "hfconv --no-verify") for r in runs[name])
+    lines.append(f"  targets: --no-verify {no_verify:.2f}x cp -r (<= 1.3: {'ok' if no_verify <= 1.3 else 'MISSED'}), "
+                 f"verified {verify:.2f}x cp -r (<= 2: {'ok' if verify <= 2 else 'MISSED'}), "
+                 f"peak anon {anon / 1e6:.0f} MB (<= {limit / 1e6:.0f}: {'ok' if anon <= limit else 'MISSED'})")
+    lines.append(f"  against cp -r && sync: --no-verify {no_verify * cp / cp_sync:.2f}x, "
+                 f"verified {verify * cp / cp_sync:.2f}x")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gb", type=float, default=1.6, help="size of the generated model (default 1.6)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workdir", default="/tmp/hfconv-bench")
+    parser.add_argument("--src", default=None, help="benchmark this .bin folder instead of generated ones")
+    parser.add_argument("--no-double", action="store_true", help="skip the model with twice the layers")
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    cases: list[tuple[str, Path]] = []
+    if args.src:
+        cases.append(("given", Path(args.src)))
+    else:
+        layers = layers_for(args.size_gb)
+        cases.append(("model", work / f"convert-bin-{layers}L"))
+        if not args.no_double:
+            cases.append(("model x2 (more layers, same largest tensor)",
+                          work / f"convert-bin-{layers_for(2 * args.size_gb)}L"))
+        for _, folder in cases:
+            n = int(folder.name.split("-")[-1][:-1])
+            print(f"preparing {folder} ({n} layers) ...", file=sys.stderr)
+            build_folder(folder, n)
+    lines = [f"bench_convert: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, workdir {work}"]
+    for label, folder in cases:
+        print(f"benchmarking {folder} ...", file=sys.stderr)
+        runs = bench(folder, work, args.repeat)
+        lines += [""] + report(label, folder, runs)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""``hfconv convert``: fills the options, calls :func:`hfconv.conversion.convert`, renders.
+
+Importing this module must stay cheap (it is imported by ``hfconv.cli``): no torch, and
+the conversion library itself is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .conversion import ConversionError, ConversionResult
+
+__all__ = ["convert", "render_text", "render_json", "render_error_text", "render_error_json"]
+
+
+# --- renderers: pure functions of the result ------------------------------------------------
+
+def render_text(result: ConversionResult) -> str:
+    """A short human summary of a successful conversion."""
+    from .render import human_bytes
+
+    lines = [f"converted {result.src} -> {result.dst}"]
+    lines.append(f"  tensors   {result.tensors}")
+    lines.append(f"  bytes     {human_bytes(result.bytes)} ({result.bytes} bytes of tensor data)")
+    shard_word = "shard" if len(result.shards) == 1 else "shards"
+    lines.append(f"  shards    {len(result.shards)} {shard_word}" + (f" + {result.index}" if result.index else ""))
+    for shard in result.shards:
+        lines.append(f"            {shard.name}  {shard.tensors} tensors  {human_bytes(shard.bytes)}")
+    if result.dtype != "keep":
+        lines.append(f"  dtype     {result.cast} tensors cast to {result.dtype}")
+    if result.dropped_aliases:
+        lines.append("  dropped   " + ", ".join(f"{a} (tied to {k})" for a, k in result.dropped_aliases.items()))
+    if result.copied_aliases:
+        lines.append("  copied    " + ", ".join(f"{a} (shared storage with {k})"
+                                                for a, k in result.copied_aliases.items()))
+    lines.append(f"  files     {len(result.files_copied)} copied" +
+                 (f", {len(result.files_skipped)} skipped" if result.files_skipped else ""))
+    for name, why in result.files_skipped.items():
+        lines.append(f"            {name} {why}")
+    lines.append(f"  time      {result.seconds:.2f} s ({result.mb_per_s:.1f} MB/s)")
+    if result.verified:
+        extra = ""
+        if result.validation is not None and result.validation.inherited_errors:
+            extra = f"; {result.validation.inherited_errors} validation errors already in the source"
+        lines.append(f"  verified  yes (every tensor bitwise, output validated{extra})")
+    else:
+        lines.append("  verified  no (--no-verify)")
+    if result.manifest:
+        lines.append(f"  manifest  {result.manifest}")
+    return "\n".join(lines) + "\n"
+
+
+def render_json(result: ConversionResult) -> str:
+    return json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n"
+
+
+def render_error_text(src: str, dst: str, error: ConversionError) -> str:
+    lines = [f"conversion failed: {src} -> {dst} ({error.code}); no DST was created", f"  {error.message}"]
+    for item in error.findings:
+        if item.message != error.message:
+            lines.append(f"  {item.code} {item.severity.value}: {item.message}")
+    return "\n".join(lines) + "\n"
+
+
+def render_error_json(src: str, dst: str, error: ConversionError) -> str:
+    document = {"ok": False, "src": src, "dst": dst, "error": {"code": error.code, "message": error.message},
+                "findings": [f.to_json() for f in error.findings]}
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+# --- the command ------------------------------------------------------------------------------
+
+def _progress_bar(quiet: bool, verify: bool):
+    """A tqdm bar over bytes on stderr, or None when quiet or stderr is not a terminal.
+
+    With verification the bar counts every byte twice: once written, once compared.
+    """
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr,
+               desc="write+verify" if verify else "write", dynamic_ncols=True, leave=False)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def _terminate_as_interrupt(signum, frame):  # pragma: no cover - exercised by hand
+    raise KeyboardInterrupt
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST", type=click.Path())
+@click.option("--max-shard-size", default="5GB", show_default=True, metavar="SIZE",
+              help="Largest shard: 5GB = 5*10^9 bytes, 5GiB = 5*2^30, 500MB, 200KB or bytes. A tensor "
+                   "larger than SIZE gets a shard of its own.")
+@click.option("--dtype", type=click.Choice(["keep", "float32", "float16", "bfloat16"]), default="keep",
+              show_default=True, help="Cast floating tensors (integer, bool and float8 tensors are kept) and "
+                                      "update torch_dtype in config.json.")
+@click.option("--no-verify", is_flag=True, help="Skip the byte-for-byte comparison and the validation of DST.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Write each output tensor's sha256 to FILE (hfconv-manifest/1).")
+@click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new folder is complete).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Write output shards in this many processes.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Summary format on stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the summary to FILE instead of stdout.")
+def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, quiet, fmt, output):
+    """Convert a model folder to safetensors, streaming, and verify every tensor.
+
+    SRC holds .bin weights (single or sharded, with or without an index, old -1-of-3 names)
+    or safetensors; DST is created with model.safetensors (or model-0000i-of-0000N shards
+    and model.safetensors.index.json) and every non-weight file copied unchanged. Pickles
+    are read by a restricted reader, never executed. DST is written in a temporary folder
+    beside it and renamed only after verification, so it is complete or absent.
+
+    \b
+    Examples:
+      hfconv convert ./llama-bin ./llama-safetensors
+      hfconv convert ./big ./big-2g --max-shard-size 2GB --jobs 4
+      hfconv convert ./model ./model-bf16 --dtype bfloat16 --manifest model.manifest.json
+      hfconv convert ./model ./out --force --format json > report.json
+
+    Exit code: 0 converted (and verified), 1 input refused or conversion/verification failed,
+    2 could not run (SRC missing, DST exists without --force, bad option).
+    """
+    from .cli import _emit, _resolve_folder
+    from .conversion import ConversionError
+    from .conversion import convert as run_convert
+    from .sharding import parse_size
+    from .validation import UsageError
+
+    try:
+        parse_size(max_shard_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
+    folder = _resolve_folder(src)
+    bar, update = _progress_bar(quiet, not no_verify)
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    except ValueError:  # not the main thread (e.g. embedded): keep the default
+        previous = None
+    try:
+        result = run_convert(folder, dst, max_shard_size=max_shard_size, dtype=dtype, verify=not no_verify,
+                             manifest=manifest, force=force, jobs=jobs, progress=update)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    except ConversionError as exc:
+        text = render_error_json(src, dst, exc) if fmt == "json" else render_error_text(src, dst, exc)
+        if output or fmt == "json":
+            _emit(text, output)
+        if fmt == "text":
+            click.echo(text, nl=False, err=True)
+        sys.exit(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    _emit(render_json(result) if fmt == "json" else render_text(result), output)
+    sys.exit(0)
