@@ -25,7 +25,7 @@ from pathlib import Path
 
 # Runs validate in-process, then reports the process's own read counter before exiting.
 PROBE = r"""
-import sys, resource
+import sys
 from hfconv.cli import main
 code = 0
 try:
@@ -33,7 +33,8 @@ try:
 except SystemExit as exc:
     code = exc.code or 0
 io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
-rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM is this process's own peak; ru_maxrss would carry the parent's peak across exec.
+rss_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(f"BENCH rchar={io['rchar']} rss_kb={rss_kb}", file=sys.stderr)
 """
 
