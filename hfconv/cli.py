@@ -85,10 +85,13 @@ def _find_model_folders(root: str) -> list[str]:
               help="Allow importing the folder's custom tokenizer code (in a subprocess).")
 @click.option("--reference", type=click.Choice(["auto", "rules", "transformers"]), default="auto",
               show_default=True, help="Where expected tensor shapes come from.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Re-check every tensor's dtype, shape and sha256 against the manifest written by "
+              "`hfconv convert --manifest FILE` (reads tensor bytes).")
 @click.option("--recursive", "-r", is_flag=True, help="Validate every model folder under each PATH.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Validate this many folders in parallel.")
-def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, reference, recursive, jobs):
+def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, reference, manifest, recursive, jobs):
     """Check that model folders will load, and load correctly.
 
     PATH is a model folder (or an org/name repo id in the local Hub cache). hfconv reads
@@ -101,6 +104,7 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
       hfconv validate ./a ./b --format json > report.json
       hfconv validate ./my-model --strict --ignore HFC004
       hfconv validate ./models --recursive --format github
+      hfconv validate ./converted --manifest manifest.json
 
     Exit code: 0 no errors (with --strict: no warnings either), 1 problems found, 2 could not run.
     Every finding code is explained, with its fix, in the README.
@@ -114,7 +118,7 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
 
     def one(folder: str):
         return run_validate(folder, strict=strict, select=_split_codes(select), ignore=_split_codes(ignore),
-                            trust_remote_code=trust_remote_code, reference=reference)
+                            trust_remote_code=trust_remote_code, reference=reference, manifest=manifest)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         reports = list(pool.map(one, folders))
@@ -145,6 +149,12 @@ def inspect(path, fmt, output):
 
     result = run_inspect(_resolve_folder(path))
     _emit(result.to_text() if fmt == "text" else json.dumps(result.to_json(), indent=2) + "\n", output)
+
+
+from .cli_convert import convert as _convert_command  # noqa: E402
+main.add_command(_convert_command)
+from .cli_load import load_test as _load_test_command  # noqa: E402
+main.add_command(_load_test_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,8 @@ from ..contents import FolderContents
 from ..findings import Finding
 from .custom_code import check_custom_code
 from .index import check_index
-from .layout import check_layout, check_read_errors
+from .layout import check_hygiene, check_layout, check_read_errors
+from .manifest import check_manifest
 from .schemas import check_schemas
 from .shapes import check_shapes
 from .tokenizer import check_dtype, check_tokenizer
@@ -18,10 +19,12 @@ Check = Callable[[FolderContents], Iterable[Finding]]
 CHECKS: list[Check] = [
     check_read_errors,
     check_layout,
+    check_hygiene,
     check_index,
     check_schemas,
     check_tokenizer,
     check_dtype,
     check_custom_code,
     check_shapes,
+    check_manifest,
 ]

@@ -1,0 +1,105 @@
+"""``validate --manifest FILE``: re-check a folder against the digests ``convert --manifest`` wrote.
+
+This is the one check that reads tensor bytes (it hashes them), so it only runs when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+from collections.abc import Iterator
+
+from ..contents import FolderContents
+from ..dtypes import SAFETENSORS_BITS
+from ..findings import Finding, finding, register
+from ..fsutil import open_regular
+from ..jsonutil import JsonError, load_json_file
+from ..tensors import FormatError, TensorMeta, WeightFile
+
+MANIFEST_FORMAT = "hfconv-manifest/1"
+_CHUNK = 16 << 20
+
+register("HFC720", "error", "manifest unreadable",
+         "The manifest given with --manifest cannot be read or is not an hfconv manifest.",
+         "Give the file written by `hfconv convert --manifest FILE`.",
+         "manifest.json is not an hfconv manifest (format 'x', expected 'hfconv-manifest/1')")
+register("HFC721", "error", "tensor differs from manifest",
+         "A tensor's bytes (or dtype, or shape) differ from the digest recorded at conversion time: "
+         "the file was modified or corrupted since.",
+         "Re-download the shard, or re-run the conversion from the source.",
+         "model-00001-of-00002.safetensors: 'lm_head.weight' sha256 differs from the manifest")
+register("HFC722", "error", "manifest tensor missing",
+         "The manifest lists a tensor the folder no longer holds.",
+         "Restore the missing shard or re-run the conversion.",
+         "'lm_head.weight' is in the manifest but not in the folder's weights")
+register("HFC723", "error", "tensor not in manifest",
+         "The folder holds a tensor the manifest does not list: it was added after conversion.",
+         "Remove the extra tensor or re-run the conversion and write a new manifest.",
+         "'extra.weight' in model.safetensors is not in the manifest")
+
+
+def check_manifest(contents: FolderContents) -> Iterator[Finding]:
+    """Compare every tensor's dtype, shape and sha256 with the manifest."""
+    path = contents.options.manifest
+    if not path:
+        return
+    try:
+        manifest = load_json_file(path)
+    except (JsonError, FormatError) as exc:
+        yield finding("HFC720", f"{path}: {exc.message}")
+        return
+    entries = manifest.get("tensors") if isinstance(manifest, dict) else None
+    if manifest.get("format") != MANIFEST_FORMAT or not isinstance(entries, dict):
+        yield finding("HFC720", f"{path} is not an hfconv manifest (format {manifest.get('format')!r}, "
+                      f"expected {MANIFEST_FORMAT!r})")
+        return
+    tensors, where = contents.loaded_tensors, contents.tensor_files
+    for name, entry in entries.items():
+        if name not in tensors:
+            yield finding("HFC722", f"{name!r} is in the manifest but not in the folder's weights", tensor=name)
+            continue
+        meta, file = tensors[name], where[name]
+        if not isinstance(entry, dict):
+            yield finding("HFC720", f"{path}: entry for {name!r} is not an object", tensor=name)
+            continue
+        if entry.get("dtype") != meta.dtype or list(entry.get("shape", [])) != list(meta.shape):
+            yield finding("HFC721", f"{file}: {name!r} is {meta.dtype}{list(meta.shape)} but the manifest says "
+                          f"{entry.get('dtype')}{entry.get('shape')}", file=file, tensor=name)
+            continue
+        digest = tensor_sha256(contents.folder.path(file), contents.weights[file], meta)
+        if digest != entry.get("sha256"):
+            yield finding("HFC721", f"{file}: {name!r} sha256 differs from the manifest (the bytes changed "
+                          "since conversion)", file=file, tensor=name)
+    for name in tensors.keys() - entries.keys():
+        yield finding("HFC723", f"{name!r} in {where[name]} is not in the manifest", file=where[name], tensor=name)
+
+
+def tensor_sha256(path, weight_file: WeightFile, meta: TensorMeta) -> str:
+    """sha256 of a tensor's bytes in row-major order, read from its file.
+
+    Contiguous tensors are hashed straight from the file in chunks; a strided ``.bin`` view is
+    gathered with numpy first (bounded by that one tensor).
+    """
+    digest = hashlib.sha256()
+    with open_regular(path) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        if meta.data_offsets is not None:
+            begin, end = meta.data_offsets
+            for start in range(begin, end, _CHUNK):
+                digest.update(mapped[start:min(end, start + _CHUNK)])
+            return digest.hexdigest()
+        storage = weight_file.storages[meta.storage_key]
+        itemsize = SAFETENSORS_BITS[meta.dtype] // 8
+        begin = storage.data_offset + meta.storage_offset * itemsize
+        if meta.is_contiguous:
+            for start in range(begin, begin + meta.nbytes, _CHUNK):
+                digest.update(mapped[start:min(begin + meta.nbytes, start + _CHUNK)])
+            return digest.hexdigest()
+        import numpy as np
+        from numpy.lib.stride_tricks import as_strided
+
+        base = np.frombuffer(mapped, dtype=np.dtype(f"V{itemsize}"), count=storage.numel, offset=storage.data_offset)
+        view = as_strided(base[meta.storage_offset:], shape=meta.shape,
+                          strides=tuple(s * itemsize for s in meta.stride or ()))
+        digest.update(np.ascontiguousarray(view).tobytes())
+        del base, view
+        return digest.hexdigest()
