@@ -31,15 +31,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-HIDDEN, INTER, VOCAB = 2048, 5632, 32000
+from _common import (
+    Run,
+    banner,
+    layers_for,
+    llama_config,
+    llama_shapes,
+    measure,
+    median_wall,
+    numel,
+    peer_table,
+    split_evenly,
+    weight_files,
+    write_index,
+)
+
 SHARDS = 5
 
 MMAP_PEER = r"""
@@ -66,39 +77,6 @@ with open(os.path.join(out, "model.safetensors.index.json"), "w") as fh:
 """
 
 
-def llama_shapes(layers: int) -> list[tuple[str, tuple[int, ...]]]:
-    kv = HIDDEN // 4
-    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes += [
-            (p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)),
-            (p + "self_attn.k_proj.weight", (kv, HIDDEN)),
-            (p + "self_attn.v_proj.weight", (kv, HIDDEN)),
-            (p + "self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
-            (p + "mlp.gate_proj.weight", (INTER, HIDDEN)),
-            (p + "mlp.up_proj.weight", (INTER, HIDDEN)),
-            (p + "mlp.down_proj.weight", (HIDDEN, INTER)),
-            (p + "input_layernorm.weight", (HIDDEN,)),
-            (p + "post_attention_layernorm.weight", (HIDDEN,)),
-        ]
-    shapes += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
-    return shapes
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def layers_for(size_gb: float) -> int:
-    fixed = 4 * (2 * VOCAB * HIDDEN + HIDDEN)
-    per_layer = sum(4 * _numel(s) for _, s in llama_shapes(1)) - fixed
-    return max(1, round((size_gb * 1e9 - fixed) / per_layer))
-
-
 def build_folder(folder: Path, layers: int) -> None:
     """A sharded .bin folder written by torch.save, split into SHARDS by the Hub's rule."""
     import torch
@@ -108,17 +86,8 @@ def build_folder(folder: Path, layers: int) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     shapes = llama_shapes(layers)
-    total = sum(4 * _numel(s) for _, s in shapes)
-    limit = total / SHARDS
-    groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
-    size = 0
-    for name, shape in shapes:
-        nbytes = 4 * _numel(shape)
-        if groups[-1] and size + nbytes > limit and len(groups) < SHARDS:
-            groups.append([])
-            size = 0
-        groups[-1].append((name, shape))
-        size += nbytes
+    total = sum(4 * numel(s) for _, s in shapes)
+    groups = split_evenly(shapes, SHARDS)
     generator = torch.Generator().manual_seed(0)
     weight_map = {}
     for i, group in enumerate(groups, 1):
@@ -127,13 +96,8 @@ def build_folder(folder: Path, layers: int) -> None:
         torch.save(state, folder / name)
         weight_map.update(dict.fromkeys(state, name))
         del state
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-              "intermediate_size": INTER, "num_hidden_layers": layers, "num_attention_heads": 16,
-              "num_key_value_heads": 4, "vocab_size": VOCAB, "torch_dtype": "float32",
-              "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_index(folder / "pytorch_model.bin.index.json", total, weight_map)
+    (folder / "config.json").write_text(json.dumps(llama_config(layers), indent=2) + "\n")
     (folder / "DONE").write_text("")
 
 
@@ -141,33 +105,9 @@ def weight_stats(folder: Path) -> tuple[int, int, int]:
     """(weight bytes, shard count, largest tensor bytes) read with hfconv's own reader."""
     from hfconv.readers import read_weight_file
 
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".safetensors"))
+    files = weight_files(folder)
     largest = max(t.nbytes for p in files for t in read_weight_file(p).tensors.values())
     return sum(p.stat().st_size for p in files), len(files), largest
-
-
-def measure(cmd: list[str]) -> tuple[float, int, int]:
-    """Run ``cmd``; return (wall seconds, peak VmHWM bytes, peak RssAnon bytes)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    hwm = anon = 0
-    status = f"/proc/{proc.pid}/status"
-    while proc.poll() is None:
-        try:
-            with open(status) as handle:
-                for line in handle:
-                    if line.startswith("VmHWM:"):
-                        hwm = max(hwm, int(line.split()[1]) * 1024)
-                    elif line.startswith("RssAnon:"):
-                        anon = max(anon, int(line.split()[1]) * 1024)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.002)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")
-    return wall, hwm, anon
 
 
 def peers(src: Path, out: Path) -> dict[str, list[str]]:
@@ -182,11 +122,11 @@ def peers(src: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
-def bench(src: Path, work: Path, repeat: int) -> dict[str, list[tuple[float, int, int]]]:
+def bench(src: Path, work: Path, repeat: int) -> dict[str, list[Run]]:
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     subprocess.run(["cat", *map(str, sorted(src.iterdir()))], stdout=subprocess.DEVNULL, check=True)  # warm
-    runs: dict[str, list[tuple[float, int, int]]] = {}
+    runs: dict[str, list[Run]] = {}
     for round_number in range(repeat):
         for label, cmd in peers(src, out).items():
             subprocess.run(["sync"], check=True)
@@ -196,23 +136,16 @@ def bench(src: Path, work: Path, repeat: int) -> dict[str, list[tuple[float, int
     return runs
 
 
-def report(label: str, src: Path, runs: dict[str, list[tuple[float, int, int]]]) -> list[str]:
+def report(label: str, src: Path, runs: dict[str, list[Run]]) -> list[str]:
     size, shards, largest = weight_stats(src)
     lines = [f"{label}: {src} -- {size / 1e9:.2f} GB in {shards} .bin shards, largest tensor "
              f"{largest / 1e6:.0f} MB (median of {len(next(iter(runs.values())))}, warm page cache)"]
-    header = f"  {'':<28}{'wall s':>8}{'x cp -r':>9}{'MB/s':>8}{'peak RSS MB':>13}{'peak anon MB':>14}"
-    lines += [header, "  " + "-" * (len(header) - 2)]
-    cp = statistics.median(r[0] for r in runs["cp -r"])
-    cp_sync = statistics.median(r[0] for r in runs["cp -r && sync"])
-    for name, results in runs.items():
-        wall = statistics.median(r[0] for r in results)
-        hwm = max(r[1] for r in results)
-        anon = max(r[2] for r in results)
-        lines.append(f"  {name:<28}{wall:>8.2f}{wall / cp:>9.2f}{size / 1e6 / wall:>8.0f}{hwm / 1e6:>13.0f}"
-                     f"{anon / 1e6:>14.0f}")
+    cp = median_wall(runs["cp -r"])
+    cp_sync = median_wall(runs["cp -r && sync"])
+    lines += peer_table(runs, size, cp, "x cp -r", 28)
     limit = 2 * largest + 200e6
-    no_verify = statistics.median(r[0] for r in runs["hfconv --no-verify"]) / cp
-    verify = statistics.median(r[0] for r in runs["hfconv"]) / cp
+    no_verify = median_wall(runs["hfconv --no-verify"]) / cp
+    verify = median_wall(runs["hfconv"]) / cp
     anon = max(r[2] for name in ("hfconv", "hfconv --no-verify") for r in runs[name])
     lines.append(f"  targets: --no-verify {no_verify:.2f}x cp -r (<= 1.3: {'ok' if no_verify <= 1.3 else 'MISSED'}), "
                  f"verified {verify:.2f}x cp -r (<= 2: {'ok' if verify <= 2 else 'MISSED'}), "
@@ -245,7 +178,7 @@ def main() -> None:
             n = int(folder.name.split("-")[-1][:-1])
             print(f"preparing {folder} ({n} layers) ...", file=sys.stderr)
             build_folder(folder, n)
-    lines = [f"bench_convert: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, workdir {work}"]
+    lines = [banner("bench_convert", work)]
     for label, folder in cases:
         print(f"benchmarking {folder} ...", file=sys.stderr)
         runs = bench(folder, work, args.repeat)

@@ -31,15 +31,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-HIDDEN, INTER, VOCAB, HEADS, KV_HEADS = 2048, 5632, 32000, 16, 4
+from _common import (
+    Run,
+    banner,
+    layers_for,
+    llama_config,
+    llama_shapes,
+    measure,
+    median_wall,
+    numel,
+    peer_table,
+    write_index,
+)
+
 MAX_SHARD = 500_000_000
 
 LOAD_FILE_PEER = r"""
@@ -75,39 +84,6 @@ model = load_checkpoint_and_dispatch(model, src, device_map="auto", max_memory={
 """
 
 
-def llama_shapes(layers: int) -> list[tuple[str, tuple[int, ...]]]:
-    kv = HIDDEN // HEADS * KV_HEADS
-    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes += [
-            (p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)),
-            (p + "self_attn.k_proj.weight", (kv, HIDDEN)),
-            (p + "self_attn.v_proj.weight", (kv, HIDDEN)),
-            (p + "self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
-            (p + "mlp.gate_proj.weight", (INTER, HIDDEN)),
-            (p + "mlp.up_proj.weight", (INTER, HIDDEN)),
-            (p + "mlp.down_proj.weight", (HIDDEN, INTER)),
-            (p + "input_layernorm.weight", (HIDDEN,)),
-            (p + "post_attention_layernorm.weight", (HIDDEN,)),
-        ]
-    shapes += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
-    return shapes
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def layers_for(size_gb: float) -> int:
-    fixed = 4 * (2 * VOCAB * HIDDEN + HIDDEN)
-    per_layer = sum(4 * _numel(s) for _, s in llama_shapes(1)) - fixed
-    return max(1, round((size_gb * 1e9 - fixed) / per_layer))
-
-
 def build_folder(folder: Path, layers: int) -> None:
     """A sharded fp32 safetensors folder with index and config.json, as save_pretrained writes it."""
     import torch
@@ -120,7 +96,7 @@ def build_folder(folder: Path, layers: int) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     shapes = dict(llama_shapes(layers))
-    shards = plan_shards([(name, 4 * _numel(shape)) for name, shape in shapes.items()], MAX_SHARD)
+    shards = plan_shards([(name, 4 * numel(shape)) for name, shape in shapes.items()], MAX_SHARD)
     generator = torch.Generator().manual_seed(0)
     weight_map = {}
     for number, names in enumerate(shards, 1):
@@ -129,49 +105,15 @@ def build_folder(folder: Path, layers: int) -> None:
         save_file(state, folder / file_name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(names, file_name))
         del state
-    total = sum(4 * _numel(s) for s in shapes.values())
-    (folder / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-              "intermediate_size": INTER, "num_hidden_layers": layers, "num_attention_heads": HEADS,
-              "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB, "torch_dtype": "float32",
-              "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048,
-              "bos_token_id": 1, "eos_token_id": 2}
+    total = sum(4 * numel(s) for s in shapes.values())
+    write_index(folder / "model.safetensors.index.json", total, weight_map)
+    config = llama_config(layers, bos_token_id=1, eos_token_id=2)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "DONE").write_text("")
 
 
 def shard_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
-
-
-def measure(cmd: list[str]) -> tuple[float, int, int]:
-    """Run ``cmd``; return (wall seconds, peak RSS bytes, peak RssAnon bytes).
-
-    Both are polled from /proc/<pid>/status every 2 ms. VmHWM is the kernel's high-water mark
-    of the child's resident set (reset by exec, so unlike ru_maxrss it does not count the
-    forked copy of this process before exec); RssAnon is sampled, so its peak is a lower bound.
-    """
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    hwm = anon = 0
-    status_path = f"/proc/{proc.pid}/status"
-    while proc.poll() is None:
-        try:
-            with open(status_path) as handle:
-                for line in handle:
-                    if line.startswith("VmHWM:"):
-                        hwm = max(hwm, int(line.split()[1]) * 1024)
-                    elif line.startswith("RssAnon:"):
-                        anon = max(anon, int(line.split()[1]) * 1024)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.002)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return wall, hwm, anon
 
 
 def peers(src: Path, work: Path, cpu_limit: str) -> dict[str, list[str]]:
@@ -191,22 +133,22 @@ def peers(src: Path, work: Path, cpu_limit: str) -> dict[str, list[str]]:
 
 
 def bench(src: Path, work: Path, repeat: int, cpu_limit: str,
-          skip: set[str]) -> dict[str, list[tuple[float, int, int]]]:
+          skip: set[str]) -> dict[str, list[Run]]:
     subprocess.run(["cat", *map(str, shard_files(src))], stdout=subprocess.DEVNULL, check=True)  # warm
-    runs: dict[str, list[tuple[float, int, int]]] = {}
+    runs: dict[str, list[Run]] = {}
     for round_number in range(repeat):
         for label, cmd in peers(src, work, cpu_limit).items():
             if any(label.startswith(s) for s in skip):
                 continue
             shutil.rmtree(work / "offload", ignore_errors=True)
             (work / "offload").mkdir()
-            runs.setdefault(label, []).append(measure(cmd))
+            runs.setdefault(label, []).append(measure(cmd, error_tail=3000))
         print(f"  round {round_number + 1}/{repeat} done", file=sys.stderr)
     shutil.rmtree(work / "offload", ignore_errors=True)
     return runs
 
 
-def report(src: Path, runs: dict[str, list[tuple[float, int, int]]], cpu_limit: str) -> list[str]:
+def report(src: Path, runs: dict[str, list[Run]], cpu_limit: str) -> list[str]:
     from hfconv.sharding import parse_size
 
     files = shard_files(src)
@@ -214,16 +156,9 @@ def report(src: Path, runs: dict[str, list[tuple[float, int, int]]], cpu_limit: 
     repeat = len(next(iter(runs.values())))
     lines = [f"{src}: {size / 1e9:.2f} GB fp32 in {len(files)} safetensors shards "
              f"(median of {repeat}, warm page cache)"]
-    header = f"  {'':<30}{'wall s':>8}{'x floor':>9}{'MB/s':>8}{'peak RSS MB':>13}{'peak anon MB':>14}"
-    lines += [header, "  " + "-" * (len(header) - 2)]
-    median = {name: statistics.median(r[0] for r in results) for name, results in runs.items()}
+    median = {name: median_wall(results) for name, results in runs.items()}
     floor = median.get("cat", 0) + median.get("import torch", 0)
-    for name, results in runs.items():
-        hwm = max(r[1] for r in results)
-        anon = max(r[2] for r in results)
-        ratio = f"{median[name] / floor:>9.2f}" if floor else f"{'-':>9}"
-        lines.append(f"  {name:<30}{median[name]:>8.2f}{ratio}{size / 1e6 / median[name]:>8.0f}{hwm / 1e6:>13.0f}"
-                     f"{anon / 1e6:>14.0f}")
+    lines += peer_table(runs, size, floor, "x floor", 30)
     lines.append(f"  (floor = cat + import torch = {floor:.2f} s)")
     checks = []
     if "hfconv cpu" in median and floor:
@@ -264,7 +199,7 @@ def main() -> None:
         build_folder(src, layers)
     print(f"benchmarking {src} ...", file=sys.stderr)
     runs = bench(src, work, args.repeat, args.cpu_limit, set(args.skip))
-    lines = [f"bench_load: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, workdir {work}", ""]
+    lines = [banner("bench_load", work), ""]
     lines += report(src, runs, args.cpu_limit)
     print("\n".join(lines))
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import llama_config, llama_shapes, numel, split_evenly, weight_files, write_index
 
 # Runs validate in-process, then reports the process's own read counter before exiting.
 PROBE = r"""
@@ -39,26 +40,6 @@ print(f"BENCH rchar={io['rchar']} rss_kb={rss_kb}", file=sys.stderr)
 """
 
 
-def llama_shapes(hidden: int, inter: int, layers: int, vocab: int, kv_heads_ratio: int = 4) -> list[tuple[str, tuple]]:
-    kv = hidden // kv_heads_ratio
-    shapes: list[tuple[str, tuple]] = [("model.embed_tokens.weight", (vocab, hidden))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes += [
-            (p + "self_attn.q_proj.weight", (hidden, hidden)),
-            (p + "self_attn.k_proj.weight", (kv, hidden)),
-            (p + "self_attn.v_proj.weight", (kv, hidden)),
-            (p + "self_attn.o_proj.weight", (hidden, hidden)),
-            (p + "mlp.gate_proj.weight", (inter, hidden)),
-            (p + "mlp.up_proj.weight", (inter, hidden)),
-            (p + "mlp.down_proj.weight", (hidden, inter)),
-            (p + "input_layernorm.weight", (hidden,)),
-            (p + "post_attention_layernorm.weight", (hidden,)),
-        ]
-    shapes += [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
-    return shapes
-
-
 def build_folder(folder: Path, fmt: str, hidden: int, inter: int, layers: int, vocab: int, shards: int = 5) -> None:
     """Write a sharded folder with the real libraries (torch.save / safetensors save_file)."""
     import torch
@@ -67,18 +48,9 @@ def build_folder(folder: Path, fmt: str, hidden: int, inter: int, layers: int, v
     if (folder / "DONE").exists():
         return
     folder.mkdir(parents=True, exist_ok=True)
-    shapes = llama_shapes(hidden, inter, layers, vocab)
-    total = sum(4 * _numel(s) for _, s in shapes)
-    per_shard = total / shards
-    groups: list[list[tuple[str, tuple]]] = [[]]
-    size = 0
-    for name, shape in shapes:
-        nbytes = 4 * _numel(shape)
-        if groups[-1] and size + nbytes > per_shard and len(groups) < shards:
-            groups.append([])
-            size = 0
-        groups[-1].append((name, shape))
-        size += nbytes
+    shapes = llama_shapes(layers, hidden, inter, vocab)
+    total = sum(4 * numel(s) for _, s in shapes)
+    groups = split_evenly(shapes, shards)
     n = len(groups)
     weight_map = {}
     for i, group in enumerate(groups, 1):
@@ -91,28 +63,17 @@ def build_folder(folder: Path, fmt: str, hidden: int, inter: int, layers: int, v
         weight_map.update({t: name for t in tensors})
         del tensors
     index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
-    (folder / index).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-              "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 16,
-              "num_key_value_heads": 4, "vocab_size": vocab, "torch_dtype": "float32",
-              "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048}
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    write_index(folder / index, total, weight_map)
+    (folder / "config.json").write_text(json.dumps(llama_config(layers, hidden, inter, vocab), indent=2))
     (folder / "DONE").write_text("")
 
 
-def _numel(shape: tuple) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".bin", ".safetensors"))
+    return sum(p.stat().st_size for p in weight_files(folder))
 
 
 def time_cat(folder: Path) -> float:
-    shards = sorted(str(p) for p in folder.iterdir() if p.suffix in (".bin", ".safetensors"))
+    shards = [str(p) for p in weight_files(folder)]
     start = time.perf_counter()
     subprocess.run(["cat", *shards], stdout=subprocess.DEVNULL, check=True)
     return time.perf_counter() - start
@@ -148,7 +109,7 @@ def main() -> None:
     print("-" * len(header))
     for label, folder in cases:
         size = folder_bytes(folder)
-        shards = sum(1 for p in folder.iterdir() if p.suffix in (".bin", ".safetensors"))
+        shards = len(weight_files(folder))
         cat = statistics.median(time_cat(folder) for _ in range(args.repeat))
         runs = [time_validate(folder) for _ in range(args.repeat)]
         wall = statistics.median(r[0] for r in runs)

@@ -57,6 +57,7 @@ from .fsutil import is_safe_relative_name, open_regular
 from .readers.safetensors_header import MAX_HEADER_BYTES, read_safetensors
 from .render import human_bytes
 from .sharding import INDEX_FILE, parse_size, plan_shards, shard_file_name
+from .tensor_bytes import OutsideStorage, file_order, located_storage, view_span
 from .tensors import FormatError, TensorMeta, WeightFile
 from .validation import UsageError
 
@@ -501,14 +502,6 @@ def _check_sources(contents: FolderContents, weight_set: WeightSet | None) -> li
     return files
 
 
-def _file_tensors(weight_file: WeightFile) -> list[TensorMeta]:
-    """Tensors in file order: data order for safetensors, pickle (state-dict) order for .bin."""
-    tensors = list(weight_file.tensors.values())
-    if weight_file.format == "safetensors":
-        tensors.sort(key=lambda t: t.data_offsets or (0, 0))
-    return tensors
-
-
 def _view_key(meta: TensorMeta) -> tuple:
     return (meta.storage_key, meta.dtype, meta.shape, meta.storage_offset, meta.stride)
 
@@ -518,22 +511,15 @@ def _locate(meta: TensorMeta, weight_file: WeightFile, rel: str, path: str, out_
     if meta.data_offsets is not None:
         begin, end = meta.data_offsets
         return PlannedTensor(meta.name, meta.shape, meta.dtype, out_dtype, path, rel, begin, None, end)
-    storage = weight_file.storages.get(meta.storage_key or "")
-    if storage is None or storage.data_offset is None or meta.stride is None:
+    storage = located_storage(meta, weight_file)
+    if storage is None:
         raise _refuse(f"{rel}: tensor {meta.name!r} has no storage location")
-    size = itemsize(meta.dtype)
     if storage.dtype != meta.dtype:
         raise _refuse(f"{rel}: tensor {meta.name!r} is {meta.dtype} but its storage is {storage.dtype}")
-    start = storage.data_offset + meta.storage_offset * size
-    record_end = storage.data_offset + (storage.record_nbytes if storage.record_nbytes is not None
-                                        else storage.nbytes)
-    if meta.numel == 0:
-        return PlannedTensor(meta.name, meta.shape, meta.dtype, out_dtype, path, rel, start, None, start)
-    last = sum((dim - 1) * step for dim, step in zip(meta.shape, meta.stride))
-    end = start + (last + 1) * size
-    if meta.storage_offset < 0 or any(s < 0 for s in meta.stride) or end > record_end:
-        raise _refuse(f"{rel}: tensor {meta.name!r} reaches outside its storage")
-    stride = None if meta.is_contiguous else tuple(meta.stride)
+    try:
+        start, end, stride = view_span(meta, storage)
+    except OutsideStorage:
+        raise _refuse(f"{rel}: tensor {meta.name!r} reaches outside its storage") from None
     return PlannedTensor(meta.name, meta.shape, meta.dtype, out_dtype, path, rel, start, stride, end)
 
 
@@ -569,7 +555,7 @@ def plan_conversion(contents: FolderContents, max_shard_size: int, dtype: str = 
     for rel in files:
         weight_file = contents.weights[rel]
         path = str(folder.path(rel))
-        ordered = _file_tensors(weight_file)
+        ordered = file_order(weight_file)
         groups = weight_file.aliases  # storage key -> names, only keys used more than once
         for meta in ordered:
             if meta.name in owner:

@@ -80,6 +80,7 @@ from .dtypes import nbytes as dtype_nbytes
 from .findings import Finding, Severity, finding, register
 from .fsutil import open_regular
 from .report import Layout
+from .tensor_bytes import OutsideStorage, file_order, located_storage, view_span
 from .tensors import FormatError, TensorMeta, WeightFile
 from .validation import UsageError
 
@@ -515,37 +516,21 @@ class _Located:
 
 def _locate(meta: TensorMeta, weight_file: WeightFile, shard: str, file_size: int, out_dtype: str) -> _Located:
     """Where a tensor's bytes are (bounds checked again: the header was read before)."""
-    from .dtypes import itemsize
-
     safetensors = weight_file.format == "safetensors"
     if meta.data_offsets is not None:
         begin, end = meta.data_offsets
         stride = None
     else:
-        storage = weight_file.storages.get(meta.storage_key or "")
-        if storage is None or storage.data_offset is None or meta.stride is None:
+        storage = located_storage(meta, weight_file)
+        if storage is None:
             raise FormatError("HFC205", f"tensor {meta.name!r} has no storage location", meta.name)
-        size = itemsize(meta.dtype)
-        begin = storage.data_offset + meta.storage_offset * size
-        record = storage.record_nbytes if storage.record_nbytes is not None else storage.nbytes
-        if meta.numel == 0:
-            end, stride = begin, None
-        else:
-            last = sum((dim - 1) * step for dim, step in zip(meta.shape, meta.stride))
-            end = begin + (last + 1) * size
-            if meta.storage_offset < 0 or any(s < 0 for s in meta.stride) or end > storage.data_offset + record:
-                raise FormatError("HFC209", f"tensor {meta.name!r} reaches outside its storage", meta.name)
-            stride = None if meta.is_contiguous else tuple(meta.stride)
+        try:
+            begin, end, stride = view_span(meta, storage)
+        except OutsideStorage:
+            raise FormatError("HFC209", f"tensor {meta.name!r} reaches outside its storage", meta.name) from None
     if begin < 0 or end < begin or end > file_size or (stride is None and end - begin != meta.nbytes):
         raise FormatError("HFC209", f"tensor {meta.name!r} byte range {begin}..{end} does not fit the file", meta.name)
     return _Located(meta.name, shard, meta, begin, end, stride, out_dtype, safetensors)
-
-
-def _file_order(weight_file: WeightFile) -> list[TensorMeta]:
-    tensors = list(weight_file.tensors.values())
-    if weight_file.format == "safetensors":
-        tensors.sort(key=lambda t: t.data_offsets or (0, 0))
-    return tensors
 
 
 # --- memory probes -------------------------------------------------------------------------------
@@ -1161,7 +1146,7 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
         try:
             size = os.stat(root / shard).st_size
             by_key: dict[tuple, list[str]] = {}
-            for meta in _file_order(weight_file):
+            for meta in file_order(weight_file):
                 out_dtype = target if (target and meta.dtype in _CASTABLE) else meta.dtype
                 loc = _locate(meta, weight_file, shard, size, out_dtype)
                 located.append(loc)

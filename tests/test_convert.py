@@ -29,21 +29,9 @@ from hfconv.conversion import (
     convert,
 )
 from hfconv.validation import UsageError, validate
+from helpers import FIXTURES, LAYOUTS
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures"
 WEIGHT_SUFFIXES = (".bin", ".safetensors")
-LAYOUTS = [
-    "llama-safetensors",
-    "llama-safetensors-sharded",
-    "llama-bin",
-    "llama-bin-sharded",
-    "llama-bin-oldnames",
-    "llama-tied-bin",
-    "llama-tied-safetensors",
-    "llama-bf16-safetensors",
-    "llama-legacy-bin",
-]
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +24,8 @@ from hfconv.contents import read_contents
 from hfconv.discovery import discover
 from hfconv.loading import checksum_bytes, checksum_tensor, load_test, render_text
 from hfconv.validation import UsageError
+from helpers import FIXTURES, LAYOUTS, copy_fixture
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures"
-LAYOUTS = [
-    "llama-safetensors",
-    "llama-safetensors-sharded",
-    "llama-bin",
-    "llama-bin-sharded",
-    "llama-bin-oldnames",
-    "llama-tied-bin",
-    "llama-tied-safetensors",
-    "llama-bf16-safetensors",
-    "llama-legacy-bin",
-]
 SMALL_CPU = 70_000
 RUN_ONLY_CPU = 40_000
 """Bytes: enough cpu to bring back one block (37 KB) to run it, too little to keep any: all on disk."""
@@ -56,12 +43,6 @@ def cpu_only(**limits) -> dict:
 cuda = pytest.mark.cuda
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 needs_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="fewer than 2 CUDA GPUs")
-
-
-def copy_fixture(name: str, tmp_path: Path) -> Path:
-    target = tmp_path / name
-    shutil.copytree(FIXTURES / name, target)
-    return target
 
 
 def source_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -273,7 +254,7 @@ def test_hostile_bin_is_refused_before_torch_sees_it(monkeypatch, tmp_path: Path
         def __reduce__(self):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
-    folder = copy_fixture("llama-bin", tmp_path)
+    folder = copy_fixture(tmp_path, "llama-bin")
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"model.embed_tokens.weight": Evil()}, protocol=2))
 
     def forbidden(*args, **kwargs):
@@ -383,7 +364,7 @@ def test_forward_skipped_without_transformers(monkeypatch) -> None:
 
 def test_forward_failure_and_non_finite_logits(monkeypatch, tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    folder = copy_fixture("llama-safetensors", tmp_path)
+    folder = copy_fixture(tmp_path, "llama-safetensors")
     state = load_file(folder / "model.safetensors")
     state["model.norm.weight"] = torch.full_like(state["model.norm.weight"], float("nan"))
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
@@ -430,7 +411,7 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     bad_map = write_map(tmp_path, {"": "cuda:9"})
     failed = run(str(FIXTURES / "llama-bin"), "--device-map", bad_map, "--format", "json")
     assert failed.exit_code == 1 and json.loads(failed.stdout)["findings"][0]["code"] == "HFC732"
-    folder = copy_fixture("llama-bin", tmp_path)
+    folder = copy_fixture(tmp_path, "llama-bin")
     (folder / "pytorch_model.bin").write_bytes(b"<html>not a checkpoint</html>")
     refused = run(str(folder))
     assert refused.exit_code == 1 and "HFC730" in refused.output and "HFC202" in refused.output

@@ -13,17 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from hfconv.cli import main
 from hfconv.validation import validate
+from helpers import FIXTURES, copy_fixture
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 GOOD = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir() and p.name.startswith("llama-"))
 SHARDED_ST = "llama-safetensors-sharded"
 SHARDED_BIN = "llama-bin-sharded"
-
-
-def copy_fixture(tmp_path: Path, name: str) -> Path:
-    dst = tmp_path / name
-    shutil.copytree(FIXTURES / name, dst)
-    return dst
 
 
 def read_index(folder: Path, name: str = "model.safetensors.index.json") -> dict:
