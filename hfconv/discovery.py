@@ -95,6 +95,8 @@ class ModelFolder:
     truncated_listing: bool = False
     blob_root: Path | None = None
     """For a Hub cache snapshot: the repo's ``blobs/`` folder its symlinks may point into."""
+    linked_dirs: tuple[str, ...] = ()
+    """Symlinks to directories, relative to root: never followed (their files are not listed)."""
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -160,7 +162,7 @@ def discover(root: str | os.PathLike) -> ModelFolder:
     if not root_path.is_dir():
         raise NotADirectoryError(str(root))
     blob_root = _hub_blob_root(root_path)
-    files, special, truncated = _list_files(root_path)
+    files, special, truncated, linked_dirs = _list_files(root_path)
     top_level = [f for f in files if "/" not in f]
     weight_sets = {fmt: _weight_set(fmt, top_level) for fmt in ("safetensors", "bin")}
     return ModelFolder(
@@ -170,6 +172,7 @@ def discover(root: str | os.PathLike) -> ModelFolder:
         weight_sets=weight_sets,
         truncated_listing=truncated,
         blob_root=blob_root,
+        linked_dirs=tuple(linked_dirs),
     )
 
 
@@ -232,14 +235,22 @@ def _weight_set(fmt: str, names: list[str]) -> WeightSet:
     )
 
 
-def _list_files(root: Path) -> tuple[list[str], list[str], bool]:
-    """Walk root without following symlinked directories; skip VCS and cache folders."""
+def _list_files(root: Path) -> tuple[list[str], list[str], bool, list[str]]:
+    """Walk root without following symlinked directories; skip VCS and cache folders.
+
+    Returns (files, special files, truncated, symlinked directories); all relative to root.
+    """
     files: list[str] = []
     special: list[str] = []
+    linked_dirs: list[str] = []
     truncated = False
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if d not in (".git", ".cache", "__pycache__"))
         rel_dir = os.path.relpath(dirpath, root)
+        # os.walk lists a symlink to a directory among dirnames and does not descend into it.
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                linked_dirs.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
         for name in sorted(filenames):
             rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
             try:
@@ -251,5 +262,5 @@ def _list_files(root: Path) -> tuple[list[str], list[str], bool]:
             files.append(rel)
             if len(files) >= MAX_LISTED_FILES:
                 truncated = True
-                return sorted(files), special, truncated
-    return sorted(files), special, truncated
+                return sorted(files), special, truncated, sorted(linked_dirs)
+    return sorted(files), special, truncated, sorted(linked_dirs)

@@ -143,6 +143,15 @@ register("HFC010", "error", "git-lfs pointer",
          "The file is a git-lfs pointer, not the weights: the LFS object was never pulled.",
          "Run `git lfs pull` (or download with huggingface_hub) before validating.",
          "pytorch_model.bin is a git-lfs pointer (LFS object not pulled)")
+register("HFC011", "error", "training leftover",
+         "Files a training run leaves behind (training_args.bin, optimizer.pt, scheduler.pt, rng_state.pth, "
+         "...) are not part of the model. Most are pickles: whoever runs torch.load on them (a resumed "
+         "Trainer, a curious user) executes whatever they hold, and no loader of the model checks them. "
+         "hfconv reports them by name and never opens them.",
+         "Delete them from the folder before publishing (keep them in private storage if you resume "
+         "training), or --ignore HFC011 if they must stay.",
+         "training_args.bin is a training leftover (a pickle, never opened by hfconv); it does not belong in "
+         "a published model folder")
 
 # --- HFC1xx: safetensors headers ------------------------------------------------------------
 register("HFC101", "error", "file too short",
@@ -194,6 +203,11 @@ register("HFC112", "error", "bad __metadata__",
          "__metadata__ must map strings to strings.",
          "Re-create the file with string metadata values.",
          "__metadata__ value for 'format' is not a string")
+register("HFC113", "error", "too many tensors",
+         "The header declares more tensors (or holds more JSON arrays and objects) than any real "
+         "checkpoint does; parsing it would build gigabytes of objects, so it is refused unparsed.",
+         "Re-create the file with safetensors; split the tensors over several shards.",
+         "header declares about 1500000 tensors (objects), over the limit of 1000000")
 
 # --- HFC2xx: torch checkpoints --------------------------------------------------------------
 register("HFC201", "error", "forbidden pickle global",
@@ -203,7 +217,8 @@ register("HFC201", "error", "forbidden pickle global",
          "to safetensors.",
          "pickle references forbidden global 'os.system'")
 register("HFC202", "error", "not a checkpoint",
-         "The file is not a torch checkpoint (zip or legacy pickle) at all.",
+         "The file is not a weight file at all (neither a torch checkpoint nor safetensors), whatever "
+         "its name says: an image, a web page, text, a tar archive, an empty file.",
          "Replace it with the real weight file.",
          "pytorch_model.bin is an HTML page, not a torch checkpoint")
 register("HFC203", "error", "malformed pickle",
@@ -211,7 +226,9 @@ register("HFC203", "error", "malformed pickle",
          "Re-save the checkpoint with torch.save, or convert it to safetensors from a trusted copy.",
          "data.pkl: unsupported opcode STACK_GLOBAL at byte 12")
 register("HFC204", "error", "malformed zip",
-         "The zip container is damaged or holds entries torch would misread.",
+         "The zip container is damaged, holds entries torch would misread (duplicate or mismatched "
+         "names, compressed storages, bad CRC of data.pkl), holds entries torch never reads "
+         "(a hiding place), or is a zip bomb.",
          "Re-download or re-save the checkpoint.",
          "zip entry 'archive/data/0' is DEFLATE-compressed; torch requires stored storages")
 register("HFC205", "error", "missing storage",

@@ -18,7 +18,7 @@ from typing import Any
 
 from .fsutil import open_regular
 
-__all__ = ["JsonError", "loads_strict", "load_json_file"]
+__all__ = ["JsonError", "loads_strict", "load_json_file", "count_containers", "MAX_CONTAINERS"]
 
 KINDS = frozenset(
     {"syntax", "duplicate_key", "nonfinite", "too_deep", "too_large", "not_object", "encoding"}
@@ -26,7 +26,7 @@ KINDS = frozenset(
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 
-# Every byte but '"' and the four brackets, for bytes.translate(None, ...) in _max_depth.
+# Every byte but '"' and the four brackets, for bytes.translate(None, ...) in _nesting.
 _NOT_QUOTE_OR_BRACKET = bytes(b for b in range(256) if b not in b'"[]{}')
 # A \u escape of a UTF-16 surrogate; only when one is present do we walk the parsed value.
 _SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -95,11 +95,12 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def _max_depth(data: bytes, limit: int) -> int:
-    """Deepest ``[``/``{`` nesting outside string literals, in linear time, no recursion.
+def _nesting(data: bytes, limit: int) -> tuple[int, int]:
+    """(deepest ``[``/``{`` nesting, number of arrays and objects), outside string literals.
 
-    When there are at most ``limit`` openers in all, their count (an upper bound on the
-    depth, and within the limit) is returned without computing the exact depth.
+    Linear time, no recursion. When there are at most ``limit`` openers in all, their count
+    (an upper bound on the depth, and within the limit) stands for the depth, which is then not
+    computed exactly.
 
     Works on the UTF-8 bytes (``"``, ``\\`` and brackets never occur inside multi-byte
     sequences) with C-speed bytes methods only, because a per-token regex costs seconds on a
@@ -108,20 +109,58 @@ def _max_depth(data: bytes, limit: int) -> int:
     1. Drop escaped backslashes, then escaped quotes: what is left of a backslash run pairs
        up from the left exactly as JSON escapes do, so every remaining ``"`` is a delimiter.
     2. Keep only quotes and brackets; split on quotes; the even pieces lie outside strings.
-    3. Running sum of +1/-1 over the remaining brackets.
+    3. Count the openers; running sum of +1/-1 over the remaining brackets for the depth.
 
-    For text that is not valid JSON the count may be off, but only past the first syntax
+    For text that is not valid JSON the numbers may be off, but only past the first syntax
     error, where ``json.loads`` stops anyway.
+    """
+    kept = _brackets_outside_strings(data)
+    openers = kept.count(b"[") + kept.count(b"{")
+    if openers <= limit:
+        return openers, openers
+    return max(accumulate(map(_DEPTH_DELTA.__getitem__, kept))), openers
+
+
+def count_containers(data: bytes) -> tuple[int, int]:
+    """Count the objects and arrays of a JSON text without parsing it.
+
+    Readers use it to refuse a text that would build millions of Python containers before
+    ``json.loads`` allocates them. Linear time, C-speed bytes methods, no recursion.
+
+    Args:
+        data: UTF-8 JSON text.
+
+    Returns:
+        (objects, arrays), counted outside string literals: exact for valid JSON, an upper
+        bound for invalid JSON.
+    """
+    kept = _brackets_outside_strings(data)
+    return kept.count(b"{"), kept.count(b"[")
+
+
+_SPLIT_CHUNK = 1 << 18
+
+
+def _brackets_outside_strings(data: bytes) -> bytes:
+    """Steps 1 and 2 of :func:`_nesting`: the brackets of ``data`` that lie outside strings.
+
+    The quote-split runs over 256 KiB slices of the (already bracket-and-quote-only) bytes,
+    carrying the inside/outside state across slices: one split of the whole would build a
+    bytes object per string, several hundred MB for a 100 MB header of short names.
     """
     if b"\\" in data:
         data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
     kept = data.translate(None, _NOT_QUOTE_OR_BRACKET)
-    if b'"' in kept:
-        kept = b"".join(kept.split(b'"')[::2])
-    openers = kept.count(b"[") + kept.count(b"{")
-    if openers <= limit:
-        return openers
-    return max(accumulate(map(_DEPTH_DELTA.__getitem__, kept)))
+    if b'"' not in kept:
+        return kept
+    parts: list[bytes] = []
+    inside = False
+    for start in range(0, len(kept), _SPLIT_CHUNK):
+        pieces = kept[start:start + _SPLIT_CHUNK].split(b'"')
+        parts.append(b"".join(pieces[1 if inside else 0::2]))
+        if len(pieces) % 2 == 0:  # an odd number of quotes flips the state
+            inside = not inside
+    return b"".join(parts)
 
 
 def _find_surrogate(value: Any) -> str | None:
@@ -151,13 +190,21 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool = True) -> object:
+MAX_CONTAINERS = 2_000_000
+"""Arrays and objects one JSON text may hold. Each becomes a Python list or dict (56-64 bytes
+empty), so a 50 MB file of ``{},`` would otherwise build 16 million of them (gigabytes).
+The largest real tokenizer.json files (a few hundred thousand merges) stay far below."""
+
+
+def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool = True,
+                 max_containers: int = MAX_CONTAINERS) -> object:
     """Parse JSON, refusing everything two parsers could read differently.
 
     Args:
         text: the JSON text; bytes must be UTF-8 without a byte order mark.
         max_depth: deepest nesting of arrays/objects allowed (checked before parsing, so a
             million ``[`` never reach the recursive parser).
+        max_containers: most arrays and objects allowed in all (checked before parsing).
         require_object: when True the top-level value must be an object.
 
     Returns:
@@ -165,7 +212,8 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
 
     Raises:
         JsonError: kind ``encoding`` (bad UTF-8, BOM, lone surrogate escape), ``too_deep``,
-            ``syntax``, ``duplicate_key``, ``nonfinite`` or ``not_object``.
+            ``too_large`` (more than ``max_containers``), ``syntax``, ``duplicate_key``,
+            ``nonfinite`` or ``not_object``.
     """
     raw: bytes | None = None
     if isinstance(text, (bytes, bytearray, memoryview)):
@@ -179,9 +227,12 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
     if text.startswith("\ufeff"):
         raise JsonError("encoding", "text starts with a byte order mark (U+FEFF), which JSON forbids")
 
-    depth = _max_depth(raw if raw is not None else text.encode("utf-8", "surrogatepass"), max_depth)
+    depth, containers = _nesting(raw if raw is not None else text.encode("utf-8", "surrogatepass"), max_depth)
     if depth > max_depth:
         raise JsonError("too_deep", f"nesting depth {depth} exceeds the limit of {max_depth}")
+    if containers > max_containers:
+        raise JsonError("too_large", f"text holds {containers} arrays and objects (containers), over the limit "
+                                     f"of {max_containers}")
 
     try:
         value = json.loads(
@@ -226,7 +277,8 @@ def load_json_file(path: str | os.PathLike, *, max_bytes: int = 50_000_000, **kw
     Args:
         path: the file; must be a regular file (FIFOs and devices are refused unread).
         max_bytes: largest file size accepted, checked with fstat before reading.
-        **kw: passed on to :func:`loads_strict` (``max_depth``, ``require_object``).
+        **kw: passed on to :func:`loads_strict` (``max_depth``, ``require_object``,
+            ``max_containers``).
 
     Returns:
         The parsed value.

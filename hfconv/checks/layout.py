@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from ..contents import FolderContents
-from ..discovery import parse_shard_name
+from ..discovery import TRAINING_LEFTOVERS, parse_shard_name
 from ..findings import Finding, finding
+
+_JSON_LEFTOVERS = frozenset({"trainer_state.json"})
 
 
 def check_read_errors(contents: FolderContents) -> Iterator[Finding]:
@@ -21,6 +24,32 @@ def check_read_errors(contents: FolderContents) -> Iterator[Finding]:
         yield finding(code, f"{name} {_describe_json_error(error)}", file=name, tensor=getattr(error, "key", None))
     for name in contents.folder.special_files:
         yield finding("HFC008", f"{name} is not a regular file (FIFO, device or socket); it was not opened", file=name)
+
+
+def check_hygiene(contents: FolderContents) -> Iterator[Finding]:
+    """Training leftovers, and symlinks (files or folders) that leave the folder."""
+    folder = contents.folder
+    for name in folder.files:
+        base = os.path.basename(name)
+        if base in TRAINING_LEFTOVERS:
+            if base in _JSON_LEFTOVERS:
+                yield finding("HFC011", f"{name} is a training leftover (trainer state); it does not belong in a "
+                              "published model folder", file=name, severity="warning")
+            else:
+                yield finding("HFC011", f"{name} is a training leftover (a pickle, never opened by hfconv); it "
+                              "does not belong in a published model folder, and torch.load on it would run "
+                              "whatever it holds", file=name)
+    # Symlinks leaving the folder. Files a reader refused as such are already reported.
+    errors = (*contents.weight_errors.items(), *contents.json_errors.items())
+    reported = {name for name, err in errors if getattr(err, "code", None) == "HFC006"}
+    for name in folder.files:
+        if name not in reported and os.path.islink(folder.path(name)) and not folder.contains(name):
+            yield finding("HFC006", f"{name} is a symlink pointing outside the model folder; hfconv did not read "
+                          "it, and an upload or a loader would use a file the folder does not ship", file=name)
+    for name in folder.linked_dirs:
+        if not folder.contains(name):
+            yield finding("HFC006", f"{name}/ is a symlink to a folder outside the model folder; hfconv did not "
+                          "follow it", file=name)
 
 
 def _describe_json_error(error: Exception) -> str:

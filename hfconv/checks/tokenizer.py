@@ -104,6 +104,15 @@ register("HFC512", "error", "chat template does not parse",
          "apply_chat_template compiles the template with jinja2; a syntax error makes every chat call fail.",
          "Fix the template at the line given (jinja2 syntax).",
          "tokenizer_config.json: chat_template does not parse: unexpected '}' at line 1")
+register("HFC518", "error", "chat template reaches for internals",
+         "The chat template reads Python internals (attributes or keys starting with '_', such as "
+         "__class__, __globals__, __subclasses__): the shape of a template-injection (SSTI) attack that "
+         "tries to escape jinja2 and run code. transformers renders templates in jinja2's sandbox, which "
+         "refuses such access, so the template also fails for every chat call. hfconv only renders "
+         "templates in that sandbox, and does not render this one at all.",
+         "Remove the access to underscore attributes from the template; no chat template needs them.",
+         "tokenizer_config.json: chat_template reads '__class__' (line 1), a Python internal; refused as a "
+         "sandbox-escape attempt")
 register("HFC513", "warning", "chat turn end not an eos id",
          "The chat template ends an assistant turn with a token that is not among generation_config.json's "
          "eos ids, so generation does not stop after the answer (the classic 'model never stops' bug).",
@@ -880,6 +889,48 @@ def _template_error(template: ChatTemplate) -> str | None:
     return None
 
 
+def _internal_access(template: ChatTemplate) -> tuple[str, int] | None:
+    """(name, line) of the first attribute or key starting with '_' the template reads, else None.
+
+    Static, on jinja2's syntax tree: ``x.__class__``, ``x['__globals__']``, keys built from
+    literals (``x['__' ~ 'class__']``), ``x|attr('_y')``, ``x|attr(name)`` with a computed name
+    (the usual way around a check on literals), and any ``'__dunder__'`` literal all count.
+    """
+    import jinja2
+    from jinja2 import nodes
+
+    env = _environment(time.monotonic() + TEMPLATE_TIME_BUDGET_S)
+    eval_ctx = nodes.EvalContext(env)
+
+    def constant(node) -> object:
+        try:
+            return node.as_const(eval_ctx)
+        except Exception:  # noqa: BLE001 - jinja2 raises Impossible (or anything) for non-constants
+            return None
+
+    try:
+        tree = env.parse(template.source)
+        for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Const)):
+            if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
+                return node.attr, node.lineno
+            if isinstance(node, nodes.Getitem):
+                key = constant(node.arg)
+                if isinstance(key, str) and key.startswith("_"):
+                    return key, node.lineno
+            if isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+                name = constant(node.args[0])
+                if not isinstance(name, str):
+                    return "attr(<computed name>)", node.lineno
+                if name.startswith("_"):
+                    return name, node.lineno
+            if isinstance(node, nodes.Const) and isinstance(node.value, str) \
+                    and re.fullmatch(r"__\w+__", node.value):
+                return node.value, node.lineno
+    except (jinja2.exceptions.TemplateError, RecursionError, MemoryError):
+        return None  # does not compile: HFC512 says so
+    return None
+
+
 def _render_probe(template: ChatTemplate, facts: _Facts) -> str | None:
     """The text a template emits right after an assistant message's content, or None if unknown.
 
@@ -945,7 +996,17 @@ def _check_chat_template(facts: _Facts) -> Iterator[Finding]:
                           file=template.file, tensor="$.chat_template" if template.file.endswith(".json") else None)
         else:
             parsed.append(template)
-    if not parsed or parsed[0] is not templates[0] or facts.vocab is None:
+    unsafe: list[ChatTemplate] = []
+    for template in parsed:
+        reach = _internal_access(template)
+        if reach is not None:
+            unsafe.append(template)
+            label = "chat_template" if template.name == "default" else f"chat_template {template.name!r}"
+            name, line = reach
+            yield finding("HFC518", f"{template.file}: {label} reads {name!r} (line {line}), a Python internal; "
+                          "refused as a sandbox-escape attempt (jinja2's sandbox in transformers refuses it too)",
+                          file=template.file, tensor="$.chat_template" if template.file.endswith(".json") else None)
+    if not parsed or parsed[0] is not templates[0] or facts.vocab is None or parsed[0] in unsafe:
         return
     effective = parsed[0]
     eos = _eos_ids(facts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 
 from ..fsutil import open_regular
 from ..tensors import FormatError, WeightFile
@@ -20,18 +21,38 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
         The WeightFile (tensor names, dtypes, shapes, byte locations); no tensor bytes read.
 
     Raises:
-        FormatError: the file is broken, hostile or not a weight file; ``code`` says which.
+        FormatError: the file is broken, hostile or not a weight file; ``code`` says which
+            (HFC202 for a file that is neither format, e.g. an image or a web page, whatever
+            its name).
     """
     with open_regular(path) as handle:
-        head = handle.read(64)
+        size = os.fstat(handle.fileno()).st_size
+        head = handle.read(1024)
     if head.startswith(LFS_POINTER_PREFIX):
         raise FormatError("HFC010", "is a git-lfs pointer, not the weights (LFS object not pulled)")
-    # A safetensors file starts with a little-endian header length then '{'; torch files
-    # start with a zip or pickle magic. Content, not the extension, picks the reader.
-    if head[:2] in (b"PK", b"\x80\x02") or not str(path).endswith(".safetensors"):
-        from .torch_checkpoint import read_torch_checkpoint
+    from .torch_checkpoint import _describe_content, read_torch_checkpoint
 
+    if not os.fspath(path).endswith(".safetensors"):
+        # The torch reader sniffs the content itself (and names a misnamed safetensors file).
         return read_torch_checkpoint(path)
     from .safetensors_header import read_safetensors
 
-    return read_safetensors(path)
+    # Content, not the extension, picks the reader. A safetensors file starts with a
+    # little-endian header length that fits the file, then '{'. That test comes first: a
+    # header length such as 640 (80 02 00 ...) or 19280 (50 4B 00 ...) begins with the bytes
+    # of a pickle or zip magic.
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack_from("<Q", head)[0] <= size - 8:
+        return read_safetensors(path)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or (head[:1] == b"\x80" and head[1:2] in _PICKLE_PROTOCOLS):
+        return read_torch_checkpoint(path)  # a torch checkpoint (or a bare pickle) named .safetensors
+    try:
+        return read_safetensors(path)
+    except FormatError as err:
+        if err.code in ("HFC101", "HFC102", "HFC104") and size:
+            what = _describe_content(head, size)
+            if not what.startswith(("unrecognised", "a safetensors")):
+                raise FormatError("HFC202", f"is {what}, not a safetensors file ({err.message})") from None
+        raise
+
+
+_PICKLE_PROTOCOLS = frozenset(bytes([p]) for p in range(6))

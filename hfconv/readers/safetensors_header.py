@@ -27,15 +27,20 @@ from typing import Any
 
 from ..dtypes import SAFETENSORS_BITS
 from ..fsutil import open_regular
-from ..jsonutil import JsonError, loads_strict
+from ..jsonutil import JsonError, count_containers, loads_strict
 from ..tensors import FormatError, ReaderNote, TensorMeta, WeightFile
 
-__all__ = ["read_safetensors", "MAX_HEADER_BYTES", "HUB_HEADER_LIMIT"]
+__all__ = ["read_safetensors", "MAX_HEADER_BYTES", "HUB_HEADER_LIMIT", "MAX_TENSORS"]
 
 MAX_HEADER_BYTES = 100_000_000
 """The reference's MAX_HEADER_SIZE: longer headers are refused unread."""
 HUB_HEADER_LIMIT = 25_000_000
 """huggingface_hub's SAFETENSORS_MAX_HEADER_LENGTH: longer headers get an HFC103 note."""
+
+MAX_TENSORS = 1_000_000
+"""Most tensors one file may declare; counted in the raw header before it is parsed, because
+each entry costs a few hundred bytes of Python objects (a 100 MB header of empty entries would
+build gigabytes). Real checkpoints hold at most tens of thousands of tensors per file."""
 
 _U64 = 1 << 64
 # A safetensors header nests object > entry > list: depth 3. Anything deeper is not a
@@ -146,13 +151,26 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     # The reference refuses headers that do not start with '{' (InvalidHeaderStart).
     if not raw.startswith(b"{"):
         raise FormatError("HFC104", f"header does not start with '{{' (starts with {_q(raw[:1])})")
+    # Each entry is an object: the top-level object, __metadata__ and one per tensor. The cheap
+    # byte count is exact enough almost always; the count outside strings settles the rest.
+    if raw.count(b"{") > MAX_TENSORS + 2:
+        objects, _arrays = count_containers(raw)
+        if objects > MAX_TENSORS + 2:
+            raise FormatError("HFC113", f"header declares about {objects - 1} tensors (objects), over the limit "
+                                        f"of {MAX_TENSORS}; refused before parsing it")
     try:
-        header = loads_strict(raw, max_depth=_HEADER_MAX_DEPTH, require_object=True)
+        header = loads_strict(raw, max_depth=_HEADER_MAX_DEPTH, require_object=True,
+                              max_containers=3 * MAX_TENSORS + 16)
     except JsonError as exc:
         if exc.kind == "duplicate_key":
             raise _duplicate_error(raw.decode("utf-8"), exc.key) from None
+        if exc.kind == "too_large":
+            raise FormatError("HFC113", f"header {exc.message}; refused before parsing it") from None
         raise FormatError("HFC104", f"header is not valid JSON: {exc.message}") from None
     assert isinstance(header, dict)
+    count = len(header) - ("__metadata__" in header)
+    if count > MAX_TENSORS:
+        raise FormatError("HFC113", f"header declares {count} tensors, over the limit of {MAX_TENSORS}")
     return header
 
 
@@ -260,7 +278,8 @@ def read_safetensors(path: str | os.PathLike) -> WeightFile:
     Raises:
         FormatError: HFC008 (not a regular file / cannot open), HFC101 (under 8 bytes),
             HFC102 (header length over 100 MB or past the end of the file), HFC104 (header
-            not UTF-8 JSON object starting with '{'), HFC105 (duplicate key), HFC106 (bad
+            not UTF-8 JSON object starting with '{'), HFC113 (more than MAX_TENSORS
+            entries, refused before parsing), HFC105 (duplicate key), HFC106 (bad
             entry), HFC107 (unknown dtype), HFC108 (size mismatch or overflow), HFC109 (bad
             offsets: gap, overlap, backwards), HFC110 (truncated), HFC111 (trailing bytes),
             HFC112 (bad ``__metadata__``). ``tensor`` names the tensor where one applies.

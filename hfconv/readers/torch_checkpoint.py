@@ -27,6 +27,7 @@ Everything else (STACK_GLOBAL, FRAME, INST, OBJ, NEWOBJ, EXT*, BINBYTES, ...) is
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickletools
@@ -49,7 +50,9 @@ MAX_PICKLE_BYTES = 1 << 30
 """data.pkl (or one legacy pickle) larger than this is refused before it is read."""
 MAX_OPCODES = 50_000_000
 MAX_MEMO = 5_000_000
-MAX_STACK = 10_000_000
+MAX_STACK = 1_000_000
+"""torch.save's pickler batches SETITEMS by 1000, so a real state dict never has more than a
+few thousand items on the stack; a million (8 MB of pointers) is ample and bounds a push bomb."""
 MAX_MARK_DEPTH = 64
 """torch nests MARKs about 3 deep; 64 leaves room and bounds the mark stack."""
 MAX_STRING_BYTES = 1 << 20
@@ -64,6 +67,11 @@ MAX_SMALL_RECORD = 4096
 MAX_VIEW_EXPANSION_BYTES = 256 << 20
 """A view may read more logical bytes than its storage holds (stride 0, overlapping strides),
 but not more than this many, or a 24-byte storage could claim terabytes."""
+MAX_INFLATE_RATIO = 100
+"""A DEFLATE member (only small records and data.pkl are ever inflated) may not declare more
+than this many times its compressed size beyond ``INFLATE_RATIO_FLOOR``: a zip bomb is refused
+from its directory entry, before a byte is inflated. torch.save never compresses anything."""
+INFLATE_RATIO_FLOOR = 1 << 20
 MAX_SCAN_BYTES = 16 << 20
 MAX_SCAN_OPCODES = 2_000_000
 """How much of a refused pickle the best-effort forbidden-global scan looks at."""
@@ -152,6 +160,8 @@ def read_torch_checkpoint(path: str | os.PathLike) -> WeightFile:
             # Protocol-0/1 pickles are plain text to a sniffer, and torch.load would still run
             # them: a file that parses as a complete pickle with a forbidden global is an attack.
             if err.code == "HFC202" and size:
+                if _is_tar(head):
+                    _scan_tar_pickles(f)
                 _raise_if_forbidden_global(_read_at(f, 0, min(size, 1 << 20)), "pickle", require_stop=True)
             raise
         if kind == "zip":
@@ -188,7 +198,7 @@ def sniff_checkpoint(head: bytes, size: int) -> str:
         return "legacy"
     if head.startswith(_LFS_PREFIX):
         raise FormatError("HFC010", "is a git-lfs pointer (LFS object not pulled); run `git lfs pull`")
-    if len(head) >= 262 and head[257:262] == b"ustar":
+    if _is_tar(head):
         raise FormatError("HFC202", "is a tar archive (legacy tar checkpoint, not supported); "
                                     "re-save it with a current torch.save")
     if head[:1] == b"\x80" and len(head) > 1 and head[1] in (0, 1, 3, 4, 5):
@@ -242,6 +252,56 @@ def _looks_like_text(head: bytes) -> bool:
         except UnicodeDecodeError:
             return False
     return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+
+
+def _is_tar(head: bytes) -> bool:
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+_TAR_PICKLES = ("sys_info", "storages", "tensors", "pickle")
+MAX_TAR_MEMBERS = 64
+
+
+def _scan_tar_pickles(f: BinaryIO) -> None:
+    """A legacy tar checkpoint is refused (HFC202), but torch.load still unpickles its
+    ``sys_info``, ``storages``, ``tensors`` and ``pickle`` members: name a forbidden global in
+    them (HFC201). Only tar headers and those members (each capped) are read; nothing is
+    extracted, and a damaged archive simply ends the scan."""
+    import tarfile
+
+    f.seek(0)
+    try:
+        with tarfile.open(fileobj=_CappedReader(f, MAX_SCAN_BYTES), mode="r:") as tar:
+            for count, member in enumerate(tar):
+                if count >= MAX_TAR_MEMBERS:
+                    break
+                if member.isfile() and member.name in _TAR_PICKLES and member.size <= MAX_SCAN_BYTES:
+                    handle = tar.extractfile(member)
+                    if handle is not None:
+                        _raise_if_forbidden_global(handle.read(MAX_SCAN_BYTES), f"tar member '{member.name}'",
+                                                   multi=True)
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        pass
+
+
+class _CappedReader:
+    """A file object for tarfile whose reads are capped: tarfile reads a pax or GNU long-name
+    header's whole declared size into memory, which a hostile archive can make gigabytes."""
+
+    def __init__(self, f: BinaryIO, cap: int):
+        self._f = f
+        self._cap = cap
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self._cap:
+            raise OSError(f"tar read of {n} bytes refused (limit {self._cap})")
+        return self._f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
 
 
 def _refuse_plain_pickle(buf: bytes) -> None:
@@ -347,7 +407,9 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
             _raise_if_forbidden_global(data, "data.pkl")
         raise
     if end != len(data):
-        _raise_if_forbidden_global(data, "data.pkl")
+        # torch.load stops at STOP; another reader may go on (unpickling in a loop), so the
+        # trailing bytes are scanned too and a global in them is named.
+        _raise_if_forbidden_global(data[end:], f"data.pkl: {len(data) - end} bytes after STOP", multi=True)
         raise FormatError("HFC203", f"data.pkl at byte {end}: {len(data) - end} bytes after STOP")
 
     tensors = _state_dict_tensors(root)
@@ -367,7 +429,33 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
             raise FormatError("HFC204", f"zip entry '{record_name}' is stored but its compressed size "
                                         f"{entry.compressed_size} differs from its size {entry.size}")
         records[key] = (entry.data_offset, entry.size)
-    return _build_weight_file(path, "zip", interp, tensors, records, prefix, header_nbytes=len(data), notes=())
+    weight_file = _build_weight_file(path, "zip", interp, tensors, records, prefix, header_nbytes=len(data),
+                                     notes=())
+    _refuse_unreferenced_entries(entries, prefix, interp.storages)
+    return weight_file
+
+
+# Records torch.save writes besides data.pkl and the storages (torch 1.6 to 2.x); torch.load
+# reads only these and the storages data.pkl names.
+_TORCH_RECORDS = ("data.pkl", "version", ".data/version", "byteorder", ".format_version", ".storage_alignment",
+                  ".data/serialization_id")
+
+
+def _refuse_unreferenced_entries(entries: list[_ZipEntry], prefix: str, storages: dict) -> None:
+    """Every member must be a record torch.save writes or a storage data.pkl uses.
+
+    torch.load never looks at anything else, so an extra member (a script, a second pickle, an
+    unused storage) is invisible to it but not to other tools that unpack the archive: a place
+    to hide a payload, and a parser differential.
+    """
+    expected = {_fold(f"{prefix}/{name}") for name in _TORCH_RECORDS}
+    expected.update(_fold(f"{prefix}/data/{key}") for key in storages)
+    for entry in entries:
+        if _fold(entry.name) not in expected:
+            what = ("a storage data.pkl never uses" if _fold(entry.name).startswith(_fold(f"{prefix}/data/"))
+                    else "no record torch.save writes")
+            raise FormatError("HFC204", f"zip entry '{_short(entry.name)}' is {what}; torch.load ignores it, so it "
+                                        "can hide anything from a reader that trusts torch (unreferenced entry)")
 
 
 def _zip_entries(f: BinaryIO, file_size: int) -> list[_ZipEntry]:
@@ -542,6 +630,10 @@ def _zip_member_bytes(f: BinaryIO, entry: _ZipEntry, limit: int) -> bytes:
     """The content of a small member (data.pkl, byteorder), size-checked before reading."""
     if entry.size > limit:
         raise FormatError("HFC204", f"zip entry '{entry.name}' declares {entry.size} bytes (limit {limit})")
+    if entry.method != 0 and entry.size > max(INFLATE_RATIO_FLOOR, MAX_INFLATE_RATIO * entry.compressed_size):
+        raise FormatError("HFC204", f"zip entry '{entry.name}' would inflate {entry.compressed_size} compressed "
+                                    f"bytes to {entry.size} (ratio over {MAX_INFLATE_RATIO}:1); refused unread as a "
+                                    "zip bomb (torch.save never compresses)")
     raw = _read_exact(f, entry.data_offset, entry.compressed_size, "HFC204", f"zip entry '{entry.name}'")
     if entry.method == 0:
         if entry.compressed_size != entry.size:
@@ -1179,7 +1271,7 @@ _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICO
                          "BINSTRING", "SHORT_BINSTRING"})
 
 
-def _forbidden_globals(buf: bytes, require_stop: bool = False) -> list[str]:
+def _forbidden_globals(buf: bytes, require_stop: bool = False, multi: bool = False) -> list[str]:
     """Globals a pickle would import, found by walking opcodes (never executing them).
 
     Best effort: STACK_GLOBAL takes its names from the stack, which this walk approximates
@@ -1192,7 +1284,7 @@ def _forbidden_globals(buf: bytes, require_stop: bool = False) -> list[str]:
     memo: dict[int, object] = {}
     last: object = None
     try:
-        for count, (opcode, arg, _pos) in enumerate(pickletools.genops(buf[:MAX_SCAN_BYTES])):
+        for count, (opcode, arg) in enumerate(_walk_opcodes(buf[:MAX_SCAN_BYTES], multi)):
             if count >= MAX_SCAN_OPCODES:
                 break
             name = opcode.name
@@ -1222,7 +1314,8 @@ def _forbidden_globals(buf: bytes, require_stop: bool = False) -> list[str]:
                 last = value
             if name == "STOP":
                 stopped = True
-                break
+                if not multi:
+                    break
     except Exception:  # noqa: BLE001 - a damaged pickle simply ends the scan
         pass
     if require_stop and not stopped:
@@ -1230,9 +1323,35 @@ def _forbidden_globals(buf: bytes, require_stop: bool = False) -> list[str]:
     return [g for g in found if g not in ALLOWED_GLOBALS and g not in _UNSUPPORTED_TORCH_TYPES]
 
 
-def _raise_if_forbidden_global(buf: bytes, label: str, require_stop: bool = False) -> None:
+def _walk_opcodes(buf: bytes, multi: bool = False):
+    """(opcode, argument) pairs of a pickle, as pickletools.genops yields them, but reading the
+    GLOBAL / INST names as UTF-8 like the unpickler does: genops decodes them as ASCII and stops
+    at the first non-ASCII name, which would let a decoy global hide the ones after it.
+    With ``multi``, pickles that follow one another (as in a tar checkpoint's members) are all
+    walked."""
+    stream = io.BytesIO(buf)
+    while True:
+        code = stream.read(1)
+        if not code:
+            raise ValueError("pickle ends without STOP")
+        opcode = pickletools.code2op.get(code.decode("latin-1"))
+        if opcode is None:
+            raise ValueError(f"unknown opcode {code!r}")
+        if opcode.name in ("GLOBAL", "INST"):
+            module, name = stream.readline(MAX_GLOBAL_LINE + 1), stream.readline(MAX_GLOBAL_LINE + 1)
+            if not (module.endswith(b"\n") and name.endswith(b"\n")):
+                raise ValueError("GLOBAL without two newline-terminated names")
+            arg = (module[:-1] + b" " + name[:-1]).decode("utf-8", "surrogateescape")
+        else:
+            arg = None if opcode.arg is None else opcode.arg.reader(stream)
+        yield opcode, arg
+        if opcode.name == "STOP" and not (multi and stream.tell() < len(buf)):
+            return
+
+
+def _raise_if_forbidden_global(buf: bytes, label: str, require_stop: bool = False, multi: bool = False) -> None:
     """Report the strongest finding: a pickle refused as malformed may also be an attack."""
-    bad = _forbidden_globals(buf, require_stop)
+    bad = _forbidden_globals(buf, require_stop, multi)
     if bad:
         shown = bad[0] if bad[0].isprintable() else ascii(bad[0])
         raise FormatError("HFC201", f"{label}: pickle references forbidden global '{shown}'; torch.load "

@@ -1,0 +1,1 @@
+"""Hostile and broken inputs: corpus generator, CLI tests under limits, property tests."""
