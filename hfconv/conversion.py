@@ -11,8 +11,8 @@ Plan, then execute (STYLE habit 6):
    bytes straight out of the source file (``.bin`` storages are stored uncompressed and
    little-endian: byte for byte what safetensors stores) -- kernel-side with
    ``copy_file_range`` where source and output agree on the offset within a page, else
-   through one reused 1 MiB buffer; numpy gathers non-contiguous views; torch, imported
-   only then, casts;
+   through one reused 1 MiB buffer; numpy gathers non-contiguous views and swaps the
+   bytes of a big-endian checkpoint; torch, imported only then, casts;
 5. copy the non-weight files, write the index and, when casting, the updated config.json;
 6. verify, on a second thread right behind the writer: every tensor's output bytes against
    the source's byte range (both memory-mapped, compared in C, a 4 MiB window at a time) or
@@ -51,7 +51,7 @@ from typing import Any
 
 from .contents import FolderContents, read_contents
 from .discovery import TRAINING_LEFTOVERS, WeightSet, discover, parse_shard_name
-from .dtypes import itemsize, nbytes
+from .dtypes import itemsize, nbytes, swap_unit
 from .findings import Finding, finding, register
 from .fsutil import is_safe_relative_name, open_regular
 from .readers.safetensors_header import MAX_HEADER_BYTES, read_safetensors
@@ -222,6 +222,8 @@ class PlannedTensor:
     """Element strides of a non-contiguous ``.bin`` view; None when contiguous."""
     span_end: int = 0
     """End (exclusive) of the source bytes the view touches."""
+    byteswap: bool = False
+    """The source is big-endian (a ``.bin`` saved on such a machine): bytes are swapped on the way."""
 
     @property
     def numel(self) -> int:
@@ -236,10 +238,10 @@ class PlannedTensor:
 
     @property
     def action(self) -> str:
-        """``copy`` (bytes move unchanged), ``reorder`` (strided view) or ``cast``."""
+        """``copy`` (bytes move unchanged), ``reorder`` (strided view or byte swap) or ``cast``."""
         if self.dtype != self.source_dtype:
             return "cast"
-        return "copy" if self.stride is None else "reorder"
+        return "copy" if self.stride is None and not self.byteswap else "reorder"
 
 
 @dataclass(frozen=True)
@@ -520,7 +522,8 @@ def _locate(meta: TensorMeta, weight_file: WeightFile, rel: str, path: str, out_
         start, end, stride = view_span(meta, storage)
     except OutsideStorage:
         raise _refuse(f"{rel}: tensor {meta.name!r} reaches outside its storage") from None
-    return PlannedTensor(meta.name, meta.shape, meta.dtype, out_dtype, path, rel, start, stride, end)
+    byteswap = weight_file.byte_order == "big" and swap_unit(meta.dtype) > 1
+    return PlannedTensor(meta.name, meta.shape, meta.dtype, out_dtype, path, rel, start, stride, end, byteswap)
 
 
 def plan_conversion(contents: FolderContents, max_shard_size: int, dtype: str = "keep") -> ConversionPlan:
@@ -820,7 +823,8 @@ def _source_array(tensor: PlannedTensor, sources: _Sources, *, aligned: bool = F
 
     A contiguous tensor is a zero-copy view of the mapped file unless ``aligned`` asks for
     an aligned buffer (torch wants one); a strided view is gathered with numpy's
-    ``as_strided`` into a new array of exactly the tensor's size.
+    ``as_strided`` into a new array of exactly the tensor's size; a big-endian source is
+    byte-swapped into a new array.
     """
     import numpy as np
     from numpy.lib.stride_tricks import as_strided
@@ -832,12 +836,16 @@ def _source_array(tensor: PlannedTensor, sources: _Sources, *, aligned: bool = F
     raw = np.frombuffer(mapped, dtype=np.uint8, count=span, offset=tensor.offset)
     if tensor.stride is None:
         flat = raw.view(int_dtype)
-        if aligned and (tensor.offset % size):
-            return flat.copy()
-        return flat
-    base = raw.view(int_dtype)
-    view = as_strided(base, shape=tensor.shape, strides=tuple(s * size for s in tensor.stride), writeable=False)
-    return np.ascontiguousarray(view).reshape(-1)
+        if aligned and (tensor.offset % size) and not tensor.byteswap:
+            flat = flat.copy()
+    else:
+        view = as_strided(raw.view(int_dtype), shape=tensor.shape, strides=tuple(s * size for s in tensor.stride),
+                          writeable=False)
+        flat = np.ascontiguousarray(view).reshape(-1)
+    if tensor.byteswap:  # a new, aligned array in this machine's (little-endian) order
+        unit = np.dtype(_INT_FOR_SIZE[swap_unit(tensor.source_dtype)])
+        flat = flat.view(unit).byteswap().view(int_dtype)
+    return flat
 
 
 def _transformed_bytes(tensor: PlannedTensor, sources: _Sources):

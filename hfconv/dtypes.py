@@ -88,6 +88,13 @@ def itemsize(dtype: str) -> int:
     return SAFETENSORS_BITS[dtype] // 8
 
 
+def swap_unit(dtype: str) -> int:
+    """Bytes reversed together when changing byte order: the element, or each half of a
+    complex number (torch's ``storage.byteswap`` does the same)."""
+    size = itemsize(dtype)
+    return size // 2 if dtype.startswith("C") else size
+
+
 def torch_dtype(dtype: str):
     """The torch.dtype for a safetensors dtype name (imports torch)."""
     import torch

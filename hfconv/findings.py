@@ -261,6 +261,12 @@ register("HFC211", "error", "unsupported dtype",
          "quantized, sub-byte); its tensors cannot be checked or converted.",
          "Cast the tensors to a supported dtype (e.g. float32 or bfloat16) and re-save.",
          "data.pkl: uses torch.complex128, a dtype hfconv does not support")
+register("HFC212", "info", "big-endian checkpoint",
+         "The checkpoint was saved on a big-endian machine (its byteorder record says 'big'). "
+         "torch.load swaps the bytes when it loads on a little-endian machine, so the file is fine; "
+         "safetensors is little-endian by definition.",
+         "Nothing to do; hfconv convert writes the swapped, little-endian bytes (and verifies them).",
+         "pytorch_model.bin is a big-endian checkpoint; loaders swap its bytes on little-endian machines")
 
 # --- HFC3xx: index vs shards ----------------------------------------------------------------
 register("HFC301", "error", "indexed tensor missing",

@@ -77,6 +77,7 @@ from .device_map import (
     unused_keys,
 )
 from .dtypes import nbytes as dtype_nbytes
+from .dtypes import swap_unit
 from .findings import Finding, Severity, finding, register
 from .fsutil import open_regular
 from .report import Layout
@@ -500,6 +501,8 @@ class _Located:
     """Element strides of a non-contiguous ``.bin`` view, else None."""
     out_dtype: str
     safetensors: bool
+    byteswap: bool = False
+    """Stored big-endian: the verified bytes are swapped before they become the tensor."""
 
     @property
     def nbytes(self) -> int:
@@ -530,7 +533,8 @@ def _locate(meta: TensorMeta, weight_file: WeightFile, shard: str, file_size: in
             raise FormatError("HFC209", f"tensor {meta.name!r} reaches outside its storage", meta.name) from None
     if begin < 0 or end < begin or end > file_size or (stride is None and end - begin != meta.nbytes):
         raise FormatError("HFC209", f"tensor {meta.name!r} byte range {begin}..{end} does not fit the file", meta.name)
-    return _Located(meta.name, shard, meta, begin, end, stride, out_dtype, safetensors)
+    byteswap = weight_file.byte_order == "big" and swap_unit(meta.dtype) > 1
+    return _Located(meta.name, shard, meta, begin, end, stride, out_dtype, safetensors, byteswap)
 
 
 # --- memory probes -------------------------------------------------------------------------------
@@ -835,6 +839,8 @@ def _torch_view(flat: Any, loc: _Located) -> Any:
         source = torch_dtype(loc.meta.dtype)
     except KeyError:
         return flat  # F4/F6 and friends: torch has no dtype; the bytes are what was verified
+    if loc.byteswap:  # reverse each element's bytes, on whatever device they landed
+        flat = flat.reshape(-1, swap_unit(loc.meta.dtype)).flip(-1).reshape(-1)
     tensor = flat.view(source).reshape(loc.meta.shape)
     if loc.out_dtype != loc.meta.dtype:
         tensor = tensor.to(torch_dtype(loc.out_dtype))
@@ -990,12 +996,19 @@ class _Loader:
         target = os.path.join(self.offload_dir, f"{name}.dat")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         out = os.open(target, flags, 0o600)
+        landed = None
         try:
-            if loc.stride is None:
+            if loc.stride is None and not loc.byteswap:
                 _copy_range(fd, out, loc.begin, loc.nbytes)
             else:
-                data = _transfer(fd, loc, "cpu", self.scratch)[0].numpy()
-                view = memoryview(data)
+                flat, landed = _transfer(fd, loc, "cpu", self.scratch)
+                if loc.byteswap:
+                    # accelerate's offload files hold native (little-endian) bytes: swap, and
+                    # prove the source read with the bytes as they landed, before the swap
+                    landed = landed or checksum_tensor(flat)
+                    flat = flat.reshape(-1, swap_unit(loc.meta.dtype)).flip(-1).reshape(-1)
+                    swapped = checksum_tensor(flat)
+                view = memoryview(flat.numpy())
                 written = 0
                 while written < len(view):
                     written += os.write(out, view[written:])
@@ -1018,6 +1031,10 @@ class _Loader:
             finally:
                 with contextlib.suppress(BufferError):
                     back.close()
+        if loc.byteswap:
+            if checksum != swapped:
+                raise OSError("offload file read back differs from the bytes written")
+            checksum = landed
         return checksum, torch.empty(loc.nbytes, dtype=torch.uint8, device="meta"), None, loc.nbytes
 
     def _fail(self, loc: _Located, device: str, message: str) -> None:

@@ -86,6 +86,9 @@ class WeightFile:
     notes: tuple[ReaderNote, ...] = ()
     header_nbytes: int = 0
     """Bytes the reader had to parse (header / pickle)."""
+    byte_order: str = "little"
+    """Byte order of the stored elements: safetensors is always little-endian; a torch
+    checkpoint saved on a big-endian machine says ``big`` (torch.load swaps on load)."""
 
     @property
     def aliases(self) -> dict[str, list[str]]:

@@ -26,3 +26,62 @@ def copy_fixture(tmp_path: Path, name: str) -> Path:
     dst = tmp_path / name
     shutil.copytree(FIXTURES / name, dst)
     return dst
+
+
+def save_big_endian(state: dict, path: Path) -> Path:
+    """``torch.save(state)`` as a big-endian machine writes it: byteorder record ``big`` and
+    every storage's elements byte-swapped (complex numbers half by half, as torch does).
+
+    torch.save numbers storages "0", "1", ... in the order the pickle first meets them, which
+    is the state dict's value order; torch.load of the result must give ``state`` back (the
+    tests check it), which proves the file is what torch reads as big-endian.
+    """
+    import io
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    units: dict[int, int] = {}
+    for tensor in state.values():
+        size = tensor.element_size()
+        units.setdefault(tensor.untyped_storage().data_ptr(), size // 2 if tensor.is_complex() else size)
+    unit_by_key = {str(i): unit for i, unit in enumerate(units.values())}
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(path, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            folder, _, member = info.filename.partition("/")
+            if member == "byteorder":
+                data = b"big"
+            elif member.startswith("data/") and unit_by_key.get(member[5:], 1) > 1:
+                unit = unit_by_key[member[5:]]
+                data = np.frombuffer(data, dtype=np.uint8).reshape(-1, unit)[:, ::-1].tobytes()
+            out.writestr(zipfile.ZipInfo(info.filename), data, compress_type=zipfile.ZIP_STORED)
+    return path
+
+
+def mixed_state() -> dict:
+    """A state dict with every byte-order case: 1-, 2-, 4-, 8-byte and complex elements,
+    a tied alias, a transposed view and slices with storage offsets."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    embed = torch.randn(8, 4, generator=generator)
+    return {
+        "model.embed_tokens.weight": embed,
+        "lm_head.weight": embed,
+        "model.layers.0.mlp.up_proj.weight": torch.randn(5, 7, generator=generator).T,
+        "model.layers.0.row": grid[2],
+        "model.layers.0.block": grid[1:4, 2:5],
+        "model.layers.0.bf16": torch.randn(3, 4, generator=generator).to(torch.bfloat16),
+        "model.layers.0.f16": torch.randn(4, generator=generator).to(torch.float16),
+        "model.layers.0.f64": torch.randn(3, generator=generator, dtype=torch.float64),
+        "model.layers.0.positions": torch.arange(5),
+        "model.layers.0.i32": torch.tensor([1, -2, 70000], dtype=torch.int32),
+        "model.layers.0.mask": torch.tensor([True, False]),
+        "model.layers.0.bytes": torch.arange(4, dtype=torch.uint8),
+        "model.layers.0.c64": torch.randn(3, generator=generator, dtype=torch.complex64),
+    }

@@ -29,7 +29,7 @@ from hfconv.conversion import (
     convert,
 )
 from hfconv.validation import UsageError, validate
-from helpers import FIXTURES, LAYOUTS
+from helpers import FIXTURES, LAYOUTS, mixed_state, save_big_endian
 
 WEIGHT_SUFFIXES = (".bin", ".safetensors")
 
@@ -181,6 +181,33 @@ def test_noncontiguous_offset_and_expanded_views(tmp_path):
     for name, tensor in state.items():
         assert_same_bits(output[name], tensor, name)
     assert result.tensors == len(state)
+
+
+@pytest.mark.parametrize("dtype", ["keep", "bfloat16"])
+def test_big_endian_bin_is_written_little_endian(tmp_path, dtype):
+    state = mixed_state()
+    config = {**json.loads((FIXTURES / "llama-bin" / "config.json").read_text()), "tie_word_embeddings": True}
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(config))
+    save_big_endian(state, src / "pytorch_model.bin")
+    report = validate(src)
+    assert "HFC212" in {f.code for f in report.findings}
+    assert not [f for f in report.findings if f.severity == "error" and f.code.startswith("HFC2")]
+    manifest = tmp_path / "manifest.json"
+    result = convert(src, tmp_path / "out", max_shard_size="200B", dtype=dtype, manifest=manifest)
+    assert result.dropped_aliases == {"lm_head.weight": "model.embed_tokens.weight"}
+    output = load_output(tmp_path / "out")
+    assert set(output) == set(state) - {"lm_head.weight"}
+    for name, tensor in output.items():
+        expected = state[name]
+        if dtype != "keep" and expected.is_floating_point():
+            expected = expected.to(torch.bfloat16)
+        assert_same_bits(tensor, expected, name)
+    # the manifest's digests are of the little-endian bytes, on both sides
+    assert not validate(tmp_path / "out", manifest=manifest, select=["HFC72"]).findings
+    if dtype == "keep":
+        assert not validate(src, manifest=manifest, select=["HFC721"]).findings  # same digests
 
 
 def test_tensor_larger_than_shard_limit_gets_its_own_shard(tmp_path):

@@ -24,7 +24,7 @@ from hfconv.contents import read_contents
 from hfconv.discovery import discover
 from hfconv.loading import checksum_bytes, checksum_tensor, load_test, render_text
 from hfconv.validation import UsageError
-from helpers import FIXTURES, LAYOUTS, copy_fixture
+from helpers import FIXTURES, LAYOUTS, copy_fixture, mixed_state, save_big_endian
 
 SMALL_CPU = 70_000
 RUN_ONLY_CPU = 40_000
@@ -175,6 +175,36 @@ def test_strided_and_sliced_bin_views(tmp_path: Path) -> None:
             loc = loading._locate(weight_file.tensors[name], weight_file, "pytorch_model.bin", size, "F32")
             got = loading._torch_view(loading._transfer(handle.fileno(), loc, "cpu", loading._Scratch())[0], loc)
             assert torch.equal(got, expected), name
+
+
+def test_big_endian_bin_loads_swapped(tmp_path: Path, monkeypatch) -> None:
+    state = {name: tensor for name, tensor in mixed_state().items() if not tensor.is_complex()}
+    folder = tmp_path / "be"
+    folder.mkdir()
+    save_big_endian(state, folder / "pytorch_model.bin")
+    loaded: dict[str, torch.Tensor] = {}
+    check = loading._check_loaded
+
+    def capture(tensor, flat, loc, device):
+        loaded[loc.name] = tensor.clone()
+        return check(tensor, flat, loc, device)
+
+    monkeypatch.setattr(loading, "_check_loaded", capture)
+    result = load_test(folder, max_memory=cpu_only())
+    assert result.ok, result.findings
+    assert set(loaded) == set(state) - {"lm_head.weight"}  # the alias shares the embedding's load
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, state[name]), name
+    # offloaded to disk: the offload files hold the little-endian bytes accelerate expects
+    offload = tmp_path / "off"
+    result = load_test(folder, max_memory=cpu_only(cpu=400), offload_folder=offload)
+    assert {d.device for d in result.devices} == {"disk"}
+    assert result.ok, result.findings
+    import hashlib
+    for name, tensor in state.items():
+        target = offload / (hashlib.sha256(f"pytorch_model.bin\0{name}".encode()).hexdigest() + ".dat")
+        if target.exists():
+            assert target.read_bytes() == tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), name
 
 
 def test_all_on_disk_and_not_kept(tmp_path: Path) -> None:

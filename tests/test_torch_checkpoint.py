@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hfconv.dtypes import TORCH_DTYPE
 from hfconv.readers.torch_checkpoint import read_torch_checkpoint
 from hfconv.tensors import FormatError, WeightFile
+from helpers import mixed_state, save_big_endian
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,8 +440,21 @@ def test_deflated_data_pkl_is_read(tmp_path: Path, real_zip: Path) -> None:
 # containers and content sniffing
 # --------------------------------------------------------------------------------------------
 
-def test_big_endian_byteorder(tmp_path: Path, real_zip: Path) -> None:
-    expect(rewrite_zip(real_zip, tmp_path / "be.bin", {"byteorder": b"big"}), "HFC204", "big-endian")
+def test_big_endian_checkpoint_is_read_with_a_note(tmp_path: Path) -> None:
+    state = mixed_state()
+    little = read_torch_checkpoint(save(tmp_path / "le.bin", state))
+    big = read_torch_checkpoint(save_big_endian(state, tmp_path / "be.bin"))
+    assert little.byte_order == "little" and big.byte_order == "big"
+    assert big.tensors == little.tensors  # same metadata; only the element bytes differ
+    assert [n.code for n in big.notes if n.code == "HFC212"] == ["HFC212"]
+    assert not [n for n in little.notes if n.code == "HFC212"]
+    loaded = torch.load(tmp_path / "be.bin", map_location="cpu", weights_only=True)
+    for name, tensor in state.items():
+        assert torch.equal(loaded[name], tensor), name  # torch swapped it back: the file is real
+
+
+def test_unknown_byteorder(tmp_path: Path, real_zip: Path) -> None:
+    expect(rewrite_zip(real_zip, tmp_path / "m.bin", {"byteorder": b"middle"}), "HFC204", "byteorder")
 
 
 def test_truncated_zip(tmp_path: Path, real_zip: Path) -> None:

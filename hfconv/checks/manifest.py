@@ -10,7 +10,7 @@ import mmap
 from collections.abc import Iterator
 
 from ..contents import FolderContents
-from ..dtypes import SAFETENSORS_BITS
+from ..dtypes import SAFETENSORS_BITS, swap_unit
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
 from ..jsonutil import JsonError, load_json_file
@@ -78,7 +78,8 @@ def tensor_sha256(path, weight_file: WeightFile, meta: TensorMeta) -> str:
     """sha256 of a tensor's bytes in row-major order, read from its file.
 
     Contiguous tensors are hashed straight from the file in chunks; a strided ``.bin`` view is
-    gathered with numpy first (bounded by that one tensor).
+    gathered with numpy first (bounded by that one tensor), and so is a big-endian one, whose
+    bytes are swapped to the little-endian order convert writes.
     """
     digest = hashlib.sha256()
     with open_regular(path) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
@@ -90,7 +91,8 @@ def tensor_sha256(path, weight_file: WeightFile, meta: TensorMeta) -> str:
         storage = weight_file.storages[meta.storage_key]
         itemsize = SAFETENSORS_BITS[meta.dtype] // 8
         begin = storage.data_offset + meta.storage_offset * itemsize
-        if meta.is_contiguous:
+        big_endian = weight_file.byte_order == "big" and swap_unit(meta.dtype) > 1
+        if meta.is_contiguous and not big_endian:
             for start in range(begin, begin + meta.nbytes, _CHUNK):
                 digest.update(mapped[start:min(begin + meta.nbytes, start + _CHUNK)])
             return digest.hexdigest()
@@ -100,6 +102,9 @@ def tensor_sha256(path, weight_file: WeightFile, meta: TensorMeta) -> str:
         base = np.frombuffer(mapped, dtype=np.dtype(f"V{itemsize}"), count=storage.numel, offset=storage.data_offset)
         view = as_strided(base[meta.storage_offset:], shape=meta.shape,
                           strides=tuple(s * itemsize for s in meta.stride or ()))
-        digest.update(np.ascontiguousarray(view).tobytes())
-        del base, view
+        data = np.ascontiguousarray(view).tobytes()
+        del base, view  # the mapping closes only once no array views it
+        if big_endian:  # the manifest records little-endian bytes, as convert writes them
+            data = np.frombuffer(data, dtype=np.uint8).reshape(-1, swap_unit(meta.dtype))[:, ::-1].tobytes()
+        digest.update(data)
         return digest.hexdigest()

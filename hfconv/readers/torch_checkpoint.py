@@ -379,7 +379,7 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
             raise FormatError("HFC210", "is a TorchScript archive (it has code/ and no data.pkl), not a state dict")
         raise FormatError("HFC202", f"is a zip archive without {prefix}/data.pkl, not a torch checkpoint")
     _check_version(f, record(".data/version") or record("version"))
-    _check_byteorder(f, record("byteorder"))
+    byte_order = _byte_order(f, record("byteorder"))
     alignment = record(".storage_alignment")
     if alignment is not None:
         # torch.load parses it with int() before loading anything
@@ -429,8 +429,12 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
             raise FormatError("HFC204", f"zip entry '{record_name}' is stored but its compressed size "
                                         f"{entry.compressed_size} differs from its size {entry.size}")
         records[key] = (entry.data_offset, entry.size)
+    notes = ()
+    if byte_order == "big":
+        notes = (ReaderNote("HFC212", "is a big-endian checkpoint; loaders swap its bytes on little-endian "
+                                      "machines, and hfconv convert writes them little-endian"),)
     weight_file = _build_weight_file(path, "zip", interp, tensors, records, prefix, header_nbytes=len(data),
-                                     notes=())
+                                     notes=notes, byte_order=byte_order)
     _refuse_unreferenced_entries(entries, prefix, interp.storages)
     return weight_file
 
@@ -666,15 +670,13 @@ def _check_version(f: BinaryIO, entry: _ZipEntry | None) -> None:
         raise FormatError("HFC204", f"zip version record holds {value[:32]!r}, not a format version number")
 
 
-def _check_byteorder(f: BinaryIO, entry: _ZipEntry | None) -> None:
+def _byte_order(f: BinaryIO, entry: _ZipEntry | None) -> str:
+    """``little`` or ``big``, as torch.load reads the byteorder record."""
     if entry is None:
-        return  # torch < 1.12 wrote no byteorder record; those files are little-endian
+        return "little"  # torch < 1.12 wrote no byteorder record; those files are little-endian
     value = _zip_member_bytes(f, entry, MAX_SMALL_RECORD)
-    if value == b"little":
-        return
-    if value == b"big":
-        raise FormatError("HFC204", "is a big-endian checkpoint (byteorder record says 'big'); "
-                                    "hfconv reads little-endian data only")
+    if value in (b"little", b"big"):
+        return value.decode()
     raise FormatError("HFC204", f"byteorder record holds {value[:32]!r}, not 'little' or 'big'")
 
 
@@ -1383,7 +1385,7 @@ def _state_dict_tensors(root: object) -> dict[str, _Tensor]:
 
 def _build_weight_file(path: str, fmt: str, interp: _Interpreter, tensors: dict[str, _Tensor],
                        records: dict[str, tuple[int, int] | None], prefix: str | None, *,
-                       header_nbytes: int, notes: tuple[ReaderNote, ...]) -> WeightFile:
+                       header_nbytes: int, notes: tuple[ReaderNote, ...], byte_order: str = "little") -> WeightFile:
     """Check storages against their records and views against their storages."""
     storages: dict[str, StorageMeta] = {}
     users: dict[str, list[str]] = {}
@@ -1424,7 +1426,7 @@ def _build_weight_file(path: str, fmt: str, interp: _Interpreter, tensors: dict[
             verb = "shares its" if len(aliases) == 1 else "share their"
             shared.append(ReaderNote("HFC206", f"{', '.join(aliases)} {verb} storage with {names[0]}", aliases[0]))
     return WeightFile(path=path, format=fmt, tensors=metas, storages=storages, notes=tuple(shared) + notes,
-                      header_nbytes=header_nbytes)
+                      header_nbytes=header_nbytes, byte_order=byte_order)
 
 
 def _check_view(name: str, t: _Tensor, storage_numel: int, size: int) -> None:
