@@ -59,7 +59,7 @@ from .render import human_bytes
 from .sharding import INDEX_FILE, parse_size, plan_shards, shard_file_name
 from .tensor_bytes import OutsideStorage, file_order, located_storage, view_span
 from .tensors import FormatError, TensorMeta, WeightFile
-from .validation import UsageError
+from .validation import UsageError, check_contents
 
 __all__ = [
     "convert", "ConversionResult", "ShardInfo", "ValidationSummary", "ConversionError",
@@ -448,12 +448,6 @@ class ConversionResult:
 # =============================================================================================
 # step 1-2: read and plan
 # =============================================================================================
-
-def _source_checks(contents: FolderContents) -> list[Finding]:
-    from .checks import CHECKS
-
-    return [f for check in CHECKS for f in check(contents)]
-
 
 def _refuse(message: str, cause: Finding | None = None) -> InputRefused:
     found = (finding("HFC704", message),) + ((cause,) if cause is not None else ())
@@ -1438,7 +1432,7 @@ def convert(
     if manifest_rel is not None and manifest_rel in {*plan.files_to_copy, *(s.name for s in plan.shards), INDEX_FILE}:
         raise UsageError(f"--manifest {manifest} would overwrite {manifest_rel} in DST")
     # The source's own validation errors (e.g. in a tokenizer file) are inherited, not ours.
-    source_findings = _source_checks(contents) if verify else []
+    source_findings = list(check_contents(contents).findings) if verify else []
 
     # 3. Free space: shards plus copied files, with a margin.
     copy_bytes = sum(_size_or_zero(contents.folder.path(n)) for n in plan.files_to_copy)

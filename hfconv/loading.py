@@ -1132,11 +1132,12 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
          started: float) -> LoadResult:
     from .contents import read_contents
     from .discovery import discover
-    from .validation import validate
+    from .validation import check_contents
 
     # 1. Validate: a folder with errors never reaches torch.
     tick = time.perf_counter()
-    report = validate(root)
+    contents = read_contents(discover(root))
+    report = check_contents(contents)
     phases["validate"] = time.perf_counter() - tick
     if not report.ok:
         errors = [f for f in report.findings if f.severity is Severity.ERROR]
@@ -1146,10 +1147,9 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
                           f"{first.message})")
         raise _Refused([summary, *errors], report.layout)
 
-    # 2. Headers again, and where every tensor's bytes are.
+    # 2. Where every tensor's bytes are (from the headers validate read).
     tick = time.perf_counter()
-    contents = read_contents(discover(root))
-    layout = contents.layout()
+    layout = report.layout
     chosen = contents.folder.loaded_set
     target = _TARGET_DTYPE.get(dtype)
     located: list[_Located] = []

@@ -50,11 +50,27 @@ def validate(
     folder = discover(path)
     options = CheckOptions(trust_remote_code=trust_remote_code, reference=reference, deep=deep, manifest=manifest)
     contents = read_contents(folder, options)
+    return check_contents(contents, path=str(path), strict=strict, select=select, ignore=ignore)
+
+
+def check_contents(
+    contents: FolderContents,
+    *,
+    path: str | None = None,
+    strict: bool = False,
+    select: Iterable[str] | None = None,
+    ignore: Iterable[str] | None = None,
+) -> Report:
+    """Run every check over a folder already read, and report.
+
+    ``validate`` is discover + read + this; ``convert`` and ``load-test`` call it on the
+    contents they read anyway, so no header is parsed twice.
+    """
     findings = [f for check in CHECKS for f in check(contents)]
     findings = _filter(findings, select, ignore)
     findings.sort(key=lambda f: (-f.severity.rank, f.code, f.file or "", f.tensor or ""))
     return Report(
-        path=str(path),
+        path=path if path is not None else str(contents.folder.root),
         layout=contents.layout(),
         findings=tuple(dict.fromkeys(findings)),  # identical findings from two checks once
         summary=contents.summary(),
