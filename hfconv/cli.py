@@ -102,7 +102,7 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
     Examples:
       hfconv validate ./my-model
       hfconv validate ./a ./b --format json > report.json
-      hfconv validate ./my-model --strict --ignore HFC004
+      hfconv validate ./my-model --strict --ignore HFC007
       hfconv validate ./models --recursive --format github
       hfconv validate ./converted --manifest manifest.json
 

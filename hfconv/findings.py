@@ -112,11 +112,14 @@ register("HFC003", "error", "index without shards",
          "Upload the shard files, or delete the stale index.",
          "model.safetensors.index.json names 2 shards but none of them exists")
 register("HFC004", "warning", "second weight format",
-         "Two weight formats side by side: loaders pick one (safetensors first) and the other is "
-         "dead weight that doubles the download, or is stale and disagrees.",
-         "Delete the format loaders will not use (usually the .bin files).",
-         "pytorch_model.bin sits beside model.safetensors; loaders use model.safetensors, "
-         "pytorch_model.bin is dead weight")
+         "Two weight formats side by side: loaders pick one (safetensors first). When both hold "
+         "the same tensor names, dtypes and shapes this is info (many repos ship both for old "
+         "clients); when they disagree the unused set is stale, a warning: clients that read the "
+         "other format get a different model.",
+         "Delete the stale format (usually the .bin files), or re-convert it from the one loaders use.",
+         "pytorch_model.bin sits beside model.safetensors but disagree with them (1 tensor(s) differ, "
+         "e.g. 'lm_head.weight' F32 [200, 32] vs F16 [200, 32]); loaders use safetensors, so the bin "
+         "files are stale")
 register("HFC005", "error", "shard numbering",
          "Shard names say '-of-0000N' but the set on disk disagrees: a shard is missing or a "
          "stale one from an earlier save is left over.",

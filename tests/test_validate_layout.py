@@ -171,13 +171,34 @@ def test_index_without_shards(tmp_path: Path) -> None:
     assert_finding(folder, "HFC003", file="model.safetensors.index.json")
 
 
-def test_second_weight_format_is_dead_weight(tmp_path: Path) -> None:
+@pytest.mark.parametrize("safetensors, bin_", [("llama-safetensors", "llama-bin"),
+                                               ("llama-safetensors-sharded", "llama-bin-sharded"),
+                                               ("llama-tied-safetensors", "llama-tied-bin")])
+def test_second_weight_format_holding_the_same_tensors_is_info(tmp_path: Path, safetensors: str, bin_: str) -> None:
+    folder = copy_fixture(tmp_path, safetensors)
+    for path in (FIXTURES / bin_).glob("pytorch_model*"):
+        shutil.copy(path, folder / path.name)
+    report = validate(folder, strict=True)
+    [f] = [f for f in report.findings if f.code == "HFC004"]
+    assert f.severity.value == "info" and "same tensors" in f.message
+    assert f.file.startswith("pytorch_model") and "model.safetensors" in f.message
+    assert report.ok and report.layout.format == "mixed"
+    assert report.layout.shards[0].startswith("model")
+
+
+def test_stale_second_weight_format_is_a_warning(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
     folder = copy_fixture(tmp_path, "llama-safetensors")
-    shutil.copy(FIXTURES / "llama-bin" / "pytorch_model.bin", folder / "pytorch_model.bin")
+    state = load_file(folder / "model.safetensors")
+    state["lm_head.weight"] = state["lm_head.weight"].half()
+    del state["model.norm.weight"]
+    torch.save(state, folder / "pytorch_model.bin")
     report = validate(folder)
     [f] = [f for f in report.findings if f.code == "HFC004"]
-    assert f.file == "pytorch_model.bin" and "model.safetensors" in f.message
-    assert report.layout.format == "mixed"
+    assert f.severity.value == "warning" and f.file == "pytorch_model.bin"
+    assert "'model.norm.weight'" in f.message and "'lm_head.weight' F32 [200, 32] vs F16 [200, 32]" in f.message
     assert report.layout.shards == ("model.safetensors",)
 
 

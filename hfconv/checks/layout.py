@@ -84,8 +84,52 @@ def check_layout(contents: FolderContents) -> Iterator[Finding]:
         other = next(ws for ws in present if ws is not chosen)
         other_name = other.single or other.index or other.shard_files[0]
         chosen_name = chosen.single or chosen.index or chosen.shard_files[0]
-        yield finding("HFC004", f"{other.format} weights ({other_name}) sit beside {chosen_name}; loaders use "
-                      f"{chosen.format}, so the {other.format} files are dead weight (or stale)", file=other_name)
+        stale = _disagreement(contents, chosen, other)
+        if stale is None:
+            # Many published repos ship both on purpose (older clients read only .bin).
+            yield finding("HFC004", f"{other.format} weights ({other_name}) sit beside {chosen_name} and hold the "
+                          f"same tensors; loaders use {chosen.format}, so the {other.format} copy only adds to "
+                          "the download", file=other_name, severity="info")
+        else:
+            yield finding("HFC004", f"{other.format} weights ({other_name}) sit beside {chosen_name} but disagree "
+                          f"with them ({stale}); loaders use {chosen.format}, so the {other.format} files are "
+                          "stale", file=other_name)
+
+
+def _signatures(contents: FolderContents, weight_set) -> tuple[dict[str, tuple], set[str]] | None:
+    """(name -> (dtype, shape), names that alias another tensor's storage) over a weight set;
+    None when one of its files could not be read."""
+    signatures: dict[str, tuple] = {}
+    aliases: set[str] = set()
+    for shard in contents.shards_of(weight_set):
+        weight_file = contents.weights.get(shard)
+        if weight_file is None:
+            return None
+        aliases.update(name for names in weight_file.aliases.values() for name in names[1:])
+        signatures.update((name, (meta.dtype, meta.shape)) for name, meta in weight_file.tensors.items())
+    return signatures, aliases
+
+
+def _disagreement(contents: FolderContents, chosen, other) -> str | None:
+    """How two weight sets differ in tensor names, dtypes or shapes; None when they agree.
+
+    A tied weight (an alias in a ``.bin``) is absent from safetensors by design, so an alias
+    on one side only does not count.
+    """
+    first, second = _signatures(contents, chosen), _signatures(contents, other)
+    if first is None or second is None:
+        return "one of them could not be read"
+    (ours, our_aliases), (theirs, their_aliases) = first, second
+    only = sorted((ours.keys() ^ theirs.keys()) - our_aliases - their_aliases)
+    differ = sorted(name for name in ours.keys() & theirs.keys() if ours[name] != theirs[name])
+    parts = []
+    if only:
+        parts.append(f"{len(only)} tensor(s) in one only, e.g. {only[0]!r}")
+    if differ:
+        (dtype, shape), (other_dtype, other_shape) = ours[differ[0]], theirs[differ[0]]
+        parts.append(f"{len(differ)} tensor(s) differ, e.g. {differ[0]!r} {dtype} {list(shape)} vs "
+                     f"{other_dtype} {list(other_shape)}")
+    return "; ".join(parts) or None
 
 
 def _check_numbering(contents: FolderContents, weight_set) -> Iterator[Finding]:
