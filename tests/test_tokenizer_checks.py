@@ -211,6 +211,29 @@ def test_tokenizer_config_names_path_outside_folder(tmp_path):
     assert hit.severity.value == "warning" and "outside the model folder" in hit.message
 
 
+def test_vocab_file_recorded_by_save_pretrained_is_info_next_to_tokenizer_json(tmp_path):
+    # transformers 5's GemmaTokenizer.save_pretrained writes the absolute path it loaded tokenizer.model
+    # from; the fast tokenizer loads from tokenizer.json and transformers 5 ignores the key.
+    folder = copy_fixture(tmp_path)
+    write_tokenizer_json(folder)
+    edit_json(folder / "tokenizer_config.json", lambda c: c.update(
+        vocab_file="/root/.cache/huggingface/hub/models--google--gemma/snapshots/abc/tokenizer.model",
+        merges_file="src/merges.txt"))
+    hits = found(validate(folder), "HFC507")
+    assert sorted(h.tensor for h in hits) == ["$.merges_file", "$.vocab_file"]
+    assert {h.severity.value for h in hits} == {"info"}
+    assert "transformers 5 ignores" in hits[0].message
+
+
+def test_tokenizer_file_outside_folder_stays_a_warning_next_to_tokenizer_json(tmp_path):
+    # transformers 4.x loads the fast tokenizer from tokenizer_file when the config names one.
+    folder = copy_fixture(tmp_path)
+    write_tokenizer_json(folder)
+    edit_json(folder / "tokenizer_config.json", lambda c: c.update(tokenizer_file="/home/someone/tokenizer.json"))
+    [hit] = found(validate(folder), "HFC507")
+    assert hit.severity.value == "warning" and hit.tensor == "$.tokenizer_file"
+
+
 # --- HFC508 added tokens ------------------------------------------------------------------------
 def test_added_tokens_decoder_disagrees_with_vocabulary(tmp_path):
     folder = copy_fixture(tmp_path)

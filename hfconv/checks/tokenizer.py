@@ -78,8 +78,11 @@ register("HFC506", "warning", "token id disagrees with tokenizer",
          "would not stop at '</s>'")
 register("HFC507", "error", "tokenizer file reference",
          "tokenizer_config.json names a file (vocab_file, merges_file, sp_model_file, ...) that is not in "
-         "the folder, or a path outside it; transformers 4.x opens such paths as given.",
-         "Remove the key (save_pretrained never writes it) or ship the named file.",
+         "the folder, or a path outside it; transformers 4.x opens such paths as given (transformers 5 "
+         "ignores them). Only noted (info) when a readable tokenizer.json makes the fast tokenizer independent "
+         "of the file (transformers 5's GemmaTokenizer.save_pretrained writes its source path there).",
+         "Remove the key (the tokenizer finds its files in the folder by their standard names) or ship the "
+         "named file.",
          "tokenizer_config.json sets vocab_file to 'spm.model', which is not in the folder; ship the file or "
          "remove the key")
 register("HFC508", "error", "added tokens disagree",
@@ -538,7 +541,14 @@ def _special_tokens(contents: FolderContents):
 
 # --- individual checks ---------------------------------------------------------------------------
 def _check_file_references(facts: _Facts) -> Iterator[Finding]:
-    """Files tokenizer_config.json names (vocab_file, merges_file, sp_model_file, ...) must be there."""
+    """Files tokenizer_config.json names (vocab_file, merges_file, sp_model_file, ...) must be there.
+
+    transformers 4.x passes such a value to the tokenizer instead of the folder's own file;
+    transformers 5 ignores it (the folder's file wins), yet its save_pretrained records where the
+    vocabulary was loaded from (an absolute path of the saving machine, GemmaTokenizer). With a
+    readable tokenizer.json the fast tokenizer never opens these files, so a reference is only
+    noted (info), except ``tokenizer_file``, which transformers 4.x loads the fast tokenizer from.
+    """
     config = facts.contents.json.get("tokenizer_config.json")
     if not isinstance(config, dict):
         return
@@ -547,15 +557,20 @@ def _check_file_references(facts: _Facts) -> Iterator[Finding]:
     for key, value in config.items():
         if not key.endswith("_file") or key in IGNORED_FILE_KEYS or not isinstance(value, str) or not value:
             continue
+        inert = has_fast and key != "tokenizer_file"
+        why_inert = ("; the fast tokenizer loads from tokenizer.json and transformers 5 ignores the key, but "
+                     "transformers 4.x opens it to build the slow tokenizer (use_fast=False), so remove the key")
         if not is_safe_relative_name(value) or not folder.contains(value):
+            tail = why_inert if inert else ("; transformers 4.x opens it as given (failing on other machines or "
+                                            "reading a file the folder does not ship), so remove the key")
             yield finding("HFC507", f"tokenizer_config.json sets {key} to {value!r}, a path outside the model "
-                          "folder; transformers 4.x opens it as given (failing on other machines or reading a "
-                          "file the folder does not ship), so remove the key",
-                          file="tokenizer_config.json", tensor=f"$.{key}", severity="warning")
+                          f"folder{tail}", file="tokenizer_config.json", tensor=f"$.{key}",
+                          severity="info" if inert else "warning")
         elif not folder.has(value):
-            yield finding("HFC507", f"tokenizer_config.json sets {key} to {value!r}, which is not in the folder; "
-                          "ship the file or remove the key", file="tokenizer_config.json", tensor=f"$.{key}",
-                          severity="warning" if has_fast else None)
+            tail = why_inert if inert else "; ship the file or remove the key"
+            yield finding("HFC507", f"tokenizer_config.json sets {key} to {value!r}, which is not in the folder{tail}",
+                          file="tokenizer_config.json", tensor=f"$.{key}",
+                          severity="info" if inert else "warning" if has_fast else None)
 
 
 def _check_vocab_size(facts: _Facts) -> Iterator[Finding]:
