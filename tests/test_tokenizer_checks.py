@@ -182,10 +182,22 @@ def test_eos_list_containing_tokenizer_eos_is_fine(tmp_path):
 
 
 def test_config_eos_shadowed_by_generation_config_is_info(tmp_path):
+    # Llama-3-Instruct's first release: config.json 128001, generation_config.json [128001, 128009],
+    # tokenizer eos <|eot_id|> (128009): config.json's id is one generation stops at.
+    folder = copy_fixture(tmp_path)
+    edit_json(folder / "config.json", lambda c: c.update(eos_token_id=7))
+    edit_json(folder / "generation_config.json", lambda c: c.update(eos_token_id=[7, 2]))
+    [hit] = found(validate(folder), "HFC506")
+    assert hit.file == "config.json" and hit.severity.value == "info"
+
+
+def test_config_eos_agreeing_with_nothing_is_a_warning_beside_generation_config(tmp_path):
+    # A broken copy that edits config.json alone: generation_config.json still says 2.
     folder = copy_fixture(tmp_path)
     edit_json(folder / "config.json", lambda c: c.update(eos_token_id=7))
     [hit] = found(validate(folder), "HFC506")
-    assert hit.file == "config.json" and hit.severity.value == "info"
+    assert hit.file == "config.json" and hit.severity.value == "warning"
+    assert "not among generation_config.json's eos ids [2]" in hit.message
 
 
 def test_bos_id_disagrees(tmp_path):

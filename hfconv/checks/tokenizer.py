@@ -699,7 +699,9 @@ def _check_token_ids(facts: _Facts) -> Iterator[Finding]:
     vocab = facts.vocab
     limit = facts.vocab_size or (vocab.size if vocab else None)
     limit_name = "vocab_size" if facts.vocab_size else "the tokenizer's size"
-    has_generation = isinstance(contents.json.get("generation_config.json"), dict)
+    generation = contents.json.get("generation_config.json")
+    has_generation = isinstance(generation, dict)
+    generation_eos = _config_ids(generation, None).get("eos_token_id", []) if has_generation else []
     for file in ("config.json", "generation_config.json"):
         data = contents.json.get(file)
         if not isinstance(data, dict):
@@ -725,10 +727,17 @@ def _check_token_ids(facts: _Facts) -> Iterator[Finding]:
             shown = ids[0] if len(ids) == 1 else ids
             if role == "eos_token":
                 effective = file == "generation_config.json" or not has_generation
-                severity = None if effective else "info"
+                # config.json's eos shadowed by generation_config.json: fine when it is one of the ids
+                # generation stops at (Llama-3-Instruct: 128001 beside [128001, 128009]); an id that is
+                # neither the tokenizer's nor generation_config.json's is wrong for every tool reading it.
+                shadowed = not effective and set(ids) <= set(generation_eos)
+                severity = "info" if shadowed else None
                 why = (f"generation would not stop at {token!r}" if effective else
                        "generation uses generation_config.json's ids, so this only matters to tools reading "
-                       "config.json")
+                       "config.json" if shadowed else
+                       f"it is not among generation_config.json's eos ids {generation_eos} either, so tools that "
+                       "read config.json (and generate() when generation_config.json was derived from it) stop "
+                       "at the wrong token")
             elif role == "bos_token":
                 severity, why = None, "generate() would start from another token than the tokenizer adds"
             else:
