@@ -1057,8 +1057,9 @@ def infer_counts(names: Iterable[str], config: Mapping[str, Any]) -> tuple[Count
     """Numbered runs in expected names (``model.layers.0.``...) tied to the config field that
     holds their count, for a model known only by its names (the transformers reference).
 
-    Only first-level runs of two or more, numbered 0..n-1, whose count equals a layer-count
-    field of the config, are returned.
+    Only first-level runs numbered 0..n-1 whose count equals a layer-count field of the
+    config are returned: runs of two or more, or a single module under a layer-stack name
+    (``layers.0``, ``h.0``), so that a config cut to one layer still has its count checked.
     """
     stems: dict[str, set[int]] = {}
     for name in names:
@@ -1070,7 +1071,7 @@ def infer_counts(names: Iterable[str], config: Mapping[str, Any]) -> tuple[Count
     groups = []
     for stem, indices in stems.items():
         n = len(indices)
-        if n < 2 or indices != set(range(n)):
+        if n < 1 or indices != set(range(n)) or (n == 1 and stem.split(".")[-2] not in _LAYER_STEMS):
             continue
         field_name = next((f for f in LAYER_FIELDS if config.get(f) == n and not isinstance(config.get(f), bool)), None)
         if field_name is None:
@@ -1088,13 +1089,20 @@ _EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embedd
 _OUTPUTS = ("lm_head", "embed_out")
 _BASES = {"model", "transformer", "gpt_neox", "bert", "roberta", "language_model", "embeddings", "backbone"}
 _LAYER_STEMS = ("layers", "h", "layer", "blocks", "block")
+_DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HIDDEN_FIELDS = ("embedding_size", "hidden_size", "n_embd", "d_model", "dim")
 
 
 def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, ...]]) -> ExpectedModel:
     """What can be checked of an architecture nobody describes: the token embeddings and the
-    output projection have ``vocab_size`` rows and the embedding width (``embedding_size`` or
-    ``hidden_size``) columns, and the one run of numbered layers matches ``num_hidden_layers``.
+    output projection have at least ``vocab_size`` rows and the embedding width (``embedding_size``
+    or ``hidden_size``) columns, and the one run of numbered layers matches the layer count
+    (``num_hidden_layers`` or its alias ``n_layer``/``num_layers``/``n_layers``; an encoder and a
+    decoder run match ``encoder_layers`` and ``decoder_layers``).
+
+    More rows than ``vocab_size`` pass: several architectures append rows for image or padding
+    tokens (Mllama: ``vocab_size + 8``, Moshi: ``vocab_size + 1``), and without a model class
+    nothing says how many. Fewer rows always fail: token ids past the last row cannot be embedded.
 
     Only stored tensors are listed (nothing is "missing"), and ``complete=False`` (nothing is
     "unexpected").
@@ -1109,8 +1117,9 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
         if parts[-2] not in _EMBEDDINGS + _OUTPUTS or not set(parts[:-2]) <= _BASES:
             continue
         dims = []
-        if _is_int(vocab):
-            dims.append(Dim(vocab, ("vocab_size",), f"vocab_size = {vocab}"))
+        if _is_int(vocab) and shape[0] < vocab:
+            dims.append(Dim(vocab, ("vocab_size",), f"vocab_size = {vocab}",
+                            (f"an embedding needs at least vocab_size = {vocab} rows",)))
         else:
             dims.append(Dim(shape[0]))
         if width_field is not None:
@@ -1119,21 +1128,25 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
         else:
             dims.append(Dim(shape[1]))
         tensors[name] = ExpectedTensor(name, tuple(dims))
-    counts: tuple[CountGroup, ...] = ()
-    layers = config.get("num_hidden_layers")
-    if _is_int(layers):
-        stems: dict[str, set[int]] = {}
-        for name in actual:
-            parts = name.split(".")
-            for k, part in enumerate(parts[1:], start=1):
-                if part.isdigit():
-                    if parts[k - 1] in _LAYER_STEMS and set(parts[:k - 1]) <= _BASES:
-                        stems.setdefault(".".join(parts[:k]) + ".", set()).add(int(part))
-                    break
-        if len(stems) == 1:
-            stem = next(iter(stems))
-            counts = (CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", layers, "num_hidden_layers",
-                                 "layers"),)
+    stems: dict[str, set[int]] = {}
+    for name in actual:
+        parts = name.split(".")
+        for k, part in enumerate(parts[1:], start=1):
+            if part.isdigit():
+                if parts[k - 1] in _LAYER_STEMS and set(parts[:k - 1]) <= _BASES | {"encoder", "decoder"}:
+                    stems.setdefault(".".join(parts[:k]) + ".", set()).add(int(part))
+                break
+    layer_field = next((f for f in _DEPTH_FIELDS if _is_int(config.get(f))), None)
+    runs: list[tuple[str, str]] = []  # (stem, config field)
+    if len(stems) == 1 and layer_field is not None:
+        runs = [(next(iter(stems)), layer_field)]
+    elif len(stems) == 2:  # an encoder-decoder: one run under encoder., one under decoder.
+        by_side = {side: [s for s in stems if f".{side}." in f".{s}"] for side in ("encoder", "decoder")}
+        if all(len(v) == 1 for v in by_side.values()):
+            runs = [(by_side[side][0], f"{side}_layers") for side in ("encoder", "decoder")
+                    if _is_int(config.get(f"{side}_layers"))]
+    counts = tuple(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", config[f], f, "layers")
+                   for stem, f in runs)
     model_type = config.get("model_type")
     return ExpectedModel(tensors=tensors, family=model_type if isinstance(model_type, str) else None,
                          architecture=architecture_of(config), source="generic", counts=counts, complete=False)
@@ -1217,12 +1230,16 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
         else:
             prefixed += 1
 
-    # 1. Numbered runs (layers, experts): the indices present vs the configured count.
+    # 1. Numbered runs (layers, experts): the indices present vs the configured count. Tensors the
+    # model class declares ignorable (DeepSeek-V3's multi-token-prediction layer model.layers.61)
+    # are not layers of the run.
+    allowed = [re.compile(p) for p in expected.allowed_extras]
+    counted = [name for name in actual if name in canonical or not any(rx.search(name) for rx in allowed)]
     count_mismatches = []
     skipped: list[tuple[re.Pattern, frozenset[int]]] = []
     for group in expected.counts:
         regex = re.compile(group.pattern)
-        found = {i for name in actual if (i := _group_index(regex, canonical.get(name, name), prefix)) is not None}
+        found = {i for name in counted if (i := _group_index(regex, canonical.get(name, name), prefix)) is not None}
         want = set(range(group.expected))
         if found != want and (found or any(regex.match(k) for k in expected.tensors)):
             count_mismatches.append(CountMismatch(group, tuple(sorted(found))))

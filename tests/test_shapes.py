@@ -173,6 +173,54 @@ def test_generic_checks_for_unknown_architectures():
     assert not result.unexpected and not result.missing
 
 
+def test_generic_checks_tolerate_extra_embedding_rows():
+    """Mllama stores vocab_size + 8 embedding rows, Moshi vocab_size + 1: without a model class
+    more rows than vocab_size are no evidence of a defect; fewer rows are."""
+    config = {"model_type": "mllama_text", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2}
+    actual = {"model.embed_tokens.weight": (520, 64), "lm_head.weight": (512, 64),
+              "model.layers.0.a": (4,), "model.layers.1.a": (4,)}
+    assert compare(generic_expected(config, actual), actual).clean
+    actual["model.embed_tokens.weight"] = (500, 64)
+    [mm] = compare(generic_expected(config, actual), actual).mismatched
+    assert mm.name == "model.embed_tokens.weight" and mm.wrong_dims == (0,)
+
+
+@pytest.mark.parametrize("config,names,want", [
+    # BLOOM, GPTBigCode, MPT: the layer count is n_layer / n_layers, not num_hidden_layers.
+    ({"model_type": "bloom", "n_layer": 3}, ["transformer.h.0.a", "transformer.h.1.a"], [(3, (0, 1))]),
+    ({"model_type": "mpt", "n_layers": 1}, ["transformer.blocks.0.a", "transformer.blocks.1.a"], [(1, (0, 1))]),
+    # OPT: model.decoder.layers; BART: an encoder and a decoder run.
+    ({"model_type": "opt", "num_hidden_layers": 3}, ["model.decoder.layers.0.a", "model.decoder.layers.1.a"],
+     [(3, (0, 1))]),
+    ({"model_type": "bart", "encoder_layers": 2, "decoder_layers": 1},
+     ["model.encoder.layers.0.a", "model.encoder.layers.1.a", "model.decoder.layers.0.a", "model.decoder.layers.1.a"],
+     [(1, (0, 1))]),
+    ({"model_type": "bart", "encoder_layers": 2, "decoder_layers": 2},
+     ["model.encoder.layers.0.a", "model.encoder.layers.1.a", "model.decoder.layers.0.a", "model.decoder.layers.1.a"],
+     []),
+])
+def test_generic_layer_count_aliases(config, names, want):
+    actual = {n: (4,) for n in names}
+    result = compare(generic_expected(config, actual), actual)
+    assert [(c.group.expected, c.found) for c in result.counts] == want
+
+
+def test_ignorable_tensors_are_not_counted_as_layers():
+    """DeepSeek-V3 checkpoints keep the multi-token-prediction layer as model.layers.61 beside
+    num_hidden_layers = 61; transformers declares it ignorable, so it is no extra layer."""
+    from hfconv.shape_rules import CountGroup, Dim, ExpectedModel, ExpectedTensor
+
+    tensors = {f"model.layers.{i}.w": ExpectedTensor(f"model.layers.{i}.w", (Dim(4),)) for i in range(2)}
+    group = CountGroup(r"^model\.layers\.(\d+)\.", "model.layers.{n}", 2, "num_hidden_layers", "layers")
+    actual = {name: (4,) for name in tensors} | {"model.layers.2.w": (4,)}
+    plain = ExpectedModel(tensors, "x", None, "transformers", counts=(group,))
+    assert [c.found for c in compare(plain, actual).counts] == [(0, 1, 2)]
+    ignorable = ExpectedModel(tensors, "x", None, "transformers", counts=(group,),
+                              allowed_extras=(r"model\.layers\.2.*",))
+    result = compare(ignorable, actual)
+    assert result.clean and [n for n, _ in result.ignored] == ["model.layers.2.w"]
+
+
 # --- every family: a good fixture and three broken copies ----------------------------------
 
 def test_every_family_has_a_fixture():
@@ -525,6 +573,24 @@ def test_auto_uses_transformers_for_families_outside_the_table(transformers, tmp
     [found] = findings_of(folder)
     assert (found.code, found.tensor) == ("HFC601", "model.decoder.layers.1.fc1.weight")
     assert "dim 0 = 16 (config.json fields with that value: ffn_dim, max_position_embeddings)" in found.message
+
+
+@pytest.mark.transformers
+def test_transformers_reference_counts_layers_when_config_says_one(transformers, tmp_path):
+    """A config cut to 1 layer over weights with 2: the extra layer is a count error (HFC604), not
+    one HFC603 warning per tensor. The reference model has a single layer, so the layer run is
+    recognised from one module under a layer-stack name."""
+    config = transformers.OPTConfig(vocab_size=32, hidden_size=8, num_hidden_layers=2, ffn_dim=16,
+                                    num_attention_heads=2, max_position_embeddings=16, word_embed_proj_dim=8)
+    transformers.OPTForCausalLM(config).save_pretrained(tmp_path / "opt")
+    folder = copy_with(tmp_path, tmp_path / "opt", config={"num_hidden_layers": 1}, name="cut")
+    found = findings_of(folder)
+    assert [f.code for f in found] == ["HFC604"], [(f.code, f.message) for f in found]
+    assert "num_hidden_layers is 1" in found[0].message
+    from hfconv.shape_rules import infer_counts
+
+    # A lone numbered module that is not a layer stack is not taken for one.
+    assert infer_counts(["model.vision_tower.0.weight"], {"num_hidden_layers": 1}) == ()
 
 
 @pytest.mark.transformers
