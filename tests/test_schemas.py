@@ -116,6 +116,8 @@ def test_real_config_variants_are_accepted():
         {"model_type": "falcon", "n_embed": 32, "n_layer": 2, "n_head": 4, "vocab_size": 100},
         {"model_type": "llava", "text_config": {"model_type": "llama", "vocab_size": 32064},
          "vision_config": {"model_type": "clip_vision_model"}},
+        # MusicFlamingoConfig defaults max_position_embeddings to 1200.0 and save_pretrained writes it.
+        {"model_type": "musicflamingo", "max_position_embeddings": 1200.0, "text_config": {"model_type": "qwen2"}},
     ]
     for variant in variants:
         assert problems_at("config.schema.json", variant) == {}, variant
