@@ -146,17 +146,18 @@ register("HFC010", "error", "git-lfs pointer",
          "The file is a git-lfs pointer, not the weights: the LFS object was never pulled.",
          "Run `git lfs pull` (or download with huggingface_hub) before validating.",
          "pytorch_model.bin is a git-lfs pointer (LFS object not pulled)")
-register("HFC011", "error", "training leftover",
+register("HFC011", "warning", "training leftover",
          "Files a training run leaves behind (training_args.bin, optimizer.pt, scheduler.pt, rng_state.pth, "
-         "...) are not part of the model. Most are pickles: whoever runs torch.load on them (a resumed "
-         "Trainer, a curious user) executes whatever they hold, and no loader of the model checks them. "
-         "hfconv reports them by name and never opens them.",
+         "trainer_state.json) are not part of the model. Most are pickles: whoever runs torch.load on them "
+         "(a resumed Trainer, a curious user) executes whatever they hold, and no loader of the model checks "
+         "them. hfconv lists each pickle's globals without loading it: a warning when they are what "
+         "Trainer writes (its argument classes, tensors, numpy's random state), an error naming the "
+         "global when anything else is imported, or when the pickle cannot be walked.",
          "Delete them from the folder before publishing (keep them in private storage if you resume "
-         "training), or --ignore HFC011 if they must stay.",
-         "training_args.bin is a training leftover (a pickle, never opened by hfconv); it does not belong in "
-         "a published model folder")
-
-# --- HFC1xx: safetensors headers ------------------------------------------------------------
+         "training), or --ignore HFC011 if they must stay. An error means: do not torch.load the file.",
+         "optimizer.pt is a training leftover; it does not belong in a published model folder, and its "
+         "pickle references 'posix.system', which no training run writes: torch.load on it would run "
+         "whatever it holds")
 register("HFC101", "error", "file too short",
          "A safetensors file starts with an 8-byte header length; this file is shorter.",
          "Re-download the file; it is truncated or not safetensors.",

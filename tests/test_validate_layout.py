@@ -335,3 +335,49 @@ def test_hub_repo_id_resolves_from_local_cache(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     result = CliRunner().invoke(main, ["validate", "acme/tiny-llama"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+
+
+def test_trainer_leftovers_are_warnings(tmp_path: Path) -> None:
+    """What Trainer writes beside a model: its pickles import only training classes."""
+    import random
+
+    import numpy as np
+    import torch
+    import transformers
+
+    folder = copy_fixture(tmp_path, "llama-safetensors")
+    module = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(module.parameters())
+    module(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    torch.save(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0).state_dict(), folder / "scheduler.pt")
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()},
+               folder / "rng_state.pth")
+    torch.save(transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[]),
+               folder / "training_args.bin")
+    (folder / "trainer_state.json").write_text("{}")
+    report = validate(folder)
+    leftovers = {f.file: f for f in report.findings if f.code == "HFC011"}
+    assert set(leftovers) == {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin",
+                              "trainer_state.json"}
+    assert {f.severity.value for f in leftovers.values()} == {"warning"}
+    assert report.ok and not validate(folder, strict=True).ok
+
+
+def test_leftover_pickle_importing_anything_else_is_an_error(tmp_path: Path) -> None:
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    folder = copy_fixture(tmp_path, "llama-safetensors")
+    (folder / "training_args.bin").write_bytes(pickle.dumps({"args": Payload()}, protocol=2))
+    (folder / "optimizer.pt").write_bytes(b"not a pickle at all")
+    report = validate(folder)
+    leftovers = {f.file: f for f in report.findings if f.code == "HFC011"}
+    assert leftovers["training_args.bin"].severity.value == "error"
+    assert f"'{os.system.__module__}.system'" in leftovers["training_args.bin"].message
+    assert leftovers["optimizer.pt"].severity.value == "error" and "could not be walked" in leftovers["optimizer.pt"].message
+    assert not report.ok

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from ..contents import FolderContents
 from ..discovery import TRAINING_LEFTOVERS, parse_shard_name
 from ..findings import Finding, finding
+from ..readers.torch_checkpoint import ALLOWED_GLOBALS, pickle_globals
 
 _JSON_LEFTOVERS = frozenset({"trainer_state.json"})
 
@@ -34,11 +35,9 @@ def check_hygiene(contents: FolderContents) -> Iterator[Finding]:
         if base in TRAINING_LEFTOVERS:
             if base in _JSON_LEFTOVERS:
                 yield finding("HFC011", f"{name} is a training leftover (trainer state); it does not belong in a "
-                              "published model folder", file=name, severity="warning")
+                              "published model folder", file=name)
             else:
-                yield finding("HFC011", f"{name} is a training leftover (a pickle, never opened by hfconv); it "
-                              "does not belong in a published model folder, and torch.load on it would run "
-                              "whatever it holds", file=name)
+                yield _pickled_leftover(folder, name)
     # Symlinks leaving the folder. Files a reader refused as such are already reported.
     errors = (*contents.weight_errors.items(), *contents.json_errors.items())
     reported = {name for name, err in errors if getattr(err, "code", None) == "HFC006"}
@@ -94,6 +93,46 @@ def check_layout(contents: FolderContents) -> Iterator[Finding]:
             yield finding("HFC004", f"{other.format} weights ({other_name}) sit beside {chosen_name} but disagree "
                           f"with them ({stale}); loaders use {chosen.format}, so the {other.format} files are "
                           "stale", file=other_name)
+
+
+# What Trainer (transformers 4.x-5.x, accelerate, TRL) pickles into training_args.bin (its
+# argument classes and their enums) and rng_state.pth, beyond what a state dict uses. Exact names: a module-wide allowance would admit
+# functions (transformers.dynamic_module_utils runs remote code).
+_TRAINING_GLOBALS = frozenset({
+    "torch.device",
+    "transformers.training_args.TrainingArguments", "transformers.training_args.OptimizerNames",
+    "transformers.training_args.ParallelMode",
+    "transformers.training_args_seq2seq.Seq2SeqTrainingArguments",
+    "transformers.generation.configuration_utils.GenerationConfig",
+    "transformers.trainer_utils.IntervalStrategy", "transformers.trainer_utils.SaveStrategy",
+    "transformers.trainer_utils.HubStrategy", "transformers.trainer_utils.SchedulerType",
+    "transformers.trainer_utils.EvaluationStrategy", "transformers.trainer_utils.FSDPOption",
+    "transformers.trainer_pt_utils.AcceleratorConfig", "transformers.debug_utils.DebugOption",
+    "accelerate.state.PartialState", "accelerate.state.AcceleratorState",
+    "accelerate.utils.dataclasses.DistributedType",
+    # rng_state.pth: numpy's random state, as torch's weights_only loader also allows it
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
+    "numpy.dtype", "_codecs.encode",
+    *(f"trl.trainer.{module}_config.{cls}Config" for module, cls in (
+        ("sft", "SFT"), ("dpo", "DPO"), ("grpo", "GRPO"), ("reward", "Reward"), ("ppo", "PPO"),
+        ("orpo", "ORPO"), ("kto", "KTO"), ("cpo", "CPO"))),
+})
+
+
+def _pickled_leftover(folder, name: str) -> Finding:
+    """A training leftover pickle: a warning when its globals are Trainer's own classes only,
+    an error naming the first other global (or when its pickle cannot even be walked)."""
+    found = pickle_globals(folder.path(name))
+    stranger = next((g for g in found if g not in _TRAINING_GLOBALS and g not in ALLOWED_GLOBALS), None) \
+        if found is not None else "?"
+    base = f"{name} is a training leftover; it does not belong in a published model folder"
+    if stranger is None:
+        return finding("HFC011", f"{base} (its pickle imports only what a training run writes; hfconv listed "
+                       "its globals without loading it)", file=name)
+    what = ("its pickle could not be walked" if stranger == "?" else
+            f"its pickle references {stranger!r}, which no training run writes")
+    return finding("HFC011", f"{base}, and {what}: torch.load on it would run whatever it holds", file=name,
+                   severity="error")
 
 
 def _signatures(contents: FolderContents, weight_set) -> tuple[dict[str, tuple], set[str]] | None:

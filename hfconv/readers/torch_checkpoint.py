@@ -174,6 +174,27 @@ def read_torch_checkpoint(path: str | os.PathLike) -> WeightFile:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+def pickle_globals(path: str | os.PathLike) -> list[str] | None:
+    """Every global a pickled file would import (``module.name``), found by walking opcodes.
+
+    For files that are not state dicts (``training_args.bin``, ``optimizer.pt``): a torch zip's
+    ``data.pkl``, or the pickle stream of any other file. Nothing is executed or imported.
+    Returns None when no pickle could be walked (not a pickle, damaged, unreadable).
+    """
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = _read_at(f, 0, min(size, 4))
+            if head.startswith(b"PK"):
+                pickles = [e for e in _zip_entries(f, size) if _fold(e.name).endswith("/data.pkl")]
+                if len(pickles) != 1:
+                    return None
+                return _pickle_globals(_zip_member_bytes(f, pickles[0], MAX_SCAN_BYTES), require_stop=True)
+            return _pickle_globals(_read_at(f, 0, min(size, MAX_SCAN_BYTES)), require_stop=True, multi=True)
+    except (FormatError, OSError):
+        return None
+
+
 def sniff_checkpoint(head: bytes, size: int) -> str:
     """Classify a file by its first bytes.
 
@@ -1274,11 +1295,18 @@ _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICO
 
 
 def _forbidden_globals(buf: bytes, require_stop: bool = False, multi: bool = False) -> list[str]:
+    """Globals outside the state-dict allow-list that a pickle would import."""
+    found = _pickle_globals(buf, require_stop, multi) or []
+    return [g for g in found if g not in ALLOWED_GLOBALS and g not in _UNSUPPORTED_TORCH_TYPES]
+
+
+def _pickle_globals(buf: bytes, require_stop: bool = False, multi: bool = False) -> list[str] | None:
     """Globals a pickle would import, found by walking opcodes (never executing them).
 
     Best effort: STACK_GLOBAL takes its names from the stack, which this walk approximates
     by the last two strings pushed (directly or via the memo), as every pickler writes them.
-    With ``require_stop`` only a walk that reaches STOP counts (for files that may be text).
+    With ``require_stop`` only a walk that reaches STOP counts (for files that may be text):
+    None otherwise.
     """
     stopped = False
     found: list[str] = []
@@ -1321,8 +1349,8 @@ def _forbidden_globals(buf: bytes, require_stop: bool = False, multi: bool = Fal
     except Exception:  # noqa: BLE001 - a damaged pickle simply ends the scan
         pass
     if require_stop and not stopped:
-        return []
-    return [g for g in found if g not in ALLOWED_GLOBALS and g not in _UNSUPPORTED_TORCH_TYPES]
+        return None
+    return found
 
 
 def _walk_opcodes(buf: bytes, multi: bool = False):
