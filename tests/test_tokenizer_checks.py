@@ -446,6 +446,36 @@ def test_special_token_files_disagree(tmp_path):
     assert hit.file == "special_tokens_map.json" and "'</s>'" in hit.message and "'<s>'" in hit.message
 
 
+def _v4_layout_with_special_tokens_map(folder: Path) -> None:
+    """tokenizer_config.json with added_tokens_decoder (save_pretrained >= 4.34) beside special_tokens_map.json."""
+    write_tokenizer_json(folder)
+    assert "added_tokens_decoder" in json.loads((folder / "tokenizer_config.json").read_text())
+
+
+def test_tokenizer_config_token_outside_vocabulary_is_found_behind_special_tokens_map(tmp_path):
+    # transformers 5 ignores special_tokens_map.json when tokenizer_config.json has added_tokens_decoder,
+    # so tokenizer_config.json's eos is the one it uses although special_tokens_map.json names a good one.
+    folder = copy_fixture(tmp_path)
+    _v4_layout_with_special_tokens_map(folder)
+    edit_json(folder / "tokenizer_config.json", lambda c: c.update(eos_token="<|no_such_token|>"))
+    report = validate(folder)
+    [hit] = found(report, "HFC504")
+    assert hit.file == "tokenizer_config.json" and "'<|no_such_token|>'" in hit.message
+    [disagree] = found(report, "HFC515")
+    assert "transformers 5 uses '<|no_such_token|>'" in disagree.message
+
+
+def test_tokenizer_config_token_overridden_everywhere_only_disagrees(tmp_path):
+    # Without added_tokens_decoder every transformers version takes special_tokens_map.json's token.
+    folder = copy_fixture(tmp_path)
+    edit_json(folder / "tokenizer_config.json", lambda c: (c.pop("added_tokens_decoder"),
+                                                            c.update(eos_token="<|no_such_token|>")))
+    report = validate(folder)
+    assert found(report, "HFC504") == []
+    [disagree] = found(report, "HFC515")
+    assert "transformers uses '</s>'" in disagree.message
+
+
 def test_unreadable_vocab_json(tmp_path):
     folder = copy_fixture(tmp_path)
     (folder / "tokenizer.model").unlink()

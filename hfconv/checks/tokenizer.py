@@ -23,7 +23,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -365,6 +365,8 @@ class _Facts:
     """role -> (token, file that sets it), after special_tokens_map.json overrides tokenizer_config.json."""
     extra: list[tuple[str, str]]
     """additional/extra special tokens: (token, file)."""
+    shadowed: list[tuple[str, str, str]] = field(default_factory=list)
+    """(role, token, file): tokenizer_config.json tokens ``named`` overrides that transformers 5 still uses."""
 
     @property
     def config(self) -> dict | None:
@@ -432,9 +434,9 @@ def _gather(contents: FolderContents) -> _Facts:
         # (Read errors of the vocabulary files are findings of their own; no need to add this one.)
         findings.append(finding("HFC517", "no readable tokenizer vocabulary (tokenizer.json, tokenizer.model, "
                                 "spiece.model, vocab.json or vocab.txt); vocabulary checks were skipped"))
-    named, extra, disagreements = _special_tokens(contents)
+    named, shadowed, extra, disagreements = _special_tokens(contents)
     findings.extend(disagreements)
-    return _Facts(contents, findings, sp_models, vocab, json_vocab, named, extra)
+    return _Facts(contents, findings, sp_models, vocab, json_vocab, named, extra, shadowed)
 
 
 def _slow_vocabulary(contents: FolderContents, sp_models: dict[str, SentencePieceModel],
@@ -510,10 +512,19 @@ def _with_declared_added_tokens(contents: FolderContents, vocab: Vocabulary) -> 
 
 
 def _special_tokens(contents: FolderContents):
-    """Named special tokens (special_tokens_map.json wins, as in transformers), extras, disagreements."""
+    """Named special tokens, the tokens transformers 5 uses instead, extras, disagreements.
+
+    transformers 4.x lets special_tokens_map.json override tokenizer_config.json; transformers 5
+    reads special_tokens_map.json only when tokenizer_config.json has no ``added_tokens_decoder``
+    (what every save_pretrained since 4.34 writes). ``named`` is the 4.x view; ``shadowed`` holds
+    the tokenizer_config.json tokens it overrides that transformers 5 uses all the same.
+    """
     named: dict[str, tuple[str, str]] = {}
+    shadowed: list[tuple[str, str, str]] = []
     extra: dict[str, str] = {}
     disagreements: list[Finding] = []
+    config = contents.json.get("tokenizer_config.json")
+    v5_reads_config = isinstance(config, dict) and "added_tokens_decoder" in config
     sources = ("tokenizer_config.json", "special_tokens_map.json")  # later wins
     for name in sources:
         data = contents.json.get(name)
@@ -525,9 +536,15 @@ def _special_tokens(contents: FolderContents):
                 continue
             previous = named.get(role)
             if previous is not None and previous[0] != text:
+                if v5_reads_config:
+                    shadowed.append((role, previous[0], previous[1]))
+                    uses = (f"transformers 4.x uses {text!r} but transformers 5 uses {previous[0]!r} (it reads "
+                            f"{name} only when tokenizer_config.json has no added_tokens_decoder)")
+                else:
+                    uses = f"transformers uses {text!r}"
                 disagreements.append(finding(
-                    "HFC515", f"{role} is {text!r} in {name} but {previous[0]!r} in {previous[1]}; transformers "
-                    f"uses {text!r}, so make both files name the same token", file=name, tensor=f"$.{role}"))
+                    "HFC515", f"{role} is {text!r} in {name} but {previous[0]!r} in {previous[1]}; {uses}, so make "
+                    "both files name the same token", file=name, tensor=f"$.{role}"))
             named[role] = (text, name)
         for key in ("additional_special_tokens", "extra_special_tokens"):
             value = data.get(key)
@@ -536,7 +553,7 @@ def _special_tokens(contents: FolderContents):
                 text = _token_text(item)
                 if text is not None:
                     extra.setdefault(text, name)
-    return named, list(extra.items()), disagreements
+    return named, shadowed, list(extra.items()), disagreements
 
 
 # --- individual checks ---------------------------------------------------------------------------
@@ -632,6 +649,7 @@ def _check_special_tokens(facts: _Facts) -> Iterator[Finding]:
     limit = rows[1] if rows is not None else facts.vocab_size
     next_id = vocab.size
     tokens = [(role, token, file) for role, (token, file) in facts.named.items()]
+    tokens += facts.shadowed
     tokens += [("additional special token", token, file) for token, file in facts.extra]
     seen: set[str] = set()
     for role, token, file in tokens:
@@ -757,7 +775,8 @@ def _check_embeddings(facts: _Facts) -> Iterator[Finding]:
         return
     where = facts.contents.tensor_files
     smallest_name, smallest = min(rows.items(), key=lambda item: item[1])
-    for role, (token, _file) in facts.named.items():
+    named = [(role, token) for role, (token, _file) in facts.named.items()]
+    for role, token in dict.fromkeys(named + [(role, token) for role, token, _file in facts.shadowed]):
         token_id = vocab.id_of(token)
         if token_id is not None and token_id >= smallest:
             yield finding("HFC510", f"{role} {token!r} has id {token_id} but {smallest_name} has only {smallest} "
