@@ -355,6 +355,9 @@ class Head:
     """Head variables the base rules read (``add_pooling_layer``, ``has_decoder``)."""
     base_prefixed: bool = True
     """False for the bare base-model class, whose state dict drops the base-model prefix."""
+    prefix: str = ""
+    """Prepended to the base model's names by heads that nest it under an attribute of their own
+    where the family's other classes do not (T5ForSequenceClassification: ``transformer.``)."""
 
 
 @dataclass(frozen=True)
@@ -826,6 +829,17 @@ T5 = Family(
                                             optional="tie_word_embeddings"),)),
         "Model": Head(),
         "EncoderModel": Head(env={"has_decoder": False}),
+        "ForQuestionAnswering": Head((R("qa_outputs.weight", "num_labels", "d_model"),
+                                      R("qa_outputs.bias", "num_labels"))),
+        # These two nest the model under transformer. (the other T5 classes store it bare).
+        "ForSequenceClassification": Head((
+            R("classification_head.dense.weight", "d_model", "d_model"), R("classification_head.dense.bias", "d_model"),
+            R("classification_head.out_proj.weight", "num_labels", "d_model"),
+            R("classification_head.out_proj.bias", "num_labels"),
+        ), prefix="transformer."),
+        "ForTokenClassification": Head((R("classifier.weight", "num_labels", "d_model"),
+                                        R("classifier.bias", "num_labels")),
+                                       env={"has_decoder": False}, prefix="transformer."),
     },
     "ForConditionalGeneration",
     env_defaults={"has_decoder": True},
@@ -962,8 +976,10 @@ def expected_tensors(config: Mapping[str, Any], architecture: str | None = None)
     optional_head = architecture is None  # no architectures: the head is a guess, so tolerate it
     scope = Scope(family, config, head.env)
     strip = "" if head.base_prefixed else family.prefix
-    rules = family.rules + tuple(Rule(r.name, r.shape, r.when, "1" if optional_head else r.optional)
-                                 for r in head.rules)
+    base_rules = family.rules if not head.prefix else tuple(
+        Rule(head.prefix + r.name, r.shape, r.when, r.optional) for r in family.rules)
+    rules = base_rules + tuple(Rule(r.name, r.shape, r.when, "1" if optional_head else r.optional)
+                               for r in head.rules)
 
     counts = {p: _count(scope, expr) for p, (expr, _) in family.ranges.items()}
     planned = sum(math.prod(counts[p] for p in rule.placeholders) for rule in rules)
@@ -1000,7 +1016,7 @@ def expected_tensors(config: Mapping[str, Any], architecture: str | None = None)
     tensors = {k: tensors[k] for k in sorted(tensors, key=natural_key)}
     return ExpectedModel(
         tensors=tensors, family=family.model_type, architecture=architecture, source="rules",
-        prefix=family.prefix, counts=tuple(groups.values()), complete=complete, notes=notes,
+        prefix=head.prefix or family.prefix, counts=tuple(groups.values()), complete=complete, notes=notes,
     )
 
 
@@ -1213,11 +1229,14 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
         The Comparison.
     """
     prefix = expected.prefix
+    # A head the table does not know may nest the base model under its own attribute
+    # (T5ForSequenceClassification: transformer.encoder...): find that prefix from the names.
+    outer = "" if expected.complete else _outer_prefix(actual, expected.tensors, prefix)
     canonical: dict[str, str] = {}  # stored name -> expected name
     taken: set[str] = set()
     direct = bare = prefixed = 0  # how stored names relate to expected ones, to show missing names alike
     for name in actual:
-        key = _canonical(name, expected.tensors, prefix)
+        key = _canonical(name.removeprefix(outer) if outer else name, expected.tensors, prefix)
         if key is None or key in taken:
             continue
         canonical[name] = key
@@ -1277,9 +1296,30 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
             key = key[len(prefix):]
         elif prefix and prefixed > direct and not key.startswith(prefix) and not expected.complete:
             key = prefix + key
-        missing.append(key)
+        missing.append(outer + key)
     return Comparison(tuple(mismatched), tuple(missing), tuple(unexpected), tuple(ignored),
                       tuple(count_mismatches), matched)
+
+
+def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, ExpectedTensor], prefix: str) -> str:
+    """The attribute path (``transformer.``) under which most stored names match expected ones,
+    when more match with it stripped than as they are; else ``""``."""
+    def matches(strip: str) -> int:
+        return sum(1 for n in actual if n.startswith(strip) and
+                   _canonical(n[len(strip):], tensors, prefix) is not None)
+
+    candidates: dict[str, int] = {}
+    for name in actual:
+        parts = name.split(".")
+        for k in (1, 2):
+            if len(parts) > k + 1:
+                stem = ".".join(parts[:k]) + "."
+                candidates[stem] = candidates.get(stem, 0) + 1
+    best, best_count = "", matches("")
+    for stem, n in sorted(candidates.items(), key=lambda kv: -kv[1])[:8]:
+        if n > best_count and (count := matches(stem)) > best_count:
+            best, best_count = stem, count
+    return best
 
 
 def _legacy(name: str) -> str:

@@ -376,6 +376,21 @@ def test_unknown_head_checks_the_base_model(tmp_path):
     assert shape_codes(folder, reference="rules") == ["HFC606"]
 
 
+def test_unknown_head_nesting_the_base_model_under_its_own_attribute(tmp_path):
+    """A head the table does not know may keep the base model under an attribute of its own
+    (as T5ForSequenceClassification keeps it under transformer.): its tensors are still matched."""
+    state = {"transformer." + k: v for k, v in state_of(FAMILY_DIR / "t5").items()}
+    state["scorer.weight"] = torch.zeros(2, 8)
+    folder = copy_with(tmp_path, FAMILY_DIR / "t5", state=state, config={"architectures": ["T5ForRanking"]})
+    assert shape_codes(folder, reference="rules") == ["HFC606"]
+    key = next(k for k in state if k.endswith("SelfAttention.q.weight"))
+    state[key] = torch.zeros(3, 8)
+    folder = copy_with(tmp_path, FAMILY_DIR / "t5", state=state, config={"architectures": ["T5ForRanking"]},
+                       name="broken")
+    [mismatch] = [f for f in findings_of(folder, reference="rules") if f.code == "HFC601"]
+    assert mismatch.tensor == key
+
+
 def test_unusable_config_value(tmp_path):
     folder = copy_with(tmp_path, FIXTURES / "llama-safetensors", config={"num_attention_heads": "4"})
     [found] = findings_of(folder, reference="rules")
