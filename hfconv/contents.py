@@ -46,7 +46,7 @@ class CheckOptions:
     reference: str = "auto"
     """Where expected tensor shapes come from: ``auto``, ``rules`` or ``transformers``."""
     deep: bool = False
-    """Also read tensor bytes (e.g. to compare against a manifest)."""
+    """Also read every tensor byte: CRC-32 of .bin storages, NaN and inf values (checks/deep.py)."""
     manifest: str | None = None
 
 

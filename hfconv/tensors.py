@@ -58,6 +58,9 @@ class StorageMeta:
     """Absolute offset of the raw bytes in the file (stored zip entry / legacy stream)."""
     record_nbytes: int | None = None
     """Bytes actually present in the file for this storage."""
+    crc32: int | None = None
+    """CRC-32 the zip directory records for the storage's bytes (torch.save writes it; torch.load
+    never checks it); None for legacy checkpoints."""
 
     @property
     def nbytes(self) -> int:

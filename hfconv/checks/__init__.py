@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from ..contents import FolderContents
 from ..findings import Finding
 from .custom_code import check_custom_code
+from .deep import check_deep
 from .index import check_index
 from .layout import check_hygiene, check_layout, check_read_errors
 from .manifest import check_manifest
@@ -27,4 +28,5 @@ CHECKS: list[Check] = [
     check_custom_code,
     check_shapes,
     check_manifest,
+    check_deep,
 ]

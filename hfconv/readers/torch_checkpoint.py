@@ -434,7 +434,7 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
         raise FormatError("HFC203", f"data.pkl at byte {end}: {len(data) - end} bytes after STOP")
 
     tensors = _state_dict_tensors(root)
-    records: dict[str, tuple[int, int] | None] = {}
+    records: dict[str, tuple[int, int, int | None] | None] = {}
     for key, ref in interp.storages.items():
         record_name = f"{prefix}/data/{key}"
         entry = record(f"data/{key}")
@@ -449,7 +449,7 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
         if entry.compressed_size != entry.size:
             raise FormatError("HFC204", f"zip entry '{record_name}' is stored but its compressed size "
                                         f"{entry.compressed_size} differs from its size {entry.size}")
-        records[key] = (entry.data_offset, entry.size)
+        records[key] = (entry.data_offset, entry.size, entry.crc)
     notes = ()
     if byte_order == "big":
         notes = (ReaderNote("HFC212", "is a big-endian checkpoint; loaders swap its bytes on little-endian "
@@ -738,7 +738,7 @@ def _read_legacy(f: BinaryIO, path: str, file_size: int) -> WeightFile:
         detail = f"storage '{missing[0]}' has no data" if missing else f"data for unknown storage '{extra[0]}'"
         raise FormatError("HFC205", f"legacy storage-key list does not match the storages the pickle uses ({detail})")
 
-    records: dict[str, tuple[int, int] | None] = {}
+    records: dict[str, tuple[int, int, int | None] | None] = {}
     for key in listed:
         ref = interp.storages[key]
         head = _read_at(f, pos, 8)
@@ -753,7 +753,7 @@ def _read_legacy(f: BinaryIO, path: str, file_size: int) -> WeightFile:
         if data_offset + nbytes > file_size:
             raise FormatError("HFC205", f"storage '{key}' needs {nbytes} bytes at {data_offset} but the file ends "
                                         f"at {file_size} (truncated download?)")
-        records[key] = (data_offset, nbytes)
+        records[key] = (data_offset, nbytes, None)
         pos = data_offset + nbytes
     if pos != file_size:
         raise FormatError("HFC203", f"{file_size - pos} trailing bytes after the last storage")
@@ -1412,7 +1412,7 @@ def _state_dict_tensors(root: object) -> dict[str, _Tensor]:
 
 
 def _build_weight_file(path: str, fmt: str, interp: _Interpreter, tensors: dict[str, _Tensor],
-                       records: dict[str, tuple[int, int] | None], prefix: str | None, *,
+                       records: dict[str, tuple[int, int, int | None] | None], prefix: str | None, *,
                        header_nbytes: int, notes: tuple[ReaderNote, ...], byte_order: str = "little") -> WeightFile:
     """Check storages against their records and views against their storages."""
     storages: dict[str, StorageMeta] = {}
@@ -1428,7 +1428,7 @@ def _build_weight_file(path: str, fmt: str, interp: _Interpreter, tensors: dict[
                                         f"{'zip' if prefix is not None else 'file'} does not contain", first_user)
         if ref.dtype is None:  # an UntypedStorage no tensor gave a dtype; cannot happen via REDUCE
             raise FormatError("HFC203", f"storage {where} has no dtype")
-        data_offset, record_nbytes = record
+        data_offset, record_nbytes, crc32 = record
         size = itemsize(ref.dtype)
         storage_nbytes = ref.raw_numel * ref.raw_itemsize
         if storage_nbytes > record_nbytes:
@@ -1438,7 +1438,7 @@ def _build_weight_file(path: str, fmt: str, interp: _Interpreter, tensors: dict[
             # torch.load insists on an exact match ("record size does not match expected size")
             raise FormatError("HFC205", f"storage {where} holds {record_nbytes} bytes but the pickle declares "
                                         f"{storage_nbytes}; torch.load refuses the mismatch", first_user)
-        storages[key] = StorageMeta(key, ref.dtype, storage_nbytes // size, data_offset, record_nbytes)
+        storages[key] = StorageMeta(key, ref.dtype, storage_nbytes // size, data_offset, record_nbytes, crc32)
 
     metas: dict[str, TensorMeta] = {}
     for name, t in tensors.items():
