@@ -13,6 +13,7 @@ import os
 import resource
 import sys
 import tempfile
+from collections.abc import Callable
 
 MAX_INPUT = 1 << 20
 
@@ -42,3 +43,36 @@ def limit_memory(mib: int = 2048) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (want, hard))
     except (ValueError, OSError):  # pragma: no cover - not fatal for a fuzz run
         print("fuzz: could not set RLIMIT_AS", file=sys.stderr)
+
+
+def reader_target(read: Callable[[str], object], wrap: Callable[[bytes], bytes], suffix: str,
+                  format_error: type) -> Callable[[bytes], None]:
+    """The libFuzzer entry point for one reader.
+
+    The first input byte picks a mode (odd: ``wrap`` the payload into a well-formed container,
+    even: the payload is the file as is). Only ``format_error`` may escape ``read``, and it must
+    carry an HFC code and a message (renderers rely on both).
+    """
+    scratch = Scratch(suffix)
+
+    def test_one_input(data: bytes) -> None:
+        if not data or len(data) > MAX_INPUT:
+            return
+        mode, payload = data[0], data[1:]
+        scratch.write(wrap(payload) if mode & 1 else payload)
+        try:
+            read(scratch.path)
+        except format_error as err:
+            code, message = getattr(err, "code", None), getattr(err, "message", None)
+            if not (isinstance(code, str) and code.startswith("HFC") and message):
+                raise AssertionError(f"FormatError without code/message: {code!r} {message!r}") from None
+
+    return test_one_input
+
+
+def fuzz(target: Callable[[bytes], None]) -> None:
+    import atheris
+
+    limit_memory()
+    atheris.Setup(sys.argv, target)
+    atheris.Fuzz()

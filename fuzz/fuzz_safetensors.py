@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import re
 import struct
-import sys
 
 import atheris
 
-from _common import MAX_INPUT, Scratch, limit_memory
+from _common import fuzz, reader_target
 
 with atheris.instrument_imports(include=["hfconv"]):
     from hfconv.readers.safetensors_header import read_safetensors
     from hfconv.tensors import FormatError
 
-_SCRATCH = Scratch(".safetensors")
 _OFFSETS_RE = re.compile(rb'"data_offsets"\s*:\s*\[\s*(\d{1,9})\s*,\s*(\d{1,9})\s*\]')
 MAX_DATA = 1 << 20
 
@@ -40,23 +38,8 @@ def wrap_header(header: bytes) -> bytes:
     return struct.pack("<Q", len(header)) + header + bytes(data_len)
 
 
-def TestOneInput(data: bytes) -> None:
-    if not data or len(data) > MAX_INPUT:
-        return
-    mode, payload = data[0], data[1:]
-    _SCRATCH.write(wrap_header(payload) if mode & 1 else payload)
-    try:
-        read_safetensors(_SCRATCH.path)
-    except FormatError as err:
-        if not (isinstance(err.code, str) and err.code.startswith("HFC") and err.message):
-            raise AssertionError(f"FormatError without code/message: {err.code!r} {err.message!r}") from None
-
-
-def main() -> None:
-    limit_memory()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+TestOneInput = reader_target(read_safetensors, wrap_header, ".safetensors", FormatError)
 
 
 if __name__ == "__main__":
-    main()
+    fuzz(TestOneInput)

@@ -18,18 +18,16 @@ Only :class:`hfconv.tensors.FormatError` may escape ``read_torch_checkpoint``.
 from __future__ import annotations
 
 import io
-import sys
 import zipfile
 
 import atheris
 
-from _common import MAX_INPUT, Scratch, limit_memory
+from _common import fuzz, reader_target
 
 with atheris.instrument_imports(include=["hfconv"]):
     from hfconv.readers.torch_checkpoint import read_torch_checkpoint
     from hfconv.tensors import FormatError
 
-_SCRATCH = Scratch(".bin")
 STORAGE_BYTES = 64
 
 
@@ -45,24 +43,8 @@ def wrap_pickle(pkl: bytes) -> bytes:
     return buf.getvalue()
 
 
-def TestOneInput(data: bytes) -> None:
-    if not data or len(data) > MAX_INPUT:
-        return
-    mode, payload = data[0], data[1:]
-    _SCRATCH.write(wrap_pickle(payload) if mode & 1 else payload)
-    try:
-        read_torch_checkpoint(_SCRATCH.path)
-    except FormatError as err:
-        # A FormatError must carry a registered-looking code and a message (renderers rely on it).
-        if not (isinstance(err.code, str) and err.code.startswith("HFC") and err.message):
-            raise AssertionError(f"FormatError without code/message: {err.code!r} {err.message!r}") from None
-
-
-def main() -> None:
-    limit_memory()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+TestOneInput = reader_target(read_torch_checkpoint, wrap_pickle, ".bin", FormatError)
 
 
 if __name__ == "__main__":
-    main()
+    fuzz(TestOneInput)
