@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
+from urllib.parse import quote
 
 from .findings import REGISTRY, Finding, Severity
 from .report import Report
@@ -154,8 +158,138 @@ def render_github(reports: Sequence[Report]) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+_SARIF_LEVELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
+_SRCROOT = "%SRCROOT%"
+_FALLBACK_URI = "https://pypi.org/project/hfconv/"
+
+
+def package_version() -> str:
+    """hfconv's version from the installed package metadata (the source tree's when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("hfconv")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _information_uri() -> str:
+    """The project's home page from the package metadata, else its PyPI page."""
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata("hfconv")
+    except metadata.PackageNotFoundError:
+        return _FALLBACK_URI
+    for entry in meta.get_all("Project-URL") or []:
+        url = entry.partition(",")[2].strip()
+        if url.startswith("https://"):
+            return url
+    home = meta.get("Home-page")
+    return home if home and home.startswith("https://") else _FALLBACK_URI
+
+
+def _rule_name(title: str) -> str:
+    """SARIF wants rule names as identifiers: 'git-lfs pointer' -> 'GitLfsPointer'."""
+    return "".join(word[:1].upper() + word[1:] for word in re.split(r"[^0-9A-Za-z]+", title) if word)
+
+
+def _artifact_location(path: str, base: str) -> dict:
+    """A URI for path: relative to base (the checkout, for GitHub code scanning) when inside it.
+
+    Outside base (another drive, or above it) a relative path would point into the wrong
+    place once the log is read elsewhere, so it becomes an absolute file:// URI.
+    """
+    absolute = os.path.abspath(os.path.join(base, path))
+    try:
+        relative = os.path.relpath(absolute, base)
+    except ValueError:  # Windows: another drive
+        relative = None
+    if relative is None or relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return {"uri": PurePath(absolute).as_uri()}
+    # Percent-encode what is not allowed in a URI path (spaces, '%', '#', '?', non-ASCII).
+    return {"uri": quote(PurePath(relative).as_posix(), safe="/"), "uriBaseId": _SRCROOT}
+
+
+def _sarif_result(report: Report, f: Finding, rule_index: int, base: str) -> dict:
+    where = os.path.join(report.path, f.file) if f.file else report.path
+    location: dict = {"physicalLocation": {"artifactLocation": _artifact_location(where, base)}}
+    if f.tensor:
+        location["logicalLocations"] = [{"name": f.tensor, "fullyQualifiedName": f.tensor}]
+    artifact = location["physicalLocation"]["artifactLocation"]["uri"]
+    # A stable identity across runs, so code scanning tracks one alert instead of opening a new one;
+    # binary weights have no lines for GitHub to fingerprint.
+    identity = "\0".join((f.code, artifact, f.tensor or "", f.message))
+    result: dict = {
+        "ruleId": f.code,
+        "ruleIndex": rule_index,
+        "level": _SARIF_LEVELS[f.severity],
+        "message": {"text": f.message},
+        "locations": [location],
+        "partialFingerprints": {"hfconvFinding/v1": hashlib.sha256(identity.encode()).hexdigest()},
+        "properties": {"severity": f.severity.value, "folder": report.path},
+    }
+    for key in ("file", "tensor"):
+        if getattr(f, key):
+            result["properties"][key] = getattr(f, key)
+    return result
+
+
+def _sarif_rule(code: str) -> dict:
+    entry = REGISTRY[code]
+    return {
+        "id": code,
+        "name": _rule_name(entry.title),
+        "shortDescription": {"text": entry.title},
+        "fullDescription": {"text": entry.why},
+        "help": {"text": f"{entry.fix}\nExample: {entry.example}",
+                 "markdown": f"**Fix:** {entry.fix}\n\n**Example:** `{entry.example}`"},
+        "defaultConfiguration": {"level": _SARIF_LEVELS[entry.severity]},
+        "properties": {"severity": entry.severity.value},
+    }
+
+
+def render_sarif(reports: Sequence[Report], base: str | None = None) -> str:
+    """One SARIF 2.1.0 log with one run holding every folder's findings (GitHub code scanning).
+
+    Locations are relative to ``base`` (default: the current directory, which is the checkout
+    in a CI job), under the ``%SRCROOT%`` base id.
+    """
+    base = os.path.abspath(base or os.getcwd())
+    codes = sorted({f.code for r in reports for f in r.findings})
+    index = {code: i for i, code in enumerate(codes)}
+    results = [_sarif_result(r, f, index[f.code], base) for r in reports for f in r.findings]
+    run = {
+        "tool": {"driver": {
+            "name": "hfconv",
+            "version": package_version(),
+            "informationUri": _information_uri(),
+            "rules": [_sarif_rule(code) for code in codes],
+        }},
+        "originalUriBaseIds": {_SRCROOT: {"uri": PurePath(base).as_uri().rstrip("/") + "/"}},
+        "results": results,
+        "properties": {"folders": [
+            {"path": r.path, "ok": r.ok, "errors": r.errors, "warnings": r.warnings} for r in reports
+        ]},
+    }
+    log = {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
+    return json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_html(reports: Sequence[Report]) -> str:
+    """A self-contained HTML page (see :mod:`hfconv.render_html`; jinja2 is imported only here)."""
+    from .render_html import render_validate_html
+
+    return render_validate_html(reports)
+
+
 RENDERERS: dict[str, Callable[[Sequence[Report]], str]] = {
     "text": render_text,
     "json": render_json,
     "github": render_github,
+    "sarif": render_sarif,
+    "html": render_html,
 }
