@@ -72,9 +72,10 @@ def _find_model_folders(root: str) -> list[str]:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github", "sarif", "html"]), default="text",
               show_default=True, help="Report format: text for people, json per the contract, "
-              "github for workflow annotations.")
+              "github for workflow annotations, sarif (2.1.0) for GitHub code scanning and other "
+              "SARIF viewers, html for one self-contained page.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the report to FILE instead of stdout.")
 @click.option("--strict", is_flag=True, help="Warnings fail the folder too (exit 1).")
@@ -133,22 +134,30 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
 
 @main.command()
 @click.argument("path", metavar="PATH")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
+              help="text for people, json for programs, html for one self-contained page.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to FILE instead of stdout.")
 def inspect(path, fmt, output):
     """Summarise a model folder: format, shards, tensors, parameters, dtypes, bytes per shard.
 
     \b
-    Example:
+    Examples:
       hfconv inspect ./my-model --format json
+      hfconv inspect ./my-model --format html -o inspect.html
     """
     import json
 
     from .inspection import inspect as run_inspect
 
     result = run_inspect(_resolve_folder(path))
-    _emit(result.to_text() if fmt == "text" else json.dumps(result.to_json(), indent=2) + "\n", output)
+    if fmt == "html":
+        from .render_html import render_inspect_html
+
+        text = render_inspect_html(result)
+    else:
+        text = result.to_text() if fmt == "text" else json.dumps(result.to_json(), indent=2) + "\n"
+    _emit(text, output)
 
 
 from .cli_convert import convert as _convert_command  # noqa: E402

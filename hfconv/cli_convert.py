@@ -74,6 +74,18 @@ def render_error_json(src: str, dst: str, error: ConversionError) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
+def _render_html(result: ConversionResult) -> str:
+    from .render_html import render_convert_html  # jinja2 only when a page is asked for
+
+    return render_convert_html(result)
+
+
+def _render_error_html(src: str, dst: str, error: ConversionError) -> str:
+    from .render_html import render_convert_error_html
+
+    return render_convert_error_html(src, dst, error)
+
+
 # --- the command ------------------------------------------------------------------------------
 
 def _progress_bar(quiet: bool, verify: bool):
@@ -116,8 +128,8 @@ def _terminate_as_interrupt(signum, frame):  # pragma: no cover - exercised by h
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Write output shards in this many processes.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Summary format on stdout.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
+              help="Summary format on stdout: text, json, or html (one self-contained page).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the summary to FILE instead of stdout.")
 def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, quiet, fmt, output):
@@ -135,6 +147,7 @@ def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, q
       hfconv convert ./big ./big-2g --max-shard-size 2GB --jobs 4
       hfconv convert ./model ./model-bf16 --dtype bfloat16 --manifest model.manifest.json
       hfconv convert ./model ./out --force --format json > report.json
+      hfconv convert ./model ./out --format html -o convert.html
 
     Exit code: 0 converted (and verified), 1 input refused or conversion/verification failed,
     2 could not run (SRC missing, DST exists without --force, bad option).
@@ -162,8 +175,9 @@ def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, q
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     except ConversionError as exc:
-        text = render_error_json(src, dst, exc) if fmt == "json" else render_error_text(src, dst, exc)
-        if output or fmt == "json":
+        error_renderers = {"text": render_error_text, "json": render_error_json, "html": _render_error_html}
+        text = error_renderers[fmt](src, dst, exc)
+        if output or fmt != "text":
             _emit(text, output)
         if fmt == "text":
             click.echo(text, nl=False, err=True)
@@ -173,5 +187,6 @@ def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, q
             bar.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    _emit(render_json(result) if fmt == "json" else render_text(result), output)
+    renderers = {"text": render_text, "json": render_json, "html": _render_html}
+    _emit(renderers[fmt](result), output)
     sys.exit(0)

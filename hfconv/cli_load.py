@@ -60,7 +60,8 @@ def _progress_bar(quiet: bool):
 @click.option("--forward", is_flag=True,
               help="Also build the model with transformers on the same device map and run one forward pass on a few "
                    "tokens from the folder's tokenizer (needs hfconv[transformers]).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
+              help="Report format: text, json, or html (one self-contained page).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the report to FILE instead of stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -82,6 +83,7 @@ def load_test(path, device_map, max_memory, offload_folder, dtype, forward, fmt,
       hfconv load-test ./my-model --max-memory cpu=8GB --offload-folder /scratch/offload
       hfconv load-test ./my-model --device-map map.json --dtype bfloat16 --forward
       hfconv load-test ./my-model --format json -o load.json
+      hfconv load-test ./my-model --format html -o load.html
 
     Exit code: 0 every tensor loaded and verified, 1 the folder has errors, the map does not
     fit or a tensor failed to load or verify, 2 could not run (PATH missing, bad map file,
@@ -102,8 +104,14 @@ def load_test(path, device_map, max_memory, offload_folder, dtype, forward, fmt,
     finally:
         if bar is not None:
             bar.close()
-    _emit(render_json(result) if fmt == "json" else render_text(result), output)
-    if output is not None or fmt == "json":
+    if fmt == "html":
+        from .render_html import render_load_html
+
+        text = render_load_html(result)
+    else:
+        text = render_json(result) if fmt == "json" else render_text(result)
+    _emit(text, output)
+    if output is not None or fmt != "text":  # the report is not on the terminal: say the verdict there
         if not result.ok:
             noun = "error" if result.errors == 1 else "errors"
             click.echo(f"load-test {path}: FAILED ({result.errors} {noun})", err=True)
