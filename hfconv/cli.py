@@ -89,15 +89,21 @@ def _find_model_folders(root: str) -> list[str]:
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Re-check every tensor's dtype, shape and sha256 against the manifest written by "
               "`hfconv convert --manifest FILE` (reads tensor bytes).")
+@click.option("--deep", is_flag=True,
+              help="Also read every tensor byte once: CRC-32 of each .bin storage (corruption torch.load "
+              "never notices), NaN and infinite values in every float tensor. Reads the whole model.")
 @click.option("--recursive", "-r", is_flag=True, help="Validate every model folder under each PATH.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Validate this many folders in parallel.")
-def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, reference, manifest, recursive, jobs):
+def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, reference, manifest, deep, recursive,
+             jobs):
     """Check that model folders will load, and load correctly.
 
     PATH is a model folder (or an org/name repo id in the local Hub cache). hfconv reads
-    headers and pickle metadata only, never tensor bytes, and proves that the index and the
-    shards agree, that every file parses, and that nothing in the folder would run code.
+    headers and pickle metadata only, never tensor bytes (unless --deep or --manifest), and
+    proves that the index and the shards agree, that every file parses, that shapes match the
+    config, that tokenizer and special tokens agree, and that nothing in the folder would run
+    code.
 
     \b
     Examples:
@@ -106,6 +112,7 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
       hfconv validate ./my-model --strict --ignore HFC007
       hfconv validate ./models --recursive --format github
       hfconv validate ./converted --manifest manifest.json
+      hfconv validate ./my-model --deep          # also read every byte: CRC, NaN, inf
 
     Exit code: 0 no errors (with --strict: no warnings either), 1 problems found, 2 could not run.
     Every finding code is explained, with its fix, in the README.
@@ -119,7 +126,8 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
 
     def one(folder: str):
         return run_validate(folder, strict=strict, select=_split_codes(select), ignore=_split_codes(ignore),
-                            trust_remote_code=trust_remote_code, reference=reference, manifest=manifest)
+                            trust_remote_code=trust_remote_code, reference=reference, manifest=manifest,
+                            deep=deep)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         reports = list(pool.map(one, folders))

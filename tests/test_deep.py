@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import zipfile
@@ -101,3 +102,19 @@ def test_big_endian_values_are_read_in_their_byte_order(tmp_path: Path) -> None:
     assert f"{int(torch.isnan(values).sum()):,} NaN" in found[("HFC902", "w")]
     assert ("HFC902", "h") in found and ("HFC903", "w") in found
     assert not [key for key in found if key[0] == "HFC901"]  # the rewritten zip has honest CRCs
+
+
+def test_cli_deep_flag(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hfconv.cli import main
+
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURES / "llama-bin", folder)
+    flip_storage_byte(folder / "pytorch_model.bin", "data/1", 0)
+    runner = CliRunner()
+    assert runner.invoke(main, ["validate", str(folder)]).exit_code == 0  # headers are intact
+    result = runner.invoke(main, ["validate", str(folder), "--deep", "--format", "json"])
+    assert result.exit_code == 1
+    assert [f["code"] for f in json.loads(result.stdout)["findings"] if f["severity"] == "error"] == ["HFC901"]
+    assert "--deep" in runner.invoke(main, ["validate", "--help"]).output

@@ -16,8 +16,9 @@ Floating values are classified by their bit patterns with numpy, so every float 
 
 from __future__ import annotations
 
+import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -69,17 +70,22 @@ _NAN_ONLY = {"F8_E4M3": 0x7F, "F8_E8M0": 0xFF}
 def check_deep(contents: FolderContents) -> Iterator[Finding]:
     if not contents.options.deep or contents.folder.loaded_set is None:
         return
+    from tqdm import tqdm
+
+    files = [(name, contents.weights[name]) for name in contents.shards_of(contents.folder.loaded_set)
+             if name in contents.weights]  # an unreadable file is already an error of its own
     buffer = bytearray(_BUFFER_BYTES)
-    for name in contents.shards_of(contents.folder.loaded_set):
-        weight_file = contents.weights.get(name)
-        if weight_file is None:
-            continue  # unreadable: already an error of its own
-        try:
-            with open_regular(contents.folder.path(name)) as handle:
-                yield from _check_file(name, weight_file, handle, buffer)
-        except (OSError, FormatError) as exc:
-            yield finding("HFC904", f"{name}: could not be opened for reading: {getattr(exc, 'message', exc)}",
-                          file=name)
+    total = sum(span.nbytes for _, weight_file in files for span in _spans(weight_file))
+    # disable=None: a bar on a terminal only, never in a CI log or a piped report
+    with tqdm(total=total, unit="B", unit_scale=True, desc="deep read", disable=None, leave=False,
+              file=sys.stderr) as bar:
+        for name, weight_file in files:
+            try:
+                with open_regular(contents.folder.path(name)) as handle:
+                    yield from _check_file(name, weight_file, handle, buffer, bar.update)
+            except (OSError, FormatError) as exc:
+                yield finding("HFC904", f"{name}: could not be opened for reading: {getattr(exc, 'message', exc)}",
+                              file=name)
 
 
 @dataclass
@@ -112,7 +118,8 @@ def _spans(weight_file: WeightFile) -> list[_Span]:
     return spans
 
 
-def _check_file(name: str, weight_file: WeightFile, handle: BinaryIO, buffer: bytearray) -> Iterator[Finding]:
+def _check_file(name: str, weight_file: WeightFile, handle: BinaryIO, buffer: bytearray,
+                progress: Callable[[int], object]) -> Iterator[Finding]:
     big_endian = weight_file.byte_order == "big"
     for span in sorted(_spans(weight_file), key=lambda s: s.begin):
         counts = _ValueCounts(span.dtype, big_endian)
@@ -124,6 +131,7 @@ def _check_file(name: str, weight_file: WeightFile, handle: BinaryIO, buffer: by
                 if span.crc32 is not None:
                     crc = zlib.crc32(chunk, crc)
                 counts.add(chunk)
+                progress(len(chunk))
         except OSError as exc:
             yield finding("HFC904", f"{name}: reading {span.tensor!r} failed: {exc}", file=name, tensor=span.tensor)
             continue
