@@ -14,10 +14,13 @@ vocab 512, 4 experts), the script
    seq2seq LM, else image classification, else the bare model); types that fail to build, or
    come out larger than ``--max-params``, are skipped with the reason printed;
 2. saves it with ``save_pretrained`` as one ``model.safetensors``, sharded (small
-   ``max_shard_size``: several shards plus ``model.safetensors.index.json``) and, the way
-   transformers 4 wrote them (transformers 5 no longer writes .bin), as ``pytorch_model.bin``
-   and sharded ``pytorch_model-0000k-of-0000n.bin`` with their index; ``generation_config.json``
-   comes from ``save_pretrained`` for models that can generate;
+   ``max_shard_size``: several shards plus ``model.safetensors.index.json``), sharded in
+   bfloat16, and, the way transformers 4 wrote them (transformers 5 no longer writes .bin), as
+   ``pytorch_model.bin``, sharded ``pytorch_model-0000k-of-0000n.bin`` with their index, and a
+   ``pytorch_model.bin`` of the whole state dict (tied aliases sharing one storage, persistent
+   buffers); ``generation_config.json`` comes from ``save_pretrained`` for models that can
+   generate. The bare model and the sequence/token-classification heads of the same config are
+   saved too (one ``model.safetensors`` each; ``--no-heads`` skips them);
 3. validates every folder with ``reference="rules"`` and ``reference="auto"`` and prints every
    error or warning, grouped by code (each is a false alarm: these folders are good);
 4. breaks copies of a few folders (``--mutate``) and checks that each defect is an error:
@@ -62,7 +65,7 @@ SMALL = {
     "hidden_dim": 128, "n_inner": None,
     # depth
     "num_hidden_layers": 2, "num_layers": 2, "n_layer": 2, "n_layers": 2, "encoder_layers": 2, "decoder_layers": 2,
-    "num_decoder_layers": 2, "num_encoder_layers": 2,
+    "num_decoder_layers": 2, "num_encoder_layers": 2, "num_blocks": 2,
     # heads
     "num_attention_heads": 4, "n_head": 4, "n_heads": 4, "num_heads": 4, "encoder_attention_heads": 4,
     "decoder_attention_heads": 4,
@@ -86,8 +89,14 @@ TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_tok
 TASKS = (  # in order of preference: bart is saved as BartForConditionalGeneration, bert as BertForMaskedLM
     ("seq2seq", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "AutoModelForSeq2SeqLM"),
     ("masked", "MODEL_FOR_MASKED_LM_MAPPING_NAMES", "AutoModelForMaskedLM"),
+    ("image-text", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "AutoModelForImageTextToText"),
     ("causal", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
     ("image-cls", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "AutoModelForImageClassification"),
+)
+HEADS = (  # other classes saved beside the task's (one safetensors file each)
+    ("base", "MODEL_MAPPING_NAMES", "AutoModel"),
+    ("seq-cls", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "AutoModelForSequenceClassification"),
+    ("token-cls", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "AutoModelForTokenClassification"),
 )
 MUTATE_DEFAULT = ("llama", "gpt2", "bert", "t5", "qwen2", "olmo2", "phi", "gpt_bigcode", "bart", "gemma3_text",
                   "deepseek_v3", "stablelm", "mpt", "bloom", "electra", "opt")
@@ -139,14 +148,39 @@ def build(model_type: str, max_params: int):
     small.pop("transformers_version", None)
     small.pop("architectures", None)
     config = type(default).from_dict(small)
+    model = _instantiate(transformers, torch, auto_name, config, max_params)
+    return model, task, auto_name, config
+
+
+def _instantiate(transformers, torch, auto_name: str, config, max_params: int):
     torch.manual_seed(0)
     with torch.device("meta"):
         probe = getattr(transformers, auto_name).from_config(config)
     n = sum(p.numel() for p in probe.parameters())
     if n > max_params:
         raise RuntimeError(f"{n / 1e6:.1f}M parameters even when shrunk (limit {max_params / 1e6:.1f}M)")
-    model = getattr(transformers, auto_name).from_config(config)
-    return model, task, auto_name
+    return getattr(transformers, auto_name).from_config(config)
+
+
+def build_heads(model_type: str, config, task_cls: str, max_params: int) -> dict[str, object]:
+    """The other heads of ``model_type`` (bare model, sequence/token classification), built from
+    the same config; a head that fails to build is left out."""
+    import torch
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    out = {}
+    for name, mapping, auto in HEADS:
+        names = getattr(modeling_auto, mapping)
+        if model_type not in names:
+            continue
+        try:
+            model = _instantiate(transformers, torch, auto, config, max_params)
+        except Exception:  # noqa: BLE001 - a head the tiny config cannot build
+            continue
+        if type(model).__name__ != task_cls:
+            out[name] = model
+    return out
 
 
 def save_all(model, root: Path) -> dict[str, Path]:
@@ -181,6 +215,28 @@ def save_all(model, root: Path) -> dict[str, Path]:
                    "weight_map": {k: names[v] for k, v in data["weight_map"].items()}}
             (dst / "pytorch_model.bin.index.json").write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
         out[variant] = dst
+    # transformers 4 .bin with everything its state_dict held: tied aliases (one shared storage)
+    # and persistent buffers, under checkpoint names.
+    dst = root / "bin-v4"
+    dst.mkdir()
+    for meta in ("config.json", "generation_config.json"):
+        if (out["st-single"] / meta).exists():
+            shutil.copy(out["st-single"] / meta, dst / meta)
+    state = model.state_dict()
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        state = revert_weight_conversion(model, state)
+    except ImportError:
+        pass
+    torch.save({k: v.contiguous() if not v.is_contiguous() else v for k, v in state.items()},
+               dst / "pytorch_model.bin")
+    out["bin-v4"] = dst
+    # Half precision, as most published checkpoints are: config.json's dtype follows.
+    half = root / "st-bf16"
+    model.to(torch.bfloat16).save_pretrained(half, max_shard_size=SHARD_SIZE)
+    model.to(torch.float32)
+    out["st-bf16"] = half
     return out
 
 
@@ -330,7 +386,7 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, old)
 
 
-def run_one(model_type: str, workdir: str, max_params: int, mutate: bool) -> dict:
+def run_one(model_type: str, workdir: str, max_params: int, mutate: bool, heads: bool = True) -> dict:
     """Everything for one model_type, in a worker process; returns a plain dict."""
     import transformers
 
@@ -342,9 +398,13 @@ def run_one(model_type: str, workdir: str, max_params: int, mutate: bool) -> dic
     root.mkdir(parents=True)
     try:
         with time_limit(TIMEOUT_S):
-            model, task, auto = build(model_type, max_params)
+            model, task, auto, config = build(model_type, max_params)
             result.update(task=task, cls=type(model).__name__)
             folders = save_all(model, root)
+            if heads:
+                for name, head in build_heads(model_type, config, type(model).__name__, max_params).items():
+                    head.save_pretrained(root / f"head-{name}")
+                    folders[f"head-{name}"] = root / f"head-{name}"
     except Exception as exc:  # noqa: BLE001 - a sweep reports and moves on
         result["skip"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
         shutil.rmtree(root, ignore_errors=True)
@@ -400,9 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--types", help="comma-separated model_types (default: every causal/masked/seq2seq/vision)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N types")
     parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
-    parser.add_argument("--max-params", type=float, default=3e6)
+    parser.add_argument("--max-params", type=float, default=8e6)
     parser.add_argument("--mutate", default=",".join(MUTATE_DEFAULT),
                         help="comma-separated model_types whose folders are broken on purpose ('all', or '')")
+    parser.add_argument("--no-heads", action="store_true", help="only the task's class, not the bare model and "
+                        "classification heads")
     parser.add_argument("--keep", help="write the folders here and keep them (default: a temporary folder)")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args(argv)
@@ -416,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     # Fresh workers every few types: some models leak memory or leave global state behind.
     with multiprocessing.get_context("fork").Pool(args.jobs, maxtasksperchild=4) as pool:
-        pending = [pool.apply_async(run_one, (t, workdir, int(args.max_params), t in mutate)) for t in types]
+        pending = [pool.apply_async(run_one, (t, workdir, int(args.max_params), t in mutate, not args.no_heads))
+                   for t in types]
         for t, job in zip(types, pending, strict=True):
             try:
                 r = job.get(timeout=TIMEOUT_S * 4)

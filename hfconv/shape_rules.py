@@ -1101,12 +1101,15 @@ def natural_key(name: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))
 
 
-_EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings")
+_EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings", "shared")
 _OUTPUTS = ("lm_head", "embed_out")
 _BASES = {"model", "transformer", "gpt_neox", "bert", "roberta", "language_model", "embeddings", "backbone"}
 _LAYER_STEMS = ("layers", "h", "layer", "blocks", "block")
 _DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-_HIDDEN_FIELDS = ("embedding_size", "hidden_size", "n_embd", "d_model", "dim")
+_HIDDEN_FIELDS = ("input_embedding_size", "word_embed_proj_dim", "embedding_size", "hidden_size", "n_embd", "d_model",
+                  "dim")
+"""Fields giving the token embedding's width, most specific first (RemBERT: input_embedding_size,
+OPT: word_embed_proj_dim, ALBERT/ELECTRA: embedding_size)."""
 
 
 def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, ...]]) -> ExpectedModel:
@@ -1125,12 +1128,15 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
     """
     vocab = config.get("vocab_size")
     width_field = next((f for f in _HIDDEN_FIELDS if _is_int(config.get(f))), None)
+    model_type = config.get("model_type")
+    # The base-model attribute is usually named after the model type (electra., deberta.).
+    bases = _BASES | ({model_type.replace("-", "_")} if isinstance(model_type, str) else set())
     tensors: dict[str, ExpectedTensor] = {}
     for name, shape in actual.items():
         parts = name.split(".")
         if len(shape) != 2 or len(parts) > 4 or parts[-1] != "weight" or len(parts) < 2:
             continue
-        if parts[-2] not in _EMBEDDINGS + _OUTPUTS or not set(parts[:-2]) <= _BASES:
+        if parts[-2] not in _EMBEDDINGS + _OUTPUTS or not set(parts[:-2]) <= bases:
             continue
         dims = []
         if _is_int(vocab) and shape[0] < vocab:
@@ -1149,7 +1155,7 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
         parts = name.split(".")
         for k, part in enumerate(parts[1:], start=1):
             if part.isdigit():
-                if parts[k - 1] in _LAYER_STEMS and set(parts[:k - 1]) <= _BASES | {"encoder", "decoder"}:
+                if parts[k - 1] in _LAYER_STEMS and set(parts[:k - 1]) <= bases | {"encoder", "decoder"}:
                     stems.setdefault(".".join(parts[:k]) + ".", set()).add(int(part))
                 break
     layer_field = next((f for f in _DEPTH_FIELDS if _is_int(config.get(f))), None)
@@ -1163,7 +1169,6 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
                     if _is_int(config.get(f"{side}_layers"))]
     counts = tuple(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", config[f], f, "layers")
                    for stem, f in runs)
-    model_type = config.get("model_type")
     return ExpectedModel(tensors=tensors, family=model_type if isinstance(model_type, str) else None,
                          architecture=architecture_of(config), source="generic", counts=counts, complete=False)
 

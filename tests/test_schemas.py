@@ -118,6 +118,8 @@ def test_real_config_variants_are_accepted():
          "vision_config": {"model_type": "clip_vision_model"}},
         # MusicFlamingoConfig defaults max_position_embeddings to 1200.0 and save_pretrained writes it.
         {"model_type": "musicflamingo", "max_position_embeddings": 1200.0, "text_config": {"model_type": "qwen2"}},
+        # SegFormer and PVTv2 give attention heads (and depths) per stage.
+        {"model_type": "segformer", "num_attention_heads": [1, 2, 5, 8], "hidden_sizes": [32, 64, 160, 256]},
     ]
     for variant in variants:
         assert problems_at("config.schema.json", variant) == {}, variant

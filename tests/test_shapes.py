@@ -185,6 +185,24 @@ def test_generic_checks_tolerate_extra_embedding_rows():
     assert mm.name == "model.embed_tokens.weight" and mm.wrong_dims == (0,)
 
 
+@pytest.mark.parametrize("config,actual,mismatched", [
+    # RemBERT's input embeddings are input_embedding_size wide, not hidden_size.
+    ({"model_type": "rembert", "vocab_size": 512, "hidden_size": 64, "input_embedding_size": 256},
+     {"embeddings.word_embeddings.weight": (512, 256)}, []),
+    # ELECTRA keeps its model under electra. (its model type) and embeds embedding_size wide.
+    ({"model_type": "electra", "vocab_size": 512, "hidden_size": 64, "embedding_size": 32},
+     {"electra.embeddings.word_embeddings.weight": (512, 32)}, []),
+    ({"model_type": "electra", "vocab_size": 576, "hidden_size": 64, "embedding_size": 32},
+     {"electra.embeddings.word_embeddings.weight": (512, 32)}, ["electra.embeddings.word_embeddings.weight"]),
+    # BART-style models embed through model.shared.
+    ({"model_type": "bart", "vocab_size": 576, "d_model": 64}, {"model.shared.weight": (512, 64)},
+     ["model.shared.weight"]),
+])
+def test_generic_embedding_checks(config, actual, mismatched):
+    result = compare(generic_expected(config, actual), actual)
+    assert [m.name for m in result.mismatched] == mismatched
+
+
 @pytest.mark.parametrize("config,names,want", [
     # BLOOM, GPTBigCode, MPT: the layer count is n_layer / n_layers, not num_hidden_layers.
     ({"model_type": "bloom", "n_layer": 3}, ["transformer.h.0.a", "transformer.h.1.a"], [(3, (0, 1))]),
