@@ -249,6 +249,20 @@ def noisy(path: Path, reference: str) -> list[tuple[str, str, str]]:
     return [(f.code, f.severity.value, f.message) for f in report.findings if f.severity.value in ("error", "warning")]
 
 
+def loads_cleanly(path: Path, auto_name: str) -> bool:
+    """The oracle for a mutation nobody flagged: transformers' own from_pretrained loads the
+    folder with no missing, unexpected or mismatched weights (the change had no effect, e.g.
+    num_key_value_heads in a GPTBigCode config, which uses multi_query)."""
+    import transformers
+
+    try:
+        _, info = getattr(transformers, auto_name).from_pretrained(path, output_loading_info=True)
+    except Exception:  # noqa: BLE001 - refusing to load is a defect
+        return False
+    return not (info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys")
+                or info.get("error_msgs"))
+
+
 def errors_of(path: Path, reference: str = "auto") -> set[str]:
     from hfconv import validate
 
@@ -324,10 +338,24 @@ def _remove_tensor(folder: Path) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
+def _untie(folder: Path) -> str | None:
+    """tie_word_embeddings true -> false where the folder stores the output embedding only once."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if config.get("tie_word_embeddings") is False:
+        return "not tied"
+    if config.get("tie_word_embeddings") is None and "tie_word_embeddings" not in config:
+        return "tie_word_embeddings not in config.json"
+    config["tie_word_embeddings"] = False
+    path.write_text(json.dumps(config, indent=2))
+    return None
+
+
 HIDDEN_KEYS = ("hidden_size", "d_model", "n_embd", "dim", "n_embed")
 VOCAB_KEYS = ("vocab_size",)
 FFN_KEYS = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "n_inner", "d_inner", "hidden_dim")
-GENERIC_BLIND = {"ffn+32", "remove-tensor", "hidden-x2", "hidden-x2-bin"}
+GENERIC_BLIND = {"ffn+32", "remove-tensor", "hidden-x2", "hidden-x2-bin", "kv-heads", "head-dim-x2", "experts+1",
+                 "untie"}
 """Mutations the generic check (--reference rules, family not in the table) may not see."""
 LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers")
 
@@ -361,6 +389,11 @@ def mutations(folders: dict[str, Path]) -> list[tuple[str, str, object]]:
         ("layers+1", "st-single", config_change(LAYER_KEYS, lambda v: v + 1)),
         ("layers-1", "st-sharded", config_change(LAYER_KEYS, lambda v: v - 1)),
         ("hidden-x2-bin", "bin-sharded", config_change(HIDDEN_KEYS, lambda v: v * 2)),
+        ("kv-heads", "st-single", config_change(("num_key_value_heads", "num_kv_heads"), lambda v: 1 if v != 1 else 4)),
+        ("head-dim-x2", "st-single", config_change(("head_dim", "d_kv"), lambda v: v * 2)),
+        ("experts+1", "st-single", config_change(("num_local_experts", "num_experts", "n_routed_experts"),
+                                                 lambda v: v + 1)),
+        ("untie", "st-single", _untie),
         ("index-drop", "st-sharded", needs_shards(lambda f, s: _edit_index(f, _drop_from_index))),
         ("index-wrong-shard", "st-sharded", needs_shards(lambda f, s: _edit_index(f, _wrong_shard))),
         ("remove-tensor", "st-single", _remove_tensor),
@@ -440,6 +473,8 @@ def run_one(model_type: str, workdir: str, max_params: int, mutate: bool, heads:
                 status = "caught" if codes else "MISSED"
                 if not codes and reference == "rules" and not in_table and name in GENERIC_BLIND:
                     status = "generic-only"  # documented: without a rule table only embeddings and depth
+                elif not codes and loads_cleanly(target, auto):
+                    status = "harmless"  # transformers itself loads it with nothing missing or mismatched
                 result["mutations"].append((f"{name}/{reference}", status, ",".join(sorted(codes))))
     return result
 
@@ -520,10 +555,12 @@ def report(results: list[dict]) -> int:
             print(f"  [{severity}] {model_type} {variant} --reference {reference}: {message[:400]}")
     missed = [(r["type"], m) for r in built for m in r["mutations"] if m[1] == "MISSED"]
     tried_mut = [(r["type"], m) for r in built for m in r["mutations"] if m[1] != "skipped"]
+    harmless = [(r["type"], m) for r in built for m in r["mutations"] if m[1] == "harmless"]
+    limited = [(r["type"], m) for r in built for m in r["mutations"] if m[1] == "generic-only"]
     print("\n=== mutations ===")
     for r in built:
         for name, status, detail in r["mutations"]:
-            if status not in ("caught", "generic-only"):
+            if status not in ("caught", "generic-only", "harmless"):
                 print(f"  {r['type']:20s} {name:28s} {status} {detail}")
     print("\n=== summary ===")
     print(f"architectures tried:   {len(results)}")
@@ -533,6 +570,9 @@ def report(results: list[dict]) -> int:
     for code in sorted(by_code):
         print(f"  {code}: {len(by_code[code])} finding(s), {len({x[0] for x in by_code[code]})} type(s)")
     print(f"mutations checked:     {len(tried_mut)}")
+    print(f"  no effect on transformers' own load (not defects): {len(harmless)} "
+          f"({', '.join(sorted({f'{t}:{m[0]}' for t, m in harmless}))})")
+    print(f"  not seen by the generic check (--reference rules, no rule table): {len(limited)}")
     print(f"mutations missed:      {len(missed)}")
     for model_type, (name, _, _) in missed:
         print(f"  {model_type}: {name}")

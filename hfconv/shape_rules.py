@@ -1136,12 +1136,18 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
         parts = name.split(".")
         if len(shape) != 2 or len(parts) > 4 or parts[-1] != "weight" or len(parts) < 2:
             continue
-        if parts[-2] not in _EMBEDDINGS + _OUTPUTS or not set(parts[:-2]) <= bases:
+        if parts[-2] not in _EMBEDDINGS + _OUTPUTS or not set(parts[:-2]) <= bases | {"encoder", "decoder"}:
             continue
+        # A decoder may have a vocabulary of its own (Marian with share_encoder_decoder_embeddings
+        # false embeds decoder_vocab_size rows, with it true vocab_size): it needs the smaller.
+        vocab_field, rows = "vocab_size", vocab
+        dec = config.get("decoder_vocab_size")
+        if "decoder" in parts[:-2] and _is_int(dec) and (not _is_int(vocab) or dec < vocab):
+            vocab_field, rows = "decoder_vocab_size", dec
         dims = []
-        if _is_int(vocab) and shape[0] < vocab:
-            dims.append(Dim(vocab, ("vocab_size",), f"vocab_size = {vocab}",
-                            (f"an embedding needs at least vocab_size = {vocab} rows",)))
+        if _is_int(rows) and shape[0] < rows:
+            dims.append(Dim(rows, (vocab_field,), f"{vocab_field} = {rows}",
+                            (f"an embedding needs at least {vocab_field} = {rows} rows",)))
         else:
             dims.append(Dim(shape[0]))
         if width_field is not None:

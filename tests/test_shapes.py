@@ -197,6 +197,16 @@ def test_generic_checks_tolerate_extra_embedding_rows():
     # BART-style models embed through model.shared.
     ({"model_type": "bart", "vocab_size": 576, "d_model": 64}, {"model.shared.weight": (512, 64)},
      ["model.shared.weight"]),
+    # OPT: model.decoder.embed_tokens, word_embed_proj_dim wide.
+    ({"model_type": "opt", "vocab_size": 576, "hidden_size": 64, "word_embed_proj_dim": 32},
+     {"model.decoder.embed_tokens.weight": (512, 32), "lm_head.weight": (576, 32)},
+     ["model.decoder.embed_tokens.weight"]),
+    # Marian with separate vocabularies: the decoder embeds decoder_vocab_size rows.
+    ({"model_type": "marian", "vocab_size": 600, "decoder_vocab_size": 300, "d_model": 64},
+     {"model.encoder.embed_tokens.weight": (600, 64), "model.decoder.embed_tokens.weight": (300, 64)}, []),
+    # ... and with shared embeddings (the default) vocab_size rows, whatever decoder_vocab_size says.
+    ({"model_type": "marian", "vocab_size": 512, "decoder_vocab_size": 58101, "d_model": 64},
+     {"model.encoder.embed_tokens.weight": (512, 64), "model.decoder.embed_tokens.weight": (512, 64)}, []),
 ])
 def test_generic_embedding_checks(config, actual, mismatched):
     result = compare(generic_expected(config, actual), actual)
