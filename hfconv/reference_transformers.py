@@ -40,6 +40,11 @@ class ReferenceUnavailable(Exception):
     """The transformers reference could not be built; ``str(exc)`` says why."""
 
 
+class ConfigRejected(ReferenceUnavailable):
+    """transformers knows the model type but its config class refuses config.json, the way
+    ``from_pretrained`` reads it: loading the folder fails. ``str(exc)`` says why."""
+
+
 def transformers_available() -> bool:
     """True when transformers (and torch) can be imported, without importing them."""
     return importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("torch") is not None
@@ -121,8 +126,25 @@ def _build_config(transformers, folder, config: Mapping[str, Any], trust_remote_
         if has_code:
             reason += " and the folder's own code (auto_map) is only used with --trust-remote-code"
         raise ReferenceUnavailable(reason)
+    # transformers 5 writes floats JSON cannot hold as {"__float__": "Infinity"} (FalconH1's
+    # time_step_limit) and decodes them when it reads config.json; the config class refuses them raw.
+    decode = getattr(getattr(transformers, "PretrainedConfig", None), "_decode_special_floats", None)
+    if callable(decode):
+        config = decode(dict(config))
     kwargs = {k: v for k, v in config.items() if k != "model_type"}
-    return transformers.AutoConfig.for_model(model_type, **kwargs)
+    try:
+        return transformers.AutoConfig.for_model(model_type, **kwargs)
+    except Exception as exc:  # the config class validates fields (layer_types length, ...)
+        first = exc
+    # Read the file the way from_pretrained does before blaming the config.
+    try:
+        return CONFIG_MAPPING[model_type].from_pretrained(os.fspath(folder), local_files_only=True)
+    except Exception:  # noqa: BLE001 - from_pretrained refuses it too: the folder does not load
+        pass
+    if not os.path.isfile(os.path.join(os.fspath(folder), "config.json")):
+        raise ReferenceUnavailable(f"transformers {version} refused the config: {_one_line(first)}") from None
+    raise ConfigRejected(f"{CONFIG_MAPPING[model_type].__name__} of transformers {version}, so from_pretrained "
+                         f"fails: {_two_lines(first)}") from None
 
 
 def _build_model(transformers, torch, hf_config, config: Mapping[str, Any], trust_remote_code: bool, version: str):
@@ -232,6 +254,12 @@ def _quiet(transformers) -> Iterator[None]:
         root.setLevel(root_level)
         if hf_logging is not None and previous is not None:
             hf_logging.set_verbosity(previous)
+
+
+def _two_lines(exc: BaseException) -> str:
+    """The first two lines of ``str(exc)`` in one (validation errors put the reason on line 2)."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(text[:2])[:400] if text else type(exc).__name__
 
 
 def _one_line(exc: BaseException) -> str:
