@@ -1084,16 +1084,38 @@ def infer_counts(names: Iterable[str], config: Mapping[str, Any]) -> tuple[Count
             if part.isdigit():
                 stems.setdefault(".".join(parts[:k]) + ".", set()).add(int(part))
                 break
+    # Layer-count fields: top level, then one level down in sub-configs (text_config.num_hidden_layers
+    # of a vision-language model), as dotted paths.
+    fields: list[tuple[str, int]] = [(f, config[f]) for f in LAYER_FIELDS if _is_int(config.get(f))]
+    for key, sub in config.items():
+        if isinstance(sub, Mapping) and isinstance(key, str):
+            fields += [(f"{key}.{f}", sub[f]) for f in LAYER_FIELDS + ("depth",) if _is_int(sub.get(f))]
     groups = []
     for stem, indices in stems.items():
         n = len(indices)
         if n < 1 or indices != set(range(n)) or (n == 1 and stem.split(".")[-2] not in _LAYER_STEMS):
             continue
-        field_name = next((f for f in LAYER_FIELDS if config.get(f) == n and not isinstance(config.get(f), bool)), None)
-        if field_name is None:
+        matching = [f for f, value in fields if value == n]
+        if not matching:
             continue
+        field_name = min(matching, key=lambda f: _affinity(stem, f))
         groups.append(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", n, field_name, "layers"))
     return tuple(groups)
+
+
+_TOWERS = ("vision", "visual", "image", "audio", "speech")
+
+
+def _affinity(stem: str, field_path: str) -> tuple[int, int]:
+    """Sort key pairing a run with the config field most likely to count it: a vision tower with
+    vision_config, the language model with text_config or the top level."""
+    sub = field_path.rpartition(".")[0]
+    tower = next((t for t in _TOWERS if t in stem), None)
+    if tower is not None:
+        return (0 if sub and (tower in sub or (tower == "visual" and "vision" in sub)) else 2, len(field_path))
+    if not sub:
+        return (0, len(field_path))
+    return (1 if "text" in sub or "language" in sub or "decoder" in sub or "llm" in sub else 3, len(field_path))
 
 
 def natural_key(name: str) -> tuple:

@@ -637,6 +637,40 @@ def test_transformers_reference_counts_layers_when_config_says_one(transformers,
 
 
 @pytest.mark.transformers
+def test_transformers_reference_counts_the_layers_of_sub_configs(transformers, tmp_path):
+    """A vision-language model keeps its language model's depth in text_config.num_hidden_layers:
+    a wrong value there is a count error (HFC604) naming that field, not a warning per tensor."""
+    text = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                    num_attention_heads=2, max_position_embeddings=32)
+    vision = transformers.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=28, patch_size=14)
+    config = transformers.LlavaConfig(text_config=text, vision_config=vision, image_token_index=63,
+                                      vision_feature_layer=-1)
+    transformers.LlavaForConditionalGeneration(config).save_pretrained(tmp_path / "llava")
+    assert shape_codes(tmp_path / "llava") == []
+    data = json.loads((tmp_path / "llava" / "config.json").read_text())
+    data["text_config"]["num_hidden_layers"] = 1
+    folder = copy_with(tmp_path, tmp_path / "llava", config={"text_config": data["text_config"]}, name="cut")
+    found = findings_of(folder)
+    assert [f.code for f in found] == ["HFC604"], [(f.code, f.message) for f in found]
+    assert "text_config.num_hidden_layers is 1" in found[0].message
+
+
+@pytest.mark.transformers
+def test_config_transformers_refuses_is_an_error(transformers, tmp_path):
+    """Qwen2Config checks layer_types against num_hidden_layers: a config it refuses does not load
+    (from_pretrained raises), so the transformers reference reports it as HFC611, not as unavailable."""
+    config = transformers.Qwen2Config(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen2")
+    assert shape_codes(tmp_path / "qwen2", reference="transformers") == []
+    folder = copy_with(tmp_path, tmp_path / "qwen2", config={"num_hidden_layers": 3}, name="bad")
+    [found] = findings_of(folder, reference="transformers")
+    assert found.code == "HFC611" and found.severity == Severity.ERROR
+    assert "from_pretrained fails" in found.message and "layer_types" in found.message
+
+
+@pytest.mark.transformers
 def test_reference_failure_is_an_info_finding(transformers, tmp_path, monkeypatch):
     folder = copy_with(tmp_path, FAMILY_DIR / "mistral", config={"model_type": "no_such_model"})
     found = findings_of(folder, reference="transformers")

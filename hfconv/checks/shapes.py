@@ -166,6 +166,8 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
             try:
                 return ref.expected_from_transformers(contents.folder.root, config,
                                                       contents.options.trust_remote_code), notes
+            except ref.ConfigRejected as exc:
+                raise ConfigValueError((), f"is refused by {exc}") from None
             except ref.ReferenceUnavailable as exc:
                 fallback = ("checked against hfconv's rule table instead" if family is not None else
                             "only embedding sizes and the layer count were checked")
@@ -259,7 +261,7 @@ def _count_message(count: CountMismatch, config: Mapping[str, Any]) -> str:
     want = set(range(group.expected))
     found = set(count.found)
     field = group.field
-    stated = f"config.json {field} is {group.expected}" if field in config else \
+    stated = f"config.json {field} is {group.expected}" if _lookup(config, field) is not None else \
         f"config.json implies {field} = {group.expected}"
     noun = group.noun
     if not found:
@@ -273,6 +275,14 @@ def _count_message(count: CountMismatch, config: Mapping[str, Any]) -> str:
         text += (", and " if extra else ": ") + f"{_singular(noun, absent)} {_ranges(absent)} would stay randomly " \
             "initialised"
     return text
+
+
+def _lookup(config: Mapping[str, Any], path: str) -> Any:
+    """``config["text_config"]["num_hidden_layers"]`` for ``text_config.num_hidden_layers``."""
+    value: Any = config
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 def _singular(noun: str, items: list[int]) -> str:
