@@ -92,7 +92,16 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
             prefix = getattr(model, "base_model_prefix", "") or ""
         except ReferenceUnavailable:
             raise
-        except Exception as exc:  # transformers raises anything from ValueError to AttributeError
+        except (ValueError, AssertionError) as exc:
+            # A built-in model class that refuses its own config (DiffLlama with an odd
+            # num_key_value_heads, SqueezeBERT with embedding_size != hidden_size) fails the same
+            # way in from_pretrained; folder code may be buggy, so there it stays a reason.
+            if isinstance(config.get("auto_map"), dict) and trust_remote_code:
+                raise ReferenceUnavailable(f"transformers {version} could not build the model: "
+                                           f"{_one_line(exc)}") from None
+            raise ConfigRejected(f"the model class of transformers {version} ({_class_name(config)}), so "
+                                 f"from_pretrained fails: {_two_lines(exc)}") from None
+        except Exception as exc:  # transformers raises anything from ImportError to AttributeError
             raise ReferenceUnavailable(f"transformers {version} could not build the model: {_one_line(exc)}") from None
     architecture = type(model).__name__
     prefix = prefix + "." if prefix and any(n.startswith(prefix + ".") for n in state) else ""
@@ -163,7 +172,15 @@ def _build_model(transformers, torch, hf_config, config: Mapping[str, Any], trus
             except Exception:  # the lazy module may fail to import an optional backend
                 cls = None
         if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
-            return cls._from_config(hf_config) if hasattr(cls, "_from_config") else cls(hf_config)
+            try:
+                return cls._from_config(hf_config) if hasattr(cls, "_from_config") else cls(hf_config)
+            except (ValueError, AssertionError) as exc:
+                if getattr(cls, "config_class", None) is not type(hf_config):
+                    # architectures names a class of another model type: its refusal says nothing
+                    # about the config (the Auto classes pick by model_type).
+                    raise ReferenceUnavailable(f"transformers {version} could not build {architecture}: "
+                                               f"{_one_line(exc)}") from None
+                raise
         return _from_auto(transformers, hf_config, trust_remote_code=False)
 
 
@@ -254,6 +271,13 @@ def _quiet(transformers) -> Iterator[None]:
         root.setLevel(root_level)
         if hf_logging is not None and previous is not None:
             hf_logging.set_verbosity(previous)
+
+
+def _class_name(config: Mapping[str, Any]) -> str:
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs and isinstance(archs[0], str) and _IDENTIFIER.match(archs[0]):
+        return archs[0]
+    return f"model_type {config.get('model_type')!r}"
 
 
 def _two_lines(exc: BaseException) -> str:

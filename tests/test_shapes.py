@@ -671,6 +671,19 @@ def test_config_transformers_refuses_is_an_error(transformers, tmp_path):
 
 
 @pytest.mark.transformers
+def test_model_class_that_refuses_its_config_is_an_error(transformers, tmp_path):
+    """DiffLlama's model class (not its config class) needs an even num_key_value_heads: with 1,
+    from_pretrained raises, so --reference auto reports HFC611 instead of falling back to an info."""
+    config = transformers.DiffLlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    transformers.DiffLlamaForCausalLM(config).save_pretrained(tmp_path / "diffllama")
+    assert shape_codes(tmp_path / "diffllama") == []
+    folder = copy_with(tmp_path, tmp_path / "diffllama", config={"num_key_value_heads": 1}, name="odd")
+    [found] = findings_of(folder)
+    assert found.code == "HFC611" and "DiffLlamaForCausalLM" in found.message, found.message
+
+
+@pytest.mark.transformers
 def test_reference_failure_is_an_info_finding(transformers, tmp_path, monkeypatch):
     folder = copy_with(tmp_path, FAMILY_DIR / "mistral", config={"model_type": "no_such_model"})
     found = findings_of(folder, reference="transformers")
