@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .contents import FolderContents, read_contents
-from .discovery import TRAINING_LEFTOVERS, WeightSet, discover, parse_shard_name
+from .discovery import ADAPTER, TRAINING_LEFTOVERS, WeightSet, discover, parse_shard_name
 from .dtypes import itemsize, nbytes, swap_unit
 from .findings import Finding, finding, register
 from .fsutil import is_safe_relative_name, open_regular
@@ -583,16 +583,21 @@ def plan_conversion(contents: FolderContents, max_shard_size: int, dtype: str = 
 
     # 2b. The shard plan (sizes only) and each shard's header metadata.
     by_name = {t.name: t for t in planned}
-    groups_of_names = plan_shards([(t.name, t.nbytes) for t in planned], max_shard_size)
+    if weight_set.single in ADAPTER.values():
+        # PEFT reads one adapter_model.safetensors and knows no shards or index.
+        named_groups = [(ADAPTER["safetensors"], [t.name for t in planned])]
+    else:
+        groups = plan_shards([(t.name, t.nbytes) for t in planned], max_shard_size)
+        named_groups = [(shard_file_name(i, len(groups)), names) for i, names in enumerate(groups, start=1)]
     metadata = {"format": "pt"}
     if dropped:
         metadata[_METADATA_DROPPED] = json.dumps(dropped, sort_keys=True, ensure_ascii=False)
     if copied:
         metadata[_METADATA_COPIED] = json.dumps(copied, sort_keys=True, ensure_ascii=False)
     shards = []
-    for i, names in enumerate(groups_of_names, start=1):
+    for name, names in named_groups:
         tensors = tuple(by_name[n] for n in names)
-        shards.append(ShardPlan(shard_file_name(i, len(groups_of_names)), tensors, metadata, data_phase(tensors)))
+        shards.append(ShardPlan(name, tensors, metadata, data_phase(tensors)))
     for shard in shards:
         if len(shard.header) - 8 > MAX_HEADER_BYTES:
             raise _refuse(f"{shard.name} would need a header over 100 MB; use a smaller --max-shard-size")

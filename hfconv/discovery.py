@@ -27,6 +27,7 @@ SHARD_RE = {
 }
 SINGLE = {"safetensors": SAFE_SINGLE, "bin": BIN_SINGLE}
 INDEX = {"safetensors": SAFE_INDEX, "bin": BIN_INDEX}
+ADAPTER = {"safetensors": "adapter_model.safetensors", "bin": "adapter_model.bin"}
 
 JSON_FILES = (
     "config.json",
@@ -227,12 +228,11 @@ def is_safe_revision(revision: str) -> bool:
 
 def _weight_set(fmt: str, names: list[str]) -> WeightSet:
     shards = sorted(n for n in names if SHARD_RE[fmt].match(n))
-    return WeightSet(
-        format=fmt,
-        single=SINGLE[fmt] if SINGLE[fmt] in names else None,
-        index=INDEX[fmt] if INDEX[fmt] in names else None,
-        shard_files=tuple(shards),
-    )
+    single = SINGLE[fmt] if SINGLE[fmt] in names else None
+    index = INDEX[fmt] if INDEX[fmt] in names else None
+    if not (single or index or shards) and ADAPTER[fmt] in names and "adapter_config.json" in names:
+        single = ADAPTER[fmt]  # a PEFT adapter folder: PeftModel.from_pretrained reads this file
+    return WeightSet(format=fmt, single=single, index=index, shard_files=tuple(shards))
 
 
 def _list_files(root: Path) -> tuple[list[str], list[str], bool, list[str]]:

@@ -381,3 +381,47 @@ def test_leftover_pickle_importing_anything_else_is_an_error(tmp_path: Path) -> 
     assert f"'{os.system.__module__}.system'" in leftovers["training_args.bin"].message
     assert leftovers["optimizer.pt"].severity.value == "error" and "could not be walked" in leftovers["optimizer.pt"].message
     assert not report.ok
+
+
+def adapter_folder(tmp_path: Path, fmt: str) -> tuple[Path, dict]:
+    """A PEFT LoRA adapter folder as PeftModel.save_pretrained writes it (no config.json)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / f"adapter-{fmt}"
+    folder.mkdir()
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    state = {f"{prefix}.lora_A.weight": torch.randn(8, 32), f"{prefix}.lora_B.weight": torch.zeros(32, 8)}
+    if fmt == "safetensors":
+        save_file(state, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    else:
+        torch.save(state, folder / "adapter_model.bin")
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"],
+        "base_model_name_or_path": "meta-llama/Llama-2-7b-hf", "task_type": "CAUSAL_LM"}))
+    return folder, state
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_adapter_weights_are_read_and_checked(tmp_path: Path, fmt: str) -> None:
+    folder, state = adapter_folder(tmp_path, fmt)
+    report = validate(folder, strict=True)
+    assert report.ok, report.findings
+    assert report.summary.tensors == 2 and report.layout.shards == (f"adapter_model.{fmt}",)
+    weights = folder / f"adapter_model.{fmt}"
+    weights.write_bytes(weights.read_bytes()[:300])  # truncated in transit
+    broken = validate(folder)
+    assert not broken.ok and {f.file for f in broken.findings if f.severity.value == "error"} == {weights.name}
+
+
+def test_adapter_bin_converts_to_one_adapter_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from hfconv.conversion import convert
+
+    folder, state = adapter_folder(tmp_path, "bin")
+    result = convert(folder, tmp_path / "out", max_shard_size="1KB")  # PEFT knows no shards
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert [s.name for s in result.shards] == ["adapter_model.safetensors"]
+    output = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert output.keys() == state.keys() and all(output[k].equal(v) for k, v in state.items())
