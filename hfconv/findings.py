@@ -158,6 +158,12 @@ register("HFC011", "warning", "training leftover",
          "optimizer.pt is a training leftover; it does not belong in a published model folder, and its "
          "pickle references 'posix.system', which no training run writes: torch.load on it would run "
          "whatever it holds")
+register("HFC012", "warning", "safetensors format metadata",
+         "The safetensors header has a __metadata__ block without 'format' (or with a value other than "
+         "pt, tf, flax or mlx). transformers 4.x refuses the file ('does not contain the valid "
+         "metadata'); transformers 5 and plain safetensors load it.",
+         "Re-save with save_pretrained, or convert it (hfconv convert writes format=pt).",
+         "model.safetensors: __metadata__ has no 'format' entry; transformers 4.x refuses to load it")
 register("HFC101", "error", "file too short",
          "A safetensors file starts with an 8-byte header length; this file is shorter.",
          "Re-download the file; it is truncated or not safetensors.",

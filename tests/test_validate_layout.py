@@ -425,3 +425,16 @@ def test_adapter_bin_converts_to_one_adapter_safetensors(tmp_path: Path) -> None
     assert [s.name for s in result.shards] == ["adapter_model.safetensors"]
     output = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert output.keys() == state.keys() and all(output[k].equal(v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("metadata, flagged", [(None, False), ({"format": "pt"}, False), ({"format": "mlx"}, False),
+                                               ({"source": "x"}, True), ({"format": "np"}, True)])
+def test_safetensors_format_metadata(tmp_path: Path, metadata, flagged: bool) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_fixture(tmp_path, "llama-safetensors")
+    save_file(load_file(folder / "model.safetensors"), folder / "model.safetensors", metadata=metadata)
+    found = [f for f in validate(folder).findings if f.code == "HFC012"]
+    assert bool(found) == flagged
+    if flagged:
+        assert found[0].file == "model.safetensors" and found[0].severity.value == "warning"

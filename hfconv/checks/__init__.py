@@ -9,7 +9,7 @@ from ..findings import Finding
 from .custom_code import check_custom_code
 from .deep import check_deep
 from .index import check_index
-from .layout import check_hygiene, check_layout, check_read_errors
+from .layout import check_hygiene, check_layout, check_read_errors, check_weight_metadata
 from .manifest import check_manifest
 from .schemas import check_schemas
 from .shapes import check_shapes
@@ -20,6 +20,7 @@ Check = Callable[[FolderContents], Iterable[Finding]]
 CHECKS: list[Check] = [
     check_read_errors,
     check_layout,
+    check_weight_metadata,
     check_hygiene,
     check_index,
     check_schemas,

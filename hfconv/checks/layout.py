@@ -56,6 +56,24 @@ def _describe_json_error(error: Exception) -> str:
     return message if message.startswith(("is ", "has ", "was ")) else f"is not valid JSON: {message}"
 
 
+_SAFETENSORS_FORMATS = ("pt", "tf", "flax", "mlx")
+"""__metadata__['format'] values transformers 4.x accepts (any other, or none, is refused)."""
+
+
+def check_weight_metadata(contents: FolderContents) -> Iterator[Finding]:
+    """safetensors files the loader reads carry a 'format' transformers 4.x accepts."""
+    loaded = contents.folder.loaded_set
+    for name in contents.shards_of(loaded) if loaded is not None else ():
+        weight_file = contents.weights.get(name)
+        if weight_file is None or weight_file.format != "safetensors" or weight_file.metadata is None:
+            continue  # no __metadata__ at all is fine for every version
+        value = weight_file.metadata.get("format")
+        if value not in _SAFETENSORS_FORMATS:
+            what = "has no 'format' entry" if value is None else f"says format={value!r}"
+            yield finding("HFC012", f"{name}: __metadata__ {what}; transformers 4.x refuses to load it "
+                          "(transformers 5 does not check)", file=name)
+
+
 def check_layout(contents: FolderContents) -> Iterator[Finding]:
     """Weights present, indexes where shards need them, one weight format, shard numbering."""
     folder = contents.folder
