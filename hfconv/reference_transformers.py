@@ -95,8 +95,9 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
         except (ValueError, AssertionError) as exc:
             # A built-in model class that refuses its own config (DiffLlama with an odd
             # num_key_value_heads, SqueezeBERT with embedding_size != hidden_size) fails the same
-            # way in from_pretrained; folder code may be buggy, so there it stays a reason.
-            if isinstance(config.get("auto_map"), dict) and trust_remote_code:
+            # way in from_pretrained. A folder with its own code (auto_map) loads through that code,
+            # so there the built-in class's refusal is only a reason.
+            if isinstance(config.get("auto_map"), dict):
                 raise ReferenceUnavailable(f"transformers {version} could not build the model: "
                                            f"{_one_line(exc)}") from None
             raise ConfigRejected(f"the model class of transformers {version} ({_class_name(config)}), so "
@@ -150,8 +151,13 @@ def _build_config(transformers, folder, config: Mapping[str, Any], trust_remote_
         return CONFIG_MAPPING[model_type].from_pretrained(os.fspath(folder), local_files_only=True)
     except Exception:  # noqa: BLE001 - from_pretrained refuses it too: the folder does not load
         pass
-    if not os.path.isfile(os.path.join(os.fspath(folder), "config.json")):
-        raise ReferenceUnavailable(f"transformers {version} refused the config: {_one_line(first)}") from None
+    if has_code or not os.path.isfile(os.path.join(os.fspath(folder), "config.json")):
+        # With its own code (auto_map) the folder is loaded through its own config class, which
+        # may well accept what the built-in class of the same model_type refuses.
+        reason = f"transformers {version} refused the config: {_one_line(first)}"
+        if has_code:
+            reason += " (the folder's own code, auto_map, is only used with --trust-remote-code)"
+        raise ReferenceUnavailable(reason) from None
     raise ConfigRejected(f"{CONFIG_MAPPING[model_type].__name__} of transformers {version}, so from_pretrained "
                          f"fails: {_two_lines(first)}") from None
 

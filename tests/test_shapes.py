@@ -681,6 +681,9 @@ def test_model_class_that_refuses_its_config_is_an_error(transformers, tmp_path)
     folder = copy_with(tmp_path, tmp_path / "diffllama", config={"num_key_value_heads": 1}, name="odd")
     [found] = findings_of(folder)
     assert found.code == "HFC611" and "DiffLlamaForCausalLM" in found.message, found.message
+    # With its own code (auto_map) the folder loads through that code: the built-in refusal is a reason.
+    folder = copy_with(tmp_path, folder, config={"auto_map": {"AutoConfig": "configuration_x.XConfig"}}, name="code")
+    assert shape_codes(folder) == ["HFC609"]
 
 
 @pytest.mark.transformers
