@@ -419,8 +419,18 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, old)
 
 
-def run_one(model_type: str, workdir: str, max_params: int, mutate: bool, heads: bool = True) -> dict:
-    """Everything for one model_type, in a worker process; returns a plain dict."""
+def run_one(model_type: str, workdir: str, max_params: int, mutate: bool, heads: bool = True,
+            keep: bool = False) -> dict:
+    """Everything for one model_type, in a worker process; returns a plain dict. Its folders are
+    deleted at the end unless ``keep`` (a full sweep with mutations writes tens of GB)."""
+    try:
+        return _run_one(model_type, workdir, max_params, mutate, heads)
+    finally:
+        if not keep:
+            shutil.rmtree(Path(workdir) / model_type, ignore_errors=True)
+
+
+def _run_one(model_type: str, workdir: str, max_params: int, mutate: bool, heads: bool) -> dict:
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -500,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated model_types whose folders are broken on purpose ('all', or '')")
     parser.add_argument("--no-heads", action="store_true", help="only the task's class, not the bare model and "
                         "classification heads")
-    parser.add_argument("--keep", help="write the folders here and keep them (default: a temporary folder)")
+    parser.add_argument("--keep", help="write the folders here and keep them (default: a temporary folder, each "
+                        "architecture's folders deleted once it is done; with --mutate all, --keep needs ~50 GB)")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args(argv)
 
@@ -513,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     # Fresh workers every few types: some models leak memory or leave global state behind.
     with multiprocessing.get_context("fork").Pool(args.jobs, maxtasksperchild=4) as pool:
-        pending = [pool.apply_async(run_one, (t, workdir, int(args.max_params), t in mutate, not args.no_heads))
-                   for t in types]
+        pending = [pool.apply_async(run_one, (t, workdir, int(args.max_params), t in mutate, not args.no_heads,
+                                              bool(args.keep))) for t in types]
         for t, job in zip(types, pending, strict=True):
             try:
                 r = job.get(timeout=TIMEOUT_S * 4)
