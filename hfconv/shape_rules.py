@@ -1148,8 +1148,8 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
     Only stored tensors are listed (nothing is "missing"), and ``complete=False`` (nothing is
     "unexpected").
     """
-    vocab = config.get("vocab_size")
-    width_field = next((f for f in _HIDDEN_FIELDS if _is_int(config.get(f))), None)
+    vocab_field, vocab = _field(config, ("vocab_size",))
+    width_field, width = _field(config, _HIDDEN_FIELDS)
     model_type = config.get("model_type")
     # The base-model attribute is usually named after the model type (electra., deberta.).
     bases = _BASES | ({model_type.replace("-", "_")} if isinstance(model_type, str) else set())
@@ -1162,18 +1162,17 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
             continue
         # A decoder may have a vocabulary of its own (Marian with share_encoder_decoder_embeddings
         # false embeds decoder_vocab_size rows, with it true vocab_size): it needs the smaller.
-        vocab_field, rows = "vocab_size", vocab
+        rows_field, rows = vocab_field, vocab
         dec = config.get("decoder_vocab_size")
         if "decoder" in parts[:-2] and _is_int(dec) and (not _is_int(vocab) or dec < vocab):
-            vocab_field, rows = "decoder_vocab_size", dec
+            rows_field, rows = "decoder_vocab_size", dec
         dims = []
-        if _is_int(rows) and shape[0] < rows:
-            dims.append(Dim(rows, (vocab_field,), f"{vocab_field} = {rows}",
-                            (f"an embedding needs at least {vocab_field} = {rows} rows",)))
+        if rows_field is not None and _is_int(rows) and shape[0] < rows:
+            dims.append(Dim(rows, (rows_field,), f"{rows_field} = {rows}",
+                            (f"an embedding needs at least {rows_field} = {rows} rows",)))
         else:
             dims.append(Dim(shape[0]))
         if width_field is not None:
-            width = config[width_field]
             dims.append(Dim(width, (width_field,), f"{width_field} = {width}"))
         else:
             dims.append(Dim(shape[1]))
@@ -1186,19 +1185,34 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
                 if parts[k - 1] in _LAYER_STEMS and set(parts[:k - 1]) <= bases | {"encoder", "decoder"}:
                     stems.setdefault(".".join(parts[:k]) + ".", set()).add(int(part))
                 break
-    layer_field = next((f for f in _DEPTH_FIELDS if _is_int(config.get(f))), None)
-    runs: list[tuple[str, str]] = []  # (stem, config field)
-    if len(stems) == 1 and layer_field is not None:
-        runs = [(next(iter(stems)), layer_field)]
+    runs: list[tuple[str, str | None, Any]] = []  # (stem, config field, its value)
+    if len(stems) == 1:
+        runs = [(next(iter(stems)), *_field(config, _DEPTH_FIELDS))]
     elif len(stems) == 2:  # an encoder-decoder: one run under encoder., one under decoder.
         by_side = {side: [s for s in stems if f".{side}." in f".{s}"] for side in ("encoder", "decoder")}
         if all(len(v) == 1 for v in by_side.values()):
-            runs = [(by_side[side][0], f"{side}_layers") for side in ("encoder", "decoder")
-                    if _is_int(config.get(f"{side}_layers"))]
-    counts = tuple(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", config[f], f, "layers")
-                   for stem, f in runs)
+            # BART: encoder_layers/decoder_layers; T5: num_layers and num_decoder_layers (null: num_layers).
+            runs = [(by_side["encoder"][0], *_field(config, ("encoder_layers", "num_layers"))),
+                    (by_side["decoder"][0], *_field(config, ("decoder_layers", "num_decoder_layers", "num_layers")))]
+    counts = tuple(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", value, f, "layers")
+                   for stem, f, value in runs if f is not None)
     return ExpectedModel(tensors=tensors, family=model_type if isinstance(model_type, str) else None,
                          architecture=architecture_of(config), source="generic", counts=counts, complete=False)
+
+
+def _field(config: Mapping[str, Any], names: Iterable[str]) -> tuple[str | None, Any]:
+    """(path, value) of the first of ``names`` set to an integer in config.json, or else in its
+    text_config (vision-language models keep the language model's sizes there); (None, None)."""
+    names = tuple(names)
+    for name in names:
+        if _is_int(config.get(name)):
+            return name, config[name]
+    text = config.get("text_config")
+    if isinstance(text, Mapping):
+        for name in names:
+            if _is_int(text.get(name)):
+                return f"text_config.{name}", text[name]
+    return None, None
 
 
 def _is_int(value: Any) -> bool:

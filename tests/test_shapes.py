@@ -197,6 +197,9 @@ def test_generic_checks_tolerate_extra_embedding_rows():
     # BART-style models embed through model.shared.
     ({"model_type": "bart", "vocab_size": 576, "d_model": 64}, {"model.shared.weight": (512, 64)},
      ["model.shared.weight"]),
+    # A vision-language model: the language model's vocabulary and width are in text_config.
+    ({"model_type": "llava", "text_config": {"vocab_size": 576, "hidden_size": 64}},
+     {"model.language_model.embed_tokens.weight": (512, 64)}, ["model.language_model.embed_tokens.weight"]),
     # OPT: model.decoder.embed_tokens, word_embed_proj_dim wide.
     ({"model_type": "opt", "vocab_size": 576, "hidden_size": 64, "word_embed_proj_dim": 32},
      {"model.decoder.embed_tokens.weight": (512, 32), "lm_head.weight": (576, 32)},
@@ -226,6 +229,12 @@ def test_generic_embedding_checks(config, actual, mismatched):
     ({"model_type": "bart", "encoder_layers": 2, "decoder_layers": 2},
      ["model.encoder.layers.0.a", "model.encoder.layers.1.a", "model.decoder.layers.0.a", "model.decoder.layers.1.a"],
      []),
+    # mT5/UMT5: num_layers, and num_decoder_layers (null: num_layers too).
+    ({"model_type": "umt5", "num_layers": 3, "num_decoder_layers": None},
+     ["encoder.block.0.a", "encoder.block.1.a", "decoder.block.0.a", "decoder.block.1.a"], [(3, (0, 1)), (3, (0, 1))]),
+    # A vision-language model keeps the language model's depth in text_config.
+    ({"model_type": "llava", "text_config": {"num_hidden_layers": 1}},
+     ["model.language_model.layers.0.a", "model.language_model.layers.1.a"], [(1, (0, 1))]),
 ])
 def test_generic_layer_count_aliases(config, names, want):
     actual = {n: (4,) for n in names}
