@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -166,6 +166,11 @@ def discover(root: str | os.PathLike) -> ModelFolder:
     files, special, truncated, linked_dirs = _list_files(root_path)
     top_level = [f for f in files if "/" not in f]
     weight_sets = {fmt: _weight_set(fmt, top_level) for fmt in ("safetensors", "bin")}
+    if not any(ws.present for ws in weight_sets.values()) and "adapter_config.json" in top_level:
+        # A PEFT adapter folder: PeftModel.from_pretrained reads adapter_model.safetensors first.
+        adapter = next((fmt for fmt in ("safetensors", "bin") if ADAPTER[fmt] in top_level), None)
+        if adapter is not None:
+            weight_sets[adapter] = replace(weight_sets[adapter], single=ADAPTER[adapter])
     return ModelFolder(
         root=root_path,
         files=tuple(files),
@@ -228,11 +233,12 @@ def is_safe_revision(revision: str) -> bool:
 
 def _weight_set(fmt: str, names: list[str]) -> WeightSet:
     shards = sorted(n for n in names if SHARD_RE[fmt].match(n))
-    single = SINGLE[fmt] if SINGLE[fmt] in names else None
-    index = INDEX[fmt] if INDEX[fmt] in names else None
-    if not (single or index or shards) and ADAPTER[fmt] in names and "adapter_config.json" in names:
-        single = ADAPTER[fmt]  # a PEFT adapter folder: PeftModel.from_pretrained reads this file
-    return WeightSet(format=fmt, single=single, index=index, shard_files=tuple(shards))
+    return WeightSet(
+        format=fmt,
+        single=SINGLE[fmt] if SINGLE[fmt] in names else None,
+        index=INDEX[fmt] if INDEX[fmt] in names else None,
+        shard_files=tuple(shards),
+    )
 
 
 def _list_files(root: Path) -> tuple[list[str], list[str], bool, list[str]]:

@@ -151,13 +151,13 @@ register("HFC011", "warning", "training leftover",
          "trainer_state.json) are not part of the model. Most are pickles: whoever runs torch.load on them "
          "(a resumed Trainer, a curious user) executes whatever they hold, and no loader of the model checks "
          "them. hfconv lists each pickle's globals without loading it: a warning when they are what "
-         "Trainer writes (its argument classes, tensors, numpy's random state), an error naming the "
-         "global when anything else is imported, or when the pickle cannot be walked.",
+         "Trainer writes (its argument classes, tensors, numpy's random state) or when there is no "
+         "pickle in it, an error naming the global when anything else is imported, or for a zip "
+         "torch might read differently from hfconv.",
          "Delete them from the folder before publishing (keep them in private storage if you resume "
          "training), or --ignore HFC011 if they must stay. An error means: do not torch.load the file.",
          "optimizer.pt is a training leftover; it does not belong in a published model folder, and its "
-         "pickle references 'posix.system', which no training run writes: torch.load on it would run "
-         "whatever it holds")
+         "pickle references 'posix.system', which no training run writes: torch.load on it would run it")
 register("HFC012", "warning", "safetensors format metadata",
          "The safetensors header has a __metadata__ block without 'format' (or with a value other than "
          "pt, tf, flax or mlx). transformers 4.x refuses the file ('does not contain the valid "

@@ -127,7 +127,7 @@ _PAGE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="hfconv {{ version }}">
 <title>{{ page.title }}</title>
-<style>{{ css }}</style>
+<style>{{ css | safe }}</style>
 </head>
 <body>
 <header>

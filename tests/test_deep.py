@@ -118,3 +118,19 @@ def test_cli_deep_flag(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert [f["code"] for f in json.loads(result.stdout)["findings"] if f["severity"] == "error"] == ["HFC901"]
     assert "--deep" in runner.invoke(main, ["validate", "--help"]).output
+
+
+def test_values_are_judged_per_tensor_view_not_per_storage(tmp_path: Path) -> None:
+    """torch.save keeps a slice's whole storage; only the elements the tensor views count."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    base = torch.randn(100)
+    base[50:] = float("nan")
+    grid = torch.randn(6, 8)
+    grid[0, 3] = float("inf")
+    torch.save({"head": base[:10], "middle": base[45:55], "transposed": grid.T, "alias": grid.T},
+               folder / "pytorch_model.bin")
+    found = {(f.code, f.tensor): f.message for f in deep_findings(folder)}
+    assert set(found) == {("HFC902", "middle"), ("HFC903", "transposed")}
+    assert "5 NaN values (of 10)" in found[("HFC902", "middle")]
+    assert "1 infinite values (of 48)" in found[("HFC903", "transposed")]

@@ -213,6 +213,8 @@ def parse_page(page: str) -> _Page:
     assert not [v for n, v in parsed.attrs if n in ("src", "href") and v and not v.startswith("#")]
     assert "url(" not in page and "@import" not in page
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    style = page[page.index("<style>"):page.index("</style>")]
+    assert "&#34;" not in style and "&quot;" not in style and '"Segoe UI"' in style  # CSS is not escaped text
     return parsed
 
 

@@ -374,13 +374,35 @@ def test_leftover_pickle_importing_anything_else_is_an_error(tmp_path: Path) -> 
 
     folder = copy_fixture(tmp_path, "llama-safetensors")
     (folder / "training_args.bin").write_bytes(pickle.dumps({"args": Payload()}, protocol=2))
+    report = validate(folder)
+    [leftover] = [f for f in report.findings if f.code == "HFC011"]
+    assert leftover.severity.value == "error" and leftover.file == "training_args.bin"
+    assert f"'{os.system.__module__}.system'" in leftover.message
+    assert not report.ok
+
+
+def test_leftovers_that_hold_no_pickle_are_warnings(tmp_path: Path) -> None:
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    folder = copy_fixture(tmp_path, "llama-safetensors")
     (folder / "optimizer.pt").write_bytes(b"not a pickle at all")
+    (folder / "scheduler.pt").write_bytes(b"")
+    (folder / "training_args.bin").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
+                                              + "0" * 64 + "\nsize 5304\n")
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(pickle.dumps(Payload(), protocol=2))
+    (folder / "rng_state.pth").symlink_to(outside)
     report = validate(folder)
     leftovers = {f.file: f for f in report.findings if f.code == "HFC011"}
-    assert leftovers["training_args.bin"].severity.value == "error"
-    assert f"'{os.system.__module__}.system'" in leftovers["training_args.bin"].message
-    assert leftovers["optimizer.pt"].severity.value == "error" and "could not be walked" in leftovers["optimizer.pt"].message
-    assert not report.ok
+    assert set(leftovers) == {"optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth"}
+    assert {f.severity.value for f in leftovers.values()} == {"warning"}
+    assert "git-lfs pointer" in leftovers["training_args.bin"].message
+    assert "not opened" in leftovers["rng_state.pth"].message  # never read outside the folder
+    assert "HFC006" in {f.code for f in report.findings if f.file == "rng_state.pth"}
 
 
 def adapter_folder(tmp_path: Path, fmt: str) -> tuple[Path, dict]:
@@ -438,3 +460,19 @@ def test_safetensors_format_metadata(tmp_path: Path, metadata, flagged: bool) ->
     assert bool(found) == flagged
     if flagged:
         assert found[0].file == "model.safetensors" and found[0].severity.value == "warning"
+
+
+def test_adapter_beside_full_weights_is_not_a_second_format(tmp_path: Path) -> None:
+    folder, _ = adapter_folder(tmp_path, "bin")
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(FIXTURES / "llama-safetensors" / name, folder / name)
+    report = validate(folder)
+    assert report.layout.format == "safetensors" and report.layout.shards == ("model.safetensors",)
+    assert "HFC004" not in {f.code for f in report.findings}
+
+
+def test_torch_checkpoint_named_safetensors_is_an_error(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, "llama-bin")
+    (folder / "pytorch_model.bin").rename(folder / "model.safetensors")
+    [f] = [f for f in validate(folder).findings if f.severity.value == "error"]
+    assert f.code == "HFC202" and f.file == "model.safetensors" and "rename it pytorch_model.bin" in f.message

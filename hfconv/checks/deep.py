@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..contents import FolderContents
-from ..dtypes import itemsize
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
+from ..tensor_bytes import OutsideStorage, located_storage, view_span
 from ..tensors import FormatError, WeightFile
 
 register("HFC901", "error", "corrupted storage",
@@ -72,57 +72,92 @@ def check_deep(contents: FolderContents) -> Iterator[Finding]:
         return
     from tqdm import tqdm
 
-    files = [(name, contents.weights[name]) for name in contents.shards_of(contents.folder.loaded_set)
-             if name in contents.weights]  # an unreadable file is already an error of its own
+    plans = [(name, weight_file, _plan(weight_file))
+             for name in contents.shards_of(contents.folder.loaded_set)
+             if (weight_file := contents.weights.get(name)) is not None]  # unreadable: already an error
     buffer = bytearray(_BUFFER_BYTES)
-    total = sum(span.nbytes for _, weight_file in files for span in _spans(weight_file))
+    total = sum(span.nbytes for _, _, (spans, strided) in plans for span in spans) + \
+        sum(view.end - view.begin for _, _, (_, strided) in plans for view in strided)
     # disable=None: a bar on a terminal only, never in a CI log or a piped report
     with tqdm(total=total, unit="B", unit_scale=True, desc="deep read", disable=None, leave=False,
               file=sys.stderr) as bar:
-        for name, weight_file in files:
+        for name, weight_file, plan in plans:
             try:
                 with open_regular(contents.folder.path(name)) as handle:
-                    yield from _check_file(name, weight_file, handle, buffer, bar.update)
+                    yield from _check_file(name, weight_file.byte_order == "big", plan, handle, buffer, bar.update)
             except (OSError, FormatError) as exc:
                 yield finding("HFC904", f"{name}: could not be opened for reading: {getattr(exc, 'message', exc)}",
                               file=name)
 
 
 @dataclass
-class _Span:
-    """One run of bytes to stream: a safetensors tensor or a whole .bin storage."""
+class _View:
+    """A tensor's bytes: counted as they stream past (contiguous) or gathered (strided)."""
 
     tensor: str
     dtype: str
     begin: int
+    end: int
+    stride: tuple[int, ...] | None = None
+    shape: tuple[int, ...] = ()
+
+
+@dataclass
+class _Span:
+    """One run of bytes streamed once: a safetensors tensor, or a whole .bin storage (whose
+    CRC-32 covers the whole record) with the contiguous views into it."""
+
+    begin: int
     nbytes: int
+    views: list[_View]
     crc32: int | None = None
     label: str = ""
+    first_user: str = ""
 
 
-def _spans(weight_file: WeightFile) -> list[_Span]:
+def _plan(weight_file: WeightFile) -> tuple[list[_Span], list[_View]]:
+    """(spans to stream, strided views to gather afterwards)."""
     if weight_file.format == "safetensors":
-        return [_Span(meta.name, meta.dtype, meta.data_offsets[0], meta.data_offsets[1] - meta.data_offsets[0])
-                for meta in weight_file.tensors.values() if meta.data_offsets is not None]
-    users: dict[str, str] = {}
+        spans = []
+        for meta in weight_file.tensors.values():
+            if meta.data_offsets is not None:
+                begin, end = meta.data_offsets
+                spans.append(_Span(begin, end - begin, [_View(meta.name, meta.dtype, begin, end)],
+                                   first_user=meta.name))
+        return spans, []
+    by_storage: dict[str, list[_View]] = {}
+    strided: list[_View] = []
+    seen: set[tuple] = set()
     for meta in weight_file.tensors.values():
-        if meta.storage_key is not None:
-            users.setdefault(meta.storage_key, meta.name)
+        storage = located_storage(meta, weight_file)
+        if storage is None:
+            continue
+        try:
+            begin, end, stride = view_span(meta, storage)
+        except OutsideStorage:
+            continue  # the reader already refused such a view
+        key = (begin, end, stride, meta.dtype, meta.shape)
+        if key in seen:
+            continue  # a tied alias: the same values, judged once under the first name
+        seen.add(key)
+        view = _View(meta.name, meta.dtype, begin, end, stride, meta.shape)
+        (strided if stride is not None else by_storage.setdefault(storage.key, [])).append(view)
     spans = []
+    users = {meta.storage_key: meta.name for meta in reversed(weight_file.tensors.values())}
     for key, storage in weight_file.storages.items():
         if storage.data_offset is None or key not in users:
             continue
         record = storage.record_nbytes if storage.record_nbytes is not None else storage.nbytes
-        spans.append(_Span(users[key], storage.dtype, storage.data_offset, record, storage.crc32,
-                           f"storage data/{key} (used by {users[key]!r})"))
-    return spans
+        spans.append(_Span(storage.data_offset, record, by_storage.get(key, []), storage.crc32,
+                           f"storage data/{key} (used by {users[key]!r})", users[key]))
+    return spans, strided
 
 
-def _check_file(name: str, weight_file: WeightFile, handle: BinaryIO, buffer: bytearray,
-                progress: Callable[[int], object]) -> Iterator[Finding]:
-    big_endian = weight_file.byte_order == "big"
-    for span in sorted(_spans(weight_file), key=lambda s: s.begin):
-        counts = _ValueCounts(span.dtype, big_endian)
+def _check_file(name: str, big_endian: bool, plan: tuple[list[_Span], list[_View]], handle: BinaryIO,
+                buffer: bytearray, progress: Callable[[int], object]) -> Iterator[Finding]:
+    spans, strided = plan
+    for span in sorted(spans, key=lambda s: s.begin):
+        counts = {id(view): _ValueCounts(view.dtype, big_endian) for view in span.views}
         crc = 0
         try:
             handle.seek(span.begin)
@@ -130,21 +165,48 @@ def _check_file(name: str, weight_file: WeightFile, handle: BinaryIO, buffer: by
                 chunk = _read_exactly(handle, memoryview(buffer)[:min(len(buffer), span.nbytes - done)])
                 if span.crc32 is not None:
                     crc = zlib.crc32(chunk, crc)
-                counts.add(chunk)
+                at = span.begin + done
+                for view in span.views:
+                    # chunks start a multiple of 16 MiB into the storage: on an element boundary
+                    # of every view into it
+                    low, high = max(view.begin, at), min(view.end, at + len(chunk))
+                    if low < high:
+                        counts[id(view)].add(chunk[low - at:high - at])
                 progress(len(chunk))
         except OSError as exc:
-            yield finding("HFC904", f"{name}: reading {span.tensor!r} failed: {exc}", file=name, tensor=span.tensor)
+            yield finding("HFC904", f"{name}: reading {span.first_user!r} failed: {exc}", file=name,
+                          tensor=span.first_user)
             continue
         if span.crc32 is not None and crc != span.crc32:
             yield finding("HFC901", f"{name}: {span.label} fails its CRC-32 check (recorded 0x{span.crc32:08x}, "
-                          f"computed 0x{crc:08x})", file=name, tensor=span.tensor)
-        total = span.nbytes // max(itemsize(span.dtype), 1)
-        if counts.nan:
-            yield finding("HFC902", f"{name}: {span.tensor!r} holds {counts.nan:,} NaN values (of {total:,})",
-                          file=name, tensor=span.tensor)
-        if counts.inf:
-            yield finding("HFC903", f"{name}: {span.tensor!r} holds {counts.inf:,} infinite values (of {total:,})",
-                          file=name, tensor=span.tensor)
+                          f"computed 0x{crc:08x})", file=name, tensor=span.first_user)
+        for view in span.views:
+            yield from _value_findings(name, view, counts[id(view)])
+    for view in strided:
+        counts = _ValueCounts(view.dtype, big_endian)
+        try:
+            counts.add_strided(_read_span(handle, view), view)
+        except OSError as exc:
+            yield finding("HFC904", f"{name}: reading {view.tensor!r} failed: {exc}", file=name, tensor=view.tensor)
+            continue
+        progress(view.end - view.begin)
+        yield from _value_findings(name, view, counts)
+
+
+def _value_findings(name: str, view: _View, counts: _ValueCounts) -> Iterator[Finding]:
+    total = counts.values
+    if counts.nan:
+        yield finding("HFC902", f"{name}: {view.tensor!r} holds {counts.nan:,} NaN values (of {total:,})",
+                      file=name, tensor=view.tensor)
+    if counts.inf:
+        yield finding("HFC903", f"{name}: {view.tensor!r} holds {counts.inf:,} infinite values (of {total:,})",
+                      file=name, tensor=view.tensor)
+
+
+def _read_span(handle: BinaryIO, view: _View) -> memoryview:
+    """A strided view's whole span (bounded by that one tensor)."""
+    handle.seek(view.begin)
+    return _read_exactly(handle, memoryview(bytearray(view.end - view.begin)))
 
 
 def _read_exactly(handle: BinaryIO, view: memoryview) -> memoryview:
@@ -167,6 +229,7 @@ class _ValueCounts:
 
         self.nan = 0
         self.inf = 0
+        self.values = 0
         self._np = np
         self._masks: tuple[int, int] | None = None
         self._nan_pattern: int | None = None
@@ -183,9 +246,25 @@ class _ValueCounts:
     def add(self, chunk: memoryview) -> None:
         if self._dtype is None:
             return
-        np = self._np
         count = len(chunk) // self._dtype.itemsize
-        values = np.frombuffer(chunk, dtype=self._dtype, count=count)
+        self._count(self._np.frombuffer(chunk, dtype=self._dtype, count=count))
+
+    def add_strided(self, span: memoryview, view: _View) -> None:
+        """Count the elements a strided view selects from its span."""
+        if self._dtype is None:
+            return
+        from numpy.lib.stride_tricks import as_strided
+
+        np, size = self._np, self._dtype.itemsize
+        base = np.frombuffer(span, dtype=self._dtype, count=len(span) // size)
+        assert view.stride is not None
+        self._count(np.ascontiguousarray(as_strided(base, shape=view.shape, strides=[s * size for s in view.stride],
+                                                    writeable=False)).reshape(-1))
+        del base
+
+    def _count(self, values) -> None:
+        np = self._np
+        self.values += len(values)
         if self._masks is not None:
             exponent, mantissa = self._masks
             special = (values & exponent) == exponent

@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from ..contents import FolderContents
 from ..discovery import TRAINING_LEFTOVERS, parse_shard_name
 from ..findings import Finding, finding
+from ..fsutil import open_regular
+from ..readers import LFS_POINTER_PREFIX
 from ..readers.torch_checkpoint import ALLOWED_GLOBALS, pickle_globals
+from ..tensors import FormatError
 
 _JSON_LEFTOVERS = frozenset({"trainer_state.json"})
 
@@ -138,19 +141,31 @@ _TRAINING_GLOBALS = frozenset({
 
 
 def _pickled_leftover(folder, name: str) -> Finding:
-    """A training leftover pickle: a warning when its globals are Trainer's own classes only,
-    an error naming the first other global (or when its pickle cannot even be walked)."""
-    found = pickle_globals(folder.path(name))
-    stranger = next((g for g in found if g not in _TRAINING_GLOBALS and g not in ALLOWED_GLOBALS), None) \
-        if found is not None else "?"
+    """A training leftover: a warning, unless the pickle in it imports something no training run
+    writes (an error naming it) or it is a zip torch might read differently from hfconv."""
     base = f"{name} is a training leftover; it does not belong in a published model folder"
-    if stranger is None:
-        return finding("HFC011", f"{base} (its pickle imports only what a training run writes; hfconv listed "
-                       "its globals without loading it)", file=name)
-    what = ("its pickle could not be walked" if stranger == "?" else
-            f"its pickle references {stranger!r}, which no training run writes")
-    return finding("HFC011", f"{base}, and {what}: torch.load on it would run whatever it holds", file=name,
-                   severity="error")
+    if not folder.contains(name):
+        return finding("HFC011", f"{base} (a symlink leaving the folder: not opened)", file=name)
+    if _is_lfs_pointer(folder.path(name)):
+        return finding("HFC011", f"{base} (a git-lfs pointer; the file itself was not downloaded)", file=name)
+    found = pickle_globals(folder.path(name))
+    if found is None:
+        return finding("HFC011", f"{base}, and it is a zip hfconv cannot read the way torch would: do not "
+                       "torch.load it", file=name, severity="error")
+    stranger = next((g for g in found if g not in _TRAINING_GLOBALS and g not in ALLOWED_GLOBALS), None)
+    if stranger is not None:
+        return finding("HFC011", f"{base}, and its pickle references {stranger!r}, which no training run writes: "
+                       "torch.load on it would run it", file=name, severity="error")
+    return finding("HFC011", f"{base} (hfconv listed its pickle's globals without loading it: only what a "
+                   "training run writes)", file=name)
+
+
+def _is_lfs_pointer(path) -> bool:
+    try:
+        with open_regular(path) as handle:
+            return handle.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
+    except (OSError, FormatError):
+        return False
 
 
 def _signatures(contents: FolderContents, weight_set) -> tuple[dict[str, tuple], set[str]] | None:

@@ -44,7 +44,13 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
     if len(head) >= 9 and head[8:9] == b"{" and struct.unpack_from("<Q", head)[0] <= size - 8:
         return read_safetensors(path)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or (head[:1] == b"\x80" and head[1:2] in _PICKLE_PROTOCOLS):
-        return read_torch_checkpoint(path)  # a torch checkpoint (or a bare pickle) named .safetensors
+        # A torch checkpoint (or a bare pickle) named .safetensors: the torch reader names a
+        # forbidden global first (the stronger finding); a harmless one still does not load,
+        # since loaders parse the name's format.
+        read_torch_checkpoint(path)
+        raise FormatError("HFC202", "is a torch checkpoint, not a safetensors file; loaders parse it as "
+                                    "safetensors and fail (rename it pytorch_model.bin; hfconv convert then "
+                                    "writes real safetensors)")
     try:
         return read_safetensors(path)
     except FormatError as err:

@@ -178,8 +178,10 @@ def pickle_globals(path: str | os.PathLike) -> list[str] | None:
     """Every global a pickled file would import (``module.name``), found by walking opcodes.
 
     For files that are not state dicts (``training_args.bin``, ``optimizer.pt``): a torch zip's
-    ``data.pkl``, or the pickle stream of any other file. Nothing is executed or imported.
-    Returns None when no pickle could be walked (not a pickle, damaged, unreadable).
+    ``data.pkl``, or the pickle stream of any other file, walked as far as an unpickler would
+    get (an empty list for a file that is no pickle at all). Nothing is executed or imported.
+    Returns None for a zip this module's strict parser refuses (torch might read it differently)
+    or a file that cannot be read.
     """
     try:
         with open_regular(path) as f:
@@ -187,10 +189,12 @@ def pickle_globals(path: str | os.PathLike) -> list[str] | None:
             head = _read_at(f, 0, min(size, 4))
             if head.startswith(b"PK"):
                 pickles = [e for e in _zip_entries(f, size) if _fold(e.name).endswith("/data.pkl")]
-                if len(pickles) != 1:
+                if len(pickles) > 1:
                     return None
-                return _pickle_globals(_zip_member_bytes(f, pickles[0], MAX_SCAN_BYTES), require_stop=True)
-            return _pickle_globals(_read_at(f, 0, min(size, MAX_SCAN_BYTES)), require_stop=True, multi=True)
+                if not pickles:
+                    return []  # torch.load fails before unpickling anything
+                return _pickle_globals(_zip_member_bytes(f, pickles[0], MAX_SCAN_BYTES)) or []
+            return _pickle_globals(_read_at(f, 0, min(size, MAX_SCAN_BYTES)), multi=True) or []
     except (FormatError, OSError):
         return None
 
@@ -291,17 +295,20 @@ def _scan_tar_pickles(f: BinaryIO) -> None:
     import tarfile
 
     f.seek(0)
+    budget = MAX_SCAN_BYTES  # in all: a file of many large 'pickle' members stays one scan's cost
     try:
         with tarfile.open(fileobj=_CappedReader(f, MAX_SCAN_BYTES), mode="r:") as tar:
             for count, member in enumerate(tar):
-                if count >= MAX_TAR_MEMBERS:
+                if count >= MAX_TAR_MEMBERS or budget <= 0:
                     break
-                if member.isfile() and member.name in _TAR_PICKLES and member.size <= MAX_SCAN_BYTES:
+                if member.isfile() and member.name in _TAR_PICKLES and member.size <= budget:
                     handle = tar.extractfile(member)
                     if handle is not None:
-                        _raise_if_forbidden_global(handle.read(MAX_SCAN_BYTES), f"tar member '{member.name}'",
+                        budget -= member.size
+                        _raise_if_forbidden_global(handle.read(member.size), f"tar member '{member.name}'",
                                                    multi=True)
-    except (tarfile.TarError, OSError, EOFError, ValueError):
+    # RecursionError: tarfile follows chained GNU long-name headers recursively
+    except (tarfile.TarError, OSError, EOFError, ValueError, RecursionError):
         pass
 
 
