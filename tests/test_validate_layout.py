@@ -469,6 +469,10 @@ def test_adapter_beside_full_weights_is_not_a_second_format(tmp_path: Path) -> N
     report = validate(folder)
     assert report.layout.format == "safetensors" and report.layout.shards == ("model.safetensors",)
     assert "HFC004" not in {f.code for f in report.findings}
+    assert "HFC608" not in {f.code for f in report.findings}  # the full weights' shapes are checked
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))
+    assert "HFC601" in {f.code for f in validate(folder).findings}
 
 
 def test_torch_checkpoint_named_safetensors_is_an_error(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..contents import FolderContents
+from ..discovery import ADAPTER
 from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
 from ..shape_rules import (
@@ -116,7 +117,10 @@ _CONFIG = "config.json"
 def check_shapes(contents: FolderContents) -> Iterator[Finding]:
     """Compare every loaded tensor's shape with the shape config.json implies."""
     folder = contents.folder
-    if folder.has("adapter_config.json"):
+    loaded = folder.loaded_set
+    if folder.has("adapter_config.json") and (loaded is None or loaded.single in ADAPTER.values()):
+        # Adapter weights are deltas for a base model; full weights beside an adapter_config.json
+        # (a merged model that kept it) are checked as usual.
         yield _adapter(contents)
         return
     config = contents.config
