@@ -817,14 +817,18 @@ def m_extra_special_not_in_vocab(folder: Path) -> None:
     _write(folder / "tokenizer_config.json", cfg)
 
 
-def m_template_unknown_filter(folder: Path) -> None:
-    text = "{% for message in messages %}{{ message['content'] | no_such_filter }}{% endfor %}"
+def _put_template(folder: Path, text: str) -> None:
+    """Replace the chat template where the folder keeps it (its own file, else tokenizer_config.json)."""
     if (folder / "chat_template.jinja").exists():
         (folder / "chat_template.jinja").write_text(text)
     else:
         cfg = _json(folder / "tokenizer_config.json")
         cfg["chat_template"] = text
         _write(folder / "tokenizer_config.json", cfg)
+
+
+def m_template_unknown_filter(folder: Path) -> None:
+    _put_template(folder, "{% for message in messages %}{{ message['content'] | no_such_filter }}{% endfor %}")
 
 
 def m_auto_map_class_missing(folder: Path) -> None:
@@ -860,13 +864,7 @@ def m_bad_template(folder: Path) -> None:
 
 
 def m_bad_template_unclosed_block(folder: Path) -> None:
-    text = "{% for message in messages %}{{ message['content'] }}"
-    if (folder / "chat_template.jinja").exists():
-        (folder / "chat_template.jinja").write_text(text)
-    else:
-        cfg = _json(folder / "tokenizer_config.json")
-        cfg["chat_template"] = text
-        _write(folder / "tokenizer_config.json", cfg)
+    _put_template(folder, "{% for message in messages %}{{ message['content'] }}")
 
 
 def m_pad_id_past_rows(folder: Path) -> None:
