@@ -38,6 +38,21 @@ def test_source_bin_folder_matches_the_manifest_too(converted: tuple[Path, Path]
     assert validate(FIXTURES / "llama-bin-sharded", manifest=str(manifest)).ok
 
 
+def test_source_with_a_dropped_tie_is_checked_against_its_target(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.json"
+    convert(FIXTURES / "llama-tied-bin", tmp_path / "out", manifest=manifest)
+    assert json.loads(manifest.read_text())["dropped_aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert not validate(FIXTURES / "llama-tied-bin", manifest=str(manifest), select=["HFC72"]).findings
+    # The same names, but lm_head no longer equals the embedding it was tied to.
+    untied = tmp_path / "untied"
+    shutil.copytree(FIXTURES / "llama-tied-bin", untied)
+    state = torch.load(untied / "pytorch_model.bin", weights_only=True)
+    state["lm_head.weight"] = state["lm_head.weight"].clone() + 1
+    torch.save(state, untied / "pytorch_model.bin")
+    [f] = validate(untied, manifest=str(manifest), select=["HFC72"]).findings
+    assert f.code == "HFC721" and f.tensor == "lm_head.weight" and "model.embed_tokens.weight" in f.message
+
+
 def test_flipped_byte_is_caught(converted: tuple[Path, Path]) -> None:
     dst, manifest = converted
     from hfconv.readers import read_weight_file

@@ -58,20 +58,32 @@ def check_manifest(contents: FolderContents) -> Iterator[Finding]:
         if name not in tensors:
             yield finding("HFC722", f"{name!r} is in the manifest but not in the folder's weights", tensor=name)
             continue
-        meta, file = tensors[name], where[name]
         if not isinstance(entry, dict):
             yield finding("HFC720", f"{path}: entry for {name!r} is not an object", tensor=name)
             continue
-        if entry.get("dtype") != meta.dtype or list(entry.get("shape", [])) != list(meta.shape):
-            yield finding("HFC721", f"{file}: {name!r} is {meta.dtype}{list(meta.shape)} but the manifest says "
-                          f"{entry.get('dtype')}{entry.get('shape')}", file=file, tensor=name)
+        yield from _compare(contents, name, entry, "the manifest")
+    # A tied alias convert dropped (the source folder still has it) must equal its target.
+    dropped = manifest.get("dropped_aliases")
+    dropped = dropped if isinstance(dropped, dict) else {}
+    for name in sorted(tensors.keys() - entries.keys()):
+        target = dropped.get(name)
+        if isinstance(target, str) and isinstance(entries.get(target), dict):
+            yield from _compare(contents, name, entries[target], f"the manifest entry of {target!r}, its tie")
             continue
-        digest = tensor_sha256(contents.folder.path(file), contents.weights[file], meta)
-        if digest != entry.get("sha256"):
-            yield finding("HFC721", f"{file}: {name!r} sha256 differs from the manifest (the bytes changed "
-                          "since conversion)", file=file, tensor=name)
-    for name in tensors.keys() - entries.keys():
         yield finding("HFC723", f"{name!r} in {where[name]} is not in the manifest", file=where[name], tensor=name)
+
+
+def _compare(contents: FolderContents, name: str, entry: dict, against: str) -> Iterator[Finding]:
+    """The tensor's dtype, shape and sha256 against one manifest entry."""
+    meta, file = contents.loaded_tensors[name], contents.tensor_files[name]
+    if entry.get("dtype") != meta.dtype or list(entry.get("shape", [])) != list(meta.shape):
+        yield finding("HFC721", f"{file}: {name!r} is {meta.dtype}{list(meta.shape)} but {against} says "
+                      f"{entry.get('dtype')}{entry.get('shape')}", file=file, tensor=name)
+        return
+    digest = tensor_sha256(contents.folder.path(file), contents.weights[file], meta)
+    if digest != entry.get("sha256"):
+        yield finding("HFC721", f"{file}: {name!r} sha256 differs from {against} (the bytes changed "
+                      "since conversion)", file=file, tensor=name)
 
 
 def tensor_sha256(path, weight_file: WeightFile, meta: TensorMeta) -> str:
