@@ -167,13 +167,19 @@ def read_contents(folder: ModelFolder, options: CheckOptions | None = None) -> F
     return contents
 
 
+PYTHON_READ_JSON = frozenset(JSON_FILES) - {"tokenizer.json"}
+"""Metadata only Python's ``json`` reads (transformers, peft): it accepts Infinity, and
+``json.dumps`` writes it (transformers 4.x: Mamba2's ``time_step_limit`` [0.0, Infinity]).
+tokenizer.json is read by the Rust tokenizers library (serde_json), which refuses them."""
+
+
 def _read_json(contents: FolderContents, name: str) -> None:
     path = contents.folder.path(name)
     if not _inside(contents.folder, name):
         contents.json_errors[name] = FormatError("HFC006", "is a symlink pointing outside the model folder; not read")
         return
     try:
-        contents.json[name] = load_json_file(path)
+        contents.json[name] = load_json_file(path, allow_nonfinite=name in PYTHON_READ_JSON)
     except (JsonError, FormatError) as exc:
         contents.json_errors[name] = exc
 

@@ -321,7 +321,8 @@ register("HFC309", "error", "empty weights",
 # --- HFC4xx: JSON files and schemas -------------------------------------------------------
 register("HFC401", "error", "invalid JSON file",
          "A JSON file of the folder cannot be parsed strictly (syntax error, duplicate key, "
-         "NaN/Infinity, top level not an object, absurd size or depth); loaders fail on it or, "
+         "NaN, Infinity outside the files Python reads, top level not an object, absurd size or depth); "
+         "loaders fail on it or, "
          "worse, two parsers read different values.",
          "Fix the JSON at the line and column given, or re-save the file with save_pretrained.",
          "config.json is not valid JSON: Expecting ',' delimiter at line 12 column 3")

@@ -87,6 +87,13 @@ def _reject_constant(name: str) -> Any:
     raise JsonError("nonfinite", f"non-finite number {name} is not valid JSON")
 
 
+def _python_constant(name: str) -> float:
+    """parse_constant for files Python wrote and reads: Infinity and -Infinity as json does."""
+    if name == "NaN":
+        _reject_constant(name)
+    return float(name)
+
+
 def _parse_float(text: str) -> float:
     """parse_float: refuse literals that overflow to infinity (``1e999``)."""
     value = float(text)
@@ -197,7 +204,7 @@ The largest real tokenizer.json files (a few hundred thousand merges) stay far b
 
 
 def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool = True,
-                 max_containers: int = MAX_CONTAINERS) -> object:
+                 max_containers: int = MAX_CONTAINERS, allow_nonfinite: bool = False) -> object:
     """Parse JSON, refusing everything two parsers could read differently.
 
     Args:
@@ -206,6 +213,12 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
             million ``[`` never reach the recursive parser).
         max_containers: most arrays and objects allowed in all (checked before parsing).
         require_object: when True the top-level value must be an object.
+        allow_nonfinite: accept the literals ``Infinity`` and ``-Infinity`` (as the floats
+            Python's ``json`` makes of them). For files only Python reads: transformers 4.x
+            wrote config.json with ``json.dumps``, which spells ``float("inf")`` that way
+            (Mamba2's ``time_step_limit`` default), and transformers reads it back the same
+            way. ``NaN`` (no config default is NaN) and overflowing literals (``1e999``) are
+            refused all the same.
 
     Returns:
         The parsed value (a dict when ``require_object``).
@@ -238,7 +251,7 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
         value = json.loads(
             text,
             object_pairs_hook=_pairs_no_duplicates,
-            parse_constant=_reject_constant,
+            parse_constant=_python_constant if allow_nonfinite else _reject_constant,
             parse_float=_parse_float,
         )
     except json.JSONDecodeError as exc:

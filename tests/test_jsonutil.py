@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -227,3 +228,11 @@ def test_depth_limit_matches_real_nesting(value, ascii_only):
         with pytest.raises(JsonError) as info:
             loads_strict(text, max_depth=depth - 1, require_object=False)
         assert info.value.kind == "too_deep"
+
+
+@pytest.mark.parametrize("literal, value", [("Infinity", math.inf), ("-Infinity", -math.inf)])
+def test_nonfinite_literals_allowed_for_python_written_files(literal, value):
+    assert loads_strict('{"x": [0.0, %s]}' % literal, allow_nonfinite=True)["x"][1] == value
+    # NaN (no default of any config) and an overflowing literal stay refused.
+    assert _error('{"x": NaN}', allow_nonfinite=True).kind == "nonfinite"
+    assert _error('{"x": 1e999}', allow_nonfinite=True).kind == "nonfinite"

@@ -205,9 +205,25 @@ def test_many_violations_are_capped(tmp_path):
 
 def test_invalid_json_is_only_hfc401(tmp_path):
     folder = copy_fixture(tmp_path)
-    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": NaN}')
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": 64,}')
     report = validate(folder)
     assert [f.code for f in report.findings if f.file == "config.json" and f.code.startswith("HFC4")] == ["HFC401"]
+
+
+def test_infinity_in_config_is_python_json(tmp_path):
+    # transformers 4.x wrote Mamba2's time_step_limit (0.0, inf) with json.dumps as Infinity, and
+    # reads it back with json.loads: not a defect of config.json.
+    folder = copy_fixture(tmp_path)
+    text = (folder / "config.json").read_text().rstrip().rstrip("}")
+    (folder / "config.json").write_text(text + ', "time_step_limit": [0.0, Infinity], "x_floor": -Infinity}')
+    assert not [f for f in validate(folder).findings if f.severity.value in ("error", "warning")]
+    # Infinity where a size belongs is still an error (the schema); tokenizer.json stays strict.
+    edit_json(folder / "config.json", lambda c: c.update(hidden_size=float("inf")))
+    errors = {f.code for f in validate(folder).findings if f.severity.value == "error"}
+    assert errors and "HFC401" not in errors
+    (folder / "config.json").write_text(text + "}")
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "x": [0.0, Infinity]}')
+    assert found(validate(folder), "HFC401")
 
 
 # --- the other files ----------------------------------------------------------------------------
