@@ -584,3 +584,28 @@ def test_folders_saved_by_transformers_raise_no_warnings(tmp_path):
         bad = [f"{f.code} {f.message}" for f in report.findings
                if f.code.startswith(MY_PREFIXES) and f.severity.value != "info"]
         assert bad == [], name
+
+
+def pegasus_folder(tmp_path: Path, unk_id: int | None = None) -> Path:
+    """tokenizer files as transformers 4.x's slow PegasusTokenizer saves them: spiece.model, whose
+    piece i has id i + offset, and its own specials at ids 0..offset-1 in added_tokens_decoder."""
+    folder = copy_fixture(tmp_path)
+    (folder / "tokenizer.model").rename(folder / "spiece.model")
+    (folder / "special_tokens_map.json").unlink()
+    offset, sp = 103, pieces()
+    own = ["<pad>", "</s>", "<mask_1>", "<mask_2>"] + [f"<unk_{i}>" for i in range(2, offset - 2 + 2)][:offset - 4]
+    decoder = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                        "special": True} for i, t in enumerate(own)}
+    decoder[str(unk_id if unk_id is not None else sp.index("<unk>") + offset)] = dict(decoder["0"], content="<unk>")
+    config = {"tokenizer_class": "PegasusTokenizer", "offset": offset, "pad_token": "<pad>", "eos_token": "</s>",
+              "unk_token": "<unk>", "mask_token": "<mask_2>", "mask_token_sent": "<mask_1>",
+              "additional_special_tokens": own[2:3] + own[4:], "added_tokens_decoder": decoder}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_pegasus_slow_tokenizer_offset(tmp_path):
+    assert not found(validate(pegasus_folder(tmp_path / "good")), "HFC508")
+    # <unk> declared one past where the shifted spiece.model has it: the files disagree.
+    bad = pegasus_folder(tmp_path / "bad", unk_id=pieces().index("<unk>") + 104)
+    assert found(validate(bad), "HFC508")

@@ -439,16 +439,29 @@ def _gather(contents: FolderContents) -> _Facts:
     return _Facts(contents, findings, sp_models, vocab, json_vocab, named, extra, shadowed)
 
 
+def _pegasus_offset(contents: FolderContents) -> int:
+    """The id shift of PegasusTokenizer's (slow) SentencePiece pieces, 0 for every other tokenizer."""
+    config = contents.json.get("tokenizer_config.json")
+    if not isinstance(config, dict) or config.get("tokenizer_class") != "PegasusTokenizer":
+        return 0
+    offset = config.get("offset", 103)
+    return offset if _is_id(offset) and 0 < offset <= 10_000 else 0
+
+
 def _slow_vocabulary(contents: FolderContents, sp_models: dict[str, SentencePieceModel],
                      findings: list[Finding]) -> Vocabulary | None:
     folder = contents.folder
     for name in SP_FILES:
         if name in sp_models:
             model = sp_models[name]
+            offset = _pegasus_offset(contents) if name == "spiece.model" else 0
+            # PegasusTokenizer (slow) puts its own specials at ids 0..offset-1 and piece i at i + offset.
+            own = {t.content for t in _declared_added_tokens(contents) if t.id < offset} if offset else set()
             base: dict[str, int] = {}
             for i, piece in enumerate(model.pieces):
-                base.setdefault(piece, i)
-            return Vocabulary(source=name, base=base, base_size=model.piece_count, added={})
+                if piece not in own:
+                    base.setdefault(piece, i + offset)
+            return Vocabulary(source=name, base=base, base_size=model.piece_count + offset, added={})
         if folder.has(name):
             return None  # present but unreadable (HFC501): nothing to compare against
     for name, reader in (("vocab.json", _read_vocab_json), ("vocab.txt", _read_vocab_txt)):
