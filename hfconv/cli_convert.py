@@ -127,12 +127,16 @@ def _terminate_as_interrupt(signum, frame):  # pragma: no cover - exercised by h
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new folder is complete).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Write output shards in this many processes.")
+@click.option("--fsync", is_flag=True,
+              help="Flush DST to the disk before it appears, so it survives a power loss complete (costs "
+                   "the disk's write time, like cp -r && sync). Without it DST still appears only once "
+                   "complete and verified; after a power loss, check it with hfconv validate --manifest.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
               help="Summary format on stdout: text, json, or html (one self-contained page).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the summary to FILE instead of stdout.")
-def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, quiet, fmt, output):
+def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, fsync, quiet, fmt, output):
     """Convert a model folder to safetensors, streaming, and verify every tensor.
 
     SRC holds .bin weights (single or sharded, with or without an index, old -1-of-3 names)
@@ -171,7 +175,8 @@ def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, q
         previous = None
     try:
         result = run_convert(folder, dst, max_shard_size=max_shard_size, dtype=dtype, verify=not no_verify,
-                             manifest=manifest, force=force, jobs=jobs, progress=update)
+                             manifest=manifest, force=force, jobs=jobs, fsync=fsync,
+                             progress=update)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     except ConversionError as exc:

@@ -18,8 +18,8 @@ Plan, then execute (STYLE habit 6):
    the source's byte range (both memory-mapped, compared in C, a 4 MiB window at a time) or
    against its transform recomputed from the source; every header as planned; then
    ``validate`` the folder;
-7. fsync (writeback is started as the bytes are written, so this waits for the tail only),
-   then rename the temporary folder to DST. Any exception (a crash in a step, a full disk,
+7. with ``--fsync``, fsync (writeback is started as the bytes are written, so this waits for
+   the tail only); then rename the temporary folder to DST. Any exception (a crash in a step, a full disk,
    Ctrl-C, SIGTERM via the CLI) removes the temporary folder, so DST is either complete or
    absent, and SRC is only ever opened for reading.
 
@@ -928,6 +928,8 @@ class _ShardTask:
     path: str
     verify: bool
     digest: bool
+    durable: bool = False
+    """fsync the shard once written (``--fsync``)."""
 
 
 @dataclass(frozen=True)
@@ -1086,7 +1088,8 @@ def _finish_shard(task: _ShardTask, checks: list[Future]) -> _ShardOutcome:
         digests.update(sums)
     if task.verify:
         problems = _check_header(task) + problems
-    _fsync_path(task.path)
+    if task.durable:
+        _fsync_path(task.path)
     return _ShardOutcome(task.shard.name, os.stat(task.path).st_size, digests, tuple(problems))
 
 
@@ -1109,7 +1112,8 @@ def _convert_shards(tasks: Sequence[_ShardTask], progress: Callable[[int], None]
                 def hand_over(batch: _Batch, task: _ShardTask = task, checks: list[Future] = checks) -> None:
                     checks.append(checker.submit(_check_batch, task, batch, sources, progress))
 
-                _write_shard(task, progress, writeback.request, hand_over if (task.verify or task.digest) else None)
+                _write_shard(task, progress, writeback.request if task.durable else None,
+                             hand_over if (task.verify or task.digest) else None)
                 finals.append(checker.submit(_finish_shard, task, checks))
         return [future.result() for future in finals]
     finally:
@@ -1321,25 +1325,27 @@ def _umask() -> int:
     return mask
 
 
-def _copy_file(src_path: Path, dst_path: Path) -> int:
-    """Copy one non-weight file's content (never its permission bits)."""
+def _copy_file(src_path: Path, dst_path: Path, durable: bool) -> int:
+    """Copy one non-weight file's content (never its permission bits); fsync it if ``durable``."""
     dst_path.parent.mkdir(parents=True, exist_ok=True)
     with open_regular(src_path) as source:
         size = os.fstat(source.fileno()).st_size
         fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             _copy_range(source.fileno(), fd, 0, size, lambda n: None)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
     return size
 
 
-def _write_small(path: Path, data: bytes) -> None:
+def _write_small(path: Path, data: bytes, durable: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         _write_all(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -1383,6 +1389,7 @@ def convert(
     manifest: str | os.PathLike | None = None,
     force: bool = False,
     jobs: int = 1,
+    fsync: bool = False,
     progress: ProgressCallback | None = None,
 ) -> ConversionResult:
     """Convert a model folder to safetensors, streaming, and verify the result.
@@ -1398,6 +1405,10 @@ def convert(
         manifest: write per-tensor sha256 digests (``hfconv-manifest/1``) to this file.
         force: replace an existing DST folder (only once the new one is complete).
         jobs: write (and verify) output shards in this many processes.
+        fsync: flush every written file and folder to the disk before DST appears, so DST
+            is complete even after a power loss (like ``cp -r && sync``). Off, DST still
+            appears only complete (atomic rename) after a crash, Ctrl-C, a full disk or a
+            bad input, and the kernel writes the bytes back later, as it does for ``cp``.
         progress: called with ``(done_bytes, total_bytes)`` as bytes are written and verified.
 
     Returns:
@@ -1468,7 +1479,7 @@ def convert(
     manifest_tmp: str | None = None
     try:
         # 4. Shards (written and, per shard, verified while still in the page cache).
-        tasks = [_ShardTask(shard, os.path.join(tmp, shard.name), verify, manifest is not None)
+        tasks = [_ShardTask(shard, os.path.join(tmp, shard.name), verify, manifest is not None, fsync)
                  for shard in plan.shards]
         outcomes = _run_tasks(tasks, jobs, advance)
         mismatches = [(shard, name, why) for shard, o in zip(plan.shards, outcomes) for name, why in o.mismatches]
@@ -1480,15 +1491,15 @@ def convert(
 
         # 5. Index, non-weight files, config.json.
         if plan.is_sharded:
-            _write_small(Path(tmp) / INDEX_FILE, plan.index_json())
+            _write_small(Path(tmp) / INDEX_FILE, plan.index_json(), fsync)
         root = contents.folder.root
         copied_files = []
         for name in plan.files_to_copy:
             target = Path(tmp) / name
             if name == "config.json" and plan.config_json is not None:
-                _write_small(target, plan.config_json)
+                _write_small(target, plan.config_json, fsync)
             else:
-                _copy_file(root / name, target)
+                _copy_file(root / name, target, fsync)
             copied_files.append(name)
 
         # 6. The output must pass validate (no errors the source did not already have).
@@ -1500,18 +1511,20 @@ def convert(
         if manifest_path is not None:
             final = os.path.join(tmp, manifest_rel) if manifest_rel else manifest_path
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            manifest_tmp = _write_manifest_tmp(os.path.dirname(final), plan, outcomes)
+            manifest_tmp = _write_manifest_tmp(os.path.dirname(final), plan, outcomes, fsync)
             os.chmod(manifest_tmp, mode & 0o666)
             if manifest_rel:
                 os.replace(manifest_tmp, final)
                 manifest_tmp = None
 
-        # 7. Make it durable and visible: permissions, fsync, rename (old DST away last).
+        # 7. Make it visible: permissions, (with --fsync) fsync, rename (old DST away last).
         for dirpath, _dirs, _files in os.walk(tmp):
             os.chmod(dirpath, mode)
-            _fsync_dir(dirpath)
+            if fsync:
+                _fsync_dir(dirpath)
         _install(tmp, dst_abs, force)
-        _fsync_dir(parent)
+        if fsync:
+            _fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if manifest_tmp is not None:
@@ -1571,7 +1584,7 @@ def _install(tmp: str, dst: str, force: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_manifest_tmp(directory: str, plan: ConversionPlan, outcomes: list[_ShardOutcome]) -> str:
+def _write_manifest_tmp(directory: str, plan: ConversionPlan, outcomes: list[_ShardOutcome], durable: bool) -> str:
     """The digest manifest, written to a temporary file in ``directory``; returns its path."""
     tensors: dict[str, dict] = {}
     for shard, outcome in zip(plan.shards, outcomes):
@@ -1583,7 +1596,8 @@ def _write_manifest_tmp(directory: str, plan: ConversionPlan, outcomes: list[_Sh
     fd, tmp = tempfile.mkstemp(prefix=".hfconv-manifest-", dir=directory)
     try:
         _write_all(fd, (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return tmp

@@ -339,6 +339,34 @@ def test_crash_mid_write_leaves_no_dst(tmp_path, monkeypatch):
     no_leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("durable", [False, True])
+def test_fsync_flushes_every_file_and_folder_only_when_asked(tmp_path, monkeypatch, durable):
+    """--fsync: every shard, copied file, index, manifest and folder is fsynced before the
+    rename; without it nothing is (the kernel writes back later, as for cp -r)."""
+    synced: list[str] = []
+    original = os.fsync
+
+    def recording(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return original(fd)
+
+    monkeypatch.setattr(conversion.os, "fsync", recording)
+    dst = tmp_path / "out"
+    result = convert(FIXTURES / "llama-bin-sharded", dst, max_shard_size="30KB", fsync=durable,
+                     manifest=tmp_path / "m.json")
+    if not durable:
+        assert synced == []
+        return
+    names = {Path(p).name for p in synced}
+    assert {s.name for s in result.shards} <= names
+    assert {"config.json", "model.safetensors.index.json"} <= names
+    assert any(n.startswith(".hfconv-manifest-") for n in names)
+    assert str(tmp_path) in synced  # DST's parent, after the rename
+    # everything else was flushed inside the temporary folder (or the manifest's temp file),
+    # that is before the rename made DST visible
+    assert all("/.hfconv-" in p for p in synced if p != str(tmp_path))
+
+
 def test_interrupt_during_verification_leaves_no_dst(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
