@@ -512,3 +512,36 @@ def test_balanced_over_several_gpus() -> None:
     assert result.ok, result.findings
     assert len([d for d in result.devices if d.device.startswith("cuda:")]) >= 2
     assert all(d.peak_bytes > 0 for d in result.devices)
+
+
+# --- the console script -------------------------------------------------------------------------
+
+def _console(*args: str, cwd: Path) -> "subprocess.CompletedProcess[str]":
+    """``hfconv ...`` as the installed console script runs it (hfconv.cli:run), output piped."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", "from hfconv.cli import run; run()", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_console_script_exit_keeps_reports_and_exit_codes(tmp_path: Path) -> None:
+    """The console script leaves without torch's teardown once torch is loaded: the piped
+    report, the --output file and the exit code must all still arrive whole."""
+    good = _console("load-test", str(FIXTURES / "llama-safetensors-sharded"), "--quiet", "--format", "json",
+                    cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["summary"]["errors"] == 0
+
+    broken = copy_fixture(tmp_path, "llama-safetensors")
+    shard = broken / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-8])  # truncated: validation refuses it
+    report = tmp_path / "report.json"
+    bad = _console("load-test", str(broken), "--quiet", "--format", "json", "--output", str(report), cwd=tmp_path)
+    assert bad.returncode == 1, bad.stderr
+    assert bad.stdout == ""
+    assert json.loads(report.read_text())["summary"]["errors"] >= 1
+
+    usage = _console("load-test", str(tmp_path / "missing"), cwd=tmp_path)
+    assert usage.returncode == 2
+    assert "does not exist" in usage.stderr
