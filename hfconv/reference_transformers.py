@@ -18,11 +18,12 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .shape_rules import (
     LAYER_FIELDS,
+    LEGACY_RENAMES,
     ConfigValueError,
     Dim,
     ExpectedModel,
@@ -51,18 +52,25 @@ def transformers_available() -> bool:
 
 
 def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, Any],
-                               trust_remote_code: bool = False) -> ExpectedModel:
+                               trust_remote_code: bool = False,
+                               tensor_names: Iterable[str] | None = None) -> ExpectedModel:
     """Build ``config``'s model on the meta device and read its expected tensors.
 
     Args:
         folder: the model folder (read only with ``trust_remote_code``, for its code and config).
         config: the parsed config.json.
         trust_remote_code: allow the folder's ``auto_map`` code to be imported and run.
+        tensor_names: the names the folder's weights store, when known: expected names then
+            follow the folder's own naming wherever transformers renames it on load (LLaVA-style
+            folders of transformers 4.x store ``language_model.model.*`` and
+            ``vision_tower.vision_model.*`` for the v5 model's ``model.language_model.*`` and
+            ``model.vision_tower.*``).
 
     Returns:
         ExpectedModel with ``source="transformers X.Y.Z"``; tied weights (and weights the class
         declares as missing-ok) are optional; names are checkpoint names (transformers v5's
-        load-time conversions, such as fused MoE experts, are reverted).
+        load-time conversions, such as fused MoE experts and legacy prefixes, are reverted the
+        way ``save_pretrained`` reverts them after ``from_pretrained`` read ``tensor_names``).
 
     Raises:
         ReferenceUnavailable: transformers is missing, does not know the model, or failed.
@@ -87,7 +95,7 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
         try:
             hf_config = _build_config(transformers, folder, config, trust_remote_code, version)
             model = _build_model(transformers, torch, hf_config, config, trust_remote_code, version)
-            state, optional = _state_shapes(model)
+            state, optional = _state_shapes(model, tensor_names)
             extras = tuple(_patterns(getattr(model, "_keys_to_ignore_on_load_unexpected", None)))
             prefix = getattr(model, "base_model_prefix", "") or ""
         except ReferenceUnavailable:
@@ -200,25 +208,176 @@ def _from_auto(transformers, hf_config, trust_remote_code: bool):
     raise ReferenceUnavailable(f"no transformers model class for this config: {_one_line(errors[-1])}")
 
 
-def _state_shapes(model) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+def _state_shapes(model, tensor_names: Iterable[str] | None = None) -> tuple[dict[str, tuple[int, ...]], set[str]]:
     """Checkpoint names and shapes, and the names a checkpoint may omit.
 
     The state dict is taken with transformers v5's load-time conversions (fused experts,
-    renames such as GPT-NeoX ``embed_out`` -> ``lm_head``) reverted, so names are those
-    ``save_pretrained`` writes. Optional: tied weights and those the class declares missing-ok.
+    renames such as GPT-NeoX ``embed_out`` -> ``lm_head``, LLaVA's ``language_model.model`` ->
+    ``model.language_model``) reverted, so names are those ``save_pretrained`` writes. Given the
+    folder's ``tensor_names``, their loading is simulated first, the way ``from_pretrained``
+    renames them (:func:`_simulate_load`), so that names follow the folder's own naming (4.x
+    or 5.x) and every stored name that loads into a tensor is that tensor's name. transformers
+    4.x renames only VLMs, by their class's ``_checkpoint_conversion_mapping``
+    (:func:`_class_key_mapping`). Optional: tied weights and those the class declares missing-ok.
     """
     state = model.state_dict()
     optional = _optional_names(model, state)
     try:
         from transformers.core_model_loading import revert_weight_conversion
-    except ImportError:  # transformers < 5 keeps checkpoint names in memory
+    except ImportError:  # transformers < 5
         revert_weight_conversion = None
-    if revert_weight_conversion is not None:
-        # Renames are one-to-one, so reverting each optional tensor alone gives its checkpoint name.
-        optional = {new for name in optional for new in revert_weight_conversion(model, {name: state[name]})}
-        state = revert_weight_conversion(model, state)
-    shapes = {name: tuple(int(d) for d in tensor.shape) for name, tensor in state.items()}
+    stored = set(tensor_names) if tensor_names is not None else set()
+    if revert_weight_conversion is None:
+        reverted, optional, loads = _class_key_mapping(model, state, optional, stored)
+        shapes = {name: tuple(int(d) for d in tensor.shape) for name, tensor in reverted.items()}
+        if loads:
+            _use_stored_names(shapes, optional, _reverted_names(state, reverted), loads, stored)
+        return shapes, {n for n in optional if n in shapes}
+    loads = _simulate_load(model, state, stored) if stored else None
+    reverted = _revert(revert_weight_conversion, model, state) if loads is not None else None
+    if reverted is None:  # without names, or the simulated load's conversions failed: the default ones
+        with contextlib.suppress(AttributeError):
+            del model._weight_conversions
+        reverted = revert_weight_conversion(model, state)  # a failure makes the reference unavailable
+    # Renames are one-to-one, so reverting each optional tensor alone gives its checkpoint name.
+    optional = {new for name in optional for new in _revert(revert_weight_conversion, model, {name: state[name]})
+                or (name,)}
+    shapes = {name: tuple(int(d) for d in tensor.shape) for name, tensor in reverted.items()}
+    if loads:
+        _use_stored_names(shapes, optional, _reverted_names(state, reverted), loads, stored)
     return shapes, {n for n in optional if n in shapes}
+
+
+def _revert(revert_weight_conversion, model, state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``revert_weight_conversion(model, state)``, or None when it fails."""
+    if getattr(model, "_weight_conversions", None) == []:  # the simulated load renamed nothing
+        return dict(state)
+    try:
+        return revert_weight_conversion(model, dict(state))
+    except Exception:  # noqa: BLE001 - internal to transformers; its failure is no reason to give up
+        return None
+
+
+def _simulate_load(model, state: Mapping[str, Any], stored: Iterable[str]) -> dict[str, str] | None:
+    """{stored name: model name} for the stored names ``from_pretrained`` loads one to one into a
+    tensor of ``state`` (renamed or not), per transformers' own load-time conversion mapping,
+    legacy renames included.
+
+    The conversions to revert are left in ``model._weight_conversions``, where
+    ``from_pretrained`` leaves the ones that fired for ``save_pretrained``: the model's own that
+    fired, and when any fired (the folder has the saved layout, not the in-memory one) its other
+    plain renames too, so that a tensor missing from such a folder (LLaVA's
+    ``language_model.lm_head.weight``) is named the way that folder names it. The legacy renames
+    for all models (``LayerNorm.gamma``) are not reverted, as without names: stored names they
+    apply to are matched by :func:`_use_stored_names` or by hfconv's comparison.
+
+    None when this transformers lacks that machinery or it fails (internals change between
+    versions): then nothing is simulated and the default conversions are reverted.
+    """
+    try:
+        from transformers import core_model_loading as cml
+        from transformers.conversion_mapping import get_model_conversion_mapping
+
+        renaming_cls, converter_cls = cml.WeightRenaming, cml.WeightConverter
+        prefix_cls = getattr(cml, "PrefixChange", ())
+        order = getattr(cml, "dot_natural_key", None)
+        mapping = list(get_model_conversion_mapping(model) or ())
+        own = len(get_model_conversion_mapping(model, add_legacy=False) or ())
+        renamings = [t for t in mapping if isinstance(t, renaming_cls)]
+        converters = [t for t in mapping if isinstance(t, converter_cls)]
+        loads: dict[str, str] = {}
+        # Some renames depend on the order names are seen in: from_pretrained's order.
+        for name in sorted(stored, key=order) if callable(order) else sorted(stored):
+            # Without the base-model prefix step: hfconv's comparison tolerates prefixes itself.
+            renamed, pattern = cml.rename_source_key(name, renamings, converters)
+            if renamed not in state and name in state:
+                renamed, pattern = name, None  # from_pretrained keeps a name the model has
+            if pattern is None and isinstance(renamed, str) and renamed in state:
+                loads[name] = renamed
+        saved_layout = any(t.was_used() for t in mapping[:own])
+        model._weight_conversions = [
+            t for t in mapping[:own]
+            if t.was_used() or (saved_layout and isinstance(t, renaming_cls) and not isinstance(t, prefix_cls))]
+    except Exception:  # noqa: BLE001 - another transformers version: no simulated load
+        with contextlib.suppress(Exception):
+            del model._weight_conversions
+        return None
+    return loads
+
+
+def _class_key_mapping(model, state: Mapping[str, Any], optional: set[str], stored: Iterable[str]
+                       ) -> tuple[dict[str, Any], set[str], dict[str, str] | None]:
+    """transformers 4.x: a VLM class's ``_checkpoint_conversion_mapping`` (4.52 and later), which
+    ``from_pretrained`` applies to stored names and ``save_pretrained`` reverts, as transformers 5
+    does with its conversion mapping: the state dict by checkpoint name, the optional checkpoint
+    names, and {stored name: model name} for the stored names that load one to one (None without
+    such a mapping, or when it cannot be applied: then the names are the model's own)."""
+    mapping = getattr(model, "_checkpoint_conversion_mapping", None)
+    if not isinstance(mapping, Mapping) or not mapping:
+        return dict(state), optional, None
+    try:
+        from transformers import modeling_utils
+
+        vlms = getattr(modeling_utils, "VLMS", None)  # the classes from_pretrained applies it to
+        if isinstance(vlms, (list, tuple)) and not any(
+                isinstance(v, str) and v in cls.__name__.lower() for cls in type(model).__mro__[:-1] for v in vlms):
+            return dict(state), optional, None
+        forward = [(p, r) for p, r in mapping.items() if isinstance(p, str) and isinstance(r, str)]
+        # save_pretrained's reverse: replacement -> pattern, without its anchor and groups
+        reverse = [(r, re.sub(r"\(.*\)", "", p.lstrip("^"))) for p, r in forward]
+
+        def first(name: str, pairs: list[tuple[str, str]]) -> str:
+            for pattern, replacement in pairs:
+                name, count = re.subn(pattern, replacement, name)
+                if count:
+                    break
+            return name
+
+        reverted = {first(name, reverse): tensor for name, tensor in state.items()}
+        if len(reverted) != len(state):
+            return dict(state), optional, None
+        loads = {name: new for name in stored if (new := first(name, forward)) in state}
+        return reverted, {first(name, reverse) for name in optional}, loads
+    except Exception:  # noqa: BLE001 - an unusable pattern: the model's own names
+        return dict(state), optional, None
+
+
+def _reverted_names(state: Mapping[str, Any], reverted: Mapping[str, Any]) -> dict[str, str]:
+    """{model name: checkpoint name} for the tensors the revert only renamed (it hands the same
+    tensor object on; the state dict holds a distinct one per name)."""
+    by_id: dict[int, list[str]] = {}
+    for name, tensor in reverted.items():
+        by_id.setdefault(id(tensor), []).append(name)
+    names = {}
+    for name, tensor in state.items():
+        found = by_id.get(id(tensor))
+        if found is not None and len(found) == 1:
+            names[name] = found[0]
+    return names
+
+
+def _use_stored_names(shapes: dict[str, tuple[int, ...]], optional: set[str], reverted: Mapping[str, str],
+                      loads: Mapping[str, str], stored: set[str]) -> None:
+    """Rename expected tensors to the stored names that load into them where the reverted name
+    differs (a folder mixing namings, legacy renames). Shapes are still compared, under the
+    stored name; a stored name that is itself expected keeps its own tensor, and one the
+    comparison matches by itself (``LayerNorm.gamma``) is left to it."""
+    for name, model_name in loads.items():
+        expected = reverted.get(model_name)
+        if expected is None or expected == name or expected in stored or expected not in shapes or name in shapes:
+            continue
+        if _legacy_name(name) == expected:
+            continue
+        shapes[name] = shapes.pop(expected)
+        if expected in optional:
+            optional.discard(expected)
+            optional.add(name)
+
+
+def _legacy_name(name: str) -> str:
+    for old, new in LEGACY_RENAMES:
+        name = name.replace(old, new)
+    return name
 
 
 def _optional_names(model, state: Mapping[str, Any]) -> set[str]:

@@ -169,7 +169,8 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
         if option == "transformers" or ref.transformers_available():
             try:
                 return ref.expected_from_transformers(contents.folder.root, config,
-                                                      contents.options.trust_remote_code), notes
+                                                      contents.options.trust_remote_code,
+                                                      tensor_names=contents.loaded_tensors), notes
             except ref.ConfigRejected as exc:
                 raise ConfigValueError((), f"is refused by {exc}") from None
             except ref.ReferenceUnavailable as exc:
