@@ -53,6 +53,8 @@ def render_text(result: ConversionResult) -> str:
         lines.append("  verified  no (--no-verify)")
     if result.manifest:
         lines.append(f"  manifest  {result.manifest}")
+    if result.durable:
+        lines.append("  durable   yes (--fsync: on the disk before DST appeared)")
     return "\n".join(lines) + "\n"
 
 

@@ -408,6 +408,8 @@ class ConversionResult:
     validation: ValidationSummary | None
     findings: tuple[Finding, ...]
     manifest: str | None = None
+    durable: bool = False
+    """Every file and folder was fsynced before DST appeared (``--fsync``)."""
 
     @property
     def is_sharded(self) -> bool:
@@ -441,6 +443,7 @@ class ConversionResult:
             "verified": self.verified,
             "validation": self.validation.to_json() if self.validation else None,
             "manifest": self.manifest,
+            "durable": self.durable,
             "findings": [f.to_json() for f in self.findings],
         }
 
@@ -1551,6 +1554,7 @@ def convert(
         validation=summary,
         findings=plan.findings,
         manifest=manifest_path,
+        durable=fsync,
     )
 
 

@@ -351,7 +351,7 @@ def render_convert_html(result: ConversionResult) -> str:
         ("shards", shards), ("dtype", result.dtype if result.dtype == "keep" else f"{result.cast} tensors cast to "
                                                                                   f"{result.dtype}"),
         ("time", f"{result.seconds:.2f} s ({result.mb_per_s:.1f} MB/s)"),
-        ("verified", result.verified), ("manifest", result.manifest),
+        ("verified", result.verified), ("manifest", result.manifest), ("durable (--fsync)", result.durable),
     ]
     section = Section(heading=f"{result.src} \u2192 {result.dst}", anchor="convert",
                       verdict=Verdict(True, "CONVERTED", detail), summary=summary,

@@ -354,6 +354,7 @@ def test_fsync_flushes_every_file_and_folder_only_when_asked(tmp_path, monkeypat
     dst = tmp_path / "out"
     result = convert(FIXTURES / "llama-bin-sharded", dst, max_shard_size="30KB", fsync=durable,
                      manifest=tmp_path / "m.json")
+    assert result.durable is durable and result.to_json()["durable"] is durable
     if not durable:
         assert synced == []
         return
