@@ -143,10 +143,26 @@ def test_padded_vocab_size_is_info(tmp_path):
 # --- HFC504 special token not in vocabulary -----------------------------------------------------
 def test_special_token_missing_from_vocabulary(tmp_path):
     folder = copy_fixture(tmp_path)
-    edit_json(folder / "special_tokens_map.json", lambda c: c.update(pad_token="<pad>"))
+    edit_json(folder / "tokenizer_config.json", lambda c: c.update(pad_token="<pad>"))
     [hit] = found(validate(folder), "HFC504")
-    assert hit.file == "special_tokens_map.json" and hit.severity.value == "error"
+    assert hit.file == "tokenizer_config.json" and hit.severity.value == "error"
     assert "'<pad>'" in hit.message and "id 200" in hit.message
+
+
+def test_special_tokens_map_token_missing_from_vocabulary(tmp_path):
+    # Without added_tokens_decoder every transformers version reads special_tokens_map.json: an error.
+    old = copy_fixture(tmp_path / "old")
+    edit_json(old / "tokenizer_config.json", lambda c: c.pop("added_tokens_decoder"))
+    edit_json(old / "special_tokens_map.json", lambda c: c.update(pad_token="<pad>"))
+    [hit] = found(validate(old), "HFC504")
+    assert hit.file == "special_tokens_map.json" and hit.severity.value == "error"
+    # With it (save_pretrained >= 4.34), transformers 4.34+ and 5 do not read special_tokens_map.json
+    # (their pad_token stays None); only older versions would add '<pad>': a warning.
+    new = copy_fixture(tmp_path / "new")
+    edit_json(new / "special_tokens_map.json", lambda c: c.update(pad_token="<pad>"))
+    [hit] = found(validate(new), "HFC504")
+    assert hit.file == "special_tokens_map.json" and hit.severity.value == "warning"
+    assert "4.34" in hit.message
 
 
 def test_missing_special_token_inside_padded_embedding_is_a_warning(tmp_path):
@@ -462,7 +478,27 @@ def test_tokenizer_config_token_outside_vocabulary_is_found_behind_special_token
     [hit] = found(report, "HFC504")
     assert hit.file == "tokenizer_config.json" and "'<|no_such_token|>'" in hit.message
     [disagree] = found(report, "HFC515")
-    assert "transformers 5 uses '<|no_such_token|>'" in disagree.message
+    assert "4.34 and later (5 too) use '<|no_such_token|>'" in disagree.message
+
+
+def test_config_ids_follow_tokenizer_config_json_where_it_has_added_tokens_decoder(tmp_path):
+    # transformers 4.34+ and 5 take eos from tokenizer_config.json (it has added_tokens_decoder) and
+    # ignore special_tokens_map.json's; the ids must be checked against that token.
+    agree = copy_fixture(tmp_path / "agree")
+    edit_json(agree / "tokenizer_config.json", lambda c: c.update(eos_token="<s>"))
+    for name in ("config.json", "generation_config.json"):
+        edit_json(agree / name, lambda c: c.update(eos_token_id=1))
+    report = validate(agree)
+    assert found(report, "HFC506") == []
+    [disagree] = found(report, "HFC515")
+    assert "4.34 and later (5 too) use '<s>'" in disagree.message
+    # The reverse: special_tokens_map.json's eos matches the ids, the token transformers uses does not.
+    wrong = copy_fixture(tmp_path / "wrong")
+    edit_json(wrong / "special_tokens_map.json", lambda c: c.update(eos_token="<s>"))
+    for name in ("config.json", "generation_config.json"):
+        edit_json(wrong / name, lambda c: c.update(eos_token_id=1))
+    hits = found(validate(wrong), "HFC506")
+    assert hits and all("'</s>' has id 2" in h.message for h in hits)
 
 
 def test_tokenizer_config_token_overridden_everywhere_only_disagrees(tmp_path):

@@ -366,7 +366,10 @@ class _Facts:
     extra: list[tuple[str, str]]
     """additional/extra special tokens: (token, file)."""
     shadowed: list[tuple[str, str, str]] = field(default_factory=list)
-    """(role, token, file): tokenizer_config.json tokens ``named`` overrides that transformers 5 still uses."""
+    """(role, token, file): special_tokens_map.json tokens that only transformers < 4.34 uses (current
+    versions ignore the file when tokenizer_config.json has added_tokens_decoder)."""
+    legacy_extra: set[str] = field(default_factory=set)
+    """Extra special tokens only special_tokens_map.json names, where only transformers < 4.34 reads it."""
 
     @property
     def config(self) -> dict | None:
@@ -434,9 +437,9 @@ def _gather(contents: FolderContents) -> _Facts:
         # (Read errors of the vocabulary files are findings of their own; no need to add this one.)
         findings.append(finding("HFC517", "no readable tokenizer vocabulary (tokenizer.json, tokenizer.model, "
                                 "spiece.model, vocab.json or vocab.txt); vocabulary checks were skipped"))
-    named, shadowed, extra, disagreements = _special_tokens(contents)
+    named, shadowed, extra, legacy_extra, disagreements = _special_tokens(contents)
     findings.extend(disagreements)
-    return _Facts(contents, findings, sp_models, vocab, json_vocab, named, extra, shadowed)
+    return _Facts(contents, findings, sp_models, vocab, json_vocab, named, extra, shadowed, legacy_extra)
 
 
 def _pegasus_offset(contents: FolderContents) -> int:
@@ -525,40 +528,27 @@ def _with_declared_added_tokens(contents: FolderContents, vocab: Vocabulary) -> 
 
 
 def _special_tokens(contents: FolderContents):
-    """Named special tokens, the tokens transformers 5 uses instead, extras, disagreements.
+    """Named special tokens, the tokens only old transformers uses instead, extras, disagreements.
 
-    transformers 4.x lets special_tokens_map.json override tokenizer_config.json; transformers 5
-    reads special_tokens_map.json only when tokenizer_config.json has no ``added_tokens_decoder``
-    (what every save_pretrained since 4.34 writes). ``named`` is the 4.x view; ``shadowed`` holds
-    the tokenizer_config.json tokens it overrides that transformers 5 uses all the same.
+    Since transformers 4.34 (and in 5), special_tokens_map.json is read only when
+    tokenizer_config.json has no ``added_tokens_decoder`` (what every save_pretrained since 4.34
+    writes); without it, special_tokens_map.json overrides tokenizer_config.json. ``named`` is what
+    current transformers uses; ``shadowed`` holds the special_tokens_map.json tokens it ignores that
+    transformers < 4.34 uses all the same.
     """
-    named: dict[str, tuple[str, str]] = {}
-    shadowed: list[tuple[str, str, str]] = []
-    extra: dict[str, str] = {}
-    disagreements: list[Finding] = []
     config = contents.json.get("tokenizer_config.json")
-    v5_reads_config = isinstance(config, dict) and "added_tokens_decoder" in config
-    sources = ("tokenizer_config.json", "special_tokens_map.json")  # later wins
-    for name in sources:
-        data = contents.json.get(name)
+    stm = contents.json.get("special_tokens_map.json")
+    current_reads_config_only = isinstance(config, dict) and "added_tokens_decoder" in config
+    by_file: dict[str, dict[str, str]] = {}
+    extra: dict[str, str] = {}
+    for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", stm)):
         if not isinstance(data, dict):
             continue
+        roles = by_file[name] = {}
         for role in SPECIAL_ROLES:
             text = _token_text(data.get(role))
-            if text is None:
-                continue
-            previous = named.get(role)
-            if previous is not None and previous[0] != text:
-                if v5_reads_config:
-                    shadowed.append((role, previous[0], previous[1]))
-                    uses = (f"transformers 4.x uses {text!r} but transformers 5 uses {previous[0]!r} (it reads "
-                            f"{name} only when tokenizer_config.json has no added_tokens_decoder)")
-                else:
-                    uses = f"transformers uses {text!r}"
-                disagreements.append(finding(
-                    "HFC515", f"{role} is {text!r} in {name} but {previous[0]!r} in {previous[1]}; {uses}, so make "
-                    "both files name the same token", file=name, tensor=f"$.{role}"))
-            named[role] = (text, name)
+            if text is not None:
+                roles[role] = text
         for key in ("additional_special_tokens", "extra_special_tokens"):
             value = data.get(key)
             items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
@@ -566,7 +556,38 @@ def _special_tokens(contents: FolderContents):
                 text = _token_text(item)
                 if text is not None:
                     extra.setdefault(text, name)
-    return named, shadowed, list(extra.items()), disagreements
+    from_config = by_file.get("tokenizer_config.json", {})
+    from_map = by_file.get("special_tokens_map.json", {})
+    named: dict[str, tuple[str, str]] = {}
+    shadowed: list[tuple[str, str, str]] = []
+    disagreements: list[Finding] = []
+    for role in SPECIAL_ROLES:
+        in_config, in_map = from_config.get(role), from_map.get(role)
+        if current_reads_config_only:
+            if in_config is not None:
+                named[role] = (in_config, "tokenizer_config.json")
+            if in_map is not None and in_map != in_config:
+                shadowed.append((role, in_map, "special_tokens_map.json"))
+        else:
+            if in_map is not None:
+                named[role] = (in_map, "special_tokens_map.json")
+            elif in_config is not None:
+                named[role] = (in_config, "tokenizer_config.json")
+        if in_config is not None and in_map is not None and in_config != in_map:
+            if current_reads_config_only:
+                uses = (f"transformers 4.34 and later (5 too) use {in_config!r} (special_tokens_map.json is not read "
+                        f"when tokenizer_config.json has added_tokens_decoder) but older versions use {in_map!r}")
+            else:
+                uses = f"transformers uses {in_map!r}"
+            disagreements.append(finding(
+                "HFC515", f"{role} is {in_map!r} in special_tokens_map.json but {in_config!r} in tokenizer_config.json; "
+                f"{uses}, so make both files name the same token", file="special_tokens_map.json", tensor=f"$.{role}"))
+    if current_reads_config_only:
+        # Extras only special_tokens_map.json names are read by transformers < 4.34 alone.
+        legacy_extra = {t for t, f in extra.items() if f == "special_tokens_map.json"}
+    else:
+        legacy_extra = set()
+    return named, shadowed, list(extra.items()), legacy_extra, disagreements
 
 
 # --- individual checks ---------------------------------------------------------------------------
@@ -661,11 +682,15 @@ def _check_special_tokens(facts: _Facts) -> Iterator[Finding]:
     rows = _input_rows(facts)
     limit = rows[1] if rows is not None else facts.vocab_size
     next_id = vocab.size
-    tokens = [(role, token, file) for role, (token, file) in facts.named.items()]
-    tokens += facts.shadowed
-    tokens += [("additional special token", token, file) for token, file in facts.extra]
+    # Tokens current transformers uses first; then those only transformers < 4.34 reads.
+    tokens = [(role, token, file, False) for role, (token, file) in facts.named.items()]
+    tokens += [("additional special token", token, file, False) for token, file in facts.extra
+               if token not in facts.legacy_extra]
+    tokens += [(role, token, file, True) for role, token, file in facts.shadowed]
+    tokens += [("additional special token", token, file, True) for token, file in facts.extra
+               if token in facts.legacy_extra]
     seen: set[str] = set()
-    for role, token, file in tokens:
+    for role, token, file, legacy in tokens:
         if token in seen or vocab.id_of(token) is not None:
             continue
         seen.add(token)
@@ -677,6 +702,11 @@ def _check_special_tokens(facts: _Facts) -> Iterator[Finding]:
         else:
             consequence = f"transformers would add it as id {new_id}, an untrained embedding row"
             severity = "warning"
+        if legacy:
+            severity = "warning"
+            consequence = (consequence.replace("transformers would", "transformers < 4.34 would", 1)
+                           + " (4.34 and later ignore special_tokens_map.json, tokenizer_config.json has "
+                           "added_tokens_decoder)")
         yield finding("HFC504", f"{file}: {role} {token!r} is not in the vocabulary ({vocab.source}); {consequence}",
                       file=file, tensor=f"$.{role}" if role in SPECIAL_ROLES else None, severity=severity)
 
@@ -788,13 +818,17 @@ def _check_embeddings(facts: _Facts) -> Iterator[Finding]:
         return
     where = facts.contents.tensor_files
     smallest_name, smallest = min(rows.items(), key=lambda item: item[1])
-    named = [(role, token) for role, (token, _file) in facts.named.items()]
-    for role, token in dict.fromkeys(named + [(role, token) for role, token, _file in facts.shadowed]):
+    current = [(role, token) for role, (token, _file) in facts.named.items()]
+    legacy = [(role, token) for role, token, _file in facts.shadowed if (role, token) not in current]
+    for role, token in dict.fromkeys(current + legacy):
         token_id = vocab.id_of(token)
         if token_id is not None and token_id >= smallest:
+            only_old = (role, token) in legacy
+            tail = (" (only transformers < 4.34 uses it: special_tokens_map.json names it, but tokenizer_config.json "
+                    "has added_tokens_decoder)" if only_old else "")
             yield finding("HFC510", f"{role} {token!r} has id {token_id} but {smallest_name} has only {smallest} "
-                          "rows; resize the embeddings to cover it", file=where.get(smallest_name),
-                          tensor=smallest_name)
+                          f"rows; resize the embeddings to cover it{tail}", file=where.get(smallest_name),
+                          tensor=smallest_name, severity="warning" if only_old else None)
 
 
 def _check_slow_fast(facts: _Facts) -> Iterator[Finding]:
