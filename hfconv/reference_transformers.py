@@ -113,6 +113,17 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
         except Exception as exc:  # transformers raises anything from ImportError to AttributeError
             raise ReferenceUnavailable(f"transformers {version} could not build the model: {_one_line(exc)}") from None
     architecture = type(model).__name__
+    if prefix and tensor_names is not None and not any(n.startswith(prefix + ".") for n in model.state_dict()):
+        # A bare model (the Auto fallback where this transformers lacks the folder's head class:
+        # Wav2Vec2ForMaskedLM, LEDForSequenceClassification in 5.x) reading a head's checkpoint:
+        # from_pretrained drops the stored names' base-model prefix, so they load. Expected
+        # names take the prefix the folder uses (some may have it already, from the simulated load).
+        stored = list(tensor_names)
+        if sum(n.startswith(prefix + ".") for n in stored) * 2 > len(stored):
+            def add(n: str) -> str:
+                return n if n.startswith(prefix + ".") else f"{prefix}.{n}"
+            state = {add(n): shape for n, shape in state.items()}
+            optional = {add(n) for n in optional}
     prefix = prefix + "." if prefix and any(n.startswith(prefix + ".") for n in state) else ""
     try:  # where the rule table knows the tensor, it also knows which config fields drive it
         rules = expected_tensors(config, architecture)
@@ -171,10 +182,13 @@ def _build_config(transformers, folder, config: Mapping[str, Any], trust_remote_
 
 
 def _build_model(transformers, torch, hf_config, config: Mapping[str, Any], trust_remote_code: bool, version: str):
-    architecture = None
-    archs = config.get("architectures")
-    if isinstance(archs, list) and archs and isinstance(archs[0], str) and _IDENTIFIER.match(archs[0]):
-        architecture = archs[0]
+    architecture = _first_architecture(config)
+    nested = architecture is None
+    if nested:
+        # transformers 4.5x's Qwen2-VL / Qwen2.5-VL configs forward attribute writes to text_config:
+        # save_pretrained leaves architectures there, and none at the top.
+        architecture = next((a for key in ("text_config",) if isinstance(config.get(key), Mapping)
+                             and (a := _first_architecture(config[key])) is not None), None)
     has_code = isinstance(config.get("auto_map"), dict)
     with torch.device("meta"):
         if has_code and trust_remote_code:
@@ -185,6 +199,8 @@ def _build_model(transformers, torch, hf_config, config: Mapping[str, Any], trus
                 cls = getattr(transformers, architecture, None)
             except Exception:  # the lazy module may fail to import an optional backend
                 cls = None
+        if nested and getattr(cls, "config_class", None) is not type(hf_config):
+            cls = None  # the text model's own class: not the one the folder's config builds
         if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
             try:
                 return cls._from_config(hf_config) if hasattr(cls, "_from_config") else cls(hf_config)
@@ -196,6 +212,13 @@ def _build_model(transformers, torch, hf_config, config: Mapping[str, Any], trus
                                                f"{_one_line(exc)}") from None
                 raise
         return _from_auto(transformers, hf_config, trust_remote_code=False)
+
+
+def _first_architecture(config: Mapping[str, Any]) -> str | None:
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs and isinstance(archs[0], str) and _IDENTIFIER.match(archs[0]):
+        return archs[0]
+    return None
 
 
 def _from_auto(transformers, hf_config, trust_remote_code: bool):
@@ -221,12 +244,12 @@ def _state_shapes(model, tensor_names: Iterable[str] | None = None) -> tuple[dic
     (:func:`_class_key_mapping`). Optional: tied weights and those the class declares missing-ok.
     """
     state = model.state_dict()
-    optional = _optional_names(model, state)
+    stored = set(tensor_names) if tensor_names is not None else set()
+    optional = _optional_names(model, state, stored)
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # transformers < 5
         revert_weight_conversion = None
-    stored = set(tensor_names) if tensor_names is not None else set()
     if revert_weight_conversion is None:
         reverted, optional, loads = _class_key_mapping(model, state, optional, stored)
         shapes = {name: tuple(int(d) for d in tensor.shape) for name, tensor in reverted.items()}
@@ -286,12 +309,18 @@ def _simulate_load(model, state: Mapping[str, Any], stored: Iterable[str]) -> di
         renamings = [t for t in mapping if isinstance(t, renaming_cls)]
         converters = [t for t in mapping if isinstance(t, converter_cls)]
         loads: dict[str, str] = {}
+        base = (getattr(model, "base_model_prefix", "") or "") + "."
         # Some renames depend on the order names are seen in: from_pretrained's order.
         for name in sorted(stored, key=order) if callable(order) else sorted(stored):
             # Without the base-model prefix step: hfconv's comparison tolerates prefixes itself.
             renamed, pattern = cml.rename_source_key(name, renamings, converters)
             if renamed not in state and name in state:
                 renamed, pattern = name, None  # from_pretrained keeps a name the model has
+            elif base != "." and isinstance(renamed, str) and renamed.startswith(base) and renamed not in state \
+                    and renamed[len(base):] in state:
+                # A bare model loading a head's rename (Qwen2-VL: model.* -> model.language_model.*,
+                # then the base model drops its own prefix): the stored name loads into that tensor.
+                renamed = renamed[len(base):]
             if pattern is None and isinstance(renamed, str) and renamed in state:
                 loads[name] = renamed
         saved_layout = any(t.was_used() for t in mapping[:own])
@@ -380,17 +409,27 @@ def _legacy_name(name: str) -> str:
     return name
 
 
-def _optional_names(model, state: Mapping[str, Any]) -> set[str]:
+def _optional_names(model, state: Mapping[str, Any], stored: set[str] | None = None) -> set[str]:
+    """Names a checkpoint may omit: tied weights and those the class declares missing-ok.
+
+    transformers 4.x ties by sharing one Parameter under several names, and ``save_pretrained``
+    writes one of them, not necessarily the first registered (FSMT's decoder stores
+    ``output_projection.weight``, not ``embed_tokens.weight``): where ``stored`` holds a name of
+    such a group, the group's other names are optional; otherwise all but the first."""
     optional: set[str] = set()
     tied = getattr(model, "all_tied_weights_keys", None)  # transformers >= 5: the effective ties
     if isinstance(tied, Mapping):
         optional.update(tied)
     else:  # transformers 4: once tied, one Parameter appears under several names
-        seen: set[int] = set()
+        groups: dict[int, list[str]] = {}
         for name, param in model.named_parameters(remove_duplicate=False):
-            if id(param) in seen:
-                optional.add(name)
-            seen.add(id(param))
+            groups.setdefault(id(param), []).append(name)
+        prefix = (getattr(model, "base_model_prefix", "") or "") + "."
+        for names in groups.values():
+            if len(names) < 2:
+                continue
+            kept = next((n for n in names if _stored_as(n, stored, prefix)), names[0]) if stored else names[0]
+            optional.update(n for n in names if n != kept)
         if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "get_output_embeddings"):
             output = model.get_output_embeddings()
             optional.update(f"{name}.weight" for name, module in model.named_modules()
@@ -398,6 +437,15 @@ def _optional_names(model, state: Mapping[str, Any]) -> set[str]:
     for pattern in _patterns(getattr(model, "_keys_to_ignore_on_load_missing", None)):
         optional.update(n for n in state if re.search(pattern, n))
     return {n for n in optional if n in state}
+
+
+def _stored_as(name: str, stored: set[str], prefix: str) -> bool:
+    """``name`` is stored, with or without the base-model prefix (a bare model saved with it)."""
+    if name in stored:
+        return True
+    if prefix != "." and name.startswith(prefix):
+        return name[len(prefix):] in stored
+    return prefix != "." and prefix + name in stored
 
 
 def _patterns(value) -> list[str]:
