@@ -645,3 +645,55 @@ def test_pegasus_slow_tokenizer_offset(tmp_path):
     # <unk> declared one past where the shifted spiece.model has it: the files disagree.
     bad = pegasus_folder(tmp_path / "bad", unk_id=pieces().index("<unk>") + 104)
     assert found(validate(bad), "HFC508")
+
+
+def fairseq_folder(tmp_path: Path, cls: str = "XLMRobertaTokenizer", decoder: bool = True) -> Path:
+    """A slow-only folder as transformers 4.x's XLMRobertaTokenizer / CamembertTokenizer saves it:
+    sentencepiece.bpe.model, whose pieces are shifted behind the class's fixed fairseq specials."""
+    folder = copy_fixture(tmp_path)
+    (folder / "tokenizer.model").rename(folder / "sentencepiece.bpe.model")
+    (folder / "model.safetensors").unlink()
+    n = len(pieces())
+    if cls == "CamembertTokenizer":
+        fixed = ["<s>NOTUSED", "<pad>", "</s>NOTUSED", "<unk>", "<unk>NOTUSED"]
+        layout = {**dict(enumerate(fixed)), 5: "<s>", 6: "</s>", n + 4: "<mask>"}  # spm <s>, </s> at 1, 2
+    else:
+        layout = {0: "<s>", 1: "<pad>", 2: "</s>", 3: "<unk>", n + 1: "<mask>"}
+    config = {"tokenizer_class": cls, "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+              "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>", "mask_token": "<mask>"}
+    if decoder:
+        config["added_tokens_decoder"] = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                                   "single_word": False, "special": True} for i, t in layout.items()}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "special_tokens_map.json").write_text(json.dumps({k: v for k, v in config.items() if k.endswith("_token")}))
+    size = max(layout) + 1
+    ids = {t: i for i, t in layout.items()}  # camembert-base's config says bos 5, eos 6
+    for name in ("config.json", "generation_config.json"):
+        edit_json(folder / name, lambda c: c.update(bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=1))
+    edit_json(folder / "config.json", lambda c: c.update(vocab_size=size))
+    return folder
+
+
+@pytest.mark.parametrize("cls", ["XLMRobertaTokenizer", "CamembertTokenizer"])
+@pytest.mark.parametrize("decoder", [True, False], ids=["v4.34+", "older"])
+def test_fairseq_sentencepiece_file_is_read_with_its_offset(tmp_path, cls, decoder):
+    good = fairseq_folder(tmp_path / "good", cls, decoder)
+    report = validate(good)
+    assert [f.code for f in report.findings if f.code.startswith("HFC5")] == []  # read (no HFC517), clean
+    # The same folder with config ids that disagree with the fixed fairseq ids, and a token outside it.
+    bad = fairseq_folder(tmp_path / "bad", cls, decoder)
+    edit_json(bad / "generation_config.json", lambda c: c.update(eos_token_id=7))
+    assert found(validate(bad), "HFC506")
+    edit_json(bad / "tokenizer_config.json", lambda c: c.update(pad_token="<|no_such_token|>"))
+    edit_json(bad / "special_tokens_map.json", lambda c: c.update(pad_token="<|no_such_token|>"))
+    assert [f.severity.value for f in found(validate(bad), "HFC504")] == ["error"]
+
+
+def test_fairseq_sentencepiece_file_unreadable_or_class_unknown(tmp_path):
+    broken = fairseq_folder(tmp_path / "broken")
+    (broken / "sentencepiece.bpe.model").write_bytes(b"\x00garbage\xff" * 8)
+    [hit] = found(validate(broken), "HFC501")
+    assert hit.file == "sentencepiece.bpe.model" and hit.severity.value == "error"
+    # A class whose appended tokens only added_tokens_decoder records is not guessed without it.
+    mbart = fairseq_folder(tmp_path / "mbart", "MBartTokenizer", decoder=False)
+    assert [f.code for f in validate(mbart).findings if f.code.startswith("HFC5")] == ["HFC517"]

@@ -3,7 +3,9 @@
 What ``AutoTokenizer.from_pretrained`` and ``generate()`` rely on, checked across files:
 
 * the vocabulary (``tokenizer.json``, else ``tokenizer.model`` / ``spiece.model`` read with
-  sentencepiece from bytes, else ``vocab.json`` / ``vocab.txt``) plus the added tokens;
+  sentencepiece from bytes, or the SentencePiece file of a known slow class under its own name with
+  that class's id layout (``sentencepiece.bpe.model`` of XLM-R / CamembERT / mBART / NLLB, ``spm.model``
+  of DeBERTa-v2, see ``SHIFTED_LAYOUTS``), else ``vocab.json`` / ``vocab.txt``) plus the added tokens;
 * ``vocab_size`` and the embedding rows against the tokenizer's ids, special tokens present in the
   vocabulary, the token ids of config.json / generation_config.json in range and agreeing with
   the tokenizer's ids (rows against vocab_size is the shape check's HFC601);
@@ -150,7 +152,8 @@ SPECIAL_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token"
 ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 ROLE_OF_ID = {"bos_token_id": "bos_token", "eos_token_id": "eos_token", "pad_token_id": "pad_token"}
 SP_FILES = ("tokenizer.model", "spiece.model")
-"""SentencePiece files whose piece ids are the tokenizer's ids (sentencepiece.bpe.model is shifted)."""
+"""SentencePiece files whose piece ids are the tokenizer's ids (sentencepiece.bpe.model is shifted: only
+read for the tokenizer classes of ``SHIFTED_LAYOUTS``)."""
 EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight",
                   "shared.weight", "lm_head.weight", "embed_out.weight")
 """Tensors whose first dimension is the vocabulary (input embeddings and output heads)."""
@@ -451,9 +454,81 @@ def _pegasus_offset(contents: FolderContents) -> int:
     return offset if _is_id(offset) and 0 < offset <= 10_000 else 0
 
 
+@dataclass(frozen=True)
+class ShiftedLayout:
+    """How a slow tokenizer class maps a SentencePiece file under its own name to token ids.
+
+    fairseq-converted models (XLM-R, mBART, NLLB, ...) pin their own specials to fixed ids and shift
+    every other piece by an offset; the ids are in the tokenizer class's code, not in the files.
+    """
+
+    file: str
+    fixed: tuple[tuple[str, int], ...] = ()
+    """Tokens the class pins to ids (fairseq_tokens_to_ids), whatever the SentencePiece model says."""
+    offset: int = 0
+    """Piece i (from ``first`` on) has id i + offset."""
+    first: int = 0
+    """Pieces below this id are hidden behind ``fixed``."""
+    mask_after: bool = False
+    """``<mask>`` follows the last piece (id piece_count + offset) by the class's code."""
+    needs_decoder: bool = False
+    """Read only when tokenizer_config.json has added_tokens_decoder: the class appends tokens (language
+    codes, made-up words) whose ids only that map records."""
+
+    def vocabulary(self, model: SentencePieceModel) -> Vocabulary:
+        base = dict(self.fixed)
+        for i in range(self.first, model.piece_count):
+            base.setdefault(model.pieces[i], i + self.offset)
+        size = model.piece_count + self.offset
+        if self.mask_after:
+            base.setdefault("<mask>", size)
+            size += 1
+        return Vocabulary(source=self.file, base=base, base_size=size, added={})
+
+
+_FAIRSEQ = (("<s>", 0), ("<pad>", 1), ("</s>", 2), ("<unk>", 3))
+SHIFTED_LAYOUTS = {
+    # transformers 4.x tokenization_xlm_roberta.py & co: fairseq_offset 1, <s> <pad> </s> <unk> at 0..3.
+    "XLMRobertaTokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, mask_after=True),
+    "MBartTokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, needs_decoder=True),
+    "MBart50Tokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, needs_decoder=True),
+    "NllbTokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, needs_decoder=True),
+    "XGLMTokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, needs_decoder=True),
+    "PLBartTokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, needs_decoder=True),
+    # tokenization_camembert.py: fairseq_offset 4 after <s>NOTUSED <pad> </s>NOTUSED <unk> <unk>NOTUSED.
+    "CamembertTokenizer": ShiftedLayout(
+        "sentencepiece.bpe.model",
+        (("<s>NOTUSED", 0), ("<pad>", 1), ("</s>NOTUSED", 2), ("<unk>", 3), ("<unk>NOTUSED", 4)), 4, 1,
+        mask_after=True),
+    # Piece ids are the token ids, only the file name differs.
+    "DebertaV2Tokenizer": ShiftedLayout("spm.model"),
+    "SpeechT5Tokenizer": ShiftedLayout("spm_char.model"),
+}
+"""Slow tokenizer classes whose SentencePiece file hfconv reads under its own name (tokenizer_class)."""
+
+
+def _shifted_layout(contents: FolderContents) -> ShiftedLayout | None:
+    config = contents.json.get("tokenizer_config.json")
+    if not isinstance(config, dict) or not isinstance(config.get("tokenizer_class"), str):
+        return None
+    name = config["tokenizer_class"]
+    layout = SHIFTED_LAYOUTS.get(name[:-4] if name.endswith("Fast") else name)
+    if layout is None or (layout.needs_decoder and not isinstance(config.get("added_tokens_decoder"), dict)):
+        return None
+    return layout
+
+
 def _slow_vocabulary(contents: FolderContents, sp_models: dict[str, SentencePieceModel],
                      findings: list[Finding]) -> Vocabulary | None:
     folder = contents.folder
+    layout = _shifted_layout(contents)
+    if layout is not None and folder.has(layout.file) and layout.file not in folder.special_files:
+        try:
+            return layout.vocabulary(read_sentencepiece(folder, layout.file))
+        except TokenizerFileError as exc:
+            findings.append(finding("HFC501", f"{layout.file} {exc.message}; the slow tokenizer fails to load, "
+                                    "replace it with the model's real SentencePiece file", file=layout.file))
+            return None
     for name in SP_FILES:
         if name in sp_models:
             model = sp_models[name]
