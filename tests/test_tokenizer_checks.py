@@ -697,3 +697,16 @@ def test_fairseq_sentencepiece_file_unreadable_or_class_unknown(tmp_path):
     # A class whose appended tokens only added_tokens_decoder records is not guessed without it.
     mbart = fairseq_folder(tmp_path / "mbart", "MBartTokenizer", decoder=False)
     assert [f.code for f in validate(mbart).findings if f.code.startswith("HFC5")] == ["HFC517"]
+
+
+def test_null_tokenizer_file_hides_tokenizer_json_from_transformers_4(tmp_path):
+    # transformers 4.x keeps tokenizer_config.json's "tokenizer_file": null over the folder's tokenizer.json
+    # and converts the fast tokenizer from the slow files; without them the tokenizer does not load.
+    folder = copy_fixture(tmp_path)
+    write_tokenizer_json(folder)
+    edit_json(folder / "tokenizer_config.json", lambda c: c.update(tokenizer_file=None))
+    [hit] = found(validate(folder), "HFC507")
+    assert hit.severity.value == "info" and "tokenizer.model" in hit.message
+    (folder / "tokenizer.model").unlink()
+    [hit] = found(validate(folder), "HFC507")
+    assert hit.severity.value == "warning" and "fails to load" in hit.message

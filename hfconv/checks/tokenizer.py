@@ -157,6 +157,10 @@ read for the tokenizer classes of ``SHIFTED_LAYOUTS``)."""
 EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight",
                   "shared.weight", "lm_head.weight", "embed_out.weight")
 """Tensors whose first dimension is the vocabulary (input embeddings and output heads)."""
+SLOW_VOCAB_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "sentencepiece.model", "spm.model",
+                    "spm_char.model", "source.spm", "vocab.json", "vocab.txt", "merges.txt", "bpe.codes",
+                    "qwen.tiktoken", "tokenizer.tiktoken")
+"""Files a transformers 4.x slow tokenizer is built from; any of them may let it convert a fast one."""
 IGNORED_FILE_KEYS = frozenset({"special_tokens_map_file", "tokenizer_config_file", "name_or_path"})
 """``*_file`` keys transformers pops or ignores; old save_pretrained wrote absolute paths there."""
 
@@ -680,6 +684,20 @@ def _check_file_references(facts: _Facts) -> Iterator[Finding]:
         return
     folder = facts.contents.folder
     has_fast = facts.json_vocab is not None
+    if has_fast and "tokenizer_file" in config and config["tokenizer_file"] is None:
+        # transformers 4.x keeps the null (a key present in tokenizer_config.json wins over the file it
+        # finds), so the fast tokenizer ignores tokenizer.json and is converted from the slow files.
+        slow = [name for name in SLOW_VOCAB_FILES if folder.has(name)]
+        if slow:
+            yield finding("HFC507", "tokenizer_config.json sets tokenizer_file to null; transformers 4.x then ignores "
+                          f"tokenizer.json and converts the fast tokenizer from {slow[0]} (transformers 5 reads "
+                          "tokenizer.json), so remove the key", file="tokenizer_config.json", tensor="$.tokenizer_file",
+                          severity="info")
+        else:
+            yield finding("HFC507", "tokenizer_config.json sets tokenizer_file to null; transformers 4.x then ignores "
+                          "tokenizer.json and, with no slow vocabulary file in the folder to convert from, fails to "
+                          "load the tokenizer (transformers 5 reads tokenizer.json), so remove the key",
+                          file="tokenizer_config.json", tensor="$.tokenizer_file", severity="warning")
     for key, value in config.items():
         if not key.endswith("_file") or key in IGNORED_FILE_KEYS or not isinstance(value, str) or not value:
             continue
