@@ -494,8 +494,12 @@ def v3_layout(folder: Path) -> None:
     extra = {t["content"]: int(i) for i, t in decoder.items() if int(i) >= base_size}
     if extra:
         (folder / "added_tokens.json").write_text(json.dumps(extra, indent=2))
-    cfg.update({"name_or_path": "/home/someone/models/src", "special_tokens_map_file": "/home/someone/.cache/stm.json",
-                "tokenizer_file": None})
+    cfg.update({"name_or_path": "/home/someone/models/src", "special_tokens_map_file": "/home/someone/.cache/stm.json"})
+    # Old save_pretrained wrote "tokenizer_file": null beside the slow vocabulary files it always saved; beside
+    # tokenizer.json alone the null makes transformers 4.x fail to load (HFC507), so only write it there.
+    slow_files = ("tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+    if any((folder / name).exists() for name in slow_files):
+        cfg["tokenizer_file"] = None
     for role in ("bos_token", "eos_token", "unk_token", "pad_token"):
         if isinstance(cfg.get(role), str):
             cfg[role] = {"__type": "AddedToken", "content": cfg[role], "lstrip": False, "normalized": True,
