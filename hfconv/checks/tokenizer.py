@@ -133,10 +133,13 @@ register("HFC514", "info", "config dtype differs from weights",
          "tensors)")
 register("HFC515", "warning", "special token files disagree",
          "special_tokens_map.json and tokenizer_config.json name different strings for the same special "
-         "token; transformers takes special_tokens_map.json's, other tools take tokenizer_config.json's.",
+         "token. transformers 4.34 and later (5 too) use tokenizer_config.json's when it has "
+         "added_tokens_decoder; older versions, and files without it, use special_tokens_map.json's.",
          "Make both files name the same token (re-save the tokenizer with save_pretrained).",
          "eos_token is '</s>' in special_tokens_map.json but '<|im_end|>' in tokenizer_config.json; "
-         "transformers uses '</s>'")
+         "transformers 4.34 and later (5 too) use '<|im_end|>' (special_tokens_map.json is not read when "
+         "tokenizer_config.json has added_tokens_decoder) but older versions use '</s>', so make both files "
+         "name the same token")
 register("HFC516", "error", "vocabulary file unreadable",
          "The vocabulary file the tokenizer is built from (vocab.json, vocab.txt) cannot be read.",
          "Re-download or re-save the tokenizer.",
