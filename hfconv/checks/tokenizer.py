@@ -81,7 +81,8 @@ register("HFC506", "warning", "token id disagrees with tokenizer",
 register("HFC507", "error", "tokenizer file reference",
          "tokenizer_config.json names a file (vocab_file, merges_file, sp_model_file, ...) that is not in "
          "the folder, or a path outside it; transformers 4.x opens such paths as given (transformers 5 "
-         "ignores them). Only noted (info) when a readable tokenizer.json makes the fast tokenizer independent "
+         "ignores them). Also \"tokenizer_file\": null, which makes transformers 4.x ignore tokenizer.json "
+         "(a warning; info when slow vocabulary files are there to convert from). Only noted (info) when a readable tokenizer.json makes the fast tokenizer independent "
          "of the file (transformers 5's GemmaTokenizer.save_pretrained writes its source path there).",
          "Remove the key (the tokenizer finds its files in the folder by their standard names) or ship the "
          "named file.",
@@ -146,7 +147,8 @@ register("HFC516", "error", "vocabulary file unreadable",
          "vocab.json is not valid JSON: Expecting ',' delimiter at line 1 column 9")
 register("HFC517", "info", "tokenizer checks skipped",
          "The folder has tokenizer metadata but no vocabulary hfconv can read (tokenizer.json, tokenizer.model, "
-         "spiece.model, vocab.json or vocab.txt), so vocabulary checks were skipped.",
+         "spiece.model, vocab.json, vocab.txt, or the SentencePiece file of a known slow class such as "
+         "XLM-R's sentencepiece.bpe.model or DeBERTa-v2's spm.model), so vocabulary checks were skipped.",
          "Nothing to fix if the tokenizer loads; ship tokenizer.json to have it checked.",
          "no readable tokenizer vocabulary (tokenizer.json, tokenizer.model, vocab.json, vocab.txt); "
          "vocabulary checks were skipped")
