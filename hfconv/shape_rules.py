@@ -1128,6 +1128,9 @@ _OUTPUTS = ("lm_head", "embed_out")
 _BASES = {"model", "transformer", "gpt_neox", "bert", "roberta", "language_model", "embeddings", "backbone"}
 _LAYER_STEMS = ("layers", "h", "layer", "blocks", "block")
 _DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_DEPTH_BY_TYPE = {"longcat_flash": ("num_layers",)}
+"""Model types whose stored layer run is counted by another field: LongCat-Flash stores
+``num_layers`` decoder layers of two sublayers each, and its num_hidden_layers is 2 * num_layers."""
 _HIDDEN_FIELDS = ("input_embedding_size", "word_embed_proj_dim", "embedding_size", "hidden_size", "n_embd", "d_model",
                   "dim")
 """Fields giving the token embedding's width, most specific first (RemBERT: input_embedding_size,
@@ -1187,7 +1190,8 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
                 break
     runs: list[tuple[str, str | None, Any]] = []  # (stem, config field, its value)
     if len(stems) == 1:
-        runs = [(next(iter(stems)), *_field(config, _DEPTH_FIELDS))]
+        depth = _DEPTH_BY_TYPE.get(model_type, ()) if isinstance(model_type, str) else ()
+        runs = [(next(iter(stems)), *_field(config, depth + _DEPTH_FIELDS))]
     elif len(stems) == 2:  # an encoder-decoder: one run under encoder., one under decoder.
         by_side = {side: [s for s in stems if f".{side}." in f".{s}"] for side in ("encoder", "decoder")}
         if all(len(v) == 1 for v in by_side.values()):

@@ -720,3 +720,28 @@ def test_custom_code_is_not_imported_without_trust(transformers, tmp_path):
     assert [f.code for f in found] == ["HFC609"]
     assert "only used with --trust-remote-code" in found[0].message
     assert found[0].message.endswith("; only embedding sizes and the layer count were checked")
+
+
+def _longcat_folder(tmp_path: Path, num_layers: int) -> Path:
+    """A LongCat-Flash folder as save_pretrained writes it: num_layers decoder layers (two
+    sublayers each) stored, and num_hidden_layers = 2 * num_layers in config.json."""
+    folder = tmp_path / f"longcat-{num_layers}"
+    folder.mkdir()
+    config = {"architectures": ["LongcatFlashForCausalLM"], "model_type": "longcat_flash", "vocab_size": 32,
+              "hidden_size": 8, "num_layers": num_layers, "num_hidden_layers": 4, "torch_dtype": "float32"}
+    (folder / "config.json").write_text(json.dumps(config))
+    tensors = {"model.embed_tokens.weight": torch.zeros(32, 8), "lm_head.weight": torch.zeros(32, 8)}
+    for i in range(2):
+        tensors[f"model.layers.{i}.input_layernorm.0.weight"] = torch.zeros(8)
+        tensors[f"model.layers.{i}.input_layernorm.1.weight"] = torch.zeros(8)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_generic_layer_count_longcat_flash_counts_num_layers(tmp_path):
+    good = validate(_longcat_folder(tmp_path, 2), reference="rules")
+    assert not [f for f in good.findings if f.code == "HFC604"]
+    bad = validate(_longcat_folder(tmp_path, 3), reference="rules")
+    assert [f.message for f in bad.findings if f.code == "HFC604"] == [
+        "weights hold 2 layers (model.layers.{0..1}) but config.json num_layers is 3: layer 2 would stay "
+        "randomly initialised"]
