@@ -1198,6 +1198,12 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
             # BART: encoder_layers/decoder_layers; T5: num_layers and num_decoder_layers (null: num_layers).
             runs = [(by_side["encoder"][0], *_field(config, ("encoder_layers", "num_layers"))),
                     (by_side["decoder"][0], *_field(config, ("decoder_layers", "num_decoder_layers", "num_layers")))]
+            # num_hidden_layers beside encoder_layers is its alias (BART, Whisper, Marian, ...), which
+            # save_pretrained writes equal; where they differ transformers 5 builds num_hidden_layers
+            # encoder layers (4.x built encoder_layers), so the run must match both.
+            hidden, encoder = config.get("num_hidden_layers"), config.get("encoder_layers")
+            if _is_int(hidden) and _is_int(encoder) and hidden != encoder:
+                runs.append((by_side["encoder"][0], "num_hidden_layers", hidden))
     counts = tuple(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", value, f, "layers")
                    for stem, f, value in runs if f is not None)
     return ExpectedModel(tensors=tensors, family=model_type if isinstance(model_type, str) else None,

@@ -745,3 +745,36 @@ def test_generic_layer_count_longcat_flash_counts_num_layers(tmp_path):
     assert [f.message for f in bad.findings if f.code == "HFC604"] == [
         "weights hold 2 layers (model.layers.{0..1}) but config.json num_layers is 3: layer 2 would stay "
         "randomly initialised"]
+
+
+def _encoder_decoder_folder(tmp_path: Path, name: str, **layers: int) -> Path:
+    """A BART-like folder (not in the rule table: generic checks) with two encoder and two
+    decoder layers stored."""
+    folder = tmp_path / name
+    folder.mkdir()
+    config = {"architectures": ["BartForConditionalGeneration"], "model_type": "bart", "vocab_size": 32,
+              "d_model": 8, "encoder_layers": 2, "decoder_layers": 2, "num_hidden_layers": 2, **layers}
+    (folder / "config.json").write_text(json.dumps(config))
+    tensors = {"model.shared.weight": torch.zeros(32, 8)}
+    for side in ("encoder", "decoder"):
+        for i in range(2):
+            tensors[f"model.{side}.layers.{i}.fc1.weight"] = torch.zeros(16, 8)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("layers, message", [
+    ({}, None),
+    ({"num_hidden_layers": 3}, "weights hold 2 layers (model.encoder.layers.{0..1}) but config.json num_hidden_layers "
+                               "is 3: layer 2 would stay randomly initialised"),
+    ({"num_hidden_layers": 1}, "weights hold 2 layers (model.encoder.layers.{0..1}) but config.json num_hidden_layers "
+                               "is 1: layer 1 would be ignored"),
+    ({"encoder_layers": 3, "num_hidden_layers": 3}, "weights hold 2 layers (model.encoder.layers.{0..1}) but "
+                                                    "config.json encoder_layers is 3: layer 2 would stay randomly "
+                                                    "initialised"),
+])
+def test_generic_encoder_layers_alias_num_hidden_layers(tmp_path, layers, message):
+    """num_hidden_layers is encoder_layers' alias in BART-like configs: transformers 5 builds that
+    many encoder layers when the two differ (4.x built encoder_layers), so both must match."""
+    report = validate(_encoder_decoder_folder(tmp_path, "m", **layers), reference="rules")
+    assert [f.message for f in report.findings if f.code == "HFC604"] == ([message] if message else [])
