@@ -18,7 +18,7 @@ from hfconv.checks.schemas import (
     schema_problems,
 )
 from hfconv.cli import main
-from hfconv.findings import REGISTRY
+from hfconv.findings import REGISTRY, Severity
 from hfconv.validation import validate
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -256,6 +256,22 @@ def test_index_schema(tmp_path):
     [hit] = found(validate(folder), "HFC406")
     assert hit.tensor == "$.metadata.total_size" and hit.file == "model.safetensors.index.json"
     assert "regenerate the index" in hit.message
+
+
+@pytest.mark.parametrize("index_file, fixture", [("model.safetensors.index.json", "llama-safetensors-sharded"),
+                                                 ("pytorch_model.bin.index.json", "llama-bin-sharded")])
+@pytest.mark.parametrize("metadata", ["missing", None, [], "x"])
+def test_index_without_metadata_object(tmp_path, index_file, fixture, metadata):
+    """transformers' from_pretrained reads index["metadata"] (4.x and 5.x): a KeyError without it,
+    a TypeError when it is not an object. An empty object loads."""
+    folder = copy_fixture(tmp_path, fixture)
+    edit_json(folder / index_file,
+              lambda c: c.pop("metadata") if metadata == "missing" else c.update(metadata=metadata))
+    [hit] = found(validate(folder), "HFC406")
+    assert hit.tensor == "$.metadata" and hit.file == index_file and hit.severity is Severity.ERROR
+    assert "from_pretrained" in hit.message
+    edit_json(folder / index_file, lambda c: c.update(metadata={}))
+    assert not found(validate(folder), "HFC406")
 
 
 def test_tokenizer_json_structure(tmp_path):
