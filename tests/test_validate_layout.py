@@ -480,3 +480,21 @@ def test_torch_checkpoint_named_safetensors_is_an_error(tmp_path: Path) -> None:
     (folder / "pytorch_model.bin").rename(folder / "model.safetensors")
     [f] = [f for f in validate(folder).findings if f.severity.value == "error"]
     assert f.code == "HFC202" and f.file == "model.safetensors" and "rename it pytorch_model.bin" in f.message
+
+
+@pytest.mark.parametrize("installed, severity", [("4.57.1", "error"), ("5.0.0", "warning"), (None, "warning")])
+def test_safetensors_format_metadata_with_transformers_4_installed(tmp_path: Path, monkeypatch, installed,
+                                                                   severity) -> None:
+    """transformers 4.x's from_pretrained refuses a __metadata__ without format=pt/tf/flax/mlx: where
+    it is the installed transformers, the folder does not load for this user."""
+    from safetensors.torch import load_file, save_file
+
+    from hfconv.checks import layout
+
+    monkeypatch.setattr(layout, "_installed_transformers_version", lambda: installed)
+    folder = copy_fixture(tmp_path, "llama-safetensors")
+    save_file(load_file(folder / "model.safetensors"), folder / "model.safetensors", metadata={"source": "x"})
+    [hit] = [f for f in validate(folder).findings if f.code == "HFC012"]
+    assert hit.severity.value == severity
+    if installed == "4.57.1":
+        assert "the installed transformers 4.57.1 refuses to load it" in hit.message
