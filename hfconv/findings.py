@@ -161,7 +161,8 @@ register("HFC011", "warning", "training leftover",
 register("HFC012", "warning", "safetensors format metadata",
          "The safetensors header has a __metadata__ block without 'format' (or with a value other than "
          "pt, tf, flax or mlx). transformers 4.x refuses the file ('does not contain the valid "
-         "metadata'); transformers 5 and plain safetensors load it.",
+         "metadata'); transformers 5 and plain safetensors load it. A warning, or an error where the installed "
+         "transformers is 4.x.",
          "Re-save with save_pretrained, or convert it (hfconv convert writes format=pt).",
          "model.safetensors: __metadata__ has no 'format' entry; transformers 4.x refuses to load it")
 register("HFC101", "error", "file too short",
