@@ -88,6 +88,7 @@ TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_tok
 
 TASKS = (  # in order of preference: bart is saved as BartForConditionalGeneration, bert as BertForMaskedLM
     ("seq2seq", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "AutoModelForSeq2SeqLM"),
+    ("speech-seq2seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES", "AutoModelForSpeechSeq2Seq"),  # whisper
     ("masked", "MODEL_FOR_MASKED_LM_MAPPING_NAMES", "AutoModelForMaskedLM"),
     ("image-text", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "AutoModelForImageTextToText"),
     ("causal", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
@@ -147,6 +148,9 @@ def build(model_type: str, max_params: int):
     small.pop("model_type", None)
     small.pop("transformers_version", None)
     small.pop("architectures", None)
+    if model_type == "mamba2":  # its heads must tile hidden_size * expand
+        small["head_dim"] = small.get("hidden_size", 64) * small.get("expand", 2) // small.get("num_heads", 4)
+        small["n_groups"] = 1
     config = type(default).from_dict(small)
     model = _instantiate(transformers, torch, auto_name, config, max_params)
     return model, task, auto_name, config
