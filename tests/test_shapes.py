@@ -738,6 +738,16 @@ def _longcat_folder(tmp_path: Path, num_layers: int) -> Path:
     return folder
 
 
+@pytest.mark.parametrize("layers", [{"num_hidden_layers": 10**30}, {"encoder_layers": 10**30, "num_hidden_layers": 2},
+                                    {"decoder_layers": 70_000}, {"encoder_layers": -1}])
+def test_generic_absurd_layer_counts_are_refused_not_expanded(tmp_path, layers):
+    """config.json is untrusted: a count the generic checks would range() over is HFC611, not
+    a MemoryError (or the OOM killer)."""
+    [found] = [f for f in validate(_encoder_decoder_folder(tmp_path, "m", **layers), reference="rules").findings
+               if f.code.startswith("HFC6") and f.code != "HFC606"]
+    assert found.code == "HFC611" and found.tensor in layers
+
+
 def test_generic_layer_count_longcat_flash_counts_num_layers(tmp_path):
     good = validate(_longcat_folder(tmp_path, 2), reference="rules")
     assert not [f for f in good.findings if f.code == "HFC604"]
@@ -766,9 +776,11 @@ def _encoder_decoder_folder(tmp_path: Path, name: str, **layers: int) -> Path:
 @pytest.mark.parametrize("layers, message", [
     ({}, None),
     ({"num_hidden_layers": 3}, "weights hold 2 layers (model.encoder.layers.{0..1}) but config.json num_hidden_layers "
-                               "is 3: layer 2 would stay randomly initialised"),
+                               "is 3: layer 2 would stay randomly initialised in transformers 5, which builds "
+                               "num_hidden_layers encoder layers (4.x builds encoder_layers = 2); set both to 2"),
     ({"num_hidden_layers": 1}, "weights hold 2 layers (model.encoder.layers.{0..1}) but config.json num_hidden_layers "
-                               "is 1: layer 1 would be ignored"),
+                               "is 1: layer 1 would be ignored in transformers 5, which builds num_hidden_layers "
+                               "encoder layers (4.x builds encoder_layers = 2); set both to 2"),
     ({"encoder_layers": 3, "num_hidden_layers": 3}, "weights hold 2 layers (model.encoder.layers.{0..1}) but "
                                                     "config.json encoder_layers is 3: layer 2 would stay randomly "
                                                     "initialised"),

@@ -22,6 +22,7 @@ from ..discovery import ADAPTER
 from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
 from ..shape_rules import (
+    MAX_COUNT,
     Comparison,
     ConfigValueError,
     CountMismatch,
@@ -263,7 +264,7 @@ def _mismatch_message(mm: ShapeMismatch, expected: ExpectedModel, fixes: Mapping
 
 def _count_message(count: CountMismatch, config: Mapping[str, Any]) -> str:
     group = count.group
-    want = set(range(group.expected))
+    want = set(range(min(group.expected, MAX_COUNT + 1)))
     found = set(count.found)
     field = group.field
     stated = f"config.json {field} is {group.expected}" if _lookup(config, field) is not None else \
@@ -279,6 +280,11 @@ def _count_message(count: CountMismatch, config: Mapping[str, Any]) -> str:
     if absent:
         text += (", and " if extra else ": ") + f"{_singular(noun, absent)} {_ranges(absent)} would stay randomly " \
             "initialised"
+    encoder = config.get("encoder_layers")
+    if field == "num_hidden_layers" and isinstance(encoder, int) and encoder != group.expected:
+        # The alias run of an encoder-decoder (see generic_expected): only transformers 5 reads it.
+        text += (f" in transformers 5, which builds num_hidden_layers encoder layers (4.x builds encoder_layers = "
+                 f"{encoder}); set both to {len(found)}")
     return text
 
 
