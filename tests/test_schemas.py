@@ -304,3 +304,28 @@ def test_cli_reports_schema_finding_and_exit_code(tmp_path):
     assert hit["severity"] == "error"
     clean = CliRunner().invoke(main, ["validate", str(FIXTURES / "llama-safetensors")], catch_exceptions=False)
     assert clean.exit_code == 0
+
+
+@pytest.mark.parametrize("case", ["beside-single-file", "bin-leftover-beside-safetensors"])
+def test_index_without_metadata_is_fine_where_no_loader_reads_it(tmp_path, case):
+    """from_pretrained reads the index only when it loads the weights through it: a leftover
+    index without metadata is the layout checks' business (HFC007/HFC004), not an HFC406 error."""
+    if case == "beside-single-file":
+        folder = copy_fixture(tmp_path, "llama-safetensors")
+        sharded = FIXTURES / "llama-safetensors-sharded"
+        for shard in sharded.glob("model-*.safetensors"):
+            shutil.copy(shard, folder)
+        index = "model.safetensors.index.json"
+        shutil.copy(sharded / index, folder)
+    else:
+        folder = copy_fixture(tmp_path, "llama-safetensors-sharded")
+        sharded = FIXTURES / "llama-bin-sharded"
+        for shard in sharded.glob("pytorch_model-*.bin"):
+            shutil.copy(shard, folder)
+        index = "pytorch_model.bin.index.json"
+        shutil.copy(sharded / index, folder)
+    edit_json(folder / index, lambda c: c.pop("metadata"))
+    assert not found(validate(folder), "HFC406")
+    edit_json(folder / index, lambda c: c.update(metadata={"total_size": -5}))  # other problems still count
+    [hit] = found(validate(folder), "HFC406")
+    assert hit.tensor == "$.metadata.total_size"

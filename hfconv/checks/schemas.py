@@ -101,6 +101,13 @@ _FIX = {
     "added_tokens.json": "fix that value in added_tokens.json (or re-save the tokenizer)",
 }
 _INDEX_FIX = "regenerate the index (hfconv convert writes one)"
+_INDEX_METADATA_FIX = 'add "metadata": {"total_size": <the sum of tensor bytes>} (an empty {} loads too)'
+
+
+def _loaded_index(contents: FolderContents) -> str | None:
+    """The index from_pretrained reads: that of the weights it loads, unless a single file wins."""
+    loaded = contents.folder.loaded_set
+    return loaded.index if loaded is not None and loaded.single is None else None
 
 
 @dataclass(frozen=True)
@@ -319,9 +326,14 @@ def check_schemas(contents: FolderContents) -> Iterator[Finding]:
             continue  # the index check already says the weight_map is unusable (HFC307)
         fix = _INDEX_FIX if code == "HFC406" else _FIX[name]
         problems = schema_problems(schema_name, data)
+        if code == "HFC406" and name != _loaded_index(contents):
+            # Only from_pretrained reads metadata, and it never opens an index of weights it does
+            # not load (a safetensors set beside .bin leftovers, a single file beside shards).
+            problems = [p for p in problems if p.path != "$.metadata"]
         for problem in problems[:MAX_FINDINGS_PER_FILE]:
             where = "the top level" if problem.path == "$" else problem.path
-            yield finding(code, f"{name}: {where} {problem.message}; {fix}", file=name, tensor=problem.path)
+            hint = _INDEX_METADATA_FIX if code == "HFC406" and problem.path == "$.metadata" else fix
+            yield finding(code, f"{name}: {where} {problem.message}; {hint}", file=name, tensor=problem.path)
         if len(problems) > MAX_FINDINGS_PER_FILE:
             rest = len(problems) - MAX_FINDINGS_PER_FILE
             yield finding(code, f"{name}: {rest} more schema problem(s) not listed; {fix}", file=name)
