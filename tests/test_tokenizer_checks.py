@@ -699,9 +699,14 @@ def test_fairseq_sentencepiece_file_unreadable_or_class_unknown(tmp_path):
     assert [f.code for f in validate(mbart).findings if f.code.startswith("HFC5")] == ["HFC517"]
 
 
-def test_null_tokenizer_file_hides_tokenizer_json_from_transformers_4(tmp_path):
+@pytest.mark.parametrize("installed, severity", [("5.24.0", "warning"), (None, "warning"), ("4.57.1", "error")])
+def test_null_tokenizer_file_hides_tokenizer_json_from_transformers_4(tmp_path, monkeypatch, installed, severity):
     # transformers 4.x keeps tokenizer_config.json's "tokenizer_file": null over the folder's tokenizer.json
-    # and converts the fast tokenizer from the slow files; without them the tokenizer does not load.
+    # and converts the fast tokenizer from the slow files; without them the tokenizer does not load
+    # (an error where transformers 4.x is the installed one, as for HFC012).
+    from hfconv import environment
+
+    monkeypatch.setattr(environment, "installed_transformers_version", lambda: installed)
     folder = copy_fixture(tmp_path)
     write_tokenizer_json(folder)
     edit_json(folder / "tokenizer_config.json", lambda c: c.update(tokenizer_file=None))
@@ -709,4 +714,5 @@ def test_null_tokenizer_file_hides_tokenizer_json_from_transformers_4(tmp_path):
     assert hit.severity.value == "info" and "tokenizer.model" in hit.message
     (folder / "tokenizer.model").unlink()
     [hit] = found(validate(folder), "HFC507")
-    assert hit.severity.value == "warning" and "fails to load" in hit.message
+    assert hit.severity.value == severity and "fails to load" in hit.message
+    assert ("the installed transformers 4.57.1 then ignores" in hit.message) is (installed == "4.57.1")

@@ -489,9 +489,9 @@ def test_safetensors_format_metadata_with_transformers_4_installed(tmp_path: Pat
     it is the installed transformers, the folder does not load for this user."""
     from safetensors.torch import load_file, save_file
 
-    from hfconv.checks import layout
+    from hfconv import environment
 
-    monkeypatch.setattr(layout, "_installed_transformers_version", lambda: installed)
+    monkeypatch.setattr(environment, "installed_transformers_version", lambda: installed)
     folder = copy_fixture(tmp_path, "llama-safetensors")
     save_file(load_file(folder / "model.safetensors"), folder / "model.safetensors", metadata={"source": "x"})
     [hit] = [f for f in validate(folder).findings if f.code == "HFC012"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from .. import environment
 from ..contents import FolderContents
 from ..discovery import TRAINING_LEFTOVERS, parse_shard_name
 from ..findings import Finding, finding
@@ -63,23 +64,12 @@ _SAFETENSORS_FORMATS = ("pt", "tf", "flax", "mlx")
 """__metadata__['format'] values transformers 4.x accepts (any other, or none, is refused)."""
 
 
-def _installed_transformers_version() -> str | None:
-    """The installed transformers' version, read from its package metadata (not imported), or None."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("transformers")
-    except Exception:  # noqa: BLE001 - not installed, or broken metadata: no version to go by
-        return None
-
-
 def check_weight_metadata(contents: FolderContents) -> Iterator[Finding]:
     """safetensors files the loader reads carry a 'format' transformers 4.x accepts.
 
     A warning, since transformers 5 and plain safetensors load such files; an error where the
     installed transformers is 4.x, whose from_pretrained refuses them."""
     loaded = contents.folder.loaded_set
-    installed = None
     for name in contents.shards_of(loaded) if loaded is not None else ():
         weight_file = contents.weights.get(name)
         if weight_file is None or weight_file.format != "safetensors" or weight_file.metadata is None:
@@ -87,10 +77,10 @@ def check_weight_metadata(contents: FolderContents) -> Iterator[Finding]:
         value = weight_file.metadata.get("format")
         if value not in _SAFETENSORS_FORMATS:
             what = "has no 'format' entry" if value is None else f"says format={value!r}"
-            installed = installed or _installed_transformers_version() or "none"
-            if installed.split(".")[0] in ("2", "3", "4"):
-                yield finding("HFC012", f"{name}: __metadata__ {what}; the installed transformers {installed} "
-                              "refuses to load it (transformers 5 does not check)", file=name, severity="error")
+            if environment.transformers_4_installed():
+                yield finding("HFC012", f"{name}: __metadata__ {what}; the installed transformers "
+                              f"{environment.installed_transformers_version()} refuses to load it (transformers 5 "
+                              "does not check)", file=name, severity="error")
             else:
                 yield finding("HFC012", f"{name}: __metadata__ {what}; transformers 4.x refuses to load it "
                               "(transformers 5 does not check)", file=name)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .. import environment
 from ..contents import FolderContents
 from ..discovery import ModelFolder
 from ..dtypes import FLOAT_DTYPES, TORCH_DTYPE
@@ -82,7 +83,8 @@ register("HFC507", "error", "tokenizer file reference",
          "tokenizer_config.json names a file (vocab_file, merges_file, sp_model_file, ...) that is not in "
          "the folder, or a path outside it; transformers 4.x opens such paths as given (transformers 5 "
          "ignores them). Also \"tokenizer_file\": null, which makes transformers 4.x ignore tokenizer.json "
-         "(a warning; info when slow vocabulary files are there to convert from). Only noted (info) when a readable tokenizer.json makes the fast tokenizer independent "
+         "(a warning, an error where the installed transformers is 4.x; info when slow vocabulary files are there to "
+         "convert from). Only noted (info) when a readable tokenizer.json makes the fast tokenizer independent "
          "of the file (transformers 5's GemmaTokenizer.save_pretrained writes its source path there).",
          "Remove the key (the tokenizer finds its files in the folder by their standard names) or ship the "
          "named file.",
@@ -698,11 +700,15 @@ def _check_file_references(facts: _Facts) -> Iterator[Finding]:
                           f"tokenizer.json and converts the fast tokenizer from {slow[0]} (transformers 5 reads "
                           "tokenizer.json), so remove the key", file="tokenizer_config.json", tensor="$.tokenizer_file",
                           severity="info")
-        else:
-            yield finding("HFC507", "tokenizer_config.json sets tokenizer_file to null; transformers 4.x then ignores "
+        else:  # an error where that transformers is the one installed, as for HFC012
+            installed = environment.installed_transformers_version() if environment.transformers_4_installed() \
+                else None
+            who = f"the installed transformers {installed}" if installed else "transformers 4.x"
+            yield finding("HFC507", f"tokenizer_config.json sets tokenizer_file to null; {who} then ignores "
                           "tokenizer.json and, with no slow vocabulary file in the folder to convert from, fails to "
                           "load the tokenizer (transformers 5 reads tokenizer.json), so remove the key",
-                          file="tokenizer_config.json", tensor="$.tokenizer_file", severity="warning")
+                          file="tokenizer_config.json", tensor="$.tokenizer_file",
+                          severity="error" if installed else "warning")
     for key, value in config.items():
         if not key.endswith("_file") or key in IGNORED_FILE_KEYS or not isinstance(value, str) or not value:
             continue
