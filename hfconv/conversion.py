@@ -1536,6 +1536,8 @@ def convert(
         raise
     if manifest_tmp is not None and manifest_path is not None:
         os.replace(manifest_tmp, manifest_path)
+        if fsync:
+            _fsync_dir(os.path.dirname(manifest_path))
 
     return ConversionResult(
         src=src_s,
