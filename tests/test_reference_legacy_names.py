@@ -25,13 +25,6 @@ from hfconv import validate  # noqa: E402
 pytestmark = pytest.mark.transformers
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    module = pytest.importorskip("transformers")
-    module.logging.set_verbosity_error()
-    return module
-
-
 def _v4_name(name: str) -> str:
     """The name transformers 4.x LlavaForConditionalGeneration stored for an in-memory v5 name."""
     for new, old in ((r"^model\.language_model\.", "language_model.model."),

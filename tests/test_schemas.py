@@ -306,24 +306,18 @@ def test_cli_reports_schema_finding_and_exit_code(tmp_path):
     assert clean.exit_code == 0
 
 
-@pytest.mark.parametrize("case", ["beside-single-file", "bin-leftover-beside-safetensors"])
-def test_index_without_metadata_is_fine_where_no_loader_reads_it(tmp_path, case):
-    """from_pretrained reads the index only when it loads the weights through it: a leftover
-    index without metadata is the layout checks' business (HFC007/HFC004), not an HFC406 error."""
-    if case == "beside-single-file":
-        folder = copy_fixture(tmp_path, "llama-safetensors")
-        sharded = FIXTURES / "llama-safetensors-sharded"
-        for shard in sharded.glob("model-*.safetensors"):
-            shutil.copy(shard, folder)
-        index = "model.safetensors.index.json"
-        shutil.copy(sharded / index, folder)
-    else:
-        folder = copy_fixture(tmp_path, "llama-safetensors-sharded")
-        sharded = FIXTURES / "llama-bin-sharded"
-        for shard in sharded.glob("pytorch_model-*.bin"):
-            shutil.copy(shard, folder)
-        index = "pytorch_model.bin.index.json"
-        shutil.copy(sharded / index, folder)
+@pytest.mark.parametrize("base, extra, shards, index", [
+    ("llama-safetensors", "llama-safetensors-sharded", "model-*.safetensors", "model.safetensors.index.json"),
+    ("llama-safetensors-sharded", "llama-bin-sharded", "pytorch_model-*.bin", "pytorch_model.bin.index.json"),
+])
+def test_index_without_metadata_is_fine_where_no_loader_reads_it(tmp_path, base, extra, shards, index):
+    """from_pretrained reads the index only when it loads the weights through it (not beside a
+    single file, not of the format it does not load): a leftover index without metadata is the
+    layout checks' business (HFC007/HFC004), not an HFC406 error."""
+    folder = copy_fixture(tmp_path, base)
+    for shard in (FIXTURES / extra).glob(shards):
+        shutil.copy(shard, folder)
+    shutil.copy(FIXTURES / extra / index, folder)
     edit_json(folder / index, lambda c: c.pop("metadata"))
     assert not found(validate(folder), "HFC406")
     edit_json(folder / index, lambda c: c.update(metadata={"total_size": -5}))  # other problems still count

@@ -478,17 +478,6 @@ def test_fixture_generator_is_deterministic(tmp_path):
 
 # --- transformers as the reference ----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def transformers():
-    """transformers, imported once for the module (slow); the tests skip without it."""
-    try:
-        import transformers as module
-    except Exception as exc:  # not installed, or a broken install
-        pytest.skip(f"transformers is not importable ({exc.__class__.__name__}: {exc}); "
-                    "install hfconv[transformers] to compare the rule table with it")
-    module.logging.set_verbosity_error()
-    return module
-
 
 def _heads():
     for family in sorted(CONFIGS):

@@ -23,13 +23,6 @@ from hfconv.reference_transformers import _optional_names  # noqa: E402
 pytestmark = pytest.mark.transformers
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    module = pytest.importorskip("transformers")
-    module.logging.set_verbosity_error()
-    return module
-
-
 def _noisy(folder: Path, reference: str = "transformers") -> list[tuple[str, str | None]]:
     """Shape findings (HFC6xx) that are errors or warnings."""
     report = validate(folder, reference=reference)
