@@ -23,13 +23,13 @@ from typing import Any
 
 from .shape_rules import (
     LAYER_FIELDS,
-    LEGACY_RENAMES,
     ConfigValueError,
     Dim,
     ExpectedModel,
     ExpectedTensor,
     expected_tensors,
     infer_counts,
+    legacy_name,
 )
 
 MAX_REFERENCE_COUNT = 1024
@@ -395,18 +395,12 @@ def _use_stored_names(shapes: dict[str, tuple[int, ...]], optional: set[str], re
         expected = reverted.get(model_name)
         if expected is None or expected == name or expected in stored or expected not in shapes or name in shapes:
             continue
-        if _legacy_name(name) == expected:
+        if legacy_name(name) == expected:
             continue
         shapes[name] = shapes.pop(expected)
         if expected in optional:
             optional.discard(expected)
             optional.add(name)
-
-
-def _legacy_name(name: str) -> str:
-    for old, new in LEGACY_RENAMES:
-        name = name.replace(old, new)
-    return name
 
 
 def _optional_names(model, state: Mapping[str, Any], stored: set[str] | None = None) -> set[str]:

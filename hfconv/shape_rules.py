@@ -912,6 +912,11 @@ class CountGroup:
     field: str
     noun: str
 
+    @property
+    def wanted(self) -> set[int]:
+        """The indices the config asks for (capped: a reference never asks for more than MAX_COUNT)."""
+        return set(range(min(self.expected, MAX_COUNT + 1)))
+
 
 @dataclass(frozen=True)
 class ExpectedModel:
@@ -1032,11 +1037,15 @@ MAX_TENSORS = 500_000
 
 def _count(scope: Scope, expr: str) -> int:
     term = scope.evaluate(expr)
-    value = _int(term, "count")
+    return _bounded_count(_int(term, "count"), term.drivers, term.text)
+
+
+def _bounded_count(value: int, drivers: tuple[str, ...], text: str) -> int:
+    """``value``, a count from config.json (untrusted: never range() over it unchecked)."""
     if value < 0:
-        raise ConfigValueError(term.drivers, f"{term.text} is {value}, a negative count")
+        raise ConfigValueError(drivers, f"{text} is {value}, a negative count")
     if value > MAX_COUNT:
-        raise ConfigValueError(term.drivers, f"{term.text} is {value}, more than hfconv checks ({MAX_COUNT})")
+        raise ConfigValueError(drivers, f"{text} is {value}, more than hfconv checks ({MAX_COUNT})")
     return value
 
 
@@ -1204,11 +1213,8 @@ def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, 
             hidden, encoder = config.get("num_hidden_layers"), config.get("encoder_layers")
             if _is_int(hidden) and _is_int(encoder) and hidden != encoder:
                 runs.append((by_side["encoder"][0], "num_hidden_layers", hidden))
-    for _stem, field, value in runs:
-        if field is not None and not 0 <= value <= MAX_COUNT:  # untrusted: never range() over it
-            raise ConfigValueError((field,), f"{field} is {value}, "
-                                   + ("a negative count" if value < 0 else f"more than hfconv checks ({MAX_COUNT})"))
-    counts = tuple(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", value, f, "layers")
+    counts = tuple(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", _bounded_count(value, (f,), f), f,
+                              "layers")
                    for stem, f, value in runs if f is not None)
     return ExpectedModel(tensors=tensors, family=model_type if isinstance(model_type, str) else None,
                          architecture=architecture_of(config), source="generic", counts=counts, complete=False)
@@ -1302,7 +1308,7 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
             continue
         canonical[name] = key
         taken.add(key)
-        legacy = _legacy(name)
+        legacy = legacy_name(name)
         if key == legacy:
             direct += 1
         elif key == prefix + legacy:
@@ -1320,7 +1326,7 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
     for group in expected.counts:
         regex = re.compile(group.pattern)
         found = {i for name in counted if (i := _group_index(regex, canonical.get(name, name), prefix)) is not None}
-        want = set(range(min(group.expected, MAX_COUNT + 1)))  # a reference never asks for more
+        want = group.wanted
         if found != want and (found or any(regex.match(k) for k in expected.tensors)):
             count_mismatches.append(CountMismatch(group, tuple(sorted(found))))
             skipped.append((regex, frozenset(found ^ want)))
@@ -1383,7 +1389,8 @@ def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, E
     return best
 
 
-def _legacy(name: str) -> str:
+def legacy_name(name: str) -> str:
+    """``name`` with the TF-era parts transformers renames at load (LEGACY_RENAMES) renamed."""
     for old, new in LEGACY_RENAMES:
         if old in name:
             name = name.replace(old, new)
@@ -1391,7 +1398,7 @@ def _legacy(name: str) -> str:
 
 
 def _canonical(name: str, tensors: Mapping[str, ExpectedTensor], prefix: str) -> str | None:
-    name = _legacy(name)
+    name = legacy_name(name)
     if name in tensors:
         return name
     if prefix:

@@ -22,7 +22,6 @@ from ..discovery import ADAPTER
 from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
 from ..shape_rules import (
-    MAX_COUNT,
     Comparison,
     ConfigValueError,
     CountMismatch,
@@ -264,7 +263,7 @@ def _mismatch_message(mm: ShapeMismatch, expected: ExpectedModel, fixes: Mapping
 
 def _count_message(count: CountMismatch, config: Mapping[str, Any]) -> str:
     group = count.group
-    want = set(range(min(group.expected, MAX_COUNT + 1)))
+    want = group.wanted
     found = set(count.found)
     field = group.field
     stated = f"config.json {field} is {group.expected}" if _lookup(config, field) is not None else \
