@@ -16,7 +16,8 @@ def installed_transformers_version() -> str | None:
         return None
 
 
-def transformers_4_installed() -> bool:
-    """True where the installed transformers is 4.x or older: its loader refuses more than 5's."""
+def installed_transformers_4() -> str | None:
+    """The installed transformers' version where it is 4.x or older (its loader refuses more
+    than 5's), else None."""
     version = installed_transformers_version()
-    return version is not None and version.split(".")[0] in ("2", "3", "4")
+    return version if version is not None and version.split(".")[0] in ("2", "3", "4") else None

@@ -77,13 +77,10 @@ def check_weight_metadata(contents: FolderContents) -> Iterator[Finding]:
         value = weight_file.metadata.get("format")
         if value not in _SAFETENSORS_FORMATS:
             what = "has no 'format' entry" if value is None else f"says format={value!r}"
-            if environment.transformers_4_installed():
-                yield finding("HFC012", f"{name}: __metadata__ {what}; the installed transformers "
-                              f"{environment.installed_transformers_version()} refuses to load it (transformers 5 "
-                              "does not check)", file=name, severity="error")
-            else:
-                yield finding("HFC012", f"{name}: __metadata__ {what}; transformers 4.x refuses to load it "
-                              "(transformers 5 does not check)", file=name)
+            installed = environment.installed_transformers_4()
+            who = f"the installed transformers {installed}" if installed else "transformers 4.x"
+            yield finding("HFC012", f"{name}: __metadata__ {what}; {who} refuses to load it (transformers 5 does not "
+                          "check)", file=name, severity="error" if installed else None)
 
 
 def check_layout(contents: FolderContents) -> Iterator[Finding]:

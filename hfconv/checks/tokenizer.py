@@ -694,21 +694,17 @@ def _check_file_references(facts: _Facts) -> Iterator[Finding]:
     if has_fast and "tokenizer_file" in config and config["tokenizer_file"] is None:
         # transformers 4.x keeps the null (a key present in tokenizer_config.json wins over the file it
         # finds), so the fast tokenizer ignores tokenizer.json and is converted from the slow files.
-        slow = [name for name in SLOW_VOCAB_FILES if folder.has(name)]
-        if slow:
-            yield finding("HFC507", "tokenizer_config.json sets tokenizer_file to null; transformers 4.x then ignores "
-                          f"tokenizer.json and converts the fast tokenizer from {slow[0]} (transformers 5 reads "
-                          "tokenizer.json), so remove the key", file="tokenizer_config.json", tensor="$.tokenizer_file",
-                          severity="info")
-        else:  # an error where that transformers is the one installed, as for HFC012
-            installed = environment.installed_transformers_version() if environment.transformers_4_installed() \
-                else None
-            who = f"the installed transformers {installed}" if installed else "transformers 4.x"
-            yield finding("HFC507", f"tokenizer_config.json sets tokenizer_file to null; {who} then ignores "
-                          "tokenizer.json and, with no slow vocabulary file in the folder to convert from, fails to "
-                          "load the tokenizer (transformers 5 reads tokenizer.json), so remove the key",
-                          file="tokenizer_config.json", tensor="$.tokenizer_file",
-                          severity="error" if installed else "warning")
+        slow = next((name for name in SLOW_VOCAB_FILES if folder.has(name)), None)
+        # Without slow files that transformers fails to load the tokenizer: an error where it is
+        # the installed one, as for HFC012.
+        installed = environment.installed_transformers_4() if slow is None else None
+        who = f"the installed transformers {installed}" if installed else "transformers 4.x"
+        then = (f"converts the fast tokenizer from {slow}" if slow else
+                "fails to load the tokenizer, with no slow vocabulary file in the folder to convert from")
+        yield finding("HFC507", f"tokenizer_config.json sets tokenizer_file to null; {who} then ignores tokenizer.json "
+                      f"and {then} (transformers 5 reads tokenizer.json), so remove the key",
+                      file="tokenizer_config.json", tensor="$.tokenizer_file",
+                      severity="info" if slow else "error" if installed else "warning")
     for key, value in config.items():
         if not key.endswith("_file") or key in IGNORED_FILE_KEYS or not isinstance(value, str) or not value:
             continue
