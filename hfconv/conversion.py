@@ -1108,14 +1108,16 @@ def _convert_shards(tasks: Sequence[_ShardTask], progress: Callable[[int], None]
     sources = _Sources()  # used on the checker thread only
     try:
         finals = []
-        with _Writeback() as writeback:
+        # Early writeback only helps a final fsync; without --fsync the kernel writes back later.
+        durable = any(task.durable for task in tasks)
+        with _Writeback() if durable else contextlib.nullcontext() as writeback:
             for task in tasks:
                 checks: list[Future] = []
 
                 def hand_over(batch: _Batch, task: _ShardTask = task, checks: list[Future] = checks) -> None:
                     checks.append(checker.submit(_check_batch, task, batch, sources, progress))
 
-                _write_shard(task, progress, writeback.request if task.durable else None,
+                _write_shard(task, progress, writeback.request if durable else None,
                              hand_over if (task.verify or task.digest) else None)
                 finals.append(checker.submit(_finish_shard, task, checks))
         return [future.result() for future in finals]
