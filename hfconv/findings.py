@@ -278,6 +278,15 @@ register("HFC212", "info", "big-endian checkpoint",
          "safetensors is little-endian by definition.",
          "Nothing to do; hfconv convert writes the swapped, little-endian bytes (and verifies them).",
          "pytorch_model.bin is a big-endian checkpoint; loaders swap its bytes on little-endian machines")
+register("HFC213", "error", "ambiguous zip (parser differential)",
+         "The zip can be read as more than one archive: bytes no central-directory entry covers (an "
+         "orphan local header, data between entries), trailing data after the end record, or a comment "
+         "that holds zip records (a complete second archive). torch's reader (miniz) takes the last end "
+         "record; other readers take another one or stream local headers from the start, so a scanner "
+         "and torch.load can see different pickles.",
+         "Do not load the file; re-save the checkpoint with torch.save from a trusted copy.",
+         "pytorch_model.bin: the zip comment holds a zip record signature b'PK\\x03\\x04' at byte 2101 "
+         "(a second archive in the comment?)")
 
 # --- HFC3xx: index vs shards ----------------------------------------------------------------
 register("HFC301", "error", "indexed tensor missing",

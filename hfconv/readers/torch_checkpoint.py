@@ -490,38 +490,76 @@ def _refuse_unreferenced_entries(entries: list[_ZipEntry], prefix: str, storages
                                         "can hide anything from a reader that trusts torch (unreferenced entry)")
 
 
-def _zip_entries(f: BinaryIO, file_size: int) -> list[_ZipEntry]:
-    """Parse the end record and the central directory; check each local header."""
-    tail_len = min(file_size, 22 + 0xFFFF)
+_ZIP_SIGNATURES = (b"PK\x01\x02", b"PK\x03\x04", b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07", b"PK\x07\x08")
+MINIZ_EOCD_SEARCH = 22 + 0xFFFF + 4096
+"""How far from the end torch's zip reader (miniz) may find an end record: it scans back in 4 KiB
+chunks and gives up once it is 64 KiB + 22 bytes from the end."""
+
+
+def _ambiguous(message: str) -> FormatError:
+    return FormatError("HFC213", f"{message}; torch and other zip readers can read different archives "
+                                 "from this file (parser differential): do not load it, re-save it with torch.save")
+
+
+def _find_end_record(f: BinaryIO, file_size: int) -> tuple[int, bytes]:
+    """The end-of-central-directory record torch would use, and the bytes after it.
+
+    torch's reader (miniz) takes the *last* ``PK\\5\\6`` that has 22 bytes after it, whatever the
+    comment length says; Python's zipfile and other readers may take another one. So this reader
+    takes miniz's, then refuses a file where another reading exists: bytes after the end record
+    other than its declared comment, or a comment holding zip structures (a second archive).
+    """
+    tail_len = min(file_size, MINIZ_EOCD_SEARCH)
     tail = _read_at(f, file_size - tail_len, tail_len)
-    eocd_rel = -1
-    search_end = len(tail)
-    # Search backwards for an end record whose comment runs exactly to the end of the file:
-    # trailing bytes after the zip would be a place to hide data from one reader or another.
-    while True:
-        eocd_rel = tail.rfind(b"PK\x05\x06", 0, search_end)
-        if eocd_rel < 0:
-            raise FormatError("HFC204", "truncated or damaged zip: no end-of-central-directory record "
-                                        "(incomplete download?)")
-        if len(tail) - eocd_rel >= 22:
-            comment_len = _U16.unpack_from(tail, eocd_rel + 20)[0]
-            if eocd_rel + 22 + comment_len == len(tail):
-                break
-        search_end = eocd_rel
-    eocd_pos = file_size - tail_len + eocd_rel
-    disk, cd_disk, n_disk, n_total, cd_size, cd_offset = struct.unpack_from("<HHHHII", tail, eocd_rel + 4)
+    eocd_rel = tail.rfind(b"PK\x05\x06", 0, max(len(tail) - 18, 0))
+    if eocd_rel < 0:
+        raise FormatError("HFC204", "truncated or damaged zip: no end-of-central-directory record "
+                                    "(incomplete download?)")
+    comment_len = _U16.unpack_from(tail, eocd_rel + 20)[0]
+    after = len(tail) - eocd_rel - 22
+    if comment_len != after:
+        where = file_size - tail_len + eocd_rel
+        if comment_len > after:
+            raise _ambiguous(f"the zip end record at byte {where} declares a {comment_len}-byte comment but only "
+                             f"{after} bytes follow it (an end record hidden in another's comment?)")
+        raise _ambiguous(f"{after - comment_len} bytes of trailing data after the zip end record at byte {where}")
+    comment = tail[eocd_rel + 22:]
+    for sig in _ZIP_SIGNATURES:
+        at = comment.find(sig)
+        if at >= 0:
+            raise _ambiguous(f"the zip comment holds a zip record signature {sig!r} at byte "
+                             f"{file_size - len(comment) + at} (a second archive in the comment?)")
+    return file_size - tail_len + eocd_rel, tail[eocd_rel:eocd_rel + 22]
+
+
+def _zip_entries(f: BinaryIO, file_size: int) -> list[_ZipEntry]:
+    """Parse the end record and the central directory; check each local header, and that the
+    entries, the central directory and the end records cover the file exactly."""
+    eocd_pos, eocd = _find_end_record(f, file_size)
+    disk, cd_disk, n_disk, n_total, cd_size, cd_offset = struct.unpack_from("<HHHHII", eocd, 4)
     if disk != 0 or cd_disk != 0 or n_disk != n_total:
         raise FormatError("HFC204", "multi-disk (split) zip archives are not supported")
 
+    cd_end_expected = eocd_pos  # where the central directory must end: no gap before the end records
     if eocd_pos >= 20:
         loc = _read_at(f, eocd_pos - 20, 20)
         if loc[:4] == b"PK\x06\x07":
             z64_disk, z64_offset, z64_disks = struct.unpack_from("<IQI", loc, 4)
-            if z64_disk != 0 or z64_disks > 1 or z64_offset + 56 > eocd_pos - 20:
+            if z64_disks != 1:
+                # miniz: "unsupported multidisk archive" unless the locator says exactly 1 disk
+                raise FormatError("HFC204", f"zip64 end locator says the archive spans {z64_disks} disks (torch "
+                                            "reads only archives that say 1: unsupported multidisk archive)")
+            if z64_disk != 0 or z64_offset + 56 > eocd_pos - 20:
                 raise FormatError("HFC204", "damaged zip64 end-of-central-directory locator")
             rec = _read_exact(f, z64_offset, 56, "HFC204", "the zip64 end record")
             if rec[:4] != b"PK\x06\x06":
                 raise FormatError("HFC204", "zip64 locator does not point at a zip64 end record")
+            rec_size = _U64.unpack_from(rec, 4)[0]
+            if rec_size < 44:
+                raise FormatError("HFC204", "zip64 end record is shorter than its fixed fields; torch refuses it")
+            if z64_offset + 12 + rec_size != eocd_pos - 20:
+                raise _ambiguous(f"the zip64 end record at byte {z64_offset} ({12 + rec_size} bytes) does not end "
+                                 f"where its locator starts (byte {eocd_pos - 20})")
             z_disk, z_cd_disk, z_n_disk, z_n_total, z_cd_size, z_cd_offset = struct.unpack_from("<IIQQQQ", rec, 16)
             if z_disk != 0 or z_cd_disk != 0 or z_n_disk != z_n_total:
                 raise FormatError("HFC204", "multi-disk (split) zip archives are not supported")
@@ -532,11 +570,8 @@ def _zip_entries(f: BinaryIO, file_size: int) -> list[_ZipEntry]:
                 if classic != sentinel and classic != wide:
                     raise FormatError("HFC204", "zip end record and zip64 end record disagree")
             n_total, cd_size, cd_offset = z_n_total, z_cd_size, z_cd_offset
-            cd_end_limit = z64_offset
-        else:
-            cd_end_limit = eocd_pos
-    else:
-        cd_end_limit = eocd_pos
+            cd_end_expected = z64_offset
+    cd_end_limit = cd_end_expected
 
     if n_total > MAX_ZIP_ENTRIES:
         raise FormatError("HFC204", f"zip declares {n_total} entries (limit {MAX_ZIP_ENTRIES})")
@@ -605,12 +640,55 @@ def _zip_entries(f: BinaryIO, file_size: int) -> list[_ZipEntry]:
     if pos != cd_size:
         raise FormatError("HFC204", f"zip central directory has {cd_size - pos} unexplained bytes")
 
-    # Entries must not overlap: one byte range read as two records is a parser differential.
-    ordered = sorted(entries, key=lambda e: e.header_offset)
-    for before, after in zip(ordered, ordered[1:]):
-        if before.data_offset + before.compressed_size > after.header_offset:
-            raise FormatError("HFC204", f"zip entries '{before.name}' and '{after.name}' overlap")
+    _check_coverage(f, entries, cd_offset, cd_size, cd_end_expected)
     return entries
+
+
+def _check_coverage(f: BinaryIO, entries: list[_ZipEntry], cd_offset: int, cd_size: int, cd_end: int) -> None:
+    """Every byte before the end records belongs to exactly one entry (local header, data, data
+    descriptor) or to the central directory, in that order and without gaps.
+
+    Bytes no entry covers are where a second archive or an orphan local header hides: a
+    streaming unzip, or a reader that searches for records, would find them; torch does not.
+    Overlapping entries (one byte range read as two records) are refused the same way.
+    """
+    pos = 0
+    ordered = sorted(entries, key=lambda e: e.header_offset)
+    for index, entry in enumerate(ordered):
+        if entry.header_offset < pos:
+            raise _ambiguous(f"zip entries '{_short(ordered[index - 1].name)}' and '{_short(entry.name)}' overlap")
+        if entry.header_offset > pos:
+            raise _ambiguous(f"bytes {pos}..{entry.header_offset - 1} of the zip belong to no central-directory "
+                             f"entry (before '{_short(entry.name)}'; an orphan local header or hidden data?)")
+        pos = entry.data_offset + entry.compressed_size
+        limit = ordered[index + 1].header_offset if index + 1 < len(ordered) else cd_offset
+        if entry.flags & 0x8 and limit > pos:
+            pos += _data_descriptor_length(f, entry, pos, limit - pos)
+    if pos != cd_offset:
+        if pos > cd_offset:
+            raise _ambiguous(f"zip entry data runs into the central directory at byte {cd_offset}")
+        raise _ambiguous(f"bytes {pos}..{cd_offset - 1} of the zip belong to no central-directory entry "
+                         "(before the central directory; an orphan local header or hidden data?)")
+    if cd_offset + cd_size != cd_end:
+        raise _ambiguous(f"{cd_end - cd_offset - cd_size} bytes between the zip central directory and its end "
+                         "record belong to nothing")
+
+
+def _data_descriptor_length(f: BinaryIO, entry: _ZipEntry, pos: int, room: int) -> int:
+    """The length of the data descriptor at ``pos`` (flag bit 3), which must fill ``room`` and
+    repeat the entry's CRC and sizes (torch writes the signed, 16- or 24-byte form)."""
+    raw = _read_at(f, pos, min(room, 24))
+    forms = {16: (True, "<III"), 24: (True, "<IQQ"), 12: (False, "<III"), 20: (False, "<IQQ")}
+    form = forms.get(room)
+    if form is not None:
+        signed, layout = form
+        body = raw[4:] if signed else raw
+        if (not signed or raw[:4] == b"PK\x07\x08") and len(body) == struct.calcsize(layout):
+            crc, csize, usize = struct.unpack(layout, body)
+            if (crc, csize, usize) == (entry.crc, entry.compressed_size, entry.size):
+                return room
+    raise _ambiguous(f"{room} bytes after the data of zip entry '{_short(entry.name)}' are not its data descriptor "
+                     "(hidden data between entries?)")
 
 
 def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
