@@ -27,7 +27,6 @@ Everything else (STACK_GLOBAL, FRAME, INST, OBJ, NEWOBJ, EXT*, BINBYTES, ...) is
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import pickletools
@@ -40,16 +39,22 @@ from typing import BinaryIO
 from ..dtypes import STORAGE_CLASS_DTYPE, TORCH_DTYPE, itemsize
 from ..fsutil import open_regular
 from ..tensors import FormatError, ReaderNote, StorageMeta, TensorMeta, WeightFile
+from .pickle_vm import COMPUTED_GLOBAL, MAX_WALK_BYTES, MAX_WALK_OPCODES, ScanResult, scan_pickle
 
-__all__ = ["read_torch_checkpoint", "sniff_checkpoint", "ALLOWED_GLOBALS", "SUPPORTED_OPCODES"]
+__all__ = ["read_torch_checkpoint", "sniff_checkpoint", "pickle_globals", "pickle_scan", "ALLOWED_GLOBALS",
+           "SUPPORTED_OPCODES"]
 
 # --- limits ----------------------------------------------------------------------------------
 # Every limit is checked before the corresponding allocation, so a hostile file cannot make
 # the reader use much more memory than the (capped) pickle it holds.
-MAX_PICKLE_BYTES = 1 << 30
-"""data.pkl (or one legacy pickle) larger than this is refused before it is read."""
-MAX_OPCODES = 50_000_000
-MAX_MEMO = 5_000_000
+MAX_PICKLE_BYTES = 64 << 20
+"""data.pkl (or one legacy pickle) larger than this is refused before it is read. torch.save
+writes about 100 bytes of pickle per tensor, so MAX_OPCODES is reached long before this."""
+MAX_OPCODES = 3_000_000
+"""Opcodes (and units of work: a BUILD or tensor metadata dict costs one per key) one pickle may
+take: about 100,000 tensors in one file (torch.save writes about 30 opcodes per tensor) and a
+few seconds of Python. The cap keeps every hostile pickle under the time budget."""
+MAX_MEMO = 1_000_000
 MAX_STACK = 1_000_000
 """torch.save's pickler batches SETITEMS by 1000, so a real state dict never has more than a
 few thousand items on the stack; a million (8 MB of pointers) is ample and bounds a push bomb."""
@@ -72,9 +77,9 @@ MAX_INFLATE_RATIO = 100
 than this many times its compressed size beyond ``INFLATE_RATIO_FLOOR``: a zip bomb is refused
 from its directory entry, before a byte is inflated. torch.save never compresses anything."""
 INFLATE_RATIO_FLOOR = 1 << 20
-MAX_SCAN_BYTES = 16 << 20
-MAX_SCAN_OPCODES = 2_000_000
-"""How much of a refused pickle the best-effort forbidden-global scan looks at."""
+MAX_SCAN_BYTES = MAX_WALK_BYTES
+"""How much of a pickle the forbidden-global walk (:mod:`.pickle_vm`) looks at."""
+MAX_SCAN_OPCODES = MAX_WALK_OPCODES
 
 TORCH_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 TORCH_LEGACY_PROTOCOL = 1001
@@ -162,7 +167,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> WeightFile:
             if err.code == "HFC202" and size:
                 if _is_tar(head):
                     _scan_tar_pickles(f)
-                _raise_if_forbidden_global(_read_at(f, 0, min(size, 1 << 20)), "pickle", require_stop=True)
+                _refuse_text_pickle(_read_at(f, 0, min(size, MAX_SCAN_BYTES + 1)), err)
             raise
         if kind == "zip":
             return _read_zip(f, str(path), size)
@@ -178,11 +183,31 @@ def pickle_globals(path: str | os.PathLike) -> list[str] | None:
     """Every global a pickled file would import (``module.name``), found by walking opcodes.
 
     For files that are not state dicts (``training_args.bin``, ``optimizer.pt``): a torch zip's
-    ``data.pkl``, or the pickle stream of any other file, walked as far as an unpickler would
-    get (an empty list for a file that is no pickle at all). Nothing is executed or imported.
-    Returns None for a zip this module's strict parser refuses (torch might read it differently)
-    or a file that cannot be read.
+    ``data.pkl``, or the pickle stream(s) of any other file, walked to the end as an unpickler
+    would (an empty list for a file that is no pickle at all). Nothing is executed or imported.
+
+    A walk that cannot finish (an opcode no unpickler knows, a truncated pickle, a cap of
+    :mod:`.pickle_vm` hit) adds one last entry ``"<pickle walk stopped: why>"``, never a real
+    global name: what follows could import anything, so callers must treat it as one more
+    global outside every allow-list. Returns None for a zip this module's strict parser refuses
+    (torch might read it differently) or a file that cannot be read.
     """
+    scan = pickle_scan(path)
+    if scan is None:
+        return None
+    if scan.complete:
+        return list(scan.globals)
+    return [*scan.globals, f"<pickle walk stopped: {scan.problem}>"]
+
+
+def pickle_scan(path: str | os.PathLike) -> ScanResult | None:
+    """The :class:`~hfconv.readers.pickle_vm.ScanResult` of the pickle torch.load would run on
+    ``path`` (a zip's ``data.pkl``, or the file's pickle stream: torch's legacy format is up to
+    five pickles in a row). ``ScanResult.complete`` is False when the walk could not reach the
+    end (its ``problem`` and ``cap`` say why): treat that as an error. None for a zip hfconv's
+    strict parser refuses (HFC204/HFC213: torch might read another archive) or an unreadable file.
+    A file that is not a pickle at all gives a complete scan with no globals only when it cannot
+    be unpickled from its first byte."""
     try:
         with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
@@ -192,11 +217,27 @@ def pickle_globals(path: str | os.PathLike) -> list[str] | None:
                 if len(pickles) > 1:
                     return None
                 if not pickles:
-                    return []  # torch.load fails before unpickling anything
-                return _pickle_globals(_zip_member_bytes(f, pickles[0], MAX_SCAN_BYTES)) or []
-            return _pickle_globals(_read_at(f, 0, min(size, MAX_SCAN_BYTES)), multi=True) or []
+                    return ScanResult()  # torch.load fails before unpickling anything
+                entry = pickles[0]
+                if entry.size > MAX_SCAN_BYTES:
+                    return ScanResult(problem=f"data.pkl is {entry.size} bytes, over hfconv's limit of "
+                                              f"{MAX_SCAN_BYTES}", cap=f"{MAX_SCAN_BYTES} bytes")
+                return scan_pickle(_zip_member_bytes(f, entry, MAX_SCAN_BYTES))
+            if size == 0:
+                return ScanResult()
+            scan = scan_pickle(_read_at(f, 0, min(size, MAX_SCAN_BYTES + 1)), multi=True)
+            if scan.pickles == 0 and not scan.globals and scan.cap is None and not _starts_like_pickle(head):
+                return ScanResult()  # not a pickle: torch.load fails on its first byte
+            return scan
     except (FormatError, OSError):
         return None
+
+
+def _starts_like_pickle(head: bytes) -> bool:
+    """A first byte an unpickler accepts and that starts every real pickle (PROTO, or a
+    protocol-0/1 value opcode)."""
+    return head[:1] in (b"\x80", b"(", b"c", b"}", b"]", b")", b"N", b"I", b"L", b"S", b"V", b"X", b"U", b"T", b"d",
+                        b"l", b"K", b"J", b"M", b"F", b"G")
 
 
 def sniff_checkpoint(head: bytes, size: int) -> str:
@@ -334,11 +375,26 @@ class _CappedReader:
 
 def _refuse_plain_pickle(buf: bytes) -> None:
     """A pickle of a protocol torch.save never writes: never a checkpoint, maybe an attack."""
-    _raise_if_forbidden_global(buf, "pickle")
+    _raise_if_forbidden_global(buf, "pickle", multi=True)
     proto = buf[1] if len(buf) > 1 else -1
     raise FormatError("HFC202", f"is a pickle of protocol {proto}, not a checkpoint hfconv can read "
                                 "(torch.save writes a zip archive, or a protocol-2 pickle stream in the "
                                 "legacy format)")
+
+
+def _refuse_text_pickle(buf: bytes, err: FormatError) -> None:
+    """A file the sniffer calls text (or unknown) may be a protocol-0 pickle, all printable,
+    that torch.load would still run. Walk it as the unpickler would, to its end (padding does
+    not hide what follows): a forbidden global that the walk reaches and then calls, or that a
+    walk to STOP passes, is HFC201. A plain text file fails the walk within a few bytes, before
+    any call: it stays HFC202."""
+    scan = scan_pickle(buf, multi=True)
+    bad = _forbidden(scan.globals)
+    if bad and (scan.calls or scan.pickles or scan.cap):
+        raise _forbidden_error(bad, "pickle")
+    if scan.cap is not None and scan.pickles == 0:
+        raise FormatError("HFC203", f"{err.message}; yet it walks as a pickle up to hfconv's limit of {scan.cap} "
+                                    "without ending: do not torch.load it")
 
 
 # =============================================================================================
@@ -428,11 +484,15 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
     try:
         root, end = interp.run()
     except FormatError as err:
-        if has_code and err.code in ("HFC201", "HFC203"):
-            raise FormatError("HFC210", "is a TorchScript archive (code/ plus a pickle of script objects), "
-                                        "not a state dict") from None
-        if err.code == "HFC203":
-            _raise_if_forbidden_global(data, "data.pkl")
+        if err.code in ("HFC203", "HFC211") or (has_code and err.code == "HFC201"):
+            # The interpreter stops at the first thing it refuses; a forbidden global may follow
+            # (behind a decoy dtype or opcode). torch.load without constants.pkl unpickles
+            # data.pkl even beside code/, so only TorchScript's own names make it HFC210.
+            scan = _raise_if_forbidden_global(data, "data.pkl", allow=_TORCHSCRIPT_NAME if has_code else None)
+            if has_code:
+                raise FormatError("HFC210", "is a TorchScript archive (code/ plus a pickle of script objects), "
+                                            "not a state dict") from None
+            raise _with_scan_note(err, scan) from None
         raise
     if end != len(data):
         # torch.load stops at STOP; another reader may go on (unpickling in a loop), so the
@@ -866,15 +926,21 @@ def _interpret_in_file(f: BinaryIO, offset: int, file_size: int, label: str,
             value, end = runner.run()
         except _Truncated:
             if n >= available:
+                scan = _raise_if_forbidden_global(_read_at(f, offset, min(file_size - offset, MAX_SCAN_BYTES + 1)),
+                                                  label, multi=True)
                 if file_size - offset > MAX_PICKLE_BYTES:
-                    raise FormatError("HFC203", f"{label} is larger than {MAX_PICKLE_BYTES} bytes") from None
-                _raise_if_forbidden_global(data, label)
-                raise FormatError("HFC203", f"{label}: pickle ends without STOP (truncated file?)") from None
+                    raise FormatError("HFC203", f"{label} is larger than hfconv's limit of {MAX_PICKLE_BYTES} "
+                                                "bytes") from None
+                raise _with_scan_note(FormatError("HFC203", f"{label}: pickle ends without STOP (truncated file?)"),
+                                      scan) from None
             window *= 16
             continue
         except FormatError as err:
-            if err.code == "HFC203":
-                _raise_if_forbidden_global(data, label)
+            if err.code in ("HFC203", "HFC211"):
+                # torch.load reads the legacy pickles one after another: scan from here on.
+                scan = _raise_if_forbidden_global(_read_at(f, offset, min(file_size - offset, MAX_SCAN_BYTES + 1)),
+                                                  label, multi=True)
+                raise _with_scan_note(err, scan) from None
             raise
         return value, offset + end
 
@@ -1038,7 +1104,8 @@ class _Interpreter:
             pos += 1
             ops += 1
             if ops > MAX_OPCODES:
-                raise fail(f"more than {MAX_OPCODES} opcodes", start)
+                raise fail(f"more than {MAX_OPCODES} opcodes (hfconv's limit: about 100,000 tensors per file; "
+                           "save the state dict in shards)", start)
             if len(stack) > MAX_STACK:
                 raise fail(f"stack deeper than {MAX_STACK}", start)
 
@@ -1164,6 +1231,7 @@ class _Interpreter:
                 if not isinstance(target, _Dict) or not isinstance(state, _Dict):
                     raise fail(f"BUILD of {_describe(target)} with {_describe(state)} "
                                "(torch only BUILDs an OrderedDict's attribute dict)", start)
+                ops += len(state.items)  # work: each BUILD walks its state's keys
                 if not all(type(k) is str for k in state.items):
                     raise fail("BUILD state has non-string attribute names", start)
             elif op == _STOP:
@@ -1363,6 +1431,10 @@ class _Interpreter:
         # their stored bytes are not the tensor's values, which a converter would get wrong.
         if not isinstance(metadata, _Dict):
             raise self._fail("tensor metadata is not a dict", start)
+        if len(metadata.items) > 16:
+            # torch writes at most {'conj': True, 'neg': True}; a big dict (reused via the memo
+            # by every tensor) would make each rebuild cost its size
+            raise self._fail(f"tensor metadata dict has {len(metadata.items)} entries", start)
         for key, value in metadata.items.items():
             if type(key) is not str or type(value) is not bool:
                 raise self._fail("tensor metadata is not a dict of str to bool", start)
@@ -1375,102 +1447,67 @@ class _Interpreter:
 # best-effort scan for forbidden globals in a pickle the interpreter refused
 # =============================================================================================
 
-_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
-                         "BINSTRING", "SHORT_BINSTRING"})
+_TORCHSCRIPT_PREFIXES = ("__torch__.", "torch.")
+
+
+def _TORCHSCRIPT_NAME(name: str) -> bool:  # noqa: N802 - used like a constant predicate
+    """Names a TorchScript archive's data.pkl references (its classes, torch internals)."""
+    return name.startswith(_TORCHSCRIPT_PREFIXES)
+
+
+def _forbidden(found: list[str], allow=None) -> list[str]:
+    """The globals of ``found`` outside the state-dict allow-list (and ``allow``)."""
+    return [g for g in found if g not in ALLOWED_GLOBALS and g not in _UNSUPPORTED_TORCH_TYPES
+            and not (allow is not None and allow(g))]
 
 
 def _forbidden_globals(buf: bytes, require_stop: bool = False, multi: bool = False) -> list[str]:
     """Globals outside the state-dict allow-list that a pickle would import."""
     found = _pickle_globals(buf, require_stop, multi) or []
-    return [g for g in found if g not in ALLOWED_GLOBALS and g not in _UNSUPPORTED_TORCH_TYPES]
+    return _forbidden(found)
 
 
 def _pickle_globals(buf: bytes, require_stop: bool = False, multi: bool = False) -> list[str] | None:
-    """Globals a pickle would import, found by walking opcodes (never executing them).
+    """Globals a pickle would import, found by walking it (:func:`.pickle_vm.scan_pickle`).
 
-    Best effort: STACK_GLOBAL takes its names from the stack, which this walk approximates
-    by the last two strings pushed (directly or via the memo), as every pickler writes them.
     With ``require_stop`` only a walk that reaches STOP counts (for files that may be text):
     None otherwise.
     """
-    stopped = False
-    found: list[str] = []
-    strings: list[object] = []
-    memo: dict[int, object] = {}
-    last: object = None
-    try:
-        for count, (opcode, arg) in enumerate(_walk_opcodes(buf[:MAX_SCAN_BYTES], multi)):
-            if count >= MAX_SCAN_OPCODES:
-                break
-            name = opcode.name
-            value: object = None
-            if name in ("GLOBAL", "INST") and isinstance(arg, str):
-                module, _, attr = arg.partition(" ")
-                found.append(f"{module}.{attr}")
-            elif name == "STACK_GLOBAL" and len(strings) >= 2:
-                module, attr = strings[-2], strings[-1]
-                if isinstance(module, (str, bytes)) and isinstance(attr, (str, bytes)):
-                    mod = module.decode("latin-1") if isinstance(module, bytes) else module
-                    att = attr.decode("latin-1") if isinstance(attr, bytes) else attr
-                    found.append(f"{mod}.{att}")
-            if name in _STRING_OPS:
-                value = arg
-                strings.append(arg)
-                del strings[:-2]
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = last
-            elif name == "MEMOIZE":
-                memo[len(memo)] = last
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
-                value = memo.get(arg)
-                strings.append(value)
-                del strings[:-2]
-            if name not in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "FRAME"):
-                last = value
-            if name == "STOP":
-                stopped = True
-                if not multi:
-                    break
-    except Exception:  # noqa: BLE001 - a damaged pickle simply ends the scan
-        pass
-    if require_stop and not stopped:
+    scan = scan_pickle(buf, multi=multi)
+    if require_stop and not scan.pickles:
         return None
-    return found
+    return scan.globals
 
 
-def _walk_opcodes(buf: bytes, multi: bool = False):
-    """(opcode, argument) pairs of a pickle, as pickletools.genops yields them, but reading the
-    GLOBAL / INST names as UTF-8 like the unpickler does: genops decodes them as ASCII and stops
-    at the first non-ASCII name, which would let a decoy global hide the ones after it.
-    With ``multi``, pickles that follow one another (as in a tar checkpoint's members) are all
-    walked."""
-    stream = io.BytesIO(buf)
-    while True:
-        code = stream.read(1)
-        if not code:
-            raise ValueError("pickle ends without STOP")
-        opcode = pickletools.code2op.get(code.decode("latin-1"))
-        if opcode is None:
-            raise ValueError(f"unknown opcode {code!r}")
-        if opcode.name in ("GLOBAL", "INST"):
-            module, name = stream.readline(MAX_GLOBAL_LINE + 1), stream.readline(MAX_GLOBAL_LINE + 1)
-            if not (module.endswith(b"\n") and name.endswith(b"\n")):
-                raise ValueError("GLOBAL without two newline-terminated names")
-            arg = (module[:-1] + b" " + name[:-1]).decode("utf-8", "surrogateescape")
-        else:
-            arg = None if opcode.arg is None else opcode.arg.reader(stream)
-        yield opcode, arg
-        if opcode.name == "STOP" and not (multi and stream.tell() < len(buf)):
-            return
+def _forbidden_error(bad: list[str], label: str) -> FormatError:
+    shown = [g if g.isprintable() else ascii(g) for g in bad]
+    more = f" (and {', '.join(shown[1:4])}{', ...' if len(shown) > 4 else ''})" if len(shown) > 1 else ""
+    what = ("a global whose name is computed at load time" if shown[0] == COMPUTED_GLOBAL
+            else f"forbidden global '{shown[0]}'")
+    return FormatError("HFC201", f"{label}: pickle references {what}{more}; torch.load would import and call it "
+                                 "(do not load this file)", shown[0])
 
 
-def _raise_if_forbidden_global(buf: bytes, label: str, require_stop: bool = False, multi: bool = False) -> None:
-    """Report the strongest finding: a pickle refused as malformed may also be an attack."""
-    bad = _forbidden_globals(buf, require_stop, multi)
-    if bad:
-        shown = bad[0] if bad[0].isprintable() else ascii(bad[0])
-        raise FormatError("HFC201", f"{label}: pickle references forbidden global '{shown}'; torch.load "
-                                    "would import and call it (do not load this file)", shown)
+def _raise_if_forbidden_global(buf: bytes, label: str, require_stop: bool = False, multi: bool = False,
+                               allow=None) -> ScanResult:
+    """Report the strongest finding: a pickle refused as malformed may also be an attack.
+
+    The whole pickle is walked (up to the caps of :mod:`.pickle_vm`), not only up to the
+    opcode the caller refused, and every forbidden global found is named. Returns the scan."""
+    scan = scan_pickle(buf, multi=multi)
+    if not (require_stop and not scan.pickles):
+        bad = _forbidden(scan.globals, allow)
+        if bad:
+            raise _forbidden_error(bad, label)
+    return scan
+
+
+def _with_scan_note(err: FormatError, scan: ScanResult) -> FormatError:
+    """``err``, saying when the search for forbidden globals behind it stopped at a cap."""
+    if scan.cap is None:
+        return err
+    return FormatError(err.code, f"{err.message}; hfconv's search for globals behind it stopped at its limit of "
+                                 f"{scan.cap}, so the rest is unchecked: do not torch.load this file", err.tensor)
 
 
 # =============================================================================================
