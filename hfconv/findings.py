@@ -219,6 +219,27 @@ register("HFC113", "error", "too many tensors",
          "checkpoint does; parsing it would build gigabytes of objects, so it is refused unparsed.",
          "Re-create the file with safetensors; split the tensors over several shards.",
          "header declares about 1500000 tensors (objects), over the limit of 1000000")
+register("HFC114", "warning", "header only serde reads this way",
+         "The safetensors crate reads this header, but in a form other readers may read differently "
+         "or refuse: a tensor name or __metadata__ key given twice (the crate keeps the last value), "
+         "an entry written as an array [dtype, shape, data_offsets], a dtype written as {\"F32\": null}.",
+         "Re-save the file with safetensors (save_file writes each key once, entries as objects).",
+         "tensor 'lm_head.weight' appears twice in the header; safetensors keeps the last entry, "
+         "other readers may keep the first")
+register("HFC115", "error", "shape torch cannot build",
+         "The header is well formed, but safetensors' get_tensor/load_file fails on this tensor: a "
+         "dimension of 2**63 or more, a zero-element shape whose strides overflow int64, or an F4 "
+         "tensor with an odd last dimension. load_file refuses the whole file, even where the tensor "
+         "is a buffer loaders ignore (attn.masked_bias).",
+         "Re-save the tensor with its real shape, or drop it from the file.",
+         "tensor 'transformer.h.0.attn.masked_bias' has shape [0, 9223372036854775808]: dimension "
+         "9223372036854775808 is over 2**63 - 1, which torch and numpy cannot hold")
+register("HFC116", "error", "dtype safetensors cannot load",
+         "The dtype is in the safetensors format (F6_E2M3, F6_E3M2), but the installed safetensors "
+         "has no torch or numpy dtype for it: get_tensor fails with 'Dtype not understood'.",
+         "Store the tensor in a dtype torch has (F8_*, F4 packed, BF16) or as raw U8 bytes.",
+         "tensor 'w' has dtype F6_E2M3, which the installed safetensors cannot load into torch or "
+         "numpy ('Dtype not understood')")
 
 # --- HFC2xx: torch checkpoints --------------------------------------------------------------
 register("HFC201", "error", "forbidden pickle global",

@@ -194,10 +194,12 @@ def test_header_order_kept_when_offsets_are_not(tmp_path):
 
 
 def test_sub_byte_dtypes(tmp_path):
-    header = {"f4": entry("F4", [2, 2], 0, 2), "f6": entry("F6_E2M3", [4], 2, 5),
-              "e8": entry("F8_E8M0", [3], 5, 8)}
-    wf = read_safetensors(write(tmp_path, build(header, b"\0" * 8)))
-    assert wf.tensors["f4"].nbytes == 2 and wf.tensors["f6"].nbytes == 3
+    header = {"f4": entry("F4", [2, 2], 0, 2), "e8": entry("F8_E8M0", [3], 2, 5)}
+    wf = read_safetensors(write(tmp_path, build(header, b"\0" * 5)))
+    assert wf.tensors["f4"].nbytes == 2 and wf.tensors["e8"].nbytes == 3
+    # F6 is in the format, but the installed safetensors cannot load it ("Dtype not understood").
+    err = error(tmp_path, build({"f6": entry("F6_E2M3", [4], 0, 3)}, b"\0" * 3))
+    assert err.code == "HFC116" and err.tensor == "f6"
 
 
 def test_unknown_entry_fields_ignored_like_reference(tmp_path):
@@ -304,8 +306,7 @@ def test_hfc103_constant():
     [
         b'{"w": "\xff\xfe"}',  # not UTF-8
         b'{"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}',  # unterminated
-        b"[]      ",  # not an object (and does not start with '{')
-        b' {}     ',  # leading whitespace: the reference wants '{' first
+        b"[]      ",  # not an object
         b"\xef\xbb\xbf{}   ",  # BOM
         b"{}\0\0\0\0\0\0",  # NUL padding instead of spaces
         b'{"w": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 0]}}',
@@ -344,10 +345,12 @@ def test_hfc105_duplicate_field_in_entry(tmp_path):
 
 
 def test_hfc105_duplicate_metadata(tmp_path):
+    # A key twice inside __metadata__: safetensors keeps the last value (HFC114, a warning).
     header = '{"__metadata__": {"a": "1", "a": "2"}}'
-    err = error(tmp_path, build(header))
-    assert err.code == "HFC105"
-    assert err.tensor == "__metadata__"
+    wf = read_safetensors(write(tmp_path, build(header)))
+    assert wf.metadata == {"a": "2"}
+    assert [(note.code, note.tensor) for note in wf.notes] == [("HFC114", "__metadata__")]
+    # __metadata__ itself twice: safetensors refuses ("duplicate field").
     err = error(tmp_path, build('{"__metadata__": {}, "__metadata__": {}}'))
     assert err.code == "HFC105"
 
@@ -467,7 +470,7 @@ def test_hfc111_trailing_bytes(tmp_path):
     assert error(tmp_path, build({}, b"\0")).code == "HFC111"
 
 
-@pytest.mark.parametrize("meta", [{"format": 1}, {"a": None}, {"a": ["x"]}, ["a"], "pt", None, 5])
+@pytest.mark.parametrize("meta", [{"format": 1}, {"a": None}, {"a": ["x"]}, ["a"], "pt", 5])
 def test_hfc112_bad_metadata(tmp_path, meta):
     err = error(tmp_path, build({"__metadata__": meta, "w": entry("U8", [1], 0, 1)}, b"\0"))
     assert err.code == "HFC112"
@@ -593,11 +596,9 @@ def test_generated_headers_agree_with_reference(fuzz_dir, drawn):
         _assert_reference_agrees(path, wf)
 
 
-def test_hfc105_duplicate_deep_inside_entry(tmp_path):
-    # Inside an unknown extra field: still a duplicate, still attributed to the entry.
+def test_duplicate_deep_inside_entry_ignored_like_reference(tmp_path):
+    # Inside an unknown extra field, which safetensors ignores whatever it holds.
     header = ('{"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1], '
               '"extra": [[["a", 1], ["a", 2]], {"k": {"z": 1, "z": 2}}]}}')
-    err = error(tmp_path, build(header, b"\0"))
-    assert err.code == "HFC105"
-    assert err.tensor == "w"
-    assert "'z'" in err.message
+    wf = read_safetensors(write(tmp_path, build(header, b"\0")))
+    assert set(wf.tensors) == {"w"} and not wf.notes

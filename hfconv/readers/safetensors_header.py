@@ -5,13 +5,27 @@ Layout: an unsigned little-endian 64-bit header length ``N``, ``N`` bytes of UTF
 ``"__metadata__"`` object of strings), then the data section. ``data_offsets`` are relative
 to the start of the data section, ``[begin, end)``.
 
-The checks follow the Rust reference (``safetensors/src/tensor.rs``: ``HeaderTooSmall``,
-``HeaderTooLarge``, ``InvalidHeaderLength``, ``InvalidHeaderStart``,
-``InvalidHeaderDeserialization``, ``InvalidOffset``, ``TensorInvalidInfo``,
-``ValidationOverflow``, ``MetadataIncompleteBuffer``, and the sub-byte alignment check) and
-are stricter where Python's ``json`` and serde_json could disagree: duplicate keys anywhere,
-``NaN``/``Infinity``, lone surrogate escapes and overflowing floats are refused, and
-``__metadata__`` must be an object (the reference also accepts ``null``).
+The checks accept exactly what the installed safetensors (0.8, the Rust crate behind
+``safe_open``) accepts and then loads into torch, checked case by case against it in
+``tests/test_safetensors_crate_parity.py``:
+
+- serde_json's grammar: leading/trailing JSON whitespace (space, tab, CR, LF) is fine;
+  ``NaN``/``Infinity``, numbers out of f64 range (``1e400``, a 400-digit integer), lone
+  surrogate escapes and nesting deeper than 127 are refused; ``-0`` and ``0.0`` are floats,
+  never a usize.
+- serde's data model: an entry may be the sequence ``[dtype, shape, data_offsets]``, a dtype
+  may be ``{"F32": null}``, ``__metadata__`` may be ``null``; duplicate tensor names and
+  duplicate ``__metadata__`` keys keep the last value (HFC114, a warning: other readers may keep
+  the first), while a duplicate ``dtype``/``shape``/``data_offsets`` field or a second
+  ``__metadata__`` is refused (HFC105); unknown entry fields are ignored whatever they hold.
+- the crate's ``validate()``: offsets tile the data section in order, the element count is a
+  left fold of checked 64-bit multiplications (``[2**32, 2**32, 0]`` overflows before the 0),
+  sub-byte dtypes end on a byte boundary, the file ends with the last tensor.
+- what the torch binding then needs to build each tensor (HFC115/HFC116): no dimension of
+  2**63 or more, no zero-element shape whose strides overflow int64, an even last dimension
+  for ``F4``, and no ``F6_*`` dtype (``Dtype not understood``). Every entry is checked, whatever
+  its name: a buffer loaders later ignore (``attn.masked_bias``) still makes ``load_file``
+  refuse the whole file.
 """
 
 from __future__ import annotations
@@ -21,13 +35,14 @@ import gc
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..dtypes import SAFETENSORS_BITS
 from ..fsutil import open_regular
-from ..jsonutil import JsonError, count_containers, loads_strict
+from ..jsonutil import _SURROGATE_ESCAPE_RE, JsonError, _find_surrogate, _nesting, count_containers
 from ..tensors import FormatError, ReaderNote, TensorMeta, WeightFile
 
 __all__ = ["read_safetensors", "MAX_HEADER_BYTES", "HUB_HEADER_LIMIT", "MAX_TENSORS"]
@@ -43,10 +58,15 @@ each entry costs a few hundred bytes of Python objects (a 100 MB header of empty
 build gigabytes). Real checkpoints hold at most tens of thousands of tensors per file."""
 
 _U64 = 1 << 64
-# A safetensors header nests object > entry > list: depth 3. Anything deeper is not a
-# header; the limit only has to keep the parser away from pathological nesting.
-_HEADER_MAX_DEPTH = 8
+_I64 = 1 << 63
+# serde_json's recursion limit: 128 levels refused, 127 read (unknown entry fields may nest).
+_HEADER_MAX_DEPTH = 127
 _ENTRY_KEYS = ("dtype", "shape", "data_offsets")
+# Known to the header format, but the installed safetensors' torch (and numpy) binding has no
+# dtype for them: get_tensor fails with "Dtype not understood".
+_UNLOADABLE_DTYPES = frozenset({"F6_E2M3", "F6_E3M2"})
+# serde_json refuses integer literals beyond f64's range ("number out of range"): 309+ digits.
+_LONG_DIGITS_RE = re.compile(rb"[0-9]{309}")
 
 
 def _q(value: Any, limit: int = 80) -> str:
@@ -91,66 +111,63 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-class _Pairs(list):
-    """An object's (key, value) pairs as parsed, duplicates kept; tells objects from arrays."""
+class _Dups(dict):
+    """A JSON object that named a key more than once: the last value kept, as serde's HashMap.
 
-
-def _first_duplicate(keys: Iterable[str]) -> str | None:
-    seen: set[str] = set()
-    for key in keys:
-        if key in seen:
-            return key
-        seen.add(key)
-    return None
-
-
-def _nested_duplicate(node: Any) -> str | None:
-    """The first duplicated key in any object under ``node`` (depth is capped, recursion ok)."""
-    if isinstance(node, _Pairs):
-        dup = _first_duplicate(key for key, _ in node)
-        if dup is not None:
-            return dup
-        children: Iterable[Any] = (value for _, value in node)
-    elif isinstance(node, list):
-        children = node
-    else:
-        return None
-    for child in children:
-        dup = _nested_duplicate(child)
-        if dup is not None:
-            return dup
-    return None
-
-
-def _duplicate_error(text: str, key: str | None) -> FormatError:
-    """Turn a duplicate-key JsonError into HFC105 naming the tensor it concerns.
-
-    The strict parser's hook runs bottom-up and does not know where the object sits, so on
-    this (rare) error path the header is parsed again keeping all pairs to find out whether
-    the duplicate is a tensor name, inside one entry, or inside ``__metadata__``.
+    ``dups`` lists the repeated keys in order; ``dropped`` the (key, value) pairs a later one
+    replaced. serde still deserializes every one of them (and refuses the header if a dropped
+    value is invalid), so the reader checks them too.
     """
-    try:
-        top = json.loads(text, object_pairs_hook=_Pairs)
-    except (ValueError, RecursionError):
-        top = None
-    if isinstance(top, _Pairs):
-        dup = _first_duplicate(name for name, _ in top)
-        if dup is not None:
-            what = "__metadata__" if dup == "__metadata__" else f"tensor {_q(dup)}"
-            return FormatError("HFC105", f"{what} appears twice in the header", dup)
-        for name, entry in top:
-            dup = _nested_duplicate(entry)
-            if dup is not None:
-                where = "__metadata__" if name == "__metadata__" else f"entry for {_q(name)}"
-                return FormatError("HFC105", f"{where} has key {_q(dup)} twice", name)
-    return FormatError("HFC105", f"header has duplicate key {_q(key)}")
+
+    dups: tuple[str, ...] = ()
+    dropped: tuple[tuple[str, Any], ...] = ()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: last value wins, duplicates remembered (see :class:`_Dups`)."""
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
+    marked = _Dups(result)
+    last = {key: index for index, (key, _) in enumerate(pairs)}
+    dups: list[str] = []
+    dropped: list[tuple[str, Any]] = []
+    for index, (key, value) in enumerate(pairs):
+        if last[key] != index:
+            dropped.append((key, value))
+            if key not in dups:
+                dups.append(key)
+            bad = _find_surrogate(value)
+            if bad is not None:  # serde parsed the dropped value too
+                raise JsonError("encoding", f"string {ascii(bad)[:80]} holds a lone UTF-16 surrogate escape")
+    marked.dups = tuple(dups)
+    marked.dropped = tuple(dropped)
+    return marked
+
+
+def _reject_constant(name: str) -> Any:
+    raise JsonError("nonfinite", f"{name} is not JSON (serde_json refuses it)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonError("nonfinite", f"number {text[:40]} is out of range for a 64-bit float")
+    return value
+
+
+def _serde_int(text: str) -> int | float:
+    """parse_int where serde_json differs from Python: ``-0`` is the float -0.0 (never a
+    usize), and an integer beyond f64's range is refused ("number out of range")."""
+    if text == "-0":
+        return -0.0
+    if len(text) > 300 and not math.isfinite(float(text)):
+        raise JsonError("nonfinite", f"integer of {len(text)} digits is out of range for a 64-bit float")
+    return int(text)
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:
-    """Decode and strictly parse the header bytes (HFC104, HFC105)."""
-    # The reference refuses headers that do not start with '{' (InvalidHeaderStart).
-    if not raw.startswith(b"{"):
-        raise FormatError("HFC104", f"header does not start with '{{' (starts with {_q(raw[:1])})")
+    """Decode and parse the header bytes as serde_json does (HFC104, HFC113)."""
     # Each entry is an object: the top-level object, __metadata__ and one per tensor. The cheap
     # byte count is exact enough almost always; the count outside strings settles the rest.
     if raw.count(b"{") > MAX_TENSORS + 2:
@@ -159,63 +176,117 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
             raise FormatError("HFC113", f"header declares about {objects - 1} tensors (objects), over the limit "
                                         f"of {MAX_TENSORS}; refused before parsing it")
     try:
-        header = loads_strict(raw, max_depth=_HEADER_MAX_DEPTH, require_object=True,
-                              max_containers=3 * MAX_TENSORS + 16)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError("HFC104", f"header is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
+    depth, containers = _nesting(raw, _HEADER_MAX_DEPTH)
+    if depth > _HEADER_MAX_DEPTH:
+        raise FormatError("HFC104", f"header nesting depth {depth} exceeds {_HEADER_MAX_DEPTH}, the most "
+                                    "safetensors (serde_json) reads")
+    if containers > 3 * MAX_TENSORS + 16:
+        raise FormatError("HFC113", f"header holds {containers} arrays and objects, over the limit of "
+                                    f"{3 * MAX_TENSORS + 16}; refused before parsing it")
+    # The default int keeps the C scanner's fast path; the hook only where it matters.
+    special_ints = b"-0" in raw or _LONG_DIGITS_RE.search(raw) is not None
+    try:
+        header = json.loads(
+            text,
+            object_pairs_hook=_object,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_serde_int if special_ints else None,
+        )
     except JsonError as exc:
-        if exc.kind == "duplicate_key":
-            raise _duplicate_error(raw.decode("utf-8"), exc.key) from None
-        if exc.kind == "too_large":
-            raise FormatError("HFC113", f"header {exc.message}; refused before parsing it") from None
         raise FormatError("HFC104", f"header is not valid JSON: {exc.message}") from None
-    assert isinstance(header, dict)
+    except json.JSONDecodeError as exc:
+        raise FormatError("HFC104", f"header is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                    f"column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # int_max_str_digits; depth is checked above
+        raise FormatError("HFC104", f"header is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE_RE.search(text):
+        bad = _find_surrogate(header)
+        if bad is not None:
+            raise FormatError("HFC104", f"header string {ascii(bad)[:80]} holds a lone UTF-16 surrogate "
+                                        "escape, which serde_json refuses")
+    if not isinstance(header, dict):
+        raise FormatError("HFC104", f"header is {_kind(header)}, not a JSON object")
     count = len(header) - ("__metadata__" in header)
     if count > MAX_TENSORS:
         raise FormatError("HFC113", f"header declares {count} tensors, over the limit of {MAX_TENSORS}")
     return header
 
 
-def _check_metadata(value: Any) -> dict[str, str]:
-    """``__metadata__`` must map strings to strings (HFC112)."""
+def _check_metadata(value: Any, notes: list[ReaderNote]) -> dict[str, str] | None:
+    """``__metadata__`` is null or maps strings to strings (HFC112); duplicates -> HFC114."""
+    if value is None:  # serde's Option: the same as no __metadata__
+        return None
     if not isinstance(value, dict):
         raise FormatError("HFC112", f"__metadata__ is {_kind(value)}, not an object of strings",
                           "__metadata__")
-    for key, item in value.items():
+    items = list(value.items())
+    if isinstance(value, _Dups):
+        items += value.dropped
+    for key, item in items:
         if not isinstance(item, str):
             raise FormatError(
                 "HFC112", f"__metadata__ value for {_q(key)} is {_kind(item)}, not a string",
                 "__metadata__",
             )
+    if isinstance(value, _Dups):
+        notes.append(ReaderNote(
+            "HFC114", f"__metadata__ key {_q(value.dups[0])} appears twice; safetensors keeps the last "
+                      "value, other readers may keep the first", "__metadata__"))
     return value
 
 
-def _check_entry(name: str, entry: Any) -> tuple[str, tuple[int, ...], int, int]:
-    """Validate one tensor entry on its own (HFC106, HFC107, HFC108, HFC109 begin > end).
+def _entry_fields(name: str, entry: Any, odd: dict[str, list[str]] | None) -> tuple[str, list, list]:
+    """What serde's TensorInfo deserialization checks (HFC105, HFC106, HFC107).
+
+    ``odd`` collects the names of entries written in forms only serde reads ("array",
+    "dtype object"), for one HFC114 note each.
 
     Returns:
-        (dtype, shape, begin, end) with offsets relative to the data section.
+        (dtype, shape, data_offsets) with types checked, sizes not yet.
     """
-    if not isinstance(entry, dict):
+    if isinstance(entry, dict):
+        if isinstance(entry, _Dups):
+            dup = next((key for key in entry.dups if key in _ENTRY_KEYS), None)
+            if dup is not None:
+                raise FormatError("HFC105", f"entry for {_q(name)} has key {_q(dup)} twice", name)
+        for field in _ENTRY_KEYS:
+            if field not in entry:
+                raise FormatError("HFC106", f"entry for {_q(name)} has no {field!r}", name)
+        # Unknown extra fields are ignored, as by the reference (serde ignores unknown fields).
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    elif isinstance(entry, list) and len(entry) == 3:
+        # serde reads a struct from a sequence of its fields in order.
+        dtype, shape, offsets = entry
+        if odd is not None:
+            odd.setdefault("is an array [dtype, shape, data_offsets], not an object", []).append(name)
+    elif isinstance(entry, list):
+        raise FormatError("HFC106", f"entry for {_q(name)} is an array of {len(entry)} items, not an object "
+                                    "(or [dtype, shape, data_offsets])", name)
+    else:
         raise FormatError("HFC106", f"entry for {_q(name)} is {_kind(entry)}, not an object", name)
-    for field in _ENTRY_KEYS:
-        if field not in entry:
-            raise FormatError("HFC106", f"entry for {_q(name)} has no {field!r}", name)
-    # Unknown extra fields are ignored, as by the reference (serde ignores unknown fields).
 
-    dtype = entry["dtype"]
+    if isinstance(dtype, dict) and len(dtype) == 1 and not isinstance(dtype, _Dups):
+        # serde's externally tagged enum: {"F32": null} is the unit variant F32.
+        (variant, unit), = dtype.items()
+        if unit is None:
+            if odd is not None:
+                odd.setdefault("has its dtype written as an object like {\"F32\": null}, not a string",
+                               []).append(name)
+            dtype = variant
     if not isinstance(dtype, str):
         raise FormatError("HFC106", f"dtype of {_q(name)} is {_kind(dtype)}, not a string", name)
-    bits = SAFETENSORS_BITS.get(dtype)
-    if bits is None:
+    if dtype not in SAFETENSORS_BITS:
         raise FormatError("HFC107", f"tensor {_q(name)} has unknown dtype {_q(dtype, 40)}", name)
-
-    shape = entry["shape"]
     if not isinstance(shape, list) or not _all_u64(shape):
         raise FormatError(
             "HFC106",
             f"shape of {_q(name)} is {_q(shape, 60)}, not a list of non-negative 64-bit integers",
             name,
         )
-    offsets = entry["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and _all_u64(offsets)):
         raise FormatError(
             "HFC106",
@@ -223,27 +294,46 @@ def _check_entry(name: str, entry: Any) -> tuple[str, tuple[int, ...], int, int]
             "not a list of two non-negative 64-bit integers",
             name,
         )
-    begin, end = offsets
-    if begin > end:
-        raise FormatError(
-            "HFC109", f"tensor {_q(name)} has data_offsets [{begin}, {end}]: end before begin", name
-        )
+    return dtype, shape, offsets
 
-    # Element count with an early exit, so a shape of a million 2s cannot build a huge int
-    # (the reference fails such shapes with ValidationOverflow).
+
+def _numel(shape: list[int]) -> int | None:
+    """The element count as the crate folds it: checked u64 multiplications from the left,
+    so ``[2**32, 2**32, 0]`` overflows before reaching the 0. None on overflow."""
+    if 0 in shape:
+        shape = shape[: shape.index(0)]
+        zero = True
+    else:
+        zero = False
+    # Without zeros the prefix products only grow: the fold overflows iff the product does.
     if len(shape) <= 16:
-        numel = math.prod(shape)  # at most 16 x 64 bits: a small int, no early exit needed
-    elif 0 in shape:
-        numel = 0
+        numel = math.prod(shape)  # at most 16 x 64 bits: a small int
     else:
         numel = 1
-        for dim in shape:
+        for dim in shape:  # early exit: a million 2s must not build a huge int
             numel *= dim
             if numel >= _U64:
                 break
     if numel >= _U64:
-        raise FormatError("HFC108", f"shape of {_q(name)} has more elements than fit in 64 bits", name)
+        return None
+    return 0 if zero else numel
+
+
+def _check_entry(name: str, dtype: str, shape: list[int], begin: int, end: int) -> int:
+    """The crate's validate() for one entry (HFC108, HFC109 begin > end). Returns numel."""
+    if begin > end:
+        raise FormatError(
+            "HFC109", f"tensor {_q(name)} has data_offsets [{begin}, {end}]: end before begin", name
+        )
+    bits = SAFETENSORS_BITS[dtype]
+    numel = _numel(shape)
+    if numel is None:
+        raise FormatError("HFC108", f"shape of {_q(name)} has more elements than fit in 64 bits "
+                                    "(counted left to right, as safetensors does)", name)
     total_bits = numel * bits
+    if total_bits >= _U64:
+        raise FormatError("HFC108", f"tensor {_q(name)} has {numel} {dtype} elements, whose size in bits "
+                                    "overflows 64 bits", name)
     if total_bits % 8:
         # Sub-byte dtypes (F4, F6_*) must fill whole bytes; safetensors refuses otherwise.
         raise FormatError(
@@ -260,7 +350,67 @@ def _check_entry(name: str, entry: Any) -> tuple[str, tuple[int, ...], int, int]
             f"but its byte range holds {end - begin}",
             name,
         )
-    return dtype, tuple(shape), begin, end
+    return numel
+
+
+def _check_loadable(name: str, dtype: str, shape: tuple[int, ...]) -> None:
+    """What safetensors' torch binding needs to build the tensor (HFC115, HFC116).
+
+    get_tensor views the bytes as the dtype and reshapes them to the header's shape (the last
+    dimension halved for F4, two values per byte). torch refuses a dimension of 2**63 or more,
+    and for a zero-element tensor computes contiguous strides in wrapping int64 arithmetic,
+    failing ("Stride calculation overflowed") where one comes out negative.
+    """
+    if dtype in _UNLOADABLE_DTYPES:
+        raise FormatError("HFC116", f"tensor {_q(name)} has dtype {dtype}, which the installed safetensors "
+                                    "cannot load into torch or numpy ('Dtype not understood')", name)
+    dims = list(shape)
+    if dtype == "F4" and dims:
+        if dims[-1] % 2:
+            raise FormatError("HFC115", f"F4 tensor {_q(name)} has shape {_q(list(shape), 60)}: safetensors loads F4 "
+                                        "into torch two values per byte and needs an even last dimension", name)
+        dims[-1] //= 2
+    big = next((dim for dim in dims if dim >= _I64), None)
+    if big is not None:
+        raise FormatError("HFC115", f"tensor {_q(name)} has shape {_q(list(shape), 60)}: dimension {big} is over "
+                                    "2**63 - 1, which torch and numpy cannot hold, so safetensors refuses "
+                                    "to load the file", name)
+    stride = 1
+    for dim in reversed(dims[1:]):
+        stride = (stride * max(dim, 1)) % _U64
+        if stride >= _I64:
+            raise FormatError("HFC115", f"tensor {_q(name)} has shape {_q(list(shape), 60)}: its strides overflow "
+                                        "64 bits, so torch cannot build it ('Stride calculation overflowed')",
+                              name)
+
+
+def _check_tiling(spans: list[tuple[int, int, int]], names: list[str], available: int) -> None:
+    """Pass 2, offset order (O(n log n)): the ranges must tile [0, data_end) exactly, as the
+    reference's validate() requires (HFC109, HFC110, HFC111). Sorts ``spans`` in place; ties on
+    (begin, end) fall back to header order (the index), never to name comparison."""
+    spans.sort()
+    cursor = 0
+    previous: str | None = None
+    for begin, end, index in spans:
+        name = names[index]
+        if begin != cursor:
+            if previous is None:
+                msg = f"tensor {_q(name)} starts at data offset {begin}; the first tensor must start at 0"
+            elif begin > cursor:
+                msg = (f"tensor {_q(name)} starts at data offset {begin} but the previous tensor "
+                       f"{_q(previous)} ended at {cursor} (gap of {begin - cursor} bytes)")
+            else:
+                msg = (f"tensor {_q(name)} starts at data offset {begin} but the previous tensor "
+                       f"{_q(previous)} ended at {cursor} (overlap of {cursor - begin} bytes)")
+            raise FormatError("HFC109", msg, name)
+        cursor = end
+        previous = name
+    if cursor > available:
+        raise FormatError(
+            "HFC110", f"data section needs {cursor} bytes but the file holds {available}", previous
+        )
+    if cursor < available:
+        raise FormatError("HFC111", f"file has {available - cursor} bytes after the last tensor")
 
 
 def read_safetensors(path: str | os.PathLike) -> WeightFile:
@@ -278,11 +428,13 @@ def read_safetensors(path: str | os.PathLike) -> WeightFile:
     Raises:
         FormatError: HFC008 (not a regular file / cannot open), HFC101 (under 8 bytes),
             HFC102 (header length over 100 MB or past the end of the file), HFC104 (header
-            not UTF-8 JSON object starting with '{'), HFC113 (more than MAX_TENSORS
-            entries, refused before parsing), HFC105 (duplicate key), HFC106 (bad
-            entry), HFC107 (unknown dtype), HFC108 (size mismatch or overflow), HFC109 (bad
+            not a UTF-8 JSON object serde_json reads), HFC113 (more than MAX_TENSORS
+            entries, refused before parsing), HFC105 (duplicate field or __metadata__), HFC106
+            (bad entry), HFC107 (unknown dtype), HFC108 (size mismatch or overflow), HFC109 (bad
             offsets: gap, overlap, backwards), HFC110 (truncated), HFC111 (trailing bytes),
-            HFC112 (bad ``__metadata__``). ``tensor`` names the tensor where one applies.
+            HFC112 (bad ``__metadata__``), HFC115 (a shape torch cannot build), HFC116 (a dtype
+            safetensors cannot load). ``tensor`` names the tensor where one applies. Notes:
+            HFC103 (header over 25 MB), HFC114 (duplicates or entry forms only serde reads).
     """
     with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
@@ -322,52 +474,64 @@ def read_safetensors(path: str | os.PathLike) -> WeightFile:
     with _gc_paused():
         header = _parse_header(raw)
         del raw
+        if isinstance(header, _Dups) and "__metadata__" in header.dups:
+            raise FormatError("HFC105", "__metadata__ appears twice in the header", "__metadata__")
+        tensor_dups = [key for key in header.dups if key != "__metadata__"] if isinstance(header, _Dups) else []
+        dropped = header.dropped if isinstance(header, _Dups) else ()
 
         metadata: dict[str, str] | None = None
         if "__metadata__" in header:
-            metadata = _check_metadata(header.pop("__metadata__"))
+            metadata = _check_metadata(header.pop("__metadata__"), notes)
+        # serde deserializes a replaced duplicate entry too: it must be a valid TensorInfo.
+        for name, entry in dropped:
+            if name != "__metadata__":
+                _entry_fields(name, entry, None)
 
         # Pass 1, header order: each entry on its own. Entries are popped as they are checked
         # so the parsed header and the result are not both fully alive at the peak.
         tensors: dict[str, TensorMeta] = {}
         names = list(header)
         spans: list[tuple[int, int, int]] = []
-        for index, name in enumerate(names):
-            dtype, shape, begin, end = _check_entry(name, header.pop(name))
-            tensors[name] = TensorMeta(
-                name=name, dtype=dtype, shape=shape, data_offsets=(base + begin, base + end)
-            )
-            spans.append((begin, end, index))
-        del header
-
-    # Pass 2, offset order (O(n log n)): the ranges must tile [0, data_end) exactly, as the
-    # reference's validate() requires; a gap or overlap means two readers may disagree.
-    # Ties on (begin, end) fall back to header order (the index), never to name comparison.
-    spans.sort()
-    cursor = 0
-    previous: str | None = None
-    for begin, end, index in spans:
-        name = names[index]
-        if begin != cursor:
-            if previous is None:
-                msg = f"tensor {_q(name)} starts at data offset {begin}; the first tensor must start at 0"
-            elif begin > cursor:
-                msg = (f"tensor {_q(name)} starts at data offset {begin} but the previous tensor "
-                       f"{_q(previous)} ended at {cursor} (gap of {begin - cursor} bytes)")
-            else:
-                msg = (f"tensor {_q(name)} starts at data offset {begin} but the previous tensor "
-                       f"{_q(previous)} ended at {cursor} (overlap of {cursor - begin} bytes)")
-            raise FormatError("HFC109", msg, name)
-        cursor = end
-        previous = name
+        # Entries torch may still refuse: zero elements (any dims) or a sub-byte dtype.
+        suspects: list[int] = []
+        odd: dict[str, list[str]] = {}
+        try:
+            for index, name in enumerate(names):
+                dtype, shape, (begin, end) = _entry_fields(name, header.pop(name), odd)
+                numel = _check_entry(name, dtype, shape, begin, end)
+                if numel == 0 or SAFETENSORS_BITS[dtype] < 8:
+                    suspects.append(index)
+                tensors[name] = TensorMeta(
+                    name=name, dtype=dtype, shape=tuple(shape), data_offsets=(base + begin, base + end)
+                )
+                spans.append((begin, end, index))
+            del header
+            _check_tiling(spans, names, available)
+        except FormatError as exc:
+            if tensor_dups and exc.code in ("HFC108", "HFC109", "HFC110", "HFC111"):
+                # Explain the likely cause: the entry safetensors dropped held the real layout.
+                raise FormatError(
+                    "HFC105", f"tensor {_q(tensor_dups[0])} appears twice in the header; safetensors keeps "
+                              f"the last entry, and then: {exc.message}", exc.tensor or tensor_dups[0],
+                ) from None
+            raise
     del spans
 
-    if cursor > available:
-        raise FormatError(
-            "HFC110", f"data section needs {cursor} bytes but the file holds {available}", previous
-        )
-    if cursor < available:
-        raise FormatError("HFC111", f"file has {available - cursor} bytes after the last tensor")
+    # Only now that the file is well formed: can torch build each tensor? Every entry counts,
+    # whatever its name (load_file refuses the whole file for one bad buffer).
+    for index in suspects:
+        meta = tensors[names[index]]
+        _check_loadable(meta.name, meta.dtype, meta.shape)
+
+    for what, odd_names in odd.items():
+        more = f" (and {len(odd_names) - 1} more entries)" if len(odd_names) > 1 else ""
+        notes.append(ReaderNote("HFC114", f"entry for {_q(odd_names[0])} {what}{more}; safetensors reads it, "
+                                          "other safetensors readers may not", odd_names[0]))
+    if tensor_dups:
+        notes.append(ReaderNote(
+            "HFC114", f"tensor {_q(tensor_dups[0])} appears twice in the header"
+                      + (f" (and {len(tensor_dups) - 1} more)" if len(tensor_dups) > 1 else "")
+                      + "; safetensors keeps the last entry, other readers may keep the first", tensor_dups[0]))
 
     return WeightFile(
         path=os.fsdecode(path),

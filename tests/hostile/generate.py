@@ -530,8 +530,10 @@ def _safetensors(b: _Builder) -> None:
     m = "model.safetensors"
     b.add("st_absurd_header_length", "caps: header bytes", {m: safetensors_bytes(b"{}", length=2**64 - 1)},
           "HFC102", m)
-    dup = ('{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
-           '"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}')
+    # safetensors keeps the last "w" (8 bytes) and refuses the 8 bytes left over; a reader that
+    # keeps the first sees 16. (A duplicate whose last entry fits is read by the crate: HFC114.)
+    dup = ('{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},'
+           '"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}')
     b.add("st_duplicate_keys", "parser differential: duplicate keys", {m: safetensors_bytes(dup, bytes(16))},
           "HFC105", m, "w")
     overlap = {"a": st_entry("F32", [4], 0, 16), "b": st_entry("F32", [4], 8, 24)}
