@@ -747,8 +747,8 @@ def _data_descriptor_length(f: BinaryIO, entry: _ZipEntry, pos: int, room: int) 
             crc, csize, usize = struct.unpack(layout, body)
             if (crc, csize, usize) == (entry.crc, entry.compressed_size, entry.size):
                 return room
-    raise _ambiguous(f"{room} bytes after the data of zip entry '{_short(entry.name)}' are not its data descriptor "
-                     "(hidden data between entries?)")
+    raise _ambiguous(f"{room} bytes after the data of zip entry '{_short(entry.name)}' are not its data descriptor: "
+                     "they belong to no central-directory entry (an orphan local header or hidden data?)")
 
 
 def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
