@@ -89,12 +89,17 @@ def load_test(path, device_map, max_memory, offload_folder, dtype, forward, fmt,
     fit or a tensor failed to load or verify, 2 could not run (PATH missing, bad map file,
     bad device name or size).
     """
-    from .cli import _emit, _resolve_folder
+    from .cli import _emit, _resolve_folder, check_output, require_modules
     from .loading import load_test as run_load_test
     from .loading import render_json, render_text
+    from .render import escape_text
     from .validation import UsageError
 
     folder = _resolve_folder(path)
+    reads = [folder] + ([device_map] if device_map not in ("auto", "balanced", "sequential") else [])
+    check_output(output, reads=reads)
+    if forward:
+        require_modules("--forward", ("transformers", "accelerate"))
     bar, update = _progress_bar(quiet)
     try:
         result = run_load_test(folder, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
@@ -114,5 +119,5 @@ def load_test(path, device_map, max_memory, offload_folder, dtype, forward, fmt,
     if output is not None or fmt != "text":  # the report is not on the terminal: say the verdict there
         if not result.ok:
             noun = "error" if result.errors == 1 else "errors"
-            click.echo(f"load-test {path}: FAILED ({result.errors} {noun})", err=True)
+            click.echo(f"load-test {escape_text(path)}: FAILED ({result.errors} {noun})", err=True)
     sys.exit(result.exit_code)

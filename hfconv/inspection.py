@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .contents import read_contents
 from .discovery import discover
-from .render import human_bytes, human_count
+from .render import escape_text, human_bytes, human_count
 from .report import Layout
 from .validation import UsageError
 
@@ -40,6 +40,13 @@ class Inspection:
     parameters: int
     bytes: int
     tokenizer_files: tuple[str, ...]
+    has_config: bool = False
+    """config.json was read (a JSON object)."""
+
+    @property
+    def empty(self) -> bool:
+        """No tensor was read and no config: nothing that makes the folder a model to summarise."""
+        return self.tensors == 0 and not self.has_config
 
     def to_json(self) -> dict:
         return {
@@ -57,6 +64,7 @@ class Inspection:
         }
 
     def to_text(self) -> str:
+        """The summary for people; every name from the folder escaped (:func:`hfconv.render.escape_text`)."""
         lines = [self.path]
         arch = ", ".join(self.architectures) or "?"
         lines.append(f"  model: {self.model_type or '?'} ({arch}), config dtype {self.config_dtype or '?'}")
@@ -69,7 +77,7 @@ class Inspection:
             detail = shard.error or f"{shard.tensors} tensors, {human_bytes(shard.tensor_bytes)} of tensors"
             lines.append(f"    {shard.name:<45} {human_bytes(shard.file_bytes):>10}  {shard.format or '-':<11} {detail}")
         lines.append("  tokenizer: " + (", ".join(self.tokenizer_files) or "none"))
-        return "\n".join(lines) + "\n"
+        return "\n".join(escape_text(line) for line in lines) + "\n"
 
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -124,6 +132,7 @@ def inspect(path: str | os.PathLike) -> Inspection:
         parameters=sum(t.numel for t in tensors.values()),
         bytes=sum(t.nbytes for t in tensors.values()),
         tokenizer_files=tuple(f for f in TOKENIZER_FILES if folder.has(f)),
+        has_config=isinstance(contents.config, dict),
     )
 
 

@@ -8,15 +8,64 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import PurePath, PurePosixPath
 from urllib.parse import quote
 
 from .findings import REGISTRY, Finding, Severity
 from .report import Report
 
 _LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
+# What a name from a folder must never put raw on a terminal or into a log line: C0 controls
+# (ESC, newline, carriage return, ...), DEL, C1 controls (0x9b is a one-byte CSI), the Unicode
+# line/paragraph separators and bidi overrides (text that reads other than it is), and lone
+# surrogates (the bytes of a non-UTF-8 file name, which no UTF-8 output can hold).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _COLOURS = {Severity.ERROR: "\x1b[31m", Severity.WARNING: "\x1b[33m", Severity.INFO: "\x1b[36m"}
 _RESET = "\x1b[0m"
+
+
+def _visible(match: re.Match) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a non-UTF-8 file name (os.fsdecode's surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_text(value: object) -> str:
+    """``value`` as one safe line of text: control characters, bidi overrides and the bytes of
+    non-UTF-8 names shown as escapes (``\\x1b``, ``\\n``, ``\\xff``), so a name from a folder can
+    neither drive the terminal nor forge a line of the report."""
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE.sub(_visible, text)
+
+
+def _surrogate_visible(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def json_safe(value):
+    """``value`` (a JSON document) with every lone surrogate in a string or key written as
+    ``\\xff`` text, so the document encodes as valid UTF-8 (a non-UTF-8 file name's bytes, which
+    ``json.dumps`` would otherwise pass through or write as a lone ``\\udcff`` escape that strict
+    parsers refuse). Control characters are left to ``json.dumps``, which escapes them."""
+    if isinstance(value, str):
+        return _SURROGATES.sub(_surrogate_visible, value) if _SURROGATES.search(value) else value
+    if isinstance(value, dict):
+        return {json_safe(k) if isinstance(k, str) else k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps_json(value) -> str:
+    """The JSON text hfconv prints: indented, UTF-8 safe (see :func:`json_safe`), newline-terminated."""
+    return json.dumps(json_safe(value), indent=2) + "\n"
 
 
 def human_bytes(n: float) -> str:
@@ -87,21 +136,29 @@ def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
     return groups
 
 
-def render_text(reports: Sequence[Report], colour: bool = False) -> str:
-    """Readable report: a header per folder, findings grouped, the fix once per code."""
+def render_text(reports: Sequence[Report], colour: bool = False, totals: bool | None = None) -> str:
+    """Readable report: a header per folder, findings grouped, the fix once per code.
+
+    Every name from a folder (its path, file and tensor names in messages) is escaped
+    (:func:`escape_text`). With ``totals`` (default: several reports) a last line
+    ``N folders, M failed``.
+    """
     out: list[str] = []
     for report in reports:
         out.append(_render_one_text(report, colour))
+    if totals if totals is not None else len(reports) > 1:
+        failed = sum(1 for r in reports if not r.ok)
+        out.append(f"{len(reports)} folder{'' if len(reports) == 1 else 's'}, {failed} failed\n")
     return "\n".join(out)
 
 
 def _render_one_text(report: Report, colour: bool) -> str:
     layout, summary = report.layout, report.summary
-    lines = [f"{report.path}"]
+    lines = [escape_text(report.path)]
     shape = "sharded" if layout.sharded else "single file"
     where = f", {layout.index}" if layout.index else ""
     lines.append(
-        f"  weights: {layout.format}, {shape}{where}, {len(layout.shards)} file(s); "
+        f"  weights: {escape_text(layout.format)}, {shape}{escape_text(where)}, {len(layout.shards)} file(s); "
         f"{summary.tensors} tensors, {human_count(summary.parameters)} parameters, {human_bytes(summary.bytes)}"
     )
     fixes_shown: set[str] = set()
@@ -110,7 +167,7 @@ def _render_one_text(report: Report, colour: bool) -> str:
         sev = f.severity.value
         label = f"{_COLOURS[f.severity]}{sev:<7}{_RESET}" if colour else f"{sev:<7}"
         count = f" (x{group.count})" if group.count > 1 else ""
-        lines.append(f"  {label} {f.code} {group.message}{count}")
+        lines.append(f"  {label} {escape_text(f.code)} {escape_text(group.message)}{count}")
         if f.code not in fixes_shown and f.severity is not Severity.INFO:
             fixes_shown.add(f.code)
             lines.append(f"          fix: {REGISTRY[f.code].fix}")
@@ -122,10 +179,13 @@ def _render_one_text(report: Report, colour: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_json(reports: Sequence[Report]) -> str:
-    """The contract's JSON: one object for one folder, an array for several."""
+def render_json(reports: Sequence[Report], array: bool | None = None) -> str:
+    """The contract's JSON: one object for one folder, an array for several (``array=True``: an
+    array even of one, as ``--recursive`` and several PATHs print)."""
     objects = [_json_object(r) for r in reports]
-    return json.dumps(objects[0] if len(objects) == 1 else objects, indent=2) + "\n"
+    if array is None:
+        array = len(objects) != 1
+    return dumps_json(objects if array else objects[0])
 
 
 def _json_object(report: Report) -> dict:
@@ -136,10 +196,12 @@ def _json_object(report: Report) -> dict:
 
 
 def _escape_property(value: str) -> str:
+    value = escape_text(value)
     return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A").replace(":", "%3A").replace(",", "%2C")
 
 
 def _escape_data(value: str) -> str:
+    value = escape_text(value)
     return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
@@ -209,9 +271,26 @@ def _artifact_location(path: str, base: str) -> dict:
     except ValueError:  # Windows: another drive
         relative = None
     if relative is None or relative == os.pardir or relative.startswith(os.pardir + os.sep):
-        return {"uri": PurePath(absolute).as_uri()}
-    # Percent-encode what is not allowed in a URI path (spaces, '%', '#', '?', non-ASCII).
-    return {"uri": quote(PurePath(relative).as_posix(), safe="/"), "uriBaseId": _SRCROOT}
+        return {"uri": _file_uri(absolute)}
+    # Percent-encode what is not allowed in a URI path (spaces, '%', '#', '?', non-ASCII), from the
+    # name's bytes: a non-UTF-8 file name becomes its own bytes (%FF%FE), never an encoding error.
+    return {"uri": quote(_name_bytes(PurePath(relative).as_posix()), safe="/"), "uriBaseId": _SRCROOT}
+
+
+def _name_bytes(name: str) -> bytes:
+    """A file name's bytes: the surrogate-escaped bytes of a non-UTF-8 name given back as they were."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (from JSON text, not a disk)
+        return name.encode("utf-8", "surrogatepass")
+
+
+def _file_uri(absolute: str) -> str:
+    """``file://`` URI of an absolute path (``PurePath.as_uri`` fails on a non-UTF-8 name)."""
+    path = PurePath(absolute)
+    if not isinstance(path, PurePosixPath):  # Windows: its drive rules
+        return path.as_uri()
+    return "file://" + quote(_name_bytes(path.as_posix()), safe="/")
 
 
 def _sarif_result(report: Report, f: Finding, rule_index: int, base: str) -> dict:
@@ -230,7 +309,7 @@ def _sarif_result(report: Report, f: Finding, rule_index: int, base: str) -> dic
         "level": _SARIF_LEVELS[f.severity],
         "message": {"text": f.message},
         "locations": [location],
-        "partialFingerprints": {"hfconvFinding/v1": hashlib.sha256(identity.encode()).hexdigest()},
+        "partialFingerprints": {"hfconvFinding/v1": hashlib.sha256(_name_bytes(identity)).hexdigest()},
         "properties": {"severity": f.severity.value, "folder": report.path},
     }
     for key in ("file", "tensor"):
@@ -270,14 +349,14 @@ def render_sarif(reports: Sequence[Report], base: str | None = None) -> str:
             "informationUri": _information_uri(),
             "rules": [_sarif_rule(code) for code in codes],
         }},
-        "originalUriBaseIds": {_SRCROOT: {"uri": PurePath(base).as_uri().rstrip("/") + "/"}},
+        "originalUriBaseIds": {_SRCROOT: {"uri": _file_uri(base).rstrip("/") + "/"}},
         "results": results,
         "properties": {"folders": [
             {"path": r.path, "ok": r.ok, "errors": r.errors, "warnings": r.warnings} for r in reports
         ]},
     }
     log = {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
-    return json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(json_safe(log), indent=2, ensure_ascii=False) + "\n"
 
 
 def render_html(reports: Sequence[Report]) -> str:

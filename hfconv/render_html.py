@@ -11,12 +11,13 @@ jinja2 is imported when a page is rendered, never by ``import hfconv``.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .findings import REGISTRY, Finding, Severity
-from .render import group_findings, human_bytes, human_count, package_version
+from .render import escape_text, group_findings, human_bytes, human_count, package_version
 from .report import Report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -241,11 +242,25 @@ def _columns(value: Any) -> list[str] | None:
     return list(keys)
 
 
+# Control characters (but tab and line ends, which HTML shows as white space), C1 controls, bidi
+# overrides and lone surrogates (bytes of a non-UTF-8 file name): shown as escapes, never raw.
+_HTML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _visible_controls(value: Any) -> Any:
+    """jinja2's finalize: every printed string, names from a folder included, with control
+    characters and non-UTF-8 bytes as visible escapes (the page must encode as UTF-8)."""
+    if isinstance(value, str) and _HTML_UNSAFE.search(value):
+        return type(value)(_HTML_UNSAFE.sub(lambda m: escape_text(m.group()), value))
+    return value
+
+
 @functools.lru_cache(maxsize=1)
 def _template() -> jinja2.Template:
     import jinja2
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False)
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False,
+                             finalize=_visible_controls)
     env.filters["number"] = _number
     env.filters["columns"] = _columns
     return env.from_string(_PAGE)
