@@ -169,6 +169,9 @@ def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, f
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
     folder = _resolve_folder(src)
+    from .cli import check_output
+
+    check_output(output, reads=[folder], writes=[dst])  # before any work: DST is not created on a bad -o
     bar, update = _progress_bar(quiet, not no_verify)
     previous = None
     try:
