@@ -25,7 +25,12 @@ def render_text(result: ConversionResult) -> str:
     """A short human summary of a successful conversion."""
     from .render import human_bytes
 
-    lines = [f"converted {result.src} -> {result.dst}"]
+    if result.ok:
+        lines = [f"converted {result.src} -> {result.dst}"]
+    else:
+        assert result.validation is not None
+        lines = [f"converted {result.src} -> {result.dst}: output INVALID ({result.validation.errors} validation "
+                 f"error{'s' if result.validation.errors != 1 else ''}; written anyway: --allow-invalid-output)"]
     lines.append(f"  tensors   {result.tensors}")
     lines.append(f"  bytes     {human_bytes(result.bytes)} ({result.bytes} bytes of tensor data)")
     shard_word = "shard" if len(result.shards) == 1 else "shards"
@@ -44,13 +49,15 @@ def render_text(result: ConversionResult) -> str:
     for name, why in result.files_skipped.items():
         lines.append(f"            {name} {why}")
     lines.append(f"  time      {result.seconds:.2f} s ({result.mb_per_s:.1f} MB/s)")
-    if result.verified:
-        extra = ""
-        if result.validation is not None and result.validation.inherited_errors:
-            extra = f"; {result.validation.inherited_errors} validation errors already in the source"
-        lines.append(f"  verified  yes (every tensor bitwise, output validated{extra})")
+    if result.verified and result.ok:
+        lines.append("  verified  yes (every tensor bitwise, every .bin storage's CRC-32, output validated)")
+    elif result.verified:
+        lines.append("  verified  tensors yes (bitwise, with every .bin storage's CRC-32); output INVALID:")
+        for item in result.validation.findings if result.validation is not None else ():
+            lines.append(f"            {item.code} {item.severity.value}: {item.message}")
     else:
-        lines.append("  verified  no (--no-verify)")
+        lines.append("  verified  no (--no-verify: nothing was checked: no tensor compared, no CRC-32, "
+                     "output not validated)")
     if result.manifest:
         lines.append(f"  manifest  {result.manifest}")
     if result.durable:
@@ -63,7 +70,8 @@ def render_json(result: ConversionResult) -> str:
 
 
 def render_error_text(src: str, dst: str, error: ConversionError) -> str:
-    lines = [f"conversion failed: {src} -> {dst} ({error.code}); no DST was created", f"  {error.message}"]
+    """``conversion failed: <why>; no DST was created.`` then the findings that explain it."""
+    lines = [f"conversion failed ({error.code}): {error.message}; no DST was created."]
     for item in error.findings:
         if item.message != error.message:
             lines.append(f"  {item.code} {item.severity.value}: {item.message}")
@@ -110,8 +118,25 @@ def _progress_bar(quiet: bool, verify: bool):
     return bar, update
 
 
-def _terminate_as_interrupt(signum, frame):  # pragma: no cover - exercised by hand
+_EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_received: list[int] = []
+
+
+def _interrupt(signum, frame):
+    """SIGINT or SIGTERM: unwind (the conversion removes its temporary folder on the way)
+    and remember which, for the exit code (130 / 143). Further signals are ignored, so the
+    cleanup itself is not cut short."""
+    _received.append(signum)
+    for other in _EXIT_FOR_SIGNAL:
+        with _suppress_value_error():
+            signal.signal(other, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def _suppress_value_error():
+    import contextlib
+
+    return contextlib.suppress(ValueError, OSError)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -123,7 +148,11 @@ def _terminate_as_interrupt(signum, frame):  # pragma: no cover - exercised by h
 @click.option("--dtype", type=click.Choice(["keep", "float32", "float16", "bfloat16"]), default="keep",
               show_default=True, help="Cast floating tensors (integer, bool and float8 tensors are kept) and "
                                       "update torch_dtype in config.json.")
-@click.option("--no-verify", is_flag=True, help="Skip the byte-for-byte comparison and the validation of DST.")
+@click.option("--no-verify", is_flag=True, help="Skip the byte-for-byte comparison, the CRC-32 check of .bin "
+              "storages and the validation of DST (the report then says nothing was checked).")
+@click.option("--allow-invalid-output", is_flag=True,
+              help="For salvage only: write DST even when it fails validation (errors already in SRC, such as "
+                   "a missing tensor). The report still says the output is INVALID and the exit code is 1.")
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write each output tensor's sha256 to FILE (hfconv-manifest/1).")
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new folder is complete).")
@@ -138,7 +167,8 @@ def _terminate_as_interrupt(signum, frame):  # pragma: no cover - exercised by h
               help="Summary format on stdout: text, json, or html (one self-contained page).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the summary to FILE instead of stdout.")
-def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, fsync, quiet, fmt, output):
+def convert(src, dst, max_shard_size, dtype, no_verify, allow_invalid_output, manifest, force, jobs, fsync, quiet,
+            fmt, output):
     """Convert a model folder to safetensors, streaming, and verify every tensor.
 
     SRC holds .bin weights (single or sharded, with or without an index, old -1-of-3 names)
@@ -155,8 +185,10 @@ def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, f
       hfconv convert ./model ./out --force --format json > report.json
       hfconv convert ./model ./out --format html -o convert.html
 
-    Exit code: 0 converted (and verified), 1 input refused or conversion/verification failed,
-    2 could not run (SRC missing, DST exists without --force, bad option).
+    Exit code: 0 converted (and verified), 1 input refused, conversion/verification failed or
+    the output fails validation (also with --allow-invalid-output, which writes it anyway),
+    2 could not run (SRC missing, DST exists without --force, bad option), 130/143
+    interrupted by SIGINT/SIGTERM (no DST is left behind).
     """
     from .cli import _emit, _resolve_folder
     from .conversion import ConversionError
@@ -169,34 +201,53 @@ def convert(src, dst, max_shard_size, dtype, no_verify, manifest, force, jobs, f
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
     folder = _resolve_folder(src)
-    from .cli import check_output
-
-    check_output(output, reads=[folder], writes=[dst])  # before any work: DST is not created on a bad -o
     bar, update = _progress_bar(quiet, not no_verify)
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    except ValueError:  # not the main thread (e.g. embedded): keep the default
-        previous = None
+    previous = {}
+    for signum in _EXIT_FOR_SIGNAL:
+        try:
+            previous[signum] = signal.signal(signum, _interrupt)
+        except ValueError:  # not the main thread (e.g. embedded): keep the default
+            pass
     try:
         result = run_convert(folder, dst, max_shard_size=max_shard_size, dtype=dtype, verify=not no_verify,
                              manifest=manifest, force=force, jobs=jobs, fsync=fsync,
-                             progress=update)
+                             progress=update, allow_invalid_output=allow_invalid_output)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     except ConversionError as exc:
-        error_renderers = {"text": render_error_text, "json": render_error_json, "html": _render_error_html}
-        text = error_renderers[fmt](src, dst, exc)
-        if output or fmt != "text":
-            _emit(text, output)
-        if fmt == "text":
-            click.echo(text, nl=False, err=True)
-        sys.exit(1)
+        _fail(src, dst, exc, fmt, output)
+    except OSError as exc:  # a step the library does not word itself: one line, never a traceback
+        from .conversion import write_failure
+
+        _fail(src, dst, write_failure(exc, ""), fmt, output)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+            bar = None
+        click.echo("interrupted; no DST was created", err=True)
+        sys.exit(_EXIT_FOR_SIGNAL.get(_received[-1] if _received else signal.SIGINT, 130))
     finally:
         if bar is not None:
             bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            with _suppress_value_error():
+                signal.signal(signum, handler)
     renderers = {"text": render_text, "json": render_json, "html": _render_html}
     _emit(renderers[fmt](result), output)
-    sys.exit(0)
+    if not result.ok and (output or fmt != "text"):  # the verdict where the user looks
+        click.echo(f"convert {src} -> {dst}: output INVALID (written anyway: --allow-invalid-output)", err=True)
+    sys.exit(result.exit_code)
+
+
+def _fail(src: str, dst: str, error: ConversionError, fmt: str, output: str | None) -> None:
+    from .cli import _emit
+
+    error_renderers = {"text": render_error_text, "json": render_error_json, "html": _render_error_html}
+    text = error_renderers[fmt](src, dst, error)
+    if output or fmt != "text":
+        _emit(text, output)
+    if fmt == "text":
+        click.echo(text, nl=False, err=True)
+    elif output is None:  # the report is on stdout: one line on stderr too
+        click.echo(render_error_text(src, dst, error).splitlines()[0], err=True)
+    sys.exit(1)

@@ -45,7 +45,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,11 @@ from .contents import FolderContents, read_contents
 from .discovery import ADAPTER, TRAINING_LEFTOVERS, WeightSet, discover, parse_shard_name
 from .dtypes import itemsize, nbytes, swap_unit
 from .findings import Finding, finding, register
-from .fsutil import is_safe_relative_name, open_regular
+from .fsutil import is_safe_relative_name, open_inside
 from .readers.safetensors_header import MAX_HEADER_BYTES, read_safetensors
 from .render import human_bytes
 from .sharding import INDEX_FILE, parse_size, plan_shards, shard_file_name
-from .tensor_bytes import OutsideStorage, file_order, located_storage, view_span
+from .tensor_bytes import OutsideStorage, StorageRecord, file_order, located_storage, storage_records, view_span
 from .tensors import FormatError, TensorMeta, WeightFile
 from .validation import UsageError, check_contents
 
@@ -102,7 +102,7 @@ register("HFC705", "error", "not enough disk space",
          "DST needs 1.9 GB but only 1.2 GB is free on /data")
 register("HFC706", "error", "output fails validation",
          "The converted folder has validation errors the source did not have; it was not "
-         "renamed into place.",
+         "renamed into place (DST was not created).",
          "Report it: this is a bug in hfconv. The finding quoted says what is wrong.",
          "output fails validation: HFC302 model-00001-of-00002.safetensors holds 'x', which the "
          "index does not list")
@@ -136,6 +136,40 @@ register("HFC712", "warning", "index regenerated",
          "shard); the new index is built from the tensors the shards really hold.",
          "Check that no tensor is missing from the output (see the source findings quoted).",
          "source index disagrees with the shards (HFC301); the new index lists what the shards hold")
+
+register("HFC713", "error", "output would be invalid",
+         "The converted folder fails validation with errors the source already has (a tensor "
+         "missing from a shard, a state dict saved with DDP's 'module.' prefix, a config.json that "
+         "is not JSON, ...). A converted folder that does not load is not a successful conversion, "
+         "so DST was not created. What convert repairs (an index regenerated from the shards) is "
+         "not an error of the output.",
+         "Fix the source as the findings listed say, then convert again. To salvage the tensors "
+         "anyway, pass --allow-invalid-output: DST is then written, and the report and exit code "
+         "(1) still say the output is invalid.",
+         "the output would fail validation with 1 error already in the source (HFC602 "
+         "model.layers.1.post_attention_layernorm.weight [16] is missing from the weights)")
+register("HFC714", "error", "write failed",
+         "Writing DST failed part-way: the disk filled up (ENOSPC), a quota or a file size limit was "
+         "hit (EDQUOT, EFBIG), the device reported an I/O error (EIO), or the folder DST goes into "
+         "is not writable. The temporary folder was removed; DST was not created.",
+         "Free space (the report of a completed run gives the size), raise the quota or limit, or "
+         "choose a DST on another disk; then convert again.",
+         "no space left on device writing model-00002-of-00004.safetensors")
+register("HFC715", "error", "source changed during conversion",
+         "A file convert was about to read from SRC is no longer the regular file inside SRC that "
+         "was planned: it became a symlink (possibly to a file outside the folder), a FIFO or a "
+         "folder, or was removed. Every file is opened once, without following a symlink out of "
+         "SRC, and checked on the opened descriptor, so nothing outside SRC is ever copied.",
+         "Make sure nothing modifies SRC while converting (another process, a sync client), then "
+         "convert again.",
+         "note.txt changed during the conversion: 'note.txt' became a symlink or changed type while "
+         "being read; refused")
+register("HFC716", "error", "invalid output written",
+         "--allow-invalid-output: DST was written although it fails validation (the errors are "
+         "listed). It is a salvage copy, not a model that loads; the exit code is 1.",
+         "Fix the errors listed in DST (or in SRC and convert again) before using or uploading it.",
+         "output INVALID: /data/out fails validation with 2 errors (written anyway: "
+         "--allow-invalid-output)")
 
 DTYPE_CHOICES = ("keep", "float32", "float16", "bfloat16")
 _TARGET_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -224,6 +258,9 @@ class PlannedTensor:
     """End (exclusive) of the source bytes the view touches."""
     byteswap: bool = False
     """The source is big-endian (a ``.bin`` saved on such a machine): bytes are swapped on the way."""
+    record: StorageRecord | None = None
+    """The ``.bin`` storage whose recorded CRC-32 is checked when this tensor is verified (set on
+    the first planned tensor of each storage; None for the others and for safetensors)."""
 
     @property
     def numel(self) -> int:
@@ -375,10 +412,17 @@ class ValidationSummary:
     inherited_errors: int = 0
     """Errors the source folder already had (e.g. in its tokenizer files), not caused here."""
     codes: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    """The output's validation errors (only with ``allow_invalid_output``: else none)."""
+
+    @property
+    def valid(self) -> bool:
+        return self.errors == 0
 
     def to_json(self) -> dict:
-        return {"errors": self.errors, "warnings": self.warnings, "inherited_errors": self.inherited_errors,
-                "codes": list(self.codes)}
+        return {"valid": self.valid, "errors": self.errors, "warnings": self.warnings,
+                "inherited_errors": self.inherited_errors, "codes": list(self.codes),
+                "findings": [f.to_json() for f in self.findings]}
 
 
 @dataclass(frozen=True)
@@ -423,9 +467,19 @@ class ConversionResult:
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def ok(self) -> bool:
+        """False when the output was written although it fails validation (--allow-invalid-output)."""
+        return self.validation is None or self.validation.valid
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
     def to_json(self) -> dict:
         return {
-            "ok": True,
+            "ok": self.ok,
+            "output_valid": self.validation.valid if self.validation is not None else None,
             "src": self.src,
             "dst": self.dst,
             "tensors": self.tensors,
@@ -556,6 +610,9 @@ def plan_conversion(contents: FolderContents, max_shard_size: int, dtype: str = 
         weight_file = contents.weights[rel]
         path = str(folder.path(rel))
         ordered = file_order(weight_file)
+        # Each storage's CRC-32 is checked once, with the first tensor written from it.
+        records = {r.key: r for r in storage_records(weight_file) if r.crc32 is not None} \
+            if weight_file.format != "safetensors" else {}
         groups = weight_file.aliases  # storage key -> names, only keys used more than once
         for meta in ordered:
             if meta.name in owner:
@@ -580,7 +637,9 @@ def plan_conversion(contents: FolderContents, max_shard_size: int, dtype: str = 
                     notes.append(finding("HFC703", f"{meta.name} shares its storage with {first}: written as "
                                          "its own copy", file=rel, tensor=meta.name))
             out_dtype = target if (target and meta.dtype in _CASTABLE) else meta.dtype
-            planned.append(_locate(meta, weight_file, rel, path, out_dtype))
+            located = _locate(meta, weight_file, rel, path, out_dtype)
+            record = records.pop(meta.storage_key, None) if meta.storage_key is not None else None
+            planned.append(located if record is None else replace(located, record=record))
     if not planned:
         raise _refuse("the weight files hold no tensors")
 
@@ -781,10 +840,15 @@ def _write_all(fd: int, data) -> int:
 
 
 class _Sources:
-    """Source files opened read-only and memory-mapped once per shard writer."""
+    """Source files opened read-only and memory-mapped once per shard writer.
 
-    def __init__(self) -> None:
+    Each is opened once, by :func:`hfconv.fsutil.open_inside`: a regular file inside one of
+    ``roots`` (SRC, or the Hub cache's blobs), never a symlink followed out of them.
+    """
+
+    def __init__(self, roots: tuple[str, ...] = ()) -> None:
         self._open: dict[str, tuple[Any, mmap.mmap | None]] = {}
+        self._roots = roots
 
     def fd(self, path: str) -> int:
         return self._get(path)[0].fileno()
@@ -800,9 +864,10 @@ class _Sources:
         entry = self._open.get(path)
         if entry is None:
             try:
-                handle = open_regular(path)
+                handle = open_inside(path, self._roots or (os.path.dirname(path),))
             except FormatError as exc:
-                raise ConversionError("HFC701", f"{os.path.basename(path)}: {exc.message}") from None
+                name = os.path.basename(path)
+                raise ConversionError("HFC715", f"{name} changed during the conversion: {exc.message}") from None
             entry = self._open[path] = (handle, None)
         return entry
 
@@ -891,12 +956,14 @@ def _release(mapped: mmap.mmap | None, start: int, length: int) -> None:
 
 
 def _ranges_equal(a, a_off: int, b, b_off: int, count: int, progress: Callable[[int], None],
-                  a_map: mmap.mmap | None = None, b_map: mmap.mmap | None = None) -> bool:
+                  a_map: mmap.mmap | None = None, b_map: mmap.mmap | None = None,
+                  crc: list[int] | None = None) -> bool:
     """Compare two byte ranges of uint8 arrays in C, a window at a time.
 
     Windows are compared as 64-bit words (twice as fast as bytes) into one reused result
     buffer. ``a_map``/``b_map`` are the mappings behind the arrays, if any: each compared
-    window is released from the resident set once compared.
+    window is released from the resident set once compared. With ``crc`` (a one-item list),
+    the CRC-32 of ``b``'s range is computed on the same windows, while they are in the cache.
     """
     import numpy as np
 
@@ -905,6 +972,8 @@ def _ranges_equal(a, a_off: int, b, b_off: int, count: int, progress: Callable[[
     while pos < count:
         step = min(_COMPARE_CHUNK, count - pos)
         left, right = a[a_off + pos:a_off + pos + step], b[b_off + pos:b_off + pos + step]
+        if crc is not None:
+            crc[0] = _crc32(right, crc[0])
         if step % 8 == 0:
             left, right, out = left.view(np.uint64), right.view(np.uint64), result[:step // 8]
             np.equal(left, right, out=out)
@@ -933,6 +1002,8 @@ class _ShardTask:
     digest: bool
     durable: bool = False
     """fsync the shard once written (``--fsync``)."""
+    roots: tuple[str, ...] = ()
+    """Where source files may be read from (SRC and, in a Hub cache, its blobs)."""
 
 
 @dataclass(frozen=True)
@@ -942,6 +1013,8 @@ class _ShardOutcome:
     digests: Mapping[str, str]
     mismatches: tuple[tuple[str, str], ...]
     """(tensor, why) for every tensor that failed verification ("" for the header)."""
+    corrupt: tuple[Finding, ...] = ()
+    """HFC901 for every source storage whose bytes fail their recorded CRC-32."""
 
 
 _Batch = list[tuple[PlannedTensor, int]]
@@ -980,9 +1053,12 @@ def _write_shard(task: _ShardTask, progress: Callable[[int], None],
     shard = task.shard
     header = shard.header
     expected_size = len(header) + shard.data_nbytes
-    sources = _Sources()
+    sources = _Sources(task.roots)
     try:
-        fd = os.open(task.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fd = os.open(task.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            raise write_failure(exc, f"creating {shard.name}") from None
         try:
             _write_all(fd, header)
             position = flushed = len(header)
@@ -1006,10 +1082,33 @@ def _write_shard(task: _ShardTask, progress: Callable[[int], None],
                 writeback(task.path, flushed, position - flushed)
             if written is not None and batch:
                 written(batch)
+        except OSError as exc:
+            raise write_failure(exc, f"writing {shard.name}") from None
         finally:
             os.close(fd)
     finally:
         sources.close()
+
+
+_ERRNO_WORDS = {
+    errno.ENOSPC: "no space left on device",
+    getattr(errno, "EDQUOT", -1): "disk quota exceeded",
+    errno.EFBIG: "file too large (the file system's or the process's file size limit)",
+    errno.EIO: "input/output error",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def write_failure(exc: OSError, doing: str) -> ConversionError:
+    """An OSError while writing DST as the one-line HFC714 error: ``no space left on device
+    writing model-00002-of-00004.safetensors``."""
+    what = _ERRNO_WORDS.get(exc.errno or 0)
+    if what is None:
+        text = exc.strerror or str(exc) or type(exc).__name__
+        what = text[:1].lower() + text[1:]
+    return ConversionError("HFC714", f"{what} {doing}".strip())
 
 
 def _check_batch(task: _ShardTask, batch: _Batch, sources: _Sources,
@@ -1024,6 +1123,7 @@ def _check_batch(task: _ShardTask, batch: _Batch, sources: _Sources,
 
     problems: list[tuple[str, str]] = []
     digests: dict[str, str] = {}
+    corrupt: list[Finding] = []
     begin = batch[0][1]
     end = batch[-1][1] + batch[-1][0].nbytes
     start = begin - begin % mmap.ALLOCATIONGRANULARITY
@@ -1035,6 +1135,13 @@ def _check_batch(task: _ShardTask, batch: _Batch, sources: _Sources,
         out = np.frombuffer(out_map, dtype=np.uint8) if out_map is not None else None
         for tensor, offset in batch:
             at = offset - start
+            record = tensor.record if task.verify else None
+            # A copied tensor that is its whole storage: its CRC-32 is computed on the windows
+            # compared; any other storage is read once more for it (from the page cache).
+            fused = record is not None and tensor.action == "copy" and tensor.nbytes > 0 and \
+                (tensor.offset, tensor.nbytes) == (record.begin, record.nbytes)
+            if record is not None and not fused:
+                corrupt += _check_crc(tensor, record, sources)
             if tensor.nbytes == 0:
                 digests[tensor.name] = hashlib.sha256(b"").hexdigest()
                 continue
@@ -1043,8 +1150,12 @@ def _check_batch(task: _ShardTask, batch: _Batch, sources: _Sources,
                 if tensor.action == "copy":
                     src_map = sources.map(tensor.source_path)
                     src = np.frombuffer(src_map, dtype=np.uint8)
-                    same = _ranges_equal(out, at, src, tensor.offset, tensor.nbytes, progress, out_map, src_map)
+                    crc = [0] if fused else None
+                    same = _ranges_equal(out, at, src, tensor.offset, tensor.nbytes, progress, out_map, src_map,
+                                         crc)
                     del src
+                    if fused and same and record is not None and crc is not None and crc[0] != record.crc32:
+                        corrupt.append(_crc_finding(tensor, record, crc[0]))
                 else:
                     with _TRANSFORM_LOCK:  # one transformed tensor in memory at a time
                         expected = _transformed_bytes(tensor, sources)
@@ -1060,7 +1171,33 @@ def _check_batch(task: _ShardTask, batch: _Batch, sources: _Sources,
         if out_map is not None:
             with contextlib.suppress(BufferError):
                 out_map.close()
-    return problems, digests
+    return problems, digests, corrupt
+
+
+def _check_crc(tensor: PlannedTensor, record: StorageRecord, sources: _Sources) -> list[Finding]:
+    """The storage ``tensor`` views, read from the mapped source, against its recorded CRC-32."""
+    mapped = sources.map(tensor.source_path)
+    value = 0
+    end = record.begin + record.nbytes
+    with memoryview(mapped) as view:
+        for pos in range(record.begin, end, _COMPARE_CHUNK):
+            stop = min(pos + _COMPARE_CHUNK, end)
+            value = _crc32(view[pos:stop], value)
+            _release(mapped, pos, stop - pos)
+    return [] if value == record.crc32 else [_crc_finding(tensor, record, value)]
+
+
+def _crc_finding(tensor: PlannedTensor, record: StorageRecord, computed: int) -> Finding:
+    from .checks.deep import crc_mismatch
+
+    assert record.crc32 is not None
+    return crc_mismatch(tensor.source_file, record.key, record.first_user, record.crc32, computed)
+
+
+def _crc32(data, value: int = 0) -> int:
+    from .checks.deep import crc32
+
+    return crc32(data, value)
 
 
 def _check_header(task: _ShardTask) -> list[tuple[str, str]]:
@@ -1085,15 +1222,20 @@ def _finish_shard(task: _ShardTask, checks: list[Future]) -> _ShardOutcome:
     """Collect a shard's batch checks (already run: same single thread), check its header, fsync it."""
     problems: list[tuple[str, str]] = []
     digests: dict[str, str] = {}
+    corrupt: list[Finding] = []
     for future in checks:
-        found, sums = future.result()
+        found, sums, bad = future.result()
         problems += found
         digests.update(sums)
+        corrupt += bad
     if task.verify:
         problems = _check_header(task) + problems
     if task.durable:
-        _fsync_path(task.path)
-    return _ShardOutcome(task.shard.name, os.stat(task.path).st_size, digests, tuple(problems))
+        try:
+            _fsync_path(task.path)
+        except OSError as exc:
+            raise write_failure(exc, f"flushing {task.shard.name} to the disk") from None
+    return _ShardOutcome(task.shard.name, os.stat(task.path).st_size, digests, tuple(problems), tuple(corrupt))
 
 
 def _convert_shards(tasks: Sequence[_ShardTask], progress: Callable[[int], None]) -> list[_ShardOutcome]:
@@ -1105,7 +1247,7 @@ def _convert_shards(tasks: Sequence[_ShardTask], progress: Callable[[int], None]
     fsyncs it.
     """
     checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfconv-verify")
-    sources = _Sources()  # used on the checker thread only
+    sources = _Sources(tasks[0].roots if tasks else ())  # used on the checker thread only
     try:
         finals = []
         # Early writeback only helps a final fsync; without --fsync the kernel writes back later.
@@ -1330,29 +1472,61 @@ def _umask() -> int:
     return mask
 
 
-def _copy_file(src_path: Path, dst_path: Path, durable: bool) -> int:
-    """Copy one non-weight file's content (never its permission bits); fsync it if ``durable``."""
-    dst_path.parent.mkdir(parents=True, exist_ok=True)
-    with open_regular(src_path) as source:
-        size = os.fstat(source.fileno()).st_size
-        fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+def _open_source(roots: tuple[str, ...], path: Path, name: str):
+    """A source file opened once, checked on its descriptor (HFC715 when it changed)."""
+    try:
+        return open_inside(path, roots)
+    except FormatError as exc:
+        raise ConversionError("HFC715", f"{name} changed during the conversion: {exc.message}") from None
+
+
+def _copy_file(roots: tuple[str, ...], src_path: Path, dst_path: Path, durable: bool, name: str) -> int:
+    """Copy one non-weight file's content (never its permission bits); fsync it if ``durable``.
+
+    The source is opened once (never through a symlink out of ``roots``) and copied from
+    that descriptor: it cannot be swapped for another file between the check and the copy.
+    """
+    with _open_source(roots, src_path, name) as source:
         try:
-            _copy_range(source.fileno(), fd, 0, size, lambda n: None)
+            dst_path.parent.mkdir(parents=True, exist_ok=True)
+            size = os.fstat(source.fileno()).st_size
+            fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                _copy_range(source.fileno(), fd, 0, size, lambda n: None)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise write_failure(exc, f"writing {name}") from None
+    return size
+
+
+def _updated_config(roots: tuple[str, ...], path: Path, planned: Mapping[str, Any] | None, data: bytes) -> bytes:
+    """The cast's config.json (``data``), once config.json is re-read through one checked
+    descriptor and still says what was planned from (HFC715 otherwise)."""
+    with _open_source(roots, path, "config.json") as source:
+        try:
+            text = source.read(64 << 20)
+            current = json.loads(text)
+        except (OSError, ValueError):
+            current = None
+    if current != planned:
+        raise ConversionError("HFC715", "config.json changed during the conversion")
+    return data
+
+
+def _write_small(path: Path, data: bytes, durable: bool) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            _write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
-    return size
-
-
-def _write_small(path: Path, data: bytes, durable: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-    try:
-        _write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    except OSError as exc:
+        raise write_failure(exc, f"writing {path.name}") from None
 
 
 def _fsync_dir(path: str) -> None:
@@ -1368,20 +1542,38 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _validate_output(tmp: str, source_findings: list[Finding]) -> ValidationSummary:
-    """``validate`` the output; errors the source did not have fail the conversion."""
+def _validate_output(tmp: str, source_findings: list[Finding], allow_invalid: bool) -> ValidationSummary:
+    """``validate`` the output: any error fails the conversion, unless ``allow_invalid``.
+
+    Errors the source did not have are hfconv's bug (HFC706); errors already in the source
+    (HFC713) fail it too: an output that does not load is not a conversion. With
+    ``allow_invalid`` the summary carries the errors and the result is not ok.
+    """
     from .validation import validate
 
     report = validate(tmp)
     source_codes = {f.code for f in source_findings if f.severity.value == "error"}
     errors = [f for f in report.findings if f.severity.value == "error"]
     new = [f for f in errors if f.code not in source_codes]
-    if new:
-        first = new[0]
-        raise VerificationError("HFC706", f"output fails validation: {first.code} {first.message}",
-                                (finding("HFC706", f"output fails validation ({len(new)} new errors)"), *new))
-    return ValidationSummary(errors=len(errors), warnings=report.warnings, inherited_errors=len(errors),
-                             codes=tuple(sorted({f.code for f in report.findings})))
+    inherited = len(errors) - len(new)
+    if errors and not allow_invalid:
+        first = (new or errors)[0]
+        where = f"{first.file}: " if first.file and not first.message.startswith(first.file) else ""
+        if new:
+            head = finding("HFC706", f"the output would fail validation with {_errors(len(new))} the source does "
+                           "not have (a bug in hfconv: please report it)")
+            message = f"the output would fail validation: {first.code} {where}{first.message}"
+            raise VerificationError("HFC706", message, (head, *errors))
+        message = (f"the output would fail validation with {_errors(inherited)} already in the source (first: "
+                   f"{first.code} {where}{first.message}); fix the source, or pass --allow-invalid-output to "
+                   "write it anyway")
+        raise VerificationError("HFC713", message, (finding("HFC713", message), *errors))
+    return ValidationSummary(errors=len(errors), warnings=report.warnings, inherited_errors=inherited,
+                             codes=tuple(sorted({f.code for f in report.findings})), findings=tuple(errors))
+
+
+def _errors(count: int) -> str:
+    return f"{count} error" + ("" if count == 1 else "s")
 
 
 def convert(
@@ -1396,6 +1588,7 @@ def convert(
     jobs: int = 1,
     fsync: bool = False,
     progress: ProgressCallback | None = None,
+    allow_invalid_output: bool = False,
 ) -> ConversionResult:
     """Convert a model folder to safetensors, streaming, and verify the result.
 
@@ -1415,17 +1608,22 @@ def convert(
             appears only complete (atomic rename) after a crash, Ctrl-C, a full disk or a
             bad input, and the kernel writes the bytes back later, as it does for ``cp``.
         progress: called with ``(done_bytes, total_bytes)`` as bytes are written and verified.
+        allow_invalid_output: write DST even when it fails validation (a salvage copy); the
+            result then says so (``ok`` False, ``validation.findings`` the errors).
 
     Returns:
-        The ConversionResult.
+        The ConversionResult (``result.ok`` False only for an invalid output written with
+        ``allow_invalid_output``).
 
     Raises:
         UsageError: SRC is not a folder, DST exists without ``force`` (DestinationExistsError),
             DST is inside SRC or the reverse, DST's parent is missing, or a bad option.
         InputRefused: SRC holds a weight file that is broken, hostile (HFC201) or missing.
-        ConversionError: not enough disk space (HFC705), or an I/O error while writing.
+        ConversionError: not enough disk space (HFC705), writing failed (HFC714: a full disk,
+            an I/O error), a source file changed during the conversion (HFC715).
+        InputRefused: also when a ``.bin`` storage fails its recorded CRC-32 (HFC704 with HFC901).
         VerificationError: a tensor differs from its source (HFC701) or the output fails
-            validation (HFC706).
+            validation (HFC706: errors convert made; HFC713: errors already in the source).
     """
     started = time.perf_counter()
     # 0. Arguments and paths.
@@ -1480,13 +1678,25 @@ def convert(
 
     if progress is not None:
         progress(0, total)
-    tmp = tempfile.mkdtemp(prefix=".hfconv-", dir=parent)
+    try:
+        tmp = tempfile.mkdtemp(prefix=".hfconv-", dir=parent)
+    except OSError as exc:
+        raise write_failure(exc, f"creating a temporary folder in {parent}") from None
     manifest_tmp: str | None = None
+    roots = tuple(str(r) for r in (contents.folder.root, contents.folder.blob_root) if r is not None)
     try:
         # 4. Shards (written and, per shard, verified while still in the page cache).
-        tasks = [_ShardTask(shard, os.path.join(tmp, shard.name), verify, manifest is not None, fsync)
+        tasks = [_ShardTask(shard, os.path.join(tmp, shard.name), verify, manifest is not None, fsync, roots)
                  for shard in plan.shards]
         outcomes = _run_tasks(tasks, jobs, advance)
+        corrupt = [f for o in outcomes for f in o.corrupt]
+        if corrupt:
+            files = sorted({f.file for f in corrupt if f.file})
+            count = len(corrupt)
+            message = (f"the source is corrupted: {count} .bin storage{'s' if count != 1 else ''} of "
+                       f"{', '.join(files)} fail{'s' if count == 1 else ''} the CRC-32 torch.save recorded (a flipped "
+                       "bit on disk or in a transfer); re-download it")
+            raise InputRefused("HFC704", message, (finding("HFC704", message), *corrupt))
         mismatches = [(shard, name, why) for shard, o in zip(plan.shards, outcomes) for name, why in o.mismatches]
         if mismatches:
             found = tuple(finding("HFC701", f"{name or shard.name}: {why}", file=shard.name, tensor=name or None)
@@ -1502,13 +1712,13 @@ def convert(
         for name in plan.files_to_copy:
             target = Path(tmp) / name
             if name == "config.json" and plan.config_json is not None:
-                _write_small(target, plan.config_json, fsync)
+                _write_small(target, _updated_config(roots, root / name, contents.config, plan.config_json), fsync)
             else:
-                _copy_file(root / name, target, fsync)
+                _copy_file(roots, root / name, target, fsync, name)
             copied_files.append(name)
 
-        # 6. The output must pass validate (no errors the source did not already have).
-        summary = _validate_output(tmp, source_findings) if verify else None
+        # 6. The output must pass validate (any error fails it, unless asked to write it anyway).
+        summary = _validate_output(tmp, source_findings, allow_invalid_output) if verify else None
 
         # Manifest: inside DST it becomes part of the folder; elsewhere it is written beside
         # its target now and renamed once DST is in place.
@@ -1530,11 +1740,14 @@ def convert(
         _install(tmp, dst_abs, force)
         if fsync:
             _fsync_dir(parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if manifest_tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(manifest_tmp)
+        if isinstance(exc, OSError):  # a step without its own wording: still one line, no traceback
+            where = os.path.basename(exc.filename) if isinstance(exc.filename, str) else ""
+            raise write_failure(exc, f"writing {where}" if where else "writing DST") from None
         raise
     if manifest_tmp is not None and manifest_path is not None:
         os.replace(manifest_tmp, manifest_path)

@@ -32,6 +32,82 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         raise
 
 
+def open_inside(path: str | os.PathLike, roots: "tuple[str | os.PathLike | None, ...]") -> BinaryIO:
+    """Open ``path`` for reading only if the file opened is a regular file inside one of ``roots``.
+
+    Checking a path and then opening it by name is a race: between the two, a local attacker
+    can turn ``note.txt`` into a symlink to a secret outside the folder. Here the path is
+    resolved once, then opened component by component from the root's own descriptor with
+    ``O_NOFOLLOW`` (a component turned into a symlink since is refused, not followed), and the
+    opened descriptor is checked with ``fstat``: what is read is what was checked. A symlink
+    inside the folder (or, in a Hub cache snapshot, into its ``blobs/``) is fine.
+
+    Raises:
+        FormatError: HFC008 when the path resolves outside every root, a component is (now)
+            a symlink, or the file is not a regular file.
+    """
+    if not _CAN_WALK:  # pragma: no cover - platforms without openat/O_NOFOLLOW
+        return open_regular(path)
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError) as exc:
+        raise FormatError("HFC008", f"cannot resolve: {exc}") from None
+    for root in roots:
+        if root is None:
+            continue
+        base = os.path.realpath(root)
+        rel = os.path.relpath(real, base)
+        if rel in (os.curdir, os.pardir) or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+            continue
+        return _open_beneath(base, rel.split(os.sep))
+    raise FormatError("HFC008", "resolves outside the model folder (a symlink pointing out); refused")
+
+
+_CAN_WALK = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_beneath(base: str, parts: list[str]) -> BinaryIO:
+    try:
+        directory = os.open(base, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    except OSError as exc:
+        raise FormatError("HFC008", f"cannot open its folder: {exc.strerror}") from None
+    fd = -1
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC, dir_fd=directory)
+            except OSError as exc:
+                raise FormatError("HFC008", _walk_error(exc, part)) from None
+            os.close(directory)
+            directory = inner
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC,
+                         dir_fd=directory)
+        except OSError as exc:
+            raise FormatError("HFC008", _walk_error(exc, parts[-1])) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError("HFC008", "is not a regular file (a folder, FIFO, device or socket); refused")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+        fd = -1
+        return handle
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.close(directory)
+
+
+def _walk_error(exc: OSError, part: str) -> str:
+    import errno
+
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, getattr(errno, "EMLINK", -1)):
+        return f"{part!r} became a symlink or changed type while being read; refused"
+    return f"cannot open: {exc.strerror}"
+
+
 def is_inside(root: Path, candidate: Path) -> bool:
     """True when ``candidate`` (after resolving symlinks) lies inside ``root``."""
     try:

@@ -81,7 +81,7 @@ from .dtypes import swap_unit
 from .findings import Finding, Severity, finding, register
 from .fsutil import open_regular
 from .report import Layout
-from .tensor_bytes import OutsideStorage, file_order, located_storage, view_span
+from .tensor_bytes import OutsideStorage, StorageRecord, file_order, located_storage, storage_records, view_span
 from .tensors import FormatError, TensorMeta, WeightFile
 from .validation import UsageError
 
@@ -167,6 +167,12 @@ register("HFC742", "error", "non-finite logits",
          "in this dtype (float16), or are corrupt.",
          "Try --dtype bfloat16 or float32; check the weights (NaN or huge values) with the producer.",
          "forward pass: 1,204 of 3,200 logits are NaN or infinite (dtype float16)")
+
+register("HFC743", "error", "nothing loaded",
+         "load-test loaded no tensor at all: the device map puts every tensor on meta (or the folder "
+         "holds none). A load test that loads nothing proves nothing, so it is not a pass.",
+         "Map the modules to real devices (cpu, cuda:N, disk), e.g. --device-map auto.",
+         "nothing was loaded: the device map puts all 21 tensors on meta")
 
 DTYPE_CHOICES = ("keep", "float32", "float16", "bfloat16")
 _TARGET_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -759,8 +765,12 @@ def _transfer(fd: int, loc: _Located, device: str, scratch: _Scratch) -> tuple[A
     return out, None
 
 
-def _source_checksum(fd: int, loc: _Located, buffer: Any, stop: Any = None) -> tuple[int, int, int]:
+def _source_checksum(fd: int, loc: _Located, buffer: Any, stop: Any = None,
+                     crc: list[int] | None = None) -> tuple[int, int, int]:
     """The checksum of the tensor's bytes in the file, in C order, read with ``pread``.
+
+    With ``crc`` (a one-item list; only for a contiguous view that is its whole storage),
+    the CRC-32 of the bytes is computed on the same chunks into ``crc[0]``.
 
     Contiguous ranges go through ``buffer`` (2 MiB, reused) and are summed while in the cache;
     a strided ``.bin`` view reads its storage span and gathers it first.
@@ -777,6 +787,8 @@ def _source_checksum(fd: int, loc: _Located, buffer: Any, stop: Any = None) -> t
                 raise CancelledError(f"{loc.name}: load-test stopped")
             chunk = buffer[:min(_CHUNK_BYTES, loc.nbytes - start)]
             _pread_full(fd, memoryview(chunk), loc.begin + start)
+            if crc is not None:
+                crc[0] = _crc32(chunk, crc[0])
             total.add(chunk)
         return total.result()
     span = np.empty(loc.end - loc.begin, dtype=np.uint8)
@@ -785,6 +797,25 @@ def _source_checksum(fd: int, loc: _Located, buffer: Any, stop: Any = None) -> t
     base = span.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[size])
     view = as_strided(base, shape=loc.meta.shape, strides=tuple(s * size for s in loc.stride), writeable=False)
     return checksum_bytes(np.ascontiguousarray(view).reshape(-1).view(np.uint8))
+
+
+def _crc32(data: Any, value: int) -> int:
+    from .checks.deep import crc32
+
+    return crc32(data, value)
+
+
+def _record_crc(fd: int, record: StorageRecord, buffer: Any, stop: Any, crc: list[int]) -> None:
+    """The CRC-32 of a storage's whole record (a storage only partly viewed, or by a strided view)."""
+    end = record.begin + record.nbytes
+    value = 0
+    for start in range(record.begin, end, _CHUNK_BYTES):
+        if stop is not None and stop.is_set():
+            raise CancelledError(f"storage {record.key}: load-test stopped")
+        chunk = buffer[:min(_CHUNK_BYTES, end - start)]
+        _pread_full(fd, memoryview(chunk), start)
+        value = _crc32(chunk, value)
+    crc[0] = value
 
 
 class _SourceChecksums:
@@ -796,12 +827,16 @@ class _SourceChecksums:
     devices. Each storage range is summed once, however many tensors view it.
     """
 
-    def __init__(self, root: Path, located: list[_Located]):
+    def __init__(self, root: Path, located: list[_Located],
+                 records: Mapping[tuple[str, str], StorageRecord] | None = None):
         import numpy as np
 
         self._files: dict[str, Any] = {}
         self._futures: dict[tuple, Any] = {}
         self._errors: dict[str, str] = {}
+        self._crcs: list[tuple[str, StorageRecord, Any, list[int]]] = []
+        """(shard, storage record, the future that computes its CRC-32, where it lands)."""
+        records = dict(records or {})
         self._buffer = np.empty(_CHUNK_BYTES, dtype=np.uint8)  # only the worker thread uses it
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfconv-checksum")
@@ -812,15 +847,42 @@ class _SourceChecksums:
                 except FormatError as exc:
                     self._errors[loc.shard] = exc.message
                     continue
-            if loc.shard in self._files and loc.alias_key not in self._futures:
-                fd = self._files[loc.shard].fileno()
-                self._futures[loc.alias_key] = self._pool.submit(_source_checksum, fd, loc, self._buffer, self._stop)
+            if loc.shard not in self._files:
+                continue
+            fd = self._files[loc.shard].fileno()
+            # Every .bin storage a loaded tensor views is checked once against its recorded
+            # CRC-32: on the same chunks when the tensor is its whole storage, else on its own.
+            record = records.pop((loc.shard, loc.meta.storage_key), None) if loc.meta.storage_key else None
+            crc: list[int] | None = [0] if record is not None else None
+            fused = record is not None and loc.stride is None and loc.alias_key not in self._futures and \
+                (loc.begin, loc.nbytes) == (record.begin, record.nbytes)
+            if loc.alias_key not in self._futures:
+                self._futures[loc.alias_key] = self._pool.submit(_source_checksum, fd, loc, self._buffer, self._stop,
+                                                                 crc if fused else None)
+            if record is not None and crc is not None:
+                future = self._futures[loc.alias_key] if fused else \
+                    self._pool.submit(_record_crc, fd, record, self._buffer, self._stop, crc)
+                self._crcs.append((loc.shard, record, future, crc))
 
     def result(self, loc: _Located) -> tuple[int, int, int]:
         future = self._futures.get(loc.alias_key)
         if future is None:
             raise OSError(f"{loc.shard} could not be opened: {self._errors.get(loc.shard, 'unknown error')}")
         return future.result()
+
+    def crc_findings(self) -> list[Finding]:
+        """HFC901 for every storage whose bytes fail their recorded CRC-32 (waits for them)."""
+        from .checks.deep import crc_mismatch
+
+        found = []
+        for shard, record, future, crc in self._crcs:
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - a read error is reported with the tensor that needed it
+                continue
+            if record.crc32 is not None and crc[0] != record.crc32:
+                found.append(crc_mismatch(shard, record.key, record.first_user, record.crc32, crc[0]))
+        return found
 
     def close(self) -> None:
         """Stop at once (the running checksum at its next chunk) and close the shards."""
@@ -1124,6 +1186,12 @@ def load_test(
         phases["total"] = time.perf_counter() - started
         return LoadResult(path=str(path), findings=tuple(refused.findings), layout=refused.layout, dtype=dtype,
                           phases=phases, peak_rss=_peak_rss(), kept=keep)
+    except OSError as exc:  # a step without its own finding (a full offload disk, ...): a finding, no traceback
+        phases["total"] = time.perf_counter() - started
+        where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
+        failed = finding("HFC735", f"load-test could not finish: {exc.strerror or exc}{where}")
+        return LoadResult(path=str(path), findings=(failed,), dtype=dtype, phases=phases, peak_rss=_peak_rss(),
+                          kept=keep)
 
 
 def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, int],
@@ -1221,7 +1289,10 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
     for device in plan.devices:
         if device.startswith("cuda:"):
             torch.cuda.reset_peak_memory_stats(device)
-    sources = _SourceChecksums(root, to_load)
+    records = {(shard, r.key): r for shard in (contents.shards_of(chosen) if chosen else ())
+               if (wf := contents.weights.get(shard)) is not None and wf.format != "safetensors"
+               for r in storage_records(wf) if r.crc32 is not None}
+    sources = _SourceChecksums(root, to_load, records)
     try:
         loader = _Loader(root, plan, located, keep, offload_dir, progress, sources)
         try:
@@ -1229,9 +1300,16 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
             for device in plan.devices:
                 if device.startswith("cuda:"):
                     torch.cuda.synchronize(device)
+            corrupt = sources.crc_findings() if loader.errors < _MAX_LOAD_ERRORS else []
             phases["load"] = time.perf_counter() - tick
             stats = _device_stats(torch, plan, loader, disk_writes)
+            findings.extend(corrupt)
             findings.extend(loader.findings)
+            if not any(d.tensors for d in stats):
+                on_meta = sum(1 for loc in located if plan.tensors.get(loc.name) == "meta")
+                why = (f"the device map puts all {on_meta} tensors on meta" if on_meta
+                       else "the folder holds no tensors to load")
+                findings.append(finding("HFC743", f"nothing was loaded: {why}"))
         finally:
             loader.kept.clear()
             if offload_dir is not None:

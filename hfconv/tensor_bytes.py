@@ -5,6 +5,8 @@ Shared by ``convert`` and ``load-test``; each turns the outcomes into its own er
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .dtypes import itemsize
 from .tensors import StorageMeta, TensorMeta, WeightFile
 
@@ -50,3 +52,33 @@ def view_span(meta: TensorMeta, storage: StorageMeta) -> tuple[int, int, tuple[i
     if meta.storage_offset < 0 or any(s < 0 for s in meta.stride) or end > storage.data_offset + record:
         raise OutsideStorage(meta.name)
     return begin, end, None if meta.is_contiguous else tuple(meta.stride)
+
+
+@dataclass(frozen=True)
+class StorageRecord:
+    """The bytes a ``.bin`` storage has in its file: the run its zip CRC-32 covers."""
+
+    key: str
+    begin: int
+    """Absolute offset of the record's first byte."""
+    nbytes: int
+    crc32: int | None
+    """The CRC-32 the zip directory records (None: a legacy checkpoint has none)."""
+    first_user: str
+    """The first tensor (in pickle order) that views it, for messages."""
+
+
+def storage_records(weight_file: WeightFile) -> list[StorageRecord]:
+    """Every located storage of a ``.bin`` file that some tensor views, in file order."""
+    users: dict[str, str] = {}
+    for meta in weight_file.tensors.values():
+        if meta.storage_key is not None:
+            users.setdefault(meta.storage_key, meta.name)
+    records = []
+    for key, storage in weight_file.storages.items():
+        if storage.data_offset is None or key not in users:
+            continue
+        size = storage.record_nbytes if storage.record_nbytes is not None else storage.nbytes
+        records.append(StorageRecord(key, storage.data_offset, size, storage.crc32, users[key]))
+    records.sort(key=lambda r: r.begin)
+    return records

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
-from ..tensor_bytes import OutsideStorage, located_storage, view_span
+from ..tensor_bytes import OutsideStorage, located_storage, storage_records, view_span
 from ..tensors import FormatError, WeightFile
 
 register("HFC901", "error", "corrupted storage",
@@ -53,6 +53,46 @@ register("HFC904", "error", "unreadable bytes",
          "model.safetensors: reading 'lm_head.weight' failed: [Errno 5] Input/output error")
 
 _BUFFER_BYTES = 16 << 20  # a multiple of every item size
+
+
+def _pick_crc32() -> tuple[Callable[..., int], str]:
+    """The fastest CRC-32 installed: ISA-L's or zlib-ng's SIMD one (3-4x the standard
+    library's on x86-64, see benchmarks/bench_convert.py), else :func:`zlib.crc32`.
+
+    All three compute the same CRC-32 (the zip one), take any bytes-like object, release the
+    GIL, and continue from a previous value: ``crc32(data, previous)``.
+    """
+    try:
+        from isal import isal_zlib  # type: ignore[import-not-found]
+
+        if isal_zlib.crc32(b"123456789") == 0xCBF43926:
+            return isal_zlib.crc32, "isal"
+    except Exception:  # noqa: BLE001 - optional; a broken install falls back
+        pass
+    try:
+        from zlib_ng import zlib_ng  # type: ignore[import-not-found]
+
+        if zlib_ng.crc32(b"123456789") == 0xCBF43926:
+            return zlib_ng.crc32, "zlib-ng"
+    except Exception:  # noqa: BLE001
+        pass
+    return zlib.crc32, "zlib"
+
+
+crc32, CRC32_IMPLEMENTATION = _pick_crc32()
+"""``crc32(data, value=0)``: the CRC-32 torch.save records for each storage (shared by
+``validate --deep``, ``convert`` and ``load-test``)."""
+
+
+def storage_label(key: str, first_user: str) -> str:
+    """How a ``.bin`` storage is named in messages: ``storage data/3 (used by 'x.weight')``."""
+    return f"storage data/{key} (used by {first_user!r})"
+
+
+def crc_mismatch(name: str, key: str, first_user: str, recorded: int, computed: int) -> Finding:
+    """The HFC901 finding for a storage of ``name`` whose bytes fail their recorded CRC-32."""
+    return finding("HFC901", f"{name}: {storage_label(key, first_user)} fails its CRC-32 check (recorded "
+                   f"0x{recorded:08x}, computed 0x{computed:08x})", file=name, tensor=first_user)
 
 # dtype -> (unsigned width, exponent mask, mantissa mask): all-ones exponent is inf (mantissa 0)
 # or NaN (mantissa not 0), as in IEEE 754.
@@ -111,7 +151,8 @@ class _Span:
     nbytes: int
     views: list[_View]
     crc32: int | None = None
-    label: str = ""
+    key: str = ""
+    """The storage's key (``.bin``)."""
     first_user: str = ""
 
 
@@ -142,14 +183,8 @@ def _plan(weight_file: WeightFile) -> tuple[list[_Span], list[_View]]:
         seen.add(key)
         view = _View(meta.name, meta.dtype, begin, end, stride, meta.shape)
         (strided if stride is not None else by_storage.setdefault(storage.key, [])).append(view)
-    spans = []
-    users = {meta.storage_key: meta.name for meta in reversed(weight_file.tensors.values())}
-    for key, storage in weight_file.storages.items():
-        if storage.data_offset is None or key not in users:
-            continue
-        record = storage.record_nbytes if storage.record_nbytes is not None else storage.nbytes
-        spans.append(_Span(storage.data_offset, record, by_storage.get(key, []), storage.crc32,
-                           f"storage data/{key} (used by {users[key]!r})", users[key]))
+    spans = [_Span(r.begin, r.nbytes, by_storage.get(r.key, []), r.crc32, r.key, r.first_user)
+             for r in storage_records(weight_file)]
     return spans, strided
 
 
@@ -164,7 +199,7 @@ def _check_file(name: str, big_endian: bool, plan: tuple[list[_Span], list[_View
             for done in range(0, span.nbytes, len(buffer)):
                 chunk = _read_exactly(handle, memoryview(buffer)[:min(len(buffer), span.nbytes - done)])
                 if span.crc32 is not None:
-                    crc = zlib.crc32(chunk, crc)
+                    crc = crc32(chunk, crc)
                 at = span.begin + done
                 for view in span.views:
                     # chunks start a multiple of 16 MiB into the storage: on an element boundary
@@ -178,8 +213,7 @@ def _check_file(name: str, big_endian: bool, plan: tuple[list[_Span], list[_View
                           tensor=span.first_user)
             continue
         if span.crc32 is not None and crc != span.crc32:
-            yield finding("HFC901", f"{name}: {span.label} fails its CRC-32 check (recorded 0x{span.crc32:08x}, "
-                          f"computed 0x{crc:08x})", file=name, tensor=span.first_user)
+            yield crc_mismatch(name, span.key, span.first_user, span.crc32, crc)
         for view in span.views:
             yield from _value_findings(name, view, counts[id(view)])
     for view in strided:
