@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["ScanResult", "scan_pickle", "COMPUTED_GLOBAL", "MAX_WALK_OPCODES", "MAX_WALK_BYTES"]
 
-MAX_WALK_OPCODES = 3_000_000
+MAX_WALK_OPCODES = 2_000_000
 """Opcodes one walk may take (about two seconds of Python). A training leftover's pickle has a
 few thousand; a state dict about 25 per tensor."""
 MAX_WALK_BYTES = 64 << 20

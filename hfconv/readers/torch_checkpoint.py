@@ -50,11 +50,14 @@ __all__ = ["read_torch_checkpoint", "sniff_checkpoint", "pickle_globals", "pickl
 MAX_PICKLE_BYTES = 64 << 20
 """data.pkl (or one legacy pickle) larger than this is refused before it is read. torch.save
 writes about 100 bytes of pickle per tensor, so MAX_OPCODES is reached long before this."""
-MAX_OPCODES = 3_000_000
-"""Opcodes (and units of work: a BUILD or tensor metadata dict costs one per key) one pickle may
-take: about 100,000 tensors in one file (torch.save writes about 30 opcodes per tensor) and a
-few seconds of Python. The cap keeps every hostile pickle under the time budget."""
+MAX_OPCODES = 2_000_000
+"""Opcodes (and units of work: a BUILD costs one per key of its state) one pickle may take: about
+65,000 tensors in one file (torch.save writes about 30 opcodes per tensor) and a few seconds of
+Python. The cap keeps every hostile pickle under the time budget."""
 MAX_MEMO = 1_000_000
+MAX_CONTAINERS = 400_000
+"""Dicts and lists one pickle may build (about 150 bytes each): torch.save writes one dict per
+tensor (its empty backward-hooks OrderedDict), so this is over the tensors MAX_OPCODES allows."""
 MAX_STACK = 1_000_000
 """torch.save's pickler batches SETITEMS by 1000, so a real state dict never has more than a
 few thousand items on the stack; a million (8 MB of pointers) is ample and bounds a push bomb."""
@@ -483,6 +486,8 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
     interp = _Interpreter(data, label="data.pkl", base=0, legacy=False)
     try:
         root, end = interp.run()
+    except _CapHit:
+        raise
     except FormatError as err:
         if err.code in ("HFC203", "HFC211") or (has_code and err.code == "HFC201"):
             # The interpreter stops at the first thing it refuses; a forbidden global may follow
@@ -935,6 +940,8 @@ def _interpret_in_file(f: BinaryIO, offset: int, file_size: int, label: str,
                                       scan) from None
             window *= 16
             continue
+        except _CapHit:
+            raise
         except FormatError as err:
             if err.code in ("HFC203", "HFC211"):
                 # torch.load reads the legacy pickles one after another: scan from here on.
@@ -948,6 +955,11 @@ def _interpret_in_file(f: BinaryIO, offset: int, file_size: int, label: str,
 # =============================================================================================
 # the pickle interpreter
 # =============================================================================================
+
+class _CapHit(FormatError):
+    """The pickle reached one of hfconv's resource caps: the rest was not looked at (not even by
+    the forbidden-global walk, which would pay the same cost again)."""
+
 
 class _Truncated(FormatError):
     """The pickle ran past the bytes available (caller may retry with more)."""
@@ -1064,6 +1076,10 @@ class _Interpreter:
     def _fail(self, message: str, at: int, code: str = "HFC203", tensor: str | None = None) -> FormatError:
         return FormatError(code, f"{self.label} at byte {self.base + at}: {message}", tensor)
 
+    def _cap(self, message: str, at: int) -> _CapHit:
+        return _CapHit("HFC203", f"{self.label} at byte {self.base + at}: {message}; hfconv stopped there and did "
+                                 "not check the rest of the pickle: do not torch.load this file")
+
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> tuple[object, int]:
         """Interpret from byte 0 to STOP; return (value, offset just after STOP)."""
@@ -1075,6 +1091,8 @@ class _Interpreter:
         fail = self._fail
         pos = 0
         ops = 0
+        containers = 0
+        max_ops, max_stack = MAX_OPCODES, MAX_STACK  # locals: read on every opcode
         if n < 2:
             raise _Truncated(self.label)
         if buf[0] != _PROTO:
@@ -1103,11 +1121,11 @@ class _Interpreter:
             op = buf[pos]
             pos += 1
             ops += 1
-            if ops > MAX_OPCODES:
-                raise fail(f"more than {MAX_OPCODES} opcodes (hfconv's limit: about 100,000 tensors per file; "
-                           "save the state dict in shards)", start)
-            if len(stack) > MAX_STACK:
-                raise fail(f"stack deeper than {MAX_STACK}", start)
+            if ops > max_ops:
+                raise self._cap(f"more than {MAX_OPCODES} opcodes (hfconv's limit: about 65,000 tensors per file; "
+                                "save the state dict in shards)", start)
+            if len(stack) > max_stack:
+                raise self._cap(f"stack deeper than {MAX_STACK} (hfconv's limit)", start)
 
             if op == _BINPUT or op == _LONG_BINPUT:
                 width = 1 if op == _BINPUT else 4
@@ -1118,7 +1136,7 @@ class _Interpreter:
                 if len(stack) <= floor():
                     raise fail("memo put with an empty stack", start)
                 if idx not in memo and len(memo) >= MAX_MEMO:
-                    raise fail(f"more than {MAX_MEMO} memo entries", start)
+                    raise self._cap(f"more than {MAX_MEMO} memo entries (hfconv's limit)", start)
                 memo[idx] = stack[-1]
             elif op == _BINGET or op == _LONG_BINGET:
                 width = 1 if op == _BINGET else 4
@@ -1184,8 +1202,14 @@ class _Interpreter:
             elif op == _EMPTY_TUPLE:
                 stack.append(())
             elif op == _EMPTY_DICT:
+                containers += 1
+                if containers > MAX_CONTAINERS:
+                    raise self._cap(f"more than {MAX_CONTAINERS} dicts and lists (hfconv's limit)", start)
                 stack.append(_Dict())
             elif op == _EMPTY_LIST:
+                containers += 1
+                if containers > MAX_CONTAINERS:
+                    raise self._cap(f"more than {MAX_CONTAINERS} dicts and lists (hfconv's limit)", start)
                 stack.append(_List())
             elif op == _NONE:
                 stack.append(None)
@@ -1218,7 +1242,12 @@ class _Interpreter:
             elif op == _REDUCE:
                 args = pop(start)
                 func = pop(start)
-                stack.append(self._reduce(func, args, start))
+                value = self._reduce(func, args, start)
+                if type(value) is _Dict:
+                    containers += 1
+                    if containers > MAX_CONTAINERS:
+                        raise self._cap(f"more than {MAX_CONTAINERS} dicts and lists (hfconv's limit)", start)
+                stack.append(value)
             elif op == _BINPERSID:
                 stack.append(self._persistent(pop(start), start))
             elif op == _BUILD:
