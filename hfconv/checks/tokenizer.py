@@ -14,15 +14,14 @@ What ``AutoTokenizer.from_pretrained`` and ``generate()`` rely on, checked acros
 * ``torch_dtype`` / ``dtype`` against the dtype the weights are stored in.
 
 Nothing from the folder is executed: sentencepiece parses a protobuf, the chat template is only
-rendered inside jinja2's ImmutableSandboxedEnvironment with a time and size budget.
+compiled and rendered in a child process, inside jinja2's ImmutableSandboxedEnvironment, under
+memory, CPU and time caps (checks/chat_template.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from ..findings import Finding, finding, register
 from ..fsutil import is_safe_relative_name, open_regular
 from ..jsonutil import JsonError, loads_strict
 from ..tensors import FormatError
+from .chat_template import MAX_TEMPLATE_BYTES, check_chat_template
 from .schemas import known_model_types
 
 # --- codes (HFC5xx) ------------------------------------------------------------------------------
@@ -94,7 +94,10 @@ register("HFC508", "error", "added tokens disagree",
          "tokenizer_config.json's added_tokens_decoder, added_tokens.json or tokenizer.json's added_tokens "
          "give a token a different id than the vocabulary does; depending on the loader the token is "
          "encoded to one id and decoded from another.",
-         "Re-save the tokenizer with save_pretrained so that all files come from one tokenizer.",
+         "Re-save the tokenizer with save_pretrained so that all files come from one tokenizer. Where tokenizer.json's "
+         "model vocabulary itself lists the token twice (CamembertTokenizer's own save over a SentencePiece model "
+         "whose <unk> is not piece 0; a warning, AutoTokenizer loads it), re-saving writes the same file: rename the "
+         "second entry in model.vocab and give the added token the first entry's id.",
          "tokenizer_config.json: added_tokens_decoder gives '<|im_end|>' id 5 but tokenizer.json gives it "
          "id 151645")
 # HFC509 is not used: embedding rows against vocab_size is HFC601 of the shape check (checks/shapes.py).
@@ -155,6 +158,42 @@ register("HFC517", "info", "tokenizer checks skipped",
          "no readable tokenizer vocabulary (tokenizer.json, tokenizer.model, vocab.json, vocab.txt); "
          "vocabulary checks were skipped")
 
+register("HFC519", "error", "tokenizer.json disagrees with the slow vocabulary",
+         "The folder ships both a fast tokenizer (tokenizer.json) and the slow vocabulary (vocab.txt, vocab.json, "
+         "tokenizer.model, ...), and they give tokens different ids: one of them is stale. transformers 5 encodes "
+         "with tokenizer.json without a word, while use_fast=False, transformers 4.x conversions and "
+         "SentencePiece-based tools (llama.cpp's converter) use the slow file, so the same text becomes other ids.",
+         "Regenerate tokenizer.json from the slow file it should match (AutoTokenizer.from_pretrained(..., "
+         "use_fast=False) then save it as a fast tokenizer), or delete the stale file.",
+         "tokenizer.json and vocab.txt disagree on 2 tokens: 'hello' is id 5 in vocab.txt but id 7 in tokenizer.json, "
+         "'world' is id 7 in vocab.txt but id 5 in tokenizer.json; regenerate the stale file from the other one")
+register("HFC520", "warning", "slow tokenizer class without its vocabulary file",
+         "tokenizer_config.json names a slow SentencePiece tokenizer class (LlamaTokenizer, T5Tokenizer, ...) but the "
+         "folder only has tokenizer.json: AutoTokenizer loads the fast tokenizer, but use_fast=False (transformers "
+         "4.x) fails and SentencePiece-based tools cannot read the folder. Folders transformers 5 writes "
+         "(\"backend\": \"tokenizers\") are left alone: it reads tokenizer.json for every class.",
+         "Ship the model's original SentencePiece file (tokenizer.model, spiece.model, ...) beside tokenizer.json.",
+         "tokenizer_config.json names LlamaTokenizer but the folder has tokenizer.json and no tokenizer.model; "
+         "use_fast=False fails and SentencePiece-based tools cannot read the folder, so ship tokenizer.model")
+register("HFC521", "error", "unknown token outside the model's vocabulary",
+         "The tokenizer's unknown token (tokenizer.json's model.unk_token / unk_id, or the unk_token of a "
+         "vocab.json / vocab.txt tokenizer) is not in its model's own vocabulary; an added token of that name "
+         "does not count. Loading works, but the first text with an unknown character fails: the fast tokenizer "
+         "raises 'Unk token `<unk>` not found in the vocabulary', the slow one maps the word to None "
+         "(ValueError 'type of None unknown' when padding).",
+         "Put the unknown token into the model vocabulary (re-train or re-convert the tokenizer), or set "
+         "model.unk_token to a token the vocabulary has.",
+         "tokenizer.json: model.unk_token '<unk>' is not in the BPE model's vocabulary (it is only an added token, id "
+         "28); encoding a text with an unknown character fails with \"Unk token `<unk>` not found in the "
+         "vocabulary\"")
+register("HFC522", "error", "tokenizer fails to load in transformers",
+         "With --reference transformers, hfconv builds the folder's tokenizer with the installed transformers in a "
+         "separate, time-limited process (only the tokenizer files copied into an empty folder, never with custom "
+         "code) and AutoTokenizer.from_pretrained raised an error: every user of the folder gets the same error.",
+         "Fix the error shown, or re-save the tokenizer with a transformers version that loads it.",
+         "the tokenizer fails to load in transformers 5.25.0: Exception: data did not match any variant of untagged "
+         "enum PreTokenizerUntagged at line 1 column 312")
+
 SPECIAL_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 ROLE_OF_ID = {"bos_token_id": "bos_token", "eos_token_id": "eos_token", "pad_token_id": "pad_token"}
@@ -173,9 +212,6 @@ IGNORED_FILE_KEYS = frozenset({"special_tokens_map_file", "tokenizer_config_file
 
 MAX_SENTENCEPIECE_BYTES = 50_000_000
 MAX_VOCAB_BYTES = 100_000_000
-MAX_TEMPLATE_BYTES = 1_000_000
-TEMPLATE_TIME_BUDGET_S = 1.0
-TEMPLATE_MAX_OUTPUT = 1_000_000
 
 
 class TokenizerFileError(Exception):
@@ -383,6 +419,9 @@ class _Facts:
     """(role, token, file): special_tokens_map.json tokens that only transformers < 4.34 uses (current
     versions ignore the file when tokenizer_config.json has added_tokens_decoder)."""
     legacy_extra: set[str] = field(default_factory=set)
+    slow_vocab: Vocabulary | None = None
+    """The slow files' vocabulary (tokenizer.model, vocab.txt, vocab.json, ...) beside a tokenizer.json, with
+    the declared added tokens; None without tokenizer.json or slow files."""
     """Extra special tokens only special_tokens_map.json names, where only transformers < 4.34 reads it."""
 
     @property
@@ -418,7 +457,11 @@ def check_tokenizer(contents: FolderContents) -> Iterator[Finding]:
     yield from _check_token_ids(facts)
     yield from _check_embeddings(facts)
     yield from _check_slow_fast(facts)
+    yield from _check_fast_against_slow(facts)
+    yield from _check_missing_slow_file(facts)
+    yield from _check_model_unk(facts)
     yield from _check_chat_template(facts)
+    yield from _check_loads_in_transformers(facts)
 
 
 def _gather(contents: FolderContents) -> _Facts:
@@ -451,9 +494,24 @@ def _gather(contents: FolderContents) -> _Facts:
         # (Read errors of the vocabulary files are findings of their own; no need to add this one.)
         findings.append(finding("HFC517", "no readable tokenizer vocabulary (tokenizer.json, tokenizer.model, "
                                 "spiece.model, vocab.json or vocab.txt); vocabulary checks were skipped"))
+    # 3. Beside tokenizer.json, the slow files too: use_fast=False (and SentencePiece tools) read them.
+    slow_vocab = None
+    if json_vocab is not None:
+        slow_findings: list[Finding] = []
+        slow_vocab = _slow_vocabulary(contents, sp_models, slow_findings)
+        for item in slow_findings:  # the fast tokenizer does not need them: use_fast=False fails
+            if item.code != "HFC501" or item.file not in sp_models:
+                findings.append(finding(item.code, item.message.replace(
+                    "; re-download or re-save the tokenizer", "; the fast tokenizer uses tokenizer.json, but "
+                    "use_fast=False fails, so re-download it or delete it").replace(
+                    "; the slow tokenizer fails to load, replace", "; the fast tokenizer uses tokenizer.json, but "
+                    "use_fast=False fails, so replace"), file=item.file, tensor=item.tensor, severity="warning"))
+        if slow_vocab is not None:
+            slow_vocab = _with_declared_added_tokens(contents, slow_vocab)
     named, shadowed, extra, legacy_extra, disagreements = _special_tokens(contents)
     findings.extend(disagreements)
-    return _Facts(contents, findings, sp_models, vocab, json_vocab, named, extra, shadowed, legacy_extra)
+    return _Facts(contents, findings, sp_models, vocab, json_vocab, named, extra, shadowed, legacy_extra,
+                  slow_vocab)
 
 
 def _pegasus_offset(contents: FolderContents) -> int:
@@ -485,13 +543,23 @@ class ShiftedLayout:
     needs_decoder: bool = False
     """Read only when tokenizer_config.json has added_tokens_decoder: the class appends tokens (language
     codes, made-up words) whose ids only that map records."""
+    language_codes: tuple[tuple[str, tuple[str, ...], bool], ...] = ()
+    """(tokenizer_config.json ``language_codes`` value, the codes the class appends after the pieces, whether
+    ``<mask>`` follows them); the first entry is the class's default."""
 
-    def vocabulary(self, model: SentencePieceModel) -> Vocabulary:
+    def vocabulary(self, model: SentencePieceModel, config: Mapping | None = None) -> Vocabulary:
         base = dict(self.fixed)
         for i in range(self.first, model.piece_count):
             base.setdefault(model.pieces[i], i + self.offset)
         size = model.piece_count + self.offset
-        if self.mask_after:
+        mask_after = self.mask_after
+        if self.language_codes:
+            wanted = (config or {}).get("language_codes", self.language_codes[0][0])
+            codes, mask_after = next(((c, m) for name, c, m in self.language_codes if name == wanted), ((), False))
+            for code in codes:
+                base.setdefault(code, size)
+                size += 1
+        if mask_after:
             base.setdefault("<mask>", size)
             size += 1
         return Vocabulary(source=self.file, base=base, base_size=size, added={})
@@ -505,7 +573,10 @@ SHIFTED_LAYOUTS = {
     "MBart50Tokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, needs_decoder=True),
     "NllbTokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, needs_decoder=True),
     "XGLMTokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, needs_decoder=True),
-    "PLBartTokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, needs_decoder=True),
+    # tokenization_plbart.py: the language codes of its language_codes set follow the pieces, then <mask> ("base").
+    "PLBartTokenizer": ShiftedLayout("sentencepiece.bpe.model", _FAIRSEQ, 1, 3, language_codes=(
+        ("base", ("__java__", "__python__", "__en_XX__"), True),
+        ("multi", ("__java__", "__python__", "__en_XX__", "__javascript__", "__php__", "__ruby__", "__go__"), False))),
     # tokenization_camembert.py: fairseq_offset 4 after <s>NOTUSED <pad> </s>NOTUSED <unk> <unk>NOTUSED.
     "CamembertTokenizer": ShiftedLayout(
         "sentencepiece.bpe.model",
@@ -535,7 +606,7 @@ def _slow_vocabulary(contents: FolderContents, sp_models: dict[str, SentencePiec
     layout = _shifted_layout(contents)
     if layout is not None and folder.has(layout.file) and layout.file not in folder.special_files:
         try:
-            return layout.vocabulary(read_sentencepiece(folder, layout.file))
+            return layout.vocabulary(read_sentencepiece(folder, layout.file), contents.json.get("tokenizer_config.json"))
         except TokenizerFileError as exc:
             findings.append(finding("HFC501", f"{layout.file} {exc.message}; the slow tokenizer fails to load, "
                                     "replace it with the model's real SentencePiece file", file=layout.file))
@@ -546,10 +617,12 @@ def _slow_vocabulary(contents: FolderContents, sp_models: dict[str, SentencePiec
             offset = _pegasus_offset(contents) if name == "spiece.model" else 0
             # PegasusTokenizer (slow) puts its own specials at ids 0..offset-1 and piece i at i + offset.
             own = {t.content for t in _declared_added_tokens(contents) if t.id < offset} if offset else set()
-            base: dict[str, int] = {}
-            for i, piece in enumerate(model.pieces):
-                if piece not in own:
-                    base.setdefault(piece, i + offset)
+            base: dict[str, int] = dict(zip(model.pieces, range(offset, model.piece_count + offset)))
+            if own or len(base) != model.piece_count:  # (pieces are unique in every real model: one C-level pass)
+                base = {}
+                for i, piece in enumerate(model.pieces):
+                    if piece not in own:
+                        base.setdefault(piece, i + offset)
             return Vocabulary(source=name, base=base, base_size=model.piece_count + offset, added={})
         if folder.has(name):
             return None  # present but unreadable (HFC501): nothing to compare against
@@ -816,9 +889,25 @@ def _check_added_tokens(facts: _Facts) -> Iterator[Finding]:
     contents = facts.contents
     json_vocab = facts.json_vocab
     if json_vocab is not None:
+        data = contents.json.get("tokenizer.json")
+        model = data.get("model") if isinstance(data, dict) else None
+        pieces = model.get("vocab") if isinstance(model, dict) else None
         for text, token_id in json_vocab.added.items():
             base_id = json_vocab.base.get(text)
-            if base_id is not None and base_id != token_id:
+            if base_id is None or base_id == token_id:
+                continue
+            if isinstance(pieces, list) and 0 <= token_id < len(pieces) and isinstance(pieces[token_id], list) \
+                    and pieces[token_id][:1] == [text]:
+                # The model's own vocabulary lists the token twice and the added token takes the second entry: what
+                # CamembertTokenizer's save writes over a SentencePiece model whose <unk> is not piece 0.
+                # AutoTokenizer loads it; re-saving reproduces it.
+                yield finding("HFC508", f"tokenizer.json: the Unigram model lists {text!r} twice (ids {base_id} and "
+                              f"{token_id}) and the added token {text!r} takes id {token_id}; AutoTokenizer loads "
+                              f"it, but {text!r} has two ids (re-saving writes the same file), so rename the entry at "
+                              f"id {token_id} in model.vocab (e.g. to {text + 'NOTUSED2'!r}) and give the added token "
+                              f"id {base_id} (in tokenizer_config.json's added_tokens_decoder too)", file="tokenizer.json",
+                              tensor="$.added_tokens", severity="warning")
+            else:
                 yield finding("HFC508", f"tokenizer.json: added token {text!r} has id {token_id} but the model "
                               f"vocabulary has it at id {base_id}; re-save the tokenizer",
                               file="tokenizer.json", tensor="$.added_tokens")
@@ -854,57 +943,103 @@ def _config_ids(data: dict, fallback: dict | None) -> dict[str, list[int]]:
     return out
 
 
+SUB_CONFIG_KEYS = ("encoder", "decoder", "generator", "question_encoder")
+"""Nested configs that are not named ``*_config`` (EncoderDecoder, RAG)."""
+_GENERATIVE = re.compile(r"For(CausalLM|ConditionalGeneration|SpeechSeq2Seq|Seq2SeqLM)|LMHead|EncoderDecoderModel")
+
+
+def _sub_configs(config: dict) -> list[tuple[str, dict]]:
+    """(key, nested config) of config.json: text_config, vision_config, audio_config, decoder, ..."""
+    return [(key, value) for key, value in config.items()
+            if isinstance(value, dict) and (key.endswith("_config") or key in SUB_CONFIG_KEYS)
+            and key not in ("quantization_config", "rope_scaling", "rope_parameters", "generation_config")]
+
+
 def _check_token_ids(facts: _Facts) -> Iterator[Finding]:
-    """bos/eos/pad/decoder_start ids in range and equal to the tokenizer's ids for those tokens."""
+    """bos/eos/pad/decoder_start ids in range and equal to the tokenizer's ids for those tokens.
+
+    Nested configs (text_config, vision_config, audio_config, decoder, ...) are checked as the top level
+    is, against their own vocab_size; a nested id out of range is an error where the nested config is
+    the language model of a generative architecture, else a warning (transformers warns and the id is
+    not used for generation: SigLIP's text_config bos_token_id 49406 beside vocab_size 32000).
+    """
     contents = facts.contents
     vocab = facts.vocab
-    limit = facts.vocab_size or (vocab.size if vocab else None)
-    limit_name = "vocab_size" if facts.vocab_size else "the tokenizer's size"
     generation = contents.json.get("generation_config.json")
     has_generation = isinstance(generation, dict)
     generation_eos = _config_ids(generation, None).get("eos_token_id", []) if has_generation else []
+    architectures = (facts.config or {}).get("architectures")
+    generative = isinstance(architectures, list) and any(
+        isinstance(a, str) and _GENERATIVE.search(a) for a in architectures)
     for file in ("config.json", "generation_config.json"):
         data = contents.json.get(file)
         if not isinstance(data, dict):
             continue
-        fallback = facts.text_config if file == "config.json" and facts.text_config is not data else None
-        for key, ids in _config_ids(data, fallback).items():
-            role = ROLE_OF_ID.get(key)
-            token = facts.named.get(role, (None, None))[0] if role else None
-            token_id = vocab.id_of(token) if vocab is not None and token is not None else None
-            hint = f"; set it to the tokenizer's id of {token!r} ({token_id})" if token_id is not None else ""
-            in_range = True
-            for value in ids:
-                if value < 0 and not (key == "pad_token_id" and value == -1):
-                    in_range = False
-                    yield finding("HFC505", f"{file}: {key} {value} is negative, not a token id{hint}",
-                                  file=file, tensor=f"$.{key}")
-                elif limit is not None and value >= limit:
-                    in_range = False
-                    yield finding("HFC505", f"{file}: {key} {value} is not below {limit_name} {limit}{hint}",
-                                  file=file, tensor=f"$.{key}")
-            if token_id is None or not in_range or token_id in ids:
-                continue
-            shown = ids[0] if len(ids) == 1 else ids
-            if role == "eos_token":
-                effective = file == "generation_config.json" or not has_generation
-                # config.json's eos shadowed by generation_config.json: fine when it is one of the ids
-                # generation stops at (Llama-3-Instruct: 128001 beside [128001, 128009]); an id that is
-                # neither the tokenizer's nor generation_config.json's is wrong for every tool reading it.
-                shadowed = not effective and set(ids) <= set(generation_eos)
-                severity = "info" if shadowed else None
-                why = (f"generation would not stop at {token!r}" if effective else
-                       "generation uses generation_config.json's ids, so this only matters to tools reading "
-                       "config.json" if shadowed else
-                       f"it is not among generation_config.json's eos ids {generation_eos} either, so tools that "
-                       "read config.json (and generate() when generation_config.json was derived from it) stop "
-                       "at the wrong token")
-            elif role == "bos_token":
-                severity, why = None, "generate() would start from another token than the tokenizer adds"
+        scopes: list[tuple[str, dict]] = [("", data)]
+        if file == "config.json":
+            scopes += [(f"{key}.", sub) for key, sub in _sub_configs(data)]
+        for prefix, scope in scopes:
+            own_size = scope.get("vocab_size") if prefix else None
+            is_text = not prefix or scope is facts.text_config
+            if _is_id(own_size) and own_size > 0:
+                limit, limit_name = own_size, f"{prefix}vocab_size"
+            elif is_text:
+                limit = facts.vocab_size or (vocab.size if vocab else None)
+                limit_name = "vocab_size" if facts.vocab_size else "the tokenizer's size"
             else:
-                severity, why = "info", "batched generation pads with another token than the tokenizer"
-            yield finding("HFC506", f"{file}: {key} is {shown} but the tokenizer's {role} {token!r} has id "
-                          f"{token_id}; {why}", file=file, tensor=f"$.{key}", severity=severity)
+                limit, limit_name = None, ""
+            language_model = is_text or prefix in ("text_config.", "decoder.")
+            out_of_range = None if not prefix else "error" if generative and language_model else "warning"
+            for key, ids in _config_ids(scope, None).items():
+                if prefix and key in data and is_text:
+                    compare = False  # the top level's own id is the one compared with the tokenizer
+                else:
+                    compare = is_text
+                role = ROLE_OF_ID.get(key)
+                token = facts.named.get(role, (None, None))[0] if role and compare else None
+                token_id = vocab.id_of(token) if vocab is not None and token is not None else None
+                hint = f"; set it to the tokenizer's id of {token!r} ({token_id})" if token_id is not None else ""
+                if prefix and out_of_range == "warning":
+                    hint += " (transformers warns about it; the model does not generate with it)"
+                in_range = True
+                for value in ids:
+                    if value < 0 and not (key == "pad_token_id" and value == -1):
+                        in_range = False
+                        yield finding("HFC505", f"{file}: {prefix}{key} {value} is negative, not a token id{hint}",
+                                      file=file, tensor=f"$.{prefix}{key}", severity=out_of_range)
+                    elif limit is not None and value >= limit:
+                        in_range = False
+                        yield finding("HFC505", f"{file}: {prefix}{key} {value} is not below {limit_name} {limit}{hint}",
+                                      file=file, tensor=f"$.{prefix}{key}", severity=out_of_range)
+                if token_id is None or not in_range or token_id in ids:
+                    continue
+                yield _id_disagreement(file, f"{prefix}{key}", role, token, token_id, ids, has_generation,
+                                       generation_eos)
+
+
+def _id_disagreement(file: str, key: str, role: str, token: str, token_id: int, ids: list[int],
+                     has_generation: bool, generation_eos: list[int]) -> Finding:
+    """HFC506: a config id that is not the tokenizer's id of its token."""
+    shown = ids[0] if len(ids) == 1 else ids
+    if role == "eos_token":
+        effective = file == "generation_config.json" or not has_generation
+        # config.json's eos shadowed by generation_config.json: fine when it is one of the ids
+        # generation stops at (Llama-3-Instruct: 128001 beside [128001, 128009]); an id that is
+        # neither the tokenizer's nor generation_config.json's is wrong for every tool reading it.
+        shadowed = not effective and set(ids) <= set(generation_eos)
+        severity = "info" if shadowed else None
+        why = (f"generation would not stop at {token!r}" if effective else
+               "generation uses generation_config.json's ids, so this only matters to tools reading "
+               "config.json" if shadowed else
+               f"it is not among generation_config.json's eos ids {generation_eos} either, so tools that "
+               "read config.json (and generate() when generation_config.json was derived from it) stop "
+               "at the wrong token")
+    elif role == "bos_token":
+        severity, why = None, "generate() would start from another token than the tokenizer adds"
+    else:
+        severity, why = "info", "batched generation pads with another token than the tokenizer"
+    return finding("HFC506", f"{file}: {key} is {shown} but the tokenizer's {role} {token!r} has id "
+                   f"{token_id}; {why}", file=file, tensor=f"$.{key}", severity=severity)
 
 
 def _check_embeddings(facts: _Facts) -> Iterator[Finding]:
@@ -951,209 +1086,208 @@ def _check_slow_fast(facts: _Facts) -> Iterator[Finding]:
                           f"{got}; regenerate tokenizer.json from tokenizer.model", file="tokenizer.json")
 
 
-# --- chat template -------------------------------------------------------------------------------
-_MARKER = "hfconvMARKER7q"
+MAX_SHOWN = 5
+"""Disagreements named in one HFC519 message."""
 
 
-@dataclass(frozen=True)
-class ChatTemplate:
-    """One chat template and where it comes from."""
+def _check_fast_against_slow(facts: _Facts) -> Iterator[Finding]:
+    """tokenizer.json against the slow vocabulary beside it, token by token (HFC519).
 
-    file: str
-    name: str
-    """``default`` or the name in a list of templates."""
-    source: str
+    The slow side is read with the id layout of its class (fairseq offsets of XLM-R / CamemBERT,
+    Pegasus's offset, T5's extra ids, declared added tokens), so a folder transformers wrote is clean;
+    tokens that tokenizer.json only has as added tokens are not compared. Linear in the vocabulary.
+    """
+    fast, slow = facts.json_vocab, facts.slow_vocab
+    if fast is None or slow is None:
+        return
+    fast_base, slow_base = fast.base, slow.base
+    if fast_base == slow_base:
+        return  # the common case, compared in C (an added token contradicting its own vocabulary is HFC508's)
+    diffs: list[tuple[str, int | None, int | None]] = []
+    # Only tokens whose (token, id) pair is not on both sides can disagree; the set operation runs in C.
+    for token in sorted({token for token, _id in fast_base.items() ^ slow_base.items()}):
+        slow_id = slow_base.get(token)
+        if slow_id is not None:
+            fast_id = fast.id_of(token)
+            # (An added token that contradicts tokenizer.json's own model vocabulary is HFC508's.)
+            if fast_id != slow_id and fast_base.get(token) != slow_id:
+                diffs.append((token, slow_id, fast_id))
+        elif token not in fast.added:
+            fast_id, slow_id = fast_base[token], slow.id_of(token)
+            if slow_id != fast_id:
+                diffs.append((token, slow_id, fast_id))
+    if not diffs:
+        return
+    diffs.sort(key=lambda d: min(i for i in (d[1], d[2]) if i is not None))
+    source = slow.source
+    shown = []
+    for token, slow_id, fast_id in diffs[:MAX_SHOWN]:
+        if fast_id is None:
+            shown.append(f"{token!r} is id {slow_id} in {source} but not in tokenizer.json")
+        elif slow_id is None:
+            shown.append(f"{token!r} is id {fast_id} in tokenizer.json but not in {source}")
+        else:
+            shown.append(f"{token!r} is id {slow_id} in {source} but id {fast_id} in tokenizer.json")
+    more = f" (and {len(diffs) - MAX_SHOWN} more)" if len(diffs) > MAX_SHOWN else ""
+    yield finding("HFC519", f"tokenizer.json and {source} disagree on {len(diffs)} token(s): {', '.join(shown)}{more}; "
+                  f"transformers 5 encodes with tokenizer.json, use_fast=False and SentencePiece-based tools with "
+                  f"{source}, so regenerate the stale file from the other one (or delete it)", file="tokenizer.json",
+                  tensor="$.model.vocab")
 
 
-def _chat_templates(facts: _Facts) -> tuple[list[ChatTemplate], list[Finding]]:
-    """All templates of the folder; the effective one (chat_template.jinja wins) comes first."""
-    folder = facts.contents.folder
-    templates: list[ChatTemplate] = []
-    problems: list[Finding] = []
-    if folder.has("chat_template.jinja") and "chat_template.jinja" not in folder.special_files:
-        try:
-            text = _read_limited(folder, "chat_template.jinja", MAX_TEMPLATE_BYTES).decode("utf-8")
-            templates.append(ChatTemplate("chat_template.jinja", "default", text))
-        except TokenizerFileError as exc:
-            problems.append(finding("HFC512", f"chat_template.jinja {exc.message}", file="chat_template.jinja"))
-        except UnicodeDecodeError as exc:
-            problems.append(finding("HFC512", f"chat_template.jinja is not UTF-8 text (byte {exc.start}); "
-                                    "save it as UTF-8", file="chat_template.jinja"))
+SENTENCEPIECE_CLASS_FILES = {
+    **{name: ("tokenizer.model",) for name in ("LlamaTokenizer", "CodeLlamaTokenizer", "GemmaTokenizer",
+                                               "BaichuanTokenizer", "InternLMTokenizer", "ChatGLMTokenizer")},
+    **{name: ("spiece.model",) for name in ("T5Tokenizer", "MT5Tokenizer", "AlbertTokenizer", "XLNetTokenizer",
+                                            "PegasusTokenizer", "BigBirdTokenizer", "ReformerTokenizer",
+                                            "SiglipTokenizer", "UdopTokenizer")},
+    **{name: ("sentencepiece.bpe.model",) for name in ("XLMRobertaTokenizer", "CamembertTokenizer", "MBartTokenizer",
+                                                       "MBart50Tokenizer", "NllbTokenizer", "XGLMTokenizer",
+                                                       "PLBartTokenizer", "M2M100Tokenizer")},
+    "DebertaV2Tokenizer": ("spm.model",),
+}
+"""Slow tokenizer classes of transformers 4.x built from a SentencePiece file, and that file's names."""
+
+
+def _check_missing_slow_file(facts: _Facts) -> Iterator[Finding]:
+    """A slow SentencePiece class named beside tokenizer.json alone (HFC520)."""
     config = facts.contents.json.get("tokenizer_config.json")
-    value = config.get("chat_template") if isinstance(config, dict) else None
-    if isinstance(value, str):
-        templates.append(ChatTemplate("tokenizer_config.json", "default", value))
-    elif isinstance(value, list):
-        entries = [e for e in value if isinstance(e, dict) and isinstance(e.get("template"), str)]
-        entries.sort(key=lambda e: e.get("name") != "default")
-        for entry in entries:
-            templates.append(ChatTemplate("tokenizer_config.json", str(entry.get("name")), entry["template"]))
-    return templates, problems
+    folder = facts.contents.folder
+    if not isinstance(config, dict) or not folder.has("tokenizer.json") or config.get("backend") == "tokenizers":
+        return  # transformers 5 wrote it ("backend": "tokenizers"): it reads tokenizer.json for every class
+    name = config.get("tokenizer_class")
+    files = SENTENCEPIECE_CLASS_FILES.get(name) if isinstance(name, str) else None
+    if files is None or any(folder.has(f) for f in files):
+        return
+    yield finding("HFC520", f"tokenizer_config.json names {name} but the folder has tokenizer.json and no {files[0]}; "
+                  f"AutoTokenizer loads the fast tokenizer, but use_fast=False (transformers 4.x) fails and "
+                  f"SentencePiece-based tools cannot read the folder, so ship the model's {files[0]}",
+                  file="tokenizer_config.json", tensor="$.tokenizer_class")
 
 
-def _environment(deadline: float):
-    """jinja2's ImmutableSandboxedEnvironment set up as transformers sets it up, plus a CPU budget."""
-    import jinja2
-    from jinja2 import nodes
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class GenerationTag(Extension):
-        """transformers' ``{% generation %}...{% endgeneration %}`` block (renders its body)."""
-
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
-
-        def _render(self, caller):
-            return caller()
-
-    class BudgetExceeded(jinja2.exceptions.TemplateError):
-        pass
-
-    def check_budget():
-        if time.monotonic() > deadline:
-            raise BudgetExceeded("time budget exceeded")
-
-    class BudgetedSandbox(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset({"*", "**"})
-
-        def call_binop(self, context, operator, left, right):
-            check_budget()
-            if operator == "**" and _is_id(right) and abs(right) > 1000:
-                raise BudgetExceeded("exponent too large")
-            if operator == "*":
-                size = next((len(x) for x in (left, right) if isinstance(x, (str, list, tuple))), None)
-                count = next((x for x in (left, right) if _is_id(x)), None)
-                if size is not None and count is not None and size * count > TEMPLATE_MAX_OUTPUT:
-                    raise BudgetExceeded("repetition too large")
-            return super().call_binop(context, operator, left, right)
-
-        def call(self, context, obj, /, *args, **kwargs):
-            check_budget()
-            return super().call(context, obj, *args, **kwargs)
-
-        def getattr(self, obj, attribute):
-            check_budget()
-            return super().getattr(obj, attribute)
-
-        def getitem(self, obj, argument):
-            check_budget()
-            return super().getitem(obj, argument)
-
-    def budget_range(*args):
-        for value in range(*args)[:100_000]:
-            check_budget()
-            yield value
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = BudgetedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
-    env.globals["range"] = budget_range
-    return env
+def _check_model_unk(facts: _Facts) -> Iterator[Finding]:
+    """The unknown token is in the model's own vocabulary (HFC521); post-processor tokens have their ids."""
+    data = facts.contents.json.get("tokenizer.json")
+    if isinstance(data, dict):
+        model = data.get("model")
+        if not isinstance(model, dict):
+            return
+        kind, vocab = model.get("type"), model.get("vocab")
+        fast = facts.json_vocab
+        if isinstance(vocab, dict) and isinstance(model.get("unk_token"), str):
+            unk = model["unk_token"]
+            if unk not in vocab:
+                added = fast.added.get(unk) if fast is not None else None
+                where = f" (it is only an added token, id {added})" if added is not None else ""
+                yield finding("HFC521", f"tokenizer.json: model.unk_token {unk!r} is not in the {kind or 'model'} "
+                              f"model's vocabulary{where}; encoding a text with an unknown character fails with "
+                              f"\"Unk token `{unk}` not found in the vocabulary\", so add it to model.vocab or set "
+                              "model.unk_token to a token of the vocabulary", file="tokenizer.json",
+                              tensor="$.model.unk_token")
+        elif isinstance(vocab, list) and _is_id(model.get("unk_id")) and not 0 <= model["unk_id"] < len(vocab):
+            yield finding("HFC521", f"tokenizer.json: model.unk_id {model['unk_id']} is outside the Unigram model's "
+                          f"{len(vocab)} pieces; tokenizers refuses the file or fails on the first unknown character, "
+                          "so set unk_id to the id of the unknown piece", file="tokenizer.json", tensor="$.model.unk_id")
+        if fast is not None:
+            yield from _check_post_processor(data.get("post_processor"), fast)
+        return
+    vocab = facts.vocab
+    unk = facts.named.get("unk_token", (None, None))[0]
+    if vocab is None or unk is None or vocab.source not in ("vocab.json", "vocab.txt") or unk in vocab.base:
+        return
+    added = vocab.added.get(unk)
+    if added is None:
+        return  # not in the vocabulary at all: HFC504
+    yield finding("HFC521", f"unk_token {unk!r} is not in {vocab.source} (it is only an added token, id {added}); the "
+                  f"slow tokenizer maps every unknown word to None instead of an id (ValueError 'type of None "
+                  f"unknown' when padding), so add {unk!r} to {vocab.source}", file=vocab.source,
+                  tensor="$.unk_token")
 
 
-def _template_error(template: ChatTemplate) -> str | None:
-    """Why the template does not compile, or None when it does."""
-    import jinja2
-
-    env = _environment(time.monotonic() + TEMPLATE_TIME_BUDGET_S)
-    try:
-        env.from_string(template.source)
-    except jinja2.exceptions.TemplateSyntaxError as exc:
-        return f"{exc.message} at line {exc.lineno}"
-    except jinja2.exceptions.TemplateError as exc:
-        return str(exc) or type(exc).__name__
-    except (RecursionError, MemoryError) as exc:
-        return f"it is too deeply nested to compile ({type(exc).__name__})"
-    return None
-
-
-def _internal_access(template: ChatTemplate) -> tuple[str, int] | None:
-    """(name, line) of the first attribute or key starting with '_' the template reads, else None.
-
-    Static, on jinja2's syntax tree: ``x.__class__``, ``x['__globals__']``, keys built from
-    literals (``x['__' ~ 'class__']``), ``x|attr('_y')``, ``x|attr(name)`` with a computed name
-    (the usual way around a check on literals), and any ``'__dunder__'`` literal all count.
-    """
-    import jinja2
-    from jinja2 import nodes
-
-    env = _environment(time.monotonic() + TEMPLATE_TIME_BUDGET_S)
-    eval_ctx = nodes.EvalContext(env)
-
-    def constant(node) -> object:
-        try:
-            return node.as_const(eval_ctx)
-        except Exception:  # noqa: BLE001 - jinja2 raises Impossible (or anything) for non-constants
-            return None
-
-    try:
-        tree = env.parse(template.source)
-        for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Const)):
-            if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
-                return node.attr, node.lineno
-            if isinstance(node, nodes.Getitem):
-                key = constant(node.arg)
-                if isinstance(key, str) and key.startswith("_"):
-                    return key, node.lineno
-            if isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
-                name = constant(node.args[0])
-                if not isinstance(name, str):
-                    return "attr(<computed name>)", node.lineno
-                if name.startswith("_"):
-                    return name, node.lineno
-            if isinstance(node, nodes.Const) and isinstance(node.value, str) \
-                    and re.fullmatch(r"__\w+__", node.value):
-                return node.value, node.lineno
-    except (jinja2.exceptions.TemplateError, RecursionError, MemoryError):
-        return None  # does not compile: HFC512 says so
-    return None
-
-
-def _render_probe(template: ChatTemplate, facts: _Facts) -> str | None:
-    """The text a template emits right after an assistant message's content, or None if unknown.
-
-    The template is rendered in the sandbox (time and size budget) with a user message and an
-    assistant message whose content is a marker; whatever follows the marker ends the turn.
-    """
-    specials = {role: token for role, (token, _file) in facts.named.items()}
-    content_forms = (_MARKER, [{"type": "text", "text": _MARKER}])
-    deadline = time.monotonic() + TEMPLATE_TIME_BUDGET_S  # one budget for all attempts
-    for content in content_forms:
-        if time.monotonic() > deadline:
-            return None
-        env = _environment(deadline)
-        messages = [{"role": "user", "content": "Hello" if isinstance(content, str) else
-                     [{"type": "text", "text": "Hello"}]},
-                    {"role": "assistant", "content": content}]
-        try:
-            compiled = env.from_string(template.source)
-            out: list[str] = []
-            total = 0
-            for chunk in compiled.generate(messages=messages, add_generation_prompt=False, tools=None,
-                                           documents=None, **{r: specials.get(r) for r in SPECIAL_ROLES}):
-                out.append(chunk)
-                total += len(chunk)
-                if total > TEMPLATE_MAX_OUTPUT:
-                    raise MemoryError("template output too large")
-            text = "".join(out)
-        except Exception:  # noqa: BLE001 - anything a hostile or odd template raises means "cannot decide"
+def _check_post_processor(processor: Any, fast: Vocabulary, depth: int = 0) -> Iterator[Finding]:
+    """Tokens the post-processor inserts (TemplateProcessing, BertProcessing, ...) with their ids."""
+    if not isinstance(processor, dict) or depth > 8:
+        return
+    pairs: list[tuple[str, Any]] = []
+    for key in ("sep", "cls"):
+        value = processor.get(key)
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            pairs.append((value[0], value[1]))
+    specials = processor.get("special_tokens")
+    if isinstance(specials, dict):
+        for entry in specials.values():
+            if isinstance(entry, dict) and isinstance(entry.get("tokens"), list) and isinstance(entry.get("ids"), list):
+                pairs.extend(zip(entry["tokens"], entry["ids"]))
+    for token, token_id in pairs:
+        if not isinstance(token, str) or not _is_id(token_id):
             continue
-        index = text.find(_MARKER)
-        if index >= 0:
-            return text[index + len(_MARKER):]
-    return None
+        known = fast.id_of(token)
+        if known != token_id:
+            has = "is not in the vocabulary" if known is None else f"has id {known} in the vocabulary"
+            yield finding("HFC521", f"tokenizer.json: the post-processor inserts {token!r} as id {token_id}, but "
+                          f"{token!r} {has}; every encoded text gets the wrong special id, so fix post_processor "
+                          "(re-save the tokenizer)", file="tokenizer.json", tensor="$.post_processor")
+    for child in processor.get("processors") or ():
+        yield from _check_post_processor(child, fast, depth + 1)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "config.json", "chat_template.jinja", "normalizer.json", *SLOW_VOCAB_FILES, "target.spm",
+                   "source.spm", "vocab.txt")
+"""What AutoTokenizer reads: the only files copied for the transformers-backed load."""
+TRANSFORMERS_TOKENIZER_TIMEOUT_S = 60.0
+
+
+def _check_loads_in_transformers(facts: _Facts) -> Iterator[Finding]:
+    """With --reference transformers: AutoTokenizer.from_pretrained in a subprocess (HFC522).
+
+    Only for folders without custom code (no auto_map, no .py): the tokenizer files alone are copied
+    into an empty temporary folder, which the child loads (offline, time-limited); nothing of the
+    model folder is on the child's import path. Costs seconds (the child imports transformers), so it
+    runs only when the user asked for transformers-backed checks.
+    """
+    import shutil
+    import tempfile
+
+    from .custom_code import auto_map_entries, load_tokenizer_in_subprocess
+
+    contents = facts.contents
+    folder = contents.folder
+    if contents.options.reference != "transformers" or folder.python_files or auto_map_entries(contents):
+        return
+    names = [n for n in dict.fromkeys(TOKENIZER_FILES) if folder.has(n) and n not in folder.special_files
+             and folder.contains(n)]
+    if not any(n != "config.json" for n in names):
+        return
+    with tempfile.TemporaryDirectory(prefix="hfconv-tokenizer-") as work:
+        for name in names:
+            try:
+                with open_regular(folder.path(name)) as source, open(os.path.join(work, name), "wb") as target:
+                    shutil.copyfileobj(source, target)
+            except (FormatError, OSError):
+                return  # unreadable files have findings of their own
+        result = load_tokenizer_in_subprocess(work, timeout=TRANSFORMERS_TOKENIZER_TIMEOUT_S)
+    if result.status == "error":
+        version = environment.installed_transformers_version()
+        where = f"transformers {version}" if version else "the installed transformers"
+        yield finding("HFC522", f"the tokenizer fails to load in {where}: {result.detail}; AutoTokenizer."
+                      "from_pretrained fails the same way for every user of the folder", file="tokenizer_config.json"
+                      if folder.has("tokenizer_config.json") else None)
+    elif result.status == "timeout":
+        yield finding("HFC522", f"the tokenizer did not load in transformers within {result.detail}; the subprocess was "
+                      "stopped", file="tokenizer_config.json" if folder.has("tokenizer_config.json") else None,
+                      severity="warning")
+
+
+# --- chat template -------------------------------------------------------------------------------
+def _read_template_text(folder: ModelFolder, name: str) -> str:
+    """A template file of the folder as text; ValueError says why it cannot be read."""
+    try:
+        return _read_limited(folder, name, MAX_TEMPLATE_BYTES).decode("utf-8")
+    except TokenizerFileError as exc:
+        raise ValueError(exc.message) from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
 def _eos_ids(facts: _Facts) -> tuple[str, list[int]] | None:
@@ -1171,54 +1305,15 @@ def _eos_ids(facts: _Facts) -> tuple[str, list[int]] | None:
 
 
 def _check_chat_template(facts: _Facts) -> Iterator[Finding]:
-    templates, problems = _chat_templates(facts)
-    yield from problems
-    if not templates:
-        return
-    parsed: list[ChatTemplate] = []
-    for template in templates:
-        if len(template.source) > MAX_TEMPLATE_BYTES:
-            continue  # not compiled: no real template is this large, and compiling costs time and memory
-        error = _template_error(template)
-        label = "chat_template" if template.name == "default" else f"chat_template {template.name!r}"
-        if error is not None:
-            yield finding("HFC512", f"{template.file}: {label} does not parse: {error}; fix the jinja2 syntax",
-                          file=template.file, tensor="$.chat_template" if template.file.endswith(".json") else None)
-        else:
-            parsed.append(template)
-    unsafe: list[ChatTemplate] = []
-    for template in parsed:
-        reach = _internal_access(template)
-        if reach is not None:
-            unsafe.append(template)
-            label = "chat_template" if template.name == "default" else f"chat_template {template.name!r}"
-            name, line = reach
-            yield finding("HFC518", f"{template.file}: {label} reads {name!r} (line {line}), a Python internal; "
-                          "refused as a sandbox-escape attempt (jinja2's sandbox in transformers refuses it too)",
-                          file=template.file, tensor="$.chat_template" if template.file.endswith(".json") else None)
-    if not parsed or parsed[0] is not templates[0] or facts.vocab is None or parsed[0] in unsafe:
-        return
-    effective = parsed[0]
-    eos = _eos_ids(facts)
-    if eos is None:
-        return
-    after = _render_probe(effective, facts)
-    if after is None:
-        return
-    # Only special tokens can end a turn for this check; ordinary added words ("###") are left alone.
-    candidates = set(facts.vocab.special) | {t for t, _f in facts.named.values()} | {t for t, _f in facts.extra}
-    stripped = after.lstrip()
-    end = next((t for t in sorted(candidates, key=len, reverse=True) if t.strip() and stripped.startswith(t)), None)
-    if end is None:
-        return
-    end_id = facts.vocab.id_of(end)
-    eos_file, eos_ids = eos
-    if end_id is None or end_id in eos_ids:
-        return
-    shown = eos_ids[0] if len(eos_ids) == 1 else eos_ids
-    yield finding("HFC513", f"{effective.file}: the chat template ends assistant turns with {end!r} (id {end_id}), "
-                  f"which is not among {eos_file}'s eos_token_id {shown}; add {end_id} to eos_token_id or "
-                  "generation will not stop after the answer", file=effective.file)
+    """The chat template checks of checks/chat_template.py (run in a capped child process)."""
+    vocab = facts.vocab
+    specials = {role: token for role, (token, _file) in facts.named.items()} if vocab is not None else None
+    # Only special tokens can end a turn for HFC513; ordinary added words ("###") are left alone.
+    candidates = (set(vocab.special) | {t for t, _f in facts.named.values()} | {t for t, _f in facts.extra}
+                  if vocab is not None else set())
+    yield from check_chat_template(facts.contents, lambda name: _read_template_text(facts.contents.folder, name),
+                                   specials, candidates, vocab.id_of if vocab is not None else (lambda _t: None),
+                                   _eos_ids(facts))
 
 
 # --- dtype ---------------------------------------------------------------------------------------
