@@ -62,6 +62,7 @@ def require_modules(what: str, modules: tuple[str, ...]) -> None:
     hfconv never downloads anything on behalf of a folder.
     """
     import importlib
+    import importlib.util
 
     from .render import escape_text
 
@@ -137,6 +138,8 @@ def _emit(text: str, output: str | None, raw: bool = False) -> None:
     data = text.encode("utf-8", "backslashreplace")
     if not output:
         stream = sys.stdout
+        if stream is None:  # no stdout at all (closed by the caller): nowhere to write
+            return
         buffer = getattr(stream, "buffer", None)
         if buffer is None:  # a text-only stream (embedded use)
             stream.write(data.decode("utf-8"))
