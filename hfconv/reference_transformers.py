@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -33,8 +34,19 @@ from .shape_rules import (
 )
 
 MAX_REFERENCE_COUNT = 1024
-"""Most layers or experts a reference model is built with (real models have under 200 layers)."""
+"""Most layers, blocks or experts a reference model is built with, per config field, nested configs
+included (real models have under 200 layers and a few hundred experts)."""
+MAX_REFERENCE_POSITIONS = 65536
+"""Most image patches (times video frames) a vision reference model is built with: some classes
+compute position tables for them at construction (VideoMAE's sinusoid table), in real memory."""
+MAX_REFERENCE_TABLE = 1 << 21
+"""Most image positions times hidden_size (the size of such a table; VideoMAE-large has 1.6 million)."""
+TRUST_TIMEOUT_S = 120.0
+"""How long the subprocess importing the folder's own code (--trust-remote-code) may take,
+imports included; ``HFCONV_REMOTE_CODE_TIMEOUT`` overrides it."""
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
+_COUNT_KEY = re.compile(r"(?:^|_)(?:layers|depth|depths|experts|blocks)$")
+_MAX_CONFIG_DEPTH = 4
 
 
 class ReferenceUnavailable(Exception):
@@ -46,25 +58,52 @@ class ConfigRejected(ReferenceUnavailable):
     ``from_pretrained`` reads it: loading the folder fails. ``str(exc)`` says why."""
 
 
+class ReferenceCapHit(ReferenceUnavailable):
+    """Building the reference ran past its time limit or its memory limit (the subprocess was
+    stopped); ``str(exc)`` names the cap. ``trusted`` is True when the folder's own code ran."""
+
+    def __init__(self, message: str, trusted: bool = False, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.trusted = trusted
+        self.timed_out = timed_out
+
+
 def transformers_available() -> bool:
     """True when transformers (and torch) can be imported, without importing them."""
     return importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("torch") is not None
 
 
+def runs_folder_code(config: Mapping[str, Any], trust_remote_code: bool) -> bool:
+    """Whether building the reference imports the folder's own code (``auto_map``, trusted)."""
+    return bool(trust_remote_code) and isinstance(config.get("auto_map"), dict)
+
+
 def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, Any],
                                trust_remote_code: bool = False,
-                               tensor_names: Iterable[str] | None = None) -> ExpectedModel:
+                               tensor_names: Iterable[str] | None = None,
+                               isolated: bool | None = None) -> ExpectedModel:
     """Build ``config``'s model on the meta device and read its expected tensors.
+
+    The model is built in a separate Python process (:func:`_build_isolated`): fresh working
+    directory, offline, an address-space limit and a time limit, so that neither a config
+    with absurd sizes nor the folder's own code (``--trust-remote-code``) can hang hfconv or
+    take its memory, and so that ``validate`` itself never imports torch. Sizes no real model
+    has are refused before anything is built.
 
     Args:
         folder: the model folder (read only with ``trust_remote_code``, for its code and config).
         config: the parsed config.json.
-        trust_remote_code: allow the folder's ``auto_map`` code to be imported and run.
+        trust_remote_code: allow the folder's ``auto_map`` code to be imported and run (always in
+            the subprocess).
         tensor_names: the names the folder's weights store, when known: expected names then
             follow the folder's own naming wherever transformers renames it on load (LLaVA-style
             folders of transformers 4.x store ``language_model.model.*`` and
             ``vision_tower.vision_model.*`` for the v5 model's ``model.language_model.*`` and
             ``model.vision_tower.*``).
+        isolated: build in the subprocess (True) or in this process (False). The default builds
+            in this process only where torch and transformers' model code are imported already (a
+            caller that uses them pays no second import) and no folder code runs; the command
+            line never imports them.
 
     Returns:
         ExpectedModel with ``source="transformers X.Y.Z"``; tied weights (and weights the class
@@ -73,52 +112,163 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
         way ``save_pretrained`` reverts them after ``from_pretrained`` read ``tensor_names``).
 
     Raises:
-        ReferenceUnavailable: transformers is missing, does not know the model, or failed.
+        ConfigRejected: transformers' own config or model class refuses config.json.
+        ReferenceCapHit: the build ran past its time or memory limit.
+        ReferenceUnavailable: transformers is missing, does not know the model, the config asks
+            for sizes over hfconv's caps, or the build failed.
     """
-    for key, value in config.items():  # building a model with a billion layers on meta still takes forever
-        if key in LAYER_FIELDS + ("num_local_experts", "num_experts") and isinstance(value, int) and \
-                value > MAX_REFERENCE_COUNT:
-            raise ReferenceUnavailable(f"config.json {key} is {value}; hfconv builds reference models with at most "
-                                       f"{MAX_REFERENCE_COUNT}")
+    too_big = _absurd_size(config)
+    if too_big is not None:  # building a model with a billion layers on meta still takes forever
+        raise ReferenceUnavailable(too_big)
     if not transformers_available():
         raise ReferenceUnavailable("transformers is not installed (pip install 'hfconv[transformers]')")
-    # Offline before the first import: nothing may be downloaded on behalf of a model folder.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    names = None if tensor_names is None else [n for n in tensor_names if isinstance(n, str)]
+    if runs_folder_code(config, trust_remote_code):
+        isolated = True  # the folder's code never runs in this process
+    elif isolated is None:  # the caller has loaded transformers' models (and torch) already
+        isolated = not ("torch" in sys.modules and "transformers.modeling_utils" in sys.modules)
+    if isolated:
+        raw = _build_isolated(folder, config, trust_remote_code, names)
+    else:
+        # Offline before the first import: nothing may be downloaded on behalf of a model folder.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        raw = _build_raw(folder, config, trust_remote_code, names)
+    return _expected(raw, config, names)
+
+
+def _absurd_size(config: Mapping[str, Any], path: str = "", depth: int = 0) -> str | None:
+    """Why ``config`` (or a config nested in it) asks for a model hfconv does not build, or None:
+    a layer, block or expert count over MAX_REFERENCE_COUNT (``depths`` lists summed), or more
+    image positions than MAX_REFERENCE_POSITIONS."""
+    for key, value in config.items():
+        if not isinstance(key, str):
+            continue
+        where = path + key
+        if isinstance(value, Mapping):
+            if depth < _MAX_CONFIG_DEPTH:
+                found = _absurd_size(value, where + ".", depth + 1)
+                if found is not None:
+                    return found
+            continue
+        counted = key in LAYER_FIELDS or key in ("num_local_experts", "num_experts") or _COUNT_KEY.search(key)
+        if not counted:
+            continue
+        if _is_int(value) and value > MAX_REFERENCE_COUNT:
+            return (f"config.json {where} is {value}; hfconv builds reference models with at most "
+                    f"{MAX_REFERENCE_COUNT}")
+        if isinstance(value, list) and (key.endswith("depths") or key.startswith("num_")) and value and \
+                all(_is_int(v) for v in value) and sum(max(v, 0) for v in value) > MAX_REFERENCE_COUNT:
+            return (f"config.json {where} sums to {sum(max(v, 0) for v in value)} layers; hfconv builds "
+                    f"reference models with at most {MAX_REFERENCE_COUNT}")
+    positions = _image_positions(config)
+    if positions is not None:
+        image = f"config.json {path}image_size is {config.get('image_size')} with patch_size {config.get('patch_size')}"
+        if positions > MAX_REFERENCE_POSITIONS:
+            return (f"{image}: {positions} image positions; hfconv builds reference models with at most "
+                    f"{MAX_REFERENCE_POSITIONS}")
+        hidden = config.get("hidden_size")
+        if _is_int(hidden) and positions * hidden > MAX_REFERENCE_TABLE:
+            return (f"{image} and hidden_size {hidden}: a position table of {positions * hidden} values; hfconv "
+                    f"builds reference models with at most {MAX_REFERENCE_TABLE}")
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _image_positions(config: Mapping[str, Any]) -> int | None:
+    """(image_size / patch_size)^2, times num_frames / tubelet_size for video, or None."""
+    def pair(value: Any) -> tuple[int, int] | None:
+        if _is_int(value):
+            return value, value
+        if isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value):
+            return value[0], value[1]
+        return None
+
+    size, patch = pair(config.get("image_size")), pair(config.get("patch_size"))
+    if size is None or patch is None or min(patch) <= 0:
+        return None
+    positions = max(size[0] // patch[0], 0) * max(size[1] // patch[1], 0)
+    frames, tubelet = config.get("num_frames"), config.get("tubelet_size")
+    if _is_int(frames) and frames > 0:
+        positions *= max(frames // tubelet, 1) if _is_int(tubelet) and tubelet > 0 else frames
+    return positions
+
+
+# --- the build, in this process or in the subprocess ---------------------------------------------
+def _build_raw(folder, config: Mapping[str, Any], trust_remote_code: bool,
+               tensor_names: list[str] | None) -> dict[str, Any]:
+    """Build the model and read what :func:`_expected` needs, as JSON-able data: state shapes
+    by checkpoint name, optional names, extras the class ignores, its base-model prefix and class.
+
+    Raises:
+        ConfigRejected, ReferenceUnavailable; MemoryError when the memory cap is hit.
+    """
     try:
         import torch
         import transformers
+    except MemoryError:
+        raise
     except Exception as exc:  # a broken install is a reason, not a crash
         raise ReferenceUnavailable(f"transformers could not be imported: {_one_line(exc)}") from None
     version = transformers.__version__
+    has_code = isinstance(config.get("auto_map"), dict)
     with _quiet(transformers):
         try:
             hf_config = _build_config(transformers, folder, config, trust_remote_code, version)
-            model = _build_model(transformers, torch, hf_config, config, trust_remote_code, version)
-            state, optional = _state_shapes(model, tensor_names)
-            extras = tuple(_patterns(getattr(model, "_keys_to_ignore_on_load_unexpected", None)))
-            prefix = getattr(model, "base_model_prefix", "") or ""
-        except ReferenceUnavailable:
+        except (ReferenceUnavailable, MemoryError):
             raise
-        except (ValueError, AssertionError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the folder's own config class may raise anything
+            raise ReferenceUnavailable(f"transformers {version} could not build the config: "
+                                       f"{_one_line(exc)}") from None
+        try:
+            model = _build_model(transformers, torch, hf_config, config, trust_remote_code, version)
+        except (ReferenceUnavailable, MemoryError):
+            raise
+        except (ValueError, AssertionError, KeyError, ZeroDivisionError) as exc:
             # A built-in model class that refuses its own config (DiffLlama with an odd
-            # num_key_value_heads, SqueezeBERT with embedding_size != hidden_size) fails the same
-            # way in from_pretrained. A folder with its own code (auto_map) loads through that code,
-            # so there the built-in class's refusal is only a reason.
-            if isinstance(config.get("auto_map"), dict):
+            # num_key_value_heads, SqueezeBERT with embedding_size != hidden_size, an unknown
+            # rope_type or hidden_act) fails the same way in from_pretrained. A folder with its own
+            # code (auto_map) loads through that code, so there the built-in class's refusal is
+            # only a reason.
+            if has_code:
                 raise ReferenceUnavailable(f"transformers {version} could not build the model: "
-                                           f"{_one_line(exc)}") from None
+                                           f"{_two_lines(exc)}") from None
             raise ConfigRejected(f"the model class of transformers {version} ({_class_name(config)}), so "
-                                 f"from_pretrained fails: {_two_lines(exc)}") from None
+                                 f"from_pretrained fails: {_error_text(exc)}") from None
         except Exception as exc:  # transformers raises anything from ImportError to AttributeError
-            raise ReferenceUnavailable(f"transformers {version} could not build the model: {_one_line(exc)}") from None
-    architecture = type(model).__name__
-    if prefix and tensor_names is not None and not any(n.startswith(prefix + ".") for n in model.state_dict()):
+            raise ReferenceUnavailable(f"transformers {version} could not build the model: "
+                                       f"{_one_line(exc)}") from None
+        try:
+            state, optional = _state_shapes(model, tensor_names)
+            extras = list(_patterns(getattr(model, "_keys_to_ignore_on_load_unexpected", None)))
+            prefix = getattr(model, "base_model_prefix", "") or ""
+            prefixed = bool(prefix) and any(n.startswith(prefix + ".") for n in model.state_dict())
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - internal to transformers
+            raise ReferenceUnavailable(f"transformers {version} could not list the model's tensors: "
+                                       f"{_one_line(exc)}") from None
+    return {"state": {name: list(shape) for name, shape in state.items()}, "optional": sorted(optional),
+            "extras": extras, "prefix": prefix if isinstance(prefix, str) else "", "prefixed": prefixed,
+            "architecture": type(model).__name__, "version": str(version)}
+
+
+def _expected(raw: Mapping[str, Any], config: Mapping[str, Any], tensor_names: list[str] | None) -> ExpectedModel:
+    """The ExpectedModel from :func:`_build_raw`'s data (in this process, wherever that ran)."""
+    state = {name: tuple(int(d) for d in shape) for name, shape in raw["state"].items()}
+    optional = set(raw["optional"])
+    extras = tuple(raw["extras"])
+    prefix = raw["prefix"]
+    architecture = raw["architecture"]
+    if prefix and tensor_names is not None and not raw["prefixed"]:
         # A bare model (the Auto fallback where this transformers lacks the folder's head class:
         # Wav2Vec2ForMaskedLM, LEDForSequenceClassification in 5.x) reading a head's checkpoint:
         # from_pretrained drops the stored names' base-model prefix, so they load. Expected
         # names take the prefix the folder uses (some may have it already, from the simulated load).
-        stored = list(tensor_names)
+        stored = tensor_names
         if sum(n.startswith(prefix + ".") for n in stored) * 2 > len(stored):
             def add(n: str) -> str:
                 return n if n.startswith(prefix + ".") else f"{prefix}.{n}"
@@ -137,9 +287,145 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
         tensors.update({name: t for name, t in rules.tensors.items() if t.optional and name not in tensors})
     return ExpectedModel(
         tensors=tensors, family=config.get("model_type") if isinstance(config.get("model_type"), str) else None,
-        architecture=architecture, source=f"transformers {version}", prefix=prefix,
+        architecture=architecture, source=f"transformers {raw['version']}", prefix=prefix,
         counts=infer_counts(state, config), complete=True, allowed_extras=extras,
     )
+
+
+# --- the subprocess ------------------------------------------------------------------------------
+_CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from hfconv.reference_transformers import _child_main
+_child_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+"""
+_CACHE: dict[tuple, Any] = {}
+_CACHE_SIZE = 8
+
+
+def _build_isolated(folder, config: Mapping[str, Any], trust_remote_code: bool,
+                    tensor_names: list[str] | None) -> dict[str, Any]:
+    """:func:`_build_raw` in a separate Python: fresh temporary working directory (removed after),
+    offline Hub settings with its caches inside that directory, an address-space limit
+    (``HFCONV_REFERENCE_MEMORY_MB``) and a time limit (``HFCONV_REFERENCE_TIMEOUT``, or
+    ``HFCONV_REMOTE_CODE_TIMEOUT`` where the folder's own code runs). Its process group is
+    killed when it ends. One build per folder, config and names per process (validate's checks
+    share it)."""
+    import json
+    import tempfile
+
+    from .environment import reference_memory, reference_timeout, remote_code_timeout, run_python
+
+    trusted = runs_folder_code(config, trust_remote_code)
+    folder = os.path.abspath(os.fspath(folder))
+    key = (folder, trusted, json.dumps(config, sort_keys=True, default=str),
+           None if tensor_names is None else tuple(sorted(tensor_names)), _code_stamp(folder) if trusted else None)
+    if key in _CACHE:
+        outcome = _CACHE[key]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+    timeout = remote_code_timeout(TRUST_TIMEOUT_S) if trusted else reference_timeout()
+    memory = reference_memory()
+    what = "importing the folder's own code (--trust-remote-code) and building" if trusted else "building"
+    outcome: Any
+    with tempfile.TemporaryDirectory(prefix="hfconv-reference-", ignore_cleanup_errors=True) as work:
+        request, result = os.path.join(work, "request.json"), os.path.join(work, "result.json")
+        with open(request, "w", encoding="utf-8") as handle:
+            json.dump({"folder": folder, "config": config, "trust": bool(trust_remote_code),
+                       "names": tensor_names}, handle)
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        try:
+            status = run_python(_CHILD, [package_parent, request, result, str(memory)], work, timeout)
+        except OSError as exc:
+            raise ReferenceUnavailable(f"could not start a Python subprocess to build the reference model: "
+                                       f"{exc}") from None
+        if status is None:
+            outcome = ReferenceCapHit(f"{what} the reference model did not finish within {timeout:g} s "
+                                      f"(the time cap; the subprocess was stopped)", trusted, timed_out=True)
+        else:
+            outcome = _read_result(result, os.path.join(work, "stderr"), status, what, memory, trusted)
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.clear()
+    _CACHE[key] = outcome
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _read_result(result: str, stderr: str, status: int, what: str, memory: int, trusted: bool) -> Any:
+    """The child's outcome: its raw data, or the exception to raise."""
+    import json
+
+    from .environment import file_tail
+
+    cap = (f"{what} the reference model needed more than {memory / 2**20:.0f} MiB of memory beyond its imports "
+           "(the memory cap, HFCONV_REFERENCE_MEMORY_MB; the subprocess was stopped)")
+    try:
+        with open(result, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        tail = [line for line in file_tail(stderr).splitlines() if line.strip()]
+        if tail and "MemoryError" in tail[-1]:
+            return ReferenceCapHit(cap, trusted)
+        reason = tail[-1].strip()[:300] if tail else f"exit status {status}"
+        return ReferenceUnavailable(f"{what} the reference model failed in its subprocess ({reason})")
+    if not isinstance(data, dict):
+        return ReferenceUnavailable(f"{what} the reference model gave no result")
+    kind, message = data.get("status"), str(data.get("message", ""))
+    if kind == "ok" and isinstance(data.get("raw"), dict):
+        return data["raw"]
+    if kind == "rejected":
+        return ConfigRejected(message)
+    if kind == "memory":
+        return ReferenceCapHit(cap, trusted)
+    return ReferenceUnavailable(message or f"{what} the reference model gave no result")
+
+
+def _code_stamp(folder: str) -> tuple:
+    """(name, size, mtime) of the folder's .py files: a trusted build is reused only for the same code."""
+    try:
+        with os.scandir(folder) as entries:
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries
+                                if e.name.endswith(".py") and e.is_file()))
+    except OSError:
+        return ()
+
+
+def _child_main(request: str, result: str, memory: int) -> None:
+    """The subprocess: build the reference for the request file, write the outcome as JSON. The
+    address space is capped at what importing torch and transformers mapped plus ``memory``."""
+    import json
+
+    from .environment import cap_address_space
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        with open(request, encoding="utf-8") as handle:
+            job = json.load(handle)
+        with contextlib.suppress(Exception):  # a failed import is reported by the build itself
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        cap_address_space(memory)
+        out: dict[str, Any] = {"status": "ok", "raw": _build_raw(job["folder"], job["config"], job["trust"],
+                                                                 job["names"])}
+    except ConfigRejected as exc:
+        out = {"status": "rejected", "message": str(exc)}
+    except ReferenceUnavailable as exc:
+        out = {"status": "unavailable", "message": str(exc)}
+    except MemoryError:
+        out = {"status": "memory"}
+    except BaseException as exc:  # noqa: BLE001 - the folder's own code may raise anything, SystemExit included
+        out = {"status": "unavailable", "message": f"building the reference model failed: {_one_line(exc)}"}
+    try:
+        with open(result + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(out, handle)
+        os.replace(result + ".tmp", result)
+    except MemoryError:
+        pass
+    sys.stdout.flush()
+    os._exit(0)  # skip torch's and the folder code's exit handlers
 
 
 def _build_config(transformers, folder, config: Mapping[str, Any], trust_remote_code: bool, version: str):
@@ -173,7 +459,7 @@ def _build_config(transformers, folder, config: Mapping[str, Any], trust_remote_
     if has_code or not os.path.isfile(os.path.join(os.fspath(folder), "config.json")):
         # With its own code (auto_map) the folder is loaded through its own config class, which
         # may well accept what the built-in class of the same model_type refuses.
-        reason = f"transformers {version} refused the config: {_one_line(first)}"
+        reason = f"transformers {version} refused the config: {_two_lines(first)}"
         if has_code:
             reason += " (the folder's own code, auto_map, is only used with --trust-remote-code)"
         raise ReferenceUnavailable(reason) from None
@@ -491,6 +777,14 @@ def _two_lines(exc: BaseException) -> str:
     """The first two lines of ``str(exc)`` in one (validation errors put the reason on line 2)."""
     text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return " ".join(text[:2])[:400] if text else type(exc).__name__
+
+
+def _error_text(exc: BaseException) -> str:
+    """The exception for a message: its first two lines, with the type where the text alone says
+    little (``KeyError: 'nosuch'`` for an unknown rope_type or hidden_act)."""
+    if isinstance(exc, (KeyError, IndexError, ZeroDivisionError, AssertionError)):
+        return f"{type(exc).__name__}: {_two_lines(exc)}"
+    return _two_lines(exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ import ast
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..contents import FolderContents
+from ..environment import CAP_SOURCE, REMOTE_CODE_TIMEOUT_VAR, reference_memory, remote_code_timeout, sandbox_env
 from ..findings import Finding, finding, register
 from ..fsutil import is_safe_relative_name, open_regular
 from ..tensors import FormatError
@@ -78,11 +80,35 @@ register("HFC810", "error", "custom tokenizer timed out",
          "waits on the network, or does heavy work at import).",
          "Find what the tokenizer does at import or in __init__ and make it finish quickly offline.",
          "custom tokenizer did not load within 120 s; the subprocess was stopped")
+register("HFC811", "error", "custom model code over its limits",
+         "With --trust-remote-code the folder's own configuration or modeling code was imported in a separate "
+         "process to build the reference model, and it ran past the time limit or the memory limit (it hangs, "
+         "waits on the network, or does heavy work at import); from_pretrained(trust_remote_code=True) hangs or "
+         "runs out of memory the same way.",
+         "Find what the code does at import or in __init__ and make it finish quickly offline; raise the limit "
+         "with HFCONV_REMOTE_CODE_TIMEOUT (seconds) or HFCONV_REFERENCE_MEMORY_MB if the work is genuine.",
+         "configuration_x.py: importing the folder's own code (--trust-remote-code) and building the reference "
+         "model did not finish within 120 s (the time cap; the subprocess was stopped)")
+register("HFC812", "warning", "custom code too large to scan",
+         "A Python file of the folder holds more tokens than hfconv parses (a parse tree costs hundreds of bytes "
+         "per token, so a few megabytes of tiny tuples take gigabytes): it was not scanned for risky calls, and "
+         "its auto_map classes were not checked.",
+         "Review the file by hand before trusting it; real modeling files hold well under 100,000 tokens.",
+         "modeling_x.py holds over 300000 tokens, more than hfconv parses per file; it was not scanned")
 
 MAX_SOURCE_BYTES = 5_000_000
+MAX_SOURCE_TOKENS = 300_000
+"""Most tokens of one .py file that are parsed (transformers' largest modeling file has about 35,000;
+300,000 tiny tuples take about 150 MB as a parse tree)."""
+MAX_TOTAL_SOURCE_TOKENS = 1_000_000
+"""Most tokens parsed over all the folder's .py files."""
+_TOKEN = re.compile(r"[A-Za-z_0-9]+|[^\sA-Za-z_0-9]")
+"""An upper bound on Python tokens (and so on parse-tree nodes): runs of word characters and single
+other characters, counted without building anything."""
 MAX_SCAN_FINDINGS_PER_FILE = 20
 TRUST_TIMEOUT_S = 120.0
-"""How long the --trust-remote-code subprocess may take (imports included)."""
+"""How long the --trust-remote-code subprocess may take (imports included); the environment variable
+HFCONV_REMOTE_CODE_TIMEOUT (seconds) overrides it."""
 _RESULT_PREFIX = "HFCONV-RESULT:"
 
 # Modules whose import alone means reaching outside: network, processes, native code.
@@ -199,16 +225,46 @@ def _read_source(contents: FolderContents, name: str) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _parse_all(contents: FolderContents) -> tuple[dict[str, ast.Module], list[Finding]]:
-    """Parse every .py of the folder (never import); syntax errors become findings."""
-    trees: dict[str, ast.Module] = {}
+@dataclass(frozen=True)
+class ParsedModule:
+    """What the checks need from one parsed .py file (its syntax tree is dropped right away)."""
+
+    names: set[str] | None
+    """Names bound at module level; None when a star import hides them."""
+    uses: list[RiskyUse]
+
+
+def count_tokens(source: str, limit: int) -> int:
+    """An upper bound on the tokens of ``source``, counted up to ``limit + 1`` at most (a regular
+    expression pass, no objects per token)."""
+    return _TOKEN.subn("", source, count=limit + 1)[1]
+
+
+def _parse_all(contents: FolderContents) -> tuple[dict[str, ParsedModule], list[Finding]]:
+    """Parse every .py of the folder (never import); syntax errors and files over the token caps
+    become findings. Each tree is scanned and dropped before the next file is parsed."""
+    parsed: dict[str, ParsedModule] = {}
     findings: list[Finding] = []
+    budget = MAX_TOTAL_SOURCE_TOKENS
     for name in contents.folder.python_files:
         if name in contents.folder.special_files:
             continue
         try:
             source = _read_source(contents, name)
-            trees[name] = ast.parse(source, filename=name)
+            limit = min(MAX_SOURCE_TOKENS, budget)
+            tokens = count_tokens(source, limit)
+            if tokens > limit:
+                cap = (f"more than hfconv parses per file ({MAX_SOURCE_TOKENS})" if limit == MAX_SOURCE_TOKENS else
+                       f"more than is left of the {MAX_TOTAL_SOURCE_TOKENS} tokens hfconv parses per folder")
+                findings.append(finding("HFC812", f"{name} holds over {limit} tokens, {cap}; it was not parsed or "
+                                        "scanned for risky calls, so review it by hand before trusting it",
+                                        file=name))
+                continue
+            budget -= tokens
+            tree = ast.parse(source, filename=name)
+            del source
+            parsed[name] = ParsedModule(_defined_names(tree), scan_source(tree))
+            del tree
         except FormatError as exc:
             findings.append(finding(exc.code, f"{name} {exc.message}", file=name))
         except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
@@ -216,10 +272,10 @@ def _parse_all(contents: FolderContents) -> tuple[dict[str, ast.Module], list[Fi
             reason = getattr(exc, "msg", None) or type(exc).__name__
             findings.append(finding("HFC803", f"{name} does not parse: {reason}{where}; importing it with "
                                     "trust_remote_code fails", file=name))
-    return trees, findings
+    return parsed, findings
 
 
-def _check_auto_map(contents: FolderContents, trees: dict[str, ast.Module]) -> Iterator[Finding]:
+def _check_auto_map(contents: FolderContents, parsed: dict[str, ParsedModule]) -> Iterator[Finding]:
     local_modules: dict[str, str] = {}
     for entry in auto_map_entries(contents):
         label = f"{entry.file}: auto_map {entry.auto_class}"
@@ -251,16 +307,16 @@ def _check_auto_map(contents: FolderContents, trees: dict[str, ast.Module]) -> I
                           "or correct auto_map", file=entry.file, tensor="$.auto_map")
             continue
         local_modules.setdefault(module_file, entry.file)
-        tree = trees.get(module_file)
-        if tree is None:
-            continue  # unreadable or does not parse: reported by the parse step
-        names = _defined_names(tree)
+        parsed_module = parsed.get(module_file)
+        if parsed_module is None:
+            continue  # unreadable, too large or does not parse: reported by the parse step
+        names = parsed_module.names
         if names is not None and class_name not in names:
             yield finding("HFC802", f"{label} names {reference} but {module_file} defines no {class_name}; correct "
                           "the class name in auto_map", file=entry.file, tensor="$.auto_map")
     trusted = contents.options.trust_remote_code
     for module_file, file in local_modules.items():
-        how = ("only the custom tokenizer was imported, in a separate subprocess (--trust-remote-code)" if trusted
+        how = ("it is imported only in separate, time-limited subprocesses (--trust-remote-code)" if trusted
                else "it was read, not imported (loading it needs trust_remote_code=True)")
         yield finding("HFC807", f"{file}: auto_map uses custom code ({module_file}); {how}", file=module_file)
 
@@ -359,9 +415,9 @@ def scan_source(tree: ast.Module) -> list[RiskyUse]:
     return sorted(uses.values(), key=lambda u: (u.line, u.what))
 
 
-def _check_scan(trees: dict[str, ast.Module]) -> Iterator[Finding]:
-    for name, tree in trees.items():
-        uses = scan_source(tree)
+def _check_scan(parsed: dict[str, ParsedModule]) -> Iterator[Finding]:
+    for name, module in parsed.items():
+        uses = module.uses
         for use in uses[:MAX_SCAN_FINDINGS_PER_FILE]:
             verb = use.what if use.what.startswith(("import ", "from ")) or "(" in use.what else f"calls {use.what}"
             yield finding("HFC804", f"{name} line {use.line}: {verb} ({use.why}); review it before trusting this "
@@ -386,6 +442,8 @@ except Exception as exc:
     report(status="skipped", reason="transformers is not installed (%s)" % type(exc).__name__)
     sys.exit(0)
 sys.path.insert(0, folder)
+if len(sys.argv) > 2 and "_hfconv_cap" in globals():
+    _hfconv_cap(int(sys.argv[2]))  # the address space: what the imports mapped, plus a margin
 try:
     tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
     report(status="ok", tokenizer_class=type(tok).__name__, size=len(tok))
@@ -419,24 +477,15 @@ def load_tokenizer_in_subprocess(folder: str, timeout: float | None = None) -> T
     Returns:
         The child's verdict.
     """
-    timeout = TRUST_TIMEOUT_S if timeout is None else timeout
+    timeout = remote_code_timeout(TRUST_TIMEOUT_S) if timeout is None else timeout
     folder = os.path.abspath(folder)
-    with tempfile.TemporaryDirectory(prefix="hfconv-trust-") as work:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
-        env.update({
-            "HF_HOME": os.path.join(work, "hf"),
-            "HF_MODULES_CACHE": os.path.join(work, "modules"),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        })
+    with tempfile.TemporaryDirectory(prefix="hfconv-trust-", ignore_cleanup_errors=True) as work:
+        env = sandbox_env(work)
         out_path, err_path = os.path.join(work, "stdout"), os.path.join(work, "stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-I", "-c", _CHILD, folder],
+                    [sys.executable, "-I", "-c", CAP_SOURCE + _CHILD, folder, str(reference_memory())],
                     cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                     start_new_session=True,
                 )
@@ -493,9 +542,43 @@ def _check_trusted_tokenizer(contents: FolderContents) -> Iterator[Finding]:
     if result.status == "skipped":
         yield finding("HFC806", f"custom tokenizer not tried: {result.detail}")
     elif result.status == "timeout":
-        yield finding("HFC810", f"custom tokenizer did not load within {result.detail}; the subprocess was stopped")
+        yield finding("HFC810", f"custom tokenizer did not load within {result.detail}; the subprocess was stopped "
+                      f"(the time cap; {REMOTE_CODE_TIMEOUT_VAR} sets it in seconds)")
     else:
         yield finding("HFC805", f"custom tokenizer failed to load with trust_remote_code=True: {result.detail}")
+
+
+def _check_trusted_model(contents: FolderContents) -> Iterator[Finding]:
+    """With --trust-remote-code, the folder's own config and model code is imported (in the
+    reference subprocess, see :mod:`hfconv.reference_transformers`) where the shape check builds a
+    transformers reference; code that runs past the time or memory cap there is an error. The
+    build is shared with the shape check (one subprocess), which reports its other outcomes."""
+    config = contents.config
+    if not contents.options.trust_remote_code or not isinstance(config, dict) or not contents.loaded_tensors:
+        return
+    if config.get("quantization_config") or contents.folder.has("adapter_config.json"):
+        return  # the shape check builds no reference for these
+    from .. import reference_transformers as ref
+    from ..shape_rules import architecture_of, family_of
+
+    if not ref.runs_folder_code(config, True):
+        return
+    option = contents.options.reference
+    family = family_of(config)
+    known_head = family is not None and family.head_for(architecture_of(config)) is not None
+    if not (option == "transformers" or (option == "auto" and not known_head and ref.transformers_available())):
+        return
+    try:
+        ref.expected_from_transformers(contents.folder.root, config, True, tensor_names=contents.loaded_tensors)
+    except ref.ReferenceCapHit as exc:
+        if exc.trusted:
+            modules = sorted({e.reference.split(".")[0] + ".py" for e in auto_map_entries(contents)
+                              if e.file == "config.json" and "--" not in e.reference
+                              and e.auto_class != "AutoTokenizer"})
+            where = ", ".join(modules) or "config.json"
+            yield finding("HFC811", f"{where}: {exc}", file=modules[0] if modules else "config.json")
+    except ref.ReferenceUnavailable:
+        pass  # the shape check reports it
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -503,13 +586,14 @@ def check_custom_code(contents: FolderContents) -> Iterator[Finding]:
     """auto_map targets exist and define their classes, risky code is named, trusted code is tried."""
     if not contents.folder.python_files and not auto_map_entries(contents):
         return
-    trees, parse_findings = _parse_all(contents)
+    parsed, parse_findings = _parse_all(contents)
     referenced = {e.reference.split(".")[0] + ".py" for e in auto_map_entries(contents) if "--" not in e.reference}
     for item in parse_findings:
         # A syntax error only matters for loading when auto_map (or a module it imports) uses the file.
         if item.code == "HFC803" and item.file not in referenced:
             item = finding("HFC803", item.message, file=item.file, severity="warning")
         yield item
-    yield from _check_auto_map(contents, trees)
-    yield from _check_scan(trees)
+    yield from _check_auto_map(contents, parsed)
+    yield from _check_scan(parsed)
     yield from _check_trusted_tokenizer(contents)
+    yield from _check_trusted_model(contents)
