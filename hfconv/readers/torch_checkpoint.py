@@ -803,12 +803,12 @@ def _method_name(method: int) -> str:
 
 def _zip_member_bytes(f: BinaryIO, entry: _ZipEntry, limit: int) -> bytes:
     """The content of a small member (data.pkl, byteorder), size-checked before reading."""
-    if entry.size > limit:
-        raise FormatError("HFC204", f"zip entry '{entry.name}' declares {entry.size} bytes (limit {limit})")
     if entry.method != 0 and entry.size > max(INFLATE_RATIO_FLOOR, MAX_INFLATE_RATIO * entry.compressed_size):
         raise FormatError("HFC204", f"zip entry '{entry.name}' would inflate {entry.compressed_size} compressed "
                                     f"bytes to {entry.size} (ratio over {MAX_INFLATE_RATIO}:1); refused unread as a "
                                     "zip bomb (torch.save never compresses)")
+    if entry.size > limit:
+        raise FormatError("HFC204", f"zip entry '{entry.name}' declares {entry.size} bytes (hfconv's limit {limit})")
     raw = _read_exact(f, entry.data_offset, entry.compressed_size, "HFC204", f"zip entry '{entry.name}'")
     if entry.method == 0:
         if entry.compressed_size != entry.size:
