@@ -53,8 +53,11 @@ def render_text(result: ConversionResult) -> str:
         lines.append("  verified  yes (every tensor bitwise, every .bin storage's CRC-32, output validated)")
     elif result.verified:
         lines.append("  verified  tensors yes (bitwise, with every .bin storage's CRC-32); output INVALID:")
-        for item in result.validation.findings if result.validation is not None else ():
+        listed = result.validation.findings if result.validation is not None else ()
+        for item in listed[:_MAX_LISTED]:
             lines.append(f"            {item.code} {item.severity.value}: {item.message}")
+        if len(listed) > _MAX_LISTED:
+            lines.append(f"            ... and {len(listed) - _MAX_LISTED} more (--format json lists them all)")
     else:
         lines.append("  verified  no (--no-verify: nothing was checked: no tensor compared, no CRC-32, "
                      "output not validated)")
@@ -72,10 +75,16 @@ def render_json(result: ConversionResult) -> str:
 def render_error_text(src: str, dst: str, error: ConversionError) -> str:
     """``conversion failed: <why>; no DST was created.`` then the findings that explain it."""
     lines = [f"conversion failed ({error.code}): {error.message}; no DST was created."]
-    for item in error.findings:
-        if item.message != error.message:
-            lines.append(f"  {item.code} {item.severity.value}: {item.message}")
+    listed = [item for item in error.findings if item.message != error.message]
+    for item in listed[:_MAX_LISTED]:
+        lines.append(f"  {item.code} {item.severity.value}: {item.message}")
+    if len(listed) > _MAX_LISTED:
+        lines.append(f"  ... and {len(listed) - _MAX_LISTED} more (--format json lists them all)")
     return "\n".join(lines) + "\n"
+
+
+_MAX_LISTED = 20
+"""Findings listed in text (a state dict saved with a 'module.' prefix misses every tensor)."""
 
 
 def render_error_json(src: str, dst: str, error: ConversionError) -> str:

@@ -60,8 +60,13 @@ def _pick_crc32() -> tuple[Callable[..., int], str]:
     library's on x86-64, see benchmarks/bench_convert.py), else :func:`zlib.crc32`.
 
     All three compute the same CRC-32 (the zip one), take any bytes-like object, release the
-    GIL, and continue from a previous value: ``crc32(data, previous)``.
+    GIL, and continue from a previous value: ``crc32(data, previous)``. ``HFCONV_CRC32=zlib``
+    forces the standard library's (the benchmark compares them).
     """
+    import os
+
+    if os.environ.get("HFCONV_CRC32") == "zlib":
+        return zlib.crc32, "zlib"
     try:
         from isal import isal_zlib  # type: ignore[import-not-found]
 
