@@ -1,4 +1,5 @@
-"""config.json rules that work without transformers (HFC411-HFC414), against transformers itself.
+"""config.json rules that work without transformers (HFC411-HFC414, and HFC402's RoPE rules in nested
+configs), against transformers itself.
 
 Each broken config is a copy of one that transformers' own config class wrote with
 ``save_pretrained``, with one value changed; the test asserts that transformers refuses it too
@@ -41,6 +42,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "llava": ("LlavaConfig", {"text_config": dict(_TEXT, model_type="llama"), "vision_config": dict(
         model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=2, image_size=16, patch_size=8, projection_dim=16)}),
+    "qwen2_5_omni": ("Qwen2_5OmniConfig", {}),  # RoPE in configs nested two deep
 }
 
 
@@ -96,6 +98,10 @@ BROKEN: dict[str, tuple[str, Callable[[dict], None], str, str, str]] = {
                                        "drops scaling"),
     "llama_rope_scaling_without_type": ("llama", _legacy_rope_scaling_without_type, "HFC412", "$.rope_scaling",
                                         "drops scaling"),
+    "qwen2_5_omni_nested_rope_without_factor": (
+        "qwen2_5_omni", _set(("thinker_config", "text_config", "rope_parameters"),
+                             {"rope_type": "linear", "rope_theta": 1e6}),
+        "HFC402", "$.thinker_config.text_config.rope_parameters.factor", "refuses"),
     "gemma3_text_rope_per_layer_without_type": (
         "gemma3", _set(("text_config", "rope_parameters", "sliding_attention"), {"factor": 8.0, "rope_theta": 1e4}),
         "HFC412", "$.text_config.rope_parameters.sliding_attention", "drops scaling"),

@@ -412,6 +412,19 @@ def _config_rules() -> dict[str, frozenset[str]]:
     return {key: frozenset(value) for key, value in table.items() if isinstance(value, list)}
 
 
+@cache
+def _rope_validator():
+    """config.schema.json's RoPE rules for a {"rope_scaling" or "rope_parameters": value} object."""
+    from jsonschema import validators
+
+    config_schema = load_schema("config.schema.json")
+    rope = {"$ref": "#/$defs/rope_parameters"}
+    schema = {"$defs": config_schema["$defs"], "type": "object",
+              "properties": {"rope_scaling": {"$ref": "#/$defs/rope_one_or_null"}, "rope_parameters": rope}}
+    base = _validator("config.schema.json")
+    return validators.extend(type(base))(schema)
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -489,6 +502,11 @@ def config_rule_problems(config: Any) -> list[tuple[str, str, str]]:
                              "attention cannot split the query heads evenly over the key/value heads"))
 
         for key in ("rope_scaling", "rope_parameters"):
+            if parts and parts != ("text_config",) and sub.get(key) is not None:
+                # config.schema.json checks the top level and text_config; the same RoPE rules here.
+                for error in _rope_validator().iter_errors({key: sub[key]}):
+                    for problem in _describe(error):
+                        problems.append(("HFC402", json_path(parts) + problem.path[1:], problem.message))
             for below, rope in _rope_dicts(sub.get(key)):
                 scaling = sorted(_SCALING_KEYS & rope.keys())
                 if scaling and "rope_type" not in rope and "type" not in rope:
@@ -501,6 +519,7 @@ def config_rule_problems(config: Any) -> list[tuple[str, str, str]]:
 
 
 _RULE_FIX = {
+    "HFC402": _FIX["config.json"],
     "HFC411": "make layer_types list one known layer type per layer (or correct num_hidden_layers)",
     "HFC412": "add the rope_type these values are for (linear, dynamic, yarn, llama3, longrope, ...)",
     "HFC413": "correct hidden_size or num_attention_heads (the weights' shapes tell which)",
