@@ -183,7 +183,9 @@ register("HFC104", "error", "header not valid JSON",
          "Re-create the file with safetensors.",
          "header is not valid JSON: Expecting ',' delimiter at line 1 column 80")
 register("HFC105", "error", "duplicate header key",
-         "The header names one key twice; two readers could see different tensors.",
+         "The header names a dtype/shape/data_offsets field or __metadata__ twice (safetensors refuses "
+         "it), or a tensor twice where the entry safetensors keeps, the last, does not fit the file; two "
+         "readers could see different tensors. (A repeated tensor whose last entry fits is HFC114.)",
          "Re-create the file with safetensors.",
          "tensor 'lm_head.weight' appears twice in the header")
 register("HFC106", "error", "invalid tensor entry",
