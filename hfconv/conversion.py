@@ -1769,7 +1769,10 @@ def convert(
         seconds=time.perf_counter() - started,
         verified=verify,
         validation=summary,
-        findings=plan.findings,
+        findings=plan.findings + ((finding("HFC716", f"output INVALID: {dst_s} fails validation with "
+                                                     f"{_errors(summary.errors)} (written anyway: "
+                                                     "--allow-invalid-output)"),)
+                                  if summary is not None and not summary.valid else ()),
         manifest=manifest_path,
         durable=fsync,
     )
