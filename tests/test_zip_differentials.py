@@ -295,3 +295,31 @@ def test_torch_save_outputs_pass(tmp_path: Path) -> None:
         assert info["z64"] is not None  # torch writes zip64 end records even for tiny files
         weight_file = read_torch_checkpoint(path)
         assert list(weight_file.tensors) == list(torch.load(path, weights_only=True))
+
+
+def test_comment_lengths_follow_miniz(tmp_path: Path, small: bytes) -> None:
+    """miniz cannot find the end record of a small file behind some comment lengths (its backward
+    search stops where a step would pass offset 0): torch refuses those files, so hfconv does; a
+    comment torch reads past stays fine."""
+    refused = []
+    for n in range(0, 16000, 97):
+        data = small[:-2] + struct.pack("<H", n) + b"c" * n
+        path = tmp_path / f"comment-{n}.bin"
+        path.write_bytes(data)
+        try:
+            torch._C.PyTorchFileReader(str(path))
+        except RuntimeError as exc:
+            assert "central directory" in str(exc)
+            refused.append(n)
+    assert refused and len(refused) < 165  # both kinds occur
+    accepted_n = next(n for n in range(0, 16000, 97) if n not in refused and n)
+    folders = []
+    for n in (refused[0], refused[-1], accepted_n):
+        folders.append(model_with(tmp_path, f"comment-{n}", {"pytorch_model.bin": (tmp_path / f"comment-{n}.bin")
+                                                             .read_bytes()}))
+    for report, folder in zip(validate_all(folders), folders):
+        codes = [f["code"] for f in errors(report, "pytorch_model.bin")]
+        if folder.name == f"comment-{accepted_n}":
+            assert "HFC204" not in codes and "HFC213" not in codes, report["findings"]
+        else:
+            assert "HFC204" in codes, (folder.name, report["findings"])

@@ -576,10 +576,10 @@ def _find_end_record(f: BinaryIO, file_size: int) -> tuple[int, bytes]:
     """
     tail_len = min(file_size, MINIZ_EOCD_SEARCH)
     tail = _read_at(f, file_size - tail_len, tail_len)
-    eocd_rel = tail.rfind(b"PK\x05\x06", 0, max(len(tail) - 18, 0))
+    eocd_rel = _miniz_locate_end(tail, file_size)
     if eocd_rel < 0:
-        raise FormatError("HFC204", "truncated or damaged zip: no end-of-central-directory record "
-                                    "(incomplete download?)")
+        raise FormatError("HFC204", "truncated or damaged zip: torch's zip reader finds no end-of-central-directory "
+                                    "record (failed finding central directory; incomplete download?)")
     comment_len = _U16.unpack_from(tail, eocd_rel + 20)[0]
     after = len(tail) - eocd_rel - 22
     if comment_len != after:
@@ -595,6 +595,31 @@ def _find_end_record(f: BinaryIO, file_size: int) -> tuple[int, bytes]:
             raise _ambiguous(f"the zip comment holds a zip record signature {sig!r} at byte "
                              f"{file_size - len(comment) + at} (a second archive in the comment?)")
     return file_size - tail_len + eocd_rel, tail[eocd_rel:eocd_rel + 22]
+
+
+def _miniz_locate_end(tail: bytes, file_size: int) -> int:
+    """Where in ``tail`` (the last bytes of the file) torch's miniz finds the end record, or -1.
+
+    miniz reads 4 KiB chunks from the end, stepping back 4093 bytes, and takes the last
+    signature with 22 bytes after it. It gives up 64 KiB + 22 bytes from the end, at offset 0,
+    and (an unsigned wrap in the step) whenever the next step would go below offset 0: so an
+    end record that only a chunk clamped to offset 0 would reach is never found.
+    """
+    base = file_size - len(tail)
+    cur = max(file_size - 4096, 0)
+    while True:
+        n = min(4096, file_size - cur)
+        rel = cur - base
+        if rel < 0:
+            return -1  # past what the caller read: further back than miniz ever looks
+        at = tail.rfind(b"PK\x05\x06", rel, rel + n)
+        while at >= 0 and file_size - (base + at) < 22:
+            at = tail.rfind(b"PK\x05\x06", rel, at + 3)
+        if at >= 0:
+            return at
+        if cur == 0 or file_size - cur >= 0xFFFF + 22 or cur < 4093:
+            return -1
+        cur -= 4093
 
 
 def _zip_entries(f: BinaryIO, file_size: int) -> list[_ZipEntry]:
