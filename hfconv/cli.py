@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -334,7 +335,11 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
                             deep=deep)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        reports = list(pool.map(one, folders))
+        try:
+            reports = list(pool.map(one, folders))
+        except BaseException:  # interrupted (or failed): the folders not started are not validated
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     colour = False
     if fmt == "text":
         colour = output is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -394,6 +399,32 @@ from .cli_load import load_test as _load_test_command  # noqa: E402
 main.add_command(_load_test_command)
 
 
+_EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_interrupted: list[int] = []
+
+
+def _on_signal(signum, frame):
+    """SIGINT / SIGTERM: unwind as a Ctrl-C does (temporary files are removed on the way) and
+    remember which signal, for the exit code; further signals are ignored so that the clean-up
+    is not cut short. (``convert`` installs its own handler for the same contract.)"""
+    _interrupted.append(signum)
+    for other in _EXIT_FOR_SIGNAL:
+        try:
+            signal.signal(other, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
+    raise KeyboardInterrupt
+
+
+def _install_signal_exits() -> None:
+    for signum in _EXIT_FOR_SIGNAL:
+        try:
+            if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
+                signal.signal(signum, _on_signal)
+        except (ValueError, OSError):  # not the main thread (embedded): keep what is there
+            pass
+
+
 def run() -> None:
     """The console script: :func:`main`, then a prompt exit once torch has been loaded.
 
@@ -402,21 +433,33 @@ def run() -> None:
     and a CI job wait for. Skip it: flush stdout and stderr and leave with the exit code.
     Commands that never import torch (validate, inspect) exit normally.
 
-    An OSError that no command turned into a finding or a message (a full disk, a file that
-    vanished, a permission) is one line naming the file and the system's reason, exit 1: never
-    a traceback.
+    SIGINT and SIGTERM end any command with exit code 130 / 143 (not click's 1, which a
+    pipeline reads as "problems found"). An OSError that no command turned into a finding or a
+    message (a full disk, a file that vanished, a permission) is one line naming the file and
+    the system's reason, exit 1: never a traceback.
     """
+    _install_signal_exits()
     try:
         main.main(prog_name="hfconv")
     except SystemExit as exc:
-        if "torch" not in sys.modules or not isinstance(exc.code, (int, type(None))):
-            raise
+        code = exc.code
+        if _interrupted and code not in tuple(_EXIT_FOR_SIGNAL.values()):
+            name = signal.Signals(_interrupted[0]).name
+            try:
+                sys.stderr.write(f"hfconv: interrupted ({name}); nothing partial was written\n")
+            except (OSError, ValueError):
+                pass
+            code = _EXIT_FOR_SIGNAL[_interrupted[0]]
+        if "torch" not in sys.modules or not isinstance(code, (int, type(None))):
+            if code is exc.code:
+                raise
+            sys.exit(code)
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         except (OSError, ValueError):  # a closed pipe: let the normal exit report it
-            raise exc from None
-        os._exit(exc.code or 0)
+            raise SystemExit(code) from None
+        os._exit(code or 0)
     except OSError as exc:
         _fail_on_os_error(exc)
 

@@ -295,3 +295,49 @@ def test_python_dash_m_hfconv(tmp_path: Path) -> None:
                             capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert b"OK: 0 error(s)" in result.stdout
+
+
+# --- SIGINT / SIGTERM: 130 / 143, for the commands convert does not handle itself -------------------
+
+def _wait_blocked_on_fifo(process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the process sleeps in its open() of the FIFO (no reader yet): its report is complete,
+    only the write is left. Where /proc does not say where a process sleeps, a generous wait."""
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        assert process.poll() is None, process.stderr.read()
+        try:
+            wchan = Path(f"/proc/{process.pid}/wchan").read_text()
+        except OSError:
+            wchan = ""
+        if "partner" in wchan or "fifo" in wchan:
+            return
+        if wchan == "" or (wchan == "0" and time.monotonic() - start > 15):  # not informative here
+            time.sleep(5)
+            return
+        time.sleep(0.05)
+    raise AssertionError("the command never reached its output")
+
+
+@pytest.mark.parametrize("command, signum, code", [
+    ("validate", signal.SIGTERM, 143),
+    ("inspect", signal.SIGINT, 130),
+])
+def test_signal_exit_codes(tmp_path: Path, command: str, signum: int, code: int) -> None:
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    process = subprocess.Popen([sys.executable, "-c", ENTRY, command, str(FIXTURES / "llama-bin"), "-o", str(fifo)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        _wait_blocked_on_fifo(process)
+        process.send_signal(signum)
+        assert process.wait(30) == code
+        err = process.stderr.read().decode()
+        assert "Traceback" not in err and "interrupted" in err, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.fifo"]
