@@ -700,7 +700,9 @@ def _training_leftovers(b: _Builder) -> None:
     st_good = safetensors_bytes({"w": st_entry("F32", [2], 0, 8)}, bytes(8))
     name = "training_args_malicious"
     blob = torch_zip(state_dict([("args", P.call("os", "system", P.s(touch(b.sentinel(name)))))]), {})
-    b.add(name, rule, {"model.safetensors": st_good, "training_args.bin": blob}, "HFC011", "training_args.bin",
+    # a config.json, so that the output is a valid folder (convert refuses an output that is not)
+    b.add(name, rule, {"model.safetensors": st_good, "training_args.bin": blob,
+                       "config.json": json.dumps({"model_type": "hfconv-test"})}, "HFC011", "training_args.bin",
           weight_file="training_args.bin", live=True, commands=("validate", "convert"), convert_exit=0)
     name = "optimizer_pt_malicious"
     blob = pickle.dumps({"state": _Evil(touch(b.sentinel(name)))}, protocol=2)
