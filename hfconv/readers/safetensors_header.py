@@ -35,9 +35,8 @@ import gc
 import json
 import math
 import os
-import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from ..dtypes import SAFETENSORS_BITS
@@ -66,7 +65,9 @@ _ENTRY_KEYS = ("dtype", "shape", "data_offsets")
 # dtype for them: get_tensor fails with "Dtype not understood".
 _UNLOADABLE_DTYPES = frozenset({"F6_E2M3", "F6_E3M2"})
 # serde_json refuses integer literals beyond f64's range ("number out of range"): 309+ digits.
-_LONG_DIGITS_RE = re.compile(rb"[0-9]{309}")
+# Found by mapping digits to "1" and everything else to " ", then a C-speed substring search.
+_DIGIT_MARKS = bytes.maketrans(bytes(range(256)), bytes(0x31 if 0x30 <= b <= 0x39 else 0x20 for b in range(256)))
+_LONG_DIGIT_RUN = b"1" * 309
 
 
 def _q(value: Any, limit: int = 80) -> str:
@@ -187,7 +188,7 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         raise FormatError("HFC113", f"header holds {containers} arrays and objects, over the limit of "
                                     f"{3 * MAX_TENSORS + 16}; refused before parsing it")
     # The default int keeps the C scanner's fast path; the hook only where it matters.
-    special_ints = b"-0" in raw or _LONG_DIGITS_RE.search(raw) is not None
+    special_ints = b"-0" in raw or _LONG_DIGIT_RUN in raw.translate(_DIGIT_MARKS)
     try:
         header = json.loads(
             text,
