@@ -945,6 +945,9 @@ def _config_ids(data: dict, fallback: dict | None) -> dict[str, list[int]]:
 
 SUB_CONFIG_KEYS = ("encoder", "decoder", "generator", "question_encoder")
 """Nested configs that are not named ``*_config`` (EncoderDecoder, RAG)."""
+PAD_PAST_VOCAB_TYPES = frozenset({"musicgen", "musicgen_melody"})
+"""Composite models whose decoder reserves id vocab_size itself for bos/pad (MusicGen: its embeddings
+have vocab_size + 1 rows, facebook/musicgen-small ships decoder pad_token_id 2048 beside vocab_size 2048)."""
 _GENERATIVE = re.compile(r"For(CausalLM|ConditionalGeneration|SpeechSeq2Seq|Seq2SeqLM)|LMHead|EncoderDecoderModel")
 
 
@@ -1007,7 +1010,8 @@ def _check_token_ids(facts: _Facts) -> Iterator[Finding]:
                         in_range = False
                         yield finding("HFC505", f"{file}: {prefix}{key} {value} is negative, not a token id{hint}",
                                       file=file, tensor=f"$.{prefix}{key}", severity=out_of_range)
-                    elif limit is not None and value >= limit:
+                    elif limit is not None and value >= limit and not (
+                            prefix and value == limit and data.get("model_type") in PAD_PAST_VOCAB_TYPES):
                         in_range = False
                         yield finding("HFC505", f"{file}: {prefix}{key} {value} is not below {limit_name} {limit}{hint}",
                                       file=file, tensor=f"$.{prefix}{key}", severity=out_of_range)
@@ -1222,11 +1226,13 @@ def _check_post_processor(processor: Any, fast: Vocabulary, depth: int = 0) -> I
         if not isinstance(token, str) or not _is_id(token_id):
             continue
         known = fast.id_of(token)
-        if known != token_id:
-            has = "is not in the vocabulary" if known is None else f"has id {known} in the vocabulary"
+        # A token missing from the vocabulary is left alone: classes that rebuild the post-processor on load
+        # (NLLB's language codes) save a placeholder there.
+        if known is not None and known != token_id:
             yield finding("HFC521", f"tokenizer.json: the post-processor inserts {token!r} as id {token_id}, but "
-                          f"{token!r} {has}; every encoded text gets the wrong special id, so fix post_processor "
-                          "(re-save the tokenizer)", file="tokenizer.json", tensor="$.post_processor")
+                          f"{token!r} has id {known} in the vocabulary; encoded texts get another special id than "
+                          "the token's, so fix post_processor (re-save the tokenizer)", file="tokenizer.json",
+                          tensor="$.post_processor", severity="warning")
     for child in processor.get("processors") or ():
         yield from _check_post_processor(child, fast, depth + 1)
 
