@@ -76,7 +76,7 @@ TORCH_DTYPE: dict[str, str] = {
     "complex64": "C64",
 }
 
-FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0"})
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ"})
 
 # config.json torch_dtype value -> safetensors dtype
 CONFIG_DTYPE: dict[str, str] = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
