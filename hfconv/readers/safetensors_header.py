@@ -237,7 +237,7 @@ def _check_metadata(value: Any, notes: list[ReaderNote]) -> dict[str, str] | Non
         notes.append(ReaderNote(
             "HFC114", f"__metadata__ key {_q(value.dups[0])} appears twice; safetensors keeps the last "
                       "value, other readers may keep the first", "__metadata__"))
-    return value
+    return dict(value)
 
 
 def _entry_fields(name: str, entry: Any, odd: dict[str, list[str]] | None) -> tuple[str, list, list]:
