@@ -144,16 +144,22 @@ def test_folders_transformers_writes_have_no_tokenizer_false_alarm(saved):
         assert [(c, s) for c, s, _m in noisy[name]] == [("HFC508", "warning")], noisy[name]
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "roberta", "llama", "t5", "xlmr", "camembert"])
-def test_stale_tokenizer_json_beside_slow_vocabulary_is_an_error(saved, tmp_path, name):
-    folder = tmp_path / name
-    shutil.copytree(saved[f"{name}-both"], folder)
-    a, b = _swap_two_tokens(folder)
-    [report] = validate(folder)
-    [hit] = codes(report)["HFC519"]
-    assert hit["severity"] == "error" and hit["file"] == "tokenizer.json"
-    assert repr(a) in hit["message"] and repr(b) in hit["message"]
-    assert "disagree on 2 token(s)" in hit["message"]
+STALE_KINDS = ["bert", "gpt2", "roberta", "llama", "t5", "xlmr", "camembert"]
+"""vocab.txt, byte-level vocab.json + merges.txt (twice), tokenizer.model, spiece.model (Unigram, T5's extra
+ids), sentencepiece.bpe.model with XLM-R's and CamemBERT's fairseq id layouts."""
+
+
+def test_stale_tokenizer_json_beside_slow_vocabulary_is_an_error(saved, tmp_path):
+    swapped = {}
+    for name in STALE_KINDS:  # (one CLI run for all of them)
+        shutil.copytree(saved[f"{name}-both"], tmp_path / name)
+        swapped[name] = _swap_two_tokens(tmp_path / name)
+    for name, report in zip(STALE_KINDS, validate(*(tmp_path / n for n in STALE_KINDS))):
+        [hit] = codes(report)["HFC519"]
+        a, b = swapped[name]
+        assert hit["severity"] == "error" and hit["file"] == "tokenizer.json", name
+        assert repr(a) in hit["message"] and repr(b) in hit["message"], (name, hit["message"])
+        assert "disagree on 2 token(s)" in hit["message"], (name, hit["message"])
 
 
 def test_stale_tokenizer_json_fails_the_gate(tmp_path, transformers):
