@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from .discovery import JSON_FILES, ModelFolder, WeightSet
-from .fsutil import is_safe_relative_name
+from .fsutil import is_safe_relative_name, link_problem
 from .jsonutil import JsonError, load_json_file
 from .readers import read_weight_file
 from .report import Layout, Summary
@@ -27,14 +27,17 @@ class IndexFile:
     weight_map: dict[str, str]
     metadata: dict[str, Any]
 
-    @property
+    @cached_property
     def shard_names(self) -> tuple[str, ...]:
         """Shard files the index references, in shard-number order (``-00002-`` before ``-00010-``)."""
         return tuple(sorted(set(self.weight_map.values()), key=_shard_sort_key))
 
 
+_SHARD_NUMBER_RE = re.compile(r"-(\d{1,30})-of-(\d+)\.[a-z]+$")  # int() of 5000 digits raises
+
+
 def _shard_sort_key(name: str) -> tuple:
-    match = re.search(r"-(\d+)-of-(\d+)\.[a-z]+$", name)
+    match = _SHARD_NUMBER_RE.search(name)
     return (0, int(match.group(1)), name) if match else (1, 0, name)
 
 
@@ -65,6 +68,8 @@ class FolderContents:
     weight_errors: dict[str, FormatError] = field(default_factory=dict)
     unsafe_names: dict[str, str] = field(default_factory=dict)
     """Shard name from an index -> the index naming it, for names escaping the folder."""
+    unread_weights: list[str] = field(default_factory=list)
+    """Weight files not read because MAX_WEIGHT_FILES was reached."""
 
     @property
     def config(self) -> dict[str, Any] | None:
@@ -161,10 +166,22 @@ def read_contents(folder: ModelFolder, options: CheckOptions | None = None) -> F
             for name in index.shard_names:
                 if name not in contents.unsafe_names and folder.has(name):
                     to_read[name] = None
-    for name in to_read:
-        if name not in contents.unsafe_names:
+    # The loaded set's files first, so that a cap hit leaves out files no loader reads.
+    chosen = folder.loaded_set
+    first = dict.fromkeys(n for n in contents.shards_of(chosen) if n in to_read) if chosen is not None else {}
+    ordered = [*first, *(n for n in to_read if n not in first)]
+    for count, name in enumerate(n for n in ordered if n not in contents.unsafe_names):
+        if count >= MAX_WEIGHT_FILES:
+            contents.unread_weights.append(name)
+        else:
             _read_weights(contents, name)
     return contents
+
+
+MAX_WEIGHT_FILES = 10_000
+"""Weight files whose headers one run reads. The largest published checkpoints have a few
+thousand shards; a folder of 100,000 empty shard files would otherwise cost minutes. Files past
+the cap are listed in ``FolderContents.unread_weights`` and reported (HFC310)."""
 
 
 PYTHON_READ_JSON = frozenset(JSON_FILES) - {"tokenizer.json"}
@@ -176,7 +193,10 @@ tokenizer.json is read by the Rust tokenizers library (serde_json), which refuse
 def _read_json(contents: FolderContents, name: str) -> None:
     path = contents.folder.path(name)
     if not _inside(contents.folder, name):
-        contents.json_errors[name] = FormatError("HFC006", "is a symlink pointing outside the model folder; not read")
+        contents.json_errors[name] = FormatError("HFC006", f"{link_problem(path)}; not read")
+        return
+    if link_problem(path).startswith("is a dangling"):  # inside the folder, but the target is missing
+        contents.json_errors[name] = FormatError("HFC008", f"{link_problem(path)}; not read")
         return
     try:
         contents.json[name] = load_json_file(path, allow_nonfinite=name in PYTHON_READ_JSON)
@@ -200,7 +220,7 @@ def _read_index(contents: FolderContents, name: str) -> None:
     index = IndexFile(name=name, weight_map=weight_map, metadata=metadata if isinstance(metadata, dict) else {})
     contents.indexes[name] = index
     for shard in index.shard_names:
-        if not is_safe_relative_name(shard) or not contents.folder.contains(shard):
+        if not contents.folder.contains_safe_name(shard):
             contents.unsafe_names[shard] = name
 
 
@@ -209,11 +229,15 @@ def _inside(folder: ModelFolder, name: str) -> bool:
 
 
 def _read_weights(contents: FolderContents, name: str) -> None:
-    if name in contents.folder.special_files:
+    if contents.folder.is_special(name):
         contents.weight_errors[name] = FormatError("HFC008", "is not a regular file (FIFO, device or socket); refused")
         return
+    problem = link_problem(contents.folder.path(name))
     if not _inside(contents.folder, name):
-        contents.weight_errors[name] = FormatError("HFC006", "is a symlink pointing outside the model folder; not read")
+        contents.weight_errors[name] = FormatError("HFC006", f"{problem}; not read")
+        return
+    if problem.startswith("is a dangling"):  # inside the folder, but the target is missing
+        contents.weight_errors[name] = FormatError("HFC008", f"{problem}; not read")
         return
     try:
         contents.weights[name] = read_weight_file(contents.folder.path(name))

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
-from .fsutil import is_inside
+from .fsutil import is_safe_relative_name
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -46,7 +45,14 @@ TRAINING_LEFTOVERS = frozenset(
      "optimizer.bin", "scaler.pt"}
 )
 
-MAX_LISTED_FILES = 100_000  # bounds discovery on hostile folders with millions of entries
+MAX_LISTED_FILES = 100_000
+"""Entries (files and folders) discovery lists before it stops: bounds a hostile folder with
+millions of entries. A folder past it is reported (HFC015), never silently cut."""
+MAX_DEPTH = 32
+"""Folder levels below the model folder that discovery enters. Model repos nest a few levels
+(``checkpoint-500/``, ``runs/<date>/``); a folder deeper than this is reported (HFC016)."""
+_PATH_MAX = 4096
+SKIPPED_DIRS = frozenset({".git", ".cache", "__pycache__"})
 
 
 @dataclass(frozen=True)
@@ -94,10 +100,16 @@ class ModelFolder:
     """FIFOs, sockets and devices: never opened."""
     weight_sets: dict[str, WeightSet]
     truncated_listing: bool = False
+    truncated_in: str = ""
+    """The folder (relative to root, "" for root) being listed when MAX_LISTED_FILES was hit."""
     blob_root: Path | None = None
     """For a Hub cache snapshot: the repo's ``blobs/`` folder its symlinks may point into."""
     linked_dirs: tuple[str, ...] = ()
     """Symlinks to directories, relative to root: never followed (their files are not listed)."""
+    symlinks: tuple[str, ...] = ()
+    """The entries of ``files`` that are symlinks."""
+    too_deep: tuple[str, ...] = ()
+    """Folders at MAX_DEPTH that hold further folders discovery did not enter."""
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -132,15 +144,75 @@ class ModelFolder:
     def path(self, name: str) -> Path:
         return self.root / name
 
+    @cached_property
+    def _symlink_set(self) -> frozenset[str]:
+        return frozenset(self.symlinks) | frozenset(self.linked_dirs)
+
+    @cached_property
+    def _resolved_roots(self) -> tuple[str, ...]:
+        roots = [self.root] if self.blob_root is None else [self.root, self.blob_root]
+        return tuple(os.path.realpath(r) for r in roots)
+
     def contains(self, name: str) -> bool:
-        """True when ``name`` resolves inside the folder (or, in a Hub cache, into its blobs)."""
-        candidate = self.root / name
-        return is_inside(self.root, candidate) or (
-            self.blob_root is not None and is_inside(self.blob_root, candidate)
-        )
+        """True when ``name`` resolves inside the folder (or, in a Hub cache, into its blobs).
+
+        Without a system call where the listing already answers: a plain relative name none of
+        whose components discovery saw as a symlink lies inside (the listing saw every folder,
+        unless it was cut short). Everything else is resolved."""
+        links = self._symlink_set
+        if name in self._file_set and name not in links:
+            return True  # listed by the walk, which never follows a symlink
+        if not is_safe_relative_name(name):
+            return self._resolves_inside(name)
+        return self._safe_name_inside(name)
+
+    def contains_safe_name(self, name: str) -> bool:
+        """``is_safe_relative_name(name) and contains(name)``, checking the name once."""
+        if not is_safe_relative_name(name):
+            return False
+        if name in self._file_set and name not in self._symlink_set:
+            return True
+        return self._safe_name_inside(name)
+
+    def _safe_name_inside(self, name: str) -> bool:
+        links = self._symlink_set
+        if self.truncated_listing or self.too_deep or "\\" in name:
+            return self._resolves_inside(name)
+        if links:
+            # The walk lists nothing deeper than MAX_DEPTH folders, so no deeper prefix is a link.
+            parts = name.split("/", MAX_DEPTH + 1)[:MAX_DEPTH + 1]
+            prefix = ""
+            for part in parts:
+                prefix = f"{prefix}/{part}" if prefix else part
+                if prefix in links:
+                    return self._resolves_inside(name)
+        return True
+
+    def _resolves_inside(self, name: str) -> bool:
+        root = self._resolved_roots[0]
+        if len(name) > _PATH_MAX:
+            return False  # no system call opens it; and resolving it would cost time quadratic in its length
+        try:
+            if name in self._symlink_set:
+                # The walk saw every folder above it as a folder: resolve from the link's target on.
+                parent = os.path.join(root, os.path.dirname(name))
+                resolved = os.path.realpath(os.path.join(parent, os.readlink(os.path.join(root, name))))
+            else:
+                resolved = os.path.realpath(os.path.join(root, name))
+        except (OSError, ValueError, RuntimeError):
+            return False
+        return any(resolved == r or resolved.startswith(r.rstrip(os.sep) + os.sep) for r in self._resolved_roots)
 
     def is_regular(self, name: str) -> bool:
-        return name in self._file_set and name not in self.special_files
+        return name in self._file_set and not self.is_special(name)
+
+    def is_special(self, name: str) -> bool:
+        """A FIFO, socket or device (never opened); a set lookup, where ``special_files`` is a tuple."""
+        return name in self._special_set
+
+    @cached_property
+    def _special_set(self) -> frozenset[str]:
+        return frozenset(self.special_files)
 
     @property
     def python_files(self) -> tuple[str, ...]:
@@ -163,7 +235,8 @@ def discover(root: str | os.PathLike) -> ModelFolder:
     if not root_path.is_dir():
         raise NotADirectoryError(str(root))
     blob_root = _hub_blob_root(root_path)
-    files, special, truncated, linked_dirs = _list_files(root_path)
+    listing = _list_files(root_path)
+    files = listing.files
     top_level = [f for f in files if "/" not in f]
     weight_sets = {fmt: _weight_set(fmt, top_level) for fmt in ("safetensors", "bin")}
     if not any(ws.present for ws in weight_sets.values()) and "adapter_config.json" in top_level:
@@ -174,11 +247,14 @@ def discover(root: str | os.PathLike) -> ModelFolder:
     return ModelFolder(
         root=root_path,
         files=tuple(files),
-        special_files=tuple(special),
+        special_files=tuple(listing.special),
         weight_sets=weight_sets,
-        truncated_listing=truncated,
+        truncated_listing=listing.truncated,
+        truncated_in=listing.truncated_in,
         blob_root=blob_root,
-        linked_dirs=tuple(linked_dirs),
+        linked_dirs=tuple(listing.linked_dirs),
+        symlinks=tuple(listing.symlinks),
+        too_deep=tuple(listing.too_deep),
     )
 
 
@@ -241,32 +317,85 @@ def _weight_set(fmt: str, names: list[str]) -> WeightSet:
     )
 
 
-def _list_files(root: Path) -> tuple[list[str], list[str], bool, list[str]]:
-    """Walk root without following symlinked directories; skip VCS and cache folders.
+@dataclass
+class _Listing:
+    files: list[str]
+    special: list[str]
+    linked_dirs: list[str]
+    symlinks: list[str]
+    too_deep: list[str]
+    truncated: bool = False
+    truncated_in: str = ""
 
-    Returns (files, special files, truncated, symlinked directories); all relative to root.
+
+def _list_files(root: Path) -> _Listing:
+    """List root breadth first, without following symlinked folders and without recursion.
+
+    The top level (where loaders look) comes first; at most MAX_LISTED_FILES entries (files and
+    folders) and MAX_DEPTH levels are listed, and the listing says where it stopped. VCS and
+    cache folders are skipped. Folders that cannot be listed (permissions) are skipped, as a
+    loader running as the same user would not see their files either. All names are relative
+    to root, with ``/`` separators; ``files`` is sorted.
     """
-    files: list[str] = []
-    special: list[str] = []
-    linked_dirs: list[str] = []
-    truncated = False
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d not in (".git", ".cache", "__pycache__"))
-        rel_dir = os.path.relpath(dirpath, root)
-        # os.walk lists a symlink to a directory among dirnames and does not descend into it.
-        for name in dirnames:
-            if os.path.islink(os.path.join(dirpath, name)):
-                linked_dirs.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
-        for name in sorted(filenames):
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+    listing = _Listing([], [], [], [], [])
+    entries = 0
+    level: list[str] = [""]  # folders of the current depth, relative to root ("" is root)
+    for depth in range(MAX_DEPTH + 1):
+        next_level: list[str] = []
+        for rel_dir in level:
             try:
-                mode = os.lstat(os.path.join(dirpath, name)).st_mode
+                with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
+                    children = sorted(it, key=lambda e: e.name)
             except OSError:
                 continue
-            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-                special.append(rel)
-            files.append(rel)
-            if len(files) >= MAX_LISTED_FILES:
-                truncated = True
-                return sorted(files), special, truncated, sorted(linked_dirs)
-    return sorted(files), special, truncated, sorted(linked_dirs)
+            for entry in children:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    is_link = entry.is_symlink()
+                except OSError:
+                    continue
+                if is_dir and entry.name in SKIPPED_DIRS:
+                    continue
+                if entries >= MAX_LISTED_FILES:
+                    listing.truncated, listing.truncated_in = True, rel_dir
+                    listing.files.sort()
+                    listing.linked_dirs.sort()
+                    return listing
+                entries += 1
+                if is_dir:
+                    if depth < MAX_DEPTH:
+                        next_level.append(rel)
+                    elif not listing.too_deep or listing.too_deep[-1] != rel_dir:
+                        listing.too_deep.append(rel_dir)
+                    continue
+                if is_link:
+                    if _points_to_dir(entry):
+                        listing.linked_dirs.append(rel)
+                        continue
+                    listing.symlinks.append(rel)
+                elif not _is_regular(entry):
+                    listing.special.append(rel)
+                listing.files.append(rel)
+        level = next_level
+        if not level:
+            break
+    listing.files.sort()
+    listing.linked_dirs.sort()
+    return listing
+
+
+def _is_regular(entry: os.DirEntry) -> bool:
+    """From the directory entry's type where the file system gives one (no system call)."""
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _points_to_dir(entry: os.DirEntry) -> bool:
+    """A symlink whose target is a folder (os.walk lists those among the folders)."""
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False

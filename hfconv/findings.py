@@ -84,6 +84,18 @@ def register(code: str, severity: str, title: str, why: str, fix: str, example: 
     return entry
 
 
+_PREDICATES = ("is ", "is: ", "was ", "cannot ", "could not ", "resolves ", "has ", "holds ", "names ", "does ")
+
+
+def about(name: str, message: str) -> str:
+    """``name`` and a reader's message about it as one sentence: ``model.safetensors is a git-lfs
+    pointer`` (a message that is a predicate), ``model.safetensors: header length ...`` (one that
+    is not); a message that already starts with the name is kept as it is."""
+    if message.startswith((f"{name} ", f"{name}: ")):
+        return message
+    return f"{name} {message}" if message.startswith(_PREDICATES) else f"{name}: {message}"
+
+
 def finding(
     code: str,
     message: str,
@@ -99,7 +111,8 @@ def finding(
 
 # --- HFC0xx: layout --------------------------------------------------------------------------
 register("HFC001", "error", "no weights",
-         "from_pretrained finds no weight file and fails.",
+         "from_pretrained finds no weight file and fails. Weights of another framework (tf_model.h5, "
+         "flax_model.msgpack, *.gguf, *.onnx) are named: hfconv reads PyTorch and safetensors weights.",
          "Add model.safetensors (or pytorch_model.bin), or their sharded form with an index.",
          "no weight files found (expected model.safetensors, pytorch_model.bin or sharded shards)")
 register("HFC002", "error", "shards without index",
@@ -136,12 +149,15 @@ register("HFC007", "warning", "stale weight files",
          "model-00001-of-00004.safetensors is not referenced by model.safetensors.index.json")
 register("HFC008", "error", "unreadable file",
          "A file hfconv needs cannot be opened or is not a regular file.",
-         "Check permissions; replace special files (FIFOs, devices) by regular files.",
+         "Check permissions; replace special files (FIFOs, devices) and dangling symlinks by regular files.",
          "model.safetensors is not a regular file")
-register("HFC009", "info", "no config",
-         "Without config.json, from_pretrained cannot build the model; shape checks are skipped.",
-         "Add the model's config.json.",
-         "config.json is missing; shape and tokenizer checks against the config are skipped")
+register("HFC009", "error", "no config",
+         "Without config.json, from_pretrained cannot build the model (it fails before reading any "
+         "weight), and the shape checks are skipped. A PEFT adapter folder (adapter_config.json) needs "
+         "none and gets no finding.",
+         "Add the model's config.json (model.config.save_pretrained(folder) writes it).",
+         "config.json is missing: from_pretrained cannot build the model without it (checks against the "
+         "config are skipped)")
 register("HFC010", "error", "git-lfs pointer",
          "The file is a git-lfs pointer, not the weights: the LFS object was never pulled.",
          "Run `git lfs pull` (or download with huggingface_hub) before validating.",

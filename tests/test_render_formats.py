@@ -134,7 +134,7 @@ def test_sarif_pure_renderer_levels_folder_uri_and_outside_paths(tmp_path: Path,
     inside = tmp_path / "repo"
     layout = Layout("safetensors", False, None, ("model.safetensors",), ("model.safetensors",))
     findings = (
-        finding("HFC009", "config.json is missing"),  # info, no file: the folder itself
+        finding("HFC009", "config.json is missing", severity="info"),  # info, no file: the folder itself
         finding("HFC007", "stale.safetensors is not referenced", file="sub dir/stale#1.safetensors"),
         finding("HFC304", "x is missing", file="x.safetensors", severity="warning"),
     )

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
-from ..contents import FolderContents, IndexFile
+from ..contents import MAX_WEIGHT_FILES, FolderContents, IndexFile
 from ..dtypes import SAFETENSORS_BITS
-from ..findings import Finding, finding
+from ..findings import Finding, finding, register
 from ..tensors import WeightFile
+from .layout import capped, some
+
+register("HFC310", "error", "too many weight files",
+         f"The folder holds more than {MAX_WEIGHT_FILES:,} weight files (shards, or files named like them). "
+         "hfconv reads the headers of that many and stops (a folder of 100,000 empty shards would otherwise "
+         "take minutes), so the rest were never checked. Real checkpoints have at most a few thousand shards.",
+         "Remove stray shard files; re-save the model with a larger max_shard_size so it has fewer shards.",
+         f"12,000 weight files were not read (model-10001-of-22000.safetensors, ...): hfconv reads at most "
+         f"{MAX_WEIGHT_FILES} weight file headers per folder (MAX_WEIGHT_FILES)")
 
 
+@capped
 def check_index(contents: FolderContents) -> Iterator[Finding]:
     """Every index entry is in its shard, every shard tensor is indexed, sizes add up."""
     folder = contents.folder
     for name, why in contents.index_errors.items():
         if name not in contents.json_errors:  # parse errors are already reported by the read check
             yield finding("HFC307", f"{name} {why}", file=name)
+    if contents.unread_weights:
+        unread = contents.unread_weights
+        yield finding("HFC310", f"{len(unread):,} weight files were not read ({some(unread, 3)}): hfconv reads at most "
+                      f"{MAX_WEIGHT_FILES:,} weight file headers per folder (MAX_WEIGHT_FILES), so these were not "
+                      "checked", file=unread[0])
     for shard, index_name in contents.unsafe_names.items():
         yield finding("HFC006", f"{index_name} names shard {shard!r}, which is outside the model folder; "
                       "it was not opened", file=index_name, tensor=None)
@@ -36,18 +52,20 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
     shard_names = [s for s in index.shard_names if s not in contents.unsafe_names]
     existing = [s for s in shard_names if folder.has(s)]
     if shard_names and not existing:
-        yield finding("HFC003", f"{index.name} names {len(shard_names)} shard file(s) but none of them exists",
+        yield finding("HFC003", f"{index.name} names {len(shard_names):,} shard file(s) but none of them exists",
                       file=index.name)
     else:
+        tensors_per_shard = Counter(index.weight_map.values())
         for shard in shard_names:
             if not folder.has(shard):
-                count = sum(1 for v in index.weight_map.values() if v == shard)
+                count = tensors_per_shard[shard]
                 yield finding("HFC304", f"{shard} is named by {index.name} for {count} tensor(s) but is missing",
                               file=shard)
 
     readable: dict[str, WeightFile] = {s: contents.weights[s] for s in existing if s in contents.weights}
+    unread = set(contents.unread_weights)
     for shard in existing:
-        if shard not in readable:
+        if shard not in readable and shard not in unread:
             yield finding("HFC308", f"{shard} could not be read, so its {index.name} entries are unchecked", file=shard)
 
     # Where each tensor really lives, over every readable shard of the index.

@@ -2,57 +2,209 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 
 from .. import environment
 from ..contents import FolderContents
-from ..discovery import TRAINING_LEFTOVERS, parse_shard_name
-from ..findings import Finding, finding
-from ..fsutil import open_regular
+from ..discovery import MAX_DEPTH, MAX_LISTED_FILES, TRAINING_LEFTOVERS, parse_shard_name
+from ..findings import REGISTRY, Finding, Severity, about, finding, register
+from ..fsutil import link_problem, open_regular
 from ..readers import LFS_POINTER_PREFIX
 from ..readers.torch_checkpoint import ALLOWED_GLOBALS, pickle_globals
 from ..tensors import FormatError
 
 _JSON_LEFTOVERS = frozenset({"trainer_state.json"})
 
+MAX_FINDINGS_PER_CODE = 1000
+MAX_SCANNED_LEFTOVERS = 100
+"""Pickled training leftovers (optimizer.pt, ...) whose globals one run walks; each walk may take
+up to the pickle walker's own budget, so a folder of thousands of them is cut off here."""
+"""Findings of one code one check lists for a folder; the rest become one summary finding of
+the same code (so --select/--ignore treat it alike), with the worst severity among them."""
 
+register("HFC015", "error", "folder listing cut short",
+         f"The folder holds more than {MAX_LISTED_FILES:,} files and folders. hfconv stops listing there "
+         "(a hostile folder of millions of entries would otherwise take minutes and gigabytes), so files "
+         "past the cap (weights, pickles, custom code) were never checked. A verdict over part of a folder "
+         "is no verdict.",
+         "Remove the filler (logs, per-step outputs, caches) from the model folder; a model folder holds a "
+         "few dozen files.",
+         f"the folder holds more than {MAX_LISTED_FILES} files and folders (the listing cap, MAX_LISTED_FILES); "
+         "hfconv stopped listing in 'runs/' and did not check the rest")
+register("HFC016", "error", "folder nested too deep",
+         f"A folder nests more than {MAX_DEPTH} levels below the model folder. hfconv does not descend further "
+         "(a folder thousands of levels deep would exhaust recursion and path lengths), so files there were "
+         "never checked.",
+         "Flatten or remove the deep folders; model repos nest a few levels at most.",
+         f"a/a/a/.../a ({MAX_DEPTH} levels down) holds folders deeper than the depth cap ({MAX_DEPTH} levels, "
+         "MAX_DEPTH); hfconv did not list them")
+register("HFC017", "warning", "names differ only in case",
+         "Two files loaders or hfconv read have names that differ only in letter case (or Unicode "
+         "normalization), such as model.safetensors and MODEL.safetensors. On a case-insensitive file system "
+         "(the macOS and Windows defaults) only one of them survives a download or a clone, so a user there "
+         "loads a different file than the one that was checked here.",
+         "Delete or rename one of the two; keep the name loaders expect.",
+         "config.json and Config.json differ only in letter case: on a case-insensitive file system (macOS, "
+         "Windows) one replaces the other, and a loader there may read the one hfconv did not check")
+
+
+def capped(check: Callable[[FolderContents], Iterable[Finding]]) -> Callable[[FolderContents], Iterator[Finding]]:
+    """At most MAX_FINDINGS_PER_CODE findings of each code from ``check``, then one summary per code.
+
+    The summary carries the code and the worst severity of the findings it stands for, says how
+    many there were and quotes the first of them."""
+    @functools.wraps(check)
+    def wrapper(contents: FolderContents) -> Iterator[Finding]:
+        shown: Counter[str] = Counter()
+        hidden: dict[str, list] = {}  # code -> [count, worst severity, first hidden finding]
+        for item in check(contents):
+            if shown[item.code] < MAX_FINDINGS_PER_CODE:
+                shown[item.code] += 1
+                yield item
+                continue
+            entry = hidden.setdefault(item.code, [0, item.severity, item])
+            entry[0] += 1
+            if item.severity is not entry[1] and item.severity.rank > entry[1].rank:
+                entry[1] = item.severity
+        for code, (count, severity, first) in hidden.items():
+            yield summary_finding(code, count, severity, first)
+    return wrapper
+
+
+def summary_finding(code: str, count: int, severity: Severity, first: Finding) -> Finding:
+    """One finding standing for ``count`` findings of ``code`` that were not listed one by one."""
+    return finding(code, f"{count:,} more {code} finding(s) ({REGISTRY[code].title}) are not listed one by one "
+                   f"(at most {MAX_FINDINGS_PER_CODE} of one kind are), the first of them: {first.message}",
+                   file=first.file, severity=severity)
+
+
+def some(values: Iterable, limit: int = 10) -> str:
+    """At most ``limit`` values joined by commas, and how many there are in all when more."""
+    items = list(values)
+    text = ", ".join(map(str, items[:limit]))
+    return text if len(items) <= limit else f"{text}, ... ({len(items):,} in all)"
+
+
+def number_ranges(numbers: Iterable[int], limit: int = 20) -> str:
+    """Sorted distinct numbers as ranges, ``1..3, 7``, at most ``limit`` ranges shown."""
+    ranges: list[str] = []
+    ordered = sorted(set(numbers))
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            first, last = ordered[start], ordered[i - 1]
+            ranges.append(str(first) if first == last else f"{first}..{last}")
+            start = i
+    return some(ranges, limit) if len(ranges) <= limit else (
+        f"{', '.join(ranges[:limit])}, ... ({len(ordered):,} in all)")
+
+
+@capped
 def check_read_errors(contents: FolderContents) -> Iterator[Finding]:
-    """Every file a reader refused becomes a finding naming the file (and tensor)."""
+    """Every file a reader refused becomes a finding naming the file (and tensor); a FIFO, device
+    or socket gets one finding saying which it is (not a second one from the reader that refused it)."""
+    special = contents.folder.is_special
     for name, error in contents.weight_errors.items():
-        yield finding(error.code, f"{name}: {error.message}", file=name, tensor=error.tensor)
+        if not (error.code == "HFC008" and special(name)):
+            yield finding(error.code, about(name, error.message), file=name, tensor=error.tensor)
     for name, weight_file in contents.weights.items():
         for note in weight_file.notes:
-            yield finding(note.code, f"{name}: {note.message}", file=name, tensor=note.tensor)
+            yield finding(note.code, about(name, note.message), file=name, tensor=note.tensor)
     for name, error in contents.json_errors.items():
         code = getattr(error, "code", None) or "HFC401"
-        yield finding(code, f"{name} {_describe_json_error(error)}", file=name, tensor=getattr(error, "key", None))
+        if not (code == "HFC008" and special(name)):
+            yield finding(code, f"{name} {_describe_json_error(error)}", file=name,
+                          tensor=getattr(error, "key", None))
     for name in contents.folder.special_files:
-        yield finding("HFC008", f"{name} is not a regular file (FIFO, device or socket); it was not opened", file=name)
+        yield finding("HFC008", f"{name} is {_special_kind(contents.folder.path(name))}, not a regular file; "
+                      "it was not opened", file=name)
 
 
+def _special_kind(path) -> str:
+    """'a FIFO', 'a character device', ... (stat does not open, so a FIFO does not block)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a special file"
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+@capped
 def check_hygiene(contents: FolderContents) -> Iterator[Finding]:
     """Training leftovers, and symlinks (files or folders) that leave the folder."""
     folder = contents.folder
+    unscanned: list[str] = []
+    scanned = 0
     for name in folder.files:
         base = os.path.basename(name)
         if base in TRAINING_LEFTOVERS:
             if base in _JSON_LEFTOVERS:
                 yield finding("HFC011", f"{name} is a training leftover (trainer state); it does not belong in a "
                               "published model folder", file=name)
-            else:
+            elif scanned < MAX_SCANNED_LEFTOVERS:
+                scanned += 1
                 yield _pickled_leftover(folder, name)
+            else:
+                unscanned.append(name)
+    if unscanned:
+        yield finding("HFC011", f"{len(unscanned):,} more pickled training leftovers ({some(unscanned, 3)}) were not "
+                      f"scanned: hfconv walks at most {MAX_SCANNED_LEFTOVERS} leftover pickles per folder "
+                      "(MAX_SCANNED_LEFTOVERS), so what they import is unknown: do not torch.load them",
+                      file=unscanned[0], severity="error")
     # Symlinks leaving the folder. Files a reader refused as such are already reported.
     errors = (*contents.weight_errors.items(), *contents.json_errors.items())
     reported = {name for name, err in errors if getattr(err, "code", None) == "HFC006"}
-    for name in folder.files:
-        if name not in reported and os.path.islink(folder.path(name)) and not folder.contains(name):
-            yield finding("HFC006", f"{name} is a symlink pointing outside the model folder; hfconv did not read "
-                          "it, and an upload or a loader would use a file the folder does not ship", file=name)
+    for name in folder.symlinks:
+        if name not in reported and not folder.contains(name):
+            problem = link_problem(folder.path(name))
+            effect = ("an upload or a loader finds no file there" if problem.startswith("is a dangling") else
+                      "an upload or a loader would use a file the folder does not ship")
+            yield finding("HFC006", f"{name} {problem}; hfconv did not read it, and {effect}", file=name)
     for name in folder.linked_dirs:
         if not folder.contains(name):
             yield finding("HFC006", f"{name}/ is a symlink to a folder outside the model folder; hfconv did not "
                           "follow it", file=name)
+    yield from _case_collisions(folder)
+
+
+def _check_listing(folder) -> Iterator[Finding]:
+    """Caps of the folder listing that hid files: the verdict does not cover them."""
+    if folder.truncated_listing:
+        where = f"'{folder.truncated_in}/'" if folder.truncated_in else "the model folder itself"
+        yield finding("HFC015", f"the folder holds more than {MAX_LISTED_FILES:,} files and folders (the listing cap, "
+                      f"MAX_LISTED_FILES); hfconv stopped listing in {where}, so the files past the cap were not "
+                      "checked", file=folder.truncated_in or None)
+    for name in folder.too_deep:
+        yield finding("HFC016", f"{name} ({name.count('/') + 1} levels down) holds folders deeper than the depth "
+                      f"cap ({MAX_DEPTH} levels, MAX_DEPTH); hfconv did not list them, so their files were not "
+                      "checked", file=name)
+
+
+_READ_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".py", ".model", ".txt", ".jinja",
+                  ".tiktoken", ".msgpack", ".h5", ".gguf", ".onnx", ".npz")
+"""Names hfconv or a loader (transformers, tokenizers, sentencepiece, peft) reads by suffix."""
+
+
+def _case_collisions(folder) -> Iterator[Finding]:
+    """Files a loader reads whose names are equal under Unicode normalization and case folding."""
+    groups: dict[str, list[str]] = {}
+    for name in folder.files:
+        groups.setdefault(unicodedata.normalize("NFC", name).casefold(), []).append(name)
+    for key, names in groups.items():
+        if len(names) > 1 and key.endswith(_READ_SUFFIXES):
+            yield finding("HFC017", f"{' and '.join(names)} differ only in letter case: on a case-insensitive file "
+                          "system (macOS, Windows) one replaces the other, and a loader there may read the one "
+                          "hfconv did not check", file=names[0])
 
 
 def _describe_json_error(error: Exception) -> str:
@@ -64,6 +216,7 @@ _SAFETENSORS_FORMATS = ("pt", "tf", "flax", "mlx")
 """__metadata__['format'] values transformers 4.x accepts (any other, or none, is refused)."""
 
 
+@capped
 def check_weight_metadata(contents: FolderContents) -> Iterator[Finding]:
     """safetensors files the loader reads carry a 'format' transformers 4.x accepts.
 
@@ -83,21 +236,50 @@ def check_weight_metadata(contents: FolderContents) -> Iterator[Finding]:
                           "check)", file=name, severity="error" if installed else None)
 
 
+_OTHER_FORMATS = (
+    ("TensorFlow", lambda base: base.startswith("tf_model") and base.endswith(".h5")),
+    ("Flax", lambda base: base.startswith("flax_model") and base.endswith(".msgpack")),
+    ("GGUF", lambda base: base.endswith(".gguf")),
+    ("ONNX", lambda base: base.endswith((".onnx", ".onnx_data"))),
+)
+"""Weight formats hfconv (and a PyTorch from_pretrained) does not read, named when they are all a folder holds."""
+
+
+def _no_weights(folder) -> Finding:
+    """HFC001, naming the weights of another framework the folder holds instead (tf_model.h5, ...)."""
+    found = []
+    for label, test in _OTHER_FORMATS:
+        names = [name for name in folder.files if test(os.path.basename(name).lower())]
+        if names:
+            more = f" and {len(names) - 1:,} more" if len(names) > 1 else ""
+            found.append((f"{names[0]}{more} ({label})", names[0]))
+    if not found:
+        return finding("HFC001", "no weight files found (expected model.safetensors, pytorch_model.bin, "
+                       "or sharded shards with their index json)")
+    what = ", ".join(text for text, _ in found)
+    return finding("HFC001", f"{what} found: hfconv reads PyTorch and safetensors weights, and the folder has none "
+                   "(expected model.safetensors, pytorch_model.bin, or sharded shards with their index json)",
+                   file=found[0][1])
+
+
+@capped
 def check_layout(contents: FolderContents) -> Iterator[Finding]:
     """Weights present, indexes where shards need them, one weight format, shard numbering."""
     folder = contents.folder
     chosen = folder.loaded_set
     if chosen is None:
         if not (folder.has("adapter_config.json") and any(f.startswith("adapter_model.") for f in folder.files)):
-            yield finding("HFC001", "no weight files found (expected model.safetensors, pytorch_model.bin, "
-                          "or sharded shards with their index json)")
-    if not folder.has("config.json"):
-        yield finding("HFC009", "config.json is missing; checks against the config are skipped", file="config.json")
+            yield _no_weights(folder)
+    if not folder.has("config.json") and not folder.has("adapter_config.json"):
+        # A PEFT adapter folder has adapter_config.json instead; the base model's config is elsewhere.
+        yield finding("HFC009", "config.json is missing: from_pretrained cannot build the model without it "
+                      "(checks against the config are skipped)", file="config.json")
+    yield from _check_listing(folder)
 
     for weight_set in folder.weight_sets.values():
         if weight_set.shard_files and not weight_set.index and not weight_set.single:
             index_name = "model.safetensors.index.json" if weight_set.format == "safetensors" else "pytorch_model.bin.index.json"
-            yield finding("HFC002", f"{len(weight_set.shard_files)} {weight_set.format} shards "
+            yield finding("HFC002", f"{len(weight_set.shard_files):,} {weight_set.format} shards "
                           f"({weight_set.shard_files[0]}, ...) but no {index_name}: loaders will not find them",
                           file=weight_set.shard_files[0])
         if weight_set.single and weight_set.index:
@@ -226,21 +408,27 @@ def _check_numbering(contents: FolderContents, weight_set) -> Iterator[Finding]:
         yield finding("HFC007", f"{name} is not referenced by {owner}; no loader reads it (stale shard?)", file=name)
     totals = sorted({p.total for p in group})
     if len(totals) > 1:
-        yield finding("HFC005", f"{weight_set.format} shards claim different totals ({', '.join(map(str, totals))}): "
+        yield finding("HFC005", f"{weight_set.format} shards claim different totals ({some(totals)}): "
                       "shards from several saves are mixed", file=group[0].name)
         return
     if not group:
         return
     total = totals[0]
-    numbers = [p.number for p in group]
-    for dup in sorted({n for n in numbers if numbers.count(n) > 1}):
-        names = [p.name for p in group if p.number == dup]
-        yield finding("HFC005", f"shard number {dup} exists twice ({', '.join(names)})", file=names[0])
+    by_number: dict[int, list[str]] = {}
+    for p in group:
+        by_number.setdefault(p.number, []).append(p.name)
+    for dup, names in sorted(by_number.items()):
+        if len(names) > 1:
+            yield finding("HFC005", f"shard number {dup} exists {'twice' if len(names) == 2 else f'{len(names)} times'} ({some(names)})", file=names[0])
     if referenced is None:
-        missing = sorted(set(range(1, total + 1)) - set(numbers))
-        if missing:
-            yield finding("HFC005", f"shard(s) {', '.join(map(str, missing))} of {total} missing from the "
-                          f"{weight_set.format} shard set on disk", file=group[0].name)
+        # Bounded by the files on disk: a name claiming 10^12 shards does not make a set that big.
+        missing = [n for n in range(1, min(total, len(by_number) + MAX_FINDINGS_PER_CODE) + 1)
+                   if n not in by_number]
+        if missing or total > len(by_number) + MAX_FINDINGS_PER_CODE:
+            count = total - sum(1 for n in by_number if 1 <= n <= total)
+            yield finding("HFC005", f"{count:,} shard(s) of {total:,} missing from the {weight_set.format} shard set "
+                          f"on disk ({number_ranges(missing)}{', ...' if count > len(missing) else ''})",
+                          file=group[0].name)
     out_of_range = [p.name for p in group if not 1 <= p.number <= total]
     for name in out_of_range:
         yield finding("HFC005", f"{name} has a number outside 1..{total}", file=name)

@@ -746,7 +746,9 @@ def _load_test(b: _Builder) -> None:
     size = 8 << 30
     header = json.dumps({"w": st_entry("U8", [size], 0, size)}).encode()
     # validate passes (the file is well formed); load-test must refuse the plan before allocating.
-    case = b.add("load_test_exceeds_memory", rule, {}, (), None, exit_code=0,
+    # a config.json: without one, validate fails (HFC009) before load-test's own check is reached
+    case = b.add("load_test_exceeds_memory", rule, {"config.json": json.dumps({"model_type": "hfconv-test"})},
+                 (), None, exit_code=0,
                  commands=("validate", "load-test"), load_test_args=("--max-memory", "cpu=1MB"),
                  expect_load_code="HFC733")
     with open(case.path / m, "wb") as f:
@@ -757,7 +759,8 @@ def _load_test(b: _Builder) -> None:
     names = [f"{b.root.parent}/escaped_absolute", "../../../../escaped_relative", "a/../../b", "\x00nul"]
     pkl = state_dict([(name, tensor(str(i), 6, (6,))) for i, name in enumerate(names)])
     b.add("offload_tensor_names_are_paths", "containment: offload file names", {
-        "pytorch_model.bin": torch_zip(pkl, {str(i): FLOATS for i in range(len(names))})}, (), None, exit_code=0,
+        "pytorch_model.bin": torch_zip(pkl, {str(i): FLOATS for i in range(len(names))}),
+        "config.json": json.dumps({"model_type": "hfconv-test"})}, (), None, exit_code=0,
         commands=("validate", "load-test"), load_test_args=("--max-memory", "cpu=30B"), load_exit=0,
         load_device="disk")
     # Config numbers that would mean terabytes; the weights hold 8 bytes.
