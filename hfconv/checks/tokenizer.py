@@ -33,7 +33,7 @@ from ..contents import FolderContents
 from ..discovery import ModelFolder
 from ..dtypes import FLOAT_DTYPES, TORCH_DTYPE
 from ..findings import Finding, finding, register
-from ..fsutil import is_safe_relative_name, open_regular
+from ..fsutil import is_safe_relative_name, link_problem, open_regular
 from ..jsonutil import JsonError, loads_strict
 from ..tensors import FormatError
 from .chat_template import MAX_TEMPLATE_BYTES, check_chat_template
@@ -249,7 +249,7 @@ class SentencePieceModel:
 def _read_limited(folder: ModelFolder, name: str, max_bytes: int) -> bytes:
     """Read a folder file after proving it is a regular file inside the folder and not absurdly large."""
     if not folder.contains(name):
-        raise TokenizerFileError("is a symlink pointing outside the model folder; it was not read")
+        raise TokenizerFileError(f"{link_problem(folder.path(name))}; it was not read")
     try:
         with open_regular(folder.path(name)) as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -523,6 +523,20 @@ def _pegasus_offset(contents: FolderContents) -> int:
     return offset if _is_id(offset) and 0 < offset <= 10_000 else 0
 
 
+def _pegasus_fixed(contents: FolderContents, offset: int) -> dict[str, int]:
+    """The ids PegasusTokenizer pins by its code: pad 0, eos 1, mask_token_sent 2, mask 3, <unk_2>.. from 4."""
+    config = contents.json.get("tokenizer_config.json")
+    config = config if isinstance(config, dict) else {}
+    fixed = {_token_text(config.get("pad_token")) or "<pad>": 0, _token_text(config.get("eos_token")) or "</s>": 1}
+    sent = config.get("mask_token_sent", "<mask_1>")
+    if _token_text(sent) is not None:
+        fixed.setdefault(_token_text(sent), 2)
+        fixed.setdefault(_token_text(config.get("mask_token")) or "<mask_2>", 3)
+        for i in range(2, offset):
+            fixed.setdefault(f"<unk_{i}>", i + 2)
+    return fixed
+
+
 @dataclass(frozen=True)
 class ShiftedLayout:
     """How a slow tokenizer class maps a SentencePiece file under its own name to token ids.
@@ -615,11 +629,12 @@ def _slow_vocabulary(contents: FolderContents, sp_models: dict[str, SentencePiec
         if name in sp_models:
             model = sp_models[name]
             offset = _pegasus_offset(contents) if name == "spiece.model" else 0
-            # PegasusTokenizer (slow) puts its own specials at ids 0..offset-1 and piece i at i + offset.
+            # PegasusTokenizer (slow) puts its own specials at ids 0..offset+1 and piece i at i + offset.
             own = {t.content for t in _declared_added_tokens(contents) if t.id < offset} if offset else set()
+            fixed = _pegasus_fixed(contents, offset) if offset else {}
             base: dict[str, int] = dict(zip(model.pieces, range(offset, model.piece_count + offset)))
-            if own or len(base) != model.piece_count:  # (pieces are unique in every real model: one C-level pass)
-                base = {}
+            if own or fixed or len(base) != model.piece_count:  # (pieces are unique in real models: one C pass)
+                base = dict(fixed)
                 for i, piece in enumerate(model.pieces):
                     if piece not in own:
                         base.setdefault(piece, i + offset)
