@@ -16,12 +16,15 @@ Plan, then execute (STYLE habit 6):
 5. copy the non-weight files, write the index and, when casting, the updated config.json;
 6. verify, on a second thread right behind the writer: every tensor's output bytes against
    the source's byte range (both memory-mapped, compared in C, a 4 MiB window at a time) or
-   against its transform recomputed from the source; every header as planned; then
-   ``validate`` the folder;
+   against its transform recomputed from the source; every ``.bin`` storage against the
+   CRC-32 torch.save recorded (on the same windows when a tensor is its whole storage); every
+   header as planned; then ``validate`` the folder: any error fails the conversion (HFC706
+   new, HFC713 already in SRC) unless ``allow_invalid_output``;
 7. with ``--fsync``, fsync (writeback is started as the bytes are written, so this waits for
    the tail only); then rename the temporary folder to DST. Any exception (a crash in a step, a full disk,
    Ctrl-C, SIGTERM via the CLI) removes the temporary folder, so DST is either complete or
-   absent, and SRC is only ever opened for reading.
+   absent, and SRC is only ever opened for reading: each source file once, never through a
+   symlink out of SRC (:func:`hfconv.fsutil.open_inside`).
 
 Peak anonymous memory follows the largest tensor that needs transforming (at most one is
 in memory at a time), never a shard or the model: copied tensors move page cache to page
