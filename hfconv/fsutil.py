@@ -108,6 +108,20 @@ def _walk_error(exc: OSError, part: str) -> str:
     return f"cannot open: {exc.strerror}"
 
 
+def link_problem(path: str | os.PathLike) -> str:
+    """What is wrong with a symlink of the folder that hfconv did not follow: ``is a dangling
+    symlink (to 'X', which does not exist)`` when its target is missing, else ``is a symlink
+    pointing outside the model folder``."""
+    try:
+        dangling = os.path.islink(path) and not os.path.exists(path)
+        target = os.readlink(path) if dangling else ""
+    except (OSError, ValueError):
+        dangling, target = False, ""
+    if dangling:
+        return f"is a dangling symlink (to {target!r}, which does not exist)"
+    return "is a symlink pointing outside the model folder"
+
+
 def is_inside(root: Path, candidate: Path) -> bool:
     """True when ``candidate`` (after resolving symlinks) lies inside ``root``."""
     try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ..contents import FolderContents
 from ..environment import CAP_SOURCE, REMOTE_CODE_TIMEOUT_VAR, reference_memory, remote_code_timeout, sandbox_env
 from ..findings import Finding, finding, register
-from ..fsutil import is_safe_relative_name, open_regular
+from ..fsutil import is_safe_relative_name, link_problem, open_regular
 from ..tensors import FormatError
 
 # --- codes (HFC801..HFC819) ----------------------------------------------------------------------
@@ -216,7 +216,7 @@ def _read_source(contents: FolderContents, name: str) -> str:
     """The text of a .py file of the folder (regular, inside, bounded). Raises FormatError."""
     folder = contents.folder
     if not folder.contains(name):
-        raise FormatError("HFC006", "is a symlink pointing outside the model folder; it was not read")
+        raise FormatError("HFC006", f"{link_problem(folder.path(name))}; it was not read")
     with open_regular(folder.path(name)) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > MAX_SOURCE_BYTES:
