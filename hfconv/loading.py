@@ -79,7 +79,7 @@ from .device_map import (
 from .dtypes import nbytes as dtype_nbytes
 from .dtypes import swap_unit
 from .findings import Finding, Severity, finding, register
-from .fsutil import open_regular
+from .fsutil import open_inside
 from .report import Layout
 from .tensor_bytes import OutsideStorage, StorageRecord, file_order, located_storage, storage_records, view_span
 from .tensors import FormatError, TensorMeta, WeightFile
@@ -828,7 +828,7 @@ class _SourceChecksums:
     """
 
     def __init__(self, root: Path, located: list[_Located],
-                 records: Mapping[tuple[str, str], StorageRecord] | None = None):
+                 records: Mapping[tuple[str, str], StorageRecord] | None = None, roots: tuple[Path, ...] = ()):
         import numpy as np
 
         self._files: dict[str, Any] = {}
@@ -843,7 +843,7 @@ class _SourceChecksums:
         for loc in located:
             if loc.shard not in self._files and loc.shard not in self._errors:
                 try:
-                    self._files[loc.shard] = open_regular(root / loc.shard)
+                    self._files[loc.shard] = open_inside(root / loc.shard, roots or (root,))
                 except FormatError as exc:
                     self._errors[loc.shard] = exc.message
                     continue
@@ -933,6 +933,9 @@ class _Loader:
     def __init__(self, root: Path, plan: DevicePlan, located: list[_Located], keep: bool,
                  offload_dir: str | None, progress: Callable[[int, int], None] | None, sources: _SourceChecksums):
         self.root = root
+        self.roots: tuple[Path, ...] = ()
+        """Where shards may be read from (the folder and, in a Hub cache, its blobs): each is
+        opened once, never through a symlink out of them."""
         self.sources = sources
         self.plan = plan
         self.located = located
@@ -968,7 +971,7 @@ class _Loader:
 
     def _shard(self, shard: str, items: list[_Located]) -> None:
         try:
-            handle = open_regular(self.root / shard)
+            handle = open_inside(self.root / shard, self.roots or (self.root,))
         except FormatError as exc:
             self.errors += 1
             self.findings.append(finding("HFC735", f"{shard} could not be opened: {exc.message}; its {len(items)} "
@@ -1292,9 +1295,11 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
     records = {(shard, r.key): r for shard in (contents.shards_of(chosen) if chosen else ())
                if (wf := contents.weights.get(shard)) is not None and wf.format != "safetensors"
                for r in storage_records(wf) if r.crc32 is not None}
-    sources = _SourceChecksums(root, to_load, records)
+    roots = tuple(r for r in (root, contents.folder.blob_root) if r is not None)
+    sources = _SourceChecksums(root, to_load, records, roots)
     try:
         loader = _Loader(root, plan, located, keep, offload_dir, progress, sources)
+        loader.roots = roots
         try:
             loader.run()
             for device in plan.devices:
