@@ -43,6 +43,7 @@ HUGE_FORMAT_CALL = "{% for m in messages %}{{ '{:>999999999}'.format(m['content'
 FOLDED_FILTER = "{{ 'x'|center(999999999) }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
 NESTED_RANGES = "{% for i in range(10**6) %}{% for j in range(10**6) %}{% endfor %}{% endfor %}"
 RECURSION = "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"
+REPEAT = "{{ 'x' * 10**9 }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 CASES = {
     # name: (template, cap hfconv must name: "memory", "time", or None when it may just finish)
@@ -55,6 +56,7 @@ CASES = {
     "folded_filter": (FOLDED_FILTER, "memory"),
     "nested_ranges": (NESTED_RANGES, None),
     "recursion": (RECURSION, None),
+    "repeat": (REPEAT, "memory"),
 }
 
 

@@ -417,6 +417,8 @@ def check_chat_template(contents: FolderContents, read_text, specials: dict[str,
         return
     checked = [t for t in templates if len(t.source) <= MAX_TEMPLATE_BYTES]
     # (A template over the size limit is not compiled: no real template is this large.)
+    if not checked:
+        return
     probe = 0 if checked and checked[0] is templates[0] and specials is not None and eos is not None else None
     verdicts, trouble = run_child(checked, probe, {r: (specials or {}).get(r) for r in SPECIAL_ROLES})
     if trouble is not None:
