@@ -9,7 +9,12 @@ What ``AutoTokenizer.from_pretrained`` and ``generate()`` rely on, checked acros
 * ``vocab_size`` and the embedding rows against the tokenizer's ids, special tokens present in the
   vocabulary, the token ids of config.json / generation_config.json in range and agreeing with
   the tokenizer's ids (rows against vocab_size is the shape check's HFC601);
-* ``tokenizer.model`` against ``tokenizer.json``, ``added_tokens_decoder`` against both;
+* ``tokenizer.model`` against ``tokenizer.json``, ``added_tokens_decoder`` against both; every slow
+  vocabulary (vocab.txt, vocab.json, SentencePiece files read with their class's id layout) against
+  tokenizer.json token by token (HFC519); a slow SentencePiece class named beside tokenizer.json alone
+  (HFC520); the unknown token inside its model's own vocabulary (HFC521); with ``--reference
+  transformers`` the tokenizer files alone loaded by transformers in a subprocess (HFC522);
+* the token ids of nested configs (text_config, vision_config, decoder, ...) against their own vocab_size;
 * the chat template parses (jinja2 sandbox) and ends an assistant turn with an eos id;
 * ``torch_dtype`` / ``dtype`` against the dtype the weights are stored in.
 
