@@ -68,6 +68,8 @@ class FolderContents:
     weight_errors: dict[str, FormatError] = field(default_factory=dict)
     unsafe_names: dict[str, str] = field(default_factory=dict)
     """Shard name from an index -> the index naming it, for names escaping the folder."""
+    index_error_codes: dict[str, str] = field(default_factory=dict)
+    """Index file -> the finding code of its ``index_errors`` entry where it is not HFC307."""
     unread_weights: list[str] = field(default_factory=list)
     """Weight files not read because MAX_WEIGHT_FILES was reached."""
 
@@ -178,6 +180,8 @@ def read_contents(folder: ModelFolder, options: CheckOptions | None = None) -> F
     return contents
 
 
+MAX_INDEX_SHARDS = 100_000
+"""Distinct shard files one index may name; past it the index is refused unchecked (HFC311)."""
 MAX_WEIGHT_FILES = 10_000
 """Weight files whose headers one run reads. The largest published checkpoints have a few
 thousand shards; a folder of 100,000 empty shard files would otherwise cost minutes. Files past
@@ -215,6 +219,13 @@ def _read_index(contents: FolderContents, name: str) -> None:
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         contents.index_errors[name] = "has no 'weight_map' object mapping tensor names to shard file names"
+        return
+    distinct = len(set(weight_map.values()))
+    if distinct > MAX_INDEX_SHARDS:
+        contents.index_errors[name] = (f"names {distinct:,} distinct shard files, more than hfconv checks "
+                                       f"({MAX_INDEX_SHARDS:,}, MAX_INDEX_SHARDS; the Hub's 5-digit shard names "
+                                       "stop at 99,999); it was not checked")
+        contents.index_error_codes[name] = "HFC311"
         return
     metadata = data.get("metadata")
     index = IndexFile(name=name, weight_map=weight_map, metadata=metadata if isinstance(metadata, dict) else {})

@@ -153,13 +153,13 @@ def test_files_at_the_depth_cap_are_still_checked(tmp_path: Path) -> None:
     assert not any(f["code"] == "HFC016" for f in report["findings"])
 
 
-def test_index_naming_30000_missing_shards_is_bounded(tmp_path: Path) -> None:
-    """One real shard and 30,000 distinct missing ones: each missing shard was counted over the
+def test_index_naming_20000_missing_shards_is_bounded(tmp_path: Path) -> None:
+    """Three real shards and 20,000 distinct missing ones: each missing shard was counted over the
     whole weight map (quadratic), and every one became a finding."""
     folder = copy_fixture(tmp_path, "llama-safetensors-sharded")
     index_path = folder / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
-    missing = 30_000
+    missing = 20_000
     index["weight_map"].update({f"ghost.{i}.weight": f"model-{i + 4:05d}-of-{missing + 3:05d}.safetensors"
                                 for i in range(missing)})
     index_path.write_text(json.dumps(index))
@@ -207,4 +207,19 @@ def test_shard_names_with_gaps_and_huge_totals_stay_short(tmp_path: Path) -> Non
     assert code == 1
     (gap,) = [f for f in report["findings"] if f["code"] == "HFC005" and "missing from" in f["message"]]
     assert gap["message"].startswith("999,999,999,997 shard(s) of 999,999,999,999 missing") and len(gap["message"]) < 400
+    assert elapsed < WALL_LIMIT, elapsed
+
+
+def test_index_naming_300000_shards_is_refused_by_its_cap(tmp_path: Path) -> None:
+    """The issue's case: a 12 MB index naming 300,000 distinct missing shards (killed after 60 s)."""
+    folder = copy_fixture(tmp_path, "llama-safetensors-sharded")
+    index_path = folder / "model.safetensors.index.json"
+    count = 300_000
+    index_path.write_text(json.dumps({"metadata": {}, "weight_map": {
+        f"model.layers.{i}.weight": f"model-{i + 1:06d}-of-{count:06d}.safetensors" for i in range(count)}}))
+    code, report, _, elapsed = validate_json(folder)
+    assert code == 1
+    (capped,) = [f for f in report["findings"] if f["code"] == "HFC311"]
+    assert capped["severity"] == "error" and capped["file"] == "model.safetensors.index.json"
+    assert "300,000 distinct shard files" in capped["message"] and "MAX_INDEX_SHARDS" in capped["message"]
     assert elapsed < WALL_LIMIT, elapsed

@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from ..contents import MAX_WEIGHT_FILES, FolderContents, IndexFile
+from ..contents import MAX_INDEX_SHARDS, MAX_WEIGHT_FILES, FolderContents, IndexFile
 from ..dtypes import SAFETENSORS_BITS
 from ..findings import Finding, finding, register
 from ..tensors import WeightFile
 from .layout import capped, some
 
+register("HFC311", "error", "index names too many shards",
+         f"The index names more than {MAX_INDEX_SHARDS:,} distinct shard files (the Hub's 5-digit shard names "
+         "stop at 99,999; real checkpoints have a few thousand at most). hfconv refuses to check it: a 12 MB "
+         "index of 300,000 made-up shard names would otherwise cost minutes.",
+         "Regenerate the index from the shards that exist (hfconv convert writes one), or re-save the model.",
+         "model.safetensors.index.json names 300,000 distinct shard files, more than hfconv checks (100,000, "
+         "MAX_INDEX_SHARDS; the Hub's 5-digit shard names stop at 99,999); it was not checked")
 register("HFC310", "error", "too many weight files",
          f"The folder holds more than {MAX_WEIGHT_FILES:,} weight files (shards, or files named like them). "
          "hfconv reads the headers of that many and stops (a folder of 100,000 empty shards would otherwise "
@@ -26,7 +33,7 @@ def check_index(contents: FolderContents) -> Iterator[Finding]:
     folder = contents.folder
     for name, why in contents.index_errors.items():
         if name not in contents.json_errors:  # parse errors are already reported by the read check
-            yield finding("HFC307", f"{name} {why}", file=name)
+            yield finding(contents.index_error_codes.get(name, "HFC307"), f"{name} {why}", file=name)
     if contents.unread_weights:
         unread = contents.unread_weights
         yield finding("HFC310", f"{len(unread):,} weight files were not read ({some(unread, 3)}): hfconv reads at most "
