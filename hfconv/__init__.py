@@ -33,3 +33,8 @@ def __getattr__(name: str) -> Any:
         module, attr = _EXPORTS[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'hfconv' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy exports too (``dir(hfconv)`` lists ``convert`` and ``load_test`` without importing torch)."""
+    return sorted({*globals(), *_EXPORTS})

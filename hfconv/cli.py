@@ -283,9 +283,16 @@ def _find_model_folders(root: str) -> list[str]:
               help="Only report these codes or prefixes, e.g. HFC3 or HFC301,HFC302.")
 @click.option("--ignore", multiple=True, metavar="CODES", help="Do not report these codes or prefixes.")
 @click.option("--trust-remote-code", is_flag=True,
-              help="Allow importing the folder's custom tokenizer code (in a subprocess).")
+              help="Import and run the folder's own Python code (its custom tokenizer and model classes, "
+              "as from_pretrained(trust_remote_code=True) would) in a separate process with time and memory "
+              "caps. That process is not a sandbox: the code runs with your user's rights (files, network). "
+              "Only for folders whose code you trust.")
 @click.option("--reference", type=click.Choice(["auto", "rules", "transformers"]), default="auto",
-              show_default=True, help="Where expected tensor shapes come from.")
+              show_default=True, help="Where expected tensor shapes come from. rules: hfconv's own shape-rule "
+              "table (no transformers needed). transformers: the model class of the installed transformers, "
+              "built from config.json in a subprocess (no weights). auto: the rule table first; transformers "
+              "for architectures the table does not cover (when it is installed; otherwise only the embedding "
+              "sizes and layer count are checked).")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Re-check every tensor's dtype, shape and sha256 against the manifest written by "
               "`hfconv convert --manifest FILE` (reads tensor bytes).")
@@ -366,12 +373,16 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
               help="text for people, json for programs, html for one self-contained page.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to FILE instead of stdout.")
-def inspect(path, fmt, output):
+@click.option("--tensors", "list_tensors", is_flag=True,
+              help="Also list every tensor of the weights loaders read: name, shape, dtype, shard, bytes "
+              "(JSON: tensor_list).")
+def inspect(path, fmt, output, list_tensors):
     """Summarise a model folder: format, shards, tensors, parameters, dtypes, bytes per shard.
 
     \b
     Examples:
       hfconv inspect ./my-model --format json
+      hfconv inspect ./my-model --tensors        # every tensor: name, shape, dtype, shard, bytes
       hfconv inspect ./my-model --format html -o inspect.html
     """
     from .inspection import inspect as run_inspect
@@ -379,7 +390,7 @@ def inspect(path, fmt, output):
 
     folder = _resolve_folder(path)
     check_output(output, reads=[folder])
-    result = run_inspect(folder)
+    result = run_inspect(folder, tensors=list_tensors)
     if result.empty:
         click.echo(f"inspect {escape_text(path)}: no weights and no config.json were read (an empty folder, or "
                    "only files that cannot be read); not a model folder (hfconv validate says why)", err=True)

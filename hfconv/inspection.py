@@ -10,7 +10,7 @@ from .contents import read_contents
 from .discovery import discover
 from .render import escape_text, human_bytes, human_count
 from .report import Layout
-from .validation import UsageError
+from .validation import check_folder
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,21 @@ class ShardSummary:
     format: str | None
     """Reader's format (``safetensors``, ``zip``, ``legacy``), None when unreadable."""
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    """One tensor of the weights loaders read (``inspect --tensors``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    shard: str
+    bytes: int
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "shard": self.shard,
+                "bytes": self.bytes}
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,8 @@ class Inspection:
     tokenizer_files: tuple[str, ...]
     has_config: bool = False
     """config.json was read (a JSON object)."""
+    tensor_rows: tuple[TensorRow, ...] | None = None
+    """Every tensor (name, shape, dtype, shard, bytes) with ``tensors=True``; None otherwise."""
 
     @property
     def empty(self) -> bool:
@@ -61,6 +78,7 @@ class Inspection:
             "parameters": self.parameters,
             "bytes": self.bytes,
             "tokenizer_files": list(self.tokenizer_files),
+            **({"tensor_list": [row.to_json() for row in self.tensor_rows]} if self.tensor_rows is not None else {}),
         }
 
     def to_text(self) -> str:
@@ -68,36 +86,59 @@ class Inspection:
         lines = [self.path]
         arch = ", ".join(self.architectures) or "?"
         lines.append(f"  model: {self.model_type or '?'} ({arch}), config dtype {self.config_dtype or '?'}")
-        kind = "sharded" if self.layout.sharded else "single file"
-        lines.append(f"  weights: {self.layout.format}, {kind}" + (f", index {self.layout.index}" if self.layout.index else ""))
+        if self.layout.describe() == "none":
+            lines.append("  weights: none")
+        else:
+            kind = "sharded" if self.layout.sharded else "single file"
+            lines.append(f"  weights: {self.layout.format}, {kind}"
+                         + (f", index {self.layout.index}" if self.layout.index else ""))
         lines.append(f"  tensors: {self.tensors}, parameters: {human_count(self.parameters)} ({self.parameters}), "
                      f"bytes: {human_bytes(self.bytes)}")
-        lines.append("  dtypes: " + ", ".join(f"{d} x{n}" for d, n in sorted(self.dtypes.items())))
+        lines.append("  dtypes: " + (", ".join(f"{d} x{n}" for d, n in sorted(self.dtypes.items())) or "none"))
         for shard in self.shards:
             detail = shard.error or f"{shard.tensors} tensors, {human_bytes(shard.tensor_bytes)} of tensors"
             lines.append(f"    {shard.name:<45} {human_bytes(shard.file_bytes):>10}  {shard.format or '-':<11} {detail}")
         lines.append("  tokenizer: " + (", ".join(self.tokenizer_files) or "none"))
+        if self.tensor_rows is not None:
+            lines.extend(self._tensor_table())
         return "\n".join(escape_text(line) for line in lines) + "\n"
+
+    def _tensor_table(self) -> list[str]:
+        """``--tensors``: one row per tensor (names escaped by the caller; widths from the escaped names)."""
+        rows = [(escape_text(r.name), "[" + ", ".join(map(str, r.shape)) + "]", r.dtype, escape_text(r.shard),
+                 f"{r.bytes:,}") for r in self.tensor_rows or ()]
+        n = len(rows)
+        out = [f"  tensors ({n:,} tensor{'' if n == 1 else 's'} of the weights loaders read):"]
+        if not rows:
+            return out
+        head = ("name", "shape", "dtype", "shard", "bytes")
+        widths = [min(max(len(head[i]), *(len(row[i]) for row in rows)), 80) for i in range(4)]
+        fmt = lambda cells: ("    " + "  ".join(c.ljust(w) for c, w in zip(cells[:4], widths))  # noqa: E731
+                             + "  " + cells[4].rjust(max(5, *(len(row[4]) for row in rows)))).rstrip()
+        out.append(fmt(head))
+        out.extend(fmt(row) for row in rows)
+        return out
 
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "added_tokens.json", "chat_template.jinja")
 
 
-def inspect(path: str | os.PathLike) -> Inspection:
+def inspect(path: str | os.PathLike, *, tensors: bool = False) -> Inspection:
     """Summarise a model folder: format, shards, tensors, parameters, dtypes, bytes per shard.
 
     Args:
         path: the model folder.
+        tensors: also list every tensor of the weights loaders read (name, shape, dtype,
+            shard, bytes), in ``tensor_rows``.
 
     Returns:
         The Inspection (render with ``to_text()`` or ``to_json()``).
 
     Raises:
-        UsageError: path is missing or not a folder.
+        UsageError: path does not exist or is not a folder (the message says which).
     """
-    if not os.path.isdir(path):
-        raise UsageError(f"{path} is not a folder (give the model folder, not a file)")
+    check_folder(path)
     folder = discover(path)
     contents = read_contents(folder)
     layout = contents.layout()
@@ -117,7 +158,13 @@ def inspect(path: str | os.PathLike) -> Inspection:
             format=weight_file.format if weight_file else None,
             error=f"{error.code}: {error.message}" if error else (None if folder.has(name) else "missing"),
         ))
+    listing = tensors
     tensors = contents.loaded_tensors
+    rows = None
+    if listing:
+        where = contents.tensor_files
+        rows = tuple(TensorRow(name=name, shape=tuple(meta.shape), dtype=meta.dtype, shard=where.get(name, ""),
+                               bytes=meta.nbytes) for name, meta in tensors.items())
     config = contents.config or {}
     architectures = config.get("architectures")
     return Inspection(
@@ -133,6 +180,7 @@ def inspect(path: str | os.PathLike) -> Inspection:
         bytes=sum(t.nbytes for t in tensors.values()),
         tokenizer_files=tuple(f for f in TOKENIZER_FILES if folder.has(f)),
         has_config=isinstance(contents.config, dict),
+        tensor_rows=rows,
     )
 
 

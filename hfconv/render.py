@@ -155,12 +155,13 @@ def render_text(reports: Sequence[Report], colour: bool = False, totals: bool | 
 def _render_one_text(report: Report, colour: bool) -> str:
     layout, summary = report.layout, report.summary
     lines = [escape_text(report.path)]
-    shape = "sharded" if layout.sharded else "single file"
-    where = f", {layout.index}" if layout.index else ""
-    lines.append(
-        f"  weights: {escape_text(layout.format)}, {shape}{escape_text(where)}, {len(layout.shards)} file(s); "
-        f"{summary.tensors} tensors, {human_count(summary.parameters)} parameters, {human_bytes(summary.bytes)}"
-    )
+    if layout.describe() == "none":
+        lines.append("  weights: none")
+    else:
+        lines.append(
+            f"  weights: {escape_text(layout.describe())}, {len(layout.shards)} file(s); "
+            f"{summary.tensors} tensors, {human_count(summary.parameters)} parameters, {human_bytes(summary.bytes)}"
+        )
     fixes_shown: set[str] = set()
     for group in group_findings(report.findings):
         f = group.first
@@ -171,6 +172,10 @@ def _render_one_text(report: Report, colour: bool) -> str:
         if f.code not in fixes_shown and f.severity is not Severity.INFO:
             fixes_shown.add(f.code)
             lines.append(f"          fix: {REGISTRY[f.code].fix}")
+    if report.manifest_matched is not None:
+        n = report.manifest_matched
+        lines.append(f"  manifest: {n:,} tensor{'' if n == 1 else 's'} match{'es' if n == 1 else ''} the manifest "
+                     "(dtype, shape and sha256)")
     verdict = "OK" if report.ok else "FAILED"
     if colour:
         verdict = f"\x1b[32m{verdict}{_RESET}" if report.ok else f"\x1b[31m{verdict}{_RESET}"

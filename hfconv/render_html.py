@@ -324,11 +324,14 @@ def _validate_section(report: Report, anchor: str) -> Section:
     if report.strict and report.warnings:
         detail += " (--strict: warnings fail)"
     summary: list[tuple[str, Any]] = [
-        ("weights", f"{layout.format}, {'sharded' if layout.sharded else 'single file'}"),
+        ("weights", layout.describe() if layout.describe() == "none" else
+         f"{layout.format}, {'sharded' if layout.sharded else 'single file'}"),
         ("index", layout.index),
         ("weight files", len(layout.shards)),
         *_sizes(report.summary.tensors, report.summary.parameters, report.summary.bytes),
     ]
+    if report.manifest_matched is not None:
+        summary.append(("manifest", f"{report.manifest_matched:,} tensor(s) match the manifest"))
     return Section(
         heading=report.path, anchor=anchor,
         verdict=Verdict(report.ok, "OK" if report.ok else "FAILED", detail),
@@ -420,7 +423,8 @@ def render_inspect_html(result: Inspection) -> str:
         ("model type", result.model_type),
         ("architectures", list(result.architectures)),
         ("config dtype", result.config_dtype),
-        ("weights", f"{layout.format}, {'sharded' if layout.sharded else 'single file'}"),
+        ("weights", layout.describe() if layout.describe() == "none" else
+         f"{layout.format}, {'sharded' if layout.sharded else 'single file'}"),
         ("index", layout.index),
         *_sizes(result.tensors, result.parameters, result.bytes),
         ("dtypes", ", ".join(f"{d} \u00d7{n}" for d, n in sorted(result.dtypes.items())) or None),

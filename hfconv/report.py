@@ -18,6 +18,12 @@ class Layout:
     shards: tuple[str, ...]
     files: tuple[str, ...]
 
+    def describe(self) -> str:
+        """``safetensors, sharded, model.safetensors.index.json``, or ``none`` for a folder without weights."""
+        if self.format == "none" and not self.shards:
+            return "none"
+        return f"{self.format}, {'sharded' if self.sharded else 'single file'}" + (f", {self.index}" if self.index else "")
+
     def to_json(self) -> dict:
         return {
             "format": self.format,
@@ -45,6 +51,9 @@ class Report:
     summary: Summary = field(default_factory=Summary)
     strict: bool = False
     """With strict, warnings fail the folder too."""
+    manifest_matched: int | None = None
+    """With ``--manifest``: the number of tensors whose dtype, shape and sha256 all match it (set
+    only when every one does); None when no manifest was given or a tensor differs."""
 
     @property
     def errors(self) -> int:

@@ -16,6 +16,27 @@ class UsageError(Exception):
     """The command cannot run at all (exit code 2): bad path, bad option."""
 
 
+def check_folder(path: str | os.PathLike, what: str = "") -> None:
+    """Raise :class:`UsageError` unless ``path`` is a folder, saying what it is instead: missing,
+    a dangling symlink, a FIFO or device, or a file. ``what`` prefixes the message (``"SRC "``)."""
+    import stat
+
+    if os.path.isdir(path):
+        return
+    shown = f"{what}{os.fspath(path)}"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        if os.path.islink(path):
+            raise UsageError(f"{shown} is a symlink to something that does not exist") from None
+        raise UsageError(f"{shown} does not exist") from None
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            raise UsageError(f"{shown} is not a folder ({kind})")
+    raise UsageError(f"{shown} is a file, not a folder (give the model folder that contains it)")
+
+
 def validate(
     path: str | os.PathLike,
     *,
@@ -43,10 +64,9 @@ def validate(
         The Report; ``report.ok`` is the verdict.
 
     Raises:
-        UsageError: path is missing or not a folder.
+        UsageError: path does not exist or is not a folder (the message says which).
     """
-    if not os.path.isdir(path):
-        raise UsageError(f"{path} is not a folder (give the model folder, not a file)")
+    check_folder(path)
     folder = discover(path)
     options = CheckOptions(trust_remote_code=trust_remote_code, reference=reference, deep=deep, manifest=manifest)
     contents = read_contents(folder, options)
@@ -67,6 +87,9 @@ def check_contents(
     contents they read anyway, so no header is parsed twice.
     """
     findings = [f for check in CHECKS for f in check(contents)]
+    matched = None
+    if getattr(contents.options, "manifest", None) and not any(f.code in _MANIFEST_CODES for f in findings):
+        matched = len(contents.loaded_tensors)  # before --select/--ignore: an ignored mismatch is no match
     findings = _filter(findings, select, ignore)
     findings.sort(key=lambda f: (-f.severity.rank, f.code, f.file or "", f.tensor or ""))
     return Report(
@@ -75,7 +98,12 @@ def check_contents(
         findings=tuple(dict.fromkeys(findings)),  # identical findings from two checks once
         summary=contents.summary(),
         strict=strict,
+        manifest_matched=matched,
     )
+
+
+_MANIFEST_CODES = frozenset(("HFC720", "HFC721", "HFC722", "HFC723"))
+"""Codes of checks/manifest.py: any of them means the folder does not match its manifest."""
 
 
 def _filter(findings: list[Finding], select: Iterable[str] | None, ignore: Iterable[str] | None) -> list[Finding]:
