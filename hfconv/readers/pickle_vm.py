@@ -90,6 +90,8 @@ class ScanResult:
     """Why the walk ended before a STOP, or None when it reached one (and, with ``multi``, the end)."""
     cap: str | None = None
     """The limit the walk hit, when that is the problem."""
+    truncated: bool = False
+    """The walk ran out of bytes (the pickle may go on past the buffer it was given)."""
 
     @property
     def complete(self) -> bool:
@@ -97,10 +99,11 @@ class ScanResult:
 
 
 class _Stop(Exception):
-    def __init__(self, problem: str, cap: str | None = None):
+    def __init__(self, problem: str, cap: str | None = None, truncated: bool = False):
         super().__init__(problem)
         self.problem = problem
         self.cap = cap
+        self.truncated = truncated
 
 
 # argument kinds
@@ -141,6 +144,7 @@ def scan_pickle(buf: bytes, *, multi: bool = False, max_ops: int = MAX_WALK_OPCO
     except _Stop as stop:
         result.problem = stop.problem
         result.cap = stop.cap
+        result.truncated = stop.truncated
     except Exception as exc:  # noqa: BLE001 - defensive: a walk never raises, it reports
         result.problem = f"walk failed ({type(exc).__name__})"
     return result
@@ -187,7 +191,7 @@ def _walk_one(buf: bytes, pos: int, limit: int, n: int, ops: int, max_ops: int, 
             if limit < n:
                 raise _Stop(f"pickle longer than {max_bytes} bytes (walked that far without a STOP)",
                             cap=f"{max_bytes} bytes")
-            raise _Stop(f"pickle ends without STOP at byte {pos} (truncated?)")
+            raise _Stop(f"pickle ends without STOP at byte {pos} (truncated?)", truncated=True)
         ops += 1
         if ops > max_ops:
             raise _Stop(f"more than {max_ops} opcodes (walk stopped at byte {pos})", cap=f"{max_ops} opcodes")
@@ -383,7 +387,7 @@ def _short(need: int, limit: int, n: int, max_bytes: int) -> _Stop:
     if need > limit and limit < n:
         return _Stop(f"pickle longer than {max_bytes} bytes (walked that far without a STOP)",
                      cap=f"{max_bytes} bytes")
-    return _Stop(f"pickle ends inside an opcode at byte {min(limit, n)} (truncated?)")
+    return _Stop(f"pickle ends inside an opcode at byte {min(limit, n)} (truncated?)", truncated=True)
 
 
 def _text(raw: bytes) -> str:

@@ -170,7 +170,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> WeightFile:
             if err.code == "HFC202" and size:
                 if _is_tar(head):
                     _scan_tar_pickles(f)
-                _refuse_text_pickle(_read_at(f, 0, min(size, MAX_SCAN_BYTES + 1)), err)
+                _refuse_text_pickle(f, size, err)
             raise
         if kind == "zip":
             return _read_zip(f, str(path), size)
@@ -385,13 +385,16 @@ def _refuse_plain_pickle(buf: bytes) -> None:
                                 "legacy format)")
 
 
-def _refuse_text_pickle(buf: bytes, err: FormatError) -> None:
+def _refuse_text_pickle(f: BinaryIO, size: int, err: FormatError) -> None:
     """A file the sniffer calls text (or unknown) may be a protocol-0 pickle, all printable,
     that torch.load would still run. Walk it as the unpickler would, to its end (padding does
     not hide what follows): a forbidden global that the walk reaches and then calls, or that a
     walk to STOP passes, is HFC201. A plain text file fails the walk within a few bytes, before
-    any call: it stays HFC202."""
-    scan = scan_pickle(buf, multi=True)
+    any call: it stays HFC202. The first MiB is walked first; more is read only when the walk
+    runs through all of it."""
+    scan = scan_pickle(_read_at(f, 0, min(size, 1 << 20)), multi=True)
+    if scan.truncated and size > 1 << 20:
+        scan = scan_pickle(_read_at(f, 0, min(size, MAX_SCAN_BYTES + 1)), multi=True)
     bad = _forbidden(scan.globals)
     if bad and (scan.calls or scan.pickles or scan.cap):
         raise _forbidden_error(bad, "pickle")
