@@ -84,7 +84,7 @@ def register(code: str, severity: str, title: str, why: str, fix: str, example: 
     return entry
 
 
-_PREDICATES = ("is ", "is: ", "was ", "cannot ", "could not ", "resolves ", "has ", "holds ", "names ", "does ")
+_PREDICATES = ("is ", "was ", "cannot be ", "could not be ", "resolves ", "has ", "holds ", "names ", "does ")
 
 
 def about(name: str, message: str) -> str:

@@ -377,11 +377,17 @@ def render_convert_html(result: ConversionResult) -> str:
     return render_page(Page(title=f"hfconv convert: {result.src} \u2192 {result.dst}", sections=[section]))
 
 
+def _sentence(message: str) -> str:
+    """``message`` ending with a full stop (a message that ends with one keeps it)."""
+    message = message.rstrip()
+    return message if message.endswith((".", "!", "?")) else f"{message}."
+
+
 def render_convert_error_html(src: str, dst: str, error: ConversionError) -> str:
     """``convert --format html`` when the conversion failed (DST was not created)."""
     section = Section(
         heading=f"{src} \u2192 {dst}", anchor="convert",
-        verdict=Verdict(False, "FAILED", f"{error.code}: {error.message} No DST was created."),
+        verdict=Verdict(False, "FAILED", f"{error.code}: {_sentence(error.message)} No DST was created."),
         summary=[("source", src), ("destination", dst), ("error", f"{error.code}: {error.message}")],
         findings=finding_rows(error.findings),
     )

@@ -235,3 +235,15 @@ def test_library_exports_and_missing_path(tmp_path: Path) -> None:
     assert out[3].startswith(f"{file} is a file, not a folder"), out
     library = (ROOT / "README.md").read_text().split("### Library", 1)[1].split("\n## ", 1)[0]
     assert "convert" in library and "load_test" in library
+
+
+# --- the convert failure page ------------------------------------------------------------------------
+
+def test_convert_failure_banner_is_sentences(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path, "llama-safetensors-sharded")
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    page = tmp_path / "convert.html"
+    result = hfconv("convert", str(folder), str(tmp_path / "out"), "--format", "html", "-o", str(page))
+    assert result.returncode == 1 and not (tmp_path / "out").exists()
+    html = page.read_text()
+    assert "would be lost. No DST was created." in html, html[:3000]

@@ -131,7 +131,7 @@ def check_deep(contents: FolderContents) -> Iterator[Finding]:
                 with open_regular(contents.folder.path(name)) as handle:
                     yield from _check_file(name, weight_file.byte_order == "big", plan, handle, buffer, bar.update)
             except (OSError, FormatError) as exc:
-                yield finding("HFC904", f"{name}: could not be opened for reading: {getattr(exc, 'message', exc)}",
+                yield finding("HFC904", f"{name} could not be opened for reading: {getattr(exc, 'message', exc)}",
                               file=name)
 
 
