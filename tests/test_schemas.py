@@ -298,7 +298,7 @@ def test_cli_reports_schema_finding_and_exit_code(tmp_path):
     edit_json(folder / "config.json", lambda c: c.update(rope_scaling={"rope_type": "linear", "factor": 0}))
     result = CliRunner().invoke(main, ["validate", str(folder), "--format", "json"], catch_exceptions=False)
     assert result.exit_code == 1
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     [hit] = [f for f in data["findings"] if f["code"] == "HFC402"]
     assert hit["file"] == "config.json" and hit["tensor"] == "$.rope_scaling.factor"
     assert hit["severity"] == "error"
