@@ -83,9 +83,11 @@ def test_non_contiguous_bin_tensor_digest(tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(FIXTURES / "llama-bin", src)
     state = torch.load(src / "pytorch_model.bin", weights_only=True)
-    state["model.norm.weight"] = torch.arange(64, dtype=torch.float32).reshape(8, 8).T[0].clone()
-    weird = torch.arange(12, dtype=torch.float32).reshape(3, 4).T  # a strided view, saved as such
-    state["extra.weight"] = weird
+    # Strided views of the right shapes, saved as such (the output must still validate).
+    (hidden,) = state["model.norm.weight"].shape
+    state["model.norm.weight"] = torch.arange(2 * hidden, dtype=torch.float32)[::2]
+    rows, cols = state["model.layers.0.mlp.up_proj.weight"].shape
+    state["model.layers.0.mlp.up_proj.weight"] = torch.arange(rows * cols, dtype=torch.float32).reshape(cols, rows).T
     torch.save(state, src / "pytorch_model.bin")
     manifest = tmp_path / "m.json"
     convert(src, tmp_path / "dst", manifest=manifest)
