@@ -34,13 +34,13 @@ from .shape_rules import (
 )
 
 MAX_REFERENCE_COUNT = 1024
-"""Most layers, blocks or experts a reference model is built with, per config field, nested configs
-included (real models have under 200 layers and a few hundred experts)."""
+"""Most layers or blocks a reference model is built with, per config field, nested configs included
+(real models have under 200 layers)."""
 MAX_REFERENCE_POSITIONS = 65536
 """Most image patches (times video frames) a vision reference model is built with: some classes
 compute position tables for them at construction (VideoMAE's sinusoid table), in real memory."""
-MAX_REFERENCE_TABLE = 1 << 21
-"""Most image positions times hidden_size (the size of such a table; VideoMAE-large has 1.6 million)."""
+MAX_REFERENCE_EXPERTS = 65536
+"""Most experts (Doge's default is 16,384 tiny ones, one embedding row each)."""
 TRUST_TIMEOUT_S = 120.0
 """How long the subprocess importing the folder's own code (--trust-remote-code) may take,
 imports included; ``HFCONV_REMOTE_CODE_TIMEOUT`` overrides it."""
@@ -139,8 +139,8 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
 
 def _absurd_size(config: Mapping[str, Any], path: str = "", depth: int = 0) -> str | None:
     """Why ``config`` (or a config nested in it) asks for a model hfconv does not build, or None:
-    a layer, block or expert count over MAX_REFERENCE_COUNT (``depths`` lists summed), or more
-    image positions than MAX_REFERENCE_POSITIONS."""
+    a layer or block count over MAX_REFERENCE_COUNT (``depths`` lists summed), an expert count over
+    MAX_REFERENCE_EXPERTS, or more image positions than MAX_REFERENCE_POSITIONS."""
     for key, value in config.items():
         if not isinstance(key, str):
             continue
@@ -154,23 +154,18 @@ def _absurd_size(config: Mapping[str, Any], path: str = "", depth: int = 0) -> s
         counted = key in LAYER_FIELDS or key in ("num_local_experts", "num_experts") or _COUNT_KEY.search(key)
         if not counted:
             continue
-        if _is_int(value) and value > MAX_REFERENCE_COUNT:
-            return (f"config.json {where} is {value}; hfconv builds reference models with at most "
-                    f"{MAX_REFERENCE_COUNT}")
+        cap = MAX_REFERENCE_EXPERTS if key.endswith("experts") else MAX_REFERENCE_COUNT
+        if _is_int(value) and value > cap:
+            return f"config.json {where} is {value}; hfconv builds reference models with at most {cap}"
         if isinstance(value, list) and (key.endswith("depths") or key.startswith("num_")) and value and \
                 all(_is_int(v) for v in value) and sum(max(v, 0) for v in value) > MAX_REFERENCE_COUNT:
             return (f"config.json {where} sums to {sum(max(v, 0) for v in value)} layers; hfconv builds "
                     f"reference models with at most {MAX_REFERENCE_COUNT}")
     positions = _image_positions(config)
-    if positions is not None:
-        image = f"config.json {path}image_size is {config.get('image_size')} with patch_size {config.get('patch_size')}"
-        if positions > MAX_REFERENCE_POSITIONS:
-            return (f"{image}: {positions} image positions; hfconv builds reference models with at most "
-                    f"{MAX_REFERENCE_POSITIONS}")
-        hidden = config.get("hidden_size")
-        if _is_int(hidden) and positions * hidden > MAX_REFERENCE_TABLE:
-            return (f"{image} and hidden_size {hidden}: a position table of {positions * hidden} values; hfconv "
-                    f"builds reference models with at most {MAX_REFERENCE_TABLE}")
+    if positions is not None and positions > MAX_REFERENCE_POSITIONS:
+        return (f"config.json {path}image_size is {config.get('image_size')} with patch_size "
+                f"{config.get('patch_size')}: {positions} image positions; hfconv builds reference models with at "
+                f"most {MAX_REFERENCE_POSITIONS}")
     return None
 
 
@@ -406,7 +401,7 @@ def _child_main(request: str, result: str, memory: int) -> None:
             job = json.load(handle)
         with contextlib.suppress(Exception):  # a failed import is reported by the build itself
             import torch  # noqa: F401
-            import transformers  # noqa: F401
+            import transformers.modeling_utils  # noqa: F401  (transformers' own code, before the cap)
         cap_address_space(memory)
         out: dict[str, Any] = {"status": "ok", "raw": _build_raw(job["folder"], job["config"], job["trust"],
                                                                  job["names"])}
@@ -456,6 +451,11 @@ def _build_config(transformers, folder, config: Mapping[str, Any], trust_remote_
         return CONFIG_MAPPING[model_type].from_pretrained(os.fspath(folder), local_files_only=True)
     except Exception:  # noqa: BLE001 - from_pretrained refuses it too: the folder does not load
         pass
+    if isinstance(first, (ImportError, MemoryError)):
+        # A package this machine lacks (or the memory cap) is no defect of config.json.
+        if isinstance(first, MemoryError):
+            raise first
+        raise ReferenceUnavailable(f"transformers {version} could not build the config: {_one_line(first)}") from None
     if has_code or not os.path.isfile(os.path.join(os.fspath(folder), "config.json")):
         # With its own code (auto_map) the folder is loaded through its own config class, which
         # may well accept what the built-in class of the same model_type refuses.

@@ -173,8 +173,8 @@ def test_trusted_code_runs_in_a_fresh_directory_offline(saved, tmp_path):
     ("videomae", lambda c: c.update(image_size=2048, num_frames=16, hidden_size=768), "auto",
      "config.json image_size is 2048 with patch_size 16: 131072 image positions; hfconv builds reference "
      "models with at most 65536"),
-    ("videomae", lambda c: c.update(image_size=1024, hidden_size=200_000), "auto",
-     "a position table of 819200000 values; hfconv builds reference models with at most 2097152"),
+    ("resnet", lambda c: c.update(num_experts=10**9), "auto",
+     "config.json num_experts is 1000000000; hfconv builds reference models with at most 65536"),
 ])
 def test_absurd_sizes_are_refused_before_building(saved, tmp_path, name, change, reference, message):
     folder = copy_with(saved, name, tmp_path, change)
@@ -186,8 +186,9 @@ def test_absurd_sizes_are_refused_before_building(saved, tmp_path, name, change,
 
 
 def test_reference_build_over_the_memory_cap_is_stopped(saved, tmp_path):
-    """VideoMAE computes its sinusoid table in real memory at construction: a size under the
-    pre-checks still meets the subprocess's address-space cap, named in the finding."""
+    """VideoMAE computes its sinusoid table in real memory at construction (in Python loops): a
+    size under the pre-checks still meets the subprocess's address-space cap, named in the
+    finding (the same folder with its own sizes builds under that cap)."""
     folder = copy_with(saved, "videomae", tmp_path, lambda c: c.update(image_size=384, hidden_size=3600))
     report, status, wall, _ = hfconv(str(folder), cwd=tmp_path, env={"HFCONV_REFERENCE_MEMORY_MB": "48"},
                                      timeout=60)
