@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from .contents import read_contents
 from .discovery import discover
-from .render import escape_text, human_bytes, human_count
+from .render import escape_text
 from .report import Layout
+from .units import human_bytes, human_count
 from .validation import check_folder
 
 

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from .findings import REGISTRY, Finding, Severity
 from .report import Report
+from .units import human_bytes, human_count
 
 _LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
 # What a name from a folder must never put raw on a terminal or into a log line: C0 controls
@@ -66,21 +67,6 @@ def json_safe(value):
 def dumps_json(value) -> str:
     """The JSON text hfconv prints: indented, UTF-8 safe (see :func:`json_safe`), newline-terminated."""
     return json.dumps(json_safe(value), indent=2) + "\n"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
-def human_count(n: int) -> str:
-    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
 
 
 def compress_numbers(numbers: Sequence[int]) -> str:
@@ -152,6 +138,24 @@ def render_text(reports: Sequence[Report], colour: bool = False, totals: bool | 
     return "\n".join(out)
 
 
+def finding_lines(findings: Sequence[Finding], colour: bool = False, indent: str = "  ",
+                  fixes: bool = True) -> list[str]:
+    """Findings as validate prints them (``error   HFC304 message``, grouped over layer numbers,
+    each code's fix once), escaped; convert and load-test list theirs with this too."""
+    lines: list[str] = []
+    fixes_shown: set[str] = set()
+    for group in group_findings(findings):
+        f = group.first
+        sev = f.severity.value
+        label = f"{_COLOURS[f.severity]}{sev:<7}{_RESET}" if colour else f"{sev:<7}"
+        count = f" (x{group.count})" if group.count > 1 else ""
+        lines.append(f"{indent}{label} {escape_text(f.code)} {escape_text(group.message)}{count}")
+        if fixes and f.code not in fixes_shown and f.severity is not Severity.INFO:
+            fixes_shown.add(f.code)
+            lines.append(f"{indent}        fix: {REGISTRY[f.code].fix}")
+    return lines
+
+
 def _render_one_text(report: Report, colour: bool) -> str:
     layout, summary = report.layout, report.summary
     lines = [escape_text(report.path)]
@@ -162,16 +166,7 @@ def _render_one_text(report: Report, colour: bool) -> str:
             f"  weights: {escape_text(layout.describe())}, {len(layout.shards)} file(s); "
             f"{summary.tensors} tensors, {human_count(summary.parameters)} parameters, {human_bytes(summary.bytes)}"
         )
-    fixes_shown: set[str] = set()
-    for group in group_findings(report.findings):
-        f = group.first
-        sev = f.severity.value
-        label = f"{_COLOURS[f.severity]}{sev:<7}{_RESET}" if colour else f"{sev:<7}"
-        count = f" (x{group.count})" if group.count > 1 else ""
-        lines.append(f"  {label} {escape_text(f.code)} {escape_text(group.message)}{count}")
-        if f.code not in fixes_shown and f.severity is not Severity.INFO:
-            fixes_shown.add(f.code)
-            lines.append(f"          fix: {REGISTRY[f.code].fix}")
+    lines.extend(finding_lines(report.findings, colour))
     if report.manifest_matched is not None:
         n = report.manifest_matched
         lines.append(f"  manifest: {n:,} tensor{'' if n == 1 else 's'} match{'es' if n == 1 else ''} the manifest "
