@@ -396,7 +396,7 @@ def inspect(path, fmt, output, list_tensors):
                    "only files that cannot be read); not a model folder (hfconv validate says why)", err=True)
         sys.exit(1)
     if fmt == "html":
-        from .render_html import render_inspect_html
+        from .render.html import render_inspect_html
 
         text = render_inspect_html(result)
     else:

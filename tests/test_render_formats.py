@@ -17,7 +17,7 @@ from helpers import FIXTURES, copy_fixture
 from hfconv.cli import main
 from hfconv.findings import REGISTRY, Finding, Severity, finding
 from hfconv.render import RENDERERS, render_sarif
-from hfconv.render_html import render_validate_html
+from hfconv.render.html import render_validate_html
 from hfconv.report import Layout, Report
 
 SARIF_URL = "https://json.schemastore.org/sarif-2.1.0.json"

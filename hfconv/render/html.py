@@ -16,16 +16,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .findings import REGISTRY, Finding, Severity
-from .render import escape_text, group_findings, human_bytes, human_count, package_version
-from .report import Report
+from ..findings import REGISTRY, Finding, Severity
+from ..report import Report
+from ..units import human_bytes, human_count
+from .common import escape_text, package_version
+from .text import group_findings
 
 if TYPE_CHECKING:  # pragma: no cover
     import jinja2
 
-    from .conversion import ConversionError, ConversionResult
-    from .inspection import Inspection
-    from .loading import LoadResult
+    from ..conversion import ConversionError, ConversionResult
+    from ..inspection import Inspection
+    from ..loading import LoadResult
 
 __all__ = ["render_validate_html", "render_convert_html", "render_convert_error_html", "render_load_html",
            "render_inspect_html"]
@@ -371,9 +373,17 @@ def render_convert_html(result: ConversionResult) -> str:
         ("time", f"{result.seconds:.2f} s ({result.mb_per_s:.1f} MB/s)"),
         ("verified", result.verified), ("manifest", result.manifest), ("durable (--fsync)", result.durable),
     ]
+    findings = result.findings
+    verdict = Verdict(True, "CONVERTED", detail)
+    if not result.ok:  # --allow-invalid-output: written, but not a model that passes validation
+        errors = result.validation.errors if result.validation is not None else 0
+        verdict = Verdict(False, "INVALID", f"{result.src} \u2192 {result.dst}: written anyway "
+                          f"(--allow-invalid-output) although it fails validation with {errors} "
+                          f"error{'s' if errors != 1 else ''}")
+        findings = (*findings, *(result.validation.findings if result.validation is not None else ()))
     section = Section(heading=f"{result.src} \u2192 {result.dst}", anchor="convert",
-                      verdict=Verdict(True, "CONVERTED", detail), summary=summary,
-                      findings=finding_rows(result.findings), details=_json_details(result.to_json(), ("findings",)))
+                      verdict=verdict, summary=summary,
+                      findings=finding_rows(findings), details=_json_details(result.to_json(), ("findings",)))
     return render_page(Page(title=f"hfconv convert: {result.src} \u2192 {result.dst}", sections=[section]))
 
 

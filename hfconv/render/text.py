@@ -1,0 +1,128 @@
+"""The text report: findings grouped over layer numbers, the fix once per code, a verdict per folder."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..findings import REGISTRY, Finding, Severity
+from ..report import Report
+from ..units import human_bytes, human_count
+from .common import escape_text
+
+__all__ = ["FindingGroup", "compress_numbers", "finding_lines", "group_findings", "render_text"]
+
+_LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
+_COLOURS = {Severity.ERROR: "\x1b[31m", Severity.WARNING: "\x1b[33m", Severity.INFO: "\x1b[36m"}
+_RESET = "\x1b[0m"
+
+
+def compress_numbers(numbers: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0..2,5,7..8'."""
+    ordered = sorted(set(numbers))
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for n in ordered[1:] + [None]:  # type: ignore[list-item]
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}..{prev}")
+        if n is not None:
+            start = prev = n
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    """Findings that differ only in a layer number, shown as one line."""
+
+    first: Finding
+    tensor: str | None
+    message: str
+    count: int
+
+
+def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
+    """Fold findings of one code whose tensor names differ only in layer numbers."""
+    buckets: dict[tuple, list[tuple[Finding, list[int]]]] = {}
+    for f in findings:
+        if f.tensor and _LAYER_NUMBER.search(f.tensor):
+            numbers = [int(m) for m in _LAYER_NUMBER.findall(f.tensor)]
+            pattern = _LAYER_NUMBER.sub("{}", f.tensor)
+            message = f.message.replace(f.tensor, "\0")
+            key = (f.code, f.severity, f.file, pattern, _LAYER_NUMBER.sub("{}", message), len(numbers))
+        else:
+            key = (id(f),)
+            numbers = []
+        buckets.setdefault(key, []).append((f, numbers))
+    groups: list[FindingGroup] = []
+    for members in buckets.values():
+        first = members[0][0]
+        if len(members) == 1:
+            groups.append(FindingGroup(first, first.tensor, first.message, 1))
+            continue
+        columns = list(zip(*(numbers for _, numbers in members)))
+        names = iter(
+            str(col[0]) if len(set(col)) == 1 else "{" + compress_numbers(col) + "}" for col in columns
+        )
+        tensor = _LAYER_NUMBER.sub(lambda _m: next(names), first.tensor or "")
+        groups.append(FindingGroup(first, tensor, first.message.replace(first.tensor or "", tensor), len(members)))
+    return groups
+
+
+def render_text(reports: Sequence[Report], colour: bool = False, totals: bool | None = None) -> str:
+    """Readable report: a header per folder, findings grouped, the fix once per code.
+
+    Every name from a folder (its path, file and tensor names in messages) is escaped
+    (:func:`escape_text`). With ``totals`` (default: several reports) a last line
+    ``N folders, M failed``.
+    """
+    out: list[str] = []
+    for report in reports:
+        out.append(_render_one_text(report, colour))
+    if totals if totals is not None else len(reports) > 1:
+        failed = sum(1 for r in reports if not r.ok)
+        out.append(f"{len(reports)} folder{'' if len(reports) == 1 else 's'}, {failed} failed\n")
+    return "\n".join(out)
+
+
+def finding_lines(findings: Sequence[Finding], colour: bool = False, indent: str = "  ",
+                  fixes: bool = True) -> list[str]:
+    """Findings as validate prints them (``error   HFC304 message``, grouped over layer numbers,
+    each code's fix once), escaped; convert and load-test list theirs with this too."""
+    lines: list[str] = []
+    fixes_shown: set[str] = set()
+    for group in group_findings(findings):
+        f = group.first
+        sev = f.severity.value
+        label = f"{_COLOURS[f.severity]}{sev:<7}{_RESET}" if colour else f"{sev:<7}"
+        count = f" (x{group.count})" if group.count > 1 else ""
+        lines.append(f"{indent}{label} {escape_text(f.code)} {escape_text(group.message)}{count}")
+        if fixes and f.code not in fixes_shown and f.severity is not Severity.INFO:
+            fixes_shown.add(f.code)
+            lines.append(f"{indent}        fix: {REGISTRY[f.code].fix}")
+    return lines
+
+
+def _render_one_text(report: Report, colour: bool) -> str:
+    layout, summary = report.layout, report.summary
+    lines = [escape_text(report.path)]
+    if layout.describe() == "none":
+        lines.append("  weights: none")
+    else:
+        lines.append(
+            f"  weights: {escape_text(layout.describe())}, {len(layout.shards)} file(s); "
+            f"{summary.tensors} tensors, {human_count(summary.parameters)} parameters, {human_bytes(summary.bytes)}"
+        )
+    lines.extend(finding_lines(report.findings, colour))
+    if report.manifest_matched is not None:
+        n = report.manifest_matched
+        lines.append(f"  manifest: {n:,} tensor{'' if n == 1 else 's'} match{'es' if n == 1 else ''} the manifest "
+                     "(dtype, shape and sha256)")
+    verdict = "OK" if report.ok else "FAILED"
+    if colour:
+        verdict = f"\x1b[32m{verdict}{_RESET}" if report.ok else f"\x1b[31m{verdict}{_RESET}"
+    lines.append(f"  {verdict}: {report.errors} error(s), {report.warnings} warning(s)"
+                 f"{' (--strict: warnings fail)' if report.strict and report.warnings else ''}")
+    return "\n".join(lines) + "\n"
