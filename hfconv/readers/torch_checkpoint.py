@@ -6,7 +6,9 @@ from the hub is untrusted, so this module never imports torch and never uses
 
 * sniffs the content (zip, legacy pickle stream, tar, git-lfs pointer, HTML, ...),
 * parses the zip container's central directory and local headers itself (metadata only;
-  storages are never read or decompressed),
+  storages are never read or decompressed), finding the end record exactly as torch's reader
+  (miniz) does and refusing a file any other reader could read as another archive (HFC213:
+  trailing data, zip records in the comment, bytes no entry covers),
 * interprets the pickle with a small opcode-level stack machine that knows exactly the
   opcodes and globals ``torch.save`` emits for a state dict at protocol 2. The "globals"
   are never imported: they are names checked against an allow-list, and each may only be
@@ -22,7 +24,9 @@ Supported pickle opcodes (protocol 2, what ``torch.save`` writes)::
     EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 SETITEM SETITEMS APPEND APPENDS BININT BININT1
     BININT2 LONG1 BINUNICODE NONE NEWTRUE NEWFALSE BINFLOAT REDUCE BINPERSID BUILD STOP
 
-Everything else (STACK_GLOBAL, FRAME, INST, OBJ, NEWOBJ, EXT*, BINBYTES, ...) is refused.
+Everything else (STACK_GLOBAL, FRAME, INST, OBJ, NEWOBJ, EXT*, BINBYTES, ...) is refused. A
+refused pickle, a training leftover and a text-looking file are then walked to their end by
+:mod:`.pickle_vm` (every protocol, never executed) to name the globals they would import.
 """
 
 from __future__ import annotations
