@@ -6,214 +6,22 @@ Exit codes (all commands): 0 success, 1 problems found / job failed verifiably, 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import click
 
-from .discovery import resolve_model_path
-
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _split_codes(values: tuple[str, ...]) -> list[str]:
-    return [code.strip().upper() for value in values for code in value.split(",") if code.strip()]
-
-
-def known_codes() -> frozenset[str]:
-    """Every registered finding code: the registry is filled by the modules that raise them, so
-    import each of those (validation imports every check; conversion and loading register the
-    HFC7xx codes). None of them imports torch."""
-    from . import conversion, loading, validation  # noqa: F401 - imported for their register() calls
-    from .findings import REGISTRY
-
-    return frozenset(REGISTRY)
-
-
-def _checked_codes(values: tuple[str, ...], option: str) -> list[str]:
-    """The codes or prefixes of --select/--ignore; one that matches no registered code is a usage
-    error (a typo would otherwise silently select nothing, and a gate would say OK)."""
-    codes = _split_codes(values)
-    if not codes:
-        return codes
-    known = known_codes()
-    given = [code.strip() for value in values for code in value.split(",") if code.strip()]
-    unknown = [name for name, code in zip(given, codes) if not any(k.startswith(code) for k in known)]
-    if unknown:
-        from .render import escape_text
-
-        names = ", ".join(escape_text(code) for code in unknown)
-        raise click.UsageError(f"{option}: {names} {'is' if len(unknown) == 1 else 'are'} not a finding code "
-                               "or a prefix of one (codes are HFC followed by three digits, e.g. HFC3 or "
-                               "HFC301; the README lists them all)")
-    return codes
-
-
-INSTALL_HINT = "pip install transformers accelerate"
-"""What to install for the checks that need transformers (until hfconv[transformers] is published)."""
-
-
-def require_modules(what: str, modules: tuple[str, ...]) -> None:
-    """A check the user asked for must be able to run: each module must import (exit 2 naming what
-    to install, not an info finding and exit 0).
-
-    transformers' top-level import is lazy (no torch); the Hub is set offline before it, as
-    hfconv never downloads anything on behalf of a folder.
-    """
-    import importlib
-    import importlib.util
-
-    from .render import escape_text
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - not installed, or an install that does not import
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-            raise click.UsageError(f"{what} needs {name}, which cannot be imported here ({escape_text(reason)[:300]}); "
-                                   f"install it: {INSTALL_HINT}") from None
-    if importlib.util.find_spec("torch") is None:
-        raise click.UsageError(f"{what} needs torch, which is not installed; install it: pip install torch")
-
-
-def _describe_kind(path: str) -> str | None:
-    """'a FIFO', 'a character device', ... for a path that exists and is neither a folder nor a regular file."""
-    import stat
-
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return None
-
-
-def check_output(output: str | None, reads: tuple[str, ...] | list[str] = (),
-                 writes: tuple[str, ...] | list[str] = ()) -> None:
-    """Refuse an --output FILE that cannot be written or must not be, before any work (exit 2).
-
-    Its folder (after symlinks) must exist; it must not lie inside a folder (or be a file) the
-    command reads (``validate DIR -o DIR/config.json`` would overwrite the model's config with
-    the report), nor inside a folder the command replaces (convert's DST).
-    """
-    if output is None:
-        return
-    from .render import escape_text
-
-    shown = escape_text(output)
-    target = os.path.realpath(output)
-    if os.path.isdir(target):
-        raise click.UsageError(f"--output {shown} is a folder; give a file name")
-    parent = os.path.dirname(target)
-    if not os.path.isdir(parent):
-        raise click.UsageError(f"--output {shown}: the folder {escape_text(parent)} does not exist; create it "
-                               "first or write the report elsewhere")
-    for kind, paths in (("reads", reads), ("replaces", writes)):
-        for path in paths:
-            root = os.path.realpath(path)
-            if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
-                raise click.UsageError(f"--output {shown} is inside {escape_text(path)}, which this command {kind}; "
-                                       "write the report elsewhere")
-
-
-def _emit(text: str, output: str | None, raw: bool = False) -> None:
-    """Write the report to --output FILE or stdout.
-
-    A regular FILE (or a new one) is replaced atomically (a temporary file beside it, renamed
-    over it, with the old file's mode); a symlink is written through, to the file it names; an
-    existing FIFO, character device or socket is written into, as a shell redirection does
-    (``-o /dev/null`` stays a device). Characters no UTF-8 output can hold (lone surrogates) and,
-    unless ``raw``, control characters other than newline and tab are written as ``\\uXXXX``
-    escapes, which read the same in text and are valid inside JSON strings.
-    """
-    if not raw:
-        text = _LAST_RESORT.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    data = text.encode("utf-8", "backslashreplace")
-    if not output:
-        stream = sys.stdout
-        if stream is None:  # no stdout at all (closed by the caller): nowhere to write
-            return
-        buffer = getattr(stream, "buffer", None)
-        if buffer is None:  # a text-only stream (embedded use)
-            stream.write(data.decode("utf-8"))
-        else:
-            stream.flush()
-            buffer.write(data)
-        stream.flush()
-        return
-    _write_file(output, data)
-
-
-_LAST_RESORT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _write_file(output: str, data: bytes) -> None:
-    import stat
-    import tempfile
-
-    target = os.path.realpath(output)  # through symlinks: the file the link names is written
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        # A FIFO, a device, a socket: write into it; replacing it would turn /dev/null into a file.
-        try:
-            with open(target, "wb") as handle:
-                handle.write(data)
-        except OSError as exc:
-            if exc.filename is None:
-                raise OSError(exc.errno, exc.strerror or str(exc), output) from None
-            raise
-        return
-    folder, name = os.path.split(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if st is not None:
-                os.fchmod(handle.fileno(), stat.S_IMODE(st.st_mode))
-                if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-                    os.fchown(handle.fileno(), st.st_uid, st.st_gid)
-            else:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(handle.fileno(), 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and exc.filename is None:  # a write: say which file
-            raise OSError(exc.errno, exc.strerror or str(exc), output) from None
-        raise
-
-
-def _resolve_folder(path: str) -> str:
-    from .render import escape_text
-
-    resolved = resolve_model_path(path)
-    shown = escape_text(path)
-    if not os.path.exists(resolved):
-        if os.path.islink(resolved):
-            raise click.UsageError(f"{shown} is a symlink to something that does not exist")
-        raise click.UsageError(f"{shown} does not exist (and is not a repo id in the local Hub cache)")
-    if not os.path.isdir(resolved):
-        kind = _describe_kind(resolved)
-        if kind:
-            raise click.UsageError(f"{shown} is not a folder ({kind})")
-        raise click.UsageError(f"{shown} is a file; give the model folder that contains it")
-    return resolved
+from .cli_common import (
+    CONTEXT_SETTINGS,
+    check_output,
+    checked_codes,
+    emit,
+    known_codes,  # noqa: F401 - hfconv.cli.known_codes, as before
+    os_error_line,
+    require_modules,
+    resolve_folder,
+)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -327,8 +135,8 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
     from .render import RENDERERS, escape_text, render_json, render_text
     from .validation import validate as run_validate
 
-    selected, ignored = _checked_codes(select, "--select"), _checked_codes(ignore, "--ignore")
-    folders = [_resolve_folder(p) for p in paths]
+    selected, ignored = checked_codes(select, "--select"), checked_codes(ignore, "--ignore")
+    folders = [resolve_folder(p) for p in paths]
     check_output(output, reads=[*folders, *([manifest] if manifest else [])])
     if reference == "transformers":
         require_modules("--reference transformers", ("transformers",))
@@ -355,7 +163,7 @@ def validate(paths, fmt, output, strict, select, ignore, trust_remote_code, refe
         text = render_json(reports, array=several)
     else:
         text = RENDERERS[fmt](reports)
-    _emit(text, output, raw=colour)
+    emit(text, output, raw=colour)
     failed = [r for r in reports if not r.ok]
     if failed and (output is not None or fmt != "text"):  # the report is not on the terminal: say the verdict there
         if len(reports) == 1:
@@ -388,7 +196,7 @@ def inspect(path, fmt, output, list_tensors):
     from .inspection import inspect as run_inspect
     from .render import dumps_json, escape_text
 
-    folder = _resolve_folder(path)
+    folder = resolve_folder(path)
     check_output(output, reads=[folder])
     result = run_inspect(folder, tensors=list_tensors)
     if result.empty:
@@ -401,7 +209,7 @@ def inspect(path, fmt, output, list_tensors):
         text = render_inspect_html(result)
     else:
         text = result.to_text() if fmt == "text" else dumps_json(result.to_json())
-    _emit(text, output)
+    emit(text, output)
 
 
 from .cli_convert import convert as _convert_command  # noqa: E402
@@ -473,17 +281,6 @@ def run() -> None:
         os._exit(code or 0)
     except OSError as exc:
         _fail_on_os_error(exc)
-
-
-def os_error_line(exc: OSError) -> str:
-    """One line for an OSError: the file(s) it names and the system's reason."""
-    from .render import escape_text
-
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    names = [escape_text(os.fsdecode(n) if isinstance(n, bytes) else str(n))
-             for n in (exc.filename, exc.filename2) if n is not None]
-    where = f"{' -> '.join(names)}: " if names else ""
-    return f"hfconv: error: {where}{escape_text(reason)}"
 
 
 def _fail_on_os_error(exc: OSError) -> None:
