@@ -26,10 +26,10 @@ KINDS = frozenset(
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 
-# Every byte but '"' and the four brackets, for bytes.translate(None, ...) in _nesting.
+# Every byte but '"' and the four brackets, for bytes.translate(None, ...) in measure_nesting.
 _NOT_QUOTE_OR_BRACKET = bytes(b for b in range(256) if b not in b'"[]{}')
 # A \u escape of a UTF-16 surrogate; only when one is present do we walk the parsed value.
-_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 # byte -> depth change, for a C-speed running sum over the bracket-only text
@@ -102,7 +102,7 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def _nesting(data: bytes, limit: int) -> tuple[int, int]:
+def measure_nesting(data: bytes, limit: int) -> tuple[int, int]:
     """(deepest ``[``/``{`` nesting, number of arrays and objects), outside string literals.
 
     Linear time, no recursion. When there are at most ``limit`` openers in all, their count
@@ -149,7 +149,7 @@ _SPLIT_CHUNK = 1 << 18
 
 
 def _brackets_outside_strings(data: bytes) -> bytes:
-    """Steps 1 and 2 of :func:`_nesting`: the brackets of ``data`` that lie outside strings.
+    """Steps 1 and 2 of :func:`measure_nesting`: the brackets of ``data`` that lie outside strings.
 
     The quote-split runs over 256 KiB slices of the (already bracket-and-quote-only) bytes,
     carrying the inside/outside state across slices: one split of the whole would build a
@@ -170,7 +170,7 @@ def _brackets_outside_strings(data: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _find_surrogate(value: Any) -> str | None:
+def find_surrogate(value: Any) -> str | None:
     """First string (key or value) holding a lone surrogate, walking iteratively."""
     stack = [value]
     while stack:
@@ -240,7 +240,7 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
     if text.startswith("\ufeff"):
         raise JsonError("encoding", "text starts with a byte order mark (U+FEFF), which JSON forbids")
 
-    depth, containers = _nesting(raw if raw is not None else text.encode("utf-8", "surrogatepass"), max_depth)
+    depth, containers = measure_nesting(raw if raw is not None else text.encode("utf-8", "surrogatepass"), max_depth)
     if depth > max_depth:
         raise JsonError("too_deep", f"nesting depth {depth} exceeds the limit of {max_depth}")
     if containers > max_containers:
@@ -272,8 +272,8 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
 
     # Python decodes "\ud800" to a lone surrogate that other parsers refuse and that cannot
     # be written back as UTF-8. Only walk the value when the text holds such an escape.
-    if _SURROGATE_ESCAPE_RE.search(text):
-        bad = _find_surrogate(value)
+    if SURROGATE_ESCAPE_RE.search(text):
+        bad = find_surrogate(value)
         if bad is not None:
             raise JsonError(
                 "encoding", f"string {ascii(bad)[:80]} holds a lone UTF-16 surrogate escape"

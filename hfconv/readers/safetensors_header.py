@@ -41,7 +41,7 @@ from typing import Any
 
 from ..dtypes import SAFETENSORS_BITS
 from ..fsutil import open_regular
-from ..jsonutil import _SURROGATE_ESCAPE_RE, JsonError, _find_surrogate, _nesting, count_containers
+from ..jsonutil import SURROGATE_ESCAPE_RE, JsonError, count_containers, find_surrogate, measure_nesting
 from ..tensors import FormatError, ReaderNote, TensorMeta, WeightFile
 
 __all__ = ["read_safetensors", "MAX_HEADER_BYTES", "HUB_HEADER_LIMIT", "MAX_TENSORS"]
@@ -138,7 +138,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             dropped.append((key, value))
             if key not in dups:
                 dups.append(key)
-            bad = _find_surrogate(value)
+            bad = find_surrogate(value)
             if bad is not None:  # serde parsed the dropped value too
                 raise JsonError("encoding", f"string {ascii(bad)[:80]} holds a lone UTF-16 surrogate escape")
     marked.dups = tuple(dups)
@@ -180,7 +180,7 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FormatError("HFC104", f"header is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    depth, containers = _nesting(raw, _HEADER_MAX_DEPTH)
+    depth, containers = measure_nesting(raw, _HEADER_MAX_DEPTH)
     if depth > _HEADER_MAX_DEPTH:
         raise FormatError("HFC104", f"header nesting depth {depth} exceeds {_HEADER_MAX_DEPTH}, the most "
                                     "safetensors (serde_json) reads")
@@ -204,8 +204,8 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
                                     f"column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:  # int_max_str_digits; depth is checked above
         raise FormatError("HFC104", f"header is not valid JSON: {exc}") from None
-    if _SURROGATE_ESCAPE_RE.search(text):
-        bad = _find_surrogate(header)
+    if SURROGATE_ESCAPE_RE.search(text):
+        bad = find_surrogate(header)
         if bad is not None:
             raise FormatError("HFC104", f"header string {ascii(bad)[:80]} holds a lone UTF-16 surrogate "
                                         "escape, which serde_json refuses")
