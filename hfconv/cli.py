@@ -22,6 +22,8 @@ from .cli_common import (
     require_modules,
     resolve_folder,
 )
+from .cli_convert import convert as convert_command
+from .cli_load import load_test as load_test_command
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -212,10 +214,8 @@ def inspect(path, fmt, output, list_tensors):
     emit(text, output)
 
 
-from .cli_convert import convert as _convert_command  # noqa: E402
-main.add_command(_convert_command)
-from .cli_load import load_test as _load_test_command  # noqa: E402
-main.add_command(_load_test_command)
+main.add_command(convert_command)
+main.add_command(load_test_command)
 
 
 _EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}

@@ -98,7 +98,8 @@ class Inspection:
         lines.append("  dtypes: " + (", ".join(f"{d} x{n}" for d, n in sorted(self.dtypes.items())) or "none"))
         for shard in self.shards:
             detail = shard.error or f"{shard.tensors} tensors, {human_bytes(shard.tensor_bytes)} of tensors"
-            lines.append(f"    {shard.name:<45} {human_bytes(shard.file_bytes):>10}  {shard.format or '-':<11} {detail}")
+            size = human_bytes(shard.file_bytes)
+            lines.append(f"    {shard.name:<45} {size:>10}  {shard.format or '-':<11} {detail}")
         lines.append("  tokenizer: " + (", ".join(self.tokenizer_files) or "none"))
         if self.tensor_rows is not None:
             lines.extend(self._tensor_table())

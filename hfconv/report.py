@@ -22,7 +22,8 @@ class Layout:
         """``safetensors, sharded, model.safetensors.index.json``, or ``none`` for a folder without weights."""
         if self.format == "none" and not self.shards:
             return "none"
-        return f"{self.format}, {'sharded' if self.sharded else 'single file'}" + (f", {self.index}" if self.index else "")
+        kind = "sharded" if self.sharded else "single file"
+        return f"{self.format}, {kind}" + (f", {self.index}" if self.index else "")
 
     def to_json(self) -> dict:
         return {

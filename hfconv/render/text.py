@@ -66,7 +66,7 @@ def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
         names = iter(
             str(col[0]) if len(set(col)) == 1 else "{" + compress_numbers(col) + "}" for col in columns
         )
-        tensor = _LAYER_NUMBER.sub(lambda _m: next(names), first.tensor or "")
+        tensor = _LAYER_NUMBER.sub(lambda _m, names=names: next(names), first.tensor or "")
         groups.append(FindingGroup(first, tensor, first.message.replace(first.tensor or "", tensor), len(members)))
     return groups
 
