@@ -21,48 +21,52 @@ __all__ = ["convert", "render_text", "render_json", "render_error_text", "render
 
 # --- renderers: pure functions of the result ------------------------------------------------
 
-def render_text(result: ConversionResult) -> str:
-    """A short human summary of a successful conversion."""
-    from .render import human_bytes
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
+
+def render_text(result: ConversionResult) -> str:
+    """A short human summary of a successful conversion; every name from a folder escaped."""
+    from .render import escape_text as esc
+    from .render import finding_lines, human_bytes
+
+    src, dst = esc(result.src), esc(result.dst)
     if result.ok:
-        lines = [f"converted {result.src} -> {result.dst}"]
+        lines = [f"converted {src} -> {dst}"]
     else:
         assert result.validation is not None
-        lines = [f"converted {result.src} -> {result.dst}: output INVALID ({result.validation.errors} validation "
-                 f"error{'s' if result.validation.errors != 1 else ''}; written anyway: --allow-invalid-output)"]
-    lines.append(f"  tensors   {result.tensors}")
-    lines.append(f"  bytes     {human_bytes(result.bytes)} ({result.bytes} bytes of tensor data)")
-    shard_word = "shard" if len(result.shards) == 1 else "shards"
-    lines.append(f"  shards    {len(result.shards)} {shard_word}" + (f" + {result.index}" if result.index else ""))
+        lines = [f"converted {src} -> {dst}: output INVALID ({_plural(result.validation.errors, 'validation error')}"
+                 "; written anyway: --allow-invalid-output)"]
+    lines.append(f"  tensors   {result.tensors:,}")
+    lines.append(f"  bytes     {human_bytes(result.bytes)} ({_plural(result.bytes, 'byte')} of tensor data)")
+    lines.append(f"  shards    {_plural(len(result.shards), 'shard')}" + (f" + {result.index}" if result.index else ""))
     for shard in result.shards:
-        lines.append(f"            {shard.name}  {shard.tensors} tensors  {human_bytes(shard.bytes)}")
+        lines.append(f"            {esc(shard.name)}  {_plural(shard.tensors, 'tensor')}  {human_bytes(shard.bytes)}")
     if result.dtype != "keep":
-        lines.append(f"  dtype     {result.cast} tensors cast to {result.dtype}")
+        lines.append(f"  dtype     {_plural(result.cast, 'tensor')} cast to {result.dtype}")
     if result.dropped_aliases:
-        lines.append("  dropped   " + ", ".join(f"{a} (tied to {k})" for a, k in result.dropped_aliases.items()))
+        lines.append("  dropped   " + ", ".join(f"{esc(a)} (tied to {esc(k)})" for a, k in result.dropped_aliases.items()))
     if result.copied_aliases:
-        lines.append("  copied    " + ", ".join(f"{a} (shared storage with {k})"
+        lines.append("  copied    " + ", ".join(f"{esc(a)} (shared storage with {esc(k)})"
                                                 for a, k in result.copied_aliases.items()))
-    lines.append(f"  files     {len(result.files_copied)} copied" +
-                 (f", {len(result.files_skipped)} skipped" if result.files_skipped else ""))
+    lines.append(f"  files     {len(result.files_copied):,} copied" +
+                 (f", {len(result.files_skipped):,} skipped" if result.files_skipped else ""))
     for name, why in result.files_skipped.items():
-        lines.append(f"            {name} {why}")
+        lines.append(f"            {esc(name)} {esc(why)}")
     lines.append(f"  time      {result.seconds:.2f} s ({result.mb_per_s:.1f} MB/s)")
     if result.verified and result.ok:
         lines.append("  verified  yes (every tensor bitwise, every .bin storage's CRC-32, output validated)")
     elif result.verified:
         lines.append("  verified  tensors yes (bitwise, with every .bin storage's CRC-32); output INVALID:")
         listed = result.validation.findings if result.validation is not None else ()
-        for item in listed[:_MAX_LISTED]:
-            lines.append(f"            {item.code} {item.severity.value}: {item.message}")
+        lines.extend(finding_lines(listed[:_MAX_LISTED], indent="            ", fixes=False))
         if len(listed) > _MAX_LISTED:
             lines.append(f"            ... and {len(listed) - _MAX_LISTED} more (--format json lists them all)")
     else:
         lines.append("  verified  no (--no-verify: nothing was checked: no tensor compared, no CRC-32, "
                      "output not validated)")
     if result.manifest:
-        lines.append(f"  manifest  {result.manifest}")
+        lines.append(f"  manifest  {esc(result.manifest)}")
     if result.durable:
         lines.append("  durable   yes (--fsync: on the disk before DST appeared)")
     return "\n".join(lines) + "\n"
@@ -73,11 +77,14 @@ def render_json(result: ConversionResult) -> str:
 
 
 def render_error_text(src: str, dst: str, error: ConversionError) -> str:
-    """``conversion failed: <why>; no DST was created.`` then the findings that explain it."""
-    lines = [f"conversion failed ({error.code}): {error.message}; no DST was created."]
+    """``conversion failed (CODE): <why>; no DST was created.`` then the findings that explain
+    it, as validate lists them; every name from the folder escaped."""
+    from .render import escape_text, finding_lines
+
+    message = escape_text(error.message).rstrip(".")
+    lines = [f"conversion failed ({error.code}): {message}; no DST was created."]
     listed = [item for item in error.findings if item.message != error.message]
-    for item in listed[:_MAX_LISTED]:
-        lines.append(f"  {item.code} {item.severity.value}: {item.message}")
+    lines.extend(finding_lines(listed[:_MAX_LISTED]))
     if len(listed) > _MAX_LISTED:
         lines.append(f"  ... and {len(listed) - _MAX_LISTED} more (--format json lists them all)")
     return "\n".join(lines) + "\n"
@@ -94,30 +101,50 @@ def render_error_json(src: str, dst: str, error: ConversionError) -> str:
 
 
 def _render_html(result: ConversionResult) -> str:
-    from .render_html import render_convert_html  # jinja2 only when a page is asked for
+    from .render.html import render_convert_html  # jinja2 only when a page is asked for
 
     return render_convert_html(result)
 
 
 def _render_error_html(src: str, dst: str, error: ConversionError) -> str:
-    from .render_html import render_convert_error_html
+    from .render.html import render_convert_error_html
 
     return render_convert_error_html(src, dst, error)
 
 
 # --- the command ------------------------------------------------------------------------------
 
-def _progress_bar(quiet: bool, verify: bool):
-    """A tqdm bar over bytes on stderr, or None when quiet or stderr is not a terminal.
+DTYPE_HELP = "keep, bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float)"
 
-    With verification the bar counts every byte twice: once written, once compared.
+
+def dtype_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """``--dtype`` of convert and load-test: one list of names (conversion.DTYPE_ALIASES)."""
+    from .conversion import canonical_dtype
+    from .validation import UsageError
+
+    try:
+        return canonical_dtype(value)
+    except UsageError:
+        raise click.BadParameter(f"{value!r} is not a dtype: use {DTYPE_HELP}") from None
+
+
+def _progress_bar(quiet: bool, verify: bool, what: str = "convert"):
+    """Progress on stderr: a tqdm bar over the model's bytes on a terminal, else (CI logs) a
+    line every HFCONV_PROGRESS_INTERVAL seconds (default 10); nothing when quiet.
+
+    With verification each byte counts half when written and half when compared, so the
+    total is the model's bytes and 100% means written and verified.
     """
-    if quiet or not sys.stderr.isatty():
+    if quiet:
         return None, None
+    desc = f"{what} (write+verify)" if verify else f"{what} (write)"
+    if not sys.stderr.isatty():
+        lines = ProgressLines(desc)
+        return lines, lines.update
     from tqdm import tqdm
 
     bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr,
-               desc="write+verify" if verify else "write", dynamic_ncols=True, leave=False)
+               desc=desc, dynamic_ncols=True, leave=False)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
@@ -125,6 +152,49 @@ def _progress_bar(quiet: bool, verify: bool):
         bar.update(done - bar.n)
 
     return bar, update
+
+
+class ProgressLines:
+    """Progress for a log (stderr not a terminal): one line every ``interval`` seconds with
+    the bytes done, the percentage and the rate, so a long run in CI is seen to be alive."""
+
+    def __init__(self, desc: str, interval: float | None = None) -> None:
+        import os
+        import time
+
+        if interval is None:
+            try:
+                interval = float(os.environ.get("HFCONV_PROGRESS_INTERVAL", "10"))
+            except ValueError:
+                interval = 10.0
+        self.desc = desc
+        self.interval = max(interval, 0.0)
+        self._clock = time.monotonic
+        self.started = self._clock()
+        self.last = self.started
+        self.done = 0
+        self.total = 0
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def update(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        now = self._clock()
+        if now - self.last >= self.interval and done < total:
+            self.last = now
+            self.write(now)
+
+    def write(self, now: float) -> None:
+        from .render import human_bytes
+
+        elapsed = max(now - self.started, 1e-9)
+        percent = f"{100 * self.done / self.total:.0f}%" if self.total else "?%"
+        print(f"{self.desc}: {human_bytes(self.done)} of {human_bytes(self.total)} ({percent}), "
+              f"{human_bytes(self.done / elapsed)}/s, {elapsed:.0f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 _EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -154,9 +224,9 @@ def _suppress_value_error():
 @click.option("--max-shard-size", default="5GB", show_default=True, metavar="SIZE",
               help="Largest shard: 5GB = 5*10^9 bytes, 5GiB = 5*2^30, 500MB, 200KB or bytes. A tensor "
                    "larger than SIZE gets a shard of its own.")
-@click.option("--dtype", type=click.Choice(["keep", "float32", "float16", "bfloat16"]), default="keep",
-              show_default=True, help="Cast floating tensors (integer, bool and float8 tensors are kept) and "
-                                      "update torch_dtype in config.json.")
+@click.option("--dtype", default="keep", show_default=True, metavar="DTYPE", callback=dtype_option,
+              help="keep, bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float): cast floating tensors "
+                   "(integer, bool and float8 tensors are kept) and update config.json's dtype/torch_dtype.")
 @click.option("--no-verify", is_flag=True, help="Skip the byte-for-byte comparison, the CRC-32 check of .bin "
               "storages and the validation of DST (the report then says nothing was checked).")
 @click.option("--allow-invalid-output", is_flag=True,
@@ -171,7 +241,8 @@ def _suppress_value_error():
               help="Flush DST to the disk before it appears, so it survives a power loss complete (costs "
                    "the disk's write time, like cp -r && sync). Without it DST still appears only once "
                    "complete and verified; after a power loss, check it with hfconv validate --manifest.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else a line every 10 s; "
+              "HFCONV_PROGRESS_INTERVAL=SECONDS sets the interval).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
               help="Summary format on stdout: text, json, or html (one self-contained page).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
@@ -199,7 +270,7 @@ def convert(src, dst, max_shard_size, dtype, no_verify, allow_invalid_output, ma
     2 could not run (SRC missing, DST exists without --force, bad option), 130/143
     interrupted by SIGINT/SIGTERM (no DST is left behind).
     """
-    from .cli import _emit, _resolve_folder
+    from .cli_common import emit as _emit, resolve_folder as _resolve_folder
     from .conversion import ConversionError
     from .conversion import convert as run_convert
     from .sharding import parse_size
@@ -210,6 +281,9 @@ def convert(src, dst, max_shard_size, dtype, no_verify, allow_invalid_output, ma
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
     folder = _resolve_folder(src)
+    from .cli_common import check_output
+
+    check_output(output, reads=[folder], writes=[dst])  # before any work: DST is not created on a bad -o
     bar, update = _progress_bar(quiet, not no_verify)
     previous = {}
     for signum in _EXIT_FOR_SIGNAL:
@@ -233,7 +307,7 @@ def convert(src, dst, max_shard_size, dtype, no_verify, allow_invalid_output, ma
         if bar is not None:
             bar.close()
             bar = None
-        click.echo("interrupted; no DST was created", err=True)
+        click.echo("interrupted; no DST was created.", err=True)
         sys.exit(_EXIT_FOR_SIGNAL.get(_received[-1] if _received else signal.SIGINT, 130))
     finally:
         if bar is not None:
@@ -244,12 +318,15 @@ def convert(src, dst, max_shard_size, dtype, no_verify, allow_invalid_output, ma
     renderers = {"text": render_text, "json": render_json, "html": _render_html}
     _emit(renderers[fmt](result), output)
     if not result.ok and (output or fmt != "text"):  # the verdict where the user looks
-        click.echo(f"convert {src} -> {dst}: output INVALID (written anyway: --allow-invalid-output)", err=True)
+        from .render import escape_text
+
+        click.echo(f"convert {escape_text(src)} -> {escape_text(dst)}: output INVALID (written anyway: "
+                   "--allow-invalid-output).", err=True)
     sys.exit(result.exit_code)
 
 
 def _fail(src: str, dst: str, error: ConversionError, fmt: str, output: str | None) -> None:
-    from .cli import _emit
+    from .cli_common import emit as _emit
 
     error_renderers = {"text": render_error_text, "json": render_error_json, "html": _render_error_html}
     text = error_renderers[fmt](src, dst, error)

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from .cli_convert import dtype_option
+
 __all__ = ["load_test"]
 
 _MAP_HELP = ("auto (GPUs balanced, then cpu, then disk), balanced (GPUs only, evenly), sequential (fill each "
@@ -18,30 +20,74 @@ _MAP_HELP = ("auto (GPUs balanced, then cpu, then disk), balanced (GPUs only, ev
 
 def _parse_memory(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     """``DEVICE=SIZE`` pairs; the syntax is checked here (exit 2), the sizes by the library."""
+    from .device_map import DeviceMapSyntaxError, parse_device
+    from .render import escape_text
+
     limits: dict[str, str] = {}
+    given: dict[str, str] = {}
     for value in values:
         device, sep, size = value.partition("=")
         if not sep or not device.strip() or not size.strip():
-            raise click.BadParameter(f"{value!r} is not DEVICE=SIZE (e.g. cuda:0=20GiB, cpu=64GB, disk=200GB)")
+            raise click.BadParameter(f"{escape_text(value)!r} is not DEVICE=SIZE (e.g. cuda:0=20GiB, cpu=64GB, "
+                                     "disk=200GB)")
+        try:
+            name = parse_device(device.strip())
+        except DeviceMapSyntaxError:
+            name = device.strip()  # the library words a bad device name
+        if name in given:
+            raise click.BadParameter(f"{name} is given twice ({escape_text(given[name])} and {escape_text(value)}); "
+                                     "give one limit per device")
+        given[name] = value
         limits[device.strip()] = size.strip()
     return limits
 
 
-def _progress_bar(quiet: bool):
-    """A tqdm bar over bytes on stderr, or None when quiet or stderr is not a terminal."""
-    if quiet or not sys.stderr.isatty():
-        return None, None
-    from tqdm import tqdm
+class _Progress:
+    """load-test's progress on stderr: a tqdm bar labelled with the phase (validating,
+    importing torch, loading) on a terminal, ended before the forward pass, which gets a line
+    of its own; in a log (not a terminal) a line every HFCONV_PROGRESS_INTERVAL seconds while
+    loading; nothing when quiet."""
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr, desc="load-test",
-               dynamic_ncols=True, leave=False)
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.bar = None
+        self.lines = None
+        if quiet:
+            return
+        if self.tty:
+            from tqdm import tqdm
 
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
+            self.bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr,
+                            desc="load-test: starting", dynamic_ncols=True, leave=False)
+        else:
+            from .cli_convert import ProgressLines
 
-    return bar, update
+            self.lines = ProgressLines("load-test: loading")
+
+    def phase(self, name: str) -> None:
+        if self.bar is not None:
+            if name == "forward pass":  # no bytes to count: end the bar, say what runs
+                self.bar.close()
+                self.bar = None
+                print("load-test: forward pass (building the model with transformers, one pass on a few tokens)...",
+                      file=sys.stderr, flush=True)
+                return
+            self.bar.set_description(f"load-test: {name}")
+            self.bar.refresh()
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            if self.bar.total != total:
+                self.bar.total = total
+            self.bar.update(done - self.bar.n)
+        elif self.lines is not None:
+            self.lines.update(done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @click.command("load-test", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -54,9 +100,15 @@ def _progress_bar(quiet: bool):
 @click.option("--offload-folder", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Where disk tensors of .bin weights are written and read back (a temporary subfolder, removed "
                    "after). Default: the system temp dir. safetensors shards are read back in place.")
-@click.option("--dtype", type=click.Choice(["keep", "float32", "float16", "bfloat16"]), default="keep",
-              show_default=True, help="Cast floating tensors on their device after verification (plans with the "
-                                      "cast sizes).")
+@click.option("--dtype", default="keep", show_default=True, metavar="DTYPE", callback=dtype_option,
+              help="keep, bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float): cast floating tensors on "
+                   "their device after verification (plans with the cast sizes).")
+@click.option("--strict", is_flag=True, help="Refuse a folder with any validation error (by default only errors "
+              "in the weights, the index or config.json refuse it; the others are reported as HFC744).")
+@click.option("--select", multiple=True, metavar="CODES",
+              help="Only consider these validation codes or prefixes, as validate --select.")
+@click.option("--ignore", multiple=True, metavar="CODES",
+              help="Ignore these validation codes or prefixes, as validate --ignore.")
 @click.option("--forward", is_flag=True,
               help="Also build the model with transformers on the same device map and run one forward pass on a few "
                    "tokens from the folder's tokenizer (needs hfconv[transformers]).")
@@ -64,12 +116,15 @@ def _progress_bar(quiet: bool):
               help="Report format: text, json, or html (one self-contained page).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the report to FILE instead of stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def load_test(path, device_map, max_memory, offload_folder, dtype, forward, fmt, output, quiet):
+@click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else a line every 10 s; "
+              "HFCONV_PROGRESS_INTERVAL=SECONDS sets the interval).")
+def load_test(path, device_map, max_memory, offload_folder, dtype, strict, select, ignore, forward, fmt, output,
+              quiet):
     """Load every tensor onto the devices it will be served from, and prove every byte arrived.
 
     PATH is a model folder (or an org/name repo id in the local Hub cache). The folder is
-    validated first (a folder with errors is refused: nothing hostile reaches torch). Then a
+    validated first (a folder with errors in its weights, index or config.json is refused:
+    nothing hostile reaches torch; --strict refuses any error). Then a
     device map is planned (never splitting a decoder block) or read, every tensor is read onto
     its device shard by shard (disk tensors are written to the offload folder, or stay mapped
     in their safetensors shard, and read back once), and a checksum computed on the device is
@@ -89,28 +144,29 @@ def load_test(path, device_map, max_memory, offload_folder, dtype, forward, fmt,
     fit or a tensor failed to load or verify, 2 could not run (PATH missing, bad map file,
     bad device name or size).
     """
-    from .cli import _emit, _resolve_folder, check_output, require_modules
+    from .cli_common import check_output, checked_codes as _checked_codes, emit as _emit, require_modules, resolve_folder as _resolve_folder  # noqa: E501
     from .loading import load_test as run_load_test
     from .loading import render_json, render_text
     from .render import escape_text
     from .validation import UsageError
 
+    selected, ignored = _checked_codes(select, "--select"), _checked_codes(ignore, "--ignore")
     folder = _resolve_folder(path)
     reads = [folder] + ([device_map] if device_map not in ("auto", "balanced", "sequential") else [])
     check_output(output, reads=reads)
     if forward:
         require_modules("--forward", ("transformers", "accelerate"))
-    bar, update = _progress_bar(quiet)
+    progress = _Progress(quiet)
     try:
         result = run_load_test(folder, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
-                               dtype=dtype, forward=forward, progress=update)
+                               dtype=dtype, forward=forward, progress=progress.update, phase=progress.phase,
+                               select=selected, ignore=ignored, strict=strict)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if fmt == "html":
-        from .render_html import render_load_html
+        from .render.html import render_load_html
 
         text = render_load_html(result)
     else:

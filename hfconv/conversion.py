@@ -58,7 +58,7 @@ from .dtypes import itemsize, nbytes, swap_unit
 from .findings import Finding, finding, register
 from .fsutil import is_safe_relative_name, open_inside
 from .readers.safetensors_header import MAX_HEADER_BYTES, read_safetensors
-from .render import human_bytes
+from .units import human_bytes
 from .sharding import INDEX_FILE, parse_size, plan_shards, shard_file_name
 from .tensor_bytes import OutsideStorage, StorageRecord, file_order, located_storage, storage_records, view_span
 from .tensors import FormatError, TensorMeta, WeightFile
@@ -68,6 +68,7 @@ __all__ = [
     "convert", "ConversionResult", "ShardInfo", "ValidationSummary", "ConversionError",
     "InputRefused", "VerificationError", "DestinationExistsError", "plan_conversion",
     "ConversionPlan", "ShardPlan", "PlannedTensor", "build_header", "data_phase", "DTYPE_CHOICES",
+    "DTYPE_ALIASES", "canonical_dtype",
     "MANIFEST_FORMAT",
 ]
 
@@ -175,6 +176,34 @@ register("HFC716", "error", "invalid output written",
          "--allow-invalid-output)")
 
 DTYPE_CHOICES = ("keep", "float32", "float16", "bfloat16")
+DTYPE_ALIASES = {
+    "keep": "keep", "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}
+"""Every name ``--dtype`` takes (convert and load-test share it): the canonical names and the
+usual short ones (``bf16``, ``fp16``, ``half``, ``float``), case-insensitive, ``torch.`` allowed."""
+
+
+def canonical_dtype(name: str | None) -> str:
+    """``keep`` or a :data:`DTYPE_CHOICES` name for any :data:`DTYPE_ALIASES` spelling.
+
+    Raises:
+        UsageError: not a dtype name convert or load-test casts to.
+    """
+    if name is None:
+        return "keep"
+    key = str(name).strip().lower().removeprefix("torch.")
+    if key not in DTYPE_ALIASES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (or bf16, fp16, fp32, half, float), "
+                         f"not {name!r}")
+    return DTYPE_ALIASES[key]
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 tensor``, ``2 tensors`` (``many`` for irregular plurals)."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
+
 _TARGET_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _CASTABLE = frozenset({"F64", "F32", "F16", "BF16"})
 """Floating dtypes a --dtype cast applies to. float8 weights come with scales (quantized
@@ -187,7 +216,6 @@ _COMPARE_CHUNK = 4 << 20
 """Bytes compared per step (and the window of a mapping resident at a time)."""
 _BUFFER_CHUNK = 1 << 20
 """The pread/write copy's buffer (1-4 MiB measured fastest: it stays in the CPU cache)."""
-_DISK_MARGIN = 64 << 20
 _WRITEBACK_CHUNK = 64 << 20
 """Bytes written between two requests to start writeback (see _Writeback)."""
 _VERIFY_BATCH = 64 << 20
@@ -197,7 +225,8 @@ _METADATA_DROPPED = "hfconv_dropped_aliases"
 _METADATA_COPIED = "hfconv_copied_aliases"
 
 ProgressCallback = Callable[[int, int], None]
-"""``progress(done_bytes, total_bytes)``: bytes written plus bytes verified so far."""
+"""``progress(done_bytes, total_bytes)``: total_bytes is the model's tensor bytes; done_bytes
+counts each one half written, half verified (all of it when written, with ``verify`` off)."""
 
 
 # =============================================================================================
@@ -707,16 +736,18 @@ def plan_conversion(contents: FolderContents, max_shard_size: int, dtype: str = 
     if target:
         if config is not None:
             updated = dict(config)
-            updated["torch_dtype"] = dtype
-            if "dtype" in updated:
-                updated["dtype"] = dtype
+            # The key(s) the config already uses: transformers 5 writes `dtype`, older versions
+            # `torch_dtype`; a config with neither gets `torch_dtype`, which both read.
+            keys = [k for k in ("dtype", "torch_dtype") if k in updated] or ["torch_dtype"]
+            for key in keys:
+                updated[key] = dtype
             config_json = (json.dumps(updated, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-            notes.append(finding("HFC709", f"{cast_count} tensors cast to {dtype}; config.json torch_dtype set "
-                                 f"to {dtype}", file="config.json"))
+            notes.append(finding("HFC709", f"{plural(cast_count, 'tensor')} cast to {dtype}; config.json "
+                                 f"{' and '.join(keys)} set to {dtype}", file="config.json"))
         else:
             why = "is missing" if not folder.has("config.json") else "could not be parsed"
             notes.append(finding("HFC710", f"config.json {why}: torch_dtype not updated to {dtype} "
-                                 f"({cast_count} tensors cast)", file="config.json"))
+                                 f"({plural(cast_count, 'tensor')} cast)", file="config.json"))
 
     # 2e. Index-vs-shard disagreements are repaired: the new index lists what the shards hold.
     disagreements = sorted({f.code for f in _index_findings(contents)})
@@ -1443,6 +1474,68 @@ def _fsync_path(path: str) -> None:
 # convert
 # =============================================================================================
 
+_HUB_HIDDEN = frozenset({".gitattributes", ".cache", ".huggingface", ".git"})
+"""Hidden entries a downloaded model folder may hold (git clone, huggingface_hub's local_dir)."""
+_HFCONV_OUTPUTS = frozenset({"model.safetensors", INDEX_FILE})
+"""One of these is in every folder convert writes."""
+
+
+def _replace_refusal(dst: str, dst_abs: str) -> str | None:
+    """Why ``--force`` must not delete the folder ``dst`` (None: empty, or a model folder
+    hfconv could have written). A typo must not remove a home directory or a source tree."""
+    try:
+        names = os.listdir(dst_abs)
+    except OSError as exc:
+        return f"it cannot be listed ({exc.strerror or exc})"
+    if not names:
+        return None
+    weights = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt", ".h5", ".gguf")))
+    if weights:
+        return f"it holds weights convert never writes ({', '.join(escape_name(n) for n in weights[:3])})"
+    if not any(name in _HFCONV_OUTPUTS for name in names):
+        return "it is not a folder hfconv wrote (no model.safetensors or model.safetensors.index.json in it)"
+    strays = sorted(n for n in names if n.startswith(".") and n not in _HUB_HIDDEN and not n.startswith(".hfconv-"))
+    if strays:
+        shown = ", ".join(escape_name(n) for n in strays[:3]) + (", ..." if len(strays) > 3 else "")
+        return f"it holds files a model folder does not ({shown})"
+    return None
+
+
+def escape_name(name: str) -> str:
+    from .render import escape_text
+
+    return escape_text(name)
+
+
+def _missing_parents(dst_abs: str) -> list[str]:
+    """The folders above DST that do not exist yet, outermost first (``mkdir -p`` creates them)."""
+    missing: list[str] = []
+    parent = os.path.dirname(dst_abs)
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        up = os.path.dirname(parent)
+        if up == parent:
+            break
+        parent = up
+    if not os.path.isdir(parent):
+        raise UsageError(f"DST cannot be created: {parent} is not a folder")
+    return missing[::-1]
+
+
+def _existing_ancestor(path: str) -> str:
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _disk_margin(output_bytes: int) -> int:
+    """Room left free beyond the output itself: 1% of the output, at least 16 MiB, at most
+    1 GiB. The file system needs blocks of its own for the new files (extents, directory
+    entries, journal) and a disk filled to the last byte breaks other programs writing to it;
+    both grow with the output but not without bound, hence the clamp."""
+    return max(16 << 20, min(1 << 30, output_bytes // 100))
+
+
 def _check_paths(src: str, dst: str, force: bool) -> tuple[str, str]:
     if not os.path.isdir(src):
         raise UsageError(f"{src} is not a folder (give the model folder, not a file)")
@@ -1456,9 +1549,10 @@ def _check_paths(src: str, dst: str, force: bool) -> tuple[str, str]:
             raise DestinationExistsError(f"{dst} exists; choose another DST or pass --force to replace it")
         if os.path.islink(dst_abs) or not os.path.isdir(dst_abs):
             raise UsageError(f"{dst} exists and is not a folder; --force only replaces a folder")
-    parent = os.path.dirname(dst_abs)
-    if not os.path.isdir(parent):
-        raise UsageError(f"the folder DST goes into ({parent}) does not exist")
+        why = _replace_refusal(dst, dst_abs)
+        if why:
+            raise UsageError(f"--force refuses to replace {escape_name(dst)}: {why}; remove it yourself or choose "
+                             "another DST")
     return src_real, dst_abs
 
 
@@ -1634,18 +1728,19 @@ def convert(
         limit = parse_size(max_shard_size)
     except ValueError as exc:
         raise UsageError(f"--max-shard-size: {exc}") from None
-    if dtype not in DTYPE_CHOICES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
+    dtype = canonical_dtype(dtype)
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
     src_s, dst_s = os.fspath(src), os.fspath(dst)
     _, dst_abs = _check_paths(src_s, dst_s, force)
     parent = os.path.dirname(dst_abs)
+    missing_parents = _missing_parents(dst_abs)
     manifest_path = os.path.abspath(os.fspath(manifest)) if manifest is not None else None
     # A manifest inside DST is written into the new folder (manifest_rel is its name there).
     manifest_rel = os.path.relpath(manifest_path, dst_abs) \
         if manifest_path is not None and manifest_path.startswith(dst_abs + os.sep) else None
-    if manifest_path is not None and manifest_rel is None and not os.path.isdir(os.path.dirname(manifest_path)):
+    if manifest_path is not None and manifest_rel is None and not os.path.isdir(os.path.dirname(manifest_path)) \
+            and os.path.dirname(manifest_path) not in missing_parents:
         raise UsageError(f"the folder of --manifest {manifest} does not exist")
 
     # 1. Read SRC (headers and pickles only) and 2. plan.
@@ -1656,20 +1751,55 @@ def convert(
     # The source's own validation errors (e.g. in a tokenizer file) are inherited, not ours.
     source_findings = list(check_contents(contents).findings) if verify else []
 
-    # 3. Free space: shards plus copied files, with a margin.
+    # 3. Free space: shards plus copied files, with a margin (see _disk_margin).
     copy_bytes = sum(_size_or_zero(contents.folder.path(n)) for n in plan.files_to_copy)
-    need = sum(s.file_nbytes for s in plan.shards) + copy_bytes + _DISK_MARGIN
-    free = shutil.disk_usage(parent).free
-    if free < need:
-        raise ConversionError("HFC705", f"DST needs {human_bytes(need)} but only {human_bytes(free)} is free "
-                                        f"on {parent}")
+    output = sum(s.file_nbytes for s in plan.shards) + copy_bytes
+    margin = _disk_margin(output)
+    where = _existing_ancestor(parent)
+    free = shutil.disk_usage(where).free
+    if free < output + margin:
+        raise ConversionError("HFC705", f"DST needs {human_bytes(output)} + {human_bytes(margin)} margin (room the "
+                                        f"file system needs beside the data), {human_bytes(free)} free on {where}")
+
+    # DST's missing parents are created like mkdir -p, and removed again if the conversion fails.
+    try:
+        for folder_path in missing_parents:
+            os.mkdir(folder_path)
+    except OSError as exc:
+        _remove_parents(missing_parents)
+        raise write_failure(exc, f"creating {folder_path}") from None
+    try:
+        return _convert_into(src_s, dst_s, dst_abs, parent, contents, plan, verify, manifest, manifest_path,
+                             manifest_rel, source_findings, force, jobs, fsync, progress, allow_invalid_output,
+                             started)
+    except BaseException:
+        _remove_parents(missing_parents)
+        raise
+
+
+def _remove_parents(created: list[str]) -> None:
+    """Remove the folders convert created above DST, innermost first, if they are empty."""
+    for folder_path in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder_path)
+
+
+def _convert_into(src_s: str, dst_s: str, dst_abs: str, parent: str, contents: FolderContents,
+                  plan: ConversionPlan, verify: bool, manifest: Any, manifest_path: str | None,
+                  manifest_rel: str | None, source_findings: list[Finding], force: bool, jobs: int, fsync: bool,
+                  progress: ProgressCallback | None, allow_invalid_output: bool, started: float
+                  ) -> ConversionResult:
+    dtype = plan.dtype
 
     if verify or manifest is not None:
         # numpy (~0.1 s to import) is first needed by the verifying thread; import it now on
         # the side, while the main thread starts copying (which mostly waits in syscalls).
         threading.Thread(target=_import_numpy, name="hfconv-import", daemon=True).start()
 
-    total = plan.total_size * (2 if verify else 1)
+    # Each byte is written and (with verify) compared: the callback sees the model's bytes,
+    # each counted half when written and half when verified, so 100% means both are done.
+    total = plan.total_size
+    passes = 2 if verify else 1
     done = [0]
     lock = threading.Lock()
 
@@ -1677,7 +1807,7 @@ def convert(
         if progress is not None:
             with lock:
                 done[0] += n
-                progress(done[0], total)
+                progress(done[0] // passes, total)
 
     if progress is not None:
         progress(0, total)
@@ -1704,7 +1834,8 @@ def convert(
         if mismatches:
             found = tuple(finding("HFC701", f"{name or shard.name}: {why}", file=shard.name, tensor=name or None)
                           for shard, name, why in mismatches)
-            raise VerificationError("HFC701", f"{len(mismatches)} tensor(s) differ from the source; first: "
+            raise VerificationError("HFC701", f"{plural(len(mismatches), 'tensor')} differ"
+                                              f"{'s' if len(mismatches) == 1 else ''} from the source; first: "
                                               f"{found[0].message}", found)
 
         # 5. Index, non-weight files, config.json.

@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -263,6 +263,8 @@ class DevicePlan:
     """Device -> the limit the plan respected (None: unlimited), in device order."""
     reserved: dict[str, int] = field(default_factory=dict)
     """Device -> bytes kept free for offloaded layers brought back (accelerate's rule)."""
+    notes: tuple[str, ...] = ()
+    """What the plan did that the strategy's name does not say (``balanced`` without a GPU)."""
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -291,7 +293,16 @@ class DevicePlan:
             "tensors": self.tensor_counts,
             "limits": dict(self.capacities),
             "reserved": dict(self.reserved),
+            "notes": list(self.notes),
         }
+
+
+def describe_key(key: str, keys: Sequence[str] | Mapping[str, Any]) -> str:
+    """A device map key for a message: ``""`` is the whole model, or the rest of it when other
+    keys exist (the longest matching prefix wins)."""
+    if key:
+        return repr(key)
+    return "'' (the rest of the model)" if len(keys) > 1 else "'' (the whole model)"
 
 
 def plan_device_map(
@@ -323,13 +334,16 @@ def plan_device_map(
     units = group_units(items, tied)
     steps = _steps(units, _partners(units, tied))
     gpus = [d for d in caps if _is_gpu(d)]
+    zeroed = [parse_device(d) for d, c in capacities.items() if c == 0 and parse_device(d) != "meta"]
     if strategy == "balanced" or (strategy == "auto" and gpus):
         targets = gpus or (["cpu"] if "cpu" in caps else [])
         placed = _balanced_fill(steps, targets, caps)
         if placed is not None:
-            return _plan(strategy, units, placed, caps, {})
+            notes = () if gpus else ("balanced spreads the model over GPUs and this machine has none (or none "
+                                     "allowed): the plan puts it on the cpu",)
+            return replace(_plan(strategy, units, placed, caps, {}), notes=notes)
         if strategy == "balanced":
-            raise _does_not_fit(units, targets, caps, "balanced (GPUs only, no offload)")
+            raise _does_not_fit(units, targets, caps, "balanced (GPUs only, no offload)", zeroed)
     devices = [d for d in caps if d != "meta"]
     # Plan, then plan again keeping accelerate's reserves on the devices the offload needs.
     reserve: set[str] = set()
@@ -337,7 +351,7 @@ def plan_device_map(
         kept: dict[str, int] = {}
         placed = _fill(steps, devices, caps, reserve, kept)
         if placed is None:
-            raise _does_not_fit(units, devices, caps, strategy)
+            raise _does_not_fit(units, devices, caps, strategy, zeroed)
         needed = _needed_reserves(placed, gpus, caps)
         if needed <= reserve:
             _check_runnable(units, placed, caps)
@@ -527,10 +541,13 @@ def _needed_reserves(placed: Mapping[str, str], gpus: list[str], caps: Mapping[s
     return needed
 
 
-def _does_not_fit(units: list[Unit], devices: list[str], caps: Mapping[str, int | None], what: str) -> PlanError:
+def _does_not_fit(units: list[Unit], devices: list[str], caps: Mapping[str, int | None], what: str,
+                  zeroed: Sequence[str] = ()) -> PlanError:
     total = sum(u.nbytes for u in units)
     largest = max(units, key=lambda u: u.nbytes, default=None)
-    limits = ", ".join(f"{d} {_fmt(caps[d])}" for d in devices) or "none"
+    shown = [f"{d} {_fmt(caps[d])}" for d in devices] + \
+        [f"{d} 0 B" for d in sorted(set(zeroed) - set(devices), key=device_sort_key)]
+    limits = ", ".join(shown) or "no device"
     if largest is not None and devices and all(caps[d] is not None and caps[d] < largest.nbytes for d in devices):
         message = (f"{largest.name} needs {_fmt(largest.nbytes)} and cannot be split, but no device can hold it "
                    f"(limits: {limits})")
@@ -572,7 +589,8 @@ def read_device_map(source: str | bytes | Mapping[str, Any]) -> dict[str, str]:
 
     Args:
         source: JSON text (or bytes), or an already parsed mapping. Keys are module or tensor
-            name prefixes (``""`` = the whole model); values are devices (see :func:`parse_device`).
+            name prefixes (``""`` = the whole model, or the rest of it beside other keys); values
+            are devices (see :func:`parse_device`).
 
     Returns:
         prefix -> canonical device name, in the file's order.
@@ -676,7 +694,7 @@ def plan_from_map(
     for key, device in device_map.items():
         if device != "meta" and device not in caps:
             have = ", ".join(sorted(caps, key=device_sort_key)) or "none"
-            raise PlanError(UNKNOWN_DEVICE, f"the device map puts {key or 'the whole model'!r} on {device}, which this "
+            raise PlanError(UNKNOWN_DEVICE, f"the device map puts {describe_key(key, device_map)} on {device}, which this "
                             f"machine does not have (devices: {have})", device=device)
     sizes = dict(items)
     if len(sizes) != len(items):

@@ -55,10 +55,11 @@ import shutil
 import tempfile
 import threading
 import time
+import logging as logging_module
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,46 @@ register("HFC743", "error", "nothing loaded",
          "Map the modules to real devices (cpu, cuda:N, disk), e.g. --device-map auto.",
          "nothing was loaded: the device map puts all 21 tensors on meta")
 
-DTYPE_CHOICES = ("keep", "float32", "float16", "bfloat16")
+register("HFC744", "warning", "validation errors that do not affect loading",
+         "The folder has validation errors in files load-test does not read (a tokenizer file, "
+         "generation_config.json, custom code): the weights, the index and config.json are sound, so "
+         "the tensors were loaded anyway. `hfconv validate` still fails the folder.",
+         "Fix the errors `hfconv validate` lists; --strict refuses to load any folder with errors, "
+         "--ignore CODES drops codes you accept.",
+         "loaded despite 1 validation error that does not affect loading (HFC405 generation_config.json: "
+         "$.top_p must be a number between 0 and 1, not 1.5); --strict refuses them")
+register("HFC745", "info", "balanced plan without GPUs",
+         "--device-map balanced spreads the model over the GPUs; with none (or none allowed by "
+         "--max-memory) the plan puts the whole model on the cpu, which says nothing about a GPU setup.",
+         "Run on the machine with the GPUs, or use --device-map auto or sequential on purpose.",
+         "balanced spreads the model over GPUs and this machine has none (or none allowed): the plan "
+         "puts it on the cpu")
+register("HFC746", "info", "library warning during --forward",
+         "transformers or accelerate logged a warning while building the model or running the forward "
+         "pass; load-test records it here instead of letting it interrupt the terminal.",
+         "Usually nothing: e.g. accelerate says offloaded parameters sit on the meta device until used.",
+         "accelerate: Some parameters are on the meta device because they were offloaded to the disk.")
+
+from .conversion import DTYPE_CHOICES, canonical_dtype  # noqa: E402 - one --dtype name list for convert and load-test
+
+_LOADING_CODES = ("HFC1", "HFC2", "HFC3", "HFC6", "HFC9", "HFC402", "HFC406", "HFC411", "HFC412", "HFC413",
+                  "HFC414")
+"""Validation errors that stop a load wherever they are: weight files (HFC1xx safetensors,
+HFC2xx pickles), the index and shards (HFC3xx), config.json's schema and consistency (HFC402,
+HFC411-414), tensor shapes (HFC6xx) and bytes (HFC9xx)."""
+_LOAD_FILES = ("config.json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
+
+
+def affects_loading(item: Finding) -> bool:
+    """Whether a validation error stops load-test (without --strict): errors in the weights, the
+    index, config.json or the layout of the weight files; not tokenizer, generation-config or
+    custom-code files, which load-test never reads."""
+    if item.code.startswith(_LOADING_CODES):
+        return True
+    if item.code.startswith("HFC0") or item.code == "HFC401":
+        return item.file is None or item.file.endswith(_LOAD_FILES)
+    return False
+
 _TARGET_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _CASTABLE = frozenset({"F64", "F32", "F16", "BF16"})
 """Floating dtypes a --dtype cast applies to (as in convert); float8, integer, bool are kept."""
@@ -321,17 +361,20 @@ def render_json(result: LoadResult) -> str:
 
 
 def render_text(result: LoadResult) -> str:
-    """The human summary: verdict, plan, per-device table, time, memory, forward, findings."""
-    from .render import human_bytes
+    """The human summary: verdict, plan, per-device table, time, memory, forward, findings
+    (listed as validate lists them); every name from the folder escaped."""
+    from .render import escape_text as esc
+    from .render import finding_lines, human_bytes
 
     lines: list[str] = []
     if result.ok:
         where = ", ".join(d.device for d in result.devices) or "no device"
-        lines.append(f"load-test {result.path}: OK, {result.tensors} tensors ({human_bytes(result.bytes)}) "
+        noun = "tensor" if result.tensors == 1 else "tensors"
+        lines.append(f"load-test {esc(result.path)}: OK, {result.tensors:,} {noun} ({human_bytes(result.bytes)}) "
                      f"loaded onto {where} and verified")
     else:
         noun = "error" if result.errors == 1 else "errors"
-        lines.append(f"load-test {result.path}: FAILED ({result.errors} {noun})")
+        lines.append(f"load-test {esc(result.path)}: FAILED ({result.errors} {noun})")
     if result.plan is not None:
         plan = result.plan
         head = "device map file" if plan.strategy == "file" else plan.strategy
@@ -343,8 +386,9 @@ def render_text(result: LoadResult) -> str:
         lines.append(f"  plan      {head}")
         rows = compact_modules(result.plan.modules)
         width = min(max((len(m) for m, _ in rows), default=0), 48)
+        rest = "(the rest)" if len(plan.modules) > 1 else "(whole model)"
         for module, device in rows[:40]:
-            lines.append(f"              {(module or '(whole model)'):<{width}}  {device}")
+            lines.append(f"              {(esc(module) or rest):<{width}}  {device}")
         if len(rows) > 40:
             lines.append(f"              ... {len(rows) - 40} more")
     if result.devices:
@@ -369,13 +413,12 @@ def render_text(result: LoadResult) -> str:
     if result.forward is not None:
         fwd = result.forward
         shape = "[" + ", ".join(str(n) for n in fwd.shape) + "]"
-        lines.append(f"  forward   {fwd.model_class}: {fwd.output} {shape}, {'finite' if fwd.finite else 'NOT finite'} "
-                     f"({fwd.tokens} tokens from {fwd.token_source}, {fwd.seconds:.2f} s)")
+        noun = "token" if fwd.tokens == 1 else "tokens"
+        lines.append(f"  forward   {esc(fwd.model_class)}: {fwd.output} {shape}, "
+                     f"{'finite' if fwd.finite else 'NOT finite'} ({fwd.tokens} {noun} from {esc(fwd.token_source)})")
     if result.findings:
         lines.append("  findings")
-        for item in result.findings:
-            where = f" [{item.tensor}]" if item.tensor and item.tensor not in item.message else ""
-            lines.append(f"    {item.code} {item.severity.value}: {item.message}{where}")
+        lines.extend(finding_lines(result.findings, indent="    "))
     return "\n".join(lines) + "\n"
 
 
@@ -600,6 +643,8 @@ def _parse_max_memory(max_memory: Mapping[Any, Any] | None) -> dict[str, int]:
             raise UsageError(f"--max-memory: {exc}") from None
         if device == "meta":
             raise UsageError("--max-memory: the meta device holds no data and takes no limit")
+        if device in limits:
+            raise UsageError(f"--max-memory names {device} twice; give one limit per device")
         if value in (0, "0"):
             limits[device] = 0
             continue
@@ -620,6 +665,9 @@ def _read_map(device_map: str | Mapping[str, Any]) -> str | dict[str, str]:
     if device_map in STRATEGIES:
         return device_map
     path = Path(device_map)
+    if not path.exists():
+        raise UsageError(f"--device-map {device_map!r}: not found (give {', '.join(STRATEGIES)} or a JSON file "
+                         "that exists)")
     if not path.is_file():
         raise UsageError(f"--device-map {device_map!r} is neither {', '.join(STRATEGIES)} nor a JSON file")
     if path.stat().st_size > 64 << 20:
@@ -1144,6 +1192,10 @@ def load_test(
     forward: bool = False,
     progress: Callable[[int, int], None] | None = None,
     keep: bool = True,
+    phase: Callable[[str], None] | None = None,
+    select: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    strict: bool = False,
 ) -> LoadResult:
     """Load every tensor of a model folder onto its planned device and verify every byte.
 
@@ -1165,6 +1217,11 @@ def load_test(
         keep: keep GPU tensors on their devices until all are loaded (the serving
             footprint); False frees each one once verified. cpu tensors are never kept (they
             pass through one reused buffer; see the module docstring).
+        phase: told each phase as it starts: ``validating``, ``importing torch``,
+            ``loading``, ``forward pass`` (a progress display's label).
+        select, ignore: validation codes (or prefixes) kept / dropped, as ``validate`` takes them.
+        strict: refuse a folder with any validation error; by default only errors that affect
+            loading (:func:`affects_loading`) refuse it, the others are a warning (HFC744).
 
     Returns:
         The LoadResult; ``result.ok`` is the verdict, ``result.exit_code`` the CLI's.
@@ -1177,14 +1234,14 @@ def load_test(
     root = Path(path)
     if not root.is_dir():
         raise UsageError(f"{path} is not a folder (give the model folder, not a file)")
-    dtype = dtype or "keep"
-    if dtype not in DTYPE_CHOICES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
+    dtype = canonical_dtype(dtype)
     strategy_or_map = _read_map(device_map)
     limits = _parse_max_memory(max_memory)
     phases: dict[str, float] = {}
+    gate = _Gate(tuple(select or ()), tuple(ignore or ()), strict, phase or (lambda _name: None))
     try:
-        return _run(root, strategy_or_map, limits, offload_folder, dtype, forward, progress, keep, phases, started)
+        return _run(root, strategy_or_map, limits, offload_folder, dtype, forward, progress, keep, phases, started,
+                    gate)
     except _Refused as refused:
         phases["total"] = time.perf_counter() - started
         return LoadResult(path=str(path), findings=tuple(refused.findings), layout=refused.layout, dtype=dtype,
@@ -1197,26 +1254,48 @@ def load_test(
                           kept=keep)
 
 
+@dataclass(frozen=True)
+class _Gate:
+    select: tuple[str, ...]
+    ignore: tuple[str, ...]
+    strict: bool
+    phase: Callable[[str], None]
+
+
+def _quoted(item: Finding) -> str:
+    """``CODE file: message`` with the file named once (most messages start with it)."""
+    named = item.file and not item.message.startswith(item.file)
+    return f"{item.code} {item.file + ': ' if named else ''}{item.message}"
+
+
 def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, int],
          offload_folder: str | os.PathLike | None, dtype: str, forward: bool,
          progress: Callable[[int, int], None] | None, keep: bool, phases: dict[str, float],
-         started: float) -> LoadResult:
+         started: float, gate: _Gate) -> LoadResult:
     from .contents import read_contents
     from .discovery import discover
     from .validation import check_contents
 
-    # 1. Validate: a folder with errors never reaches torch.
+    # 1. Validate: a folder with errors that affect loading (any, with strict) never reaches torch.
+    gate.phase("validating")
     tick = time.perf_counter()
     contents = read_contents(discover(root))
-    report = check_contents(contents)
+    report = check_contents(contents, select=gate.select, ignore=gate.ignore)
     phases["validate"] = time.perf_counter() - tick
-    if not report.ok:
-        errors = [f for f in report.findings if f.severity is Severity.ERROR]
-        first = errors[0]
-        summary = finding("HFC730", f"refused to load: validation found {len(errors)} error"
-                          f"{'s' if len(errors) != 1 else ''} ({first.code} {first.file + ': ' if first.file else ''}"
-                          f"{first.message})")
+    errors = [f for f in report.findings if f.severity is Severity.ERROR]
+    blocking = errors if gate.strict else [f for f in errors if affects_loading(f)]
+    if blocking:
+        first = blocking[0]
+        summary = finding("HFC730", f"refused to load: validation found {len(blocking)} error"
+                          f"{'s' if len(blocking) != 1 else ''}{' that affect loading' if not gate.strict else ''} "
+                          f"({_quoted(first)})")
         raise _Refused([summary, *errors], report.layout)
+    passed: list[Finding] = []
+    if errors:
+        noun = "error that does" if len(errors) == 1 else "errors that do"
+        passed.append(finding("HFC744", f"loaded despite {len(errors)} validation {noun} not affect loading "
+                              f"({'; '.join(_quoted(f) for f in errors[:3])}{'; ...' if len(errors) > 3 else ''}); "
+                              "--strict refuses them"))
 
     # 2. Where every tensor's bytes are (from the headers validate read).
     tick = time.perf_counter()
@@ -1250,18 +1329,48 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
     # 3. Plan (the devices and their free memory come from torch). Nothing is read before
     # the plan is accepted: a refused plan costs no I/O.
     phases["plan"] = time.perf_counter() - tick
+    gate.phase("importing torch")
     tick = time.perf_counter()
     import torch
 
     phases["import"] = time.perf_counter() - tick
     tick = time.perf_counter()
     offload_root = str(offload_folder) if offload_folder is not None else tempfile.gettempdir()
+    created = _missing_folders(offload_root)
     try:
-        os.makedirs(offload_root, exist_ok=True)
+        try:
+            os.makedirs(offload_root, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--offload-folder {offload_root}: {exc.strerror or exc}") from None
+        return _load(root, contents, layout, located, tied, disk_writes, torch, strategy_or_map, limits, offload_root,
+                     dtype, forward, progress, keep, phases, started, tick, gate, passed)
+    finally:
+        for folder in reversed(created):  # an offload folder load-test made is not left behind
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _missing_folders(path: str) -> list[str]:
+    """``path`` and its parents that do not exist, outermost first."""
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.lexists(current) and os.path.dirname(current) != current:
+        missing.append(current)
+        current = os.path.dirname(current)
+    return missing[::-1]
+
+
+def _load(root: Path, contents: Any, layout: Layout | None, located: list[_Located], tied: list[list[str]],
+          disk_writes: bool, torch: Any, strategy_or_map: str | dict[str, str], limits: dict[str, int],
+          offload_root: str, dtype: str, forward: bool, progress: Callable[[int, int], None] | None, keep: bool,
+          phases: dict[str, float], started: float, tick: float, gate: _Gate, passed: list[Finding]
+          ) -> LoadResult:
+    chosen = contents.folder.loaded_set
+    try:
         caps = _capacities(torch, limits, offload_root, disk_writes)
     except OSError as exc:
         raise UsageError(f"--offload-folder {offload_root}: {exc.strerror or exc}") from None
-    findings: list[Finding] = []
+    findings: list[Finding] = list(passed)
     for device in limits:
         if device not in caps:
             have = ", ".join(sorted(caps, key=device_sort_key))
@@ -1278,7 +1387,9 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
     except PlanError as exc:
         raise _Refused([finding(exc.code, exc.message, tensor=exc.tensor)], layout) from None
     findings.extend(_plan_notes(plan, tied))
+    findings.extend(finding("HFC745", note) for note in plan.notes)
     phases["plan"] += time.perf_counter() - tick
+    gate.phase("loading")
 
     # 4-5. Load and verify, shard by shard; the source side of the checksums runs in a second
     # thread (numpy releases the GIL) ahead of the loader.
@@ -1312,7 +1423,8 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
             findings.extend(loader.findings)
             if not any(d.tensors for d in stats):
                 on_meta = sum(1 for loc in located if plan.tensors.get(loc.name) == "meta")
-                why = (f"the device map puts all {on_meta} tensors on meta" if on_meta
+                why = ((f"the device map puts all {on_meta} tensors on meta" if on_meta != 1
+                        else "the device map puts its only tensor on meta") if on_meta
                        else "the folder holds no tensors to load")
                 findings.append(finding("HFC743", f"nothing was loaded: {why}"))
         finally:
@@ -1329,9 +1441,12 @@ def _run(root: Path, strategy_or_map: str | dict[str, str], limits: dict[str, in
         if any(f.severity is Severity.ERROR for f in findings):
             findings.append(finding("HFC740", "--forward skipped: the weights did not load cleanly (see the errors)"))
         else:
+            gate.phase("forward pass")
             forward_result, notes = _forward(root, contents.config or {}, plan, dtype, offload_root)
             findings.extend(notes)
         phases["forward"] = time.perf_counter() - tick
+        if forward_result is not None:  # one duration: the phase's (building the model included)
+            forward_result = replace(forward_result, seconds=phases["forward"])
     phases["total"] = time.perf_counter() - started
     status = _proc_status()
     return LoadResult(
@@ -1405,8 +1520,9 @@ def _forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: str
                    "bfloat16": torch.bfloat16}[dtype]
     offload = tempfile.mkdtemp(prefix="hfconv-forward-", dir=offload_root)
     model = None
+    captured: list[str] = []
     try:
-        with _quiet_transformers(transformers):
+        with _quiet_transformers(transformers, captured):
             model, model_class = _build_model(transformers, root, hf_map, torch_dtype, offload)
             ids, source = _sample_tokens(transformers, root, config)
             first = next((d for d in plan.modules.values() if d.startswith("cuda:")), "cpu")
@@ -1424,7 +1540,7 @@ def _forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: str
         result = ForwardResult(output=name, shape=tuple(logits.shape), finite=finite, tokens=len(ids),
                                token_source=source, model_class=model_class,
                                seconds=time.perf_counter() - started)
-        notes: list[Finding] = []
+        notes: list[Finding] = [finding("HFC746", message) for message in dict.fromkeys(captured)]
         if not finite:
             bad = int((~finite_mask).sum().item())
             notes.append(finding("HFC742", f"forward pass: {bad:,} of {logits.numel():,} {name} are NaN or infinite "
@@ -1439,19 +1555,40 @@ def _forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: str
         shutil.rmtree(offload, ignore_errors=True)
 
 
+class _Capture(logging_module.Handler):
+    """Collects accelerate's log warnings (``Some parameters are on the meta device...``) for
+    the report instead of letting Python's last-resort handler print them on stderr."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging_module.WARNING)
+        self.into = into
+
+    def emit(self, record: logging_module.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.into.append(f"{record.name.split('.')[0]}: {record.getMessage().strip()}"[:500])
+
+
 @contextlib.contextmanager
-def _quiet_transformers(transformers: Any):
-    """transformers' log lines and progress bars off for the forward pass, restored after."""
+def _quiet_transformers(transformers: Any, captured: list[str] | None = None):
+    """transformers' log lines and progress bars off for the forward pass, restored after;
+    accelerate's warnings go to ``captured`` (reported as HFC746), not to stderr."""
     logging = transformers.utils.logging
     verbosity = logging.get_verbosity()
     bars = logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    accelerate_log = logging_module.getLogger("accelerate")
+    handler = _Capture(captured if captured is not None else [])
+    propagate = accelerate_log.propagate
+    accelerate_log.addHandler(handler)
+    accelerate_log.propagate = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        accelerate_log.removeHandler(handler)
+        accelerate_log.propagate = propagate
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()

@@ -115,7 +115,7 @@ def test_output_failing_validation_is_a_failed_conversion(saved, tmp_path, case)
     first = run.stderr.splitlines()[0]
     assert first.startswith("conversion failed (HFC713): the output would fail validation") and \
         first.endswith("no DST was created."), first
-    assert f"{code} error:" in run.stderr  # the errors are listed
+    assert f"error   {code} " in run.stderr  # the errors are listed, as validate lists them
     if case != "lost-in-shard":
         return
     assert LOST in run.stderr
@@ -179,7 +179,7 @@ def test_flipped_bit_fails_verified_convert(saved, tmp_path):
     assert run.returncode == 1, run.stdout + run.stderr
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
     assert run.stderr.startswith("conversion failed (HFC704): the source is corrupted")
-    assert "HFC901 error: pytorch_model.bin: storage data/3" in run.stderr and "CRC-32" in run.stderr
+    assert "error   HFC901 pytorch_model.bin: storage data/3" in run.stderr and "CRC-32" in run.stderr
 
     unchecked = hfconv("convert", str(src), str(tmp_path / "raw"), "--quiet", "--no-verify", cwd=tmp_path)
     assert unchecked.returncode == 0
@@ -284,7 +284,7 @@ def test_signal_during_convert_exits_130_143_and_leaves_nothing(big_bin, tmp_pat
     process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == code, (process.returncode, out, err)
-    assert err.strip().splitlines() == ["interrupted; no DST was created"], err
+    assert err.strip().splitlines() == ["interrupted; no DST was created."], err
     assert list(work.iterdir()) == []
 
 

@@ -77,4 +77,4 @@ def test_nothing_loaded_is_not_a_pass(folder, tmp_path):
     run = hfconv("load-test", str(folder), "--quiet", "--device-map", str(device_map), cwd=tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
     assert run.stdout.splitlines()[0].endswith("FAILED (1 error)"), run.stdout
-    assert "HFC743 error: nothing was loaded: the device map puts all 21 tensors on meta" in run.stdout
+    assert "error   HFC743 nothing was loaded: the device map puts all 21 tensors on meta" in run.stdout

@@ -134,7 +134,7 @@ def test_loads_every_layout_on_cpu_and_disk(layout: str, tmp_path: Path) -> None
     assert result.tensors == len(source_state(FIXTURES / layout))
     bin_source = "bin" in layout
     assert ("offload folder" in devices["disk"].note) == bin_source
-    assert list(offload.iterdir()) == []  # the offload files were removed, the folder kept
+    assert not offload.exists()  # the offload files were removed, and the folder load-test made
 
 
 def test_every_tensor_arrives_as_torch_and_safetensors_read_it() -> None:
@@ -346,7 +346,7 @@ def test_offloaded_blocks_the_cpu_cannot_run_are_refused_before_reading(monkeypa
 
 
 @pytest.mark.parametrize("device_map, max_memory, words", [
-    ("nope.json", None, "neither"),
+    ("nope.json", None, "not found"),
     ("BADJSON", None, "not valid JSON"),
     ("auto", {"cpu": "lots"}, "invalid size"),
     ("auto", {"mps": "1GB"}, "invalid device"),
