@@ -38,6 +38,12 @@ so that no run pays for the previous run's disk writes.
 
 Targets (issue 7): --no-verify <= 1.3x cp -r; with verification <= 2x cp -r; peak anonymous
 memory <= 2x the largest tensor + 200 MB, and flat when the model doubles.
+
+Each round runs every command once, in turn, so a busy moment of the machine slows a round's
+floor and hfconv alike; the verdicts use the median of the per-round ratios (each hfconv run
+over the `cp -r` of its own round), and the report gives the floor's spread and names the
+rounds where it was an outlier (> 1.25x from its median). With two sizes, the last lines
+split each command's time into a fixed start-up cost and a per-GB cost.
 """
 
 from __future__ import annotations
@@ -124,6 +130,7 @@ def weight_stats(folder: Path) -> tuple[int, int, int]:
 
 
 def crc_speeds(nbytes: int = 256 << 20) -> list[str]:
+    nbytes = max(nbytes, 4 << 20) // (4 << 20) * (4 << 20)
     """GB/s of every CRC-32 implementation installed, over ``nbytes`` in 4 MiB chunks."""
     import os
     import time
@@ -194,22 +201,84 @@ def bench(src: Path, work: Path, repeat: int) -> dict[str, list[Run]]:
     return runs
 
 
+OUTLIER = 1.25
+"""A floor run more than 25% away from the floor's median is an outlier: the machine was busy
+(or idle) for that run, and a ratio against it says more about the machine than about hfconv."""
+
+TARGETS = (("hfconv --no-verify", "cp -r", 1.3), ("hfconv", "cp -r", 2.0), ("hfconv --fsync", "cp -r && sync", None))
+"""(run, floor, largest ratio): the speed targets (issue 7); None: reported, no target."""
+
+
+def floor_spread(name: str, runs: list[Run]) -> tuple[str, list[int]]:
+    """The floor's spread (min..max around the median) and the rounds whose floor was an outlier."""
+    walls = [r[0] for r in runs]
+    middle = median_wall(runs)
+    outliers = [i for i, w in enumerate(walls) if w > middle * OUTLIER or w < middle / OUTLIER]
+    text = (f"  floor {name}: median {middle:.3f} s, spread {min(walls):.3f}..{max(walls):.3f} s "
+            f"({(max(walls) - min(walls)) / middle * 100:.0f}% of the median) over {len(walls)} interleaved rounds")
+    if outliers:
+        text += (f"; OUTLIER in round{'s' if len(outliers) > 1 else ''} "
+                 f"{', '.join(str(i + 1) for i in outliers)} (> {OUTLIER}x from the median): ratios use each round's "
+                 "own floor, and the verdicts below the median of those")
+    return text, outliers
+
+
+def round_ratios(runs: dict[str, list[Run]], name: str, floor: str) -> list[float]:
+    """``name``'s wall over the floor's wall of the same round (interleaved runs share the
+    machine's state, so a busy moment slows both)."""
+    return [a[0] / b[0] for a, b in zip(runs[name], runs[floor])]
+
+
+def verdicts(runs: dict[str, list[Run]]) -> list[str]:
+    """One line per target: the median of the per-round ratios, their range, ok or MISSED."""
+    import statistics
+
+    lines = []
+    for name, floor, limit in TARGETS:
+        if name not in runs:
+            continue
+        ratios = round_ratios(runs, name, floor)
+        middle = statistics.median(ratios)
+        verdict = "no target" if limit is None else f"<= {limit}: {'ok' if middle <= limit else 'MISSED'}"
+        lines.append(f"  target: {name:<20} {middle:.2f}x {floor} (rounds {min(ratios):.2f}..{max(ratios):.2f}; "
+                     f"{verdict})")
+    return lines
+
+
 def report(label: str, src: Path, runs: dict[str, list[Run]]) -> list[str]:
     size, shards, largest = weight_stats(src)
     lines = [f"{label}: {src} -- {size / 1e9:.2f} GB in {shards} .bin shards, largest tensor "
-             f"{largest / 1e6:.0f} MB (median of {len(next(iter(runs.values())))}, warm page cache)"]
+             f"{largest / 1e6:.0f} MB (median of {len(next(iter(runs.values())))} interleaved rounds, "
+             "warm page cache)"]
     cp = median_wall(runs["cp -r"])
-    cp_sync = median_wall(runs["cp -r && sync"])
     lines += peer_table(runs, size, cp, "x cp -r", 28)
+    for floor in ("cp -r", "cp -r && sync"):
+        lines.append(floor_spread(floor, runs[floor])[0])
+    lines += verdicts(runs)
     limit = 2 * largest + 200e6
-    no_verify = median_wall(runs["hfconv --no-verify"]) / cp
-    verify = median_wall(runs["hfconv"]) / cp
     anon = max(r[2] for name in ("hfconv", "hfconv --no-verify") for r in runs[name])
-    lines.append(f"  targets: --no-verify {no_verify:.2f}x cp -r (<= 1.3: {'ok' if no_verify <= 1.3 else 'MISSED'}), "
-                 f"verified {verify:.2f}x cp -r (<= 2: {'ok' if verify <= 2 else 'MISSED'}), "
-                 f"peak anon {anon / 1e6:.0f} MB (<= {limit / 1e6:.0f}: {'ok' if anon <= limit else 'MISSED'})")
-    durable = median_wall(runs["hfconv --fsync"]) / cp_sync
-    lines.append(f"  durable: hfconv --fsync (verified) {durable:.2f}x cp -r && sync")
+    lines.append(f"  target: peak anonymous memory {anon / 1e6:.0f} MB (<= 2x largest tensor + 200 MB = "
+                 f"{limit / 1e6:.0f}: {'ok' if anon <= limit else 'MISSED'})")
+    return lines
+
+
+def cost_split(cases: list[tuple[str, Path, dict[str, list[Run]]]]) -> list[str]:
+    """With two model sizes: each run's time as a fixed start-up cost plus a per-byte cost
+    (a line through the two medians), so a missed ratio is seen to come from one or the other."""
+    if len(cases) < 2:
+        return []
+    (_, small, small_runs), (_, big, big_runs) = cases[0], cases[1]
+    small_bytes, big_bytes = weight_stats(small)[0], weight_stats(big)[0]
+    if big_bytes <= small_bytes:
+        return []
+    lines = ["", "where the time goes (a line through the two sizes: fixed start-up + per-GB)"]
+    for name in small_runs:
+        if name not in big_runs:
+            continue
+        t1, t2 = median_wall(small_runs[name]), median_wall(big_runs[name])
+        per_byte = (t2 - t1) / (big_bytes - small_bytes)
+        fixed = t1 - per_byte * small_bytes
+        lines.append(f"  {name:<28} fixed {fixed:6.2f} s  + {per_byte * 1e9:6.2f} s/GB")
     return lines
 
 
@@ -220,6 +289,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/hfconv-bench")
     parser.add_argument("--src", default=None, help="benchmark this .bin folder instead of generated ones")
     parser.add_argument("--no-double", action="store_true", help="skip the model with twice the layers")
+    parser.add_argument("--crc-bytes", type=int, default=256 << 20, help="bytes for the CRC-32 timing")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -236,11 +306,14 @@ def main() -> None:
             n = int(folder.name.split("-")[-1][:-1])
             print(f"preparing {folder} ({n} layers) ...", file=sys.stderr)
             build_folder(folder, n)
-    lines = [banner("bench_convert", work), ""] + crc_speeds()
+    lines = [banner("bench_convert", work), ""] + crc_speeds(args.crc_bytes)
+    measured = []
     for label, folder in cases:
         print(f"benchmarking {folder} ...", file=sys.stderr)
         runs = bench(folder, work, args.repeat)
+        measured.append((label, folder, runs))
         lines += [""] + report(label, folder, runs)
+    lines += cost_split(measured)
     print("\n".join(lines))
 
 
