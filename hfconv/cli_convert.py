@@ -45,7 +45,8 @@ def render_text(result: ConversionResult) -> str:
     if result.dtype != "keep":
         lines.append(f"  dtype     {_plural(result.cast, 'tensor')} cast to {result.dtype}")
     if result.dropped_aliases:
-        lines.append("  dropped   " + ", ".join(f"{esc(a)} (tied to {esc(k)})" for a, k in result.dropped_aliases.items()))
+        lines.append("  dropped   " + ", ".join(f"{esc(a)} (tied to {esc(k)})"
+                                                for a, k in result.dropped_aliases.items()))
     if result.copied_aliases:
         lines.append("  copied    " + ", ".join(f"{esc(a)} (shared storage with {esc(k)})"
                                                 for a, k in result.copied_aliases.items()))
@@ -270,7 +271,8 @@ def convert(src, dst, max_shard_size, dtype, no_verify, allow_invalid_output, ma
     2 could not run (SRC missing, DST exists without --force, bad option), 130/143
     interrupted by SIGINT/SIGTERM (no DST is left behind).
     """
-    from .cli_common import emit as _emit, resolve_folder as _resolve_folder
+    from .cli_common import emit as _emit
+    from .cli_common import resolve_folder as _resolve_folder
     from .conversion import ConversionError
     from .conversion import convert as run_convert
     from .sharding import parse_size

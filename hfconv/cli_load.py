@@ -144,7 +144,10 @@ def load_test(path, device_map, max_memory, offload_folder, dtype, strict, selec
     fit or a tensor failed to load or verify, 2 could not run (PATH missing, bad map file,
     bad device name or size).
     """
-    from .cli_common import check_output, checked_codes as _checked_codes, emit as _emit, require_modules, resolve_folder as _resolve_folder  # noqa: E501
+    from .cli_common import check_output, require_modules
+    from .cli_common import checked_codes as _checked_codes
+    from .cli_common import emit as _emit
+    from .cli_common import resolve_folder as _resolve_folder
     from .loading import load_test as run_load_test
     from .loading import render_json, render_text
     from .render import escape_text

@@ -58,10 +58,10 @@ from .dtypes import itemsize, nbytes, swap_unit
 from .findings import Finding, finding, register
 from .fsutil import is_safe_relative_name, open_inside
 from .readers.safetensors_header import MAX_HEADER_BYTES, read_safetensors
-from .units import human_bytes
 from .sharding import INDEX_FILE, parse_size, plan_shards, shard_file_name
 from .tensor_bytes import OutsideStorage, StorageRecord, file_order, located_storage, storage_records, view_span
 from .tensors import FormatError, TensorMeta, WeightFile
+from .units import human_bytes
 from .validation import UsageError, check_contents
 
 __all__ = [

@@ -694,8 +694,8 @@ def plan_from_map(
     for key, device in device_map.items():
         if device != "meta" and device not in caps:
             have = ", ".join(sorted(caps, key=device_sort_key)) or "none"
-            raise PlanError(UNKNOWN_DEVICE, f"the device map puts {describe_key(key, device_map)} on {device}, which this "
-                            f"machine does not have (devices: {have})", device=device)
+            raise PlanError(UNKNOWN_DEVICE, f"the device map puts {describe_key(key, device_map)} on {device}, "
+                            f"which this machine does not have (devices: {have})", device=device)
     sizes = dict(items)
     if len(sizes) != len(items):
         raise ValueError("a tensor name appears twice")

@@ -39,8 +39,9 @@ three sums modulo 2**64: all words, column sums weighted by column (1..512), row
 weighted by row (1..R). A changed word changes the first; two different words swapped
 change the second (different columns) or the third (different rows), unless they differ only
 in their top byte and their column and row distances are both divisible by a high enough
-power of two (the weights multiply the difference modulo 2**64). It runs at memory speed on cpu and GPU without widening the data
-(a byte-wise weighted sum would need an int64 copy of the tensor).
+power of two (the weights multiply the difference modulo 2**64). It runs at memory speed on cpu
+and GPU without widening the data (a byte-wise weighted sum would need an int64 copy of the
+tensor).
 """
 
 from __future__ import annotations
@@ -49,20 +50,19 @@ import contextlib
 import gc
 import hashlib
 import json
+import logging as logging_module
 import mmap
 import os
 import shutil
 import tempfile
 import threading
 import time
-import logging as logging_module
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
 
 from .device_map import (
     STRATEGIES,
@@ -1482,7 +1482,8 @@ def _device_stats(torch_mod: Any, plan: DevicePlan, loader: _Loader, disk_writes
         elif device == "cpu":
             note = "each tensor read into one reused buffer"
         elif device == "disk":
-            note = "written to the offload folder, read back" if disk_writes else "left in the safetensors shards, read back"
+            note = ("written to the offload folder, read back" if disk_writes
+                    else "left in the safetensors shards, read back")
         stats.append(DeviceStats(device=device, tensors=tally.tensors, bytes=tally.bytes,
                                  planned_bytes=plan.bytes.get(device, 0), limit=plan.capacities.get(device),
                                  peak_bytes=peak, seconds=tally.seconds, note=note))

@@ -20,8 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from helpers import copy_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
