@@ -36,7 +36,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
                             capture_output=True, timeout=300, cwd=root,
                             env=dict(os.environ, NO_COLOR="1", PYTHONDONTWRITEBYTECODE="1"))
     stderr = result.stderr.decode("utf-8", "replace")
-    documents = json.loads(result.stdout)
+    try:
+        documents = json.loads(result.stdout)
+    except ValueError:
+        pytest.fail(f"validate printed no JSON (exit {result.returncode}): {stderr[-3000:]}")
     assert isinstance(documents, list), documents
     by_path = {os.path.realpath(d["path"]): d for d in documents}
     return {"returncode": result.returncode, "stderr": stderr, "sentinels": sentinels,
