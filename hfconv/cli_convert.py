@@ -235,7 +235,9 @@ def _suppress_value_error():
                    "a missing tensor). The report still says the output is INVALID and the exit code is 1.")
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write each output tensor's sha256 to FILE (hfconv-manifest/1).")
-@click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new folder is complete).")
+@click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new folder is complete); only "
+              "an empty folder or one convert could have written (a model.safetensors or its index, no .bin "
+              "weights, no dotfiles): a typo cannot delete a home directory.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Write output shards in this many processes.")
 @click.option("--fsync", is_flag=True,
@@ -253,7 +255,7 @@ def convert(src, dst, max_shard_size, dtype, no_verify, allow_invalid_output, ma
     """Convert a model folder to safetensors, streaming, and verify every tensor.
 
     SRC holds .bin weights (single or sharded, with or without an index, old -1-of-3 names)
-    or safetensors; DST is created with model.safetensors (or model-0000i-of-0000N shards
+    or safetensors; DST (and its missing parents) is created with model.safetensors (or model-0000i-of-0000N shards
     and model.safetensors.index.json) and every non-weight file copied unchanged. Pickles
     are read by a restricted reader, never executed. DST is written in a temporary folder
     beside it and renamed only after verification, so it is complete or absent.
@@ -268,7 +270,8 @@ def convert(src, dst, max_shard_size, dtype, no_verify, allow_invalid_output, ma
 
     Exit code: 0 converted (and verified), 1 input refused, conversion/verification failed or
     the output fails validation (also with --allow-invalid-output, which writes it anyway),
-    2 could not run (SRC missing, DST exists without --force, bad option), 130/143
+    2 could not run (SRC missing, DST exists without --force, --force on a folder convert did
+    not write, bad option), 130/143
     interrupted by SIGINT/SIGTERM (no DST is left behind).
     """
     from .cli_common import emit as _emit

@@ -1694,7 +1694,8 @@ def convert(
         dst: the folder to create. It must not exist unless ``force``; it is created
             complete (by renaming a temporary folder beside it) or not at all.
         max_shard_size: shard limit, bytes or a Hub size string (``5GB``, ``500MB``, ``2GiB``).
-        dtype: ``keep`` or ``float32``/``float16``/``bfloat16`` to cast floating tensors.
+        dtype: ``keep`` or ``float32``/``float16``/``bfloat16`` (or a :data:`DTYPE_ALIASES`
+            short name: ``bf16``, ``fp16``, ``half``, ...) to cast floating tensors.
         verify: compare every output tensor with its source, byte for byte, and validate the
             output folder; False skips both.
         manifest: write per-tensor sha256 digests (``hfconv-manifest/1``) to this file.
@@ -1714,7 +1715,9 @@ def convert(
 
     Raises:
         UsageError: SRC is not a folder, DST exists without ``force`` (DestinationExistsError),
-            DST is inside SRC or the reverse, DST's parent is missing, or a bad option.
+            DST is inside SRC or the reverse, a component of DST's parent path is a file,
+            ``force`` on a folder convert could not have written (see ``_replace_refusal``),
+            or a bad option. DST's missing parents are created, and removed on failure.
         InputRefused: SRC holds a weight file that is broken, hostile (HFC201) or missing.
         ConversionError: not enough disk space (HFC705), writing failed (HFC714: a full disk,
             an I/O error), a source file changed during the conversion (HFC715).
