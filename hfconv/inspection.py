@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 from .contents import read_contents
 from .discovery import discover
-from .render import escape_text
 from .report import Layout
-from .units import human_bytes, human_count
 from .validation import check_folder
 
 
@@ -83,43 +81,10 @@ class Inspection:
         }
 
     def to_text(self) -> str:
-        """The summary for people; every name from the folder escaped (:func:`hfconv.render.escape_text`)."""
-        lines = [self.path]
-        arch = ", ".join(self.architectures) or "?"
-        lines.append(f"  model: {self.model_type or '?'} ({arch}), config dtype {self.config_dtype or '?'}")
-        if self.layout.describe() == "none":
-            lines.append("  weights: none")
-        else:
-            kind = "sharded" if self.layout.sharded else "single file"
-            lines.append(f"  weights: {self.layout.format}, {kind}"
-                         + (f", index {self.layout.index}" if self.layout.index else ""))
-        lines.append(f"  tensors: {self.tensors}, parameters: {human_count(self.parameters)} ({self.parameters}), "
-                     f"bytes: {human_bytes(self.bytes)}")
-        lines.append("  dtypes: " + (", ".join(f"{d} x{n}" for d, n in sorted(self.dtypes.items())) or "none"))
-        for shard in self.shards:
-            detail = shard.error or f"{shard.tensors} tensors, {human_bytes(shard.tensor_bytes)} of tensors"
-            size = human_bytes(shard.file_bytes)
-            lines.append(f"    {shard.name:<45} {size:>10}  {shard.format or '-':<11} {detail}")
-        lines.append("  tokenizer: " + (", ".join(self.tokenizer_files) or "none"))
-        if self.tensor_rows is not None:
-            lines.extend(self._tensor_table())
-        return "\n".join(escape_text(line) for line in lines) + "\n"
+        """The summary for people (``inspect``'s text format; see :func:`hfconv.render.text.render_inspection_text`)."""
+        from .render.text import render_inspection_text
 
-    def _tensor_table(self) -> list[str]:
-        """``--tensors``: one row per tensor (names escaped by the caller; widths from the escaped names)."""
-        rows = [(escape_text(r.name), "[" + ", ".join(map(str, r.shape)) + "]", r.dtype, escape_text(r.shard),
-                 f"{r.bytes:,}") for r in self.tensor_rows or ()]
-        n = len(rows)
-        out = [f"  tensors ({n:,} tensor{'' if n == 1 else 's'} of the weights loaders read):"]
-        if not rows:
-            return out
-        head = ("name", "shape", "dtype", "shard", "bytes")
-        widths = [min(max(len(head[i]), *(len(row[i]) for row in rows)), 80) for i in range(4)]
-        fmt = lambda cells: ("    " + "  ".join(c.ljust(w) for c, w in zip(cells[:4], widths))  # noqa: E731
-                             + "  " + cells[4].rjust(max(5, *(len(row[4]) for row in rows)))).rstrip()
-        out.append(fmt(head))
-        out.extend(fmt(row) for row in rows)
-        return out
+        return render_inspection_text(self)
 
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -212,3 +212,38 @@ def test_render_depends_only_on_results_findings_and_units() -> None:
 def test_units_is_a_leaf() -> None:
     graph, _ = _edges()
     assert graph["hfconv.units"] == set()
+
+
+def test_render_keeps_every_name_its_importers_use() -> None:
+    """``hfconv.render`` is a package now; every name imported from the old ``render.py`` still is."""
+    import hfconv.render as render
+
+    for name in ("RENDERERS", "SARIF_SCHEMA", "FindingGroup", "compress_numbers", "dumps_json", "escape_text",
+                 "finding_lines", "group_findings", "human_bytes", "human_count", "json_safe", "package_version",
+                 "render_github", "render_html", "render_json", "render_sarif", "render_text"):
+        assert hasattr(render, name), name
+    assert sorted(render.RENDERERS) == ["github", "html", "json", "sarif", "text"]
+
+
+def test_importing_the_cli_and_renderers_stays_cheap() -> None:
+    """``hfconv validate`` pays for neither torch nor jinja2 (a page imports jinja2 when it is made)."""
+    import subprocess
+    import sys
+
+    program = ("import sys, hfconv.cli, hfconv.render, hfconv.cli_common, hfconv.units\n"
+               "print(sorted(m for m in ('torch', 'jinja2', 'hfconv.render.html', 'hfconv.conversion', "
+               "'hfconv.loading') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_py_typed_is_shipped() -> None:
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    assert (ROOT / "py.typed").is_file()
+    config = tomllib.loads((ROOT.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["hfconv"]
+    assert "line-length" in config["tool"]["ruff"]

@@ -5,13 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..findings import REGISTRY, Finding, Severity
 from ..report import Report
 from ..units import human_bytes, human_count
 from .common import escape_text
 
-__all__ = ["FindingGroup", "compress_numbers", "finding_lines", "group_findings", "render_text"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..inspection import Inspection
+
+__all__ = ["FindingGroup", "compress_numbers", "finding_lines", "group_findings", "render_inspection_text",
+           "render_text"]
 
 _LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
 _COLOURS = {Severity.ERROR: "\x1b[31m", Severity.WARNING: "\x1b[33m", Severity.INFO: "\x1b[36m"}
@@ -126,3 +131,48 @@ def _render_one_text(report: Report, colour: bool) -> str:
     lines.append(f"  {verdict}: {report.errors} error(s), {report.warnings} warning(s)"
                  f"{' (--strict: warnings fail)' if report.strict and report.warnings else ''}")
     return "\n".join(lines) + "\n"
+
+
+def render_inspection_text(result: Inspection) -> str:
+    """``inspect``'s summary for people; every name from the folder escaped (:func:`escape_text`)."""
+    layout = result.layout
+    lines = [result.path]
+    arch = ", ".join(result.architectures) or "?"
+    lines.append(f"  model: {result.model_type or '?'} ({arch}), config dtype {result.config_dtype or '?'}")
+    if layout.describe() == "none":
+        lines.append("  weights: none")
+    else:
+        kind = "sharded" if layout.sharded else "single file"
+        lines.append(f"  weights: {layout.format}, {kind}" + (f", index {layout.index}" if layout.index else ""))
+    lines.append(f"  tensors: {result.tensors}, parameters: {human_count(result.parameters)} ({result.parameters}), "
+                 f"bytes: {human_bytes(result.bytes)}")
+    lines.append("  dtypes: " + (", ".join(f"{d} x{n}" for d, n in sorted(result.dtypes.items())) or "none"))
+    for shard in result.shards:
+        detail = shard.error or f"{shard.tensors} tensors, {human_bytes(shard.tensor_bytes)} of tensors"
+        size = human_bytes(shard.file_bytes)
+        lines.append(f"    {shard.name:<45} {size:>10}  {shard.format or '-':<11} {detail}")
+    lines.append("  tokenizer: " + (", ".join(result.tokenizer_files) or "none"))
+    if result.tensor_rows is not None:
+        lines.extend(_tensor_table(result))
+    return "\n".join(escape_text(line) for line in lines) + "\n"
+
+
+def _tensor_table(result: Inspection) -> list[str]:
+    """``--tensors``: one row per tensor (names escaped by the caller; widths from the escaped names)."""
+    rows = [(escape_text(r.name), "[" + ", ".join(map(str, r.shape)) + "]", r.dtype, escape_text(r.shard),
+             f"{r.bytes:,}") for r in result.tensor_rows or ()]
+    n = len(rows)
+    out = [f"  tensors ({n:,} tensor{'' if n == 1 else 's'} of the weights loaders read):"]
+    if not rows:
+        return out
+    head = ("name", "shape", "dtype", "shard", "bytes")
+    widths = [min(max(len(head[i]), *(len(row[i]) for row in rows)), 80) for i in range(4)]
+    last = max(5, *(len(row[4]) for row in rows))
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        left = "  ".join(c.ljust(w) for c, w in zip(cells[:4], widths))
+        return f"    {left}  {cells[4].rjust(last)}".rstrip()
+
+    out.append(fmt(head))
+    out.extend(fmt(row) for row in rows)
+    return out
