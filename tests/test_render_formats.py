@@ -12,13 +12,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from helpers import FIXTURES, copy_fixture
 
 from hfconv.cli import main
 from hfconv.findings import REGISTRY, Finding, Severity, finding
 from hfconv.render import RENDERERS, render_sarif
 from hfconv.render.html import render_validate_html
 from hfconv.report import Layout, Report
+
+from helpers import FIXTURES, copy_fixture
 
 SARIF_URL = "https://json.schemastore.org/sarif-2.1.0.json"
 MISSING = "model-00002-of-00003.safetensors"
@@ -138,7 +139,8 @@ def test_sarif_pure_renderer_levels_folder_uri_and_outside_paths(tmp_path: Path,
         finding("HFC007", "stale.safetensors is not referenced", file="sub dir/stale#1.safetensors"),
         finding("HFC304", "x is missing", file="x.safetensors", severity="warning"),
     )
-    reports = [Report(str(inside / "model"), layout, findings), Report(str(tmp_path / "elsewhere"), layout, findings[:1])]
+    reports = [Report(str(inside / "model"), layout, findings),
+               Report(str(tmp_path / "elsewhere"), layout, findings[:1])]
     log = json.loads(render_sarif(reports, base=str(inside)))
     sarif_validator.validate(log)
     results = log["runs"][0]["results"]
