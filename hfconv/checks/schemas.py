@@ -211,6 +211,12 @@ def schema_problems(schema_name: str, data: Any) -> list[SchemaProblem]:
         The problems (empty when the value is valid).
     """
     problems: dict[str, SchemaProblem] = {}
+    weight_map = None
+    if schema_name == "index.schema.json" and isinstance(data, dict) and isinstance(data.get("weight_map"), dict):
+        # The entries are checked by a plain loop below (an index may list hundreds of thousands of
+        # tensors, which jsonschema would take seconds over); the schema sees an empty map.
+        weight_map = data["weight_map"]
+        data = {**data, "weight_map": {}}
     for error in _validator(schema_name).iter_errors(data):
         for problem in _describe(error):
             # One sentence per path: the generic and the family schema may both object to a value.
@@ -218,7 +224,28 @@ def schema_problems(schema_name: str, data: Any) -> list[SchemaProblem]:
     if schema_name == "tokenizer.schema.json":
         for problem in _tokenizer_entry_problems(data):
             problems.setdefault(problem.path, problem)
+    if weight_map is not None:
+        for problem in _weight_map_problems(weight_map):
+            problems.setdefault(problem.path, problem)
     return sorted(problems.values(), key=lambda p: p.path)
+
+
+def _weight_map_problems(weight_map: dict) -> Iterator[SchemaProblem]:
+    """Every weight_map entry that is not a shard file name, in the words index.schema.json's
+    ``additionalProperties`` gives (a non-empty string)."""
+    for tensor, shard in weight_map.items():
+        if type(shard) is str and shard:
+            continue
+        # json.loads always gives str keys; json_path copes with any key that is not an identifier.
+        path = json_path([tensor])
+        shown = "an empty string" if isinstance(shard, str) else _show(shard)
+        yield SchemaProblem("$.weight_map" + path[1:], f"must be {_shard_name()}, not {shown}")
+
+
+@cache
+def _shard_name() -> str:
+    entry = load_schema("index.schema.json")["properties"]["weight_map"]["additionalProperties"]
+    return entry.get("description") or "a non-empty string"
 
 
 def _tokenizer_entry_problems(data: Any) -> Iterator[SchemaProblem]:

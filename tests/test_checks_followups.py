@@ -1,0 +1,73 @@
+"""Follow-ups in the checks layer (after issues 16/17), each through the real CLI on real folders.
+
+1. An index listing 300,000 names validates in seconds (weight_map entries are checked by a plain
+   loop, not jsonschema).
+2. Every check is capped: at most 1,000 findings per code, then one summary finding.
+3. A .bin whose pickle walk stops early says why, in words (not "<pickle walk stopped: ...>").
+4. Chat templates run in a forked child where fork is available, with the same caps.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from helpers import copy_fixture
+
+_CLI = [sys.executable, "-c", "from hfconv.cli import run; run()"]
+
+
+def _validate(folder: Path, *args: str, timeout: float = 120) -> tuple[int, dict, float]:
+    start = time.monotonic()
+    proc = subprocess.run([*_CLI, "validate", str(folder), "--format", "json", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    seconds = time.monotonic() - start
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    report = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, report, seconds
+
+
+def _codes(report: dict) -> list[str]:
+    return [f["code"] for f in report["findings"]]
+
+
+# --- 1. a 300k-entry weight_map ------------------------------------------------------------------
+def test_huge_index_validates_in_seconds(tmp_path):
+    folder = copy_fixture(tmp_path, "llama-safetensors-sharded")
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    for i in range(300_000):
+        index["weight_map"][f"model.extra.{i}.weight"] = shards[i % len(shards)]
+    index_path.write_text(json.dumps(index))
+
+    rc, report, seconds = _validate(folder)
+    assert rc == 1
+    codes = _codes(report)
+    assert codes.count("HFC301") == 1001  # 1,000 listed, then one summary
+    assert any("299,000 more HFC301" in f["message"] for f in report["findings"])
+    assert "HFC406" not in codes  # every entry is a shard file name
+    # Before: ~7-11 s on 2 shared cores (jsonschema descending into 300,000 entries); now ~2 s.
+    assert seconds < 5.0, seconds
+
+
+def test_bad_weight_map_entries_keep_their_schema_findings(tmp_path):
+    """Entries that are not strings are the read stage's HFC307; an empty shard name is HFC406's."""
+    folder = copy_fixture(tmp_path, "llama-safetensors-sharded")
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    assert "lm_head.weight" in index["weight_map"]
+    index["weight_map"]["lm_head.weight"] = ""
+    index["weight_map"]["odd name"] = ""
+    index_path.write_text(json.dumps(index))
+
+    rc, report, _ = _validate(folder, "--select", "HFC406")
+    assert rc == 1
+    messages = sorted(f["message"] for f in report["findings"] if f["code"] == "HFC406")
+    assert messages == [
+        f"model.safetensors.index.json: $.weight_map[{name!r}] must be a shard file name, not an empty string; "
+        "regenerate the index (hfconv convert writes one)" for name in ("lm_head.weight", "odd name")
+    ]
