@@ -2,7 +2,7 @@
 ``cli_load`` import it; it imports none of them).
 
 Writing the report (:func:`emit`), the PATH and ``--output`` checks, ``--select``/``--ignore``
-code lists, the modules an option needs, and the library's :class:`~hfconv.validation.UsageError`
+code lists, the modules an option needs, and the library's :class:`~hfconv.errors.UsageError`
 turned into click's (exit 2).
 """
 
@@ -30,7 +30,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 def usage_errors() -> Iterator[None]:
     """The library's UsageError (a bad path or option, found while running) as click's: exit 2
     with the message, as an option click itself refused."""
-    from .validation import UsageError
+    from .errors import UsageError
 
     try:
         yield

@@ -8,12 +8,11 @@ from collections.abc import Iterable
 from .checks import CHECKS
 from .contents import CheckOptions, FolderContents, read_contents
 from .discovery import discover
+from .errors import UsageError
 from .findings import Finding
 from .report import Report
 
-
-class UsageError(Exception):
-    """The command cannot run at all (exit code 2): bad path, bad option."""
+__all__ = ["UsageError", "check_contents", "check_folder", "validate"]  # UsageError: from .errors, as before
 
 
 def check_folder(path: str | os.PathLike, what: str = "") -> None:
