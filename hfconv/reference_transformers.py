@@ -101,9 +101,9 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
             ``vision_tower.vision_model.*`` for the v5 model's ``model.language_model.*`` and
             ``model.vision_tower.*``).
         isolated: build in the subprocess (True) or in this process (False). The default builds
-            in this process only where torch and transformers' model code are imported already (a
-            caller that uses them pays no second import) and no folder code runs; the command
-            line never imports them.
+            in this process only where torch and transformers are imported already (a caller
+            that uses them pays no second import; ``validate`` on the command line never imports
+            torch) and no folder code runs.
 
     Returns:
         ExpectedModel with ``source="transformers X.Y.Z"``; tied weights (and weights the class
@@ -125,8 +125,8 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
     names = None if tensor_names is None else [n for n in tensor_names if isinstance(n, str)]
     if runs_folder_code(config, trust_remote_code):
         isolated = True  # the folder's code never runs in this process
-    elif isolated is None:  # the caller has loaded transformers' models (and torch) already
-        isolated = not ("torch" in sys.modules and "transformers.modeling_utils" in sys.modules)
+    elif isolated is None:  # the caller has imported torch and transformers already
+        isolated = not ("torch" in sys.modules and "transformers" in sys.modules)
     if isolated:
         raw = _build_isolated(folder, config, trust_remote_code, names)
     else:
