@@ -103,17 +103,12 @@ def require_modules(what: str, modules: tuple[str, ...]) -> None:
 
 def describe_kind(path: str) -> str | None:
     """'a FIFO', 'a character device', ... for a path that exists and is neither a folder nor a regular file."""
-    import stat
+    from .fsutil import special_kind
 
     try:
-        mode = os.stat(path).st_mode
+        return special_kind(os.stat(path).st_mode)
     except OSError:
         return None
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return None
 
 
 def check_output(output: str | None, reads: tuple[str, ...] | list[str] = (),

@@ -32,7 +32,7 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         raise
 
 
-def open_inside(path: str | os.PathLike, roots: "tuple[str | os.PathLike | None, ...]") -> BinaryIO:
+def open_inside(path: str | os.PathLike, roots: tuple[str | os.PathLike | None, ...]) -> BinaryIO:
     """Open ``path`` for reading only if the file opened is a regular file inside one of ``roots``.
 
     Checking a path and then opening it by name is a race: between the two, a local attacker
@@ -137,3 +137,16 @@ def is_safe_relative_name(name: str) -> bool:
         return False
     parts = name.replace("\\", "/").split("/")
     return all(part not in ("", ".", "..") for part in parts)
+
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(mode: int) -> str | None:
+    """``"a FIFO"``, ``"a character device"``, ``"a block device"`` or ``"a socket"`` for such a
+    file's ``st_mode``; None for a regular file, a folder or a symlink."""
+    for test, kind in _SPECIAL_KINDS:
+        if test(mode):
+            return kind
+    return None

@@ -10,6 +10,7 @@ from .contents import CheckOptions, FolderContents, read_contents
 from .discovery import discover
 from .errors import UsageError
 from .findings import Finding
+from .fsutil import special_kind
 from .report import Report
 
 __all__ = ["UsageError", "check_contents", "check_folder", "validate"]  # UsageError: from .errors, as before
@@ -18,8 +19,6 @@ __all__ = ["UsageError", "check_contents", "check_folder", "validate"]  # UsageE
 def check_folder(path: str | os.PathLike, what: str = "") -> None:
     """Raise :class:`UsageError` unless ``path`` is a folder, saying what it is instead: missing,
     a dangling symlink, a FIFO or device, or a file. ``what`` prefixes the message (``"SRC "``)."""
-    import stat
-
     if os.path.isdir(path):
         return
     shown = f"{what}{os.fspath(path)}"
@@ -29,10 +28,9 @@ def check_folder(path: str | os.PathLike, what: str = "") -> None:
         if os.path.islink(path):
             raise UsageError(f"{shown} is a symlink to something that does not exist") from None
         raise UsageError(f"{shown} does not exist") from None
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            raise UsageError(f"{shown} is not a folder ({kind})")
+    kind = special_kind(mode)
+    if kind is not None:
+        raise UsageError(f"{shown} is not a folder ({kind})")
     raise UsageError(f"{shown} is a file, not a folder (give the model folder that contains it)")
 
 
