@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from helpers import copy_fixture
 
 _CLI = [sys.executable, "-c", "from hfconv.cli import run; run()"]
@@ -71,3 +72,24 @@ def test_bad_weight_map_entries_keep_their_schema_findings(tmp_path):
         f"model.safetensors.index.json: $.weight_map[{name!r}] must be a shard file name, not an empty string; "
         "regenerate the index (hfconv convert writes one)" for name in ("lm_head.weight", "odd name")
     ]
+
+
+# --- 2. every check capped -----------------------------------------------------------------------
+def test_every_check_caps_its_findings(tmp_path):
+    """The shapes check reports each tensor that is not part of the model (HFC603); 1,500 of them
+    give 1,000 findings and one that counts the other 500."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = copy_fixture(tmp_path, "llama-safetensors")
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    for i in range(1500):
+        tensors[f"model.layers.0.extra_{i}.weight"] = np.zeros((2,), dtype=np.float32)
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+    rc, report, _ = _validate(folder)
+    assert rc == 0  # HFC603 is a warning
+    hits = [f for f in report["findings"] if f["code"] == "HFC603"]
+    assert len(hits) == 1001
+    [summary] = [f for f in hits if "more HFC603" in f["message"]]
+    assert summary["message"].startswith("500 more HFC603 finding(s)")

@@ -9,7 +9,7 @@ from ..findings import Finding
 from .custom_code import check_custom_code
 from .deep import check_deep
 from .index import check_index
-from .layout import check_hygiene, check_layout, check_read_errors, check_weight_metadata
+from .layout import capped, check_hygiene, check_layout, check_read_errors, check_weight_metadata
 from .manifest import check_manifest
 from .schemas import check_schemas
 from .shapes import check_shapes
@@ -17,7 +17,7 @@ from .tokenizer import check_dtype, check_tokenizer
 
 Check = Callable[[FolderContents], Iterable[Finding]]
 
-CHECKS: list[Check] = [
+_CHECKS: list[Check] = [
     check_read_errors,
     check_layout,
     check_weight_metadata,
@@ -31,3 +31,8 @@ CHECKS: list[Check] = [
     check_manifest,
     check_deep,
 ]
+
+CHECKS: list[Check] = [capped(check) for check in _CHECKS]
+"""Every check capped (layout.capped): at most MAX_FINDINGS_PER_CODE findings of each code, then one
+summary finding per code, so no check can emit one finding per tensor (or token) without bound.
+Wrapping a check that is already capped changes nothing."""
