@@ -1491,17 +1491,17 @@ def _replace_refusal(dst: str, dst_abs: str) -> str | None:
         return None
     weights = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt", ".h5", ".gguf")))
     if weights:
-        return f"it holds weights convert never writes ({', '.join(escape_name(n) for n in weights[:3])})"
+        return f"it holds weights convert never writes ({', '.join(_escape_name(n) for n in weights[:3])})"
     if not any(name in _HFCONV_OUTPUTS for name in names):
         return "it is not a folder hfconv wrote (no model.safetensors or model.safetensors.index.json in it)"
     strays = sorted(n for n in names if n.startswith(".") and n not in _HUB_HIDDEN and not n.startswith(".hfconv-"))
     if strays:
-        shown = ", ".join(escape_name(n) for n in strays[:3]) + (", ..." if len(strays) > 3 else "")
+        shown = ", ".join(_escape_name(n) for n in strays[:3]) + (", ..." if len(strays) > 3 else "")
         return f"it holds files a model folder does not ({shown})"
     return None
 
 
-def escape_name(name: str) -> str:
+def _escape_name(name: str) -> str:
     from .render import escape_text
 
     return escape_text(name)
@@ -1551,7 +1551,7 @@ def _check_paths(src: str, dst: str, force: bool) -> tuple[str, str]:
             raise UsageError(f"{dst} exists and is not a folder; --force only replaces a folder")
         why = _replace_refusal(dst, dst_abs)
         if why:
-            raise UsageError(f"--force refuses to replace {escape_name(dst)}: {why}; remove it yourself or choose "
+            raise UsageError(f"--force refuses to replace {_escape_name(dst)}: {why}; remove it yourself or choose "
                              "another DST")
     return src_real, dst_abs
 
