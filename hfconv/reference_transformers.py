@@ -129,6 +129,10 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
         isolated = not ("torch" in sys.modules and "transformers" in sys.modules)
     if isolated:
         raw = _build_isolated(folder, config, trust_remote_code, names)
+        try:  # what a child that ran the folder's code wrote is read with care
+            return _expected(raw, config, names)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ReferenceUnavailable(f"the reference subprocess gave a malformed result ({_one_line(exc)})") from None
     else:
         # Offline before the first import: nothing may be downloaded on behalf of a model folder.
         os.environ["HF_HUB_OFFLINE"] = "1"

@@ -10,19 +10,16 @@ is a fresh temporary folder and whose ``sys.path`` alone gets the model folder.
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..contents import FolderContents
-from ..environment import CAP_SOURCE, REMOTE_CODE_TIMEOUT_VAR, reference_memory, remote_code_timeout, sandbox_env
+from ..environment import (CAP_SOURCE, REMOTE_CODE_TIMEOUT_VAR, file_tail, reference_memory, remote_code_timeout,
+                           run_python)
 from ..findings import Finding, finding, register
 from ..fsutil import is_safe_relative_name, link_problem, open_regular
 from ..tensors import FormatError
@@ -465,9 +462,8 @@ def load_tokenizer_in_subprocess(folder: str, timeout: float | None = None) -> T
     """Instantiate the folder's tokenizer with trust_remote_code=True in a separate Python process.
 
     The child runs offline, with a fresh temporary working directory and Hub/module caches inside
-    it, and only its own ``sys.path`` gets the model folder. Its output goes to files in that
-    directory (a pipe could be held open by a grandchild, or flooded). Nothing is imported into
-    this process.
+    it (:func:`hfconv.environment.run_python`), an address-space cap beyond its own imports, and
+    only its own ``sys.path`` gets the model folder. Nothing is imported into this process.
 
     Args:
         folder: the model folder.
@@ -480,24 +476,13 @@ def load_tokenizer_in_subprocess(folder: str, timeout: float | None = None) -> T
     timeout = remote_code_timeout(TRUST_TIMEOUT_S) if timeout is None else timeout
     folder = os.path.abspath(folder)
     with tempfile.TemporaryDirectory(prefix="hfconv-trust-", ignore_cleanup_errors=True) as work:
-        env = sandbox_env(work)
-        out_path, err_path = os.path.join(work, "stdout"), os.path.join(work, "stderr")
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-c", CAP_SOURCE + _CHILD, folder, str(reference_memory())],
-                    cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                return TrustResult("error", f"could not start a Python subprocess: {exc}")
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                return TrustResult("timeout", f"{timeout:g} s")
-            finally:
-                _kill_group(proc)  # also whatever the child left running
-        stdout, stderr = _tail(out_path), _tail(err_path)
+        try:
+            status = run_python(CAP_SOURCE + _CHILD, [folder, str(reference_memory())], work, timeout)
+        except OSError as exc:
+            return TrustResult("error", f"could not start a Python subprocess: {exc}")
+        if status is None:
+            return TrustResult("timeout", f"{timeout:g} s")
+        stdout, stderr = file_tail(os.path.join(work, "stdout")), file_tail(os.path.join(work, "stderr"))
     for line in reversed(stdout.splitlines()):
         if line.startswith(_RESULT_PREFIX):
             try:
@@ -506,26 +491,8 @@ def load_tokenizer_in_subprocess(folder: str, timeout: float | None = None) -> T
                 break
             return TrustResult(str(fields.get("status")), str(fields.get("error") or fields.get("reason") or
                                                                fields.get("tokenizer_class") or ""))
-    tail = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    tail = (stderr.strip().splitlines() or [f"exit status {status}"])[-1]
     return TrustResult("error", f"the subprocess ended without a result ({tail[:300]})")
-
-
-def _tail(path: str, limit: int = 65536) -> str:
-    """The last ``limit`` bytes of a file the child wrote, as text."""
-    with open(path, "rb") as handle:
-        handle.seek(max(0, os.fstat(handle.fileno()).st_size - limit))
-        return handle.read().decode("utf-8", "replace")
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the child we started and what it spawned in its session (its own process group)."""
-    if hasattr(os, "killpg"):
-        with contextlib.suppress(OSError):  # the group is already gone
-            os.killpg(proc.pid, signal.SIGKILL)
-    if proc.poll() is None:
-        proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
 
 
 def _custom_tokenizer(contents: FolderContents) -> bool:
