@@ -18,8 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..contents import FolderContents
-from ..environment import (CAP_SOURCE, REMOTE_CODE_TIMEOUT_VAR, file_tail, reference_memory, remote_code_timeout,
-                           run_python)
+from ..environment import (
+    CAP_SOURCE,
+    REMOTE_CODE_TIMEOUT_VAR,
+    file_tail,
+    reference_memory,
+    remote_code_timeout,
+    run_python,
+)
 from ..findings import Finding, finding, register
 from ..fsutil import is_safe_relative_name, link_problem, open_regular
 from ..tensors import FormatError
