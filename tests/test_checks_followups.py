@@ -93,3 +93,30 @@ def test_every_check_caps_its_findings(tmp_path):
     assert len(hits) == 1001
     [summary] = [f for f in hits if "more HFC603" in f["message"]]
     assert summary["message"].startswith("500 more HFC603 finding(s)")
+
+
+# --- 3. a leftover whose pickle walk stops says why, in words ------------------------------------
+def test_leftover_walk_that_stops_says_why_in_words(tmp_path):
+    import pickle
+
+    start = pickle.dumps({"output_dir": "run"}, protocol=2)[:-1]  # no STOP yet
+    cases = {
+        "malformed": (start + b"\xff.", "the pickle is malformed", "unknown opcode 0xff at byte"),
+        "cut-short": (start, "the pickle is cut short", "pickle ends without STOP"),
+        "over-the-cap": (start + b"N0" * 2_100_000 + b".", "stopped at its limit of 2000000 opcodes",
+                         "more than 2000000 opcodes"),
+    }
+    folders = []
+    for name, (data, _, _) in cases.items():
+        folder = copy_fixture(tmp_path / name, "llama-safetensors")
+        (folder / "training_args.bin").write_bytes(data)
+        folders.append(folder)
+    proc = subprocess.run([*_CLI, "validate", *map(str, folders), "--format", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    for report, (why, detail) in zip(json.loads(proc.stdout), ((w, d) for _, w, d in cases.values())):
+        [leftover] = [f for f in report["findings"] if f["code"] == "HFC011"]
+        assert leftover["severity"] == "error" and leftover["file"] == "training_args.bin"
+        message = leftover["message"]
+        assert "<pickle walk stopped" not in message and "which no training run writes" not in message, message
+        assert why in message and detail in message and "do not torch.load it" in message, message

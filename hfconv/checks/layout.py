@@ -14,7 +14,7 @@ from ..discovery import MAX_DEPTH, MAX_LISTED_FILES, TRAINING_LEFTOVERS, parse_s
 from ..findings import REGISTRY, Finding, Severity, about, finding, register
 from ..fsutil import link_problem, open_regular
 from ..readers import LFS_POINTER_PREFIX
-from ..readers.torch_checkpoint import ALLOWED_GLOBALS, pickle_globals
+from ..readers.torch_checkpoint import ALLOWED_GLOBALS, pickle_scan
 from ..tensors import FormatError
 
 _JSON_LEFTOVERS = frozenset({"trainer_state.json"})
@@ -336,16 +336,30 @@ def _pickled_leftover(folder, name: str) -> Finding:
         return finding("HFC011", f"{base} (a symlink leaving the folder: not opened)", file=name)
     if _is_lfs_pointer(folder.path(name)):
         return finding("HFC011", f"{base} (a git-lfs pointer; the file itself was not downloaded)", file=name)
-    found = pickle_globals(folder.path(name))
-    if found is None:
+    scan = pickle_scan(folder.path(name))
+    if scan is None:
         return finding("HFC011", f"{base}, and it is a zip hfconv cannot read the way torch would: do not "
                        "torch.load it", file=name, severity="error")
-    stranger = next((g for g in found if g not in _TRAINING_GLOBALS and g not in ALLOWED_GLOBALS), None)
+    stranger = next((g for g in scan.globals if g not in _TRAINING_GLOBALS and g not in ALLOWED_GLOBALS), None)
     if stranger is not None:
         return finding("HFC011", f"{base}, and its pickle references {stranger!r}, which no training run writes: "
                        "torch.load on it would run it", file=name, severity="error")
+    if not scan.complete:
+        return finding("HFC011", f"{base}, and {_walk_stopped(scan)}; what torch.load would import or run past "
+                       "that point is unknown: do not torch.load it", file=name, severity="error")
     return finding("HFC011", f"{base} (hfconv listed its pickle's globals without loading it: only what a "
                    "training run writes)", file=name)
+
+
+def _walk_stopped(scan) -> str:
+    """Why hfconv's walk of a pickle did not reach its end, in words."""
+    if scan.cap is not None:
+        return (f"hfconv's pickle walk stopped at its limit of {scan.cap}, which no training run comes near: "
+                f"{scan.problem}")
+    if scan.truncated:
+        return f"hfconv's pickle walk stopped before the end because the pickle is cut short: {scan.problem}"
+    return (f"hfconv's pickle walk stopped before the end because the pickle is malformed (torch.load may read "
+            f"it differently): {scan.problem}")
 
 
 def _is_lfs_pointer(path) -> bool:
