@@ -59,7 +59,16 @@ from .findings import Finding, finding, register
 from .fsutil import is_safe_relative_name, open_inside
 from .readers.safetensors_header import MAX_HEADER_BYTES, read_safetensors
 from .sharding import INDEX_FILE, parse_size, plan_shards, shard_file_name
-from .tensor_bytes import OutsideStorage, StorageRecord, file_order, located_storage, storage_records, view_span
+from .tensor_bytes import (
+    LocateError,
+    SourceEnded,
+    StorageRecord,
+    copy_range,
+    file_order,
+    locate,
+    storage_records,
+    write_all,
+)
 from .tensors import FormatError, TensorMeta, WeightFile
 from .units import human_bytes
 from .validation import UsageError, check_contents
@@ -211,11 +220,9 @@ models) and are left alone, as are complex, integer and bool tensors."""
 
 MANIFEST_FORMAT = "hfconv-manifest/1"
 _COPY_CHUNK = 64 << 20
-"""Bytes per copy_file_range call: bounds the time between progress updates and Ctrl-C."""
+"""Bytes a worker copies between two progress reports (copy_range's chunk)."""
 _COMPARE_CHUNK = 4 << 20
 """Bytes compared per step (and the window of a mapping resident at a time)."""
-_BUFFER_CHUNK = 1 << 20
-"""The pread/write copy's buffer (1-4 MiB measured fastest: it stays in the CPU cache)."""
 _WRITEBACK_CHUNK = 64 << 20
 """Bytes written between two requests to start writeback (see _Writeback)."""
 _VERIFY_BATCH = 64 << 20
@@ -593,20 +600,12 @@ def _view_key(meta: TensorMeta) -> tuple:
 
 def _locate(meta: TensorMeta, weight_file: WeightFile, rel: str, path: str, out_dtype: str) -> PlannedTensor:
     """Where a tensor's bytes are in its source file (bounds re-checked here)."""
-    if meta.data_offsets is not None:
-        begin, end = meta.data_offsets
-        return PlannedTensor(meta.name, meta.shape, meta.dtype, out_dtype, path, rel, begin, None, end)
-    storage = located_storage(meta, weight_file)
-    if storage is None:
-        raise _refuse(f"{rel}: tensor {meta.name!r} has no storage location")
-    if storage.dtype != meta.dtype:
-        raise _refuse(f"{rel}: tensor {meta.name!r} is {meta.dtype} but its storage is {storage.dtype}")
     try:
-        start, end, stride = view_span(meta, storage)
-    except OutsideStorage:
-        raise _refuse(f"{rel}: tensor {meta.name!r} reaches outside its storage") from None
-    byteswap = weight_file.byte_order == "big" and swap_unit(meta.dtype) > 1
-    return PlannedTensor(meta.name, meta.shape, meta.dtype, out_dtype, path, rel, start, stride, end, byteswap)
+        span = locate(meta, weight_file)
+    except LocateError as exc:
+        raise _refuse(f"{rel}: {exc}") from None
+    return PlannedTensor(meta.name, meta.shape, meta.dtype, out_dtype, path, rel, span.begin, span.stride,
+                         span.end, span.byteswap)
 
 
 def plan_conversion(contents: FolderContents, max_shard_size: int, dtype: str = "keep") -> ConversionPlan:
@@ -800,77 +799,18 @@ def _uncopyable(folder, name: str) -> str | None:
 # step 4: byte movers
 # =============================================================================================
 
-_FALLBACK_ERRNOS = frozenset(
-    e for e in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", None), errno.EINVAL,
-                errno.EPERM) if e is not None
-)
-_copy_methods = ["copy_file_range", "sendfile", "pread"]
-"""Kernel-side methods first; one the kernel or file system refuses is dropped for the process."""
-_buffer: bytearray | None = None
-"""The one bounded buffer of the pread/write path (per process; one writer thread per process)."""
 _TRANSFORM_LOCK = threading.Lock()
 """Held while a transformed (cast/reordered) tensor is in memory, by the writer or the
 verifier thread, so that at most one such tensor exists at a time per process."""
 
 
-def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int, progress: Callable[[int], None]) -> None:
-    """Append ``count`` bytes of ``src_fd`` at ``offset`` to ``dst_fd`` (at its position).
-
-    When source and destination sit at the same offset within a page, ``copy_file_range``
-    moves whole pages inside the kernel (or shares extents, on file systems with reflinks),
-    with ``sendfile`` as its fallback. When they do not -- the common case for ``.bin``
-    storages, whose zip records start at arbitrary 64-byte boundaries -- the kernel's splice
-    path copies page fragments and runs at half speed (measured 2.0 vs 4.3 GB/s, warm, on
-    ext4); a pread/write loop through one reused 1 MiB buffer then runs at about 4 GB/s,
-    so that is used instead. Either way, peak memory does not depend on ``count``.
-    """
-    in_phase = (offset - os.lseek(dst_fd, 0, os.SEEK_CUR)) % _PAGE == 0
-    done = 0
-    while done < count:
-        want = min(count - done, _COPY_CHUNK)
-        method = _copy_methods[0] if in_phase else "pread"
-        try:
-            if method == "copy_file_range":
-                moved = os.copy_file_range(src_fd, dst_fd, want, offset + done)
-            elif method == "sendfile":
-                moved = os.sendfile(dst_fd, src_fd, offset + done, want)
-            else:
-                moved = _buffered_copy(src_fd, dst_fd, offset + done, want)
-        except OSError as exc:
-            if method != "pread" and exc.errno in _FALLBACK_ERRNOS and len(_copy_methods) > 1:
-                _copy_methods.remove(method)
-                continue
-            raise
-        if moved == 0:
-            raise ConversionError("HFC701", f"source file ended {count - done} bytes early (was it truncated "
-                                            "during the conversion?)")
-        done += moved
-        progress(moved)
-
-
-def _buffered_copy(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
-    """Copy up to ``count`` bytes through the reused buffer; returns bytes copied (0 at EOF)."""
-    global _buffer
-    if _buffer is None:
-        _buffer = bytearray(_BUFFER_CHUNK)
-    view = memoryview(_buffer)
-    done = 0
-    while done < count:
-        got = os.preadv(src_fd, [view[:min(len(view), count - done)]], offset + done)
-        if got == 0:
-            break
-        _write_all(dst_fd, view[:got])
-        done += got
-    return done
-
-
-def _write_all(fd: int, data) -> int:
-    view = memoryview(data).cast("B")
-    total = len(view)
-    written = 0
-    while written < total:
-        written += os.write(fd, view[written:])
-    return total
+def copy_source(src_fd: int, dst_fd: int, offset: int, count: int, progress: Callable[[int], None]) -> None:
+    """:func:`~hfconv.tensor_bytes.copy_range`, a source cut short as HFC701."""
+    try:
+        copy_range(src_fd, dst_fd, offset, count, progress)
+    except SourceEnded as exc:
+        raise ConversionError("HFC701", f"source file ended {exc.missing} bytes early (was it truncated "
+                                        "during the conversion?)") from None
 
 
 class _Sources:
@@ -1060,13 +1000,13 @@ def _write_tensor(fd: int, tensor: PlannedTensor, sources: _Sources, progress: C
     if tensor.nbytes == 0:
         return
     if tensor.action == "copy":
-        _copy_range(sources.fd(tensor.source_path), fd, tensor.offset, tensor.nbytes, progress)
+        copy_source(sources.fd(tensor.source_path), fd, tensor.offset, tensor.nbytes, progress)
         return
     with _TRANSFORM_LOCK:
         data = _transformed_bytes(tensor, sources)
         if len(data) != tensor.nbytes:  # pragma: no cover - a transform bug, caught loudly
             raise ConversionError("HFC701", f"{tensor.name}: produced {len(data)} bytes, expected {tensor.nbytes}")
-        _write_all(fd, data)
+        write_all(fd, data)
         del data
     progress(tensor.nbytes)
 
@@ -1094,7 +1034,7 @@ def _write_shard(task: _ShardTask, progress: Callable[[int], None],
         except OSError as exc:
             raise write_failure(exc, f"creating {shard.name}") from None
         try:
-            _write_all(fd, header)
+            write_all(fd, header)
             position = flushed = len(header)
             batch: _Batch = []
             batch_bytes = 0
@@ -1589,7 +1529,7 @@ def _copy_file(roots: tuple[str, ...], src_path: Path, dst_path: Path, durable: 
             size = os.fstat(source.fileno()).st_size
             fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
             try:
-                _copy_range(source.fileno(), fd, 0, size, lambda n: None)
+                copy_source(source.fileno(), fd, 0, size, lambda n: None)
                 if durable:
                     os.fsync(fd)
             finally:
@@ -1617,7 +1557,7 @@ def _write_small(path: Path, data: bytes, durable: bool) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -1956,7 +1896,7 @@ def _write_manifest_tmp(directory: str, plan: ConversionPlan, outcomes: list[_Sh
                 "dropped_aliases": dict(plan.dropped_aliases), "tensors": tensors}
     fd, tmp = tempfile.mkstemp(prefix=".hfconv-manifest-", dir=directory)
     try:
-        _write_all(fd, (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        write_all(fd, (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         if durable:
             os.fsync(fd)
     finally:

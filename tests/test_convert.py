@@ -28,7 +28,9 @@ from hfconv.conversion import (
     VerificationError,
     convert,
 )
+from hfconv.tensor_bytes import copy_methods, reset_copy_methods
 from hfconv.validation import UsageError, validate
+
 from helpers import FIXTURES, LAYOUTS, mixed_state, save_big_endian
 
 WEIGHT_SUFFIXES = (".bin", ".safetensors")
@@ -385,7 +387,7 @@ def test_interrupt_during_verification_leaves_no_dst(tmp_path, monkeypatch):
 
 
 def test_corrupted_write_is_caught_by_verification(tmp_path, monkeypatch):
-    original = conversion._copy_range
+    original = conversion.copy_source
 
     def flipping(src_fd, dst_fd, offset, count, progress):
         original(src_fd, dst_fd, offset, count, progress)
@@ -394,7 +396,7 @@ def test_corrupted_write_is_caught_by_verification(tmp_path, monkeypatch):
             last = os.pread(src_fd, 1, offset + count - 1)
             os.pwrite(dst_fd, bytes([last[0] ^ 0xFF]), position - 1)
 
-    monkeypatch.setattr(conversion, "_copy_range", flipping)
+    monkeypatch.setattr(conversion, "copy_source", flipping)
     with pytest.raises(VerificationError) as info:
         convert(FIXTURES / "llama-bin", tmp_path / "out")
     assert info.value.code == "HFC701"
@@ -406,7 +408,7 @@ def test_corrupted_write_is_caught_by_verification(tmp_path, monkeypatch):
     assert not result.verified and result.validation is None
 
 
-def test_copy_paths_give_identical_output(tmp_path, monkeypatch):
+def test_copy_paths_give_identical_output(tmp_path, monkeypatch, request):
     """Page-aligned copies go kernel-side (copy_file_range, else sendfile); others through pread."""
     src = FIXTURES / "llama-safetensors"  # one source file: the header padding puts every tensor in phase
     calls = {"copy_file_range": 0}
@@ -423,13 +425,14 @@ def test_copy_paths_give_identical_output(tmp_path, monkeypatch):
     def unsupported(*args, **kwargs):
         raise OSError(38, "Function not implemented")
 
-    monkeypatch.setattr(conversion, "_copy_methods", ["copy_file_range", "sendfile", "pread"])
+    reset_copy_methods()
+    request.addfinalizer(reset_copy_methods)
     monkeypatch.setattr(os, "copy_file_range", unsupported)
     convert(src, tmp_path / "sendfile")
-    assert conversion._copy_methods == ["sendfile", "pread"]
+    assert copy_methods() == ("sendfile", "pread")
     monkeypatch.setattr(os, "sendfile", unsupported)
     convert(src, tmp_path / "pread")
-    assert conversion._copy_methods == ["pread"]
+    assert copy_methods() == ("pread",)
     reference = (tmp_path / "native" / "model.safetensors").read_bytes()
     for name in ("sendfile", "pread"):
         assert (tmp_path / name / "model.safetensors").read_bytes() == reference
