@@ -60,7 +60,7 @@ def _information_uri() -> str:
         url = entry.partition(",")[2].strip()
         if url.startswith("https://"):
             return url
-    home = meta.get("Home-page")
+    home = next(iter(meta.get_all("Home-page") or []), None)
     return home if home and home.startswith("https://") else _FALLBACK_URI
 
 

@@ -37,7 +37,7 @@ def _surrogate_visible(match: re.Match) -> str:
     return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
-def json_safe(value):
+def json_safe(value: object) -> object:
     """``value`` (a JSON document) with every lone surrogate in a string or key written as
     ``\\xff`` text, so the document encodes as valid UTF-8 (a non-UTF-8 file name's bytes, which
     ``json.dumps`` would otherwise pass through or write as a lone ``\\udcff`` escape that strict

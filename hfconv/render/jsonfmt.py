@@ -12,7 +12,7 @@ from .common import json_safe
 __all__ = ["dumps_json", "render_json"]
 
 
-def dumps_json(value) -> str:
+def dumps_json(value: object) -> str:
     """The JSON text hfconv prints: indented, UTF-8 safe (see :func:`json_safe`), newline-terminated."""
     return json.dumps(json_safe(value), indent=2) + "\n"
 

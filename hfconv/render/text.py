@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ def compress_numbers(numbers: Sequence[int]) -> str:
     ordered = sorted(set(numbers))
     parts: list[str] = []
     start = prev = ordered[0]
-    for n in ordered[1:] + [None]:  # type: ignore[list-item]
+    for n in [*ordered[1:], None]:
         if n is not None and n == prev + 1:
             prev = n
             continue
@@ -48,10 +48,16 @@ class FindingGroup:
     count: int
 
 
+def _take_from(names: Iterator[str]) -> Callable[[re.Match[str]], str]:
+    """A ``re.sub`` replacement that writes the next of ``names`` for each match."""
+    return lambda _match: next(names)
+
+
 def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
     """Fold findings of one code whose tensor names differ only in layer numbers."""
-    buckets: dict[tuple, list[tuple[Finding, list[int]]]] = {}
+    buckets: dict[tuple[object, ...], list[tuple[Finding, list[int]]]] = {}
     for f in findings:
+        key: tuple[object, ...]
         if f.tensor and _LAYER_NUMBER.search(f.tensor):
             numbers = [int(m) for m in _LAYER_NUMBER.findall(f.tensor)]
             pattern = _LAYER_NUMBER.sub("{}", f.tensor)
@@ -71,7 +77,7 @@ def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
         names = iter(
             str(col[0]) if len(set(col)) == 1 else "{" + compress_numbers(col) + "}" for col in columns
         )
-        tensor = _LAYER_NUMBER.sub(lambda _m, names=names: next(names), first.tensor or "")
+        tensor = _LAYER_NUMBER.sub(_take_from(names), first.tensor or "")
         groups.append(FindingGroup(first, tensor, first.message.replace(first.tensor or "", tensor), len(members)))
     return groups
 
