@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from .discovery import JSON_FILES, ModelFolder, WeightSet
-from .fsutil import is_safe_relative_name, link_problem
+from .fsutil import link_problem
 from .jsonutil import JsonError, load_json_file
 from .readers import read_weight_file
 from .report import Layout, Summary
@@ -160,14 +160,14 @@ def read_contents(folder: ModelFolder, options: CheckOptions | None = None) -> F
     # 3. Weight headers: every file named like weights, plus every safe shard an index names.
     to_read: dict[str, None] = {}
     for weight_set in folder.weight_sets.values():
-        for name in (weight_set.single, *weight_set.shard_files):
-            if name:
-                to_read[name] = None
+        for member in (weight_set.single, *weight_set.shard_files):
+            if member:
+                to_read[member] = None
         index = contents.indexes.get(weight_set.index) if weight_set.index else None
         if index is not None:
-            for name in index.shard_names:
-                if name not in contents.unsafe_names and folder.has(name):
-                    to_read[name] = None
+            for shard in index.shard_names:
+                if shard not in contents.unsafe_names and folder.has(shard):
+                    to_read[shard] = None
     # The loaded set's files first, so that a cap hit leaves out files no loader reads.
     chosen = folder.loaded_set
     first = dict.fromkeys(n for n in contents.shards_of(chosen) if n in to_read) if chosen is not None else {}

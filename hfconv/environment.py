@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import os
 from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import subprocess
 
 
 @cache
@@ -143,7 +147,7 @@ def run_python(code: str, args: list[str], work: str, timeout: float) -> int | N
             kill_group(proc)
 
 
-def kill_group(proc) -> None:
+def kill_group(proc: subprocess.Popen[Any]) -> None:
     """Kill a child started with ``start_new_session`` and whatever it spawned in its session."""
     import contextlib
     import signal

@@ -108,7 +108,7 @@ def _walk_error(exc: OSError, part: str) -> str:
     return f"cannot open: {exc.strerror}"
 
 
-def link_problem(path: str | os.PathLike) -> str:
+def link_problem(path: str | os.PathLike[str]) -> str:
     """What is wrong with a symlink of the folder that hfconv did not follow: ``is a dangling
     symlink (to 'X', which does not exist)`` when its target is missing, else ``is a symlink
     pointing outside the model folder``."""

@@ -125,13 +125,12 @@ def inspect(path: str | os.PathLike, *, tensors: bool = False) -> Inspection:
             format=weight_file.format if weight_file else None,
             error=f"{error.code}: {error.message}" if error else (None if folder.has(name) else "missing"),
         ))
-    listing = tensors
-    tensors = contents.loaded_tensors
+    loaded = contents.loaded_tensors
     rows = None
-    if listing:
+    if tensors:
         where = contents.tensor_files
         rows = tuple(TensorRow(name=name, shape=tuple(meta.shape), dtype=meta.dtype, shard=where.get(name, ""),
-                               bytes=meta.nbytes) for name, meta in tensors.items())
+                               bytes=meta.nbytes) for name, meta in loaded.items())
     config = contents.config or {}
     architectures = config.get("architectures")
     return Inspection(
@@ -141,10 +140,10 @@ def inspect(path: str | os.PathLike, *, tensors: bool = False) -> Inspection:
         architectures=tuple(a for a in architectures if isinstance(a, str)) if isinstance(architectures, list) else (),
         config_dtype=_config_dtype(config),
         shards=tuple(shards),
-        dtypes=dict(Counter(t.dtype for t in tensors.values())),
-        tensors=len(tensors),
-        parameters=sum(t.numel for t in tensors.values()),
-        bytes=sum(t.nbytes for t in tensors.values()),
+        dtypes=dict(Counter(t.dtype for t in loaded.values())),
+        tensors=len(loaded),
+        parameters=sum(t.numel for t in loaded.values()),
+        bytes=sum(t.nbytes for t in loaded.values()),
         tokenizer_files=tuple(f for f in TOKENIZER_FILES if folder.has(f)),
         has_config=isinstance(contents.config, dict),
         tensor_rows=rows,
