@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
 
 from .tensors import FormatError
 
 
-def open_regular(path: str | os.PathLike) -> BinaryIO:
+def open_regular(path: str | os.PathLike) -> io.BufferedReader:
     """Open ``path`` for reading only if it is a regular file.
 
     FIFOs, devices and sockets are refused before any read (opening a FIFO for reading would
@@ -32,7 +32,7 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         raise
 
 
-def open_inside(path: str | os.PathLike, roots: tuple[str | os.PathLike | None, ...]) -> BinaryIO:
+def open_inside(path: str | os.PathLike, roots: tuple[str | os.PathLike | None, ...]) -> io.BufferedReader:
     """Open ``path`` for reading only if the file opened is a regular file inside one of ``roots``.
 
     Checking a path and then opening it by name is a race: between the two, a local attacker
@@ -67,7 +67,7 @@ _CAN_WALK = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def _open_beneath(base: str, parts: list[str]) -> BinaryIO:
+def _open_beneath(base: str, parts: list[str]) -> io.BufferedReader:
     try:
         directory = os.open(base, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
     except OSError as exc:

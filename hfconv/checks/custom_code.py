@@ -271,7 +271,8 @@ def _parse_all(contents: FolderContents) -> tuple[dict[str, ParsedModule], list[
         except FormatError as exc:
             findings.append(finding(exc.code, f"{name} {exc.message}", file=name))
         except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-            where = f" at line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+            lineno = getattr(exc, "lineno", None)
+            where = f" at line {lineno}" if lineno else ""
             reason = getattr(exc, "msg", None) or type(exc).__name__
             findings.append(finding("HFC803", f"{name} does not parse: {reason}{where}; importing it with "
                                     "trust_remote_code fails", file=name))

@@ -16,17 +16,21 @@ Floating values are classified by their bit patterns with numpy, so every float 
 
 from __future__ import annotations
 
+import io
 import sys
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
 from ..tensor_bytes import OutsideStorage, located_storage, storage_records, view_span
 from ..tensors import FormatError, WeightFile
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
 
 register("HFC901", "error", "corrupted storage",
          "A .bin storage's bytes no longer match the CRC-32 that torch.save recorded in the zip "
@@ -193,7 +197,7 @@ def _plan(weight_file: WeightFile) -> tuple[list[_Span], list[_View]]:
     return spans, strided
 
 
-def _check_file(name: str, big_endian: bool, plan: tuple[list[_Span], list[_View]], handle: BinaryIO,
+def _check_file(name: str, big_endian: bool, plan: tuple[list[_Span], list[_View]], handle: io.BufferedIOBase,
                 buffer: bytearray, progress: Callable[[int], object]) -> Iterator[Finding]:
     spans, strided = plan
     for span in sorted(spans, key=lambda s: s.begin):
@@ -222,14 +226,14 @@ def _check_file(name: str, big_endian: bool, plan: tuple[list[_Span], list[_View
         for view in span.views:
             yield from _value_findings(name, view, counts[id(view)])
     for view in strided:
-        counts = _ValueCounts(view.dtype, big_endian)
+        strided_counts = _ValueCounts(view.dtype, big_endian)
         try:
-            counts.add_strided(_read_span(handle, view), view)
+            strided_counts.add_strided(_read_span(handle, view), view)
         except OSError as exc:
             yield finding("HFC904", f"{name}: reading {view.tensor!r} failed: {exc}", file=name, tensor=view.tensor)
             continue
         progress(view.end - view.begin)
-        yield from _value_findings(name, view, counts)
+        yield from _value_findings(name, view, strided_counts)
 
 
 def _value_findings(name: str, view: _View, counts: _ValueCounts) -> Iterator[Finding]:
@@ -242,13 +246,13 @@ def _value_findings(name: str, view: _View, counts: _ValueCounts) -> Iterator[Fi
                       file=name, tensor=view.tensor)
 
 
-def _read_span(handle: BinaryIO, view: _View) -> memoryview:
+def _read_span(handle: io.BufferedIOBase, view: _View) -> memoryview:
     """A strided view's whole span (bounded by that one tensor)."""
     handle.seek(view.begin)
     return _read_exactly(handle, memoryview(bytearray(view.end - view.begin)))
 
 
-def _read_exactly(handle: BinaryIO, view: memoryview) -> memoryview:
+def _read_exactly(handle: io.BufferedIOBase, view: memoryview) -> memoryview:
     """Fill ``view`` from the file's position (so chunks stay on element boundaries)."""
     filled = 0
     while filled < len(view):
@@ -301,7 +305,7 @@ class _ValueCounts:
                                                     writeable=False)).reshape(-1))
         del base
 
-    def _count(self, values) -> None:
+    def _count(self, values: numpy.ndarray[Any, Any]) -> None:
         np = self._np
         self.values += len(values)
         if self._masks is not None:
