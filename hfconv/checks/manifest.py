@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 from collections.abc import Iterator
+from typing import Any
 
 from ..contents import FolderContents
 from ..dtypes import SAFETENSORS_BITS, swap_unit
@@ -44,11 +46,12 @@ def check_manifest(contents: FolderContents) -> Iterator[Finding]:
     if not path:
         return
     try:
-        manifest = load_json_file(path)
+        document = load_json_file(path)  # an object: load_json_file refuses any other top-level value
     except (JsonError, FormatError) as exc:
         yield finding("HFC720", f"{path}: {exc.message}")
         return
-    entries = manifest.get("tensors") if isinstance(manifest, dict) else None
+    manifest: dict[str, Any] = document if isinstance(document, dict) else {}
+    entries = manifest.get("tensors")
     if manifest.get("format") != MANIFEST_FORMAT or not isinstance(entries, dict):
         yield finding("HFC720", f"{path} is not an hfconv manifest (format {manifest.get('format')!r}, "
                       f"expected {MANIFEST_FORMAT!r})")
@@ -73,7 +76,7 @@ def check_manifest(contents: FolderContents) -> Iterator[Finding]:
         yield finding("HFC723", f"{name!r} in {where[name]} is not in the manifest", file=where[name], tensor=name)
 
 
-def _compare(contents: FolderContents, name: str, entry: dict, against: str) -> Iterator[Finding]:
+def _compare(contents: FolderContents, name: str, entry: dict[str, Any], against: str) -> Iterator[Finding]:
     """The tensor's dtype, shape and sha256 against one manifest entry."""
     meta, file = contents.loaded_tensors[name], contents.tensor_files[name]
     if entry.get("dtype") != meta.dtype or list(entry.get("shape", [])) != list(meta.shape):
@@ -86,7 +89,7 @@ def _compare(contents: FolderContents, name: str, entry: dict, against: str) -> 
                       "since conversion)", file=file, tensor=name)
 
 
-def tensor_sha256(path, weight_file: WeightFile, meta: TensorMeta) -> str:
+def tensor_sha256(path: str | os.PathLike[str], weight_file: WeightFile, meta: TensorMeta) -> str:
     """sha256 of a tensor's bytes in row-major order, read from its file.
 
     Contiguous tensors are hashed straight from the file in chunks; a strided ``.bin`` view is
@@ -100,7 +103,10 @@ def tensor_sha256(path, weight_file: WeightFile, meta: TensorMeta) -> str:
             for start in range(begin, end, _CHUNK):
                 digest.update(mapped[start:min(end, start + _CHUNK)])
             return digest.hexdigest()
+        # the torch reader gives every .bin tensor a storage key, and every storage its offset
+        assert meta.storage_key is not None
         storage = weight_file.storages[meta.storage_key]
+        assert storage.data_offset is not None
         itemsize = SAFETENSORS_BITS[meta.dtype] // 8
         begin = storage.data_offset + meta.storage_offset * itemsize
         big_endian = weight_file.byte_order == "big" and swap_unit(meta.dtype) > 1

@@ -301,18 +301,17 @@ def _singular(noun: str, items: list[int]) -> str:
 
 def _ranges(values: list[int]) -> str:
     """[0, 1, 2, 5] -> '0..2, 5'."""
+    if not values:
+        return ""
     out: list[str] = []
-    start = prev = None
-    for v in values:
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
+    start = prev = values[0]
+    for v in values[1:]:
+        if v == prev + 1:
             prev = v
         else:
             out.append(f"{start}..{prev}" if prev != start else str(start))
             start = prev = v
-    if start is not None:
-        out.append(f"{start}..{prev}" if prev != start else str(start))
+    out.append(f"{start}..{prev}" if prev != start else str(start))
     return ", ".join(out)
 
 
