@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 from .. import environment
 from ..contents import FolderContents
-from ..discovery import MAX_DEPTH, MAX_LISTED_FILES, TRAINING_LEFTOVERS, parse_shard_name
+from ..discovery import MAX_DEPTH, MAX_LISTED_FILES, TRAINING_LEFTOVERS, ModelFolder, WeightSet, parse_shard_name
 from ..findings import REGISTRY, Finding, Severity, about, finding, register
 from ..fsutil import link_problem, open_regular
 from ..readers import LFS_POINTER_PREFIX
-from ..readers.torch_checkpoint import ALLOWED_GLOBALS, pickle_scan
+from ..readers.torch_checkpoint import ALLOWED_GLOBALS, ScanResult, pickle_scan
 from ..tensors import FormatError
 
 _JSON_LEFTOVERS = frozenset({"trainer_state.json"})
@@ -114,17 +114,17 @@ def check_read_errors(contents: FolderContents) -> Iterator[Finding]:
     for name, weight_file in contents.weights.items():
         for note in weight_file.notes:
             yield finding(note.code, about(name, note.message), file=name, tensor=note.tensor)
-    for name, error in contents.json_errors.items():
-        code = getattr(error, "code", None) or "HFC401"
+    for name, json_error in contents.json_errors.items():
+        code = getattr(json_error, "code", None) or "HFC401"
         if not (code == "HFC008" and special(name)):
-            yield finding(code, f"{name} {_describe_json_error(error)}", file=name,
-                          tensor=getattr(error, "key", None))
+            yield finding(code, f"{name} {_describe_json_error(json_error)}", file=name,
+                          tensor=getattr(json_error, "key", None))
     for name in contents.folder.special_files:
         yield finding("HFC008", f"{name} is {_special_kind(contents.folder.path(name))}, not a regular file; "
                       "it was not opened", file=name)
 
 
-def _special_kind(path) -> str:
+def _special_kind(path: str | os.PathLike[str]) -> str:
     """'a FIFO', 'a character device', ... (stat does not open, so a FIFO does not block)."""
     import stat
 
@@ -177,7 +177,7 @@ def check_hygiene(contents: FolderContents) -> Iterator[Finding]:
     yield from _case_collisions(folder)
 
 
-def _check_listing(folder) -> Iterator[Finding]:
+def _check_listing(folder: ModelFolder) -> Iterator[Finding]:
     """Caps of the folder listing that hid files: the verdict does not cover them."""
     if folder.truncated_listing:
         where = f"'{folder.truncated_in}/'" if folder.truncated_in else "the model folder itself"
@@ -195,7 +195,7 @@ _READ_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".py"
 """Names hfconv or a loader (transformers, tokenizers, sentencepiece, peft) reads by suffix."""
 
 
-def _case_collisions(folder) -> Iterator[Finding]:
+def _case_collisions(folder: ModelFolder) -> Iterator[Finding]:
     """Files a loader reads whose names are equal under Unicode normalization and case folding."""
     groups: dict[str, list[str]] = {}
     for name in folder.files:
@@ -245,7 +245,7 @@ _OTHER_FORMATS = (
 """Weight formats hfconv (and a PyTorch from_pretrained) does not read, named when they are all a folder holds."""
 
 
-def _no_weights(folder) -> Finding:
+def _no_weights(folder: ModelFolder) -> Finding:
     """HFC001, naming the weights of another framework the folder holds instead (tf_model.h5, ...)."""
     found = []
     for label, test in _OTHER_FORMATS:
@@ -278,7 +278,8 @@ def check_layout(contents: FolderContents) -> Iterator[Finding]:
 
     for weight_set in folder.weight_sets.values():
         if weight_set.shard_files and not weight_set.index and not weight_set.single:
-            index_name = "model.safetensors.index.json" if weight_set.format == "safetensors" else "pytorch_model.bin.index.json"
+            index_name = ("model.safetensors.index.json" if weight_set.format == "safetensors"
+                          else "pytorch_model.bin.index.json")
             yield finding("HFC002", f"{len(weight_set.shard_files):,} {weight_set.format} shards "
                           f"({weight_set.shard_files[0]}, ...) but no {index_name}: loaders will not find them",
                           file=weight_set.shard_files[0])
@@ -305,8 +306,8 @@ def check_layout(contents: FolderContents) -> Iterator[Finding]:
 
 
 # What Trainer (transformers 4.x-5.x, accelerate, TRL) pickles into training_args.bin (its
-# argument classes and their enums) and rng_state.pth, beyond what a state dict uses. Exact names: a module-wide allowance would admit
-# functions (transformers.dynamic_module_utils runs remote code).
+# argument classes and their enums) and rng_state.pth, beyond what a state dict uses. Exact names:
+# a module-wide allowance would admit functions (transformers.dynamic_module_utils runs remote code).
 _TRAINING_GLOBALS = frozenset({
     "torch.device",
     "transformers.training_args.TrainingArguments", "transformers.training_args.OptimizerNames",
@@ -328,7 +329,7 @@ _TRAINING_GLOBALS = frozenset({
 })
 
 
-def _pickled_leftover(folder, name: str) -> Finding:
+def _pickled_leftover(folder: ModelFolder, name: str) -> Finding:
     """A training leftover: a warning, unless the pickle in it imports something no training run
     writes (an error naming it) or it is a zip torch might read differently from hfconv."""
     base = f"{name} is a training leftover; it does not belong in a published model folder"
@@ -351,7 +352,7 @@ def _pickled_leftover(folder, name: str) -> Finding:
                    "training run writes)", file=name)
 
 
-def _walk_stopped(scan) -> str:
+def _walk_stopped(scan: ScanResult) -> str:
     """Why hfconv's walk of a pickle did not reach its end, in words."""
     if scan.cap is not None:
         return (f"hfconv's pickle walk stopped at its limit of {scan.cap}, which no training run comes near: "
@@ -362,7 +363,7 @@ def _walk_stopped(scan) -> str:
             f"it differently): {scan.problem}")
 
 
-def _is_lfs_pointer(path) -> bool:
+def _is_lfs_pointer(path: str | os.PathLike[str]) -> bool:
     try:
         with open_regular(path) as handle:
             return handle.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
@@ -370,10 +371,14 @@ def _is_lfs_pointer(path) -> bool:
         return False
 
 
-def _signatures(contents: FolderContents, weight_set) -> tuple[dict[str, tuple], set[str]] | None:
+_Signature = tuple[str, tuple[int, ...]]
+"""A tensor's (dtype, shape)."""
+
+
+def _signatures(contents: FolderContents, weight_set: WeightSet) -> tuple[dict[str, _Signature], set[str]] | None:
     """(name -> (dtype, shape), names that alias another tensor's storage) over a weight set;
     None when one of its files could not be read."""
-    signatures: dict[str, tuple] = {}
+    signatures: dict[str, _Signature] = {}
     aliases: set[str] = set()
     for shard in contents.shards_of(weight_set):
         weight_file = contents.weights.get(shard)
@@ -384,7 +389,7 @@ def _signatures(contents: FolderContents, weight_set) -> tuple[dict[str, tuple],
     return signatures, aliases
 
 
-def _disagreement(contents: FolderContents, chosen, other) -> str | None:
+def _disagreement(contents: FolderContents, chosen: WeightSet, other: WeightSet) -> str | None:
     """How two weight sets differ in tensor names, dtypes or shapes; None when they agree.
 
     A tied weight (an alias in a ``.bin``) is absent from safetensors by design, so an alias
@@ -406,7 +411,7 @@ def _disagreement(contents: FolderContents, chosen, other) -> str | None:
     return "; ".join(parts) or None
 
 
-def _check_numbering(contents: FolderContents, weight_set) -> Iterator[Finding]:
+def _check_numbering(contents: FolderContents, weight_set: WeightSet) -> Iterator[Finding]:
     """Shard names `-0000i-of-0000N` must form one complete set 1..N."""
     parsed = [p for p in (parse_shard_name(n, weight_set.format) for n in weight_set.shard_files) if p]
     if not parsed:
@@ -433,7 +438,8 @@ def _check_numbering(contents: FolderContents, weight_set) -> Iterator[Finding]:
         by_number.setdefault(p.number, []).append(p.name)
     for dup, names in sorted(by_number.items()):
         if len(names) > 1:
-            yield finding("HFC005", f"shard number {dup} exists {'twice' if len(names) == 2 else f'{len(names)} times'} ({some(names)})", file=names[0])
+            times = "twice" if len(names) == 2 else f"{len(names)} times"
+            yield finding("HFC005", f"shard number {dup} exists {times} ({some(names)})", file=names[0])
     if referenced is None:
         # Bounded by the files on disk: a name claiming 10^12 shards does not make a set that big.
         missing = [n for n in range(1, min(total, len(by_number) + MAX_FINDINGS_PER_CODE) + 1)
