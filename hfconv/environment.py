@@ -83,6 +83,9 @@ def sandbox_env(work: str) -> dict[str, str]:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONDONTWRITEBYTECODE": "1",
+        # torch and transformers write caches (torchinductor_<user>, ...) into the temp folder:
+        # keep them in the child's own folder, removed with it, never in the user's TMPDIR.
+        "TMPDIR": work, "TEMP": work, "TMP": work,
     })
     return env
 
