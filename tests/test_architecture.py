@@ -231,9 +231,9 @@ def test_importing_the_cli_and_renderers_stays_cheap() -> None:
     import subprocess
     import sys
 
-    program = ("import sys, hfconv.cli, hfconv.render, hfconv.cli_common, hfconv.units\n"
+    program = ("import sys, hfconv.cli, hfconv.render, hfconv.cli._common, hfconv.units\n"
                "print(sorted(m for m in ('torch', 'jinja2', 'hfconv.render.html', 'hfconv.conversion', "
-               "'hfconv.loading') if m in sys.modules))")
+               "'hfconv.load') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
-"""``hfconv load-test``: fills the options, calls :func:`hfconv.loading.load_test`, renders.
+"""``hfconv load-test``: fills the options, calls :func:`hfconv.load.load_test`, renders (with
+:mod:`hfconv.render.load`), sets the exit code.
 
 Importing this module must stay cheap (``hfconv.cli`` imports it): no torch, and the
 loading library itself is imported only when the command runs.
@@ -7,12 +8,27 @@ loading library itself is imported only when the command runs.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
-from .cli_convert import dtype_option
+from ._common import (
+    CONTEXT_SETTINGS,
+    ProgressLines,
+    check_output,
+    checked_codes,
+    codes_option,
+    dtype_option,
+    emit,
+    format_option,
+    output_option,
+    require_modules,
+    resolve_folder,
+    tqdm_bar,
+    usage_errors,
+)
 
-__all__ = ["load_test"]
+__all__ = ["load_test_command"]
 
 _MAP_HELP = ("auto (GPUs balanced, then cpu, then disk), balanced (GPUs only, evenly), sequential (fill each "
              "device in order), or a JSON file {module_prefix: device} as from_pretrained(device_map=...) takes it.")
@@ -20,8 +36,8 @@ _MAP_HELP = ("auto (GPUs balanced, then cpu, then disk), balanced (GPUs only, ev
 
 def _parse_memory(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     """``DEVICE=SIZE`` pairs; the syntax is checked here (exit 2), the sizes by the library."""
-    from .device_map import DeviceMapSyntaxError, parse_device
-    from .render import escape_text
+    from ..load.device_map import DeviceMapSyntaxError, parse_device
+    from ..render import escape_text
 
     limits: dict[str, str] = {}
     given: dict[str, str] = {}
@@ -51,18 +67,13 @@ class _Progress:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
-        self.bar = None
-        self.lines = None
+        self.bar: Any = None
+        self.lines: ProgressLines | None = None
         if quiet:
             return
         if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr,
-                            desc="load-test: starting", dynamic_ncols=True, leave=False)
+            self.bar = tqdm_bar("load-test: starting")
         else:
-            from .cli_convert import ProgressLines
-
             self.lines = ProgressLines("load-test: loading")
 
     def phase(self, name: str) -> None:
@@ -90,7 +101,8 @@ class _Progress:
             self.bar = None
 
 
-@click.command("load-test", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+@click.command("load-test", context_settings=CONTEXT_SETTINGS)
 @click.argument("path", metavar="PATH")
 @click.option("--device-map", "device_map", default="auto", show_default=True, metavar="auto|balanced|sequential|FILE",
               help=_MAP_HELP)
@@ -100,26 +112,22 @@ class _Progress:
 @click.option("--offload-folder", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Where disk tensors of .bin weights are written and read back (a temporary subfolder, removed "
                    "after). Default: the system temp dir. safetensors shards are read back in place.")
-@click.option("--dtype", default="keep", show_default=True, metavar="DTYPE", callback=dtype_option,
-              help="keep, bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float): cast floating tensors on "
+@dtype_option(help="keep, bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float): cast floating tensors on "
                    "their device after verification (plans with the cast sizes).")
 @click.option("--strict", is_flag=True, help="Refuse a folder with any validation error (by default only errors "
               "in the weights, the index or config.json refuse it; the others are reported as HFC744).")
-@click.option("--select", multiple=True, metavar="CODES",
-              help="Only consider these validation codes or prefixes, as validate --select.")
-@click.option("--ignore", multiple=True, metavar="CODES",
-              help="Ignore these validation codes or prefixes, as validate --ignore.")
+@codes_option("--select", help="Only consider these validation codes or prefixes, as validate --select.")
+@codes_option("--ignore", help="Ignore these validation codes or prefixes, as validate --ignore.")
 @click.option("--forward", is_flag=True,
               help="Also build the model with transformers on the same device map and run one forward pass on a few "
                    "tokens from the folder's tokenizer (needs hfconv[transformers]).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
-              help="Report format: text, json, or html (one self-contained page).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the report to FILE instead of stdout.")
+@format_option(["text", "json", "html"], help="Report format: text, json, or html (one self-contained page).")
+@output_option(help="Write the report to FILE instead of stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else a line every 10 s; "
               "HFCONV_PROGRESS_INTERVAL=SECONDS sets the interval).")
-def load_test(path, device_map, max_memory, offload_folder, dtype, strict, select, ignore, forward, fmt, output,
-              quiet):
+def load_test_command(path: str, device_map: str, max_memory: dict[str, str], offload_folder: str | None, dtype: str,
+                      strict: bool, select: tuple[str, ...], ignore: tuple[str, ...], forward: bool, fmt: str,
+                      output: str | None, quiet: bool) -> None:
     """Load every tensor onto the devices it will be served from, and prove every byte arrived.
 
     PATH is a model folder (or an org/name repo id in the local Hub cache). The folder is
@@ -144,37 +152,35 @@ def load_test(path, device_map, max_memory, offload_folder, dtype, strict, selec
     fit or a tensor failed to load or verify, 2 could not run (PATH missing, bad map file,
     bad device name or size).
     """
-    from .cli_common import check_output, require_modules
-    from .cli_common import checked_codes as _checked_codes
-    from .cli_common import emit as _emit
-    from .cli_common import resolve_folder as _resolve_folder
-    from .loading import load_test as run_load_test
-    from .loading import render_json, render_text
-    from .render import escape_text
-    from .validation import UsageError
+    from ..load import load_test as run_load_test
+    from ..render import escape_text
+    from ..render.load import render_load_json, render_load_text
 
-    selected, ignored = _checked_codes(select, "--select"), _checked_codes(ignore, "--ignore")
-    folder = _resolve_folder(path)
+    # 1. Check the options, the folder and the map file before any work.
+    selected, ignored = checked_codes(select, "--select"), checked_codes(ignore, "--ignore")
+    folder = resolve_folder(path)
     reads = [folder] + ([device_map] if device_map not in ("auto", "balanced", "sequential") else [])
     check_output(output, reads=reads)
     if forward:
         require_modules("--forward", ("transformers", "accelerate"))
+    # 2. Load and verify, with progress.
     progress = _Progress(quiet)
     try:
-        result = run_load_test(folder, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
-                               dtype=dtype, forward=forward, progress=progress.update, phase=progress.phase,
-                               select=selected, ignore=ignored, strict=strict)
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
+        with usage_errors():
+            result = run_load_test(folder, device_map=device_map, max_memory=max_memory,
+                                   offload_folder=offload_folder, dtype=dtype, forward=forward,
+                                   progress=progress.update, phase=progress.phase, select=selected, ignore=ignored,
+                                   strict=strict)
     finally:
         progress.close()
+    # 3. Write the report; the verdict on stderr when it is not on the terminal; exit.
     if fmt == "html":
-        from .render.html import render_load_html
+        from ..render.html import render_load_html
 
         text = render_load_html(result)
     else:
-        text = render_json(result) if fmt == "json" else render_text(result)
-    _emit(text, output)
+        text = render_load_json(result) if fmt == "json" else render_load_text(result)
+    emit(text, output)
     if output is not None or fmt != "text":  # the report is not on the terminal: say the verdict there
         if not result.ok:
             noun = "error" if result.errors == 1 else "errors"

@@ -1,9 +1,12 @@
-"""What every ``hfconv`` subcommand shares: a leaf of the CLI (``cli``, ``cli_convert`` and
-``cli_load`` import it; it imports none of them).
+"""What every ``hfconv`` subcommand shares: the leaf of the CLI package (``cli``, ``cli.validate``,
+``cli.inspect``, ``cli.convert`` and ``cli.load_test`` import it; it imports none of them).
 
-Writing the report (:func:`emit`), the PATH and ``--output`` checks, ``--select``/``--ignore``
-code lists, the modules an option needs, and the library's :class:`~hfconv.errors.UsageError`
-turned into click's (exit 2).
+Writing the report (:func:`emit`), the PATH and ``--output`` checks, progress on stderr, the
+options several commands take (declared once here: ``--format``, ``--output``, ``--select`` /
+``--ignore``, ``--dtype``, a size), the modules an option needs, the signals that end a command,
+and the error map: the library's exceptions turned into a message and an exit code
+(:func:`usage_errors`: :class:`~hfconv.errors.UsageError` -> click's, exit 2;
+:func:`describe_error`: an :class:`OSError` -> one line, exit 1).
 """
 
 from __future__ import annotations
@@ -11,16 +14,23 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any, TypeVar
 
 import click
 
-from .discovery import resolve_model_path
+from ..discovery import resolve_model_path
 
-__all__ = ["CONTEXT_SETTINGS", "INSTALL_HINT", "check_output", "checked_codes", "describe_kind", "emit",
-           "known_codes", "os_error_line", "require_modules", "resolve_folder", "split_codes", "usage_errors",
-           "write_file"]
+__all__ = ["CONTEXT_SETTINGS", "DTYPE_HELP", "ERROR_MAP", "EXIT_FOR_SIGNAL", "INSTALL_HINT", "ProgressLines",
+           "check_output", "check_size", "checked_codes", "codes_option", "describe_error", "describe_kind",
+           "dtype_option", "emit", "format_option", "known_codes", "on_signal", "os_error_line", "output_option",
+           "progress_bar", "received_signals", "require_modules", "resolve_folder", "split_codes", "tqdm_bar",
+           "usage_errors", "write_file"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 """click's settings for every command: ``-h`` as well as ``--help``, help text up to 100 columns."""
@@ -30,7 +40,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 def usage_errors() -> Iterator[None]:
     """The library's UsageError (a bad path or option, found while running) as click's: exit 2
     with the message, as an option click itself refused."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     try:
         yield
@@ -46,8 +56,8 @@ def known_codes() -> frozenset[str]:
     """Every registered finding code: the registry is filled by the modules that raise them, so
     import each of those (validation imports every check; conversion and loading register the
     HFC7xx codes). None of them imports torch."""
-    from . import conversion, loading, validation  # noqa: F401 - imported for their register() calls
-    from .findings import REGISTRY
+    from .. import conversion, load, validation  # noqa: F401 - imported for their register() calls
+    from ..findings import REGISTRY
 
     return frozenset(REGISTRY)
 
@@ -62,7 +72,7 @@ def checked_codes(values: tuple[str, ...], option: str) -> list[str]:
     given = [code.strip() for value in values for code in value.split(",") if code.strip()]
     unknown = [name for name, code in zip(given, codes) if not any(k.startswith(code) for k in known)]
     if unknown:
-        from .render import escape_text
+        from ..render import escape_text
 
         names = ", ".join(escape_text(code) for code in unknown)
         raise click.UsageError(f"{option}: {names} {'is' if len(unknown) == 1 else 'are'} not a finding code "
@@ -85,7 +95,7 @@ def require_modules(what: str, modules: tuple[str, ...]) -> None:
     import importlib
     import importlib.util
 
-    from .render import escape_text
+    from ..render import escape_text
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -103,7 +113,7 @@ def require_modules(what: str, modules: tuple[str, ...]) -> None:
 
 def describe_kind(path: str) -> str | None:
     """'a FIFO', 'a character device', ... for a path that exists and is neither a folder nor a regular file."""
-    from .fsutil import special_kind
+    from ..fsutil import special_kind
 
     try:
         return special_kind(os.stat(path).st_mode)
@@ -121,7 +131,7 @@ def check_output(output: str | None, reads: tuple[str, ...] | list[str] = (),
     """
     if output is None:
         return
-    from .render import escape_text
+    from ..render import escape_text
 
     shown = escape_text(output)
     target = os.path.realpath(output)
@@ -215,7 +225,7 @@ def write_file(output: str, data: bytes) -> None:
 
 
 def resolve_folder(path: str) -> str:
-    from .render import escape_text
+    from ..render import escape_text
 
     resolved = resolve_model_path(path)
     shown = escape_text(path)
@@ -233,10 +243,174 @@ def resolve_folder(path: str) -> str:
 
 def os_error_line(exc: OSError) -> str:
     """One line for an OSError: the file(s) it names and the system's reason."""
-    from .render import escape_text
+    from ..render import escape_text
 
     reason = exc.strerror or str(exc) or type(exc).__name__
     names = [escape_text(os.fsdecode(n) if isinstance(n, bytes) else str(n))
              for n in (exc.filename, exc.filename2) if n is not None]
     where = f"{' -> '.join(names)}: " if names else ""
     return f"hfconv: error: {where}{escape_text(reason)}"
+
+
+# --- the error map: a library exception no command rendered itself -> message and exit code ----
+
+ERROR_MAP: dict[type[BaseException], tuple[Callable[[Any], str], int]] = {
+    OSError: (os_error_line, 1),  # a full disk, a file that vanished, a permission: never a traceback
+}
+"""Exception type -> (its one-line message, the exit code). A :class:`~hfconv.errors.UsageError`
+is not here: click words it, with the usage line (:func:`usage_errors`, exit 2)."""
+
+
+def describe_error(exc: BaseException) -> tuple[str, int] | None:
+    """The message and exit code for ``exc`` (the nearest type in :data:`ERROR_MAP`), or None."""
+    for kind in type(exc).__mro__:
+        if kind in ERROR_MAP:
+            words, code = ERROR_MAP[kind]
+            return words(exc), code
+    return None
+
+
+# --- signals: SIGINT / SIGTERM end any command with 130 / 143 ----------------------------------
+
+EXIT_FOR_SIGNAL: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
+received_signals: list[int] = []
+"""The signals :func:`on_signal` caught, in order (the exit code follows the first)."""
+
+
+def on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGINT / SIGTERM: unwind as a Ctrl-C does (temporary files and folders are removed on the
+    way) and remember which signal, for the exit code; further signals are ignored so that the
+    clean-up is not cut short."""
+    received_signals.append(signum)
+    for other in EXIT_FOR_SIGNAL:
+        try:
+            signal.signal(other, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
+    raise KeyboardInterrupt
+
+
+# --- progress on stderr -------------------------------------------------------------------------
+
+def tqdm_bar(desc: str) -> Any:
+    """A tqdm bar over bytes on stderr (a terminal), its total set by the first update."""
+    from tqdm import tqdm
+
+    return tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr,
+                desc=desc, dynamic_ncols=True, leave=False)
+
+
+def progress_bar(quiet: bool, verify: bool, what: str = "convert") -> tuple[Any, Callable[[int, int], None] | None]:
+    """Progress on stderr: a tqdm bar over the model's bytes on a terminal, else (CI logs) a
+    line every HFCONV_PROGRESS_INTERVAL seconds (default 10); nothing when quiet.
+
+    With verification each byte counts half when written and half when compared, so the
+    total is the model's bytes and 100% means written and verified.
+    """
+    if quiet:
+        return None, None
+    desc = f"{what} (write+verify)" if verify else f"{what} (write)"
+    if not sys.stderr.isatty():
+        lines = ProgressLines(desc)
+        return lines, lines.update
+    bar = tqdm_bar(desc)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+class ProgressLines:
+    """Progress for a log (stderr not a terminal): one line every ``interval`` seconds with
+    the bytes done, the percentage and the rate, so a long run in CI is seen to be alive."""
+
+    def __init__(self, desc: str, interval: float | None = None) -> None:
+        import time
+
+        if interval is None:
+            try:
+                interval = float(os.environ.get("HFCONV_PROGRESS_INTERVAL", "10"))
+            except ValueError:
+                interval = 10.0
+        self.desc = desc
+        self.interval = max(interval, 0.0)
+        self._clock = time.monotonic
+        self.started = self._clock()
+        self.last = self.started
+        self.done = 0
+        self.total = 0
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def update(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        now = self._clock()
+        if now - self.last >= self.interval and done < total:
+            self.last = now
+            self.write(now)
+
+    def write(self, now: float) -> None:
+        from ..units import human_bytes
+
+        elapsed = max(now - self.started, 1e-9)
+        percent = f"{100 * self.done / self.total:.0f}%" if self.total else "?%"
+        print(f"{self.desc}: {human_bytes(self.done)} of {human_bytes(self.total)} ({percent}), "
+              f"{human_bytes(self.done / elapsed)}/s, {elapsed:.0f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+# --- options several commands take, declared once -------------------------------------------------
+
+def format_option(choices: Sequence[str], help: str) -> Callable[[F], F]:
+    """``--format``: one of ``choices``, text by default (the value arrives as ``fmt``)."""
+    return click.option("--format", "fmt", type=click.Choice(list(choices)), default="text", show_default=True,
+                        help=help)
+
+
+def output_option(help: str) -> Callable[[F], F]:
+    """``--output`` / ``-o FILE``: checked before any work by :func:`check_output`, written by :func:`emit`."""
+    return click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None, help=help)
+
+
+def codes_option(name: str, help: str) -> Callable[[F], F]:
+    """``--select`` / ``--ignore``: finding codes or prefixes, repeatable and comma-separated
+    (checked by :func:`checked_codes`)."""
+    return click.option(name, multiple=True, metavar="CODES", help=help)
+
+
+DTYPE_HELP = "keep, bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float)"
+"""The names ``--dtype`` takes (the library's one list: ``canonical_dtype``)."""
+
+
+def _dtype_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    from ..conversion import canonical_dtype
+    from ..errors import UsageError
+
+    try:
+        return canonical_dtype(value)
+    except UsageError:
+        raise click.BadParameter(f"{value!r} is not a dtype: use {DTYPE_HELP}") from None
+
+
+def dtype_option(help: str) -> Callable[[F], F]:
+    """``--dtype`` of convert and load-test: keep by default, any name of :data:`DTYPE_HELP`,
+    given to the command as its canonical name."""
+    return click.option("--dtype", default="keep", show_default=True, metavar="DTYPE", callback=_dtype_value,
+                        help=help)
+
+
+def check_size(value: str, option: str) -> None:
+    """A SIZE option (``5GB``, ``5GiB``, ``500MB``, bytes): one the library cannot parse is exit 2,
+    before any work."""
+    from ..units import parse_size
+
+    try:
+        parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None

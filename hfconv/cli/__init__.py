@@ -1,0 +1,121 @@
+"""The ``hfconv`` command: the click group, its subcommands (one module each) and the console
+script :func:`run`, which turns signals and unworded OS errors into exit codes.
+
+Exit codes (all commands): 0 success, 1 problems found / job failed verifiably, 2 could not run,
+130/143 interrupted by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import click
+
+from ._common import (
+    CONTEXT_SETTINGS,
+    EXIT_FOR_SIGNAL,
+    describe_error,
+    known_codes,
+    on_signal,
+    received_signals,
+)
+from .convert import convert_command
+from .inspect import inspect_command
+from .load_test import load_test_command
+from .validate import validate_command
+
+__all__ = ["known_codes", "main", "run"]
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="hfconv")
+def main() -> None:
+    """Validate, convert and load-test Hugging Face model folders, without trusting them.
+
+    \b
+    Examples:
+      hfconv validate ./my-model                 # exit 0 when the folder will load
+      hfconv validate ./my-model --format github # annotations in a GitHub Actions step
+      hfconv inspect ./my-model                  # format, shards, tensors, dtypes, bytes
+
+    Nothing in a model folder is ever executed: pickles are read by a restricted reader and
+    custom code is only imported with --trust-remote-code.
+    """
+
+
+main.add_command(validate_command)
+main.add_command(inspect_command)
+main.add_command(convert_command)
+main.add_command(load_test_command)
+
+
+def _install_signal_exits() -> None:
+    for signum in EXIT_FOR_SIGNAL:
+        try:
+            if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
+                signal.signal(signum, on_signal)
+        except (ValueError, OSError):  # not the main thread (embedded): keep what is there
+            pass
+
+
+def run() -> None:
+    """The console script: :func:`main`, then a prompt exit once torch has been loaded.
+
+    After the report is written and every output file closed, torch's interpreter teardown
+    (its module graph, allocators, thread pools) still costs ~0.3 s of the wall time a user
+    and a CI job wait for. Skip it: flush stdout and stderr and leave with the exit code.
+    Commands that never import torch (validate, inspect) exit normally.
+
+    SIGINT and SIGTERM end any command with exit code 130 / 143 (not click's 1, which a
+    pipeline reads as "problems found"). An OSError that no command turned into a finding or a
+    message (a full disk, a file that vanished, a permission) is one line naming the file and
+    the system's reason, exit 1: never a traceback.
+    """
+    _install_signal_exits()
+    try:
+        main.main(prog_name="hfconv")
+    except SystemExit as exc:
+        _leave(exc)
+    except OSError as exc:
+        _fail(exc)
+
+
+def _leave(exc: SystemExit) -> None:
+    """Exit with the command's code (or the signal's), skipping torch's teardown when it was loaded."""
+    code = exc.code
+    if received_signals and code not in tuple(EXIT_FOR_SIGNAL.values()):
+        name = signal.Signals(received_signals[0]).name
+        try:
+            sys.stderr.write(f"hfconv: interrupted ({name}); nothing partial was written\n")
+        except (OSError, ValueError):
+            pass
+        code = EXIT_FOR_SIGNAL[received_signals[0]]
+    if "torch" not in sys.modules or not isinstance(code, (int, type(None))):
+        if code is exc.code:
+            raise exc
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: let the normal exit report it
+        raise SystemExit(code) from None
+    os._exit(code or 0)
+
+
+def _fail(exc: OSError) -> None:
+    """One line for an error no command worded (the error map), then its exit code."""
+    message, code = describe_error(exc) or (str(exc), 1)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    if "torch" in sys.modules:
+        os._exit(code)
+    sys.exit(code)

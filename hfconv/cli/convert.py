@@ -1,0 +1,167 @@
+"""``hfconv convert``: fills the options, calls the conversion library, renders (with
+:mod:`hfconv.render.convert`), sets the exit code.
+
+Importing this module must stay cheap (``hfconv.cli`` imports it): no torch, and the
+conversion library itself is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+from ._common import (
+    CONTEXT_SETTINGS,
+    EXIT_FOR_SIGNAL,
+    check_output,
+    check_size,
+    dtype_option,
+    emit,
+    format_option,
+    on_signal,
+    output_option,
+    progress_bar,
+    received_signals,
+    resolve_folder,
+    usage_errors,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..conversion import ConversionError, ConversionResult
+
+__all__ = ["convert_command"]
+
+
+@click.command("convert", context_settings=CONTEXT_SETTINGS)
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST", type=click.Path())
+@click.option("--max-shard-size", default="5GB", show_default=True, metavar="SIZE",
+              help="Largest shard: 5GB = 5*10^9 bytes, 5GiB = 5*2^30, 500MB, 200KB or bytes. A tensor "
+                   "larger than SIZE gets a shard of its own.")
+@dtype_option(help="keep, bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float): cast floating tensors "
+                   "(integer, bool and float8 tensors are kept) and update config.json's dtype/torch_dtype.")
+@click.option("--no-verify", is_flag=True, help="Skip the byte-for-byte comparison, the CRC-32 check of .bin "
+              "storages and the validation of DST (the report then says nothing was checked).")
+@click.option("--allow-invalid-output", is_flag=True,
+              help="For salvage only: write DST even when it fails validation (errors already in SRC, such as "
+                   "a missing tensor). The report still says the output is INVALID and the exit code is 1.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Write each output tensor's sha256 to FILE (hfconv-manifest/1).")
+@click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new folder is complete); only "
+              "an empty folder or one convert could have written (a model.safetensors or its index, no .bin "
+              "weights, no dotfiles): a typo cannot delete a home directory.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Write output shards in this many processes.")
+@click.option("--fsync", is_flag=True,
+              help="Flush DST to the disk before it appears, so it survives a power loss complete (costs "
+                   "the disk's write time, like cp -r && sync). Without it DST still appears only once "
+                   "complete and verified; after a power loss, check it with hfconv validate --manifest.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else a line every 10 s; "
+              "HFCONV_PROGRESS_INTERVAL=SECONDS sets the interval).")
+@format_option(["text", "json", "html"],
+               help="Summary format on stdout: text, json, or html (one self-contained page).")
+@output_option(help="Write the summary to FILE instead of stdout.")
+def convert_command(src: str, dst: str, max_shard_size: str, dtype: str, no_verify: bool, allow_invalid_output: bool,
+                    manifest: str | None, force: bool, jobs: int, fsync: bool, quiet: bool, fmt: str,
+                    output: str | None) -> None:
+    """Convert a model folder to safetensors, streaming, and verify every tensor.
+
+    SRC holds .bin weights (single or sharded, with or without an index, old -1-of-3 names)
+    or safetensors; DST (and its missing parents) is created with model.safetensors (or model-0000i-of-0000N shards
+    and model.safetensors.index.json) and every non-weight file copied unchanged. Pickles
+    are read by a restricted reader, never executed. DST is written in a temporary folder
+    beside it and renamed only after verification, so it is complete or absent.
+
+    \b
+    Examples:
+      hfconv convert ./llama-bin ./llama-safetensors
+      hfconv convert ./big ./big-2g --max-shard-size 2GB --jobs 4
+      hfconv convert ./model ./model-bf16 --dtype bfloat16 --manifest model.manifest.json
+      hfconv convert ./model ./out --force --format json > report.json
+      hfconv convert ./model ./out --format html -o convert.html
+
+    Exit code: 0 converted (and verified), 1 input refused, conversion/verification failed or
+    the output fails validation (also with --allow-invalid-output, which writes it anyway),
+    2 could not run (SRC missing, DST exists without --force, --force on a folder convert did
+    not write, bad option), 130/143
+    interrupted by SIGINT/SIGTERM (no DST is left behind).
+    """
+    from ..conversion import ConversionError, write_failure
+    from ..conversion import convert as run_convert
+
+    # 1. Check the options and SRC before any work: DST is not created on a bad -o.
+    check_size(max_shard_size, "--max-shard-size")
+    folder = resolve_folder(src)
+    check_output(output, reads=[folder], writes=[dst])
+    # 2. Convert, with progress; a signal unwinds it (the temporary folder is removed) to exit 130/143.
+    bar, update = progress_bar(quiet, not no_verify)
+    previous = _catch_signals()
+    try:
+        with usage_errors():
+            result = run_convert(folder, dst, max_shard_size=max_shard_size, dtype=dtype, verify=not no_verify,
+                                 manifest=manifest, force=force, jobs=jobs, fsync=fsync,
+                                 progress=update, allow_invalid_output=allow_invalid_output)
+    except ConversionError as exc:
+        _fail(src, dst, exc, fmt, output)
+    except OSError as exc:  # a step the library does not word itself: one line, never a traceback
+        _fail(src, dst, write_failure(exc, ""), fmt, output)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+            bar = None
+        click.echo("interrupted; no DST was created.", err=True)
+        sys.exit(EXIT_FOR_SIGNAL.get(received_signals[-1] if received_signals else signal.SIGINT, 130))
+    finally:
+        if bar is not None:
+            bar.close()
+        _restore_signals(previous)
+    # 3. Write the summary; the verdict where the user looks; exit.
+    _succeed(src, dst, result, fmt, output)
+
+
+def _catch_signals() -> dict[int, object]:
+    """SIGINT and SIGTERM unwind the conversion; the handlers they replace, to restore."""
+    previous: dict[int, object] = {}
+    for signum in EXIT_FOR_SIGNAL:
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread (e.g. embedded): keep the default
+            pass
+    return previous
+
+
+def _restore_signals(previous: dict[int, object]) -> None:
+    for signum, handler in previous.items():
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def _succeed(src: str, dst: str, result: ConversionResult, fmt: str, output: str | None) -> NoReturn:
+    from ..render import convert as reports
+    from ..render import escape_text
+
+    renderers = {"text": reports.render_text, "json": reports.render_json, "html": reports.render_html}
+    emit(renderers[fmt](result), output)
+    if not result.ok and (output or fmt != "text"):  # the verdict where the user looks
+        click.echo(f"convert {escape_text(src)} -> {escape_text(dst)}: output INVALID (written anyway: "
+                   "--allow-invalid-output).", err=True)
+    sys.exit(result.exit_code)
+
+
+def _fail(src: str, dst: str, error: ConversionError, fmt: str, output: str | None) -> NoReturn:
+    from ..render import convert as reports
+
+    error_renderers = {"text": reports.render_error_text, "json": reports.render_error_json,
+                       "html": reports.render_error_html}
+    text = error_renderers[fmt](src, dst, error)
+    if output or fmt != "text":
+        emit(text, output)
+    if fmt == "text":
+        click.echo(text, nl=False, err=True)
+    elif output is None:  # the report is on stdout: one line on stderr too
+        click.echo(reports.render_error_text(src, dst, error).splitlines()[0], err=True)
+    sys.exit(1)

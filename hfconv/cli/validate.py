@@ -1,0 +1,170 @@
+"""``hfconv validate``: checks model folders (several, or every one under a tree, in parallel),
+renders the reports in the asked format, sets the exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import click
+
+from ._common import (
+    CONTEXT_SETTINGS,
+    check_output,
+    checked_codes,
+    codes_option,
+    emit,
+    format_option,
+    output_option,
+    require_modules,
+    resolve_folder,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..report import Report
+
+__all__ = ["validate_command"]
+
+_MODEL_FILES = frozenset(("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                          "pytorch_model.bin.index.json", "config.json"))
+
+
+def _find_model_folders(root: str) -> list[str]:
+    """Folders under root holding a config.json or weight files (for --recursive), in sorted order.
+
+    Walked with an explicit stack, not recursion (a tree thousands of folders deep is no
+    RecursionError); symlinks to folders and hidden folders are not entered, and a folder that
+    cannot be listed is skipped (validating it reports why).
+    """
+    found = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                names, subfolders = [], []
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    if is_dir:
+                        if not entry.name.startswith("."):
+                            subfolders.append(entry.path)
+                    else:
+                        names.append(entry.name)
+        except OSError:
+            continue
+        if any(name in _MODEL_FILES for name in names) or any(
+            n.endswith((".safetensors", ".bin")) and "-of-" in n for n in names
+        ):
+            found.append(folder)
+        stack.extend(sorted(subfolders, reverse=True))  # popped in sorted order: a pre-order walk
+    return found
+
+
+@click.command("validate", context_settings=CONTEXT_SETTINGS)
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@format_option(["text", "json", "github", "sarif", "html"],
+               help="Report format: text for people, json per the contract, "
+               "github for workflow annotations, sarif (2.1.0) for GitHub code scanning and other "
+               "SARIF viewers, html for one self-contained page.")
+@output_option(help="Write the report to FILE instead of stdout.")
+@click.option("--strict", is_flag=True, help="Warnings fail the folder too (exit 1).")
+@codes_option("--select", help="Only report these codes or prefixes, e.g. HFC3 or HFC301,HFC302.")
+@codes_option("--ignore", help="Do not report these codes or prefixes.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Import and run the folder's own Python code (its custom tokenizer and model classes, "
+              "as from_pretrained(trust_remote_code=True) would) in a separate process with time and memory "
+              "caps. That process is not a sandbox: the code runs with your user's rights (files, network). "
+              "Only for folders whose code you trust.")
+@click.option("--reference", type=click.Choice(["auto", "rules", "transformers"]), default="auto",
+              show_default=True, help="Where expected tensor shapes come from. rules: hfconv's own shape-rule "
+              "table (no transformers needed). transformers: the model class of the installed transformers, "
+              "built from config.json in a subprocess (no weights). auto: the rule table first; transformers "
+              "for architectures the table does not cover (when it is installed; otherwise only the embedding "
+              "sizes and layer count are checked).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Re-check every tensor's dtype, shape and sha256 against the manifest written by "
+              "`hfconv convert --manifest FILE` (reads tensor bytes).")
+@click.option("--deep", is_flag=True,
+              help="Also read every tensor byte once: CRC-32 of each .bin storage (corruption torch.load "
+              "never notices), NaN and infinite values in every float tensor. Reads the whole model.")
+@click.option("--recursive", "-r", is_flag=True, help="Validate every model folder under each PATH.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Validate this many folders in parallel.")
+def validate_command(paths: tuple[str, ...], fmt: str, output: str | None, strict: bool, select: tuple[str, ...],
+                     ignore: tuple[str, ...], trust_remote_code: bool, reference: str, manifest: str | None,
+                     deep: bool, recursive: bool, jobs: int) -> None:
+    """Check that model folders will load, and load correctly.
+
+    PATH is a model folder (or an org/name repo id in the local Hub cache). hfconv reads
+    headers and pickle metadata only, never tensor bytes (unless --deep or --manifest), and
+    proves that the index and the shards agree, that every file parses, that shapes match the
+    config, that tokenizer and special tokens agree, and that nothing in the folder would run
+    code.
+
+    \b
+    Examples:
+      hfconv validate ./my-model
+      hfconv validate ./a ./b --format json > report.json
+      hfconv validate ./my-model --strict --ignore HFC007
+      hfconv validate ./models --recursive --format github
+      hfconv validate ./converted --manifest manifest.json
+      hfconv validate ./my-model --deep          # also read every byte: CRC, NaN, inf
+
+    Exit code: 0 no errors (with --strict: no warnings either), 1 problems found, 2 could not run.
+    Every finding code is explained, with its fix, in the README.
+    """
+    from ..validation import validate as run_validate
+
+    # 1. Check the options and the folders before any work.
+    selected, ignored = checked_codes(select, "--select"), checked_codes(ignore, "--ignore")
+    folders = [resolve_folder(p) for p in paths]
+    check_output(output, reads=[*folders, *([manifest] if manifest else [])])
+    if reference == "transformers":
+        require_modules("--reference transformers", ("transformers",))
+    several = recursive or len(paths) > 1
+    if recursive:
+        folders = [sub for folder in folders for sub in (_find_model_folders(folder) or [folder])]
+
+    # 2. Validate every folder, ``jobs`` at a time.
+    def one(folder: str) -> Report:
+        return run_validate(folder, strict=strict, select=selected, ignore=ignored,
+                            trust_remote_code=trust_remote_code, reference=reference, manifest=manifest,
+                            deep=deep)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            reports = list(pool.map(one, folders))
+        except BaseException:  # interrupted (or failed): the folders not started are not validated
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    # 3. Write the reports, say the verdict on stderr when they are not on the terminal, exit.
+    _write_reports(reports, fmt, output, several)
+    sys.exit(0 if all(r.ok for r in reports) else 1)
+
+
+def _write_reports(reports: list[Report], fmt: str, output: str | None, several: bool) -> None:
+    from ..render import RENDERERS, escape_text, render_json, render_text
+
+    colour = False
+    if fmt == "text":
+        colour = output is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        text = render_text(reports, colour=colour, totals=several)
+    elif fmt == "json":
+        text = render_json(reports, array=several)
+    else:
+        text = RENDERERS[fmt](reports)
+    emit(text, output, raw=colour)
+    failed = [r for r in reports if not r.ok]
+    if failed and (output is not None or fmt != "text"):  # the report is not on the terminal: say the verdict there
+        if len(reports) == 1:
+            report = reports[0]
+            click.echo(f"validate {escape_text(report.path)}: FAILED ({report.errors} error(s), "
+                       f"{report.warnings} warning(s))", err=True)
+        else:
+            click.echo(f"validate: FAILED ({len(failed)} of {len(reports)} folders failed)", err=True)
