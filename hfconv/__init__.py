@@ -17,7 +17,7 @@ _EXPORTS = {
     "validate": ("hfconv.validation", "validate"),
     "inspect": ("hfconv.inspection", "inspect"),
     "convert": ("hfconv.conversion", "convert"),
-    "load_test": ("hfconv.loading", "load_test"),
+    "load_test": ("hfconv.load", "load_test"),
     "Report": ("hfconv.report", "Report"),
     "Finding": ("hfconv.findings", "Finding"),
     "Severity": ("hfconv.findings", "Severity"),

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hfconv.device_map import (
+from hfconv.load.device_map import (
     DeviceMapSyntaxError,
     PlanError,
     compact_modules,
@@ -261,7 +261,7 @@ def test_plans_respect_limits_never_split_blocks_and_keep_order(sizes, gpus, cpu
 
 
 def _assert_monotone(plan) -> None:
-    from hfconv.device_map import device_sort_key
+    from hfconv.load.device_map import device_sort_key
 
     keys = [device_sort_key(d) for d in plan.modules.values()]
     assert keys == sorted(keys), plan.modules

@@ -18,11 +18,15 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-import hfconv.loading as loading
+import hfconv.tensor_bytes as tensor_bytes
+from hfconv.load import executor, forward, transfer
 from hfconv.cli import main
 from hfconv.contents import read_contents
 from hfconv.discovery import discover
-from hfconv.loading import checksum_bytes, checksum_tensor, load_test, render_text
+from hfconv.load import checksum_bytes, checksum_tensor, load_test
+from hfconv.load.checksum import checksum_torch
+from hfconv.load.located import locate_tensor
+from hfconv.render.load import render_load_text
 from hfconv.validation import UsageError
 from helpers import FIXTURES, LAYOUTS, copy_fixture, mixed_state, save_big_endian
 
@@ -70,12 +74,12 @@ def test_checksum_is_the_same_in_numpy_and_torch(size: int) -> None:
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
     expected = checksum_bytes(data)
     assert checksum_tensor(torch.from_numpy(data.copy())) == expected
-    assert loading._checksum_torch(torch.from_numpy(data.copy())) == expected  # the accelerator code, on cpu
+    assert checksum_torch(torch.from_numpy(data.copy())) == expected  # the accelerator code, on cpu
     # unaligned source bytes (a bf16 tensor after an odd one in a safetensors file)
     padded = np.concatenate([np.zeros(3, np.uint8), data])
     assert checksum_bytes(padded[3:]) == expected
     assert checksum_tensor(torch.from_numpy(padded)[3:]) == expected
-    assert loading._checksum_torch(torch.from_numpy(padded)[3:]) == expected
+    assert checksum_torch(torch.from_numpy(padded)[3:]) == expected
 
 
 def test_checksum_catches_flipped_bits_and_swapped_words() -> None:
@@ -147,10 +151,10 @@ def test_every_tensor_arrives_as_torch_and_safetensors_read_it() -> None:
             size = os.path.getsize(folder / shard)
             with open(folder / shard, "rb") as handle:
                 for meta in weight_file.tensors.values():
-                    loc = loading._locate(meta, weight_file, shard, size, meta.dtype)
-                    flat, landed = loading._transfer(handle.fileno(), loc, "cpu", loading._Scratch())
+                    loc = locate_tensor(meta, weight_file, shard, size, meta.dtype)
+                    flat, landed = transfer.to_device(handle.fileno(), loc, "cpu", transfer.Scratch())
                     assert landed == checksum_bytes(flat.numpy())
-                    tensor = loading._torch_view(flat, loc)
+                    tensor = transfer.as_tensor(flat, loc)
                     expected = state[meta.name]
                     assert tensor.dtype == expected.dtype and tensor.shape == expected.shape
                     assert torch.equal(tensor.view(torch.uint8), expected.contiguous().view(torch.uint8)), meta.name
@@ -173,8 +177,8 @@ def test_strided_and_sliced_bin_views(tmp_path: Path) -> None:
     size = os.path.getsize(folder / "pytorch_model.bin")
     with open(folder / "pytorch_model.bin", "rb") as handle:
         for name, expected in state.items():
-            loc = loading._locate(weight_file.tensors[name], weight_file, "pytorch_model.bin", size, "F32")
-            got = loading._torch_view(loading._transfer(handle.fileno(), loc, "cpu", loading._Scratch())[0], loc)
+            loc = locate_tensor(weight_file.tensors[name], weight_file, "pytorch_model.bin", size, "F32")
+            got = transfer.as_tensor(transfer.to_device(handle.fileno(), loc, "cpu", transfer.Scratch())[0], loc)
             assert torch.equal(got, expected), name
 
 
@@ -185,13 +189,13 @@ def test_big_endian_bin_loads_swapped(tmp_path: Path, monkeypatch) -> None:
     save_big_endian(state, folder / "pytorch_model.bin")
     (folder / "config.json").write_text('{"model_type": "hfconv-test"}')  # else validation fails (HFC009)
     loaded: dict[str, torch.Tensor] = {}
-    check = loading._check_loaded
+    check = executor.check_loaded
 
     def capture(tensor, flat, loc, device):
         loaded[loc.name] = tensor.clone()
         return check(tensor, flat, loc, device)
 
-    monkeypatch.setattr(loading, "_check_loaded", capture)
+    monkeypatch.setattr(executor, "check_loaded", capture)
     result = load_test(folder, max_memory=cpu_only())
     assert result.ok, result.findings
     assert set(loaded) == set(state) - {"lm_head.weight"}  # the alias shares the embedding's load
@@ -234,14 +238,14 @@ def test_bytes_corrupted_on_the_way_to_the_device_are_caught(monkeypatch) -> Non
     victim = "model.layers.1.mlp.up_proj.weight"
     shard = FIXTURES / "llama-safetensors-sharded" / "model-00002-of-00003.safetensors"
     begin = read_weight_file(shard).tensors[victim].data_offsets[0]
-    real = loading._read_exact
+    real = transfer.read_exact
 
     def flaky(fd, buffer, offset):  # a bit flips as the bytes arrive
         real(fd, buffer, offset)
         if offset == begin:
             buffer[1234] ^= 0x10
 
-    monkeypatch.setattr(loading, "_read_exact", flaky)
+    monkeypatch.setattr(transfer, "read_exact", flaky)
     result = load_test(FIXTURES / "llama-safetensors-sharded", max_memory=cpu_only())
     assert not result.ok and result.exit_code == 1
     assert result.codes() == ["HFC734"]
@@ -251,13 +255,13 @@ def test_bytes_corrupted_on_the_way_to_the_device_are_caught(monkeypatch) -> Non
 
 
 def test_corrupted_offload_file_is_caught(monkeypatch, tmp_path: Path) -> None:
-    real = loading._copy_range
+    real = tensor_bytes.copy_range
 
     def bad_copy(src, dst, offset, count):
         real(src, dst, offset, count)
         os.pwrite(dst, b"\x00\x01", count // 2)
 
-    monkeypatch.setattr(loading, "_copy_range", bad_copy)
+    monkeypatch.setattr(tensor_bytes, "copy_range", bad_copy)
     result = load_test(FIXTURES / "llama-bin", max_memory=cpu_only(cpu=RUN_ONLY_CPU), offload_folder=tmp_path / "o")
     assert not result.ok
     mismatches = [f for f in result.findings if f.code == "HFC734"]
@@ -267,14 +271,14 @@ def test_corrupted_offload_file_is_caught(monkeypatch, tmp_path: Path) -> None:
 
 
 def test_a_failing_transfer_is_a_finding_and_the_run_goes_on(monkeypatch) -> None:
-    real = loading._transfer
+    real = transfer.to_device
 
     def failing(fd, loc, *rest):
         if loc.name == "model.norm.weight":
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(fd, loc, *rest)
 
-    monkeypatch.setattr(loading, "_transfer", failing)
+    monkeypatch.setattr(transfer, "to_device", failing)
     result = load_test(FIXTURES / "llama-bin")
     assert result.codes() == ["HFC735"] and result.findings[0].tensor == "model.norm.weight"
     assert "out of memory" in result.findings[0].message
@@ -293,7 +297,7 @@ def test_hostile_bin_is_refused_before_torch_sees_it(monkeypatch, tmp_path: Path
         raise AssertionError("torch.load must never see an untrusted pickle")
 
     monkeypatch.setattr(torch, "load", forbidden)
-    monkeypatch.setattr(loading, "_transfer", forbidden)
+    monkeypatch.setattr(transfer, "to_device", forbidden)
     result = load_test(folder, forward=True)
     assert not result.ok and result.exit_code == 1
     assert result.codes()[0] == "HFC730" and "HFC201" in result.codes()
@@ -320,7 +324,7 @@ def test_map_file_with_prefixes_meta_and_an_unused_key(tmp_path: Path) -> None:
     ({"": "cuda:7"}, "HFC732"),
 ])
 def test_map_errors_before_anything_loads(mapping: dict, code: str, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(loading, "_transfer", lambda *a: pytest.fail("loaded despite a plan error"))
+    monkeypatch.setattr(transfer, "to_device", lambda *a: pytest.fail("loaded despite a plan error"))
     result = load_test(FIXTURES / "llama-safetensors", device_map=write_map(tmp_path, mapping))
     assert result.codes() == [code] and result.exit_code == 1
 
@@ -339,7 +343,7 @@ def test_limits_that_cannot_be_met(tmp_path: Path) -> None:
 
 
 def test_offloaded_blocks_the_cpu_cannot_run_are_refused_before_reading(monkeypatch) -> None:
-    monkeypatch.setattr(loading, "_pread_full", lambda *a: pytest.fail("read despite a plan error"))
+    monkeypatch.setattr(transfer, "pread_full", lambda *a: pytest.fail("read despite a plan error"))
     result = load_test(FIXTURES / "llama-safetensors", max_memory=cpu_only(cpu="1KB"))
     assert result.codes() == ["HFC733"] and "brought back to cpu" in result.findings[0].message
     assert result.devices == () and result.plan is None
@@ -374,7 +378,7 @@ def test_forward_on_the_same_map(layout: str, limits, tmp_path: Path) -> None:
     assert fwd is not None and fwd.finite and fwd.output == "logits"
     assert fwd.shape == (1, fwd.tokens, 200) and fwd.tokens >= 3
     assert fwd.model_class == "LlamaForCausalLM" and "forward" in result.phases
-    assert "logits [1, " in render_text(result)
+    assert "logits [1, " in render_load_text(result)
 
 
 def test_forward_skipped_without_transformers(monkeypatch) -> None:
@@ -407,7 +411,7 @@ def test_forward_failure_and_non_finite_logits(monkeypatch, tmp_path: Path) -> N
     def broken(*args, **kwargs):
         raise RuntimeError("size mismatch for model.norm.weight")
 
-    monkeypatch.setattr(loading, "_build_model", broken)
+    monkeypatch.setattr(forward, "build_model", broken)
     failed = load_test(FIXTURES / "llama-safetensors", forward=True)
     assert failed.codes() == ["HFC741"] and "size mismatch" in failed.findings[0].message
 
@@ -484,7 +488,7 @@ def test_loads_onto_one_gpu(layout: str) -> None:
 @cuda
 @needs_gpu
 def test_corruption_on_the_gpu_is_caught(monkeypatch) -> None:
-    real = loading._transfer
+    real = transfer.to_device
 
     def flaky(fd, loc, *rest):
         flat, landed = real(fd, loc, *rest)
@@ -493,7 +497,7 @@ def test_corruption_on_the_gpu_is_caught(monkeypatch) -> None:
             flat[77] += 1
         return flat, landed
 
-    monkeypatch.setattr(loading, "_transfer", flaky)
+    monkeypatch.setattr(transfer, "to_device", flaky)
     result = load_test(FIXTURES / "llama-safetensors", device_map={"": 0})
     assert result.codes() == ["HFC734"] and "cuda:0" in result.findings[0].message
 

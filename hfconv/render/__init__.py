@@ -15,12 +15,13 @@ from ..units import human_bytes, human_count
 from .ci import SARIF_SCHEMA, render_github, render_sarif
 from .common import escape_text, json_safe, package_version
 from .jsonfmt import dumps_json, render_json
+from .load import render_load_json, render_load_text
 from .text import FindingGroup, compress_numbers, finding_lines, group_findings, render_text
 
 __all__ = [
     "RENDERERS", "SARIF_SCHEMA", "FindingGroup", "compress_numbers", "dumps_json", "escape_text", "finding_lines",
     "group_findings", "human_bytes", "human_count", "json_safe", "package_version", "render_github", "render_html",
-    "render_json", "render_sarif", "render_text",
+    "render_json", "render_load_json", "render_load_text", "render_sarif", "render_text",
 ]
 
 

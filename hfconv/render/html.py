@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..conversion import ConversionError, ConversionResult
     from ..inspection import Inspection
-    from ..loading import LoadResult
+    from ..load.results import LoadResult
 
 __all__ = ["render_validate_html", "render_convert_html", "render_convert_error_html", "render_load_html",
            "render_inspect_html"]

@@ -57,7 +57,7 @@ __all__ = [
 STRATEGIES = ("auto", "balanced", "sequential")
 DEVICE_KINDS = ("cuda:N", "cpu", "disk", "meta")
 
-# Plan error codes (registered, with their documentation, in hfconv.loading).
+# Plan error codes (registered, with their documentation, in hfconv.load.codes).
 UNASSIGNED = "HFC731"
 UNKNOWN_DEVICE = "HFC732"
 EXCEEDS_MEMORY = "HFC733"
@@ -285,7 +285,11 @@ class DevicePlan:
         has_gpu = any(_is_gpu(d) for d in self.capacities) or any(_is_gpu(d) for d in used)
         return "disk" in used or (has_gpu and "cpu" in used)
 
-    def to_json(self) -> dict:
+    def module_rows(self) -> list[tuple[str, str]]:
+        """:attr:`modules` for humans (see :func:`compact_modules`): what a renderer lists."""
+        return compact_modules(self.modules)
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
             "modules": dict(self.modules),
