@@ -17,10 +17,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jsonschema.exceptions import ValidationError
+    from jsonschema.protocols import Validator
 
 # --- codes (HFC402..HFC449) --------------------------------------------------------------------
 register("HFC402", "error", "config.json schema",
@@ -166,7 +170,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 @cache
-def _validator(name: str):
+def _validator(name: str) -> Validator:
     # jsonschema is imported here, not at module import, to keep `hfconv validate` startup fast.
     from jsonschema import Draft202012Validator, validators
 
@@ -278,7 +282,7 @@ def _tokenizer_entry_problems(data: Any) -> Iterator[SchemaProblem]:
                 break
 
 
-def _describe(error) -> list[SchemaProblem]:
+def _describe(error: ValidationError) -> list[SchemaProblem]:
     """Turn one jsonschema ValidationError into sentences a user understands."""
     parts = list(error.absolute_path)
     path = json_path(parts)
@@ -323,11 +327,11 @@ def _describe(error) -> list[SchemaProblem]:
     return [SchemaProblem(path, error.message)]
 
 
-def _best_alternative(error):
+def _best_alternative(error: ValidationError) -> ValidationError | None:
     """For anyOf/oneOf: the errors of the one alternative whose type matches the value, if unique."""
     from jsonschema.exceptions import best_match
 
-    by_branch: dict[int, list] = {}
+    by_branch: dict[int, list[ValidationError]] = {}
     for sub in error.context or ():
         by_branch.setdefault(sub.schema_path[0] if sub.schema_path else -1, []).append(sub)
     # A branch "matches the type" when none of its errors is a type error on the value itself.
@@ -440,7 +444,7 @@ def _config_rules() -> dict[str, frozenset[str]]:
 
 
 @cache
-def _rope_validator():
+def _rope_validator() -> Validator:
     """config.schema.json's RoPE rules for a {"rope_scaling" or "rope_parameters": value} object."""
     from jsonschema import validators
 
@@ -452,11 +456,12 @@ def _rope_validator():
     return validators.extend(type(base))(schema)
 
 
-def _positive_int(value: Any) -> bool:
+def _positive_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _model_configs(config: dict, parts: tuple = (), depth: int = 0) -> Iterator[tuple[tuple, dict]]:
+def _model_configs(config: dict[str, Any], parts: tuple[str, ...] = (), depth: int = 0,
+                   ) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
     """The config and every model config nested in it (text_config, vision_config, a composite's
     encoder/decoder ...), each with its JSON path parts."""
     yield parts, config
@@ -498,7 +503,7 @@ def config_rule_problems(config: Any) -> list[tuple[str, str, str]]:
         model_type = sub.get("model_type")
         model_type = model_type if isinstance(model_type, str) else None
 
-        def at(*keys: str | int) -> str:
+        def at(*keys: str | int, parts: tuple[str, ...] = parts) -> str:
             return json_path([*parts, *keys])
 
         layer_types, layers = sub.get("layer_types"), sub.get("num_hidden_layers")
