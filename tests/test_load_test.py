@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,15 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import hfconv.tensor_bytes as tensor_bytes
-from hfconv.load import executor, forward, transfer
 from hfconv.cli import main
 from hfconv.contents import read_contents
 from hfconv.discovery import discover
-from hfconv.load import checksum_bytes, checksum_tensor, load_test
+from hfconv.load import checksum_bytes, checksum_tensor, executor, forward, load_test, transfer
 from hfconv.load.checksum import checksum_torch
 from hfconv.load.located import locate_tensor
 from hfconv.render.load import render_load_text
 from hfconv.validation import UsageError
+
 from helpers import FIXTURES, LAYOUTS, copy_fixture, mixed_state, save_big_endian
 
 SMALL_CPU = 70_000
@@ -522,9 +523,8 @@ def test_balanced_over_several_gpus() -> None:
 
 # --- the console script -------------------------------------------------------------------------
 
-def _console(*args: str, cwd: Path) -> "subprocess.CompletedProcess[str]":
+def _console(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``hfconv ...`` as the installed console script runs it (hfconv.cli:run), output piped."""
-    import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-c", "from hfconv.cli import run; run()", *args], cwd=cwd,

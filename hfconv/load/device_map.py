@@ -552,7 +552,7 @@ def _does_not_fit(units: list[Unit], devices: list[str], caps: Mapping[str, int 
     shown = [f"{d} {_fmt(caps[d])}" for d in devices] + \
         [f"{d} 0 B" for d in sorted(set(zeroed) - set(devices), key=device_sort_key)]
     limits = ", ".join(shown) or "no device"
-    if largest is not None and devices and all(caps[d] is not None and caps[d] < largest.nbytes for d in devices):
+    if largest is not None and devices and all((cap := caps[d]) is not None and cap < largest.nbytes for d in devices):
         message = (f"{largest.name} needs {_fmt(largest.nbytes)} and cannot be split, but no device can hold it "
                    f"(limits: {limits})")
         return PlanError(EXCEEDS_MEMORY, message, tensor=largest.name)

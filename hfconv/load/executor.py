@@ -205,53 +205,48 @@ class Loader:
             # safetensors weights to their own files), and the source-side checksum has read
             # every byte of it once.
             return None, torch.empty(loc.nbytes, dtype=torch.uint8, device="meta"), None, 0
+        # 1. Write the offload file, in native (little-endian) byte order.
         name = hashlib.sha256(f"{loc.shard}\0{loc.name}".encode("utf-8", "surrogatepass")).hexdigest()
         target = os.path.join(self.offload_dir, f"{name}.dat")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        out = os.open(target, flags, 0o600)
-        landed = None
-        try:
-            if loc.stride is None and not loc.byteswap:
-                tensor_bytes.copy_range(fd, out, loc.begin, loc.nbytes)
-            else:
-                flat, landed = transfer.to_device(fd, loc, "cpu", self.scratch)
-                if loc.byteswap:
-                    # accelerate's offload files hold native (little-endian) bytes: swap, and
-                    # prove the source read with the bytes as they landed, before the swap
-                    landed = landed or checksum_tensor(flat)
-                    flat = flat.reshape(-1, swap_unit(loc.meta.dtype)).flip(-1).reshape(-1)
-                    swapped = checksum_tensor(flat)
-                tensor_bytes.write_all(out, memoryview(flat.numpy()))
-        finally:
-            os.close(out)
-        # Read back once, through a mapping of the written file (what an offload hook reads).
-        with open(target, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size != loc.nbytes:
-                raise OSError(f"offload file holds {size} bytes, expected {loc.nbytes}")
-            if size == 0:
-                return checksum_tensor(torch.empty(0, dtype=torch.uint8)), torch.empty(0), None, 0
-            back = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    flat = torch.frombuffer(back, dtype=torch.uint8)
-                    checksum = checksum_tensor(flat)
-                del flat
-            finally:
-                with contextlib.suppress(BufferError):
-                    back.close()
+        landed, swapped = self._write_offload(fd, loc, target)
+        # 2. Read it back once, through a mapping of the written file (what an offload hook reads).
+        checksum = _read_back(target, loc.nbytes)
+        if checksum is None:
+            return checksum_tensor(torch.empty(0, dtype=torch.uint8)), torch.empty(0), None, 0
+        # 3. Swapped bytes prove the file; the bytes as they landed prove the source read.
         if loc.byteswap:
             if checksum != swapped:
                 raise OSError("offload file read back differs from the bytes written")
             checksum = landed
         return checksum, torch.empty(loc.nbytes, dtype=torch.uint8, device="meta"), None, loc.nbytes
 
+    def _write_offload(self, fd: int, loc: Located, target: str) -> tuple[Checksum | None, Checksum | None]:
+        """Write ``target``: kernel-side from the file, or (a strided or big-endian view) from the
+        bytes read onto the cpu. Returns the checksums of the bytes as they landed and as swapped
+        (both None when copied)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        out = os.open(target, flags, 0o600)
+        landed = swapped = None
+        try:
+            if loc.stride is None and not loc.byteswap:
+                tensor_bytes.copy_range(fd, out, loc.begin, loc.nbytes)
+                return None, None
+            flat, landed = transfer.to_device(fd, loc, "cpu", self.scratch)
+            if loc.byteswap:
+                # accelerate's offload files hold native (little-endian) bytes: swap, and
+                # prove the source read with the bytes as they landed, before the swap
+                landed = landed or checksum_tensor(flat)
+                flat = flat.reshape(-1, swap_unit(loc.meta.dtype)).flip(-1).reshape(-1)
+                swapped = checksum_tensor(flat)
+            tensor_bytes.write_all(out, memoryview(flat.numpy()))
+        finally:
+            os.close(out)
+        return landed, swapped
+
     def _fail(self, loc: Located, device: str, message: str) -> None:
         self.errors += 1
         self.findings.append(finding("HFC735", f"{loc.name}: could not be loaded onto {device}: {message}",
                                      file=loc.shard, tensor=loc.name))
-
 
 
 def device_stats(torch_mod: Any, plan: DevicePlan, loader: Loader, disk_writes: bool) -> tuple[DeviceStats, ...]:
@@ -272,3 +267,30 @@ def device_stats(torch_mod: Any, plan: DevicePlan, loader: Loader, disk_writes: 
                                  planned_bytes=plan.bytes.get(device, 0), limit=plan.capacities.get(device),
                                  peak_bytes=peak, seconds=tally.seconds, note=note))
     return tuple(stats)
+
+
+def _read_back(target: str, nbytes: int) -> Checksum | None:
+    """The checksum of an offload file read through a mapping; None for an empty file.
+
+    Raises:
+        OSError: the file does not hold ``nbytes`` bytes.
+    """
+    import torch
+
+    with open(target, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size != nbytes:
+            raise OSError(f"offload file holds {size} bytes, expected {nbytes}")
+        if size == 0:
+            return None
+        back = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                flat = torch.frombuffer(back, dtype=torch.uint8)
+                checksum = checksum_tensor(flat)
+            del flat
+        finally:
+            with contextlib.suppress(BufferError):
+                back.close()
+    return checksum

@@ -30,6 +30,7 @@ _SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog."
 def run_forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: str, offload_root: str
                 ) -> tuple[ForwardResult | None, list[Finding]]:
     """Build the model with transformers on the plan's map and run one forward pass."""
+    # 1. transformers and accelerate, and a model type transformers has without the folder's code.
     try:
         import accelerate  # noqa: F401 - from_pretrained(device_map=...) needs it
         import transformers
@@ -39,13 +40,10 @@ def run_forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: 
                               "(pip install 'hfconv[transformers]'); the weights were loaded and verified")]
     import torch
 
-    model_type = config.get("model_type")
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        why = (f"model_type {model_type!r} is not built into transformers" if isinstance(model_type, str)
-               else "config.json has no model_type")
-        return None, [finding("HFC740", f"--forward skipped: {why} and hfconv never runs a folder's own code")]
+    skipped = _unknown_model_type(config)
+    if skipped is not None:
+        return None, [skipped]
+    # 2. Build the model on the plan's map and run it on a few tokens, its warnings captured.
     started = time.perf_counter()
     hf_map = {module: (int(device[5:]) if device.startswith("cuda:") else device)
               for module, device in plan.modules.items()}
@@ -62,12 +60,8 @@ def run_forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: 
             inputs = torch.tensor([ids], dtype=torch.long, device=first)
             with torch.no_grad():
                 output = model(input_ids=inputs)
-        logits = getattr(output, "logits", None)
-        name = "logits"
-        if logits is None:
-            logits, name = (getattr(output, "last_hidden_state", None), "last_hidden_state")
-        if logits is None:
-            logits = output[0]
+        # 3. What came out, and whether it is finite.
+        logits, name = _output_tensor(output)
         finite_mask = torch.isfinite(logits)
         finite = bool(finite_mask.all().item())
         result = ForwardResult(output=name, shape=tuple(logits.shape), finite=finite, tokens=len(ids),
@@ -86,6 +80,27 @@ def run_forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: 
         del model
         gc.collect()
         shutil.rmtree(offload, ignore_errors=True)
+
+
+def _unknown_model_type(config: Mapping[str, Any]) -> Finding | None:
+    """HFC740 when config.json names no model type transformers has built in."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return None
+    why = (f"model_type {model_type!r} is not built into transformers" if isinstance(model_type, str)
+           else "config.json has no model_type")
+    return finding("HFC740", f"--forward skipped: {why} and hfconv never runs a folder's own code")
+
+
+def _output_tensor(output: Any) -> tuple[Any, str]:
+    """The model's logits, else its last hidden state (a model without an LM head), with its name."""
+    logits = getattr(output, "logits", None)
+    if logits is not None:
+        return logits, "logits"
+    hidden = getattr(output, "last_hidden_state", None)
+    return (hidden if hidden is not None else output[0]), "last_hidden_state"
 
 
 class _Capture(logging_module.Handler):

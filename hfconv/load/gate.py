@@ -96,5 +96,5 @@ def validate_for_loading(root: Path, gate: Gate, phases: dict[str, float]) -> Va
 
 def _quoted(item: Finding) -> str:
     """``CODE file: message`` with the file named once (most messages start with it)."""
-    named = item.file and not item.message.startswith(item.file)
-    return f"{item.code} {item.file + ': ' if named else ''}{item.message}"
+    named = item.file is not None and not item.message.startswith(item.file)
+    return f"{item.code} {f'{item.file}: ' if named else ''}{item.message}"

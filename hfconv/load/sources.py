@@ -49,7 +49,7 @@ def source_checksum(fd: int, loc: Located, buffer: Any, stop: threading.Event | 
             total.add(chunk)
         return total.result()
     span = np.empty(loc.end - loc.begin, dtype=np.uint8)
-    transfer.pread_full(fd, memoryview(span), loc.begin)
+    transfer.pread_full(fd, memoryview(span.data), loc.begin)
     size = itemsize(loc.meta.dtype)
     base = span.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[size])
     view = as_strided(base, shape=loc.meta.shape, strides=tuple(s * size for s in loc.stride), writeable=False)
