@@ -14,7 +14,7 @@ import math
 import os
 import re
 from itertools import accumulate
-from typing import Any
+from typing import Any, Literal, overload
 
 from .fsutil import open_regular
 
@@ -203,6 +203,12 @@ empty), so a 50 MB file of ``{},`` would otherwise build 16 million of them (gig
 The largest real tokenizer.json files (a few hundred thousand merges) stay far below."""
 
 
+@overload
+def loads_strict(text: str | bytes, *, max_depth: int = ..., require_object: Literal[True] = ...,
+                 max_containers: int = ..., allow_nonfinite: bool = ...) -> dict[str, Any]: ...
+@overload
+def loads_strict(text: str | bytes, *, max_depth: int = ..., require_object: bool,
+                 max_containers: int = ..., allow_nonfinite: bool = ...) -> object: ...
 def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool = True,
                  max_containers: int = MAX_CONTAINERS, allow_nonfinite: bool = False) -> object:
     """Parse JSON, refusing everything two parsers could read differently.

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeGuard
 
 from .. import environment
 from ..contents import FolderContents
@@ -352,7 +352,7 @@ def _token_text(value: Any) -> str | None:
     return None
 
 
-def _is_id(value: Any) -> bool:
+def _is_id(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -484,9 +484,9 @@ def _gather(contents: FolderContents) -> _Facts:
             sp_models[name] = read_sentencepiece(folder, name)
         except TokenizerFileError as exc:
             severity = "warning" if json_vocab is not None else None
-            extra = ("; the fast tokenizer uses tokenizer.json, but use_fast=False fails" if json_vocab
-                     else "; replace it with the model's real SentencePiece file")
-            findings.append(finding("HFC501", f"{name} {exc.message}{extra}", file=name, severity=severity))
+            consequence = ("; the fast tokenizer uses tokenizer.json, but use_fast=False fails" if json_vocab
+                           else "; replace it with the model's real SentencePiece file")
+            findings.append(finding("HFC501", f"{name} {exc.message}{consequence}", file=name, severity=severity))
 
     # 2. The vocabulary the loader uses: tokenizer.json, else the slow files.
     vocab = json_vocab
@@ -533,9 +533,9 @@ def _pegasus_fixed(contents: FolderContents, offset: int) -> dict[str, int]:
     config = contents.json.get("tokenizer_config.json")
     config = config if isinstance(config, dict) else {}
     fixed = {_token_text(config.get("pad_token")) or "<pad>": 0, _token_text(config.get("eos_token")) or "</s>": 1}
-    sent = config.get("mask_token_sent", "<mask_1>")
-    if _token_text(sent) is not None:
-        fixed.setdefault(_token_text(sent), 2)
+    sent = _token_text(config.get("mask_token_sent", "<mask_1>"))
+    if sent is not None:
+        fixed.setdefault(sent, 2)
         fixed.setdefault(_token_text(config.get("mask_token")) or "<mask_2>", 3)
         for i in range(2, offset):
             fixed.setdefault(f"<unk_{i}>", i + 2)
@@ -625,7 +625,8 @@ def _slow_vocabulary(contents: FolderContents, sp_models: dict[str, SentencePiec
     layout = _shifted_layout(contents)
     if layout is not None and folder.has(layout.file) and layout.file not in folder.special_files:
         try:
-            return layout.vocabulary(read_sentencepiece(folder, layout.file), contents.json.get("tokenizer_config.json"))
+            return layout.vocabulary(read_sentencepiece(folder, layout.file),
+                                     contents.json.get("tokenizer_config.json"))
         except TokenizerFileError as exc:
             findings.append(finding("HFC501", f"{layout.file} {exc.message}; the slow tokenizer fails to load, "
                                     "replace it with the model's real SentencePiece file", file=layout.file))
@@ -706,7 +707,8 @@ def _with_declared_added_tokens(contents: FolderContents, vocab: Vocabulary) -> 
                       special=frozenset(special))
 
 
-def _special_tokens(contents: FolderContents):
+def _special_tokens(contents: FolderContents) -> tuple[dict[str, tuple[str, str]], list[tuple[str, str, str]],
+                                                       list[tuple[str, str]], set[str], list[Finding]]:
     """Named special tokens, the tokens only old transformers uses instead, extras, disagreements.
 
     Since transformers 4.34 (and in 5), special_tokens_map.json is read only when
@@ -759,8 +761,9 @@ def _special_tokens(contents: FolderContents):
             else:
                 uses = f"transformers uses {in_map!r}"
             disagreements.append(finding(
-                "HFC515", f"{role} is {in_map!r} in special_tokens_map.json but {in_config!r} in tokenizer_config.json; "
-                f"{uses}, so make both files name the same token", file="special_tokens_map.json", tensor=f"$.{role}"))
+                "HFC515", f"{role} is {in_map!r} in special_tokens_map.json but {in_config!r} in "
+                f"tokenizer_config.json; {uses}, so make both files name the same token",
+                file="special_tokens_map.json", tensor=f"$.{role}"))
     if current_reads_config_only:
         # Extras only special_tokens_map.json names are read by transformers < 4.34 alone.
         legacy_extra = {t for t, f in extra.items() if f == "special_tokens_map.json"}
@@ -925,8 +928,8 @@ def _check_added_tokens(facts: _Facts) -> Iterator[Finding]:
                               f"{token_id}) and the added token {text!r} takes id {token_id}; AutoTokenizer loads "
                               f"it, but {text!r} has two ids (re-saving writes the same file), so rename the entry at "
                               f"id {token_id} in model.vocab (e.g. to {text + 'NOTUSED2'!r}) and give the added token "
-                              f"id {base_id} (in tokenizer_config.json's added_tokens_decoder too)", file="tokenizer.json",
-                              tensor="$.added_tokens", severity="warning")
+                              f"id {base_id} (in tokenizer_config.json's added_tokens_decoder too)",
+                              file="tokenizer.json", tensor="$.added_tokens", severity="warning")
             else:
                 yield finding("HFC508", f"tokenizer.json: added token {text!r} has id {token_id} but the model "
                               f"vocabulary has it at id {base_id}; re-save the tokenizer",
@@ -990,7 +993,7 @@ def _check_token_ids(facts: _Facts) -> Iterator[Finding]:
     vocab = facts.vocab
     generation = contents.json.get("generation_config.json")
     has_generation = isinstance(generation, dict)
-    generation_eos = _config_ids(generation, None).get("eos_token_id", []) if has_generation else []
+    generation_eos = _config_ids(generation, None).get("eos_token_id", []) if isinstance(generation, dict) else []
     architectures = (facts.config or {}).get("architectures")
     generative = isinstance(architectures, list) and any(
         isinstance(a, str) and _GENERATIVE.search(a) for a in architectures)
@@ -1002,6 +1005,7 @@ def _check_token_ids(facts: _Facts) -> Iterator[Finding]:
         if file == "config.json":
             scopes += [(f"{key}.", sub) for key, sub in _sub_configs(data)]
         for prefix, scope in scopes:
+            limit: int | None
             own_size = scope.get("vocab_size") if prefix else None
             is_text = not prefix or scope is facts.text_config
             if _is_id(own_size) and own_size > 0:
@@ -1033,9 +1037,10 @@ def _check_token_ids(facts: _Facts) -> Iterator[Finding]:
                     elif limit is not None and value >= limit and not (
                             prefix and value == limit and data.get("model_type") in PAD_PAST_VOCAB_TYPES):
                         in_range = False
-                        yield finding("HFC505", f"{file}: {prefix}{key} {value} is not below {limit_name} {limit}{hint}",
+                        yield finding("HFC505",
+                                      f"{file}: {prefix}{key} {value} is not below {limit_name} {limit}{hint}",
                                       file=file, tensor=f"$.{prefix}{key}", severity=out_of_range)
-                if token_id is None or not in_range or token_id in ids:
+                if token_id is None or token is None or role is None or not in_range or token_id in ids:
                     continue
                 yield _id_disagreement(file, f"{prefix}{key}", role, token, token_id, ids, has_generation,
                                        generation_eos)
@@ -1211,7 +1216,8 @@ def _check_model_unk(facts: _Facts) -> Iterator[Finding]:
         elif isinstance(vocab, list) and _is_id(model.get("unk_id")) and not 0 <= model["unk_id"] < len(vocab):
             yield finding("HFC521", f"tokenizer.json: model.unk_id {model['unk_id']} is outside the Unigram model's "
                           f"{len(vocab)} pieces; tokenizers refuses the file or fails on the first unknown character, "
-                          "so set unk_id to the id of the unknown piece", file="tokenizer.json", tensor="$.model.unk_id")
+                          "so set unk_id to the id of the unknown piece", file="tokenizer.json",
+                          tensor="$.model.unk_id")
         if fast is not None:
             yield from _check_post_processor(data.get("post_processor"), fast)
         return
@@ -1300,8 +1306,8 @@ def _check_loads_in_transformers(facts: _Facts) -> Iterator[Finding]:
                       "from_pretrained fails the same way for every user of the folder", file="tokenizer_config.json"
                       if folder.has("tokenizer_config.json") else None)
     elif result.status == "timeout":
-        yield finding("HFC522", f"the tokenizer did not load in transformers within {result.detail}; the subprocess was "
-                      "stopped", file="tokenizer_config.json" if folder.has("tokenizer_config.json") else None,
+        yield finding("HFC522", f"the tokenizer did not load in transformers within {result.detail}; the subprocess "
+                      "was stopped", file="tokenizer_config.json" if folder.has("tokenizer_config.json") else None,
                       severity="warning")
 
 
