@@ -1,7 +1,9 @@
 """Renderers: pure functions from results to text, one module per family of formats.
 
 ``text`` (people), ``jsonfmt`` (the contract's JSON), ``ci`` (GitHub annotations, SARIF) and
-``html`` (one self-contained page; jinja2 is imported only when a page is made). This package
+``html`` (one self-contained page; jinja2 is imported only when a page is made) render
+validate's reports; ``convert`` and ``load`` render the results of ``hfconv convert`` and
+``hfconv load-test`` (text and json; their pages are in ``html``). This package
 depends only on findings, report and units: the results of convert, load-test and inspect are
 named for type checkers only, so no operation is imported by rendering.
 """
