@@ -28,6 +28,7 @@ from __future__ import annotations
 import codecs
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["ScanResult", "scan_pickle", "COMPUTED_GLOBAL", "MAX_WALK_OPCODES", "MAX_WALK_BYTES"]
 
@@ -72,6 +73,9 @@ class _LongStr:
 _OTHER = _Other()
 _UNKNOWN = _Unknown()
 _LONG_STR = _LongStr()
+
+_Value = str | _Other | _Unknown | _LongStr
+"""What the walk keeps of a pickled value: a short string's text, else a placeholder."""
 
 
 @dataclass
@@ -153,9 +157,9 @@ def scan_pickle(buf: bytes, *, multi: bool = False, max_ops: int = MAX_WALK_OPCO
 def _walk_one(buf: bytes, pos: int, limit: int, n: int, ops: int, max_ops: int, max_bytes: int,
               result: ScanResult, seen: set[str]) -> tuple[int, int]:
     """Walk one pickle starting at ``pos``; return (offset after STOP, opcodes so far)."""
-    stack: list = []
+    stack: list[_Value] = []
     marks: list[int] = []
-    memo: dict[int, object] = {}
+    memo: dict[int, _Value] = {}
     table = _TABLE
     handler = _HANDLER
     width_of = _WIDTH
@@ -166,7 +170,7 @@ def _walk_one(buf: bytes, pos: int, limit: int, n: int, ops: int, max_ops: int, 
     def fence() -> int:
         return marks[-1] if marks else 0
 
-    def pop(at: int):
+    def pop(at: int) -> _Value:
         if len(stack) <= (marks[-1] if marks else 0):
             raise _Stop(f"stack underflow at byte {at}")
         return stack.pop()
@@ -253,7 +257,9 @@ def _walk_one(buf: bytes, pos: int, limit: int, n: int, ops: int, max_ops: int, 
             raise _Stop(f"unknown opcode 0x{op:02x} at byte {start}")
         name, kind, width = entry
         # -- read the argument ------------------------------------------------------------------
-        arg = None
+        # bytes (_FIXED, _LINE), (offset, length) (_LEN) or (line, line) (_LINES2): the opcode's
+        # name says which, so the branches below use it as that type (Any: no isinstance per opcode).
+        arg: Any = None
         if kind == _FIXED:
             if pos + width > limit:
                 raise _short(pos + width, limit, n, max_bytes)
@@ -429,7 +435,7 @@ def _valid_number(name: str, raw: bytes) -> bool:
         return bool(body) and body.replace(b"_", b"").isalnum()
 
 
-def _string(buf: bytes, name: str, arg, at: int):
+def _string(buf: bytes, name: str, arg: bytes | tuple[int, int], at: int) -> _Value:
     """The value a string opcode pushes: the text when short, else a placeholder."""
     if name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"):
         return _OTHER  # bytes: never a global's name (STACK_GLOBAL requires str)
