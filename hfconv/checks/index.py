@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 from ..contents import MAX_INDEX_SHARDS, MAX_WEIGHT_FILES, FolderContents, IndexFile
 from ..dtypes import SAFETENSORS_BITS
-from ..findings import Finding, finding, register
+from ..findings import Finding, Severity, finding, register
 from ..tensors import WeightFile
-from .layout import capped, some
+from .layout import MAX_FINDINGS_PER_CODE, Uncounted, capped, some
 
 register("HFC311", "error", "index names too many shards",
          f"The index names more than {MAX_INDEX_SHARDS:,} distinct shard files (the Hub's 5-digit shard names "
@@ -28,7 +28,7 @@ register("HFC310", "error", "too many weight files",
 
 
 @capped
-def check_index(contents: FolderContents) -> Iterator[Finding]:
+def check_index(contents: FolderContents) -> Iterator[Finding | Uncounted]:
     """Every index entry is in its shard, every shard tensor is indexed, sizes add up."""
     folder = contents.folder
     for name, why in contents.index_errors.items():
@@ -54,7 +54,7 @@ def check_index(contents: FolderContents) -> Iterator[Finding]:
             yield finding("HFC309", f"{name} holds no tensors", file=name)
 
 
-def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Finding]:
+def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Finding | Uncounted]:
     folder = contents.folder
     shard_names = [s for s in index.shard_names if s not in contents.unsafe_names]
     existing = [s for s in shard_names if folder.has(s)]
@@ -81,18 +81,30 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
         for tensor in weight_file.tensors:
             holders.setdefault(tensor, []).append(shard)
 
+    # One finding per bad entry, until capped() would only count them (an index may list 300,000).
+    made: Counter[str] = Counter()
+    severity: dict[str, Severity] = {}
     for tensor, shard in index.weight_map.items():
         if shard in contents.unsafe_names or shard not in readable:
             continue
         if tensor in readable[shard].tensors:
             continue
         elsewhere = holders.get(tensor)
+        code = "HFC303" if elsewhere else "HFC301"
+        made[code] += 1
+        if made[code] > MAX_FINDINGS_PER_CODE + 1:
+            continue
         if elsewhere:
-            yield finding("HFC303", f"{index.name} maps {tensor!r} to {shard}, but it is in {elsewhere[0]}",
-                          file=index.name, tensor=tensor)
+            item = finding("HFC303", f"{index.name} maps {tensor!r} to {shard}, but it is in {elsewhere[0]}",
+                           file=index.name, tensor=tensor)
         else:
-            yield finding("HFC301", f"{index.name} maps {tensor!r} to {shard}, which does not contain it",
-                          file=shard, tensor=tensor)
+            item = finding("HFC301", f"{index.name} maps {tensor!r} to {shard}, which does not contain it",
+                           file=shard, tensor=tensor)
+        severity[code] = item.severity
+        yield item
+    for code, count in made.items():
+        if count > MAX_FINDINGS_PER_CODE + 1:
+            yield Uncounted(code, count - MAX_FINDINGS_PER_CODE - 1, severity[code])
 
     for tensor, shards in holders.items():
         if len(shards) > 1:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
 from .. import environment
 from ..contents import FolderContents
@@ -52,16 +54,28 @@ register("HFC017", "warning", "names differ only in case",
          "Windows) one replaces the other, and a loader there may read the one hfconv did not check")
 
 
-def capped(check: Callable[[FolderContents], Iterable[Finding]]) -> Callable[[FolderContents], Iterator[Finding]]:
+def capped(check: Callable[[FolderContents], Iterable[Finding | Uncounted]],
+           ) -> Callable[[FolderContents], Iterator[Finding]]:
     """At most MAX_FINDINGS_PER_CODE findings of each code from ``check``, then one summary per code.
 
     The summary carries the code and the worst severity of the findings it stands for, says how
-    many there were and quotes the first of them."""
+    many there were and quotes the first of them. A check that is already capped is returned as it
+    is (capping it again would hide its summary behind a summary of one)."""
+    if getattr(check, _CAPPED, False):
+        return cast(Callable[[FolderContents], Iterator[Finding]], check)
+
     @functools.wraps(check)
     def wrapper(contents: FolderContents) -> Iterator[Finding]:
         shown: Counter[str] = Counter()
         hidden: dict[str, list] = {}  # code -> [count, worst severity, first hidden finding]
         for item in check(contents):
+            if isinstance(item, Uncounted):
+                entry = hidden.get(item.code)
+                if entry is not None:  # (a check says how many more only after one was hidden)
+                    entry[0] += item.count
+                    if item.severity.rank > entry[1].rank:
+                        entry[1] = item.severity
+                continue
             if shown[item.code] < MAX_FINDINGS_PER_CODE:
                 shown[item.code] += 1
                 yield item
@@ -72,7 +86,23 @@ def capped(check: Callable[[FolderContents], Iterable[Finding]]) -> Callable[[Fo
                 entry[1] = item.severity
         for code, (count, severity, first) in hidden.items():
             yield summary_finding(code, count, severity, first)
+    setattr(wrapper, _CAPPED, True)
     return wrapper
+
+
+@dataclasses.dataclass(frozen=True)
+class Uncounted:
+    """What a capped check may yield instead of ``count`` more findings of ``code`` once it has
+    yielded more than MAX_FINDINGS_PER_CODE of them: capped() adds them to the summary without
+    the check building each finding (an index of 300,000 bad entries)."""
+
+    code: str
+    count: int
+    severity: Severity
+
+
+_CAPPED = "hfconv_capped"
+"""Attribute marking a check that ``capped`` wrapped."""
 
 
 def summary_finding(code: str, count: int, severity: Severity, first: Finding) -> Finding:
