@@ -372,8 +372,16 @@ def _forked_child(program: dict, request: dict, write_fd: int, max_fd: int) -> N
     try:
         # Only the pipe stays open: a write end of another thread's pipe kept here would hold back
         # that thread's end-of-file.
-        os.closerange(3, write_fd)
-        os.closerange(write_fd + 1, max_fd)
+        try:
+            open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+        except (OSError, ValueError):
+            open_fds = list(range(3, max_fd))
+        for fd in open_fds:
+            if fd > 2 and fd != write_fd:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         gc.freeze()  # never finalize the parent's objects here
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # not the CLI's handlers: the parent cleans up
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -398,7 +406,7 @@ def _run_forked(request: dict) -> tuple[bytes, int | None, bool]:
     """(what the child wrote, its exit status (negative: killed by that signal), killed for the wall
     timeout) for a forked child."""
     program = _forkable_program()
-    max_fd = max(os.sysconf("SC_OPEN_MAX"), 256) if hasattr(os, "sysconf") else 65536
+    max_fd = min(max(os.sysconf("SC_OPEN_MAX"), 256), 1 << 16)  # (only where /proc cannot list them)
     read_fd, write_fd = os.pipe()
     try:
         pid = os.fork()
