@@ -366,6 +366,28 @@ def test_usage_errors(device_map: str, max_memory, words: str, tmp_path: Path) -
         load_test(FIXTURES / "llama-bin" / "config.json")
 
 
+def test_library_names_arguments_and_the_cli_names_flags(tmp_path: Path) -> None:
+    """A bad option is an OptionError naming the argument (``offload_folder``, ``device_map``,
+    ``max_memory``); the CLI turns it into the same message with the flag (exit 2)."""
+    from hfconv.errors import OptionError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = [({"offload_folder": blocker / "sub"}, ["--offload-folder", str(blocker / "sub")]),
+             ({"device_map": str(tmp_path / "nope.json")}, ["--device-map", str(tmp_path / "nope.json")])]
+    for kwargs, flags in cases:
+        with pytest.raises(OptionError) as raised:
+            load_test(FIXTURES / "llama-bin", max_memory=cpu_only(), **kwargs)
+        option = next(iter(kwargs))
+        assert raised.value.option == option and str(raised.value).startswith(option)
+        assert "--" not in str(raised.value), str(raised.value)
+        run = _console("load-test", str(FIXTURES / "llama-bin"), *flags, cwd=tmp_path)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert f"Error: {flags[0]}{raised.value.detail}" in run.stderr, run.stderr
+    with pytest.raises(OptionError, match="^max_memory names cpu twice"):
+        load_test(FIXTURES / "llama-bin", max_memory={"cpu": "1GB", "CPU": "2GB"})
+
+
 # --- --forward ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout, limits", [("llama-safetensors", None), ("llama-tied-bin", {"cpu": SMALL_CPU}),

@@ -40,10 +40,12 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 def usage_errors() -> Iterator[None]:
     """The library's UsageError (a bad path or option, found while running) as click's: exit 2
     with the message, as an option click itself refused."""
-    from ..errors import UsageError
+    from ..errors import OptionError, UsageError
 
     try:
         yield
+    except OptionError as exc:  # the library names its argument; the CLI, its flag
+        raise click.UsageError(f"--{exc.option.replace('_', '-')}{exc.detail}") from None
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..conversion import DTYPE_CHOICES, canonical_dtype  # one --dtype name list for convert and load-test
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 from ..findings import Finding, Severity, finding
 from ..tensor_bytes import storage_records
 from . import codes as codes
@@ -198,7 +198,7 @@ def _offload_root(offload_root: str) -> Iterator[None]:
         try:
             os.makedirs(offload_root, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"--offload-folder {offload_root}: {exc.strerror or exc}") from None
+            raise OptionError("offload_folder", f" {offload_root}: {exc.strerror or exc}") from None
         yield
     finally:
         for folder in reversed(created):
@@ -227,7 +227,7 @@ def _plan(torch: Any, folder: FolderBytes, options: _Options, offload_root: str,
     try:
         caps = capacities(torch, options.limits, offload_root, folder.disk_writes)
     except OSError as exc:
-        raise UsageError(f"--offload-folder {offload_root}: {exc.strerror or exc}") from None
+        raise OptionError("offload_folder", f" {offload_root}: {exc.strerror or exc}") from None
     findings: list[Finding] = list(validated.passed)
     for device in options.limits:
         if device not in caps:
@@ -286,7 +286,7 @@ def _load_and_verify(torch: Any, root: Path, validated: Validated, folder: Folde
         offload_dir = tempfile.mkdtemp(prefix="hfconv-offload-", dir=offload_root) if folder.disk_writes and \
             "disk" in plan.devices else None
     except OSError as exc:
-        raise UsageError(f"--offload-folder {offload_root}: {exc.strerror or exc}") from None
+        raise OptionError("offload_folder", f" {offload_root}: {exc.strerror or exc}") from None
     for device in plan.devices:
         if device.startswith("cuda:"):
             torch.cuda.reset_peak_memory_stats(device)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 from ..units import parse_size
 from .device_map import STRATEGIES, DeviceMapSyntaxError, parse_device, read_device_map
 
@@ -25,25 +25,25 @@ def parse_max_memory(max_memory: Mapping[Any, Any] | None) -> dict[str, int]:
     strings) -> ``{canonical device: bytes}``.
 
     Raises:
-        UsageError: a bad device, the meta device, a device named twice, a bad size.
+        OptionError: a bad device, the meta device, a device named twice, a bad size.
     """
     limits: dict[str, int] = {}
     for key, value in (max_memory or {}).items():
         try:
             device = parse_device(key)
         except DeviceMapSyntaxError as exc:
-            raise UsageError(f"--max-memory: {exc}") from None
+            raise OptionError("max_memory", f": {exc}") from None
         if device == "meta":
-            raise UsageError("--max-memory: the meta device holds no data and takes no limit")
+            raise OptionError("max_memory", ": the meta device holds no data and takes no limit")
         if device in limits:
-            raise UsageError(f"--max-memory names {device} twice; give one limit per device")
+            raise OptionError("max_memory", f" names {device} twice; give one limit per device")
         if value in (0, "0"):
             limits[device] = 0
             continue
         try:
             limits[device] = parse_size(value)
         except ValueError as exc:
-            raise UsageError(f"--max-memory {device}: {exc}") from None
+            raise OptionError("max_memory", f" {device}: {exc}") from None
     return limits
 
 
@@ -51,7 +51,8 @@ def resolve_device_map(device_map: str | Mapping[str, Any]) -> str | dict[str, s
     """A strategy name, or the parsed map of a JSON file (or mapping).
 
     Raises:
-        UsageError: a file that is missing, not a file, too large, unreadable or not a device map.
+        UsageError: a mapping that is not a device map.
+        OptionError: a file that is missing, not a file, too large, unreadable or not a device map.
     """
     if isinstance(device_map, Mapping):
         try:
@@ -62,17 +63,17 @@ def resolve_device_map(device_map: str | Mapping[str, Any]) -> str | dict[str, s
         return device_map
     path = Path(device_map)
     if not path.exists():
-        raise UsageError(f"--device-map {device_map!r}: not found (give {', '.join(STRATEGIES)} or a JSON file "
-                         "that exists)")
+        raise OptionError("device_map", f" {device_map!r}: not found (give {', '.join(STRATEGIES)} or a JSON file "
+                          "that exists)")
     if not path.is_file():
-        raise UsageError(f"--device-map {device_map!r} is neither {', '.join(STRATEGIES)} nor a JSON file")
+        raise OptionError("device_map", f" {device_map!r} is neither {', '.join(STRATEGIES)} nor a JSON file")
     if path.stat().st_size > MAX_MAP_FILE:
-        raise UsageError(f"--device-map {device_map}: file larger than 64 MB")
+        raise OptionError("device_map", f" {device_map}: file larger than 64 MB")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--device-map {device_map}: cannot read: {exc}") from None
+        raise OptionError("device_map", f" {device_map}: cannot read: {exc}") from None
     try:
         return read_device_map(text)
     except DeviceMapSyntaxError as exc:
-        raise UsageError(f"--device-map {device_map}: {exc}") from None
+        raise OptionError("device_map", f" {device_map}: {exc}") from None
