@@ -6,6 +6,10 @@ because sub-byte dtypes (``F4``, ``F6_*``) exist in safetensors.
 
 from __future__ import annotations
 
+from typing import Any
+
+from .errors import UsageError
+
 # safetensors dtype name -> bits per element
 SAFETENSORS_BITS: dict[str, int] = {
     "BOOL": 8,
@@ -99,7 +103,7 @@ def swap_unit(dtype: str) -> int:
     return size // 2 if dtype.startswith("C") else size
 
 
-def torch_dtype(dtype: str):
+def torch_dtype(dtype: str) -> Any:
     """The torch.dtype for a safetensors dtype name (imports torch)."""
     import torch
 
@@ -107,3 +111,40 @@ def torch_dtype(dtype: str):
         if name == dtype and hasattr(torch, attr):
             return getattr(torch, attr)
     raise KeyError(dtype)
+
+
+# --- the dtypes convert and load-test cast to (--dtype) -------------------------------------------
+
+DTYPE_CHOICES = ("keep", "float32", "float16", "bfloat16")
+
+
+DTYPE_ALIASES = {
+    "keep": "keep", "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}
+"""Every name ``--dtype`` takes (convert and load-test share it): the canonical names and the
+usual short ones (``bf16``, ``fp16``, ``half``, ``float``), case-insensitive, ``torch.`` allowed."""
+
+
+def canonical_dtype(name: str | None) -> str:
+    """``keep`` or a :data:`DTYPE_CHOICES` name for any :data:`DTYPE_ALIASES` spelling.
+
+    Raises:
+        UsageError: not a dtype name convert or load-test casts to.
+    """
+    if name is None:
+        return "keep"
+    key = str(name).strip().lower().removeprefix("torch.")
+    if key not in DTYPE_ALIASES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (or bf16, fp16, fp32, half, float), "
+                         f"not {name!r}")
+    return DTYPE_ALIASES[key]
+
+
+CAST_TARGET = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+CASTABLE = frozenset({"F64", "F32", "F16", "BF16"})
+"""Floating dtypes a --dtype cast applies to. float8 weights come with scales (quantized
+models) and are left alone, as are complex, integer and bool tensors."""

@@ -77,16 +77,19 @@ def view_span(meta: TensorMeta, storage: StorageMeta) -> tuple[int, int, tuple[i
         OutsideStorage: a negative offset or stride, or the view ends past the storage's
             bytes in the file (``record_nbytes`` where known, else its ``nbytes``).
     """
+    data_offset, strides = storage.data_offset, meta.stride
+    if data_offset is None or strides is None:  # not one from located_storage
+        raise OutsideStorage(meta.name)
     size = itemsize(meta.dtype)
-    begin = storage.data_offset + meta.storage_offset * size
+    begin = data_offset + meta.storage_offset * size
     record = storage.record_nbytes if storage.record_nbytes is not None else storage.nbytes
     if meta.numel == 0:
         return begin, begin, None
-    last = sum((dim - 1) * step for dim, step in zip(meta.shape, meta.stride))
+    last = sum((dim - 1) * step for dim, step in zip(meta.shape, strides))
     end = begin + (last + 1) * size
-    if meta.storage_offset < 0 or any(s < 0 for s in meta.stride) or end > storage.data_offset + record:
+    if meta.storage_offset < 0 or any(s < 0 for s in strides) or end > data_offset + record:
         raise OutsideStorage(meta.name)
-    return begin, end, None if meta.is_contiguous else tuple(meta.stride)
+    return begin, end, None if meta.is_contiguous else tuple(strides)
 
 
 @dataclass(frozen=True)

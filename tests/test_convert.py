@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import hfconv.conversion as conversion
+import hfconv.conversion.write as conversion_write
 from hfconv.cli import main
 from hfconv.conversion import (
     ConversionError,
@@ -28,6 +29,7 @@ from hfconv.conversion import (
     VerificationError,
     convert,
 )
+from hfconv.conversion.verify import check_header
 from hfconv.tensor_bytes import copy_methods, reset_copy_methods
 from hfconv.validation import UsageError, validate
 
@@ -328,7 +330,7 @@ def test_crash_mid_write_leaves_no_dst(tmp_path, monkeypatch):
     src = FIXTURES / "llama-bin-sharded"
     dst = tmp_path / "out"
     calls = {"n": 0}
-    original = conversion._write_tensor
+    original = conversion_write.write_tensor
 
     def crashing(fd, tensor, sources, progress):
         calls["n"] += 1
@@ -336,7 +338,7 @@ def test_crash_mid_write_leaves_no_dst(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return original(fd, tensor, sources, progress)
 
-    monkeypatch.setattr(conversion, "_write_tensor", crashing)
+    monkeypatch.setattr(conversion_write, "write_tensor", crashing)
     with pytest.raises(conversion.ConversionError) as failed:
         convert(src, dst, max_shard_size="30KB")
     assert failed.value.code == "HFC714"
@@ -357,7 +359,7 @@ def test_fsync_flushes_every_file_and_folder_only_when_asked(tmp_path, monkeypat
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         return original(fd)
 
-    monkeypatch.setattr(conversion.os, "fsync", recording)
+    monkeypatch.setattr(os, "fsync", recording)
     dst = tmp_path / "out"
     result = convert(FIXTURES / "llama-bin-sharded", dst, max_shard_size="30KB", fsync=durable,
                      manifest=tmp_path / "m.json")
@@ -379,7 +381,7 @@ def test_interrupt_during_verification_leaves_no_dst(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(conversion, "_validate_output", interrupted)
+    monkeypatch.setattr(conversion, "validate_output", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert(FIXTURES / "llama-bin", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -387,7 +389,7 @@ def test_interrupt_during_verification_leaves_no_dst(tmp_path, monkeypatch):
 
 
 def test_corrupted_write_is_caught_by_verification(tmp_path, monkeypatch):
-    original = conversion.copy_source
+    original = conversion_write.copy_source
 
     def flipping(src_fd, dst_fd, offset, count, progress):
         original(src_fd, dst_fd, offset, count, progress)
@@ -396,7 +398,7 @@ def test_corrupted_write_is_caught_by_verification(tmp_path, monkeypatch):
             last = os.pread(src_fd, 1, offset + count - 1)
             os.pwrite(dst_fd, bytes([last[0] ^ 0xFF]), position - 1)
 
-    monkeypatch.setattr(conversion, "copy_source", flipping)
+    monkeypatch.setattr(conversion_write, "copy_source", flipping)
     with pytest.raises(VerificationError) as info:
         convert(FIXTURES / "llama-bin", tmp_path / "out")
     assert info.value.code == "HFC701"
@@ -450,11 +452,11 @@ def test_written_header_is_checked(tmp_path):
     from hfconv.discovery import discover
 
     plan = conversion.plan_conversion(read_contents(discover(FIXTURES / "llama-bin")), 10**9)
-    task = conversion._ShardTask(plan.shards[0], str(tmp_path / "model.safetensors"), True, False)
+    task = conversion_write.ShardTask(plan.shards[0], str(tmp_path / "model.safetensors"), True, False)
     save_file({"w": torch.zeros(3)}, task.path)
-    assert conversion._check_header(task)[0][1].endswith("does not describe the planned tensors and metadata")
+    assert check_header(task)[0][1].endswith("does not describe the planned tensors and metadata")
     (tmp_path / "model.safetensors").write_bytes(b"garbage!")
-    assert "does not parse" in conversion._check_header(task)[0][1]
+    assert "does not parse" in check_header(task)[0][1]
 
 
 def test_errors_survive_the_trip_from_a_worker_process():
@@ -495,7 +497,7 @@ def test_dst_inside_src_or_src_missing_is_usage_error(tmp_path):
 
 
 def test_not_enough_disk_space(tmp_path, monkeypatch):
-    monkeypatch.setattr(conversion.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))
     with pytest.raises(ConversionError) as info:
         convert(FIXTURES / "llama-bin", tmp_path / "out")
     assert info.value.code == "HFC705"

@@ -1,0 +1,327 @@
+"""Writing one output shard: header, then every tensor's bytes out of its source file.
+
+Copied tensors go file to file (:func:`hfconv.tensor_bytes.copy_range`); numpy gathers
+strided views and swaps big-endian bytes; torch, imported only then, casts. At most one
+transformed tensor is in memory per process (:data:`TRANSFORM_LOCK`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..dtypes import itemsize, swap_unit
+from ..findings import Finding
+from ..fsutil import open_inside
+from ..tensor_bytes import SourceEnded, copy_range, write_all
+from ..tensors import FormatError
+from .errors import ConversionError, write_failure
+from .plan import PlannedTensor, ShardPlan
+
+__all__ = ["TRANSFORM_LOCK", "Sources", "ShardTask", "ShardOutcome", "Batch", "copy_source", "transformed_bytes",
+           "release", "write_tensor", "write_shard", "Writeback"]
+
+
+_WRITEBACK_CHUNK = 64 << 20
+"""Bytes written between two requests to start writeback (see Writeback)."""
+
+
+_VERIFY_BATCH = 64 << 20
+"""Bytes written before they are handed to the verifying thread."""
+
+
+TRANSFORM_LOCK = threading.Lock()
+"""Held while a transformed (cast/reordered) tensor is in memory, by the writer or the
+verifier thread, so that at most one such tensor exists at a time per process."""
+
+
+def copy_source(src_fd: int, dst_fd: int, offset: int, count: int, progress: Callable[[int], None]) -> None:
+    """:func:`~hfconv.tensor_bytes.copy_range`, a source cut short as HFC701."""
+    try:
+        copy_range(src_fd, dst_fd, offset, count, progress)
+    except SourceEnded as exc:
+        raise ConversionError("HFC701", f"source file ended {exc.missing} bytes early (was it truncated "
+                                        "during the conversion?)") from None
+
+
+class Sources:
+    """Source files opened read-only and memory-mapped once per shard writer.
+
+    Each is opened once, by :func:`hfconv.fsutil.open_inside`: a regular file inside one of
+    ``roots`` (SRC, or the Hub cache's blobs), never a symlink followed out of them.
+    """
+
+    def __init__(self, roots: tuple[str, ...] = ()) -> None:
+        self._open: dict[str, tuple[Any, mmap.mmap | None]] = {}
+        self._roots = roots
+
+    def fd(self, path: str) -> int:
+        return self._get(path)[0].fileno()
+
+    def map(self, path: str) -> mmap.mmap:
+        handle, mapped = self._get(path)
+        if mapped is None:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self._open[path] = (handle, mapped)
+        return mapped
+
+    def _get(self, path: str) -> tuple[Any, mmap.mmap | None]:
+        entry = self._open.get(path)
+        if entry is None:
+            try:
+                handle = open_inside(path, self._roots or (os.path.dirname(path),))
+            except FormatError as exc:
+                name = os.path.basename(path)
+                raise ConversionError("HFC715", f"{name} changed during the conversion: {exc.message}") from None
+            entry = self._open[path] = (handle, None)
+        return entry
+
+    def close(self) -> None:
+        for handle, mapped in self._open.values():
+            if mapped is not None:
+                try:
+                    mapped.close()
+                except BufferError:  # an array still views it; the GC unmaps it later
+                    pass
+            handle.close()
+        self._open.clear()
+
+
+_INT_FOR_SIZE = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
+
+
+def _source_array(tensor: PlannedTensor, sources: Sources, *, aligned: bool = False) -> Any:
+    """The tensor's source elements as a C-ordered numpy integer array (no dtype meaning).
+
+    A contiguous tensor is a zero-copy view of the mapped file unless ``aligned`` asks for
+    an aligned buffer (torch wants one); a strided view is gathered with numpy's
+    ``as_strided`` into a new array of exactly the tensor's size; a big-endian source is
+    byte-swapped into a new array.
+    """
+    import numpy as np
+    from numpy.lib.stride_tricks import as_strided
+
+    size = itemsize(tensor.source_dtype)
+    int_dtype = np.dtype(_INT_FOR_SIZE[size])
+    mapped = sources.map(tensor.source_path)
+    span = tensor.span_end - tensor.offset
+    raw = np.frombuffer(mapped, dtype=np.uint8, count=span, offset=tensor.offset)
+    if tensor.stride is None:
+        flat = raw.view(int_dtype)
+        if aligned and (tensor.offset % size) and not tensor.byteswap:
+            flat = flat.copy()
+    else:
+        view = as_strided(raw.view(int_dtype), shape=tensor.shape, strides=tuple(s * size for s in tensor.stride),
+                          writeable=False)
+        flat = np.ascontiguousarray(view).reshape(-1)
+    if tensor.byteswap:  # a new, aligned array in this machine's (little-endian) order
+        unit = np.dtype(_INT_FOR_SIZE[swap_unit(tensor.source_dtype)])
+        flat = flat.view(unit).byteswap().view(int_dtype)
+    return flat
+
+
+def transformed_bytes(tensor: PlannedTensor, sources: Sources) -> Any:
+    """The output bytes of a ``reorder`` or ``cast`` tensor, as a uint8 numpy array."""
+    import numpy as np
+
+    if tensor.action == "reorder":
+        data = _source_array(tensor, sources).view(np.uint8)
+        release(sources.map(tensor.source_path), tensor.offset, tensor.span_end - tensor.offset)
+        return data
+    import torch
+
+    from ..dtypes import torch_dtype
+
+    array = _source_array(tensor, sources, aligned=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only (mapped) arrays
+        source = torch.from_numpy(array).view(torch_dtype(tensor.source_dtype))
+    out = torch.empty(tensor.shape, dtype=torch_dtype(tensor.dtype))
+    out.copy_(source.reshape(tensor.shape))
+    del source, array
+    release(sources.map(tensor.source_path), tensor.offset, tensor.span_end - tensor.offset)
+    return out.reshape(-1).view(torch.uint8).numpy()
+
+
+def release(mapped: mmap.mmap | None, start: int, length: int) -> None:
+    """Drop a read range of a file mapping from this process's resident set.
+
+    The pages stay in the page cache; only our page-table entries go, so the RSS of a
+    verification stays at a window's size instead of growing to both files' sizes.
+    """
+    if mapped is None or length <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    begin = start - start % mmap.PAGESIZE
+    end = min(start + length, len(mapped))
+    if end > begin:
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+        except (OSError, ValueError):  # advisory only
+            pass
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    shard: ShardPlan
+    path: str
+    verify: bool
+    digest: bool
+    durable: bool = False
+    """fsync the shard once written (``--fsync``)."""
+    roots: tuple[str, ...] = ()
+    """Where source files may be read from (SRC and, in a Hub cache, its blobs)."""
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    name: str
+    file_nbytes: int
+    digests: Mapping[str, str]
+    mismatches: tuple[tuple[str, str], ...]
+    """(tensor, why) for every tensor that failed verification ("" for the header)."""
+    corrupt: tuple[Finding, ...] = ()
+    """HFC901 for every source storage whose bytes fail their recorded CRC-32."""
+
+
+Batch = list[tuple[PlannedTensor, int]]
+"""Tensors just written, each with its absolute offset in the output file."""
+
+
+def write_tensor(fd: int, tensor: PlannedTensor, sources: Sources, progress: Callable[[int], None]) -> None:
+    """Append one tensor's output bytes to ``fd``."""
+    if tensor.nbytes == 0:
+        return
+    if tensor.action == "copy":
+        copy_source(sources.fd(tensor.source_path), fd, tensor.offset, tensor.nbytes, progress)
+        return
+    with TRANSFORM_LOCK:
+        data = transformed_bytes(tensor, sources)
+        if len(data) != tensor.nbytes:  # pragma: no cover - a transform bug, caught loudly
+            raise ConversionError("HFC701", f"{tensor.name}: produced {len(data)} bytes, expected {tensor.nbytes}")
+        write_all(fd, data)
+        del data
+    progress(tensor.nbytes)
+
+
+def write_shard(task: ShardTask, progress: Callable[[int], None],
+                 writeback: Callable[[str, int, int], None] | None = None,
+                 written: Callable[[Batch], None] | None = None) -> None:
+    """Write one shard file: header, then the tensors in order.
+
+    Args:
+        task: the shard and where to write it.
+        progress: called with the bytes of each chunk written.
+        writeback: told ``(path, offset, nbytes)`` about every ~64 MiB written, so the disk
+            can start on it at once (see :class:`Writeback`).
+        written: handed each batch of ~64 MiB of tensors once their bytes are in the file,
+            so they can be verified while the next ones are written.
+    """
+    shard = task.shard
+    header = shard.header
+    expected_size = len(header) + shard.data_nbytes
+    sources = Sources(task.roots)
+    try:
+        try:
+            fd = os.open(task.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            raise write_failure(exc, f"creating {shard.name}") from None
+        try:
+            write_all(fd, header)
+            position = flushed = len(header)
+            batch: Batch = []
+            batch_bytes = 0
+            for tensor in shard.tensors:
+                write_tensor(fd, tensor, sources, progress)
+                batch.append((tensor, position))
+                position += tensor.nbytes
+                batch_bytes += tensor.nbytes
+                if writeback is not None and position - flushed >= _WRITEBACK_CHUNK:
+                    writeback(task.path, flushed, position - flushed)
+                    flushed = position
+                if written is not None and batch_bytes >= _VERIFY_BATCH:
+                    written(batch)
+                    batch, batch_bytes = [], 0
+            actual = os.lseek(fd, 0, os.SEEK_CUR)
+            if actual != expected_size:
+                raise ConversionError("HFC701", f"{shard.name}: wrote {actual} bytes, planned {expected_size}")
+            if writeback is not None:
+                writeback(task.path, flushed, position - flushed)
+            if written is not None and batch:
+                written(batch)
+        except OSError as exc:
+            raise write_failure(exc, f"writing {shard.name}") from None
+        finally:
+            os.close(fd)
+    finally:
+        sources.close()
+
+
+_sync_file_range: Any = None
+
+
+class Writeback:
+    """Starts disk writeback of freshly written ranges on a helper thread.
+
+    Without it the final fsync of a shard waits for the whole shard to reach the disk; with
+    it the disk works while the next tensors are copied and verified, and fsync only waits
+    for the tail. ``sync_file_range`` may block while the device queue is full, hence the
+    thread: the writer never waits for it. The pages stay in the page cache.
+    """
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: Any = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="hfconv-writeback", daemon=True)
+        self._thread.start()
+
+    def request(self, path: str, offset: int, nbytes: int) -> None:
+        self._queue.put((path, offset, nbytes))
+
+    def __enter__(self) -> Writeback:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        path, fd = None, -1
+        try:
+            while (item := self._queue.get()) is not None:
+                if item[0] != path:
+                    if fd >= 0:
+                        os.close(fd)
+                    path, fd = item[0], -1
+                    with contextlib.suppress(OSError):
+                        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                if fd >= 0:
+                    _start_writeback(fd, item[1], item[2])
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing a range of a file to disk, without waiting for it (Linux
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``); a no-op where the call is unavailable."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        try:
+            import ctypes
+
+            function = ctypes.CDLL(None, use_errno=True).sync_file_range
+            function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            function.restype = ctypes.c_int
+            _sync_file_range = function
+        except (OSError, AttributeError):
+            pass
+    if _sync_file_range:
+        _sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE; failure is harmless
