@@ -37,8 +37,9 @@ import pickletools
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..dtypes import STORAGE_CLASS_DTYPE, TORCH_DTYPE, itemsize
 from ..fsutil import open_regular
@@ -379,6 +380,12 @@ class _CappedReader:
     def tell(self) -> int:
         return self._f.tell()
 
+    def write(self, data: bytes) -> int:  # tarfile's file protocol; never called in read mode
+        raise OSError("the checkpoint is opened for reading only")
+
+    def close(self) -> None:  # tarfile leaves a fileobj it was given open; the caller closes f
+        pass
+
 
 def _refuse_plain_pickle(buf: bytes) -> None:
     """A pickle of a protocol torch.save never writes: never a checkpoint, maybe an attack."""
@@ -514,7 +521,7 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
 
     tensors = _state_dict_tensors(root)
     records: dict[str, tuple[int, int, int | None] | None] = {}
-    for key, ref in interp.storages.items():
+    for key in interp.storages:
         record_name = f"{prefix}/data/{key}"
         entry = record(f"data/{key}")
         if entry is None:
@@ -529,7 +536,7 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
             raise FormatError("HFC204", f"zip entry '{record_name}' is stored but its compressed size "
                                         f"{entry.compressed_size} differs from its size {entry.size}")
         records[key] = (entry.data_offset, entry.size, entry.crc)
-    notes = ()
+    notes: tuple[ReaderNote, ...] = ()
     if byte_order == "big":
         notes = (ReaderNote("HFC212", "is a big-endian checkpoint; loaders swap its bytes on little-endian "
                                       "machines, and hfconv convert writes them little-endian"),)
@@ -1076,8 +1083,11 @@ _BINUNICODE, _NONE, _NEWTRUE, _NEWFALSE, _BINFLOAT = 0x58, 0x4E, 0x88, 0x89, 0x4
 _REDUCE, _BINPERSID, _BUILD, _STOP = 0x52, 0x51, 0x62, 0x2E
 
 
+_OPCODES = {info.code: info for info in pickletools.opcodes}  # pickletools.code2op, which typeshed omits
+
+
 def _opcode_name(op: int) -> str:
-    info = pickletools.code2op.get(chr(op))
+    info = _OPCODES.get(chr(op))
     return info.name if info is not None else f"unknown opcode 0x{op:02x}"
 
 
@@ -1133,7 +1143,7 @@ class _Interpreter:
         def floor() -> int:
             return marks[-1] if marks else 0
 
-        def pop(start: int):
+        def pop(start: int) -> Any:
             if len(stack) <= (marks[-1] if marks else 0):
                 raise fail("stack underflow (pop across a MARK)", start)
             return stack.pop()
@@ -1345,7 +1355,7 @@ class _Interpreter:
                                     f"global '{shown}'; torch.load would import and call it (do not load "
                                     "this file)", shown)
 
-    def _tuple(self, items: list, start: int):
+    def _tuple(self, items: list[Any], start: int) -> object:
         """Build a tuple; tuples carrying globals or storages get a restricted wrapper."""
         special = [i for i, x in enumerate(items) if isinstance(x, _SPECIAL)]
         if not special:
@@ -1362,7 +1372,7 @@ class _Interpreter:
         bad = next((i for i in special if not (i == 0 and isinstance(first, _StorageRef))), special[0])
         raise self._fail(f"{_describe(items[bad])} inside a tuple where torch never puts it", start)
 
-    def _setitems(self, stack: list, floor: int, items: list, start: int) -> None:
+    def _setitems(self, stack: list[Any], floor: int, items: list[Any], start: int) -> None:
         if len(stack) <= floor:
             raise self._fail("SETITEM(S) with no dict below the MARK", start)
         target = stack[-1]
@@ -1382,7 +1392,7 @@ class _Interpreter:
                 raise self._fail(f"dict key {_short(key)} set twice", start)
             d[key] = value
 
-    def _appends(self, stack: list, floor: int, items: list, start: int) -> None:
+    def _appends(self, stack: list[Any], floor: int, items: list[Any], start: int) -> None:
         if len(stack) <= floor:
             raise self._fail("APPEND(S) with no list below the MARK", start)
         target = stack[-1]
@@ -1393,7 +1403,7 @@ class _Interpreter:
                 raise self._fail(f"list item is {_describe(value)}", start)
         target.items.extend(items)
 
-    def _persistent(self, pid, start: int) -> _StorageRef:
+    def _persistent(self, pid: object, start: int) -> _StorageRef:
         if not isinstance(pid, _Args) or pid.kind != "pid":
             raise self._fail(f"persistent id is {_describe(pid)}, not a ('storage', ...) tuple", start)
         _, cls, key, location, numel = pid.items[:5]
@@ -1421,7 +1431,7 @@ class _Interpreter:
         self.storages[key] = ref
         return ref
 
-    def _reduce(self, func, args, start: int):
+    def _reduce(self, func: object, args: object, start: int) -> _Dict | _Tensor:
         if not isinstance(func, _Global) or func.kind != "callable":
             raise self._fail(f"REDUCE calls {_describe(func)}", start)
         name = func.name
@@ -1455,12 +1465,12 @@ class _Interpreter:
             self._check_flags(items[4], items[5], start)
         is_v3 = name.endswith("_v3")
         dtype_arg = items[6] if len(items) > 6 else None
-        dtype_given = isinstance(dtype_arg, _Global) and dtype_arg.kind == "dtype"
-        if is_v3 != dtype_given:
+        dtype_global = dtype_arg if isinstance(dtype_arg, _Global) and dtype_arg.kind == "dtype" else None
+        if is_v3 != (dtype_global is not None):
             raise self._fail(f"{name.rsplit('.', 1)[1]} with {_describe(dtype_arg)} where "
                              f"{'a dtype' if is_v3 else 'tensor metadata'} belongs", start)
-        if is_v3:
-            dtype = _DTYPE_GLOBALS[dtype_arg.name]
+        if dtype_global is not None:  # is_v3
+            dtype = _DTYPE_GLOBALS[dtype_global.name]
             if storage.storage_class != _UNTYPED_STORAGE:
                 raise self._fail("_rebuild_tensor_v3 of a typed storage (torch passes an UntypedStorage)", start)
             if storage.dtype is None:
@@ -1480,14 +1490,14 @@ class _Interpreter:
             raise self._fail(f"more than {MAX_TENSORS} tensors", start)
         return _Tensor(storage, offset, size, stride, dtype)
 
-    def _check_flags(self, requires_grad, hooks, start: int) -> None:
+    def _check_flags(self, requires_grad: object, hooks: object, start: int) -> None:
         if type(requires_grad) is not bool:
             raise self._fail("requires_grad is not a bool", start)
         # torch never serialises hooks: backward_hooks is always an empty OrderedDict().
         if not isinstance(hooks, _Dict) or hooks.items:
             raise self._fail("backward_hooks is not an empty OrderedDict", start)
 
-    def _check_metadata(self, metadata, start: int) -> None:
+    def _check_metadata(self, metadata: object, start: int) -> None:
         # torch appends {'conj': True} / {'neg': True} for lazily conjugated/negated tensors:
         # their stored bytes are not the tensor's values, which a converter would get wrong.
         if not isinstance(metadata, _Dict):
@@ -1516,7 +1526,7 @@ def _TORCHSCRIPT_NAME(name: str) -> bool:  # noqa: N802 - used like a constant p
     return name.startswith(_TORCHSCRIPT_PREFIXES)
 
 
-def _forbidden(found: list[str], allow=None) -> list[str]:
+def _forbidden(found: list[str], allow: Callable[[str], bool] | None = None) -> list[str]:
     """The globals of ``found`` outside the state-dict allow-list (and ``allow``)."""
     return [g for g in found if g not in ALLOWED_GLOBALS and g not in _UNSUPPORTED_TORCH_TYPES
             and not (allow is not None and allow(g))]
@@ -1550,7 +1560,7 @@ def _forbidden_error(bad: list[str], label: str) -> FormatError:
 
 
 def _raise_if_forbidden_global(buf: bytes, label: str, require_stop: bool = False, multi: bool = False,
-                               allow=None) -> ScanResult:
+                               allow: Callable[[str], bool] | None = None) -> ScanResult:
     """Report the strongest finding: a pickle refused as malformed may also be an attack.
 
     The whole pickle is walked (up to the caps of :mod:`.pickle_vm`), not only up to the
@@ -1631,7 +1641,7 @@ def _build_weight_file(path: str, fmt: str, interp: _Interpreter, tensors: dict[
                                  stride=t.stride)
 
     shared = []
-    for key, names in users.items():
+    for names in users.values():
         if len(names) > 1:
             aliases = names[1:]
             verb = "shares its" if len(aliases) == 1 else "share their"
