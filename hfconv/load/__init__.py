@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..conversion import DTYPE_CHOICES, canonical_dtype  # one --dtype name list for convert and load-test
+from ..dtypes import DTYPE_CHOICES, canonical_dtype
 from ..errors import OptionError, UsageError
 from ..findings import Finding, Severity, finding
 from ..tensor_bytes import storage_records

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..dtypes import CAST_TARGET, CASTABLE
 from ..dtypes import nbytes as dtype_nbytes
 from ..findings import Finding, finding
 from ..tensor_bytes import LocateError, file_order, locate
@@ -21,12 +22,7 @@ from ..tensors import TensorMeta, WeightFile
 if TYPE_CHECKING:  # pragma: no cover
     from ..contents import FolderContents
 
-__all__ = ["CASTABLE", "TARGET_DTYPE", "FolderBytes", "Located", "locate_folder", "locate_tensor"]
-
-TARGET_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-"""A --dtype name -> the dtype floating tensors are cast to."""
-CASTABLE = frozenset({"F64", "F32", "F16", "BF16"})
-"""Floating dtypes a --dtype cast applies to (as in convert); float8, integer, bool are kept."""
+__all__ = ["FolderBytes", "Located", "locate_folder", "locate_tensor"]
 
 @dataclass(frozen=True)
 class Located:
@@ -89,7 +85,7 @@ class FolderBytes:
 def locate_folder(root: Path, contents: FolderContents, dtype: str) -> FolderBytes:
     """Locate every tensor of the folder's loaded set; ``dtype`` is the --dtype cast (or keep)."""
     chosen = contents.folder.loaded_set
-    target = TARGET_DTYPE.get(dtype)
+    target = CAST_TARGET.get(dtype)
     located: list[Located] = []
     tied: list[list[str]] = []
     problems: list[Finding] = []
