@@ -19,8 +19,9 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import ModuleType
+from typing import Any, TypeGuard
 
 from .shape_rules import (
     LAYER_FIELDS,
@@ -173,7 +174,7 @@ def _absurd_size(config: Mapping[str, Any], path: str = "", depth: int = 0) -> s
     return None
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -197,7 +198,15 @@ def _image_positions(config: Mapping[str, Any]) -> int | None:
 
 
 # --- the build, in this process or in the subprocess ---------------------------------------------
-def _build_raw(folder, config: Mapping[str, Any], trust_remote_code: bool,
+# transformers is imported lazily and may be any version from 4.40 on (or the folder's own code):
+# its config and model objects are probed with getattr, not typed against one version's classes.
+_HFConfig = Any
+"""A transformers ``PretrainedConfig`` (or the folder's own config class)."""
+_Model = Any
+"""A transformers ``PreTrainedModel`` built on the meta device."""
+
+
+def _build_raw(folder: str | os.PathLike[str], config: Mapping[str, Any], trust_remote_code: bool,
                tensor_names: list[str] | None) -> dict[str, Any]:
     """Build the model and read what :func:`_expected` needs, as JSON-able data: state shapes
     by checkpoint name, optional names, extras the class ignores, its base-model prefix and class.
@@ -302,7 +311,7 @@ _CACHE: dict[tuple, Any] = {}
 _CACHE_SIZE = 8
 
 
-def _build_isolated(folder, config: Mapping[str, Any], trust_remote_code: bool,
+def _build_isolated(folder: str | os.PathLike[str], config: Mapping[str, Any], trust_remote_code: bool,
                     tensor_names: list[str] | None) -> dict[str, Any]:
     """:func:`_build_raw` in a separate Python: fresh temporary working directory (removed after),
     offline Hub settings with its caches inside that directory, an address-space limit
@@ -327,7 +336,6 @@ def _build_isolated(folder, config: Mapping[str, Any], trust_remote_code: bool,
     timeout = remote_code_timeout(TRUST_TIMEOUT_S) if trusted else reference_timeout()
     memory = reference_memory()
     what = "importing the folder's own code (--trust-remote-code) and building" if trusted else "building"
-    outcome: Any
     with tempfile.TemporaryDirectory(prefix="hfconv-reference-", ignore_cleanup_errors=True) as work:
         request, result = os.path.join(work, "request.json"), os.path.join(work, "result.json")
         with open(request, "w", encoding="utf-8") as handle:
@@ -427,7 +435,8 @@ def _child_main(request: str, result: str, memory: int) -> None:
     os._exit(0)  # skip torch's and the folder code's exit handlers
 
 
-def _build_config(transformers, folder, config: Mapping[str, Any], trust_remote_code: bool, version: str):
+def _build_config(transformers: ModuleType, folder: str | os.PathLike[str], config: Mapping[str, Any],
+                  trust_remote_code: bool, version: str) -> _HFConfig:
     model_type = config.get("model_type")
     has_code = isinstance(config.get("auto_map"), dict)
     if has_code and trust_remote_code:
@@ -471,7 +480,8 @@ def _build_config(transformers, folder, config: Mapping[str, Any], trust_remote_
                          f"fails: {_two_lines(first)}") from None
 
 
-def _build_model(transformers, torch, hf_config, config: Mapping[str, Any], trust_remote_code: bool, version: str):
+def _build_model(transformers: ModuleType, torch: ModuleType, hf_config: _HFConfig, config: Mapping[str, Any],
+                 trust_remote_code: bool, version: str) -> _Model:
     architecture = _first_architecture(config)
     nested = architecture is None
     if nested:
@@ -511,7 +521,7 @@ def _first_architecture(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _from_auto(transformers, hf_config, trust_remote_code: bool):
+def _from_auto(transformers: ModuleType, hf_config: _HFConfig, trust_remote_code: bool) -> _Model:
     errors = []
     for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
         try:
@@ -521,7 +531,8 @@ def _from_auto(transformers, hf_config, trust_remote_code: bool):
     raise ReferenceUnavailable(f"no transformers model class for this config: {_one_line(errors[-1])}")
 
 
-def _state_shapes(model, tensor_names: Iterable[str] | None = None) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+def _state_shapes(model: _Model, tensor_names: Iterable[str] | None = None,
+                  ) -> tuple[dict[str, tuple[int, ...]], set[str]]:
     """Checkpoint names and shapes, and the names a checkpoint may omit.
 
     The state dict is taken with transformers v5's load-time conversions (fused experts,
@@ -536,15 +547,16 @@ def _state_shapes(model, tensor_names: Iterable[str] | None = None) -> tuple[dic
     state = model.state_dict()
     stored = set(tensor_names) if tensor_names is not None else set()
     optional = _optional_names(model, state, stored)
+    revert_weight_conversion: Callable[..., Any] | None
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # transformers < 5
         revert_weight_conversion = None
     if revert_weight_conversion is None:
-        reverted, optional, loads = _class_key_mapping(model, state, optional, stored)
-        shapes = {name: tuple(int(d) for d in tensor.shape) for name, tensor in reverted.items()}
+        renamed, optional, loads = _class_key_mapping(model, state, optional, stored)
+        shapes = {name: tuple(int(d) for d in tensor.shape) for name, tensor in renamed.items()}
         if loads:
-            _use_stored_names(shapes, optional, _reverted_names(state, reverted), loads, stored)
+            _use_stored_names(shapes, optional, _reverted_names(state, renamed), loads, stored)
         return shapes, {n for n in optional if n in shapes}
     loads = _simulate_load(model, state, stored) if stored else None
     reverted = _revert(revert_weight_conversion, model, state) if loads is not None else None
@@ -561,7 +573,8 @@ def _state_shapes(model, tensor_names: Iterable[str] | None = None) -> tuple[dic
     return shapes, {n for n in optional if n in shapes}
 
 
-def _revert(revert_weight_conversion, model, state: Mapping[str, Any]) -> dict[str, Any] | None:
+def _revert(revert_weight_conversion: Callable[..., Any], model: _Model, state: Mapping[str, Any]
+            ) -> dict[str, Any] | None:
     """``revert_weight_conversion(model, state)``, or None when it fails."""
     if getattr(model, "_weight_conversions", None) == []:  # the simulated load renamed nothing
         return dict(state)
@@ -571,7 +584,7 @@ def _revert(revert_weight_conversion, model, state: Mapping[str, Any]) -> dict[s
         return None
 
 
-def _simulate_load(model, state: Mapping[str, Any], stored: Iterable[str]) -> dict[str, str] | None:
+def _simulate_load(model: _Model, state: Mapping[str, Any], stored: Iterable[str]) -> dict[str, str] | None:
     """{stored name: model name} for the stored names ``from_pretrained`` loads one to one into a
     tensor of ``state`` (renamed or not), per transformers' own load-time conversion mapping,
     legacy renames included.
@@ -624,7 +637,7 @@ def _simulate_load(model, state: Mapping[str, Any], stored: Iterable[str]) -> di
     return loads
 
 
-def _class_key_mapping(model, state: Mapping[str, Any], optional: set[str], stored: Iterable[str]
+def _class_key_mapping(model: _Model, state: Mapping[str, Any], optional: set[str], stored: Iterable[str]
                        ) -> tuple[dict[str, Any], set[str], dict[str, str] | None]:
     """transformers 4.x: a VLM class's ``_checkpoint_conversion_mapping`` (4.52 and later), which
     ``from_pretrained`` applies to stored names and ``save_pretrained`` reverts, as transformers 5
@@ -693,7 +706,7 @@ def _use_stored_names(shapes: dict[str, tuple[int, ...]], optional: set[str], re
             optional.add(name)
 
 
-def _optional_names(model, state: Mapping[str, Any], stored: set[str] | None = None) -> set[str]:
+def _optional_names(model: _Model, state: Mapping[str, Any], stored: set[str] | None = None) -> set[str]:
     """Names a checkpoint may omit: tied weights and those the class declares missing-ok.
 
     transformers 4.x ties by sharing one Parameter under several names, and ``save_pretrained``
@@ -732,7 +745,7 @@ def _stored_as(name: str, stored: set[str], prefix: str) -> bool:
     return prefix != "." and prefix + name in stored
 
 
-def _patterns(value) -> list[str]:
+def _patterns(value: Any) -> list[str]:
     if not value:
         return []
     return [p for p in value if isinstance(p, str)]
@@ -751,7 +764,7 @@ def _fields_equal_to(config: Mapping[str, Any], value: int) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def _quiet(transformers) -> Iterator[None]:
+def _quiet(transformers: ModuleType) -> Iterator[None]:
     """Silence transformers' logging and warnings while the reference is built, then restore."""
     hf_logging = getattr(transformers, "logging", None) or getattr(transformers.utils, "logging", None)
     previous = hf_logging.get_verbosity() if hf_logging is not None else None
