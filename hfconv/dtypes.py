@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import UsageError
+from .errors import OptionError
 
 # safetensors dtype name -> bits per element
 SAFETENSORS_BITS: dict[str, int] = {
@@ -131,20 +131,19 @@ def canonical_dtype(name: str | None) -> str:
     """``keep`` or a :data:`DTYPE_CHOICES` name for any :data:`DTYPE_ALIASES` spelling.
 
     Raises:
-        UsageError: not a dtype name convert or load-test casts to.
+        OptionError: (a UsageError, option ``dtype``) not a dtype name convert or load-test casts to.
     """
     if name is None:
         return "keep"
     key = str(name).strip().lower().removeprefix("torch.")
     if key not in DTYPE_ALIASES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (or bf16, fp16, fp32, half, float), "
-                         f"not {name!r}")
+        raise OptionError("dtype", f" must be one of {', '.join(DTYPE_CHOICES)} (or bf16, fp16, fp32, half, "
+                                   f"float), not {name!r}")
     return DTYPE_ALIASES[key]
 
 
 CAST_TARGET = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-
-
+"""The safetensors dtype each cast target is."""
 CASTABLE = frozenset({"F64", "F32", "F16", "BF16"})
 """Floating dtypes a --dtype cast applies to. float8 weights come with scales (quantized
 models) and are left alone, as are complex, integer and bool tensors."""

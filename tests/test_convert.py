@@ -481,6 +481,33 @@ def test_dst_exists_and_force(tmp_path):
     no_leftovers(tmp_path)
 
 
+def test_option_errors_name_the_argument_not_the_flag(tmp_path):
+    """The library names its keyword argument (OptionError.option); the CLI writes the flag."""
+    from hfconv.errors import OptionError
+
+    src = FIXTURES / "llama-bin"
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    cases = [
+        (dict(jobs=0), "jobs", "jobs must be at least 1"),
+        (dict(max_shard_size="lots"), "max_shard_size", "max_shard_size: "),
+        (dict(dtype="int4"), "dtype", "dtype must be one of keep, float32, float16, bfloat16"),
+        (dict(manifest=tmp_path / "out" / "config.json"), "manifest", "would overwrite config.json in DST"),
+    ]
+    for kwargs, option, text in cases:
+        with pytest.raises(OptionError) as info:
+            convert(src, tmp_path / "out", **kwargs)
+        assert info.value.option == option and text in str(info.value) and "--" not in str(info.value), kwargs
+    with pytest.raises(OptionError) as info:
+        convert(src, taken, force=True)
+    assert info.value.option == "force" and str(info.value).startswith("force refuses to replace")
+    assert not (tmp_path / "out").exists() and (taken / "notes.txt").read_text() == "mine"
+    # The CLI still words it with the flag.
+    run = CliRunner().invoke(main, ["convert", str(src), str(taken), "--force"])
+    assert run.exit_code == 2 and "--force refuses to replace" in run.output, run.output
+
+
 def test_dst_inside_src_or_src_missing_is_usage_error(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(FIXTURES / "llama-bin", src)

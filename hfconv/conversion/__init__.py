@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from ..contents import FolderContents, read_contents
 from ..discovery import discover
 from ..dtypes import DTYPE_ALIASES, DTYPE_CHOICES, canonical_dtype
+from ..errors import OptionError, UsageError
 from ..findings import Finding, finding
 from ..sharding import INDEX_FILE, parse_size
 from ..validation import check_contents
@@ -56,7 +57,6 @@ from .errors import (
     ConversionError,
     DestinationExistsError,
     InputRefused,
-    OptionError,
     VerificationError,
     write_failure,
 )
@@ -205,14 +205,15 @@ class _Settings:
 
 
 def _options(max_shard_size: int | str, dtype: str, jobs: int) -> tuple[int, str]:
-    """The shard limit in bytes and the canonical dtype; OptionError for a bad value."""
+    """The shard limit in bytes and the canonical dtype; OptionError (naming the argument, the
+    CLI names its flag) for a bad value."""
     try:
         limit = parse_size(max_shard_size)
     except ValueError as exc:
-        raise OptionError("max_shard_size", f"--max-shard-size: {exc}") from None
+        raise OptionError("max_shard_size", f": {exc}") from None
     dtype = canonical_dtype(dtype)
     if jobs < 1:
-        raise OptionError("jobs", "--jobs must be at least 1")
+        raise OptionError("jobs", " must be at least 1")
     return limit, dtype
 
 
@@ -228,7 +229,7 @@ def _paths(src: str | os.PathLike[str], dst: str | os.PathLike[str], manifest: s
         if manifest_path is not None and manifest_path.startswith(dst_abs + os.sep) else None
     if manifest_path is not None and manifest_rel is None and not os.path.isdir(os.path.dirname(manifest_path)) \
             and os.path.dirname(manifest_path) not in new_parents:
-        raise OptionError("manifest", f"the folder of --manifest {manifest} does not exist")
+        raise UsageError(f"the folder of --manifest {manifest} does not exist")
     return _Paths(src_s, dst_s, dst_abs, os.path.dirname(dst_abs), new_parents, manifest_path, manifest_rel,
                   None if manifest is None else os.fspath(manifest))
 
@@ -237,7 +238,7 @@ def _check_manifest_target(paths: _Paths, plan: ConversionPlan) -> None:
     """A manifest written into DST must not take the name of a file convert writes there."""
     written = {*plan.files_to_copy, *(s.name for s in plan.shards), INDEX_FILE}
     if paths.manifest_rel is not None and paths.manifest_rel in written:
-        raise OptionError("manifest", f"--manifest {paths.manifest_arg} would overwrite {paths.manifest_rel} in DST")
+        raise OptionError("manifest", f" {paths.manifest_arg} would overwrite {paths.manifest_rel} in DST")
 
 
 def _convert_into(paths: _Paths, contents: FolderContents, plan: ConversionPlan, source_findings: list[Finding],

@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..findings import Finding, finding
 
 __all__ = [
-    "ConversionError", "InputRefused", "VerificationError", "DestinationExistsError", "OptionError", "write_failure",
+    "ConversionError", "InputRefused", "VerificationError", "DestinationExistsError", "write_failure",
 ]
 
 
@@ -47,20 +47,6 @@ class VerificationError(ConversionError):
 
 class DestinationExistsError(UsageError):
     """DST exists and ``force`` was not given (exit 2)."""
-
-
-class OptionError(UsageError):
-    """A keyword argument of :func:`~hfconv.conversion.convert` has a value it cannot use (exit 2).
-
-    Attributes:
-        option: the keyword argument (``max_shard_size``, ``jobs``, ``manifest``, ``force``);
-            the CLI names its flag from it. The message still names the flag, as before the
-            split, so that the CLI's output stays byte-identical until the CLI maps it.
-    """
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(message)
-        self.option = option
 
 
 _ERRNO_WORDS = {

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ..contents import FolderContents
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 from ..fsutil import open_inside
 from ..sharding import INDEX_FILE
 from ..tensor_bytes import write_all
 from ..tensors import FormatError
 from ..units import human_bytes
-from .errors import ConversionError, DestinationExistsError, OptionError, write_failure
+from .errors import ConversionError, DestinationExistsError, write_failure
 from .plan import ConversionPlan
 from .write import copy_source
 
@@ -77,11 +77,11 @@ def check_paths(src: str, dst: str, force: bool) -> tuple[str, str]:
         if not force:
             raise DestinationExistsError(f"{dst} exists; choose another DST or pass --force to replace it")
         if os.path.islink(dst_abs) or not os.path.isdir(dst_abs):
-            raise OptionError("force", f"{dst} exists and is not a folder; --force only replaces a folder")
+            raise UsageError(f"{dst} exists and is not a folder; --force only replaces a folder")
         why = _replace_refusal(dst, dst_abs)
         if why:
-            raise OptionError("force", f"--force refuses to replace {_escape_name(dst)}: {why}; remove it yourself "
-                                       "or choose another DST")
+            raise OptionError("force", f" refuses to replace {_escape_name(dst)}: {why}; remove it yourself or "
+                                       "choose another DST")
     return src_real, dst_abs
 
 
