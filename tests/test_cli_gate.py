@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from helpers import FIXTURES, ROOT, copy_fixture
 
 ENTRY = "from hfconv.cli import run; run()"

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers import ROOT, copy_fixture
 
 ENTRY = "from hfconv.cli import run; run()"

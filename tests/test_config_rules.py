@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from helpers import FIXTURES, ROOT
 
 ENTRY = "from hfconv.cli import run; run()"
@@ -228,7 +229,7 @@ def probe_config_classes() -> dict:
 
     import transformers
     from transformers import CONFIG_MAPPING
-    from transformers.configuration_utils import ALLOWED_ATTN_LAYER_TYPES, _LEGACY_LAYER_TYPE_REMAP
+    from transformers.configuration_utils import _LEGACY_LAYER_TYPE_REMAP, ALLOWED_ATTN_LAYER_TYPES
 
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from hfconv.validation import validate
+
 from helpers import FIXTURES, LAYOUTS, save_big_endian
 
 FLOAT_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e5m2, torch.float8_e4m3fn]

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from helpers import FIXTURES, ROOT, copy_fixture
 
 ENTRY = "from hfconv.cli import run; run()"

@@ -237,7 +237,7 @@ def test_index_matches_shards(name):
     assert flat == order
     sizes = [sum(t.numel() * t.element_size() for t in shard_contents[s].values()) for s in shards]
     assert all(sz <= MAX_SHARD_SIZE for sz in sizes)
-    for s, nxt, sz in zip(shards, shards[1:], sizes):
+    for nxt, sz in zip(shards[1:], sizes):
         first_next = next(k for k in order if k in shard_contents[nxt])
         t = shard_contents[nxt][first_next]
         assert sz + t.numel() * t.element_size() > MAX_SHARD_SIZE

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import copy_fixture
 from safetensors.numpy import save_file
+
+from helpers import copy_fixture
 
 
 def validate_json(folder: Path, *args: str) -> tuple[int, dict]:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import FIXTURES, copy_fixture
 
 ENTRY = "from hfconv.cli import run; run()"

@@ -665,7 +665,8 @@ def fairseq_folder(tmp_path: Path, cls: str = "XLMRobertaTokenizer", decoder: bo
         config["added_tokens_decoder"] = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
                                                    "single_word": False, "special": True} for i, t in layout.items()}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    (folder / "special_tokens_map.json").write_text(json.dumps({k: v for k, v in config.items() if k.endswith("_token")}))
+    special_tokens = {k: v for k, v in config.items() if k.endswith("_token")}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special_tokens))
     size = max(layout) + 1
     ids = {t: i for i, t in layout.items()}  # camembert-base's config says bos 5, eos 6
     for name in ("config.json", "generation_config.json"):

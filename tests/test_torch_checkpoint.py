@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from hfconv.dtypes import TORCH_DTYPE
 from hfconv.readers.torch_checkpoint import read_torch_checkpoint
 from hfconv.tensors import FormatError, WeightFile
-from helpers import mixed_state, save_big_endian
 
+from helpers import mixed_state, save_big_endian
 
 # --------------------------------------------------------------------------------------------
 # helpers

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from hfconv.cli import main
 from hfconv.validation import validate
+
 from helpers import FIXTURES, copy_fixture
 
 GOOD = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir() and p.name.startswith("llama-"))

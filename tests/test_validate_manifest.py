@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from hfconv.cli import main
 from hfconv.conversion import convert
 from hfconv.validation import validate
-from helpers import FIXTURES
 
+from helpers import FIXTURES
 
 
 @pytest.fixture()

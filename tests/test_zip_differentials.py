@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers import FIXTURES
 
 ENTRY = "from hfconv.cli import run; run()"

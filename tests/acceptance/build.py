@@ -175,5 +175,5 @@ if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "acceptance-folders")
     target.mkdir(parents=True, exist_ok=True)
     (target / "_sentinels").mkdir(exist_ok=True)
-    for name, path in build(target, target / "_sentinels").items():
+    for path in build(target, target / "_sentinels").values():
         print(path)
