@@ -109,6 +109,13 @@ def parse_expression(text: str) -> ast.expr:
     return tree.body
 
 
+def _identifier(node: ast.expr) -> str:
+    """The name a call or its field argument uses (:func:`parse_expression` allows nothing else there)."""
+    if not isinstance(node, ast.Name):
+        raise ExpressionError(f"{ast.unparse(node)!r} is not a name")
+    return node.id
+
+
 @functools.cache
 def expression_names(text: str) -> frozenset[str]:
     """Every name an expression mentions (fields, placeholders, head variables)."""
@@ -275,12 +282,12 @@ class Scope:
                     f"{lnum} {symbol} {rnum}", _merge(left.notes, right.notes), prec)
 
     def _call(self, node: ast.Call, local: Mapping[str, int]) -> Term:
-        name = node.func.id  # type: ignore[attr-defined]
+        name = _identifier(node.func)
         if name == "given":
-            field_name = node.args[0].id  # type: ignore[attr-defined]
+            field_name = _identifier(node.args[0])
             return Term(self.given(field_name), (field_name,), f"given({field_name})", str(self.given(field_name)))
         if name == "default":
-            field_name = node.args[0].id  # type: ignore[attr-defined]
+            field_name = _identifier(node.args[0])
             defaulted = field_name not in self.config and self.family.defaults.get(field_name) is not None
             if self.given(field_name) or defaulted:
                 return self.field(field_name)

@@ -72,14 +72,14 @@ def _pick_crc32() -> tuple[Callable[..., int], str]:
     if os.environ.get("HFCONV_CRC32") == "zlib":
         return zlib.crc32, "zlib"
     try:
-        from isal import isal_zlib  # type: ignore[import-not-found]
+        from isal import isal_zlib
 
         if isal_zlib.crc32(b"123456789") == 0xCBF43926:
             return isal_zlib.crc32, "isal"
     except Exception:  # noqa: BLE001 - optional; a broken install falls back
         pass
     try:
-        from zlib_ng import zlib_ng  # type: ignore[import-not-found]
+        from zlib_ng import zlib_ng
 
         if zlib_ng.crc32(b"123456789") == 0xCBF43926:
             return zlib_ng.crc32, "zlib-ng"
