@@ -387,11 +387,11 @@ def codes_option(name: str, help: str) -> Callable[[F], F]:
 
 
 DTYPE_HELP = "keep, bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float)"
-"""The names ``--dtype`` takes (the library's one list: ``canonical_dtype``)."""
+"""The names ``--dtype`` takes (the library's one list: :func:`hfconv.dtypes.canonical_dtype`)."""
 
 
 def _dtype_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
-    from ..conversion import canonical_dtype
+    from ..dtypes import canonical_dtype
     from ..errors import UsageError
 
     try:
