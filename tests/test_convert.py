@@ -515,8 +515,11 @@ def test_dst_inside_src_or_src_missing_is_usage_error(tmp_path):
         convert(src, src / "out")
     with pytest.raises(UsageError):
         convert(src, src, force=True)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="missing does not exist"):  # validation.check_folder's wording
         convert(tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        convert(tmp_path / "weights.bin", tmp_path / "out")
     (tmp_path / "a-file").write_text("")
     with pytest.raises(UsageError):
         convert(src, tmp_path / "a-file" / "out")

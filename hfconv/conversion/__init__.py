@@ -132,8 +132,10 @@ def convert(
     Raises:
         UsageError: SRC is not a folder, DST exists without ``force`` (DestinationExistsError),
             DST is inside SRC or the reverse, a component of DST's parent path is a file,
-            ``force`` on a folder convert could not have written (see ``_replace_refusal``),
-            or a bad option. DST's missing parents are created, and removed on failure.
+            ``force`` on a folder convert could not have written (see ``staging.check_paths``),
+            or a bad option (OptionError, a UsageError naming the argument: ``jobs``,
+            ``max_shard_size``, ``dtype``, ``manifest``, ``force``). DST's missing parents are
+            created, and removed on failure.
         InputRefused: SRC holds a weight file that is broken, hostile (HFC201) or missing.
         ConversionError: not enough disk space (HFC705), writing failed (HFC714: a full disk,
             an I/O error), a source file changed during the conversion (HFC715).

@@ -23,6 +23,7 @@ from ..sharding import INDEX_FILE
 from ..tensor_bytes import write_all
 from ..tensors import FormatError
 from ..units import human_bytes
+from ..validation import check_folder
 from .errors import ConversionError, DestinationExistsError, write_failure
 from .plan import ConversionPlan
 from .write import copy_source
@@ -66,8 +67,7 @@ _HFCONV_OUTPUTS = frozenset({"model.safetensors", INDEX_FILE})
 def check_paths(src: str, dst: str, force: bool) -> tuple[str, str]:
     """SRC's real path and DST's absolute path, once SRC is a folder, neither contains the
     other, and DST is absent (or, with ``force``, a folder convert could have written)."""
-    if not os.path.isdir(src):
-        raise UsageError(f"{src} is not a folder (give the model folder, not a file)")
+    check_folder(src)  # the one "is not a folder" check: says what it is instead
     src_real = os.path.realpath(src)
     dst_abs = os.path.abspath(dst)
     dst_real = os.path.realpath(dst_abs)
