@@ -162,34 +162,6 @@ print(best)
 """
 
 
-def _cpu_seconds(folders: list[Path]) -> float:
-    """CPU seconds (hfconv and every process it started) of one validate of ``folders``, the
-    better of two runs."""
-    proc = subprocess.run([sys.executable, "-c", _CPU, *map(str, folders)], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return float(proc.stdout)
-
-
-def test_chat_template_check_costs_little_cpu(tmp_path):
-    """Checking a chat template forks hfconv's own process (jinja2 already imported) instead of
-    starting a fresh Python per folder: a python start and a jinja2 import cost 60-150 ms of CPU per
-    folder, a fork and the template work ~10-30 ms."""
-    count = 8
-    with_template, without = [], []
-    for i in range(count):
-        with_template.append(copy_fixture(tmp_path / f"chat{i}", "llama-safetensors"))
-        plain = copy_fixture(tmp_path / f"plain{i}", "llama-safetensors")
-        config_path = plain / "tokenizer_config.json"
-        config = json.loads(config_path.read_text())
-        assert config.pop("chat_template")
-        config_path.write_text(json.dumps(config))
-        without.append(plain)
-    extra = (_cpu_seconds(with_template) - _cpu_seconds(without)) / count
-    # Measured on 2 busy cores: 16-42 ms with the fork, 99-150 ms with a fresh Python per folder.
-    assert extra < 0.065, f"{extra * 1000:.0f} ms of CPU per folder for its chat template"
-
-
 _TEMPLATES = {
     # template: (code expected, or None)
     "{% for m in messages %}<s>{{ m['content'] }}<unk>\n{% endfor %}": "HFC513",  # turn ends with <unk>, not eos
