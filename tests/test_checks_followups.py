@@ -147,21 +147,6 @@ def test_leftover_walk_that_stops_says_why_in_words(tmp_path):
 
 
 # --- 4. chat templates in a forked child -----------------------------------------------------------
-_CPU = r"""
-import resource, subprocess, sys
-best = None
-for _ in range(2):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-c", "from hfconv.cli import run; run()", "validate", *sys.argv[1:]],
-                          capture_output=True, text=True, timeout=120)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    best = cpu if best is None else min(best, cpu)
-print(best)
-"""
-
-
 _TEMPLATES = {
     # template: (code expected, or None)
     "{% for m in messages %}<s>{{ m['content'] }}<unk>\n{% endfor %}": "HFC513",  # turn ends with <unk>, not eos
