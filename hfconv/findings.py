@@ -130,7 +130,7 @@ register("HFC004", "warning", "second weight format",
          "clients); when they disagree the unused set is stale, a warning: clients that read the "
          "other format get a different model.",
          "Delete the stale format (usually the .bin files), or re-convert it from the one loaders use.",
-         "pytorch_model.bin sits beside model.safetensors but disagree with them (1 tensor(s) differ, "
+         "pytorch_model.bin sits beside model.safetensors but disagree with them (1 tensor differs, "
          "e.g. 'lm_head.weight' F32 [200, 32] vs F16 [200, 32]); loaders use safetensors, so the bin "
          "files are stale")
 register("HFC005", "error", "shard numbering",

@@ -10,7 +10,12 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["human_bytes", "human_count", "parse_size"]
+__all__ = ["human_bytes", "human_count", "parse_size", "plural"]
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 tensor``, ``2 tensors``, ``1,000 files`` (``many`` for irregular plurals)."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
 
 
 def human_bytes(n: float) -> str:

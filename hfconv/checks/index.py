@@ -9,6 +9,7 @@ from ..contents import MAX_INDEX_SHARDS, MAX_WEIGHT_FILES, FolderContents, Index
 from ..dtypes import SAFETENSORS_BITS
 from ..findings import Finding, Severity, finding, register
 from ..tensors import WeightFile
+from ..units import plural
 from .layout import MAX_FINDINGS_PER_CODE, Uncounted, capped, some
 
 register("HFC311", "error", "index names too many shards",
@@ -59,14 +60,15 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
     shard_names = [s for s in index.shard_names if s not in contents.unsafe_names]
     existing = [s for s in shard_names if folder.has(s)]
     if shard_names and not existing:
-        yield finding("HFC003", f"{index.name} names {len(shard_names):,} shard file(s) but none of them exists",
+        yield finding("HFC003", f"{index.name} names {plural(len(shard_names), 'shard file')} but none of them exists",
                       file=index.name)
     else:
         tensors_per_shard = Counter(index.weight_map.values())
         for shard in shard_names:
             if not folder.has(shard):
                 count = tensors_per_shard[shard]
-                yield finding("HFC304", f"{shard} is named by {index.name} for {count} tensor(s) but is missing",
+                yield finding("HFC304",
+                              f"{shard} is named by {index.name} for {plural(count, 'tensor')} but is missing",
                               file=shard)
 
     readable: dict[str, WeightFile] = {s: contents.weights[s] for s in existing if s in contents.weights}

@@ -18,6 +18,7 @@ from ..fsutil import link_problem, open_regular
 from ..readers import LFS_POINTER_PREFIX
 from ..readers.torch_checkpoint import ALLOWED_GLOBALS, ScanResult, pickle_scan
 from ..tensors import FormatError
+from ..units import plural
 
 _JSON_LEFTOVERS = frozenset({"trainer_state.json"})
 
@@ -433,10 +434,11 @@ def _disagreement(contents: FolderContents, chosen: WeightSet, other: WeightSet)
     differ = sorted(name for name in ours.keys() & theirs.keys() if ours[name] != theirs[name])
     parts = []
     if only:
-        parts.append(f"{len(only)} tensor(s) in one only, e.g. {only[0]!r}")
+        parts.append(f"{plural(len(only), 'tensor')} in one only, e.g. {only[0]!r}")
     if differ:
         (dtype, shape), (other_dtype, other_shape) = ours[differ[0]], theirs[differ[0]]
-        parts.append(f"{len(differ)} tensor(s) differ, e.g. {differ[0]!r} {dtype} {list(shape)} vs "
+        verb = "differs" if len(differ) == 1 else "differ"
+        parts.append(f"{plural(len(differ), 'tensor')} {verb}, e.g. {differ[0]!r} {dtype} {list(shape)} vs "
                      f"{other_dtype} {list(other_shape)}")
     return "; ".join(parts) or None
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..findings import Finding
 from ..sharding import INDEX_FILE
+from ..units import plural
 
 __all__ = ["ProgressCallback", "ShardInfo", "ValidationSummary", "ConversionResult", "plural", "errors_phrase"]
 
@@ -14,11 +15,6 @@ __all__ = ["ProgressCallback", "ShardInfo", "ValidationSummary", "ConversionResu
 ProgressCallback = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)``: total_bytes is the model's tensor bytes; done_bytes
 counts each one half written, half verified (all of it when written, with ``verify`` off)."""
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 tensor``, ``2 tensors`` (``many`` for irregular plurals)."""
-    return f"{count:,} {word if count == 1 else (many or word + 's')}"
 
 
 def errors_phrase(count: int) -> str:

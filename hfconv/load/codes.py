@@ -62,7 +62,7 @@ register("HFC737", "warning", "tied tensors split",
 register("HFC738", "warning", "device map key unused",
          "A key of the device map matches no tensor of the folder: a typo, or a module without "
          "weights. The map may not place what its author intended.",
-         "Check the key against the tensor names (hfconv inspect lists them).",
+         "Check the key against the tensor names (hfconv inspect --tensors lists them).",
          "device map key 'model.layer.0' matches no tensor")
 register("HFC739", "warning", "tensors left on meta",
          "The device map puts tensors on the meta device: they have no data and are not loaded; the "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..findings import REGISTRY, Finding, Severity
 from ..report import Report
-from ..units import human_bytes, human_count
+from ..units import human_bytes, human_count, plural
 from .common import escape_text, package_version
 from .text import group_findings
 
@@ -333,7 +333,7 @@ def _validate_section(report: Report, anchor: str) -> Section:
         *_sizes(report.summary.tensors, report.summary.parameters, report.summary.bytes),
     ]
     if report.manifest_matched is not None:
-        summary.append(("manifest", f"{report.manifest_matched:,} tensor(s) match the manifest"))
+        summary.append(("manifest", f"{plural(report.manifest_matched, 'tensor')} match the manifest"))
     return Section(
         heading=report.path, anchor=anchor,
         verdict=Verdict(report.ok, "OK" if report.ok else "FAILED", detail),

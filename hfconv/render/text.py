@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..findings import REGISTRY, Finding, Severity
 from ..report import Report
-from ..units import human_bytes, human_count
+from ..units import human_bytes, human_count, plural
 from .common import escape_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,8 +123,9 @@ def _render_one_text(report: Report, colour: bool) -> str:
         lines.append("  weights: none")
     else:
         lines.append(
-            f"  weights: {escape_text(layout.describe())}, {len(layout.shards)} file(s); "
-            f"{summary.tensors} tensors, {human_count(summary.parameters)} parameters, {human_bytes(summary.bytes)}"
+            f"  weights: {escape_text(layout.describe())}, {plural(len(layout.shards), 'file')}; "
+            f"{plural(summary.tensors, 'tensor')}, {human_count(summary.parameters)} parameters, "
+            f"{human_bytes(summary.bytes)}"
         )
     lines.extend(finding_lines(report.findings, colour))
     if report.manifest_matched is not None:
