@@ -80,6 +80,12 @@ def test_listing_cap_that_hides_files_is_an_error(tmp_path: Path) -> None:
     message = capped[0]["message"]
     assert "MAX_LISTED_FILES" in message and f"{MAX_LISTED_FILES:,}" in message and "a_logs/" in message
     assert elapsed < WALL_LIMIT, elapsed
+    # convert would copy only what was listed: it refuses instead of writing an incomplete DST.
+    dst = tmp_path / "dst"
+    converted = subprocess.run([sys.executable, "-c", "from hfconv.cli import run; run()", "convert", str(folder),
+                                str(dst), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert converted.returncode == 1 and "HFC704" in converted.stderr and "HFC015" in converted.stderr
+    assert "Traceback" not in converted.stderr and not dst.exists()
 
 
 def test_listing_reaches_files_below_the_filler_within_the_cap(tmp_path: Path) -> None:

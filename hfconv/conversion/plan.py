@@ -211,6 +211,10 @@ def _check_sources(contents: FolderContents, weight_set: WeightSet | None) -> li
     folder = contents.folder
     if weight_set is None:
         raise _refuse("no weight files found (expected model.safetensors, pytorch_model.bin or shards)")
+    if folder.truncated_listing or folder.too_deep:
+        # A listing cap hid files: DST would silently lack them (and they were never checked).
+        raise _refuse("SRC holds more files, or deeper folders, than hfconv lists (HFC015/HFC016): the files past "
+                      "the cap were neither checked nor would be copied")
     for name, index in contents.unsafe_names.items():
         if index == weight_set.index:
             raise _refuse(f"{index} names shard {name!r}, which is not a plain file name inside the folder")
