@@ -1124,7 +1124,13 @@ class _Interpreter:
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> tuple[object, int]:
-        """Interpret from byte 0 to STOP; return (value, offset just after STOP)."""
+        """Interpret from byte 0 to STOP; return (value, offset just after STOP).
+
+        One long function on purpose: this is the per-opcode dispatch loop of every .bin
+        hfconv reads, and its state (stack, marks, memo, counters, caps) lives in locals
+        because a method call or attribute lookup per opcode costs about as much as the
+        opcode itself. Split into helpers it would be markedly slower on large checkpoints.
+        """
         buf = self.buf
         n = len(buf)
         stack: list = []
