@@ -148,7 +148,7 @@ def test_balanced_without_gpu_uses_the_cpu_and_never_offloads() -> None:
     assert plan_device_map(llama(), caps(cpu=GiB), "balanced").devices == ("cpu",)
     with pytest.raises(PlanError) as err:
         plan_device_map(llama(), caps(200, 200, cpu=GiB), "balanced")
-    assert err.value.code == "HFC733" and "--device-map auto" in err.value.message
+    assert err.value.code == "HFC733" and "device_map='auto'" in err.value.message
 
 
 def test_auto_offloads_to_cpu_then_disk_keeping_room_for_the_largest_block() -> None:

@@ -340,7 +340,7 @@ def test_limits_that_cannot_be_met(tmp_path: Path) -> None:
     missing = load_test(FIXTURES / "llama-bin", max_memory={"cuda:99": "1GB"})
     assert missing.codes() == ["HFC732"] and "cuda:99" in missing.findings[0].message
     balanced = load_test(FIXTURES / "llama-bin", device_map="balanced", max_memory=cpu_only(cpu="100KB"))
-    assert balanced.codes() == ["HFC733"] and "--device-map auto" in balanced.findings[0].message
+    assert balanced.codes() == ["HFC733"] and "device_map='auto'" in balanced.findings[0].message
 
 
 def test_offloaded_blocks_the_cpu_cannot_run_are_refused_before_reading(monkeypatch) -> None:

@@ -12,23 +12,27 @@ and the error map: the library's exceptions turned into a message and an exit co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..discovery import resolve_model_path
 
+if TYPE_CHECKING:
+    from ..findings import Finding
+
 __all__ = ["CONTEXT_SETTINGS", "DTYPE_HELP", "ERROR_MAP", "EXIT_FOR_SIGNAL", "INSTALL_HINT", "ProgressLines",
-           "check_output", "check_size", "checked_codes", "codes_option", "describe_error", "describe_kind",
-           "dtype_option", "emit", "format_option", "known_codes", "on_signal", "os_error_line", "output_option",
-           "progress_bar", "received_signals", "require_modules", "resolve_folder", "split_codes", "tqdm_bar",
-           "usage_errors", "write_file"]
+           "FLAG_PHRASES", "check_output", "check_size", "checked_codes", "codes_option", "describe_error",
+           "describe_kind", "dtype_option", "emit", "flag_findings", "flag_wording", "format_option", "known_codes",
+           "on_signal", "os_error_line", "output_option", "progress_bar", "received_signals", "require_modules",
+           "resolve_folder", "split_codes", "tqdm_bar", "usage_errors", "write_file"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +51,50 @@ def usage_errors() -> Iterator[None]:
     except OptionError as exc:  # the library names its argument; the CLI, its flag
         raise click.UsageError(f"--{exc.option.replace('_', '-')}{exc.detail}") from None
     except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(flag_wording(str(exc))) from None
+
+
+# --- library wording -> CLI wording: the library names its keyword arguments, the CLI its flags --
+
+FLAG_PHRASES: tuple[tuple[str | None, str, str, str], ...] = (
+    # (finding code, or None for a UsageError; "start" / "end" of the message; library; CLI)
+    (None, "start", "the folder of manifest ", "the folder of --manifest "),
+    (None, "end", "; choose another DST or pass force=True to replace it",
+     "; choose another DST or pass --force to replace it"),
+    (None, "end", "; force=True only replaces a folder", "; --force only replaces a folder"),
+    ("HFC713", "end", "; fix the source, or pass allow_invalid_output=True to write it anyway",
+     "; fix the source, or pass --allow-invalid-output to write it anyway"),
+    ("HFC716", "end", " (written anyway: allow_invalid_output=True)", " (written anyway: --allow-invalid-output)"),
+    ("HFC704", "end", "; use a smaller max_shard_size", "; use a smaller --max-shard-size"),
+    ("HFC733", "end", "; raise its max_memory", "; raise its --max-memory"),
+    ("HFC733", "end", "; use device_map='auto' to offload to cpu and disk, or raise max_memory",
+     "; use --device-map auto to offload to cpu and disk, or raise --max-memory"),
+    ("HFC733", "end", "; raise max_memory or allow disk", "; raise --max-memory or allow disk"),
+    ("HFC732", "start", "max_memory names ", "--max-memory names "),
+    ("HFC740", "start", "forward=True skipped: ", "--forward skipped: "),
+    ("HFC744", "end", "; strict=True refuses them", "; --strict refuses them"),
+)
+"""The library phrases that name a keyword argument (``force=True``) and their CLI wording
+(``--force``). Only these exact phrases, only at their place (the start or the end of a message
+of that code), are rewritten: a name from the folder is never touched."""
+
+
+def flag_wording(message: str, code: str | None = None) -> str:
+    """``message`` (of finding ``code``; None: a UsageError) with its library phrase in CLI wording."""
+    for phrase_code, place, library, cli in FLAG_PHRASES:
+        if phrase_code != code:
+            continue
+        if place == "start" and message.startswith(library):
+            return cli + message[len(library):]
+        if place == "end" and message.endswith(library):
+            return message[:-len(library)] + cli
+    return message
+
+
+def flag_findings(findings: Sequence[Finding]) -> tuple[Finding, ...]:
+    """``findings`` with their messages in CLI wording (:func:`flag_wording`)."""
+    return tuple(dataclasses.replace(f, message=worded) if (worded := flag_wording(f.message, f.code)) != f.message
+                 else f for f in findings)
 
 
 def split_codes(values: tuple[str, ...]) -> list[str]:

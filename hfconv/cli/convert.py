@@ -8,6 +8,8 @@ conversion library itself is imported only when the command runs.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
@@ -21,6 +23,8 @@ from ._common import (
     check_size,
     dtype_option,
     emit,
+    flag_findings,
+    flag_wording,
     format_option,
     on_signal,
     output_option,
@@ -145,6 +149,7 @@ def _succeed(src: str, dst: str, result: ConversionResult, fmt: str, output: str
     from ..render import escape_text
 
     renderers = {"text": reports.render_text, "json": reports.render_json, "html": reports.render_html}
+    result = dataclasses.replace(result, findings=flag_findings(result.findings))  # the CLI names its flags
     emit(renderers[fmt](result), output)
     if not result.ok and (output or fmt != "text"):  # the verdict where the user looks
         click.echo(f"convert {escape_text(src)} -> {escape_text(dst)}: output INVALID (written anyway: "
@@ -157,6 +162,7 @@ def _fail(src: str, dst: str, error: ConversionError, fmt: str, output: str | No
 
     error_renderers = {"text": reports.render_error_text, "json": reports.render_error_json,
                        "html": reports.render_error_html}
+    error = _flag_error(error)
     text = error_renderers[fmt](src, dst, error)
     if output or fmt != "text":
         emit(text, output)
@@ -165,3 +171,11 @@ def _fail(src: str, dst: str, error: ConversionError, fmt: str, output: str | No
     elif output is None:  # the report is on stdout: one line on stderr too
         click.echo(reports.render_error_text(src, dst, error).splitlines()[0], err=True)
     sys.exit(1)
+
+
+def _flag_error(error: ConversionError) -> ConversionError:
+    """``error`` with its message and findings in CLI wording (the library names its keywords)."""
+    worded = copy.copy(error)
+    worded.message = flag_wording(error.message, error.code)
+    worded.findings = flag_findings(error.findings)
+    return worded

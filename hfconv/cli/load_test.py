@@ -7,6 +7,7 @@ loading library itself is imported only when the command runs.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -20,6 +21,7 @@ from ._common import (
     codes_option,
     dtype_option,
     emit,
+    flag_findings,
     format_option,
     output_option,
     require_modules,
@@ -173,7 +175,9 @@ def load_test_command(path: str, device_map: str, max_memory: dict[str, str], of
                                    strict=strict)
     finally:
         progress.close()
-    # 3. Write the report; the verdict on stderr when it is not on the terminal; exit.
+    # 3. Write the report (the findings name the CLI's flags); the verdict on stderr when it is not on
+    #    the terminal; exit.
+    result = dataclasses.replace(result, findings=flag_findings(result.findings))
     if fmt == "html":
         from ..render.html import render_load_html
 

@@ -231,7 +231,7 @@ def _paths(src: str | os.PathLike[str], dst: str | os.PathLike[str], manifest: s
         if manifest_path is not None and manifest_path.startswith(dst_abs + os.sep) else None
     if manifest_path is not None and manifest_rel is None and not os.path.isdir(os.path.dirname(manifest_path)) \
             and os.path.dirname(manifest_path) not in new_parents:
-        raise UsageError(f"the folder of --manifest {manifest} does not exist")
+        raise UsageError(f"the folder of manifest {manifest} does not exist")
     return _Paths(src_s, dst_s, dst_abs, os.path.dirname(dst_abs), new_parents, manifest_path, manifest_rel,
                   None if manifest is None else os.fspath(manifest))
 
@@ -317,7 +317,7 @@ def _result(paths: _Paths, plan: ConversionPlan, outcomes: list[ShardOutcome], c
     invalid = summary is not None and not summary.valid
     written_anyway = (finding("HFC716", f"output INVALID: {paths.dst} fails validation with "
                                         f"{errors_phrase(summary.errors)} (written anyway: "
-                                        "--allow-invalid-output)"),) if summary is not None and invalid else ()
+                                        "allow_invalid_output=True)"),) if summary is not None and invalid else ()
     return ConversionResult(
         src=paths.src,
         dst=paths.dst,

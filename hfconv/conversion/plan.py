@@ -365,7 +365,7 @@ def _plan_shards(planned: list[PlannedTensor], weight_set: WeightSet, max_shard_
         shards.append(ShardPlan(name, tensors, metadata, data_phase(tensors)))
     for shard in shards:
         if len(shard.header) - 8 > MAX_HEADER_BYTES:
-            raise _refuse(f"{shard.name} would need a header over 100 MB; use a smaller --max-shard-size")
+            raise _refuse(f"{shard.name} would need a header over 100 MB; use a smaller max_shard_size")
     return shards
 
 

@@ -75,9 +75,9 @@ def check_paths(src: str, dst: str, force: bool) -> tuple[str, str]:
         raise UsageError(f"DST {dst} must be outside SRC {src} (and must not contain it)")
     if os.path.lexists(dst_abs):
         if not force:
-            raise DestinationExistsError(f"{dst} exists; choose another DST or pass --force to replace it")
+            raise DestinationExistsError(f"{dst} exists; choose another DST or pass force=True to replace it")
         if os.path.islink(dst_abs) or not os.path.isdir(dst_abs):
-            raise UsageError(f"{dst} exists and is not a folder; --force only replaces a folder")
+            raise UsageError(f"{dst} exists and is not a folder; force=True only replaces a folder")
         why = _replace_refusal(dst, dst_abs)
         if why:
             raise OptionError("force", f" refuses to replace {_escape_name(dst)}: {why}; remove it yourself or "

@@ -238,7 +238,7 @@ def validate_output(tmp: str, source_findings: list[Finding], allow_invalid: boo
             message = f"the output would fail validation: {first.code} {where}{first.message}"
             raise VerificationError("HFC706", message, (head, *errors))
         message = (f"the output would fail validation with {errors_phrase(inherited)} already in the source (first: "
-                   f"{first.code} {where}{first.message}); fix the source, or pass --allow-invalid-output to "
+                   f"{first.code} {where}{first.message}); fix the source, or pass allow_invalid_output=True to "
                    "write it anyway")
         raise VerificationError("HFC713", message, (finding("HFC713", message), *errors))
     return ValidationSummary(errors=len(errors), warnings=report.warnings, inherited_errors=inherited,

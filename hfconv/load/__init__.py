@@ -232,7 +232,7 @@ def _plan(torch: Any, folder: FolderBytes, options: _Options, offload_root: str,
     for device in options.limits:
         if device not in caps:
             have = ", ".join(sorted(caps, key=device_sort_key))
-            raise Refused([finding("HFC732", f"--max-memory names {device}, which this machine does not have "
+            raise Refused([finding("HFC732", f"max_memory names {device}, which this machine does not have "
                                    f"(devices: {have})")], validated.layout)
     # 3b. The plan, or the map checked against the tensors and the devices.
     items = [(loc.name, loc.out_nbytes) for loc in folder.located]
@@ -336,7 +336,7 @@ def _forward_step(root: Path, validated: Validated, plan: DevicePlan, options: _
     tick = time.perf_counter()
     forward_result = None
     if any(f.severity is Severity.ERROR for f in findings):
-        findings.append(finding("HFC740", "--forward skipped: the weights did not load cleanly (see the errors)"))
+        findings.append(finding("HFC740", "forward=True skipped: the weights did not load cleanly (see the errors)"))
     else:
         options.gate.phase("forward pass")
         forward_result, notes = run_forward(root, validated.contents.config or {}, plan, options.dtype, offload_root)

@@ -532,7 +532,7 @@ def _check_runnable(units: list[Unit], placed: Mapping[str, str], caps: Mapping[
     if room is not None and largest.nbytes > room:
         raise PlanError(EXCEEDS_MEMORY, f"{largest.name} ({_fmt(largest.nbytes)}) is offloaded to "
                         f"{placed[largest.name]} and must be brought back to {runner} to run, but {runner} can hold "
-                        f"{_fmt(room)}; raise its --max-memory", tensor=largest.name, device=runner)
+                        f"{_fmt(room)}; raise its max_memory", tensor=largest.name, device=runner)
 
 
 def _needed_reserves(placed: Mapping[str, str], gpus: list[str], caps: Mapping[str, int | None]) -> set[str]:
@@ -558,9 +558,9 @@ def _does_not_fit(units: list[Unit], devices: list[str], caps: Mapping[str, int 
         return PlanError(EXCEEDS_MEMORY, message, tensor=largest.name)
     message = f"the model needs {_fmt(total)} and does not fit with device map {what} (limits: {limits})"
     if what.startswith("balanced"):
-        message += "; use --device-map auto to offload to cpu and disk, or raise --max-memory"
+        message += "; use device_map='auto' to offload to cpu and disk, or raise max_memory"
     elif "disk" not in devices:
-        message += "; raise --max-memory or allow disk"
+        message += "; raise max_memory or allow disk"
     return PlanError(EXCEEDS_MEMORY, message)
 
 

@@ -36,7 +36,7 @@ def run_forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: 
         import transformers
     except ImportError as exc:
         missing = getattr(exc, "name", None) or "transformers"
-        return None, [finding("HFC740", f"--forward skipped: {missing} is not installed "
+        return None, [finding("HFC740", f"forward=True skipped: {missing} is not installed "
                               "(pip install 'hfconv[transformers]'); the weights were loaded and verified")]
     import torch
 
@@ -91,7 +91,7 @@ def _unknown_model_type(config: Mapping[str, Any]) -> Finding | None:
         return None
     why = (f"model_type {model_type!r} is not built into transformers" if isinstance(model_type, str)
            else "config.json has no model_type")
-    return finding("HFC740", f"--forward skipped: {why} and hfconv never runs a folder's own code")
+    return finding("HFC740", f"forward=True skipped: {why} and hfconv never runs a folder's own code")
 
 
 def _output_tensor(output: Any) -> tuple[Any, str]:

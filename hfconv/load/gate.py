@@ -90,7 +90,7 @@ def validate_for_loading(root: Path, gate: Gate, phases: dict[str, float]) -> Va
         noun = "error that does" if len(errors) == 1 else "errors that do"
         passed.append(finding("HFC744", f"loaded despite {len(errors)} validation {noun} not affect loading "
                               f"({'; '.join(_quoted(f) for f in errors[:3])}{'; ...' if len(errors) > 3 else ''}); "
-                              "--strict refuses them"))
+                              "strict=True refuses them"))
     return Validated(contents, report.layout, passed)
 
 
