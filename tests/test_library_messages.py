@@ -162,3 +162,18 @@ def test_forward_skipped(tmp_path: Path) -> None:
     run = hfconv("load-test", str(folder), "--forward", "--format", "json", cwd=tmp_path)
     skipped = [f["message"] for f in json.loads(run.stdout)["findings"] if f["code"] == "HFC740"]
     assert skipped and skipped[0].startswith("--forward skipped: "), run.stdout
+
+
+# --- the CLI's map: only the exact library phrase, at its place, of its code ----------------------
+
+def test_flag_wording_touches_only_the_library_phrase() -> None:
+    """The plan's header refusal (HFC704, a >100 MB header: too slow to build in a test) is mapped
+    by the same table; a name from the folder that looks like a phrase is never rewritten."""
+    from hfconv.cli._common import flag_wording
+
+    refusal = "model.safetensors would need a header over 100 MB; use a smaller max_shard_size"
+    assert flag_wording(refusal, "HFC704").endswith("; use a smaller --max-shard-size")
+    assert flag_wording(refusal, "HFC713") == refusal  # another code: untouched
+    named = "tensor 'x; use a smaller max_shard_size' is bad (HFC704)"
+    assert flag_wording(named, "HFC704") == named  # the phrase mid-message comes from the folder
+    assert flag_wording("max_memory names cuda:9 ...", "HFC732").startswith("--max-memory names cuda:9")
