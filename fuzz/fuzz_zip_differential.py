@@ -51,9 +51,11 @@ except ImportError:  # the plain loop needs no atheris
 if atheris is not None:
     with atheris.instrument_imports(include=["hfconv"]):
         from hfconv.readers import torch_checkpoint as tc
+        from hfconv.readers import torch_zip as tz
         from hfconv.tensors import FormatError
 else:
     from hfconv.readers import torch_checkpoint as tc
+    from hfconv.readers import torch_zip as tz
     from hfconv.tensors import FormatError
 
 import torch  # noqa: E402 - after the instrumented imports
@@ -130,11 +132,11 @@ def _check_scan(path: str, data: bytes) -> None:
         return
     try:
         with open(path, "rb") as f:
-            entries = tc._zip_entries(f, len(data))
-            pickles = [e for e in entries if tc._fold(e.name).endswith("/data.pkl")]
+            entries = tz.zip_entries(f, len(data))
+            pickles = [e for e in entries if tz.fold(e.name).endswith("/data.pkl")]
             if len(pickles) != 1:
                 return
-            ours = tc._zip_member_bytes(f, pickles[0], tc.MAX_SCAN_BYTES)
+            ours = tz.zip_member_bytes(f, pickles[0], tc.MAX_SCAN_BYTES)
     except (FormatError, OSError):
         return  # refused: nothing scanned, nothing to differ
     try:

@@ -25,10 +25,6 @@ ALLOWED_CYCLE_EDGES: dict[tuple[str, str], str] = {
 # Imports of another module's private name that remain today, in files being restructured
 # elsewhere: (importer, imported module, name) -> why it is still there. A new one fails.
 ALLOWED_PRIVATE_IMPORTS: dict[tuple[str, str, str], str] = {
-    # readers/__init__.py's sniffer names what a non-weight file holds with torch_checkpoint's helper;
-    # torch_checkpoint.py is being split by helper E (issue 11): make it public there.
-    ("hfconv.readers", "hfconv.readers.torch_checkpoint", "_describe_content"):
-        "readers/torch_checkpoint.py (helper E) owns _describe_content",
 }
 
 

@@ -30,7 +30,7 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
         head = handle.read(1024)
     if head.startswith(LFS_POINTER_PREFIX):
         raise FormatError("HFC010", "is a git-lfs pointer, not the weights (LFS object not pulled)")
-    from .torch_checkpoint import _describe_content, read_torch_checkpoint
+    from .torch_checkpoint import describe_content, read_torch_checkpoint
 
     if not os.fspath(path).endswith(".safetensors"):
         # The torch reader sniffs the content itself (and names a misnamed safetensors file).
@@ -55,7 +55,7 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
         return read_safetensors(path)
     except FormatError as err:
         if err.code in ("HFC101", "HFC102", "HFC104") and size:
-            what = _describe_content(head, size)
+            what = describe_content(head, size)
             if not what.startswith(("unrecognised", "a safetensors")):
                 raise FormatError("HFC202", f"is {what}, not a safetensors file ({err.message})") from None
         raise

@@ -5,7 +5,7 @@ from the hub is untrusted, so this module never imports torch and never uses
 ``pickle.Unpickler``. Instead it
 
 * sniffs the content (zip, legacy pickle stream, tar, git-lfs pointer, HTML, ...),
-* parses the zip container's central directory and local headers itself (metadata only;
+* parses the zip container's central directory and local headers itself (:mod:`.torch_zip`; metadata only;
   storages are never read or decompressed), finding the end record exactly as torch's reader
   (miniz) does and refusing a file any other reader could read as another archive (HFC213:
   trailing data, zip records in the comment, bytes no entry covers),
@@ -36,15 +36,21 @@ import os
 import pickletools
 import re
 import struct
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..dtypes import STORAGE_CLASS_DTYPE, TORCH_DTYPE, itemsize
 from ..fsutil import open_regular
 from ..tensors import FormatError, ReaderNote, StorageMeta, TensorMeta, WeightFile
 from .pickle_vm import COMPUTED_GLOBAL, MAX_WALK_BYTES, MAX_WALK_OPCODES, ScanResult, scan_pickle
+from .torch_zip import (
+    ZipEntry,
+    fold,
+    method_name,
+    read_at,
+    zip_entries,
+    zip_member_bytes,
+)
 
 __all__ = ["read_torch_checkpoint", "sniff_checkpoint", "pickle_globals", "pickle_scan", "ALLOWED_GLOBALS",
            "SUPPORTED_OPCODES"]
@@ -73,18 +79,11 @@ MAX_GLOBAL_LINE = 256
 MAX_TENSORS = 1_000_000
 MAX_NDIM = 64
 MAX_DIM_VALUE = (1 << 62)
-MAX_ZIP_ENTRIES = 2_000_000
-MAX_CENTRAL_DIRECTORY_BYTES = 512 << 20
 MAX_SMALL_RECORD = 4096
 """byteorder and friends are a few bytes; anything bigger is not what torch wrote."""
 MAX_VIEW_EXPANSION_BYTES = 256 << 20
 """A view may read more logical bytes than its storage holds (stride 0, overlapping strides),
 but not more than this many, or a 24-byte storage could claim terabytes."""
-MAX_INFLATE_RATIO = 100
-"""A DEFLATE member (only small records and data.pkl are ever inflated) may not declare more
-than this many times its compressed size beyond ``INFLATE_RATIO_FLOOR``: a zip bomb is refused
-from its directory entry, before a byte is inflated. torch.save never compresses anything."""
-INFLATE_RATIO_FLOOR = 1 << 20
 MAX_SCAN_BYTES = MAX_WALK_BYTES
 """How much of a pickle the forbidden-global walk (:mod:`.pickle_vm`) looks at."""
 MAX_SCAN_OPCODES = MAX_WALK_OPCODES
@@ -137,7 +136,6 @@ _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 _F64_BE = struct.Struct(">d")
-_CD_ENTRY = struct.Struct("<4sHHHHHHIIIHHHHHII")  # 46-byte central directory entry
 
 
 # =============================================================================================
@@ -166,7 +164,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> WeightFile:
     """
     with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
-        head = _read_at(f, 0, min(size, 1024))
+        head = read_at(f, 0, min(size, 1024))
         try:
             kind = sniff_checkpoint(head, size)
         except FormatError as err:
@@ -183,7 +181,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> WeightFile:
             return _read_legacy(f, str(path), size)
         # sniff_checkpoint only returns "zip" / "legacy" or raises; "pickle" means an
         # unknown-protocol pickle that still deserves a forbidden-global scan.
-        _refuse_plain_pickle(_read_at(f, 0, min(size, MAX_SCAN_BYTES)))
+        _refuse_plain_pickle(read_at(f, 0, min(size, MAX_SCAN_BYTES)))
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -219,9 +217,9 @@ def pickle_scan(path: str | os.PathLike) -> ScanResult | None:
     try:
         with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
-            head = _read_at(f, 0, min(size, 4))
+            head = read_at(f, 0, min(size, 4))
             if head.startswith(b"PK"):
-                pickles = [e for e in _zip_entries(f, size) if _fold(e.name).endswith("/data.pkl")]
+                pickles = [e for e in zip_entries(f, size) if fold(e.name).endswith("/data.pkl")]
                 if len(pickles) > 1:
                     return None
                 if not pickles:
@@ -230,10 +228,10 @@ def pickle_scan(path: str | os.PathLike) -> ScanResult | None:
                 if entry.size > MAX_SCAN_BYTES:
                     return ScanResult(problem=f"data.pkl is {entry.size} bytes, over hfconv's limit of "
                                               f"{MAX_SCAN_BYTES}", cap=f"{MAX_SCAN_BYTES} bytes")
-                return scan_pickle(_zip_member_bytes(f, entry, MAX_SCAN_BYTES))
+                return scan_pickle(zip_member_bytes(f, entry, MAX_SCAN_BYTES))
             if size == 0:
                 return ScanResult()
-            scan = scan_pickle(_read_at(f, 0, min(size, MAX_SCAN_BYTES + 1)), multi=True)
+            scan = scan_pickle(read_at(f, 0, min(size, MAX_SCAN_BYTES + 1)), multi=True)
             if scan.pickles == 0 and not scan.globals and scan.cap is None and not _starts_like_pickle(head):
                 return ScanResult()  # not a pickle: torch.load fails on its first byte
             return scan
@@ -277,14 +275,14 @@ def sniff_checkpoint(head: bytes, size: int) -> str:
                                     "re-save it with a current torch.save")
     if head[:1] == b"\x80" and len(head) > 1 and head[1] in (0, 1, 3, 4, 5):
         return "pickle"
-    raise FormatError("HFC202", f"is {_describe_content(head, size)}, not a torch checkpoint")
+    raise FormatError("HFC202", f"is {describe_content(head, size)}, not a torch checkpoint")
 
 
 # =============================================================================================
 # content sniffing
 # =============================================================================================
 
-def _describe_content(head: bytes, size: int) -> str:
+def describe_content(head: bytes, size: int) -> str:
     """A few words on what a non-checkpoint file looks like, for the HFC202 message."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "a PNG image"
@@ -403,9 +401,9 @@ def _refuse_text_pickle(f: BinaryIO, size: int, err: FormatError) -> None:
     walk to STOP passes, is HFC201. A plain text file fails the walk within a few bytes, before
     any call: it stays HFC202. The first MiB is walked first; more is read only when the walk
     runs through all of it."""
-    scan = scan_pickle(_read_at(f, 0, min(size, 1 << 20)), multi=True)
+    scan = scan_pickle(read_at(f, 0, min(size, 1 << 20)), multi=True)
     if scan.truncated and size > 1 << 20:
-        scan = scan_pickle(_read_at(f, 0, min(size, MAX_SCAN_BYTES + 1)), multi=True)
+        scan = scan_pickle(read_at(f, 0, min(size, MAX_SCAN_BYTES + 1)), multi=True)
     bad = _forbidden(scan.globals)
     if bad and (scan.calls or scan.pickles or scan.cap):
         raise _forbidden_error(bad, "pickle")
@@ -413,44 +411,13 @@ def _refuse_text_pickle(f: BinaryIO, size: int, err: FormatError) -> None:
         raise FormatError("HFC203", f"{err.message}; yet it walks as a pickle up to hfconv's limit of {scan.cap} "
                                     "without ending: do not torch.load it")
 
-
-# =============================================================================================
-# file helpers
-# =============================================================================================
-
-def _read_at(f: BinaryIO, offset: int, n: int) -> bytes:
-    """Read up to ``n`` bytes at ``offset`` (the caller checked ``n`` against its limits)."""
-    f.seek(offset)
-    return f.read(n)
-
-
-def _read_exact(f: BinaryIO, offset: int, n: int, code: str, what: str) -> bytes:
-    data = _read_at(f, offset, n)
-    if len(data) != n:
-        raise FormatError(code, f"file ends inside {what} (truncated download?)")
-    return data
-
-
 # =============================================================================================
 # zip container
 # =============================================================================================
 
-@dataclass(frozen=True)
-class _ZipEntry:
-    """One central-directory entry, checked against its local header."""
-
-    name: str
-    method: int
-    flags: int
-    crc: int
-    compressed_size: int
-    size: int
-    header_offset: int
-    data_offset: int
-
 
 def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
-    entries = _zip_entries(f, file_size)
+    entries = zip_entries(f, file_size)
     if not entries:
         raise FormatError("HFC202", "is an empty zip archive, not a torch checkpoint")
     first = entries[0].name
@@ -463,17 +430,17 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
             raise FormatError("HFC204", f"zip entry '{e.name}' is outside the archive folder '{prefix}/'; "
                                         "torch.load refuses the file")
     # torch (miniz) looks records up case-insensitively (ASCII), so this reader does too;
-    # _zip_entries already refused names that collide under that folding.
-    folded = {_fold(e.name): e for e in entries}
+    # zip_entries already refused names that collide under that folding.
+    folded = {fold(e.name): e for e in entries}
 
-    def record(name: str) -> _ZipEntry | None:
-        return folded.get(_fold(f"{prefix}/{name}"))
+    def record(name: str) -> ZipEntry | None:
+        return folded.get(fold(f"{prefix}/{name}"))
 
     # torch.load hands any archive with constants.pkl to torch.jit.load: it is TorchScript.
     if record("constants.pkl") is not None:
         raise FormatError("HFC210", "is a TorchScript archive (torch.jit.save), not a state dict; "
                                     "save model.state_dict() with torch.save instead")
-    has_code = any(_fold(e.name).startswith(_fold(f"{prefix}/code/")) for e in entries)
+    has_code = any(fold(e.name).startswith(fold(f"{prefix}/code/")) for e in entries)
     pkl = record("data.pkl")
     if pkl is None:
         if has_code:
@@ -485,18 +452,18 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
     if alignment is not None:
         # torch.load parses it with int() before loading anything
         try:
-            int(_zip_member_bytes(f, alignment, MAX_SMALL_RECORD))
+            int(zip_member_bytes(f, alignment, MAX_SMALL_RECORD))
         except ValueError:
             raise FormatError("HFC204", ".storage_alignment record is not a number; torch.load fails on it") from None
     serialization_id = record(".data/serialization_id")
     if serialization_id is not None:
         # torch.load reports this id after loading and fails if it is not UTF-8 text.
         try:
-            _zip_member_bytes(f, serialization_id, MAX_SMALL_RECORD).decode("utf-8")
+            zip_member_bytes(f, serialization_id, MAX_SMALL_RECORD).decode("utf-8")
         except UnicodeDecodeError:
             raise FormatError("HFC204", ".data/serialization_id is not UTF-8 text; torch.load fails on it") from None
 
-    data = _zip_member_bytes(f, pkl, MAX_PICKLE_BYTES)
+    data = zip_member_bytes(f, pkl, MAX_PICKLE_BYTES)
     interp = _Interpreter(data, label="data.pkl", base=0, legacy=False)
     try:
         root, end = interp.run()
@@ -530,7 +497,7 @@ def _read_zip(f: BinaryIO, path: str, file_size: int) -> WeightFile:
         if entry.method != 0:
             # torch.save never compresses storages, and mmap loading and in-place reading need
             # them stored; a re-zipped checkpoint is refused rather than inflated.
-            raise FormatError("HFC204", f"zip entry '{record_name}' is {_method_name(entry.method)}-compressed; "
+            raise FormatError("HFC204", f"zip entry '{record_name}' is {method_name(entry.method)}-compressed; "
                                         "torch.save stores storages uncompressed (was the file re-zipped?)")
         if entry.compressed_size != entry.size:
             raise FormatError("HFC204", f"zip entry '{record_name}' is stored but its compressed size "
@@ -552,339 +519,37 @@ _TORCH_RECORDS = ("data.pkl", "version", ".data/version", "byteorder", ".format_
                   ".data/serialization_id")
 
 
-def _refuse_unreferenced_entries(entries: list[_ZipEntry], prefix: str, storages: dict) -> None:
+def _refuse_unreferenced_entries(entries: list[ZipEntry], prefix: str, storages: dict) -> None:
     """Every member must be a record torch.save writes or a storage data.pkl uses.
 
     torch.load never looks at anything else, so an extra member (a script, a second pickle, an
     unused storage) is invisible to it but not to other tools that unpack the archive: a place
     to hide a payload, and a parser differential.
     """
-    expected = {_fold(f"{prefix}/{name}") for name in _TORCH_RECORDS}
-    expected.update(_fold(f"{prefix}/data/{key}") for key in storages)
+    expected = {fold(f"{prefix}/{name}") for name in _TORCH_RECORDS}
+    expected.update(fold(f"{prefix}/data/{key}") for key in storages)
     for entry in entries:
-        if _fold(entry.name) not in expected:
-            what = ("a storage data.pkl never uses" if _fold(entry.name).startswith(_fold(f"{prefix}/data/"))
+        if fold(entry.name) not in expected:
+            what = ("a storage data.pkl never uses" if fold(entry.name).startswith(fold(f"{prefix}/data/"))
                     else "no record torch.save writes")
             raise FormatError("HFC204", f"zip entry '{_short(entry.name)}' is {what}; torch.load ignores it, so it "
                                         "can hide anything from a reader that trusts torch (unreferenced entry)")
 
 
-_ZIP_SIGNATURES = (b"PK\x01\x02", b"PK\x03\x04", b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07", b"PK\x07\x08")
-MINIZ_EOCD_SEARCH = 22 + 0xFFFF + 4096
-"""How far from the end torch's zip reader (miniz) may find an end record: it scans back in 4 KiB
-chunks and gives up once it is 64 KiB + 22 bytes from the end."""
-
-
-def _ambiguous(message: str) -> FormatError:
-    return FormatError("HFC213", f"{message}; torch and other zip readers can read different archives "
-                                 "from this file (parser differential): do not load it, re-save it with torch.save")
-
-
-def _find_end_record(f: BinaryIO, file_size: int) -> tuple[int, bytes]:
-    """The end-of-central-directory record torch would use, and the bytes after it.
-
-    torch's reader (miniz) takes the *last* ``PK\\5\\6`` that has 22 bytes after it, whatever the
-    comment length says; Python's zipfile and other readers may take another one. So this reader
-    takes miniz's, then refuses a file where another reading exists: bytes after the end record
-    other than its declared comment, or a comment holding zip structures (a second archive).
-    """
-    tail_len = min(file_size, MINIZ_EOCD_SEARCH)
-    tail = _read_at(f, file_size - tail_len, tail_len)
-    eocd_rel = _miniz_locate_end(tail, file_size)
-    if eocd_rel < 0:
-        raise FormatError("HFC204", "truncated or damaged zip: torch's zip reader finds no end-of-central-directory "
-                                    "record (failed finding central directory; incomplete download?)")
-    comment_len = _U16.unpack_from(tail, eocd_rel + 20)[0]
-    after = len(tail) - eocd_rel - 22
-    if comment_len != after:
-        where = file_size - tail_len + eocd_rel
-        if comment_len > after:
-            raise _ambiguous(f"the zip end record at byte {where} declares a {comment_len}-byte comment but only "
-                             f"{after} bytes follow it (an end record hidden in another's comment?)")
-        raise _ambiguous(f"{after - comment_len} bytes of trailing data after the zip end record at byte {where}")
-    comment = tail[eocd_rel + 22:]
-    for sig in _ZIP_SIGNATURES:
-        at = comment.find(sig)
-        if at >= 0:
-            raise _ambiguous(f"the zip comment holds a zip record signature {sig!r} at byte "
-                             f"{file_size - len(comment) + at} (a second archive in the comment?)")
-    return file_size - tail_len + eocd_rel, tail[eocd_rel:eocd_rel + 22]
-
-
-def _miniz_locate_end(tail: bytes, file_size: int) -> int:
-    """Where in ``tail`` (the last bytes of the file) torch's miniz finds the end record, or -1.
-
-    miniz reads 4 KiB chunks from the end, stepping back 4093 bytes, and takes the last
-    signature with 22 bytes after it. It gives up 64 KiB + 22 bytes from the end, at offset 0,
-    and (an unsigned wrap in the step) whenever the next step would go below offset 0: so an
-    end record that only a chunk clamped to offset 0 would reach is never found.
-    """
-    base = file_size - len(tail)
-    cur = max(file_size - 4096, 0)
-    while True:
-        n = min(4096, file_size - cur)
-        rel = cur - base
-        if rel < 0:
-            return -1  # past what the caller read: further back than miniz ever looks
-        at = tail.rfind(b"PK\x05\x06", rel, rel + n)
-        while at >= 0 and file_size - (base + at) < 22:
-            at = tail.rfind(b"PK\x05\x06", rel, at + 3)
-        if at >= 0:
-            return at
-        if cur == 0 or file_size - cur >= 0xFFFF + 22 or cur < 4093:
-            return -1
-        cur -= 4093
-
-
-def _zip_entries(f: BinaryIO, file_size: int) -> list[_ZipEntry]:
-    """Parse the end record and the central directory; check each local header, and that the
-    entries, the central directory and the end records cover the file exactly."""
-    eocd_pos, eocd = _find_end_record(f, file_size)
-    disk, cd_disk, n_disk, n_total, cd_size, cd_offset = struct.unpack_from("<HHHHII", eocd, 4)
-    if disk != 0 or cd_disk != 0 or n_disk != n_total:
-        raise FormatError("HFC204", "multi-disk (split) zip archives are not supported")
-
-    cd_end_expected = eocd_pos  # where the central directory must end: no gap before the end records
-    if eocd_pos >= 20:
-        loc = _read_at(f, eocd_pos - 20, 20)
-        if loc[:4] == b"PK\x06\x07":
-            z64_disk, z64_offset, z64_disks = struct.unpack_from("<IQI", loc, 4)
-            if z64_disks != 1:
-                # miniz: "unsupported multidisk archive" unless the locator says exactly 1 disk
-                raise FormatError("HFC204", f"zip64 end locator says the archive spans {z64_disks} disks (torch "
-                                            "reads only archives that say 1: unsupported multidisk archive)")
-            if z64_disk != 0 or z64_offset + 56 > eocd_pos - 20:
-                raise FormatError("HFC204", "damaged zip64 end-of-central-directory locator")
-            rec = _read_exact(f, z64_offset, 56, "HFC204", "the zip64 end record")
-            if rec[:4] != b"PK\x06\x06":
-                raise FormatError("HFC204", "zip64 locator does not point at a zip64 end record")
-            rec_size = _U64.unpack_from(rec, 4)[0]
-            if rec_size < 44:
-                raise FormatError("HFC204", "zip64 end record is shorter than its fixed fields; torch refuses it")
-            if z64_offset + 12 + rec_size != eocd_pos - 20:
-                raise _ambiguous(f"the zip64 end record at byte {z64_offset} ({12 + rec_size} bytes) does not end "
-                                 f"where its locator starts (byte {eocd_pos - 20})")
-            z_disk, z_cd_disk, z_n_disk, z_n_total, z_cd_size, z_cd_offset = struct.unpack_from("<IIQQQQ", rec, 16)
-            if z_disk != 0 or z_cd_disk != 0 or z_n_disk != z_n_total:
-                raise FormatError("HFC204", "multi-disk (split) zip archives are not supported")
-            # The classic fields must be the zip64 values or the "see zip64" sentinels;
-            # disagreeing values would make readers see different archives.
-            for classic, wide, sentinel in ((n_total, z_n_total, 0xFFFF), (cd_size, z_cd_size, 0xFFFFFFFF),
-                                            (cd_offset, z_cd_offset, 0xFFFFFFFF)):
-                if classic != sentinel and classic != wide:
-                    raise FormatError("HFC204", "zip end record and zip64 end record disagree")
-            n_total, cd_size, cd_offset = z_n_total, z_cd_size, z_cd_offset
-            cd_end_expected = z64_offset
-    cd_end_limit = cd_end_expected
-
-    if n_total > MAX_ZIP_ENTRIES:
-        raise FormatError("HFC204", f"zip declares {n_total} entries (limit {MAX_ZIP_ENTRIES})")
-    if cd_size > MAX_CENTRAL_DIRECTORY_BYTES or cd_offset + cd_size > cd_end_limit or n_total * 46 > cd_size:
-        raise FormatError("HFC204", f"zip central directory ({cd_size} bytes at {cd_offset}, {n_total} entries) "
-                                    "does not fit the file (truncated or damaged zip)")
-    cd = _read_exact(f, cd_offset, cd_size, "HFC204", "the zip central directory")
-
-    entries: list[_ZipEntry] = []
-    seen: set[str] = set()
-    pos = 0
-    for _ in range(n_total):
-        if pos + 46 > cd_size or cd[pos:pos + 4] != b"PK\x01\x02":
-            raise FormatError("HFC204", f"damaged zip central directory at entry {len(entries)}")
-        (_sig, _made_by, _needed, flags, method, _time, _date, crc, csize, usize, name_len, extra_len,
-         comment_len, disk_start, _int_attr, ext_attr, header_offset) = _CD_ENTRY.unpack_from(cd, pos)
-        end = pos + 46 + name_len + extra_len + comment_len
-        if end > cd_size:
-            raise FormatError("HFC204", "damaged zip central directory (entry runs past its end)")
-        raw_name = cd[pos + 46:pos + 46 + name_len]
-        extra = cd[pos + 46 + name_len:pos + 46 + name_len + extra_len]
-        pos = end
-        if flags & 0x2061:
-            # encrypted, patch data, strong encryption, masked local headers: miniz refuses them
-            raise FormatError("HFC204", "zip entry is encrypted or uses a zip feature torch cannot read")
-        if disk_start != 0:
-            raise FormatError("HFC204", "zip entry claims to start on another disk (split archive); "
-                                        "torch cannot read it")
-        if 0xFFFFFFFF in (usize, csize, header_offset):
-            usize, csize, header_offset = _zip64_extra(extra, usize, csize, header_offset)
-        name = _decode_zip_name(raw_name, flags)
-        if method not in (0, 8):
-            raise FormatError("HFC204", f"zip entry '{name}' uses compression {_method_name(method)}; torch reads "
-                                        "only stored and DEFLATE entries")
-        if ext_attr & 0x10 or name.endswith("/"):
-            # miniz treats an entry with the DOS directory bit as a directory and extracts
-            # nothing from it: torch would load garbage where this reader sees the bytes.
-            raise FormatError("HFC204", f"zip entry '{name}' is marked as a directory; torch would not read its data")
-        if (method == 0 and csize != usize) or (usize and not csize):
-            # miniz refuses the whole archive over such an entry, read or not
-            raise FormatError("HFC204", f"zip entry '{name}' has inconsistent sizes ({csize} stored, {usize} "
-                                        "uncompressed)")
-        if len(raw_name) >= 512:
-            # miniz cuts names at 511 bytes when torch lists records
-            raise FormatError("HFC204", f"zip entry name of {len(raw_name)} bytes is too long for torch")
-        key = _fold(name)
-        if key in seen:
-            raise FormatError("HFC204", f"zip entry '{name}' appears twice (names compare case-insensitively "
-                                        "in torch); readers disagree on which one counts")
-        seen.add(key)
-        if header_offset + 30 + name_len > cd_offset:
-            raise FormatError("HFC204", f"zip entry '{name}' has its local header outside the file data")
-        local = _read_exact(f, header_offset, 30 + name_len, "HFC204", f"the local header of '{name}'")
-        if local[:4] != b"PK\x03\x04":
-            raise FormatError("HFC204", f"zip entry '{name}' does not point at a local file header")
-        local_name_len, local_extra_len = struct.unpack_from("<HH", local, 26)
-        if local_name_len != name_len or local[30:30 + name_len] != raw_name:
-            raise FormatError("HFC204", f"zip entry '{name}': local header names "
-                                        f"'{_decode_zip_name(local[30:30 + local_name_len], flags)}' "
-                                        "instead (readers would disagree)")
-        data_offset = header_offset + 30 + name_len + local_extra_len
-        if data_offset + csize > cd_offset:
-            raise FormatError("HFC204", f"zip entry '{name}' ({csize} bytes at {data_offset}) runs past the "
-                                        "file data (truncated or damaged zip)")
-        entries.append(_ZipEntry(name, method, flags, crc, csize, usize, header_offset, data_offset))
-    if pos != cd_size:
-        raise FormatError("HFC204", f"zip central directory has {cd_size - pos} unexplained bytes")
-
-    _check_coverage(f, entries, cd_offset, cd_size, cd_end_expected)
-    return entries
-
-
-def _check_coverage(f: BinaryIO, entries: list[_ZipEntry], cd_offset: int, cd_size: int, cd_end: int) -> None:
-    """Every byte before the end records belongs to exactly one entry (local header, data, data
-    descriptor) or to the central directory, in that order and without gaps.
-
-    Bytes no entry covers are where a second archive or an orphan local header hides: a
-    streaming unzip, or a reader that searches for records, would find them; torch does not.
-    Overlapping entries (one byte range read as two records) are refused the same way.
-    """
-    pos = 0
-    ordered = sorted(entries, key=lambda e: e.header_offset)
-    for index, entry in enumerate(ordered):
-        if entry.header_offset < pos:
-            raise _ambiguous(f"zip entries '{_short(ordered[index - 1].name)}' and '{_short(entry.name)}' overlap")
-        if entry.header_offset > pos:
-            raise _ambiguous(f"bytes {pos}..{entry.header_offset - 1} of the zip belong to no central-directory "
-                             f"entry (before '{_short(entry.name)}'; an orphan local header or hidden data?)")
-        pos = entry.data_offset + entry.compressed_size
-        limit = ordered[index + 1].header_offset if index + 1 < len(ordered) else cd_offset
-        if entry.flags & 0x8 and limit > pos:
-            pos += _data_descriptor_length(f, entry, pos, limit - pos)
-    if pos != cd_offset:
-        if pos > cd_offset:
-            raise _ambiguous(f"zip entry data runs into the central directory at byte {cd_offset}")
-        raise _ambiguous(f"bytes {pos}..{cd_offset - 1} of the zip belong to no central-directory entry "
-                         "(before the central directory; an orphan local header or hidden data?)")
-    if cd_offset + cd_size != cd_end:
-        raise _ambiguous(f"{cd_end - cd_offset - cd_size} bytes between the zip central directory and its end "
-                         "record belong to nothing")
-
-
-def _data_descriptor_length(f: BinaryIO, entry: _ZipEntry, pos: int, room: int) -> int:
-    """The length of the data descriptor at ``pos`` (flag bit 3), which must fill ``room`` and
-    repeat the entry's CRC and sizes (torch writes the signed, 16- or 24-byte form)."""
-    raw = _read_at(f, pos, min(room, 24))
-    forms = {16: (True, "<III"), 24: (True, "<IQQ"), 12: (False, "<III"), 20: (False, "<IQQ")}
-    form = forms.get(room)
-    if form is not None:
-        signed, layout = form
-        body = raw[4:] if signed else raw
-        if (not signed or raw[:4] == b"PK\x07\x08") and len(body) == struct.calcsize(layout):
-            crc, csize, usize = struct.unpack(layout, body)
-            if (crc, csize, usize) == (entry.crc, entry.compressed_size, entry.size):
-                return room
-    raise _ambiguous(f"{room} bytes after the data of zip entry '{_short(entry.name)}' are not its data descriptor: "
-                     "they belong to no central-directory entry (an orphan local header or hidden data?)")
-
-
-def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
-    """Take the 64-bit sizes/offset from the zip64 extra field (only the saturated ones)."""
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, size = struct.unpack_from("<HH", extra, pos)
-        body = extra[pos + 4:pos + 4 + size]
-        pos += 4 + size
-        if tag != 0x0001:
-            continue
-        values = []
-        for i in range(0, len(body) - len(body) % 8, 8):
-            values.append(_U64.unpack_from(body, i)[0])
-        it = iter(values)
-        try:
-            if usize == 0xFFFFFFFF:
-                usize = next(it)
-            if csize == 0xFFFFFFFF:
-                csize = next(it)
-            if offset == 0xFFFFFFFF:
-                offset = next(it)
-        except StopIteration:
-            break
-        return usize, csize, offset
-    raise FormatError("HFC204", "zip entry needs a zip64 extra field but has none (or a short one)")
-
-
-def _fold(name: str) -> str:
-    """ASCII-only lower-casing, as miniz's case-insensitive name comparison does."""
-    return name.translate(_ASCII_LOWER)
-
-
-_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
-
-
-def _decode_zip_name(raw: bytes, flags: int) -> str:
-    try:
-        return raw.decode("utf-8" if flags & 0x800 else "cp437")
-    except UnicodeDecodeError:
-        raise FormatError("HFC204", "zip entry name is not valid UTF-8") from None
-
-
-def _method_name(method: int) -> str:
-    return {8: "DEFLATE", 9: "DEFLATE64", 12: "BZIP2", 14: "LZMA", 93: "ZSTD"}.get(method, f"method-{method}")
-
-
-def _zip_member_bytes(f: BinaryIO, entry: _ZipEntry, limit: int) -> bytes:
-    """The content of a small member (data.pkl, byteorder), size-checked before reading."""
-    if entry.method != 0 and entry.size > max(INFLATE_RATIO_FLOOR, MAX_INFLATE_RATIO * entry.compressed_size):
-        raise FormatError("HFC204", f"zip entry '{entry.name}' would inflate {entry.compressed_size} compressed "
-                                    f"bytes to {entry.size} (ratio over {MAX_INFLATE_RATIO}:1); refused unread as a "
-                                    "zip bomb (torch.save never compresses)")
-    if entry.size > limit:
-        raise FormatError("HFC204", f"zip entry '{entry.name}' declares {entry.size} bytes (hfconv's limit {limit})")
-    raw = _read_exact(f, entry.data_offset, entry.compressed_size, "HFC204", f"zip entry '{entry.name}'")
-    if entry.method == 0:
-        if entry.compressed_size != entry.size:
-            raise FormatError("HFC204", f"zip entry '{entry.name}' is stored but its sizes disagree")
-        data = raw
-    elif entry.method == 8:
-        # Bounded inflate: never produce more than the declared (already capped) size.
-        inflater = zlib.decompressobj(-15)
-        try:
-            data = inflater.decompress(raw, entry.size + 1)
-        except zlib.error as exc:
-            raise FormatError("HFC204", f"zip entry '{entry.name}' does not inflate: {exc}") from None
-        if len(data) != entry.size:
-            raise FormatError("HFC204", f"zip entry '{entry.name}' inflates to a size other than the declared "
-                                        f"{entry.size} bytes")
-    else:
-        raise FormatError("HFC204", f"zip entry '{entry.name}' uses compression {_method_name(entry.method)}, "
-                                    "which torch cannot read")
-    if zlib.crc32(data) != entry.crc:
-        raise FormatError("HFC204", f"zip entry '{entry.name}' fails its CRC check (damaged download?)")
-    return data
-
-
-def _check_version(f: BinaryIO, entry: _ZipEntry | None) -> None:
+def _check_version(f: BinaryIO, entry: ZipEntry | None) -> None:
     # torch's zip reader refuses an archive without a (.data/)version record holding a number.
     if entry is None:
         raise FormatError("HFC204", "zip has no version record; torch.load refuses it")
-    value = _zip_member_bytes(f, entry, MAX_SMALL_RECORD)
+    value = zip_member_bytes(f, entry, MAX_SMALL_RECORD)
     if not re.match(rb"\s*[0-9]{1,6}(\s|\Z)", value):
         raise FormatError("HFC204", f"zip version record holds {value[:32]!r}, not a format version number")
 
 
-def _byte_order(f: BinaryIO, entry: _ZipEntry | None) -> str:
+def _byte_order(f: BinaryIO, entry: ZipEntry | None) -> str:
     """``little`` or ``big``, as torch.load reads the byteorder record."""
     if entry is None:
         return "little"  # torch < 1.12 wrote no byteorder record; those files are little-endian
-    value = _zip_member_bytes(f, entry, MAX_SMALL_RECORD)
+    value = zip_member_bytes(f, entry, MAX_SMALL_RECORD)
     if value in (b"little", b"big"):
         return value.decode()
     raise FormatError("HFC204", f"byteorder record holds {value[:32]!r}, not 'little' or 'big'")
@@ -930,7 +595,7 @@ def _read_legacy(f: BinaryIO, path: str, file_size: int) -> WeightFile:
     records: dict[str, tuple[int, int, int | None] | None] = {}
     for key in listed:
         ref = interp.storages[key]
-        head = _read_at(f, pos, 8)
+        head = read_at(f, pos, 8)
         if len(head) != 8:
             raise FormatError("HFC205", f"file ends before storage '{key}' (truncated download?)")
         count = _U64.unpack(head)[0]
@@ -963,14 +628,14 @@ def _interpret_in_file(f: BinaryIO, offset: int, file_size: int, label: str,
     available = min(file_size - offset, MAX_PICKLE_BYTES)
     while True:
         n = min(window, available)
-        data = _read_at(f, offset, n)
+        data = read_at(f, offset, n)
         runner = interp if interp is not None else _Interpreter(b"", label=label, base=offset, legacy=False)
         runner.reset(data, base=offset)
         try:
             value, end = runner.run()
         except _Truncated:
             if n >= available:
-                scan = _raise_if_forbidden_global(_read_at(f, offset, min(file_size - offset, MAX_SCAN_BYTES + 1)),
+                scan = _raise_if_forbidden_global(read_at(f, offset, min(file_size - offset, MAX_SCAN_BYTES + 1)),
                                                   label, multi=True)
                 if file_size - offset > MAX_PICKLE_BYTES:
                     raise FormatError("HFC203", f"{label} is larger than hfconv's limit of {MAX_PICKLE_BYTES} "
@@ -984,7 +649,7 @@ def _interpret_in_file(f: BinaryIO, offset: int, file_size: int, label: str,
         except FormatError as err:
             if err.code in ("HFC203", "HFC211"):
                 # torch.load reads the legacy pickles one after another: scan from here on.
-                scan = _raise_if_forbidden_global(_read_at(f, offset, min(file_size - offset, MAX_SCAN_BYTES + 1)),
+                scan = _raise_if_forbidden_global(read_at(f, offset, min(file_size - offset, MAX_SCAN_BYTES + 1)),
                                                   label, multi=True)
                 raise _with_scan_note(err, scan) from None
             raise
