@@ -30,14 +30,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import random
 import struct
 import sys
 import time
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,10 +57,9 @@ else:
     from hfconv.tensors import FormatError
 
 import torch  # noqa: E402 - after the instrumented imports
+from _common import MAX_INPUT, Scratch, limit_memory  # noqa: E402
 
 from hfconv.dtypes import TORCH_DTYPE  # noqa: E402
-
-from _common import MAX_INPUT, Scratch, limit_memory  # noqa: E402
 
 warnings.simplefilter("ignore")
 STORAGE_BYTES = 64
@@ -114,7 +111,8 @@ def check_file(path: str, data: bytes) -> str:
         if not isinstance(tensor, torch.Tensor):
             raise Differential(f"'{name}' is a {type(tensor).__name__} to torch")
         if TORCH_DTYPE.get(_torch_dtype_name(tensor.dtype)) != meta.dtype or tuple(tensor.shape) != meta.shape:
-            raise Differential(f"'{name}': torch {tensor.dtype} {tuple(tensor.shape)}, hfconv {meta.dtype} {meta.shape}")
+            raise Differential(f"'{name}': torch {tensor.dtype} {tuple(tensor.shape)}, "
+                               f"hfconv {meta.dtype} {meta.shape}")
         if meta.stride != tensor.stride() or meta.storage_offset != tensor.storage_offset():
             raise Differential(f"'{name}': strides or offset differ")
         storage = weight_file.storages[meta.storage_key]
