@@ -51,6 +51,7 @@ from ..dtypes import DTYPE_ALIASES, DTYPE_CHOICES, canonical_dtype
 from ..errors import OptionError, UsageError
 from ..findings import Finding, finding
 from ..sharding import INDEX_FILE, parse_size
+from ..units import plural
 from ..validation import check_contents
 from . import codes  # noqa: F401 - registers the HFC7xx codes
 from .errors import (
@@ -62,7 +63,7 @@ from .errors import (
 )
 from .manifest import MANIFEST_FORMAT, stage_manifest
 from .plan import ConversionPlan, PlannedTensor, ShardPlan, build_header, data_phase, plan_conversion
-from .results import ConversionResult, ProgressCallback, ShardInfo, ValidationSummary, errors_phrase, plural
+from .results import ConversionResult, ProgressCallback, ShardInfo, ValidationSummary
 from .staging import (
     check_free_space,
     check_paths,
@@ -316,7 +317,7 @@ def _result(paths: _Paths, plan: ConversionPlan, outcomes: list[ShardOutcome], c
     """The ConversionResult of a completed conversion (HFC716 when an invalid output was written)."""
     invalid = summary is not None and not summary.valid
     written_anyway = (finding("HFC716", f"output INVALID: {paths.dst} fails validation with "
-                                        f"{errors_phrase(summary.errors)} (written anyway: "
+                                        f"{plural(summary.errors, 'error')} (written anyway: "
                                         "allow_invalid_output=True)"),) if summary is not None and invalid else ()
     return ConversionResult(
         src=paths.src,

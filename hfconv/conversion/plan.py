@@ -25,8 +25,8 @@ from ..readers.safetensors_header import MAX_HEADER_BYTES
 from ..sharding import plan_shards, shard_file_name
 from ..tensor_bytes import LocateError, StorageRecord, file_order, locate, storage_records
 from ..tensors import TensorMeta, WeightFile
+from ..units import plural
 from .errors import InputRefused
-from .results import plural
 
 __all__ = ["PlannedTensor", "ShardPlan", "ConversionPlan", "build_header", "data_phase", "plan_conversion"]
 

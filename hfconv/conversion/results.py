@@ -7,18 +7,13 @@ from dataclasses import dataclass
 
 from ..findings import Finding
 from ..sharding import INDEX_FILE
-from ..units import plural
 
-__all__ = ["ProgressCallback", "ShardInfo", "ValidationSummary", "ConversionResult", "plural", "errors_phrase"]
+__all__ = ["ProgressCallback", "ShardInfo", "ValidationSummary", "ConversionResult"]
 
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)``: total_bytes is the model's tensor bytes; done_bytes
 counts each one half written, half verified (all of it when written, with ``verify`` off)."""
-
-
-def errors_phrase(count: int) -> str:
-    return f"{count} error" + ("" if count == 1 else "s")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from ..findings import Finding, finding
 from ..readers.safetensors_header import read_safetensors
 from ..tensor_bytes import StorageRecord
 from ..tensors import FormatError
+from ..units import plural
 from .errors import InputRefused, VerificationError, write_failure
 from .plan import PlannedTensor, ShardPlan
-from .results import ValidationSummary, errors_phrase, plural
+from .results import ValidationSummary
 from .staging import fsync_path
 from .write import TRANSFORM_LOCK, Batch, ShardOutcome, ShardTask, Sources, release, transformed_bytes
 
@@ -233,11 +234,11 @@ def validate_output(tmp: str, source_findings: list[Finding], allow_invalid: boo
         first = (new or errors)[0]
         where = f"{first.file}: " if first.file and not first.message.startswith(first.file) else ""
         if new:
-            head = finding("HFC706", f"the output would fail validation with {errors_phrase(len(new))} the source does "
-                           "not have (a bug in hfconv: please report it)")
+            head = finding("HFC706", f"the output would fail validation with {plural(len(new), 'error')} the source "
+                           "does not have (a bug in hfconv: please report it)")
             message = f"the output would fail validation: {first.code} {where}{first.message}"
             raise VerificationError("HFC706", message, (head, *errors))
-        message = (f"the output would fail validation with {errors_phrase(inherited)} already in the source (first: "
+        message = (f"the output would fail validation with {plural(inherited, 'error')} already in the source (first: "
                    f"{first.code} {where}{first.message}); fix the source, or pass allow_invalid_output=True to "
                    "write it anyway")
         raise VerificationError("HFC713", message, (finding("HFC713", message), *errors))

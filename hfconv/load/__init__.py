@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from ..dtypes import DTYPE_CHOICES, canonical_dtype
-from ..errors import OptionError, UsageError
+from ..errors import OptionError
 from ..findings import Finding, Severity, finding
 from ..tensor_bytes import storage_records
+from ..validation import check_folder
 from . import codes as codes
 from .checksum import checksum_bytes, checksum_tensor
 from .device_map import DevicePlan, PlanError, device_sort_key, plan_device_map, plan_from_map, unused_keys
@@ -125,9 +126,8 @@ def load_test(
     """
     # 0. The options, checked before anything is read.
     started = time.perf_counter()
+    check_folder(path)  # the one "is not a folder" check: says what it is instead
     root = Path(path)
-    if not root.is_dir():
-        raise UsageError(f"{path} is not a folder (give the model folder, not a file)")
     dtype = canonical_dtype(dtype)
     options = _Options(resolve_device_map(device_map), parse_max_memory(max_memory), offload_folder, dtype,
                        forward, progress, keep,
