@@ -1,0 +1,73 @@
+"""What the pictures of a report need: each weight file loaders read, and its tensors (name,
+shape, dtype, bytes), or why it could not be read. A leaf: results carry it, renderers draw it."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .dtypes import SAFETENSORS_BITS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .contents import FolderContents
+
+__all__ = ["MapShard", "MapTensor", "shard_map", "tensor_nbytes"]
+
+
+@dataclass(frozen=True)
+class MapTensor:
+    """One tensor as the pictures show it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class MapShard:
+    """One weight file: its tensors in file order, or the problem that kept them from being read."""
+
+    name: str
+    file_bytes: int | None
+    """Size on disk; None when the file is missing."""
+    tensors: tuple[MapTensor, ...]
+    problem: str | None = None
+    """``missing``, or the reader's message for a file that could not be read; None when read."""
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.bytes for t in self.tensors)
+
+
+def tensor_nbytes(dtype: str, shape: Iterable[int]) -> int:
+    """Bytes of a dense tensor of ``dtype`` (a safetensors name) and ``shape`` (0 for an unknown dtype)."""
+    bits = SAFETENSORS_BITS.get(dtype, 0)
+    return (math.prod(shape) * bits + 7) // 8
+
+
+def shard_map(contents: FolderContents) -> tuple[MapShard, ...]:
+    """The shards loaders read (the layout's), each with its tensors or its problem."""
+    shards = []
+    for name in contents.layout().shards:
+        weight_file = contents.weights.get(name)
+        error = contents.weight_errors.get(name)
+        try:
+            size: int | None = os.stat(contents.folder.path(name)).st_size
+        except (OSError, ValueError):
+            size = None
+        problem = None
+        if weight_file is None:
+            problem = f"{error.code}: {error.message}" if error is not None else (
+                "missing" if size is None else "not read")
+        tensors = tuple(MapTensor(t.name, tuple(t.shape), t.dtype, t.nbytes)
+                        for t in (weight_file.tensors.values() if weight_file is not None else ()))
+        shards.append(MapShard(name, size, tensors, problem))
+    return tuple(shards)
