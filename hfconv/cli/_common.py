@@ -32,7 +32,8 @@ __all__ = ["CONTEXT_SETTINGS", "DTYPE_HELP", "ERROR_MAP", "EXIT_FOR_SIGNAL", "IN
            "FLAG_PHRASES", "check_output", "check_size", "checked_codes", "codes_option", "describe_error",
            "describe_kind", "dtype_option", "emit", "flag_findings", "flag_wording", "format_option", "known_codes",
            "on_signal", "os_error_line", "output_option", "progress_bar", "received_signals", "require_modules",
-           "resolve_folder", "split_codes", "tqdm_bar", "usage_errors", "write_file"]
+           "require_torch", "resolve_folder", "TORCH_INSTALL_HINT", "Unavailable", "split_codes", "tqdm_bar",
+           "usage_errors", "write_file"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -157,7 +158,37 @@ def require_modules(what: str, modules: tuple[str, ...]) -> None:
             raise click.UsageError(f"{what} needs {name}, which cannot be imported here ({escape_text(reason)[:300]}); "
                                    f"install it: {INSTALL_HINT}") from None
     if importlib.util.find_spec("torch") is None:
-        raise click.UsageError(f"{what} needs torch, which is not installed; install it: pip install torch")
+        raise click.UsageError(f"{what} needs torch, which is not installed; install it: {TORCH_INSTALL_HINT}")
+
+
+TORCH_INSTALL_HINT = "pip install torch"
+"""What to install for the commands that need torch (``load-test``, ``convert --dtype``): the
+light install (``pip install .``, ``hfconv[torch]`` once published) has no torch."""
+
+
+class Unavailable(click.ClickException):
+    """A command or option that cannot run here (a missing dependency): one line, exit 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"hfconv: error: {self.format_message()}", err=True)
+
+
+def require_torch(what: str) -> None:
+    """``what`` needs torch: import it now (it is needed at once anyway), or exit 2 with one line
+    naming the install command. Nothing has been read or written yet."""
+    import importlib
+
+    from ..render import escape_text
+
+    try:
+        importlib.import_module("torch")
+    except Exception as exc:  # noqa: BLE001 - not installed, or an install that does not import
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "torch"
+        reason = "which is not installed" if missing else \
+            f"which cannot be imported here ({escape_text(f'{type(exc).__name__}: {exc}'.splitlines()[0])[:300]})"
+        raise Unavailable(f"{what} needs torch, {reason}; install it: {TORCH_INSTALL_HINT}") from None
 
 
 def describe_kind(path: str) -> str | None:

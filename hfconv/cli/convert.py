@@ -30,6 +30,7 @@ from ._common import (
     output_option,
     progress_bar,
     received_signals,
+    require_torch,
     resolve_folder,
     usage_errors,
 )
@@ -101,6 +102,8 @@ def convert_command(src: str, dst: str, max_shard_size: str, dtype: str, no_veri
     check_size(max_shard_size, "--max-shard-size")
     folder = resolve_folder(src)
     check_output(output, reads=[folder], writes=[dst])
+    if dtype != "keep":
+        require_torch("convert --dtype")  # casting is torch's; copying and resharding are not
     # 2. Convert, with progress; a signal unwinds it (the temporary folder is removed) to exit 130/143.
     bar, update = progress_bar(quiet, not no_verify)
     previous = _catch_signals()

@@ -25,6 +25,7 @@ from ._common import (
     format_option,
     output_option,
     require_modules,
+    require_torch,
     resolve_folder,
     tqdm_bar,
     usage_errors,
@@ -122,7 +123,8 @@ class _Progress:
 @codes_option("--ignore", help="Ignore these validation codes or prefixes, as validate --ignore.")
 @click.option("--forward", is_flag=True,
               help="Also build the model with transformers on the same device map and run one forward pass on a few "
-                   "tokens from the folder's tokenizer (needs hfconv[transformers]).")
+                   "tokens from the folder's tokenizer (needs transformers and accelerate: "
+                   "pip install transformers accelerate).")
 @format_option(["text", "json", "html"], help="Report format: text, json, or html (one self-contained page).")
 @output_option(help="Write the report to FILE instead of stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else a line every 10 s; "
@@ -163,6 +165,7 @@ def load_test_command(path: str, device_map: str, max_memory: dict[str, str], of
     folder = resolve_folder(path)
     reads = [folder] + ([device_map] if device_map not in ("auto", "balanced", "sequential") else [])
     check_output(output, reads=reads)
+    require_torch("load-test")
     if forward:
         require_modules("--forward", ("transformers", "accelerate"))
     # 2. Load and verify, with progress.

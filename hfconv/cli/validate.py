@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
 from ._common import (
     CONTEXT_SETTINGS,
@@ -20,9 +21,11 @@ from ._common import (
     output_option,
     require_modules,
     resolve_folder,
+    usage_errors,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..config_file import Settings
     from ..report import Report
 
 __all__ = ["validate_command"]
@@ -72,7 +75,8 @@ def _find_model_folders(root: str) -> list[str]:
                "github for workflow annotations, sarif (2.1.0) for GitHub code scanning and other "
                "SARIF viewers, html for one self-contained page.")
 @output_option(help="Write the report to FILE instead of stdout.")
-@click.option("--strict", is_flag=True, help="Warnings fail the folder too (exit 1).")
+@click.option("--strict/--no-strict", default=None,
+              help="Warnings fail the folder too (exit 1); --no-strict overrides a config file's strict = true.")
 @codes_option("--select", help="Only report these codes or prefixes, e.g. HFC3 or HFC301,HFC302.")
 @codes_option("--ignore", help="Do not report these codes or prefixes.")
 @click.option("--trust-remote-code", is_flag=True,
@@ -95,9 +99,15 @@ def _find_model_folders(root: str) -> list[str]:
 @click.option("--recursive", "-r", is_flag=True, help="Validate every model folder under each PATH.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Validate this many folders in parallel.")
-def validate_command(paths: tuple[str, ...], fmt: str, output: str | None, strict: bool, select: tuple[str, ...],
-                     ignore: tuple[str, ...], trust_remote_code: bool, reference: str, manifest: str | None,
-                     deep: bool, recursive: bool, jobs: int) -> None:
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="Read settings from FILE (an hfconv.toml, or a pyproject.toml with [tool.hfconv]) instead of "
+              "looking for one in each folder and above it up to its repository root.")
+@click.option("--no-config", is_flag=True,
+              help="Ignore config files (for a folder you did not write: its own hfconv.toml could ignore codes).")
+def validate_command(paths: tuple[str, ...], fmt: str, output: str | None, strict: bool | None,
+                     select: tuple[str, ...], ignore: tuple[str, ...], trust_remote_code: bool, reference: str,
+                     manifest: str | None, deep: bool, recursive: bool, jobs: int, config: str | None,
+                     no_config: bool) -> None:
     """Check that model folders will load, and load correctly.
 
     PATH is a model folder (or an org/name repo id in the local Hub cache). hfconv reads
@@ -115,26 +125,34 @@ def validate_command(paths: tuple[str, ...], fmt: str, output: str | None, stric
       hfconv validate ./converted --manifest manifest.json
       hfconv validate ./my-model --deep          # also read every byte: CRC, NaN, inf
 
+    Settings (select, ignore, strict, reference, per-file-ignores) are read from [tool.hfconv]
+    in a pyproject.toml or from an hfconv.toml, in the folder or above it up to its repository
+    root; options given here override them.
+
     Exit code: 0 no errors (with --strict: no warnings either), 1 problems found, 2 could not run.
-    Every finding code is explained, with its fix, in the README.
+    Every finding code is explained, with its fix, by `hfconv explain CODE` and in the README.
     """
-    from ..validation import validate as run_validate
+    from ..config_file import validate_configured
 
     # 1. Check the options and the folders before any work.
     selected, ignored = checked_codes(select, "--select"), checked_codes(ignore, "--ignore")
     folders = [resolve_folder(p) for p in paths]
     check_output(output, reads=[*folders, *([manifest] if manifest else [])])
-    if reference == "transformers":
-        require_modules("--reference transformers", ("transformers",))
     several = recursive or len(paths) > 1
     if recursive:
         folders = [sub for folder in folders for sub in (_find_model_folders(folder) or [folder])]
+    given_reference = None if click.get_current_context().get_parameter_source(
+        "reference") is ParameterSource.DEFAULT else reference
+    settings = {folder: found.override(select=selected or None, ignore=ignored or None, strict=strict,
+                                       reference=given_reference)
+                for folder, found in _config_settings(folders, config, no_config).items()}
+    if any(s.reference == "transformers" for s in settings.values()):
+        require_modules("--reference transformers", ("transformers",))
 
     # 2. Validate every folder, ``jobs`` at a time.
     def one(folder: str) -> Report:
-        return run_validate(folder, strict=strict, select=selected, ignore=ignored,
-                            trust_remote_code=trust_remote_code, reference=reference, manifest=manifest,
-                            deep=deep)
+        return validate_configured(folder, settings[folder], trust_remote_code=trust_remote_code,
+                                   manifest=manifest, deep=deep)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
@@ -146,6 +164,25 @@ def validate_command(paths: tuple[str, ...], fmt: str, output: str | None, stric
     # 3. Write the reports, say the verdict on stderr when they are not on the terminal, exit.
     _write_reports(reports, fmt, output, several)
     sys.exit(0 if all(r.ok for r in reports) else 1)
+
+
+def _config_settings(folders: list[str], config: str | None, no_config: bool) -> dict[str, Settings]:
+    """Each folder's settings from its config file (or from --config FILE, or none with --no-config);
+    each file used is named on stderr, once."""
+    from ..config_file import Settings, load_settings, read_config
+    from ..render import escape_text
+
+    with usage_errors():
+        if no_config:
+            found = {folder: Settings() for folder in folders}
+        elif config is not None:
+            shared = read_config(config)
+            found = {folder: shared for folder in folders}
+        else:
+            found = {folder: load_settings(folder) for folder in folders}
+    for source in dict.fromkeys(s.source for s in found.values() if s.source is not None):
+        click.echo(f"hfconv: settings from {escape_text(source)}", err=True)
+    return found
 
 
 def _write_reports(reports: list[Report], fmt: str, output: str | None, several: bool) -> None:

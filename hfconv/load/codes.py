@@ -72,8 +72,8 @@ register("HFC739", "warning", "tensors left on meta",
 register("HFC740", "info", "forward skipped",
          "--forward needs transformers (and accelerate), or a model transformers knows without the "
          "folder's own code; it was not run, the weights were still loaded and verified.",
-         "pip install 'hfconv[transformers]', or drop --forward.",
-         "--forward skipped: transformers is not installed (pip install 'hfconv[transformers]')")
+         "pip install transformers accelerate, or drop --forward.",
+         "--forward skipped: transformers is not installed (pip install transformers accelerate)")
 register("HFC741", "error", "forward failed",
          "Building the model on the device map or running one forward pass raised an error: the folder "
          "loads tensor by tensor but not as a model.",

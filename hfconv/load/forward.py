@@ -37,7 +37,7 @@ def run_forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: 
     except ImportError as exc:
         missing = getattr(exc, "name", None) or "transformers"
         return None, [finding("HFC740", f"forward=True skipped: {missing} is not installed "
-                              "(pip install 'hfconv[transformers]'); the weights were loaded and verified")]
+                              "(pip install transformers accelerate); the weights were loaded and verified")]
     import torch
 
     skipped = _unknown_model_type(config)

@@ -45,23 +45,24 @@ def render_github(reports: Sequence[Report]) -> str:
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _SARIF_LEVELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
 _SRCROOT = "%SRCROOT%"
-_FALLBACK_URI = "https://pypi.org/project/hfconv/"
 
 
-def _information_uri() -> str:
-    """The project's home page from the package metadata, else its PyPI page."""
+def _information_uri() -> str | None:
+    """The project's page from the package metadata (its first https Project-URL, or Home-page),
+    else None: the SARIF field is optional, and hfconv links no page that does not exist (it is
+    not published on a package index). Set ``[project.urls]`` in pyproject.toml to fill it."""
     from importlib import metadata
 
     try:
         meta = metadata.metadata("hfconv")
     except metadata.PackageNotFoundError:
-        return _FALLBACK_URI
+        return None
     for entry in meta.get_all("Project-URL") or []:
         url = entry.partition(",")[2].strip()
         if url.startswith("https://"):
             return url
     home = next(iter(meta.get_all("Home-page") or []), None)
-    return home if home and home.startswith("https://") else _FALLBACK_URI
+    return home if home and home.startswith("https://") else None
 
 
 def _rule_name(title: str) -> str:
@@ -152,13 +153,13 @@ def render_sarif(reports: Sequence[Report], base: str | None = None) -> str:
     codes = sorted({f.code for r in reports for f in r.findings})
     index = {code: i for i, code in enumerate(codes)}
     results = [_sarif_result(r, f, index[f.code], base) for r in reports for f in r.findings]
+    driver: dict[str, object] = {"name": "hfconv", "version": package_version()}
+    uri = _information_uri()
+    if uri is not None:
+        driver["informationUri"] = uri
+    driver["rules"] = [_sarif_rule(code) for code in codes]
     run = {
-        "tool": {"driver": {
-            "name": "hfconv",
-            "version": package_version(),
-            "informationUri": _information_uri(),
-            "rules": [_sarif_rule(code) for code in codes],
-        }},
+        "tool": {"driver": driver},
         "originalUriBaseIds": {_SRCROOT: {"uri": _file_uri(base).rstrip("/") + "/"}},
         "results": results,
         "properties": {"folders": [

@@ -1,0 +1,239 @@
+"""Settings from a config file: ``[tool.hfconv]`` in a ``pyproject.toml``, or an ``hfconv.toml``
+(its keys at the top level), in the model folder or a folder above it up to its repository root.
+
+    [tool.hfconv]
+    select = ["HFC"]                 # codes or prefixes to report (default: all)
+    ignore = ["HFC007", "HFC011"]    # codes or prefixes not to report
+    strict = true                    # warnings fail the folder too
+    reference = "rules"              # auto, rules or transformers
+    [tool.hfconv.per-file-ignores]   # like ruff's: glob -> codes, for findings about matching files
+    "training_args.bin" = ["HFC011"]
+    "legacy/*.bin" = ["HFC2"]
+
+The nearest file wins (looked for in the model folder first, then each folder above it up to the
+nearest one holding ``.git``; without a ``.git`` above, only in the model folder); in one folder an
+``hfconv.toml`` comes before a ``pyproject.toml``, and a ``pyproject.toml`` without
+``[tool.hfconv]`` is passed over. Options given to the command override the file's. An unknown
+key, a bad value or a code that matches no registered finding code is a :class:`ConfigError`
+(a :class:`~hfconv.errors.UsageError`: the command cannot run), naming the file and the key.
+
+A per-file pattern without a ``/`` matches a file's name; with one, its path relative to the
+folder of the config file (or to the model folder). Glob syntax is :mod:`fnmatch`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .report import Report
+
+__all__ = ["CONFIG_NAMES", "KEYS", "ConfigError", "Settings", "find_config", "load_settings", "read_config",
+           "validate_configured"]
+
+CONFIG_NAMES = ("hfconv.toml", "pyproject.toml")
+"""The files looked for in each folder, in this order."""
+
+KEYS = ("select", "ignore", "strict", "reference", "per-file-ignores")
+"""The keys a config file may set."""
+
+REFERENCES = ("auto", "rules", "transformers")
+_MAX_LEVELS = 64  # folders walked up at most looking for the repository root
+_MAX_BYTES = 1 << 20  # a config file larger than this is refused, not read
+
+
+class ConfigError(UsageError):
+    """A config file that cannot be used: unreadable, not TOML, an unknown key or code, a bad value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What a config file sets (None: not set, the command's default applies)."""
+
+    select: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] | None = None
+    strict: bool | None = None
+    reference: str | None = None
+    per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(glob pattern, codes or prefixes) pairs, in the file's order."""
+    source: str | None = None
+    """The config file they were read from; None when no file was found."""
+
+    def override(self, *, select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
+                 strict: bool | None = None, reference: str | None = None) -> Settings:
+        """These settings with every option that was given (not None) in place of the file's."""
+        return dataclasses.replace(
+            self,
+            select=tuple(select) if select is not None else self.select,
+            ignore=tuple(ignore) if ignore is not None else self.ignore,
+            strict=strict if strict is not None else self.strict,
+            reference=reference if reference is not None else self.reference,
+        )
+
+    def ignored_for(self, file: str | None, folder: str) -> tuple[str, ...]:
+        """The codes or prefixes per-file-ignores drops for findings about ``file`` (relative to the
+        model ``folder``); none for findings about the folder as a whole."""
+        if file is None or not self.per_file_ignores:
+            return ()
+        relative = [file.replace(os.sep, "/")]
+        if self.source is not None:
+            full = os.path.join(os.path.abspath(folder), file)
+            base = os.path.dirname(os.path.abspath(self.source))
+            relative.append(os.path.relpath(full, base).replace(os.sep, "/"))
+        name = relative[0].rsplit("/", 1)[-1]
+        codes: list[str] = []
+        for pattern, pattern_codes in self.per_file_ignores:
+            candidates = relative if "/" in pattern else [name]
+            if any(fnmatch.fnmatchcase(path, pattern.removeprefix("./")) for path in candidates):
+                codes.extend(pattern_codes)
+        return tuple(codes)
+
+    def filter(self, report: Report) -> Report:
+        """``report`` without the findings per-file-ignores drops (the verdict follows the findings)."""
+        if not self.per_file_ignores:
+            return report
+        kept = tuple(f for f in report.findings
+                     if not any(f.code.startswith(code) for code in self.ignored_for(f.file, report.path)))
+        return dataclasses.replace(report, findings=kept)
+
+
+def _repository_root(folder: str) -> str | None:
+    """The nearest folder at or above ``folder`` holding a ``.git`` (a folder, or a worktree's file)."""
+    current = folder
+    for _ in range(_MAX_LEVELS):
+        if os.path.lexists(os.path.join(current, ".git")):
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+    return None
+
+
+def find_config(folder: str | os.PathLike[str]) -> str | None:
+    """The config file that applies to the model ``folder``, or None (see the module docstring)."""
+    start = os.path.abspath(os.fspath(folder))
+    root = _repository_root(start)
+    current = start
+    for _ in range(_MAX_LEVELS):
+        for name in CONFIG_NAMES:
+            candidate = os.path.join(current, name)
+            if os.path.isfile(candidate) and (name != "pyproject.toml" or "tool" in _pyproject_tables(candidate)):
+                return candidate
+        if root is None or current == root:
+            return None
+        current = os.path.dirname(current)
+    return None
+
+
+def _pyproject_tables(path: str) -> dict[str, Any]:
+    """The ``[tool.hfconv]`` table of a pyproject.toml, as ``{"tool": table}``, or {} when it has none."""
+    data = _read_toml(path)
+    tool = data.get("tool")
+    if isinstance(tool, dict) and "hfconv" in tool:
+        return {"tool": tool["hfconv"]}
+    return {}
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > _MAX_BYTES:
+        raise ConfigError(f"{path}: larger than {_MAX_BYTES // (1 << 20)} MiB; not a config file")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def read_config(path: str | os.PathLike[str]) -> Settings:
+    """The settings of one config file (an ``hfconv.toml``, or a ``pyproject.toml``'s ``[tool.hfconv]``).
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or sets an unknown key, a bad value or a
+            code that matches no registered finding code (the message names the file and the key).
+    """
+    path = os.fspath(path)
+    if os.path.basename(path) == "pyproject.toml":
+        table = _pyproject_tables(path).get("tool")
+        where = f"{path} [tool.hfconv]"
+        if table is None:
+            raise ConfigError(f"{path} has no [tool.hfconv] table")
+    else:
+        table = _read_toml(path)
+        where = path
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table of settings")
+    unknown = [key for key in table if key not in KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {', '.join(repr(k) for k in unknown)} "
+                          f"(the keys are {', '.join(KEYS)})")
+    select = _codes(table, "select", where)
+    ignore = _codes(table, "ignore", where)
+    strict = table.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise ConfigError(f"{where}: strict must be true or false, not {strict!r}")
+    reference = table.get("reference")
+    if reference is not None and reference not in REFERENCES:
+        raise ConfigError(f"{where}: reference must be one of {', '.join(REFERENCES)}, not {reference!r}")
+    per_file = table.get("per-file-ignores", {})
+    if not isinstance(per_file, Mapping):
+        raise ConfigError(f"{where}: per-file-ignores must be a table of glob = [codes]")
+    pairs = tuple((str(pattern), _codes(per_file, pattern, f"{where} per-file-ignores") or ())
+                  for pattern in per_file)
+    return Settings(select=select, ignore=ignore, strict=strict, reference=reference, per_file_ignores=pairs,
+                    source=path)
+
+
+def _codes(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] | None:
+    """A list of finding codes or prefixes under ``key``, each matching a registered code."""
+    from .findings import all_codes
+
+    if key not in table:
+        return None
+    value = table[key]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of finding codes, e.g. [\"HFC007\", \"HFC3\"]")
+    codes = tuple(v.strip().upper() for v in value if v.strip())
+    known = all_codes()
+    unknown = [code for code in codes if not any(k.startswith(code) for k in known)]
+    if unknown:
+        raise ConfigError(f"{where}: {key}: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a "
+                          "finding code or a prefix of one (codes are HFC followed by three digits, e.g. HFC3 "
+                          "or HFC301)")
+    return codes
+
+
+def load_settings(folder: str | os.PathLike[str]) -> Settings:
+    """The settings of the config file that applies to ``folder`` (:func:`find_config`), or empty ones."""
+    path = find_config(folder)
+    return read_config(path) if path is not None else Settings()
+
+
+def validate_configured(path: str | os.PathLike[str], settings: Settings, **options: Any) -> Report:
+    """:func:`hfconv.validation.validate` with ``settings`` (select, ignore, strict, reference from
+    them; ``options``: its other keyword arguments), then per-file-ignores applied."""
+    from .validation import validate
+
+    report = validate(path, strict=bool(settings.strict), select=settings.select, ignore=settings.ignore,
+                      reference=settings.reference or "auto", **options)
+    return settings.filter(report)
