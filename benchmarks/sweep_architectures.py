@@ -465,7 +465,7 @@ def _run_one(model_type: str, workdir: str, max_params: int, mutate: bool, heads
                     result["alarms"].append((variant, reference, code, severity, message))
             except Exception:  # noqa: BLE001
                 result["alarms"].append((variant, reference, "CRASH", "error", traceback.format_exc(limit=-3)))
-    from hfconv.shape_rules import FAMILIES
+    from hfconv.rules.families import FAMILIES
 
     in_table = model_type in FAMILIES
     if mutate:

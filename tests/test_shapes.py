@@ -22,18 +22,10 @@ from safetensors.torch import load_file, save_file
 
 from hfconv import validate
 from hfconv.findings import REGISTRY, Severity
-from hfconv.shape_rules import (
-    FAMILIES,
-    KNOWN_EXTRAS,
-    ConfigValueError,
-    ExpressionError,
-    Scope,
-    compare,
-    expected_tensors,
-    generic_expected,
-    parse_expression,
-    suggest_fix,
-)
+from hfconv.rules.compare import compare, suggest_fix
+from hfconv.rules.expected import expected_tensors, generic_expected
+from hfconv.rules.expression import ConfigValueError, ExpressionError, Scope, parse_expression
+from hfconv.rules.families import FAMILIES, KNOWN_EXTRAS
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -245,7 +237,7 @@ def test_generic_layer_count_aliases(config, names, want):
 def test_ignorable_tensors_are_not_counted_as_layers():
     """DeepSeek-V3 checkpoints keep the multi-token-prediction layer as model.layers.61 beside
     num_hidden_layers = 61; transformers declares it ignorable, so it is no extra layer."""
-    from hfconv.shape_rules import CountGroup, Dim, ExpectedModel, ExpectedTensor
+    from hfconv.rules.expected import CountGroup, Dim, ExpectedModel, ExpectedTensor
 
     tensors = {f"model.layers.{i}.w": ExpectedTensor(f"model.layers.{i}.w", (Dim(4),)) for i in range(2)}
     group = CountGroup(r"^model\.layers\.(\d+)\.", "model.layers.{n}", 2, "num_hidden_layers", "layers")
@@ -527,7 +519,7 @@ def _config(family: str, changes: dict, architecture: str | None = None) -> dict
 
 
 def _assert_agree(config: dict):
-    from hfconv.reference_transformers import expected_from_transformers
+    from hfconv.rules.transformers_reference import expected_from_transformers
 
     rules = expected_tensors(config)
     ref = expected_from_transformers("/nonexistent", config)
@@ -562,7 +554,7 @@ def test_t5_untied_lm_head(transformers):
     """flan-t5 configs say tie_word_embeddings false: lm_head.weight is stored and required.
     transformers 5 ties T5's lm_head regardless (T5Config forces tie_word_embeddings=True), so
     there only the optional flag differs."""
-    from hfconv.reference_transformers import expected_from_transformers
+    from hfconv.rules.transformers_reference import expected_from_transformers
 
     config = _config("t5", {"tie_word_embeddings": False, "feed_forward_proj": "gated-gelu"})
     rules = expected_tensors(config)
@@ -628,7 +620,7 @@ def test_transformers_reference_counts_layers_when_config_says_one(transformers,
     found = findings_of(folder)
     assert [f.code for f in found] == ["HFC604"], [(f.code, f.message) for f in found]
     assert "num_hidden_layers is 1" in found[0].message
-    from hfconv.shape_rules import infer_counts
+    from hfconv.rules.expected import infer_counts
 
     # A lone numbered module that is not a layer stack is not taken for one.
     assert infer_counts(["model.vision_tower.0.weight"], {"num_hidden_layers": 1}) == ()
@@ -690,9 +682,9 @@ def test_reference_failure_is_an_info_finding(transformers, tmp_path, monkeypatc
     found = findings_of(folder, reference="transformers")
     assert [f.code for f in found] == ["HFC609"]
     assert "does not know model_type 'no_such_model'" in found[0].message
-    from hfconv import reference_transformers
+    from hfconv.rules import transformers_reference
 
-    monkeypatch.setattr(reference_transformers, "transformers_available", lambda: False)
+    monkeypatch.setattr(transformers_reference, "transformers_available", lambda: False)
     found = findings_of(FAMILY_DIR / "mistral", reference="transformers")
     assert [f.code for f in found] == ["HFC609"]
     assert "transformers is not installed" in found[0].message and "rule table instead" in found[0].message

@@ -18,7 +18,7 @@ pytest.importorskip("safetensors")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from hfconv import validate  # noqa: E402
-from hfconv.reference_transformers import _optional_names  # noqa: E402
+from hfconv.rules.transformers_reference import _optional_names  # noqa: E402
 
 pytestmark = pytest.mark.transformers
 

@@ -524,7 +524,7 @@ def _check_trusted_tokenizer(contents: FolderContents) -> Iterator[Finding]:
 
 def _check_trusted_model(contents: FolderContents) -> Iterator[Finding]:
     """With --trust-remote-code, the folder's own config and model code is imported (in the
-    reference subprocess, see :mod:`hfconv.reference_transformers`) where the shape check builds a
+    reference subprocess, see :mod:`hfconv.rules.transformers_reference`) where the shape check builds a
     transformers reference; code that runs past the time or memory cap there is an error. The
     build is shared with the shape check (one subprocess), which reports its other outcomes."""
     config = contents.config
@@ -532,8 +532,8 @@ def _check_trusted_model(contents: FolderContents) -> Iterator[Finding]:
         return
     if config.get("quantization_config") or contents.folder.has("adapter_config.json"):
         return  # the shape check builds no reference for these
-    from .. import reference_transformers as ref
-    from ..shape_rules import architecture_of, family_of
+    from ..rules import transformers_reference as ref
+    from ..rules.expected import architecture_of, family_of
 
     if not ref.runs_folder_code(config, True):
         return

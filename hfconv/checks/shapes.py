@@ -5,9 +5,9 @@ mismatch`` errors, or loads with weights silently ignored or left random. This c
 tensor, the shape the config implies, and the config field behind the wrong dimension (and,
 when one field change explains every mismatch, its value).
 
-Expected tensors come from hfconv's rule table (:mod:`hfconv.shape_rules`) or, with
+Expected tensors come from hfconv's rule table (:mod:`hfconv.rules`) or, with
 ``--reference transformers`` (or ``auto`` for families the table lacks), from transformers'
-own model built on the meta device (:mod:`hfconv.reference_transformers`). Only headers are
+own model built on the meta device (:mod:`hfconv.rules.transformers_reference`). Only headers are
 used: no tensor bytes are read.
 """
 
@@ -21,19 +21,9 @@ from ..contents import FolderContents
 from ..discovery import ADAPTER
 from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
-from ..shape_rules import (
-    Comparison,
-    ConfigValueError,
-    CountMismatch,
-    ExpectedModel,
-    ShapeMismatch,
-    architecture_of,
-    compare,
-    expected_tensors,
-    family_of,
-    generic_expected,
-    suggest_fix,
-)
+from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, suggest_fix
+from ..rules.expected import ExpectedModel, architecture_of, expected_tensors, family_of, generic_expected
+from ..rules.expression import ConfigValueError
 
 # --- HFC6xx: tensor shapes implied by config.json ------------------------------------------
 register("HFC601", "error", "shape differs from config",
@@ -75,7 +65,7 @@ register("HFC606", "info", "architecture not in rule table",
          "hfconv's shape-rule table does not cover this model_type or model class, and no transformers "
          "reference was used: only the generic checks ran (embedding rows = vocab_size, embedding width "
          "= hidden_size, layer count).",
-         "Install the optional extra (pip install 'hfconv[transformers]') and use --reference auto or "
+         "Install transformers (pip install torch transformers) and use --reference auto or "
          "transformers for a full check.",
          "model_type 'mamba' is not in hfconv's shape-rule table and transformers is not installed: only "
          "embedding sizes and the layer count were checked")
@@ -94,9 +84,9 @@ register("HFC608", "info", "adapter folder",
 register("HFC609", "info", "reference model unavailable",
          "The transformers reference model could not be built (transformers missing, model unknown to "
          "it, custom code not trusted, or the config is rejected).",
-         "Install transformers (pip install 'hfconv[transformers]'), pass --trust-remote-code for "
+         "Install transformers (pip install torch transformers), pass --trust-remote-code for "
          "folders with their own code, or use --reference rules.",
-         "--reference transformers: transformers is not installed (pip install 'hfconv[transformers]'); "
+         "--reference transformers: transformers is not installed (pip install torch transformers); "
          "checked against hfconv's rule table instead")
 register("HFC610", "info", "ignored buffers stored",
          "Older exports saved non-persistent buffers (rotary inv_freq, causal-mask attn.bias, position "
@@ -164,7 +154,7 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
     known_head = family is not None and family.head_for(architecture) is not None
     notes: list[Finding] = []
     if option == "transformers" or (option == "auto" and not known_head):
-        from .. import reference_transformers as ref
+        from ..rules import transformers_reference as ref
 
         if option == "transformers" or ref.transformers_available():
             try:

@@ -23,16 +23,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Any, TypeGuard
 
-from .shape_rules import (
-    LAYER_FIELDS,
-    ConfigValueError,
-    Dim,
-    ExpectedModel,
-    ExpectedTensor,
-    expected_tensors,
-    infer_counts,
-    legacy_name,
-)
+from .compare import legacy_name
+from .expected import LAYER_FIELDS, Dim, ExpectedModel, ExpectedTensor, expected_tensors, infer_counts
+from .expression import ConfigValueError
 
 MAX_REFERENCE_COUNT = 1024
 """Most layers or blocks a reference model is built with, per config field, nested configs included
@@ -122,7 +115,7 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
     if too_big is not None:  # building a model with a billion layers on meta still takes forever
         raise ReferenceUnavailable(too_big)
     if not transformers_available():
-        raise ReferenceUnavailable("transformers is not installed (pip install 'hfconv[transformers]')")
+        raise ReferenceUnavailable("transformers is not installed (pip install torch transformers)")
     names = None if tensor_names is None else [n for n in tensor_names if isinstance(n, str)]
     if runs_folder_code(config, trust_remote_code):
         isolated = True  # the folder's code never runs in this process
@@ -304,7 +297,7 @@ def _expected(raw: Mapping[str, Any], config: Mapping[str, Any], tensor_names: l
 _CHILD = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-from hfconv.reference_transformers import _child_main
+from hfconv.rules.transformers_reference import _child_main
 _child_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
 """
 _CACHE: dict[tuple, Any] = {}
@@ -322,7 +315,7 @@ def _build_isolated(folder: str | os.PathLike[str], config: Mapping[str, Any], t
     import json
     import tempfile
 
-    from .environment import reference_memory, reference_timeout, remote_code_timeout, run_python
+    from ..environment import reference_memory, reference_timeout, remote_code_timeout, run_python
 
     trusted = runs_folder_code(config, trust_remote_code)
     folder = os.path.abspath(os.fspath(folder))
@@ -364,7 +357,7 @@ def _read_result(result: str, stderr: str, status: int, what: str, memory: int, 
     """The child's outcome: its raw data, or the exception to raise."""
     import json
 
-    from .environment import file_tail
+    from ..environment import file_tail
 
     cap = (f"{what} the reference model needed more than {memory / 2**20:.0f} MiB of memory beyond its imports "
            "(the memory cap, HFCONV_REFERENCE_MEMORY_MB; the subprocess was stopped)")
@@ -404,7 +397,7 @@ def _child_main(request: str, result: str, memory: int) -> None:
     address space is capped at what importing torch and transformers mapped plus ``memory``."""
     import json
 
-    from .environment import cap_address_space
+    from ..environment import cap_address_space
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,0 +1,279 @@
+"""Comparing an expected model with the stored tensors, and the likely culprit in config.json.
+
+:func:`compare` matches stored names with expected ones (prefixes, legacy renames, known
+buffers) and reports shape mismatches, missing and unexpected tensors and wrong layer counts;
+:func:`suggest_fix` finds the single config-field change under which every mismatch fits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .expected import CountGroup, ExpectedModel, ExpectedTensor, expected_tensors, family_of
+from .expression import ConfigValueError, ExpressionError, Scope, merge_unique
+from .families import KNOWN_EXTRAS, LEGACY_RENAMES
+
+
+@dataclass(frozen=True)
+class ShapeMismatch:
+    name: str
+    """The tensor name as stored in the weights."""
+    expected: ExpectedTensor
+    actual: tuple[int, ...]
+
+    @property
+    def wrong_dims(self) -> tuple[int, ...]:
+        if len(self.actual) != len(self.expected.dims):
+            return ()
+        return tuple(k for k, (a, d) in enumerate(zip(self.actual, self.expected.dims, strict=True)) if a != d.value)
+
+
+@dataclass(frozen=True)
+class CountMismatch:
+    group: CountGroup
+    found: tuple[int, ...]
+    """Sorted indices present in the weights."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The differences between an ExpectedModel and the tensors of a folder."""
+
+    mismatched: tuple[ShapeMismatch, ...] = ()
+    missing: tuple[str, ...] = ()
+    """Required tensors absent from the weights (named in the folder's prefix convention)."""
+    unexpected: tuple[str, ...] = ()
+    ignored: tuple[tuple[str, str], ...] = ()
+    """(tensor, label) for known buffers and leftovers loaders ignore."""
+    counts: tuple[CountMismatch, ...] = ()
+    matched: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.mismatched or self.missing or self.unexpected or self.counts)
+
+
+def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> Comparison:
+    """Compare expected tensors with ``actual`` (name -> shape), tolerating prefixes and buffers.
+
+    A stored name matches an expected one as is, with the base-model prefix added or removed
+    (``model.``, ``transformer.``: both load), or after the legacy ``LayerNorm.gamma/beta``
+    renames. Layers (or experts) beyond the configured count, or entirely absent, are
+    reported once as a CountMismatch rather than tensor by tensor.
+
+    Args:
+        expected: from :func:`expected_tensors` or the transformers reference.
+        actual: the stored tensors' shapes by name.
+
+    Returns:
+        The Comparison.
+    """
+    prefix = expected.prefix
+    # A head the table does not know may nest the base model under its own attribute
+    # (T5ForSequenceClassification: transformer.encoder...): find that prefix from the names.
+    outer = "" if expected.complete else _outer_prefix(actual, expected.tensors, prefix)
+    canonical: dict[str, str] = {}  # stored name -> expected name
+    taken: set[str] = set()
+    direct = bare = prefixed = 0  # how stored names relate to expected ones, to show missing names alike
+    for name in actual:
+        key = _canonical(name.removeprefix(outer) if outer else name, expected.tensors, prefix)
+        if key is None or key in taken:
+            continue
+        canonical[name] = key
+        taken.add(key)
+        legacy = legacy_name(name)
+        if key == legacy:
+            direct += 1
+        elif key == prefix + legacy:
+            bare += 1
+        else:
+            prefixed += 1
+
+    # 1. Numbered runs (layers, experts): the indices present vs the configured count. Tensors the
+    # model class declares ignorable (DeepSeek-V3's multi-token-prediction layer model.layers.61)
+    # are not layers of the run.
+    allowed = [re.compile(p) for p in expected.allowed_extras]
+    counted = [name for name in actual if name in canonical or not any(rx.search(name) for rx in allowed)]
+    count_mismatches = []
+    skipped: list[tuple[re.Pattern, frozenset[int]]] = []
+    for group in expected.counts:
+        regex = re.compile(group.pattern)
+        found = {i for name in counted if (i := _group_index(regex, canonical.get(name, name), prefix)) is not None}
+        want = group.wanted
+        if found != want and (found or any(regex.match(k) for k in expected.tensors)):
+            count_mismatches.append(CountMismatch(group, tuple(sorted(found))))
+            skipped.append((regex, frozenset(found ^ want)))
+
+    def left_to_count(name: str) -> bool:
+        return any((i := _group_index(rx, name, prefix)) is not None and i in indices for rx, indices in skipped)
+
+    # 2. Every stored tensor: matched (then its shape is checked), ignored, or unexpected.
+    extras = [(re.compile(p), label) for p, label in KNOWN_EXTRAS]
+    extras += [(re.compile(p), "ignored by the loader") for p in expected.allowed_extras]
+    mismatched, unexpected, ignored = [], [], []
+    matched = 0
+    for name, shape in actual.items():
+        key = canonical.get(name)
+        if key is not None:
+            want_tensor = expected.tensors[key]
+            if tuple(shape) != want_tensor.shape:
+                mismatched.append(ShapeMismatch(name, want_tensor, tuple(shape)))
+            else:
+                matched += 1
+        elif not left_to_count(name):
+            label = next((lbl for rx, lbl in extras if rx.search(name)), None)
+            if label is not None:
+                ignored.append((name, label))
+            elif expected.complete or (prefix and name.startswith(prefix)):
+                unexpected.append(name)
+
+    # 3. Required tensors nobody stored, named the way this folder names its tensors.
+    missing = []
+    for key, tensor in expected.tensors.items():
+        if key in taken or tensor.optional or left_to_count(key):
+            continue
+        if prefix and bare > direct and key.startswith(prefix):
+            key = key[len(prefix):]
+        elif prefix and prefixed > direct and not key.startswith(prefix) and not expected.complete:
+            key = prefix + key
+        missing.append(outer + key)
+    return Comparison(tuple(mismatched), tuple(missing), tuple(unexpected), tuple(ignored),
+                      tuple(count_mismatches), matched)
+
+
+def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, ExpectedTensor], prefix: str) -> str:
+    """The attribute path (``transformer.``) under which most stored names match expected ones,
+    when more match with it stripped than as they are; else ``""``."""
+    def matches(strip: str) -> int:
+        return sum(1 for n in actual if n.startswith(strip) and
+                   _canonical(n[len(strip):], tensors, prefix) is not None)
+
+    candidates: dict[str, int] = {}
+    for name in actual:
+        parts = name.split(".")
+        for k in (1, 2):
+            if len(parts) > k + 1:
+                stem = ".".join(parts[:k]) + "."
+                candidates[stem] = candidates.get(stem, 0) + 1
+    best, best_count = "", matches("")
+    for stem, n in sorted(candidates.items(), key=lambda kv: -kv[1])[:8]:
+        if n > best_count and (count := matches(stem)) > best_count:
+            best, best_count = stem, count
+    return best
+
+
+def legacy_name(name: str) -> str:
+    """``name`` with the TF-era parts transformers renames at load (LEGACY_RENAMES) renamed."""
+    for old, new in LEGACY_RENAMES:
+        if old in name:
+            name = name.replace(old, new)
+    return name
+
+
+def _canonical(name: str, tensors: Mapping[str, ExpectedTensor], prefix: str) -> str | None:
+    name = legacy_name(name)
+    if name in tensors:
+        return name
+    if prefix:
+        if prefix + name in tensors:
+            return prefix + name
+        if name.startswith(prefix) and name[len(prefix):] in tensors:
+            return name[len(prefix):]
+    return None
+
+
+def _group_index(regex: re.Pattern, name: str, prefix: str) -> int | None:
+    m = regex.match(name)
+    if m is None and prefix:
+        m = regex.match(prefix + name) or (regex.match(name[len(prefix):]) if name.startswith(prefix) else None)
+    return int(m.group(1)) if m else None
+
+
+# --- the likely culprit ---------------------------------------------------------------------
+
+def suggest_fix(config: Mapping[str, Any], expected: ExpectedModel, comparison: Comparison,
+                actual: Mapping[str, tuple[int, ...]], max_fields: int = 6) -> dict[str, int]:
+    """Single config-field changes under which every mismatched tensor fits.
+
+    For each field behind a wrong dimension, solve for the value that would produce the stored
+    dimension (the expressions are ratios or linear in each field), rebuild the expected model
+    with it, and keep it when every shape mismatch vanishes and nothing else gets worse.
+
+    Args:
+        config: the parsed config.json.
+        expected: the rule-table model the comparison used.
+        comparison: its result.
+        actual: the stored shapes.
+        max_fields: how many driver fields to try.
+
+    Returns:
+        field -> value that explains the weights, in driver order (usually zero or one entry).
+    """
+    if expected.source != "rules" or not comparison.mismatched:
+        return {}
+    family = family_of(config)
+    if family is None:
+        return {}
+    scope = Scope(family, config)
+    fields = list(merge_unique(*(mm.expected.dims[k].drivers for mm in comparison.mismatched for k in mm.wrong_dims)))
+    baseline = len(comparison.missing) + len(comparison.unexpected) + len(comparison.counts)
+    fixes: dict[str, int] = {}
+    for f in fields[:max_fields]:
+        try:
+            current = scope.field(f).value
+        except (ConfigValueError, ExpressionError):
+            continue
+        if isinstance(current, bool) or not isinstance(current, int):
+            continue
+        for candidate in _candidates(config, expected, f, current, comparison.mismatched):
+            trial = {**config, f: candidate}
+            if not _plausible(trial):
+                continue
+            try:
+                model = expected_tensors(trial, expected.architecture)
+            except (ConfigValueError, ExpressionError):
+                continue
+            result = compare(model, actual) if model is not None else None
+            if result is not None and not result.mismatched and \
+                    len(result.missing) + len(result.unexpected) + len(result.counts) <= baseline:
+                fixes[f] = candidate
+                break
+    return fixes
+
+
+def _candidates(config: Mapping[str, Any], expected: ExpectedModel, f: str, current: int,
+                mismatched: Iterable[ShapeMismatch]) -> list[int]:
+    """Values of ``f`` that would turn a wrong dimension into the stored one."""
+    try:
+        plus_one = expected_tensors({**config, f: current + 1}, expected.architecture)
+    except (ConfigValueError, ExpressionError):
+        plus_one = None
+    out: list[int] = []
+    seen: set[tuple[str, int]] = set()
+    for mm in mismatched:
+        for k in mm.wrong_dims:
+            dim, stored = mm.expected.dims[k], mm.actual[k]
+            if f not in dim.drivers or (dim.formula, stored) in seen:
+                continue
+            seen.add((dim.formula, stored))
+            if dim.value and (current * stored) % dim.value == 0:  # f is a factor
+                out.append(current * stored // dim.value)
+            if stored and (current * dim.value) % stored == 0:  # f divides
+                out.append(current * dim.value // stored)
+            other = plus_one.tensors.get(mm.expected.name) if plus_one is not None else None
+            if other is not None and len(other.dims) > k:  # f is a term of a sum
+                slope = other.dims[k].value - dim.value
+                if slope and (stored - dim.value) % slope == 0:
+                    out.append(current + (stored - dim.value) // slope)
+    return [c for c in dict.fromkeys(out) if c > 0 and c != current][:4]
+
+
+def _plausible(config: Mapping[str, Any]) -> bool:
+    """Reject fixes no loader accepts: attention heads must split evenly into KV groups."""
+    heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    if isinstance(heads, int) and isinstance(kv, int) and kv > 0:
+        return heads % kv == 0
+    return True

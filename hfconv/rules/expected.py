@@ -1,0 +1,387 @@
+"""Expected models: the tensors (names, shapes, the fields behind each dimension) a loader expects.
+
+From a family's rule table (:func:`expected_tensors`), from the stored names alone for a family
+nobody describes (:func:`generic_expected`), and the numbered runs (layers, experts) whose
+count the config fixes (:func:`infer_counts`, used by the transformers reference). Counts from
+config.json are untrusted and capped (:data:`MAX_COUNT`, :data:`MAX_TENSORS`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .expression import ConfigValueError, Scope, as_int, expression_names, merge_unique
+from .families import FAMILIES, PLACEHOLDER, Family, Head, Rule
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One expected dimension and where it comes from."""
+
+    value: int
+    drivers: tuple[str, ...] = ()
+    formula: str = ""
+    """e.g. ``num_key_value_heads * head_dim = 2 * 8``; empty when unknown."""
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExpectedTensor:
+    """A tensor the config implies: its shape, the fields behind each dimension, optional or not."""
+
+    name: str
+    dims: tuple[Dim, ...]
+    optional: bool = False
+    """May be absent (tied to another tensor, or a tolerated leftover)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(d.value for d in self.dims)
+
+    @property
+    def drivers(self) -> tuple[str, ...]:
+        return merge_unique(*(d.drivers for d in self.dims))
+
+
+@dataclass(frozen=True)
+class CountGroup:
+    """A numbered run of modules (layers, experts) whose count the config fixes."""
+
+    pattern: str
+    """Regex matched at the start of a tensor name; group 1 is the index."""
+    display: str
+    """e.g. ``model.layers.{n}``."""
+    expected: int
+    field: str
+    noun: str
+
+    @property
+    def wanted(self) -> set[int]:
+        """The indices the config asks for (capped: a reference never asks for more than MAX_COUNT)."""
+        return set(range(min(self.expected, MAX_COUNT + 1)))
+
+
+@dataclass(frozen=True)
+class ExpectedModel:
+    """What a loader expects to find in the weights of one folder."""
+
+    tensors: dict[str, ExpectedTensor]
+    family: str | None
+    architecture: str | None
+    source: str
+    """``rules`` or ``transformers X.Y.Z``."""
+    prefix: str = ""
+    """Base-model prefix (``model.``); checkpoints with or without it both load."""
+    counts: tuple[CountGroup, ...] = ()
+    complete: bool = True
+    """False when only the base model is known (unknown head): other tensors are not reported."""
+    allowed_extras: tuple[str, ...] = ()
+    """Extra regexes of tensors the loader ignores silently."""
+    notes: tuple[str, ...] = ()
+
+
+def family_of(config: Mapping[str, Any]) -> Family | None:
+    """The rule table for ``config['model_type']``, or None."""
+    model_type = config.get("model_type")
+    return FAMILIES.get(model_type) if isinstance(model_type, str) else None
+
+
+def architecture_of(config: Mapping[str, Any]) -> str | None:
+    """``architectures[0]`` when it is a string, else None."""
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs and isinstance(archs[0], str):
+        return archs[0]
+    return None
+
+
+def expected_tensors(config: Mapping[str, Any], architecture: str | None = None) -> ExpectedModel | None:
+    """Expected tensor names and shapes for ``config`` from the rule table.
+
+    Args:
+        config: parsed config.json.
+        architecture: class name to build; defaults to ``architectures[0]``.
+
+    Returns:
+        The ExpectedModel, or None when the family is not in the table. For a head the table
+        does not know, the base model's tensors with ``complete=False``.
+
+    Raises:
+        ConfigValueError: a value the shapes need is not usable (with the field names).
+    """
+    family = family_of(config)
+    if family is None:
+        return None
+    architecture = architecture or architecture_of(config)
+    found = family.head_for(architecture)
+    notes: tuple[str, ...] = ()
+    if found is None:
+        head, complete = Head(), False
+        notes = (f"{architecture} is not in hfconv's {family.model_type} rule table "
+                 f"(it knows {', '.join(family.class_prefix + s for s in family.heads)}); "
+                 "only the base model's tensors were checked",)
+    else:
+        head, complete = found[1], True
+    optional_head = architecture is None  # no architectures: the head is a guess, so tolerate it
+    scope = Scope(family, config, head.env)
+    strip = "" if head.base_prefixed else family.prefix
+    base_rules = family.rules if not head.prefix else tuple(
+        Rule(head.prefix + r.name, r.shape, r.when, r.optional) for r in family.rules)
+    rules = base_rules + tuple(Rule(r.name, r.shape, r.when, "1" if optional_head else r.optional)
+                               for r in head.rules)
+
+    counts = {p: _count(scope, expr) for p, (expr, _) in family.ranges.items()}
+    planned = sum(math.prod(counts[p] for p in rule.placeholders) for rule in rules)
+    if planned > MAX_TENSORS:
+        fields = tuple(expr for expr, _ in family.ranges.values())
+        raise ConfigValueError(fields, f"{' x '.join(fields)} would need {planned} tensors, more than hfconv checks "
+                               f"({MAX_TENSORS})")
+    tensors: dict[str, ExpectedTensor] = {}
+    groups: dict[str, CountGroup] = {}
+    for rule in rules:
+        name = rule.name[len(strip):] if strip and rule.name.startswith(strip) else rule.name
+        placeholders = rule.placeholders
+        static_shape = not any(expression_names(s) & set(placeholders) for s in rule.shape)
+        dims: tuple[Dim, ...] | None = None
+        conditions: dict[tuple, tuple[bool, bool]] = {}
+        for values in itertools.product(*(range(counts[p]) for p in placeholders)):
+            local = dict(zip(placeholders, values, strict=True))
+            # Conditions usually depend on one placeholder at most (the layer): cache by it.
+            key = tuple(v for p, v in local.items()
+                        if p in _names(rule.when) or p in _names(rule.optional))
+            if key not in conditions:
+                exists = rule.when is None or bool(scope.evaluate(rule.when, local).value)
+                optional = rule.optional is not None and bool(scope.evaluate(rule.optional, local).value)
+                conditions[key] = (exists, optional)
+            exists, optional = conditions[key]
+            if not exists:
+                continue
+            if dims is None or not static_shape:
+                dims = tuple(_dim(scope, s, local) for s in rule.shape)
+            full = name.format(**local) if placeholders else name
+            tensors[full] = ExpectedTensor(full, dims, optional)
+        if dims is not None:  # the rule produced tensors: its numbered runs are counted
+            _add_count_groups(groups, family, name, placeholders, counts)
+    tensors = {k: tensors[k] for k in sorted(tensors, key=natural_key)}
+    return ExpectedModel(
+        tensors=tensors, family=family.model_type, architecture=architecture, source="rules",
+        prefix=head.prefix or family.prefix, counts=tuple(groups.values()), complete=complete, notes=notes,
+    )
+
+
+def _names(expr: str | None) -> frozenset[str]:
+    return expression_names(expr) if expr else frozenset()
+
+
+MAX_COUNT = 65_536
+"""Most layers (or experts) a config may ask for; config.json is untrusted input."""
+MAX_TENSORS = 500_000
+"""Most tensors a rule table expands to (the largest MoE checkpoints hold about 100k)."""
+
+
+def _count(scope: Scope, expr: str) -> int:
+    term = scope.evaluate(expr)
+    return _bounded_count(as_int(term, "count"), term.drivers, term.text)
+
+
+def _bounded_count(value: int, drivers: tuple[str, ...], text: str) -> int:
+    """``value``, a count from config.json (untrusted: never range() over it unchecked)."""
+    if value < 0:
+        raise ConfigValueError(drivers, f"{text} is {value}, a negative count")
+    if value > MAX_COUNT:
+        raise ConfigValueError(drivers, f"{text} is {value}, more than hfconv checks ({MAX_COUNT})")
+    return value
+
+
+def _dim(scope: Scope, expr: str, local: Mapping[str, int]) -> Dim:
+    term = scope.evaluate(expr, local)
+    value = as_int(term, "shape")
+    if value < 0:
+        raise ConfigValueError(term.drivers, f"{term.text} = {term.numbers} = {value} is a negative dimension")
+    formula = term.text
+    if term.numbers != term.text:
+        formula += f" = {term.numbers}"
+    if term.numbers != str(value):
+        formula += f" = {value}"
+    return Dim(value, term.drivers, formula, term.notes)
+
+
+def _add_count_groups(groups: dict[str, CountGroup], family: Family, name: str, placeholders: tuple[str, ...],
+                      counts: Mapping[str, int]) -> None:
+    for p in placeholders:
+        head = name.partition("{" + p + "}")[0]
+        parts = PLACEHOLDER.split(head)  # literal, placeholder, literal, ...
+        pattern = "^" + "".join(re.escape(x) if k % 2 == 0 else r"\d+" for k, x in enumerate(parts)) + r"(\d+)\."
+        if pattern not in groups:
+            expr, noun = family.ranges[p]
+            display = PLACEHOLDER.sub("*", head) + "{n}"
+            groups[pattern] = CountGroup(pattern, display, counts[p], expr, noun)
+
+
+LAYER_FIELDS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "num_decoder_layers",
+                "num_encoder_layers", "encoder_layers", "decoder_layers")
+
+
+def infer_counts(names: Iterable[str], config: Mapping[str, Any]) -> tuple[CountGroup, ...]:
+    """Numbered runs in expected names (``model.layers.0.``...) tied to the config field that
+    holds their count, for a model known only by its names (the transformers reference).
+
+    Only first-level runs numbered 0..n-1 whose count equals a layer-count field of the
+    config are returned: runs of two or more, or a single module under a layer-stack name
+    (``layers.0``, ``h.0``), so that a config cut to one layer still has its count checked.
+    """
+    stems: dict[str, set[int]] = {}
+    for name in names:
+        parts = name.split(".")
+        for k, part in enumerate(parts[1:], start=1):
+            if part.isdigit():
+                stems.setdefault(".".join(parts[:k]) + ".", set()).add(int(part))
+                break
+    # Layer-count fields: top level, then one level down in sub-configs (text_config.num_hidden_layers
+    # of a vision-language model), as dotted paths.
+    fields: list[tuple[str, int]] = [(f, config[f]) for f in LAYER_FIELDS if _is_int(config.get(f))]
+    for key, sub in config.items():
+        if isinstance(sub, Mapping) and isinstance(key, str):
+            fields += [(f"{key}.{f}", sub[f]) for f in LAYER_FIELDS + ("depth",) if _is_int(sub.get(f))]
+    groups = []
+    for stem, indices in stems.items():
+        n = len(indices)
+        if n < 1 or indices != set(range(n)) or (n == 1 and stem.split(".")[-2] not in _LAYER_STEMS):
+            continue
+        matching = [f for f, value in fields if value == n]
+        if not matching:
+            continue
+        field_name = min(matching, key=lambda f: _affinity(stem, f))
+        groups.append(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", n, field_name, "layers"))
+    return tuple(groups)
+
+
+_TOWERS = ("vision", "visual", "image", "audio", "speech")
+
+
+def _affinity(stem: str, field_path: str) -> tuple[int, int]:
+    """Sort key pairing a run with the config field most likely to count it: a vision tower with
+    vision_config, the language model with text_config or the top level."""
+    sub = field_path.rpartition(".")[0]
+    tower = next((t for t in _TOWERS if t in stem), None)
+    if tower is not None:
+        return (0 if sub and (tower in sub or (tower == "visual" and "vision" in sub)) else 2, len(field_path))
+    if not sub:
+        return (0, len(field_path))
+    return (1 if "text" in sub or "language" in sub or "decoder" in sub or "llm" in sub else 3, len(field_path))
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting ``layers.2`` before ``layers.10`` (and each layer's tensors together)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))
+
+
+_EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings", "shared")
+_OUTPUTS = ("lm_head", "embed_out")
+_BASES = {"model", "transformer", "gpt_neox", "bert", "roberta", "language_model", "embeddings", "backbone"}
+_LAYER_STEMS = ("layers", "h", "layer", "blocks", "block")
+_DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_DEPTH_BY_TYPE = {"longcat_flash": ("num_layers",)}
+"""Model types whose stored layer run is counted by another field: LongCat-Flash stores
+``num_layers`` decoder layers of two sublayers each, and its num_hidden_layers is 2 * num_layers."""
+_HIDDEN_FIELDS = ("input_embedding_size", "word_embed_proj_dim", "embedding_size", "hidden_size", "n_embd", "d_model",
+                  "dim")
+"""Fields giving the token embedding's width, most specific first (RemBERT: input_embedding_size,
+OPT: word_embed_proj_dim, ALBERT/ELECTRA: embedding_size)."""
+
+
+def generic_expected(config: Mapping[str, Any], actual: Mapping[str, tuple[int, ...]]) -> ExpectedModel:
+    """What can be checked of an architecture nobody describes: the token embeddings and the
+    output projection have at least ``vocab_size`` rows and the embedding width (``embedding_size``
+    or ``hidden_size``) columns, and the one run of numbered layers matches the layer count
+    (``num_hidden_layers`` or its alias ``n_layer``/``num_layers``/``n_layers``; an encoder and a
+    decoder run match ``encoder_layers`` and ``decoder_layers``).
+
+    More rows than ``vocab_size`` pass: several architectures append rows for image or padding
+    tokens (Mllama: ``vocab_size + 8``, Moshi: ``vocab_size + 1``), and without a model class
+    nothing says how many. Fewer rows always fail: token ids past the last row cannot be embedded.
+
+    Only stored tensors are listed (nothing is "missing"), and ``complete=False`` (nothing is
+    "unexpected").
+    """
+    vocab_field, vocab = _field(config, ("vocab_size",))
+    width_field, width = _field(config, _HIDDEN_FIELDS)
+    model_type = config.get("model_type")
+    # The base-model attribute is usually named after the model type (electra., deberta.).
+    bases = _BASES | ({model_type.replace("-", "_")} if isinstance(model_type, str) else set())
+    tensors: dict[str, ExpectedTensor] = {}
+    for name, shape in actual.items():
+        parts = name.split(".")
+        if len(shape) != 2 or len(parts) > 4 or parts[-1] != "weight" or len(parts) < 2:
+            continue
+        if parts[-2] not in _EMBEDDINGS + _OUTPUTS or not set(parts[:-2]) <= bases | {"encoder", "decoder"}:
+            continue
+        # A decoder may have a vocabulary of its own (Marian with share_encoder_decoder_embeddings
+        # false embeds decoder_vocab_size rows, with it true vocab_size): it needs the smaller.
+        rows_field, rows = vocab_field, vocab
+        dec = config.get("decoder_vocab_size")
+        if "decoder" in parts[:-2] and _is_int(dec) and (not _is_int(vocab) or dec < vocab):
+            rows_field, rows = "decoder_vocab_size", dec
+        dims = []
+        if rows_field is not None and _is_int(rows) and shape[0] < rows:
+            dims.append(Dim(rows, (rows_field,), f"{rows_field} = {rows}",
+                            (f"an embedding needs at least {rows_field} = {rows} rows",)))
+        else:
+            dims.append(Dim(shape[0]))
+        if width_field is not None:
+            dims.append(Dim(width, (width_field,), f"{width_field} = {width}"))
+        else:
+            dims.append(Dim(shape[1]))
+        tensors[name] = ExpectedTensor(name, tuple(dims))
+    stems: dict[str, set[int]] = {}
+    for name in actual:
+        parts = name.split(".")
+        for k, part in enumerate(parts[1:], start=1):
+            if part.isdigit():
+                if parts[k - 1] in _LAYER_STEMS and set(parts[:k - 1]) <= bases | {"encoder", "decoder"}:
+                    stems.setdefault(".".join(parts[:k]) + ".", set()).add(int(part))
+                break
+    runs: list[tuple[str, str | None, Any]] = []  # (stem, config field, its value)
+    if len(stems) == 1:
+        depth = _DEPTH_BY_TYPE.get(model_type, ()) if isinstance(model_type, str) else ()
+        runs = [(next(iter(stems)), *_field(config, depth + _DEPTH_FIELDS))]
+    elif len(stems) == 2:  # an encoder-decoder: one run under encoder., one under decoder.
+        by_side = {side: [s for s in stems if f".{side}." in f".{s}"] for side in ("encoder", "decoder")}
+        if all(len(v) == 1 for v in by_side.values()):
+            # BART: encoder_layers/decoder_layers; T5: num_layers and num_decoder_layers (null: num_layers).
+            runs = [(by_side["encoder"][0], *_field(config, ("encoder_layers", "num_layers"))),
+                    (by_side["decoder"][0], *_field(config, ("decoder_layers", "num_decoder_layers", "num_layers")))]
+            # num_hidden_layers beside encoder_layers is its alias (BART, Whisper, Marian, ...), which
+            # save_pretrained writes equal; where they differ transformers 5 builds num_hidden_layers
+            # encoder layers (4.x built encoder_layers), so the run must match both.
+            hidden, encoder = config.get("num_hidden_layers"), config.get("encoder_layers")
+            if _is_int(hidden) and _is_int(encoder) and hidden != encoder:
+                runs.append((by_side["encoder"][0], "num_hidden_layers", hidden))
+    counts = tuple(CountGroup("^" + re.escape(stem) + r"(\d+)\.", stem + "{n}", _bounded_count(value, (f,), f), f,
+                              "layers")
+                   for stem, f, value in runs if f is not None)
+    return ExpectedModel(tensors=tensors, family=model_type if isinstance(model_type, str) else None,
+                         architecture=architecture_of(config), source="generic", counts=counts, complete=False)
+
+
+def _field(config: Mapping[str, Any], names: Iterable[str]) -> tuple[str | None, Any]:
+    """(path, value) of the first of ``names`` set to an integer in config.json, or else in its
+    text_config (vision-language models keep the language model's sizes there); (None, None)."""
+    names = tuple(names)
+    for name in names:
+        if _is_int(config.get(name)):
+            return name, config[name]
+    text = config.get("text_config")
+    if isinstance(text, Mapping):
+        for name in names:
+            if _is_int(text.get(name)):
+                return f"text_config.{name}", text[name]
+    return None, None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
