@@ -10,6 +10,7 @@ from .contents import read_contents
 from .discovery import discover
 from .report import Layout
 from .validation import check_folder
+from .weight_map import MapShard, shard_map
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Inspection:
     """config.json was read (a JSON object)."""
     tensor_rows: tuple[TensorRow, ...] | None = None
     """Every tensor (name, shape, dtype, shard, bytes) with ``tensors=True``; None otherwise."""
+    shard_map: tuple[MapShard, ...] = ()
+    """The shards with their tensors, for the HTML report's pictures (not in the JSON)."""
 
     @property
     def empty(self) -> bool:
@@ -147,6 +150,7 @@ def inspect(path: str | os.PathLike, *, tensors: bool = False) -> Inspection:
         tokenizer_files=tuple(f for f in TOKENIZER_FILES if folder.has(f)),
         has_config=isinstance(contents.config, dict),
         tensor_rows=rows,
+        shard_map=shard_map(contents),
     )
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .findings import Finding, Severity
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .weight_map import MapShard
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class Report:
     manifest_matched: int | None = None
     """With ``--manifest``: the number of tensors whose dtype, shape and sha256 all match it (set
     only when every one does); None when no manifest was given or a tensor differs."""
+    shard_map: tuple[MapShard, ...] = field(default=(), compare=False, repr=False)
+    """The shards loaders read with their tensors (name, shape, dtype, bytes), for the HTML
+    report's pictures; not part of the JSON."""
 
     @property
     def errors(self) -> int:

@@ -12,6 +12,7 @@ from .errors import UsageError
 from .findings import Finding
 from .fsutil import special_kind
 from .report import Report
+from .weight_map import shard_map
 
 __all__ = ["UsageError", "check_contents", "check_folder", "validate"]  # UsageError: from .errors, as before
 
@@ -96,6 +97,7 @@ def check_contents(
         summary=contents.summary(),
         strict=strict,
         manifest_matched=matched,
+        shard_map=shard_map(contents),
     )
 
 

@@ -53,6 +53,7 @@ from ..findings import Finding, finding
 from ..sharding import INDEX_FILE, parse_size
 from ..units import plural
 from ..validation import check_contents
+from ..weight_map import MapShard, MapTensor, shard_map, tensor_nbytes
 from . import codes  # noqa: F401 - registers the HFC7xx codes
 from .errors import (
     ConversionError,
@@ -61,6 +62,7 @@ from .errors import (
     VerificationError,
     write_failure,
 )
+from .in_place import convert_in_place
 from .manifest import MANIFEST_FORMAT, stage_manifest
 from .plan import ConversionPlan, PlannedTensor, ShardPlan, build_header, data_phase, plan_conversion
 from .results import ConversionResult, ProgressCallback, ShardInfo, ValidationSummary
@@ -92,7 +94,7 @@ __all__ = [
 
 def convert(
     src: str | os.PathLike,
-    dst: str | os.PathLike,
+    dst: str | os.PathLike | None = None,
     *,
     max_shard_size: int | str = "5GB",
     dtype: str = "keep",
@@ -103,6 +105,8 @@ def convert(
     fsync: bool = False,
     progress: ProgressCallback | None = None,
     allow_invalid_output: bool = False,
+    in_place: bool = False,
+    delete_bin: bool = False,
 ) -> ConversionResult:
     """Convert a model folder to safetensors, streaming, and verify the result.
 
@@ -125,6 +129,12 @@ def convert(
         progress: called with ``(done_bytes, total_bytes)`` as bytes are written and verified.
         allow_invalid_output: write DST even when it fails validation (a salvage copy); the
             result then says so (``ok`` False, ``validation.findings`` the errors).
+        in_place: no DST: write ``model.safetensors`` (or shards and their index) into SRC,
+            beside its ``.bin`` files, verified, as the Hub's conversion does
+            (:mod:`hfconv.conversion.in_place`); a cast, a manifest, ``force`` and
+            ``allow_invalid_output`` do not apply.
+        delete_bin: with ``in_place``, delete the ``.bin`` files (and their index) once the
+            safetensors are verified and the folder validated; never before.
 
     Returns:
         The ConversionResult (``result.ok`` False only for an invalid output written with
@@ -144,6 +154,15 @@ def convert(
         VerificationError: a tensor differs from its source (HFC701) or the output fails
             validation (HFC706: errors convert made; HFC713: errors already in the source).
     """
+    if in_place or delete_bin:
+        if not in_place:
+            raise OptionError("delete_bin", " applies only to in_place")
+        if dst is not None or manifest is not None or force or allow_invalid_output:
+            raise UsageError("in_place writes into SRC: it takes no DST, manifest, force or allow_invalid_output")
+        return convert_in_place(src, max_shard_size=max_shard_size, dtype=dtype, verify=verify,
+                                delete_bin=delete_bin, jobs=jobs, fsync=fsync, progress=progress)
+    if dst is None:
+        raise UsageError("convert needs DST (or in_place=True)")
     started = time.perf_counter()
     # 1. Arguments and paths: nothing is read or written before they are all accepted.
     limit, dtype = _options(max_shard_size, dtype, jobs)
@@ -171,7 +190,7 @@ def convert(
         raise
 
     # 8. What was written, and how it was checked.
-    return _result(paths, plan, outcomes, copied, summary, settings, started)
+    return _result(paths, plan, outcomes, copied, summary, settings, started, shard_map(contents))
 
 
 @dataclass(frozen=True)
@@ -313,7 +332,8 @@ def _progress_counter(progress: ProgressCallback | None, total: int, passes: int
 
 
 def _result(paths: _Paths, plan: ConversionPlan, outcomes: list[ShardOutcome], copied: list[str],
-            summary: ValidationSummary | None, settings: _Settings, started: float) -> ConversionResult:
+            summary: ValidationSummary | None, settings: _Settings, started: float,
+            source_map: tuple[MapShard, ...] = ()) -> ConversionResult:
     """The ConversionResult of a completed conversion (HFC716 when an invalid output was written)."""
     invalid = summary is not None and not summary.valid
     written_anyway = (finding("HFC716", f"output INVALID: {paths.dst} fails validation with "
@@ -337,6 +357,11 @@ def _result(paths: _Paths, plan: ConversionPlan, outcomes: list[ShardOutcome], c
         findings=plan.findings + written_anyway,
         manifest=paths.manifest,
         durable=settings.fsync,
+        source_map=source_map,
+        output_map=tuple(MapShard(s.name, o.file_nbytes, tuple(MapTensor(t.name, t.shape, t.dtype,
+                                                                         tensor_nbytes(t.dtype, t.shape))
+                                                               for t in s.tensors))
+                         for s, o in zip(plan.shards, outcomes)),
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..findings import Finding
 from ..sharding import INDEX_FILE
+from ..weight_map import MapShard
 
 __all__ = ["ProgressCallback", "ShardInfo", "ValidationSummary", "ConversionResult"]
 
@@ -77,6 +78,16 @@ class ConversionResult:
     manifest: str | None = None
     durable: bool = False
     """Every file and folder was fsynced before DST appeared (``--fsync``)."""
+    source_map: tuple[MapShard, ...] = ()
+    """SRC's shards with their tensors, for the HTML report's pictures (not in the JSON)."""
+    output_map: tuple[MapShard, ...] = ()
+    """DST's shards with their tensors as written (dtype after any cast), for the pictures."""
+    in_place: bool = False
+    """Written into SRC beside its ``.bin`` files (``dst`` is SRC)."""
+    written: tuple[str, ...] = ()
+    """In place: the files written into SRC (shards, then the index)."""
+    deleted: tuple[str, ...] = ()
+    """In place with ``delete_bin``: the ``.bin`` files (and index) deleted after verification."""
 
     @property
     def is_sharded(self) -> bool:
@@ -118,6 +129,8 @@ class ConversionResult:
             "seconds": round(self.seconds, 3),
             "mb_per_s": round(self.mb_per_s, 1),
             "verified": self.verified,
+            **({"in_place": True, "written": list(self.written), "deleted": list(self.deleted)}
+               if self.in_place else {}),
             "validation": self.validation.to_json() if self.validation else None,
             "manifest": self.manifest,
             "durable": self.durable,

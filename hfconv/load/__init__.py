@@ -44,6 +44,7 @@ from ..errors import OptionError
 from ..findings import Finding, Severity, finding
 from ..tensor_bytes import storage_records
 from ..validation import check_folder
+from ..weight_map import shard_map
 from . import codes as codes
 from .checksum import checksum_bytes, checksum_tensor
 from .device_map import DevicePlan, PlanError, device_sort_key, plan_device_map, plan_from_map, unused_keys
@@ -139,7 +140,7 @@ def load_test(
     except Refused as refused:
         phases["total"] = time.perf_counter() - started
         return LoadResult(path=str(path), findings=tuple(refused.findings), layout=refused.layout, dtype=dtype,
-                          phases=phases, peak_rss=peak_rss(), kept=keep)
+                          phases=phases, peak_rss=peak_rss(), kept=keep, shard_map=refused.shard_map)
     except OSError as exc:  # a step without its own finding (a full offload disk, ...): a finding, no traceback
         phases["total"] = time.perf_counter() - started
         where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
@@ -186,7 +187,7 @@ def _run(root: Path, options: _Options, phases: dict[str, float], started: float
         path=str(root), findings=tuple(findings), layout=validated.layout, plan=plan, devices=stats,
         dtype=options.dtype, phases=phases, peak_rss=peak_rss(),
         peak_anon=max(peak_anon, proc_status().get("RssAnon", 0)) or None, forward=forward_result,
-        kept=options.keep)
+        kept=options.keep, shard_map=shard_map(validated.contents))
 
 
 @contextlib.contextmanager

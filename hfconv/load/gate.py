@@ -83,7 +83,7 @@ def validate_for_loading(root: Path, gate: Gate, phases: dict[str, float]) -> Va
         summary = finding("HFC730", f"refused to load: validation found {len(blocking)} error"
                           f"{'s' if len(blocking) != 1 else ''}{' that affect loading' if not gate.strict else ''} "
                           f"({_quoted(first)})")
-        raise Refused([summary, *errors], report.layout)
+        raise Refused([summary, *errors], report.layout, report.shard_map)
     # 3. The others are let through, with a warning that names them.
     passed: list[Finding] = []
     if errors:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..findings import Finding, Severity
 from ..report import Layout
+from ..weight_map import MapShard
 from .device_map import DevicePlan
 
 __all__ = ["DeviceStats", "ForwardResult", "LoadResult", "Refused"]
@@ -77,6 +78,8 @@ class LoadResult:
     forward: ForwardResult | None = None
     kept: bool = True
     """Whether GPU tensors stayed on their devices until the whole model was loaded."""
+    shard_map: tuple[MapShard, ...] = ()
+    """The shards with their tensors, for the HTML report's pictures (not in the JSON)."""
 
     @property
     def errors(self) -> int:
@@ -135,7 +138,9 @@ class LoadResult:
 class Refused(Exception):
     """Stops the run with findings (validation errors, a plan error): the result has no plan."""
 
-    def __init__(self, findings: list[Finding], layout: Layout | None = None) -> None:
+    def __init__(self, findings: list[Finding], layout: Layout | None = None,
+                 shard_map: tuple[MapShard, ...] = ()) -> None:
         super().__init__(findings[0].message if findings else "refused")
         self.findings = findings
         self.layout = layout
+        self.shard_map = shard_map
