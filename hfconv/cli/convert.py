@@ -43,7 +43,7 @@ __all__ = ["convert_command"]
 
 @click.command("convert", context_settings=CONTEXT_SETTINGS)
 @click.argument("src", metavar="SRC")
-@click.argument("dst", metavar="DST", type=click.Path())
+@click.argument("dst", metavar="[DST]", type=click.Path(), required=False)
 @click.option("--max-shard-size", default="5GB", show_default=True, metavar="SIZE",
               help="Largest shard: 5GB = 5*10^9 bytes, 5GiB = 5*2^30, 500MB, 200KB or bytes. A tensor "
                    "larger than SIZE gets a shard of its own.")
@@ -65,14 +65,20 @@ __all__ = ["convert_command"]
               help="Flush DST to the disk before it appears, so it survives a power loss complete (costs "
                    "the disk's write time, like cp -r && sync). Without it DST still appears only once "
                    "complete and verified; after a power loss, check it with hfconv validate --manifest.")
+@click.option("--in-place", is_flag=True,
+              help="No DST: write model.safetensors (or shards and their index) into SRC beside its .bin files, "
+                   "verified, as the Hub's conversion does; the .bin files stay.")
+@click.option("--delete-bin", is_flag=True,
+              help="With --in-place: delete the .bin files (and their index) once the safetensors are verified "
+                   "and the folder validated; never before.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, else a line every 10 s; "
               "HFCONV_PROGRESS_INTERVAL=SECONDS sets the interval).")
 @format_option(["text", "json", "html"],
                help="Summary format on stdout: text, json, or html (one self-contained page).")
 @output_option(help="Write the summary to FILE instead of stdout.")
-def convert_command(src: str, dst: str, max_shard_size: str, dtype: str, no_verify: bool, allow_invalid_output: bool,
-                    manifest: str | None, force: bool, jobs: int, fsync: bool, quiet: bool, fmt: str,
-                    output: str | None) -> None:
+def convert_command(src: str, dst: str | None, max_shard_size: str, dtype: str, no_verify: bool,
+                    allow_invalid_output: bool, manifest: str | None, force: bool, jobs: int, fsync: bool,
+                    in_place: bool, delete_bin: bool, quiet: bool, fmt: str, output: str | None) -> None:
     """Convert a model folder to safetensors, streaming, and verify every tensor.
 
     SRC holds .bin weights (single or sharded, with or without an index, old -1-of-3 names)
@@ -88,6 +94,7 @@ def convert_command(src: str, dst: str, max_shard_size: str, dtype: str, no_veri
       hfconv convert ./model ./model-bf16 --dtype bfloat16 --manifest model.manifest.json
       hfconv convert ./model ./out --force --format json > report.json
       hfconv convert ./model ./out --format html -o convert.html
+      hfconv convert ./llama-bin --in-place --delete-bin   # safetensors beside, then no .bin
 
     Exit code: 0 converted (and verified), 1 input refused, conversion/verification failed or
     the output fails validation (also with --allow-invalid-output, which writes it anyway),
@@ -100,8 +107,9 @@ def convert_command(src: str, dst: str, max_shard_size: str, dtype: str, no_veri
 
     # 1. Check the options and SRC before any work: DST is not created on a bad -o.
     check_size(max_shard_size, "--max-shard-size")
+    _check_in_place(dst, in_place, delete_bin, dtype, manifest, force, allow_invalid_output, no_verify)
     folder = resolve_folder(src)
-    check_output(output, reads=[folder], writes=[dst])
+    check_output(output, reads=[folder], writes=[dst] if dst is not None else [])
     if dtype != "keep":
         require_torch("convert --dtype")  # casting is torch's; copying and resharding are not
     # 2. Convert, with progress; a signal unwinds it (the temporary folder is removed) to exit 130/143.
@@ -109,25 +117,52 @@ def convert_command(src: str, dst: str, max_shard_size: str, dtype: str, no_veri
     previous = _catch_signals()
     try:
         with usage_errors():
-            result = run_convert(folder, dst, max_shard_size=max_shard_size, dtype=dtype, verify=not no_verify,
-                                 manifest=manifest, force=force, jobs=jobs, fsync=fsync,
-                                 progress=update, allow_invalid_output=allow_invalid_output)
+            if in_place:
+                result = run_convert(folder, in_place=True, delete_bin=delete_bin, max_shard_size=max_shard_size,
+                                     verify=not no_verify, jobs=jobs, fsync=fsync, progress=update)
+            else:
+                assert dst is not None
+                result = run_convert(folder, dst, max_shard_size=max_shard_size, dtype=dtype,
+                                     verify=not no_verify, manifest=manifest, force=force, jobs=jobs, fsync=fsync,
+                                     progress=update, allow_invalid_output=allow_invalid_output)
     except ConversionError as exc:
-        _fail(src, dst, exc, fmt, output)
+        _fail(src, dst or src, exc, fmt, output)
     except OSError as exc:  # a step the library does not word itself: one line, never a traceback
-        _fail(src, dst, write_failure(exc, ""), fmt, output)
+        _fail(src, dst or src, write_failure(exc, ""), fmt, output)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
             bar = None
-        click.echo("interrupted; no DST was created.", err=True)
+        click.echo("interrupted; nothing was written into SRC." if in_place else "interrupted; no DST was created.",
+                   err=True)
         sys.exit(EXIT_FOR_SIGNAL.get(received_signals[-1] if received_signals else signal.SIGINT, 130))
     finally:
         if bar is not None:
             bar.close()
         _restore_signals(previous)
     # 3. Write the summary; the verdict where the user looks; exit.
-    _succeed(src, dst, result, fmt, output)
+    _succeed(src, dst or src, result, fmt, output)
+
+
+def _check_in_place(dst: str | None, in_place: bool, delete_bin: bool, dtype: str, manifest: str | None,
+                    force: bool, allow_invalid_output: bool, no_verify: bool) -> None:
+    """DST or --in-place, and the flags that go with each (exit 2 before any work)."""
+    if delete_bin and not in_place:
+        raise click.UsageError("--delete-bin applies only with --in-place")
+    if not in_place:
+        if dst is None:
+            raise click.UsageError("Missing argument 'DST' (or pass --in-place to write into SRC).")
+        return
+    if dst is not None:
+        raise click.UsageError("--in-place writes into SRC; give no DST")
+    given = [flag for flag, on in (("--dtype", dtype != "keep"), ("--manifest", manifest is not None),
+                                   ("--force", force), ("--allow-invalid-output", allow_invalid_output)) if on]
+    if given:
+        raise click.UsageError(f"--in-place cannot be combined with {', '.join(given)} (the .bin files stay beside "
+                               "the safetensors and must hold the same weights; convert to another folder instead)")
+    if delete_bin and no_verify:
+        raise click.UsageError("--delete-bin needs verification: it deletes the .bin files only after it; drop "
+                               "--no-verify")
 
 
 def _catch_signals() -> dict[int, object]:
@@ -153,7 +188,11 @@ def _succeed(src: str, dst: str, result: ConversionResult, fmt: str, output: str
 
     renderers = {"text": reports.render_text, "json": reports.render_json, "html": reports.render_html}
     result = dataclasses.replace(result, findings=flag_findings(result.findings))  # the CLI names its flags
-    emit(renderers[fmt](result), output)
+    text = renderers[fmt](result)
+    if fmt == "text" and result.in_place:  # what happened in SRC: the in-place findings (HFC717, HFC718)
+        text += "".join(f"  in place  {escape_text(f.message)}\n" for f in result.findings
+                        if f.code in ("HFC717", "HFC718"))
+    emit(text, output)
     if not result.ok and (output or fmt != "text"):  # the verdict where the user looks
         click.echo(f"convert {escape_text(src)} -> {escape_text(dst)}: output INVALID (written anyway: "
                    "--allow-invalid-output).", err=True)
