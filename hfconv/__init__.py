@@ -1,6 +1,6 @@
 """hfconv: validate, convert and load-test Hugging Face model folders without trusting them.
 
-    from hfconv import validate, convert, load_test, inspect
+    from hfconv import validate, convert, load_test, inspect, diff
     report = validate("path/to/model")
 
 The public functions are imported lazily so that ``import hfconv`` (and ``hfconv validate``)
@@ -18,6 +18,7 @@ _EXPORTS = {
     "inspect": ("hfconv.inspection", "inspect"),
     "convert": ("hfconv.conversion", "convert"),
     "load_test": ("hfconv.load", "load_test"),
+    "diff": ("hfconv.comparison", "diff"),
     "Report": ("hfconv.report", "Report"),
     "Finding": ("hfconv.findings", "Finding"),
     "Severity": ("hfconv.findings", "Severity"),

@@ -22,6 +22,7 @@ from ._common import (
     received_signals,
 )
 from .convert import convert_command
+from .diff import diff_command
 from .explain import codes_command, explain_command
 from .inspect import inspect_command
 from .load_test import load_test_command
@@ -50,6 +51,7 @@ main.add_command(validate_command)
 main.add_command(inspect_command)
 main.add_command(convert_command)
 main.add_command(load_test_command)
+main.add_command(diff_command)
 main.add_command(explain_command)
 main.add_command(codes_command)
 
