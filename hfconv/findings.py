@@ -381,7 +381,7 @@ def all_codes() -> dict[str, Code]:
     """Every registered code, importing the modules that register codes next to their checks."""
     import importlib
 
-    for module in ("hfconv.checks", "hfconv.conversion", "hfconv.load"):
+    for module in ("hfconv.checks", "hfconv.conversion", "hfconv.load", "hfconv.comparison"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
