@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .expression import ConfigValueError, Scope, as_int, expression_names, merge_unique
@@ -39,7 +40,7 @@ class ExpectedTensor:
     optional: bool = False
     """May be absent (tied to another tensor, or a tolerated leftover)."""
 
-    @property
+    @cached_property
     def shape(self) -> tuple[int, ...]:
         return tuple(d.value for d in self.dims)
 
@@ -141,19 +142,24 @@ def expected_tensors(config: Mapping[str, Any], architecture: str | None = None)
         raise ConfigValueError(fields, f"{' x '.join(fields)} would need {planned} tensors, more than hfconv checks "
                                f"({MAX_TENSORS})")
     tensors: dict[str, ExpectedTensor] = {}
+    sort_keys: dict[str, tuple] = {}
     groups: dict[str, CountGroup] = {}
     for rule in rules:
         name = rule.name[len(strip):] if strip and rule.name.startswith(strip) else rule.name
         placeholders = rule.placeholders
         static_shape = not any(expression_names(s) & set(placeholders) for s in rule.shape)
         dims: tuple[Dim, ...] | None = None
+        shape: tuple[int, ...] = ()
+        # Conditions usually depend on one placeholder at most (the layer): evaluated once per
+        # value of the placeholders they name, and shapes once per rule unless they name one.
+        conditional = _names(rule.when) | _names(rule.optional)
+        condition_at = tuple(k for k, p in enumerate(placeholders) if p in conditional)
         conditions: dict[tuple, tuple[bool, bool]] = {}
+        template = _Template(name, placeholders)
         for values in itertools.product(*(range(counts[p]) for p in placeholders)):
-            local = dict(zip(placeholders, values, strict=True))
-            # Conditions usually depend on one placeholder at most (the layer): cache by it.
-            key = tuple(v for p, v in local.items()
-                        if p in _names(rule.when) or p in _names(rule.optional))
+            key = tuple(values[k] for k in condition_at)
             if key not in conditions:
+                local = dict(zip(placeholders, values, strict=True))
                 exists = rule.when is None or bool(scope.evaluate(rule.when, local).value)
                 optional = rule.optional is not None and bool(scope.evaluate(rule.optional, local).value)
                 conditions[key] = (exists, optional)
@@ -161,20 +167,80 @@ def expected_tensors(config: Mapping[str, Any], architecture: str | None = None)
             if not exists:
                 continue
             if dims is None or not static_shape:
+                local = dict(zip(placeholders, values, strict=True))
                 dims = tuple(_dim(scope, s, local) for s in rule.shape)
-            full = name.format(**local) if placeholders else name
-            tensors[full] = ExpectedTensor(full, dims, optional)
+                shape = tuple(d.value for d in dims)
+            full = template.name(values)
+            tensors[full] = _expected_tensor(full, dims, optional, shape)
+            sort_keys[full] = template.sort_key(values, full)
         if dims is not None:  # the rule produced tensors: its numbered runs are counted
             _add_count_groups(groups, family, name, placeholders, counts)
-    tensors = {k: tensors[k] for k in sorted(tensors, key=natural_key)}
+    tensors = {k: tensors[k] for k in sorted(tensors, key=sort_keys.__getitem__)}
     return ExpectedModel(
         tensors=tensors, family=family.model_type, architecture=architecture, source="rules",
         prefix=head.prefix or family.prefix, counts=tuple(groups.values()), complete=complete, notes=notes,
+        allowed_extras=_trailing(scope, family),
     )
+
+
+_MAX_TRAILING = 256
+"""Most trailing layers a config may declare before hfconv stops tolerating them (untrusted input)."""
+
+
+def _trailing(scope: Scope, family: Family) -> tuple[str, ...]:
+    """Regexes of the trailing layer runs (:attr:`Family.trailing`) this config declares."""
+    out = []
+    for stem, first_expr, count_expr in family.trailing:
+        first, count = _count(scope, first_expr), _count(scope, count_expr)
+        if 0 < count <= _MAX_TRAILING:
+            rest = re.escape(stem.removeprefix(family.prefix))
+            indices = "|".join(str(first + k) for k in range(count))
+            out.append(f"^(?:{re.escape(family.prefix)})?{rest}(?:{indices})\\.")
+    return tuple(out)
 
 
 def _names(expr: str | None) -> frozenset[str]:
     return expression_names(expr) if expr else frozenset()
+
+
+class _Template:
+    """A rule's tensor name with its placeholders: the names and their natural sort keys
+    (:func:`natural_key`) for given placeholder values, without parsing each name again."""
+
+    def __init__(self, name: str, placeholders: tuple[str, ...]):
+        self.format = PLACEHOLDER.sub(lambda m: "{%d}" % placeholders.index(m.group(1)), name)
+        # natural_key's parts, with the index of the placeholder value for a part that is one.
+        self.parts: list[tuple | int] | None = []
+        for part in name.split("."):
+            whole = PLACEHOLDER.fullmatch(part)
+            if whole is not None:
+                self.parts.append(placeholders.index(whole.group(1)))
+            elif PLACEHOLDER.search(part):
+                self.parts = None  # a placeholder inside a part: the key of the whole name
+                break
+            else:
+                self.parts.append((0, int(part), "") if part.isdigit() else (1, 0, part))
+
+    def name(self, values: tuple[int, ...]) -> str:
+        return self.format.format(*values) if values else self.format
+
+    def sort_key(self, values: tuple[int, ...], name: str) -> tuple:
+        """natural_key(name), from the parts known in advance."""
+        if self.parts is None:
+            return natural_key(name)
+        return tuple((0, values[p], "") if isinstance(p, int) else p for p in self.parts)
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _expected_tensor(name: str, dims: tuple[Dim, ...], optional: bool, shape: tuple[int, ...]) -> ExpectedTensor:
+    """ExpectedTensor(name, dims, optional) with its shape cached, at a fraction of the cost of the
+    frozen dataclass's __init__ (a rule table expands to 100,000s of them for the largest MoE models)."""
+    tensor = _new_object(ExpectedTensor)
+    _set_attribute(tensor, "__dict__", {"name": name, "dims": dims, "optional": optional, "shape": shape})
+    return tensor
 
 
 MAX_COUNT = 65_536

@@ -81,6 +81,10 @@ class Family:
     """Class-name suffix (``ForCausalLM``, ``Model``) -> head."""
     default_head: str
     env_defaults: Mapping[str, Any] = field(default_factory=dict)
+    trailing: tuple[tuple[str, str, str], ...] = ()
+    """Runs of layers a checkpoint carries past the model's own and loaders ignore, as (stem, first
+    index expression, count expression): DeepSeek-V3's multi-token-prediction layers
+    ``model.layers.{num_hidden_layers}...``. Tolerated (HFC610), not counted as layers."""
 
     def head_for(self, architecture: str | None) -> tuple[str, Head] | None:
         """The head of ``architecture`` (exact class name first, then the longest suffix)."""
@@ -546,10 +550,47 @@ T5 = Family(
     env_defaults={"has_decoder": True},
 )
 
+# DeepSeek-V3/R1 (modeling_deepseek_v3.py): multi-head latent attention (q through a low-rank
+# q_a/q_b pair unless q_lora_rank is null, k/v through kv_a_proj_with_mqa and kv_b_proj), dense
+# MLPs in the first first_k_dense_replace layers, then routed experts, shared experts and a router
+# (gate.weight plus e_score_correction_bias). The published checkpoint carries one more layer per
+# num_nextn_predict_layers (multi-token prediction: enorm, hnorm, eh_proj, shared_head and a full
+# decoder layer) that transformers ignores.
+_MLA = _L + "self_attn."
+_QK = "(qk_nope_head_dim + qk_rope_head_dim)"  # transformers recomputes qk_head_dim from these two
+_DS_MOE = "i >= first_k_dense_replace"
+DEEPSEEK_V3 = Family(
+    "deepseek_v3", "DeepseekV3", "model.", {**_LAYERS, "e": ("n_routed_experts", "experts")},
+    dict(vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+         num_hidden_layers=61, num_attention_heads=128, n_shared_experts=1, n_routed_experts=256, q_lora_rank=1536,
+         kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, first_k_dense_replace=3,
+         attention_bias=False, tie_word_embeddings=False, num_nextn_predict_layers=1),
+    {},
+    _DECODER_ENDS + (
+        R(_MLA + "q_proj.weight", f"num_attention_heads * {_QK}", "hidden_size", when="not q_lora_rank"),
+        R(_MLA + "q_a_proj.weight", "q_lora_rank", "hidden_size", when="q_lora_rank"),
+        R(_MLA + "q_a_proj.bias", "q_lora_rank", when="q_lora_rank and attention_bias"),
+        R(_MLA + "q_a_layernorm.weight", "q_lora_rank", when="q_lora_rank"),
+        R(_MLA + "q_b_proj.weight", f"num_attention_heads * {_QK}", "q_lora_rank", when="q_lora_rank"),
+        R(_MLA + "kv_a_proj_with_mqa.weight", "kv_lora_rank + qk_rope_head_dim", "hidden_size"),
+        R(_MLA + "kv_a_proj_with_mqa.bias", "kv_lora_rank + qk_rope_head_dim", when="attention_bias"),
+        R(_MLA + "kv_a_layernorm.weight", "kv_lora_rank"),
+        R(_MLA + "kv_b_proj.weight", "num_attention_heads * (qk_nope_head_dim + v_head_dim)", "kv_lora_rank"),
+        R(_MLA + "o_proj.weight", "hidden_size", "num_attention_heads * v_head_dim"),
+        R(_MLA + "o_proj.bias", "hidden_size", when="attention_bias"),
+        R(_L + "mlp.gate.weight", "n_routed_experts", "hidden_size", when=_DS_MOE),
+        R(_L + "mlp.gate.e_score_correction_bias", "n_routed_experts", when=_DS_MOE),
+    ) + _gated_mlp(_L + "mlp.", "intermediate_size", when=f"not ({_DS_MOE})")
+      + _gated_mlp(_L + "mlp.experts.{e}.", "moe_intermediate_size", when=_DS_MOE)
+      + _gated_mlp(_L + "mlp.shared_experts.", "moe_intermediate_size * n_shared_experts", when=_DS_MOE),
+    _DECODER_HEADS, "ForCausalLM",
+    trailing=(("model.layers.", "num_hidden_layers", "default(num_nextn_predict_layers, 0)"),),
+)
+
 FAMILIES: dict[str, Family] = {
     f.model_type: f
     for f in (LLAMA, MISTRAL, QWEN2, QWEN3, MIXTRAL, QWEN2_MOE, GEMMA, GEMMA2, PHI3, GPT2, GPT_NEOX, FALCON,
-              BERT, ROBERTA, T5)
+              BERT, ROBERTA, T5, DEEPSEEK_V3)
 }
 """model_type -> rule table."""
 
