@@ -18,6 +18,7 @@ _EXPORTS = {
     "inspect": ("hfconv.inspection", "inspect"),
     "convert": ("hfconv.conversion", "convert"),
     "load_test": ("hfconv.load", "load_test"),
+    "fix": ("hfconv.fixing", "fix"),
     "diff": ("hfconv.comparison", "diff"),
     "Report": ("hfconv.report", "Report"),
     "Finding": ("hfconv.findings", "Finding"),

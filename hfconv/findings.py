@@ -48,6 +48,9 @@ class Code:
     """What to do about it."""
     example: str
     """An example message as hfconv prints it."""
+    fixable: str = ""
+    """What ``hfconv fix`` repairs of it: "" (nothing), ``safe: ...``, or ``unsafe: ...`` (only
+    with --unsafe-fixes); set by :func:`mark_fixable` next to the fix."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,17 @@ def register(code: str, severity: str, title: str, why: str, fix: str, example: 
     entry = Code(code, Severity(severity), title, why, fix, example)
     REGISTRY[code] = entry
     return entry
+
+
+def mark_fixable(code: str, safety: str, what: str) -> None:
+    """Record in the registry that ``hfconv fix`` repairs ``what`` of ``code`` (``safety``:
+    ``safe``, or ``unsafe`` for the fixes that need --unsafe-fixes)."""
+    if safety not in ("safe", "unsafe"):
+        raise ValueError(f"fix safety {safety!r} is neither 'safe' nor 'unsafe'")
+    entry = REGISTRY[code]
+    text = f"{safety}: {what}"
+    REGISTRY[code] = Code(entry.code, entry.severity, entry.title, entry.why, entry.fix, entry.example,
+                          f"{entry.fixable}; {text}" if entry.fixable else text)
 
 
 _PREDICATES = ("is ", "was ", "cannot be ", "could not be ", "resolves ", "has ", "holds ", "names ", "does ")
@@ -381,7 +395,7 @@ def all_codes() -> dict[str, Code]:
     """Every registered code, importing the modules that register codes next to their checks."""
     import importlib
 
-    for module in ("hfconv.checks", "hfconv.conversion", "hfconv.load", "hfconv.comparison"):
+    for module in ("hfconv.checks", "hfconv.conversion", "hfconv.load", "hfconv.fixing", "hfconv.comparison"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -391,10 +405,11 @@ def all_codes() -> dict[str, Code]:
 
 
 def codes_markdown() -> str:
-    """The README's table of finding codes: meaning, example, fix."""
-    lines = ["| code | severity | what it means | example | fix |", "|---|---|---|---|---|"]
+    """The README's table of finding codes: meaning, example, fix, and what ``hfconv fix`` repairs."""
+    lines = ["| code | severity | what it means | example | fix | hfconv fix |", "|---|---|---|---|---|---|"]
     for entry in all_codes().values():
-        cells = [entry.code, entry.severity.value, f"**{entry.title}**: {entry.why}", f"`{entry.example}`", entry.fix]
+        cells = [entry.code, entry.severity.value, f"**{entry.title}**: {entry.why}", f"`{entry.example}`", entry.fix,
+                 entry.fixable]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -22,8 +22,9 @@ from ._common import (
     received_signals,
 )
 from .convert import convert_command
-from .diff import diff_command
 from .explain import codes_command, explain_command
+from .diff import diff_command
+from .fix import fix_command
 from .inspect import inspect_command
 from .load_test import load_test_command
 from .validate import validate_command
@@ -51,9 +52,10 @@ main.add_command(validate_command)
 main.add_command(inspect_command)
 main.add_command(convert_command)
 main.add_command(load_test_command)
-main.add_command(diff_command)
 main.add_command(explain_command)
 main.add_command(codes_command)
+main.add_command(fix_command)
+main.add_command(diff_command)
 
 
 def _install_signal_exits() -> None:

@@ -1,0 +1,228 @@
+"""The file operations of ``fix``, each atomic: a temporary file beside the target, written,
+flushed to the disk, given the target's mode and renamed over it; a hard link for a rename
+(the old name goes only once the index names the new one); an unlink for a deletion.
+
+A crash (a kill, a power loss) between two operations leaves every file either old or new.
+Temporary files of a run that was killed are named ``.NAME.hfconv-fix-XXXX.tmp`` and removed
+by the next run.
+
+``HFCONV_FIX_PAUSE_AFTER=N`` is a test hook: after the Nth file operation the process writes a
+line to stderr and sleeps a minute, so that a test can kill it between two files (a real
+crash, not a simulated one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+
+from ..readers.safetensors_header import read_safetensors
+from ..tensor_bytes import copy_range, write_all
+from ..tensors import FormatError, WeightFile
+
+__all__ = ["FileOps", "TEMP_RE", "VerifyError", "header_bytes", "remove_stale_temporaries"]
+
+TEMP_RE = re.compile(r"^\..+\.hfconv-fix-[A-Za-z0-9_]+\.tmp$")
+"""Names of fix's own temporary files (only these are ever removed as leftovers)."""
+PAUSE_ENV = "HFCONV_FIX_PAUSE_AFTER"
+_COMPARE_CHUNK = 1 << 20
+
+
+class VerifyError(Exception):
+    """A rewritten file does not read back as the original's tensors: it was not installed."""
+
+
+def remove_stale_temporaries(root: str) -> list[str]:
+    """Delete the temporary files an interrupted fix left in ``root``; their names."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        if TEMP_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except OSError:
+                pass
+    return removed
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class FileOps:
+    """Atomic operations inside one folder, counted for the pause hook."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.count = 0
+        value = os.environ.get(PAUSE_ENV, "")
+        self.pause_after = int(value) if value.isdigit() else None
+
+    def _done(self, what: str) -> None:
+        self.count += 1
+        if self.pause_after is not None and self.count == self.pause_after:
+            sys.stderr.write(f"hfconv: paused after file operation {self.count} ({what}; {PAUSE_ENV})\n")
+            sys.stderr.flush()
+            time.sleep(60)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def _temporary(self, name: str) -> tuple[int, str]:
+        folder, base = os.path.split(self.path(name))
+        return tempfile.mkstemp(prefix=f".{base}.hfconv-fix-", suffix=".tmp", dir=folder)
+
+    def _install(self, fd: int, tmp: str, name: str) -> None:
+        """Flush ``tmp``, give it the target's mode, rename it over ``name``."""
+        target = self.path(name)
+        try:
+            mode = stat.S_IMODE(os.lstat(target).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+        os.close(fd)
+        if os.path.islink(target):
+            raise OSError(f"{name} became a symlink; not written through")
+        os.replace(tmp, target)
+        _fsync_dir(os.path.dirname(target))
+
+    def write_text(self, name: str, text: str) -> None:
+        """Replace (or create) ``name`` with ``text`` (UTF-8)."""
+        fd, tmp = self._temporary(name)
+        try:
+            write_all(fd, text.encode("utf-8"))
+            self._install(fd, tmp, name)
+        except BaseException:
+            _discard(fd, tmp)
+            raise
+        self._done(f"wrote {name}")
+
+    def rewrite_header(self, name: str, weight_file: WeightFile, metadata: Mapping[str, str]) -> None:
+        """Replace ``name`` with the same tensors under a new ``__metadata__``; the tensor bytes are
+        copied by byte range and compared with the original's before the rename."""
+        source = self.path(name)
+        header = header_bytes(weight_file, metadata)
+        old_base = 8 + weight_file.header_nbytes
+        src_fd = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            data_bytes = os.fstat(src_fd).st_size - old_base
+            fd, tmp = self._temporary(name)
+            try:
+                write_all(fd, struct.pack("<Q", len(header)) + header)
+                copy_range(src_fd, fd, old_base, data_bytes)
+                _verify(tmp, weight_file, metadata, src_fd, old_base, 8 + len(header), data_bytes)
+                self._install(fd, tmp, name)
+            except BaseException:
+                _discard(fd, tmp)
+                raise
+        finally:
+            os.close(src_fd)
+        self._done(f"rewrote the header of {name}")
+
+    def link(self, name: str, new_name: str) -> None:
+        """``new_name`` as a second name of ``name`` (the old name stays until :meth:`delete`)."""
+        try:
+            os.link(self.path(name), self.path(new_name), follow_symlinks=False)
+        except OSError:
+            # No hard links here (some file systems): copy, then flush, atomically under the new name.
+            fd, tmp = self._temporary(new_name)
+            try:
+                with open(self.path(name), "rb") as source:
+                    copy_range(source.fileno(), fd, 0, os.fstat(source.fileno()).st_size)
+                self._install(fd, tmp, new_name)
+            except BaseException:
+                _discard(fd, tmp)
+                raise
+        _fsync_dir(os.path.dirname(self.path(new_name)))
+        self._done(f"linked {name} as {new_name}")
+
+    def delete(self, name: str) -> None:
+        os.unlink(self.path(name))
+        _fsync_dir(os.path.dirname(self.path(name)))
+        self._done(f"deleted {name}")
+
+
+def _discard(fd: int, tmp: str) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def header_bytes(weight_file: WeightFile, metadata: Mapping[str, str]) -> bytes:
+    """A safetensors header (padded with spaces to 8 bytes, as safetensors writes) holding
+    ``metadata`` and ``weight_file``'s tensors, in file order, at their data offsets."""
+    import json
+
+    base = 8 + weight_file.header_nbytes
+    entries: dict[str, object] = {"__metadata__": dict(metadata)}
+    ordered = sorted(weight_file.tensors.values(), key=lambda t: (t.data_offsets or (0, 0)))
+    for meta in ordered:
+        if meta.data_offsets is None:
+            raise ValueError(f"tensor {meta.name!r} has no byte range")
+        begin, end = meta.data_offsets
+        entries[meta.name] = {"dtype": meta.dtype, "shape": list(meta.shape),
+                              "data_offsets": [begin - base, end - base]}
+    raw = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return raw + b" " * (-len(raw) % 8)
+
+
+def _verify(tmp: str, original: WeightFile, metadata: Mapping[str, str], src_fd: int, old_base: int,
+            new_base: int, data_bytes: int) -> None:
+    """The new file reads as the original's tensors (names, dtypes, shapes, byte ranges, bytes)
+    with the new metadata."""
+    try:
+        rewritten = read_safetensors(tmp)
+    except FormatError as exc:
+        raise VerifyError(f"the rewritten file does not read back: {exc.message}") from None
+    if rewritten.metadata != dict(metadata):
+        raise VerifyError("the rewritten header does not hold the new metadata")
+    shift = new_base - old_base
+    for name, meta in original.tensors.items():
+        new = rewritten.tensors.get(name)
+        if new is None or (new.dtype, new.shape) != (meta.dtype, meta.shape) or meta.data_offsets is None or \
+                new.data_offsets != (meta.data_offsets[0] + shift, meta.data_offsets[1] + shift):
+            raise VerifyError(f"tensor {name!r} differs in the rewritten header")
+    if len(rewritten.tensors) != len(original.tensors):
+        raise VerifyError("the rewritten header holds another number of tensors")
+    _compare_bytes(src_fd, old_base, tmp, new_base, data_bytes)
+
+
+def _compare_bytes(src_fd: int, old_base: int, tmp: str, new_base: int, count: int) -> None:
+    with open(tmp, "rb") as new:
+        done = 0
+        while done < count:
+            want = min(_COMPARE_CHUNK, count - done)
+            a = os.pread(src_fd, want, old_base + done)
+            b = os.pread(new.fileno(), want, new_base + done)
+            if a != b or not a:
+                raise VerifyError(f"tensor bytes differ after byte {done} of the data section")
+            done += len(a)
+
+
