@@ -198,9 +198,14 @@ class _Page(HTMLParser):
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
         self.attrs.extend(attrs)
+        self.joining = tag == "wbr"  # a line-break opportunity inside a name: the name stays one text
 
     def handle_data(self, data):
-        self.text.append(data)
+        if getattr(self, "joining", False) and self.text:
+            self.text[-1] += data
+        else:
+            self.text.append(data)
+        self.joining = False
 
 
 def parse_page(page: str) -> _Page:

@@ -152,14 +152,15 @@ def _segments(shard: MapShard, scale: float, marks: Mapping[str, str]) -> list[s
     return out
 
 
-def shard_map_html(shards: Sequence[MapShard], findings: Sequence[Finding] = ()) -> str:
+def shard_map_html(shards: Sequence[MapShard], findings: Sequence[Finding] = (), scale_to: int = 0) -> str:
     """One bar per shard (length = bytes, one segment per tensor coloured by dtype, hover for
     name, shape, dtype and bytes); a missing or unreadable shard drawn hatched and labelled;
-    segments and shards a finding names marked in its severity's colour. An HTML fragment."""
+    segments and shards a finding names marked in its severity's colour. ``scale_to``: the bytes
+    of a full-length bar (to draw two maps to one scale); default the largest shard. An HTML fragment."""
     if not shards:
         return ""
     tensor_marks, file_marks = _severity_marks(findings)
-    largest = max([s.tensor_bytes for s in shards] + [s.file_bytes or 0 for s in shards] + [1])
+    largest = max([s.tensor_bytes for s in shards] + [scale_to, 1])
     scale = _BAR_W / largest
     rows = []
     dtypes: dict[str, None] = {}
@@ -186,7 +187,8 @@ def shard_map_html(shards: Sequence[MapShard], findings: Sequence[Finding] = ())
         mark = file_marks.get(shard.name) or ("error" if shard.problem is not None else None)
         row_cls = f"smap-row marked {mark}" if mark else "smap-row"
         rows.append(f'<div class="{row_cls}"><div class="name mono">{wrap_name(shard.name)}</div>'
-                    f'<svg class="shard-bar" viewBox="0 0 {_BAR_W:.0f} {_BAR_H:.0f}" role="img" '
+                    f'<svg class="shard-bar" viewBox="0 0 {_BAR_W:.0f} {_BAR_H:.0f}" '
+                    f'preserveAspectRatio="none" role="img" '
                     f'aria-label="{esc(shard.name)}">{body}</svg><div class="size">{size}</div></div>')
     legend = _legend((dtype_colour(d), d) for d in dtypes)
     return f'<div class="smap">{"".join(rows)}</div>{legend}'
@@ -243,9 +245,9 @@ def _label(unit: str) -> str:
             else f"{stack} "
         return f"{prefix}block {match.group(2)}" if prefix else f"block {match.group(2)}"
     if _EMBEDDING.search(unit):
-        return f"embeddings ({unit})"
+        return f"embeddings ({unit.rsplit('.', 1)[-1]})"
     if _HEAD.match(unit):
-        return f"head ({unit})"
+        return f"head ({unit.rsplit('.', 1)[-1]})"
     return unit
 
 
@@ -422,7 +424,8 @@ def memory_bars_html(bars: Sequence[MemoryBar]) -> str:
             words.append(f"peak {human_bytes(bar.peak)}")
         tip = f"{bar.device}: " + ", ".join(words)
         rows.append(f'<div class="smap-row"><div class="name mono">{esc(bar.device)}</div>'
-                    f'<svg class="device-bar" viewBox="0 0 {_BAR_W:.0f} {_BAR_H:.0f}" role="img" '
+                    f'<svg class="device-bar" viewBox="0 0 {_BAR_W:.0f} {_BAR_H:.0f}" '
+                    f'preserveAspectRatio="none" role="img" '
                     f'aria-label="{esc(tip)}"><title>{_tip(tip)}</title>{"".join(parts)}</svg>'
                     f'<div class="size">{esc(", ".join(words))}</div></div>')
     legend = ('<p class="legend"><span class="key"><span class="swatch" style="background:#4e79a7"></span>placed'
