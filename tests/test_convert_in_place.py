@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +82,7 @@ def test_delete_bin_leaves_only_the_verified_safetensors(tmp_path):
     report = json.loads(run.stdout)
     assert report["in_place"] and report["written"] == ["model.safetensors"]
     assert report["deleted"] == ["pytorch_model.bin"]
+    assert [f["code"] for f in report["findings"] if f["code"] in ("HFC717", "HFC718")] == ["HFC717", "HFC718"]
     assert not list(src.glob("*.bin")) and not [p for p in src.iterdir() if p.name.startswith(".")]
     got = safetensors_state(src)
     assert all(torch.equal(expected[k], got[k]) for k in got)

@@ -149,8 +149,11 @@ def test_metadata_and_tokenizer_differences_are_listed(saved, tmp_path):
     config["rope_theta"] = 500000.0
     config.pop("max_position_embeddings")
     (b / "config.json").write_text(json.dumps(config))
+    (b / "generation_config.json").write_text('{"bos_token_id": 1,')  # not JSON: a warning, not compared
     code, data = diff_json(a, b)
     assert code == 0  # weights identical: metadata differences are listed, not failed
+    assert [(f["code"], f["severity"], f["file"]) for f in data["findings"]] == \
+        [("HFC962", "warning", "generation_config.json")]
     keys = {(m["file"], m["key"], m["change"]) for m in data["metadata"]}
     assert ("config.json", "rope_theta", "changed") in keys
     assert ("config.json", "max_position_embeddings", "only_a") in keys
@@ -185,6 +188,11 @@ def test_a_broken_shard_is_named_and_a_missing_folder_is_a_usage_error(saved, tm
     no_traceback(run)
     assert run.returncode == 1
     assert f"HFC960 error: B: {shard.name} could not be read" in run.stdout
+    code, data = diff_json(saved["bin"], broken)
+    unread = {t["name"] for t in data["tensors"] if t["status"] == "unreadable"}
+    index = json.loads((broken / "model.safetensors.index.json").read_text())["weight_map"]
+    assert unread == {name for name, file in index.items() if file == shard.name}  # not "only in A"
+    assert code == 1 and {t["status"] for t in data["tensors"]} == {"identical", "unreadable"}
     run = hfconv("diff", str(saved["bin"]), str(tmp_path / "absent"), cwd=tmp_path)
     no_traceback(run)
     assert run.returncode == 2 and "does not exist" in run.stderr

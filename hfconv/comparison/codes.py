@@ -6,16 +6,13 @@ from ..findings import register
 
 register("HFC960", "error", "weights not comparable",
          "A weight file of one of the two folders could not be read (broken, refused as hostile, missing "
-         "from its index, or not a regular file), so its tensors were not compared: the weights cannot be "
-         "shown identical.",
-         "Run hfconv validate on that folder and fix what it reports, then compare again.",
+         "from its index, or not a regular file), or reading a tensor's bytes failed while comparing (an I/O "
+         "error, a file that shrank or changed since its header was read), so those tensors were not "
+         "compared: the weights cannot be shown identical.",
+         "Run hfconv validate on that folder and fix what it reports (check the disk, re-download the file), "
+         "then compare again.",
          "B: model-00002-of-00002.safetensors could not be read (HFC101: header length 9999999999 is "
          "larger than the file); its tensors were not compared")
-register("HFC961", "error", "tensor bytes unreadable",
-         "Reading a tensor's bytes failed while comparing (an I/O error, a file that shrank or changed "
-         "since its header was read, a .bin tensor whose storage has no place in the file).",
-         "Check the disk, re-download the file, and compare again.",
-         "A: pytorch_model.bin: reading 'lm_head.weight' failed: the file ends 4096 bytes early")
 register("HFC962", "warning", "metadata unreadable",
          "A metadata file (config.json, tokenizer.json, ...) of one folder is not valid JSON, so its keys "
          "were not compared.",

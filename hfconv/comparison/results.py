@@ -161,7 +161,7 @@ class DiffResult:
     tokenizer: TokenizerDiff | None = None
     """None when neither folder has a tokenizer.json (or one could not be read)."""
     findings: tuple[Finding, ...] = ()
-    """What kept a comparison from being made (unreadable or refused files), HFC96x."""
+    """What kept a comparison from being made (unreadable or refused files), HFC960-HFC969."""
     bytes_read: int = 0
     seconds: float = 0.0
     cast: str | None = None

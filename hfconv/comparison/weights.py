@@ -240,7 +240,7 @@ def _differing(a: memoryview, b: memoryview, unit: int) -> int:
 
 def compare_weights(a: Side, b: Side, headers_only: bool, progress: Progress | None = None
                     ) -> tuple[list[TensorDiff], list[Finding], int]:
-    """Every tensor name of either side, compared; the read errors (HFC961); bytes read."""
+    """Every tensor name of either side, compared; the read errors (HFC960); bytes read."""
     rows: list[TensorDiff] = []
     findings: list[Finding] = []
     both = [name for name in a.tensors if name in b.tensors]
@@ -277,7 +277,7 @@ def compare_weights(a: Side, b: Side, headers_only: bool, progress: Progress | N
             try:
                 rows.append(_compare_values(name, files_a, files_b, a, b, buffers, advance, base))
             except _ReadFailed as exc:
-                findings.append(finding("HFC961", f"{exc.side.label}: {exc.file}: reading {name!r} failed: "
+                findings.append(finding("HFC960", f"{exc.side.label}: {exc.file}: reading {name!r} failed: "
                                                   f"{exc.message}", file=exc.file, tensor=name))
                 rows.append(TensorDiff(status="unreadable", note=f"{exc.side.label}: {exc.message}",
                                        **base))  # type: ignore[arg-type]
@@ -305,6 +305,9 @@ def _one_side(name: str, here: Side, there: Side, status: str) -> TensorDiff:
     if partner is not None and partner in there.tensors:
         return TensorDiff(name=name, status="tied", note=f"{here.label} stores it as the same storage as "
                           f"{partner!r}; {there.label} stores that tensor once", **fields)
+    if there.findings:  # the other folder has files that could not be read: it may hold it there
+        return TensorDiff(name=name, status="unreadable", note=f"not in what {there.label} could read "
+                          "(see the problems)", **fields)
     return TensorDiff(name=name, status=status, **fields)
 
 

@@ -49,13 +49,6 @@ register("HFC718", "info", ".bin files deleted",
          "Nothing to do; the folder now holds safetensors weights only.",
          "deleted pytorch_model-00001-of-00002.bin, pytorch_model-00002-of-00002.bin and "
          "pytorch_model.bin.index.json after verification")
-register("HFC719", "error", "in-place move failed",
-         "Moving the verified safetensors files from the temporary folder into the model folder "
-         "failed (a permission, a file that appeared meanwhile); the files already moved were removed "
-         "again, so the folder is as it was.",
-         "Check the folder's permissions and that nothing else writes into it, then run the conversion again.",
-         "moving model-00002-of-00002.safetensors into ./model failed: Permission denied; the folder "
-         "is as it was")
 
 
 def convert_in_place(src: str | os.PathLike[str], *, max_shard_size: int | str = "5GB", dtype: str = "keep",
@@ -161,12 +154,12 @@ def _move_into(tmp: str, root: str, names: list[str], moved: list[str], durable:
         source, target = os.path.join(tmp, name), os.path.join(root, name)
         os.chmod(source, mode)
         if os.path.lexists(target):
-            raise ConversionError("HFC719", f"moving {name} into {root} failed: {name} appeared there during the "
+            raise ConversionError("HFC714", f"moving {name} into {root} failed: {name} appeared there during the "
                                             "conversion; the folder is as it was")
         try:
             os.rename(source, target)
         except OSError as exc:
-            raise ConversionError("HFC719", f"moving {name} into {root} failed: {exc.strerror or exc}; the folder "
+            raise ConversionError("HFC714", f"moving {name} into {root} failed: {exc.strerror or exc}; the folder "
                                             "is as it was") from None
         moved.append(name)
     if durable:
