@@ -43,8 +43,11 @@ def explain_command(code: str, fmt: str) -> None:
 def _not_a_code(given: str, key: str, known: list[str]) -> str:
     from ..render import escape_text
 
-    close = [c for c in known if key and c.startswith(key)][:8] or difflib.get_close_matches(key, known, n=5,
-                                                                                              cutoff=0.6)
+    digits = key[:3] + key[3:].translate(str.maketrans("OILS", "0115"))  # HFC3O4: a letter for a digit
+    close = [digits] if digits in known else []
+    close += [c for c in known if key and c.startswith(key)][:8] or difflib.get_close_matches(key, known, n=5,
+                                                                                               cutoff=0.6)
+    close = list(dict.fromkeys(close))[:8]
     hint = f"; did you mean {', '.join(close)}?" if close else "; `hfconv codes` lists them all"
     return f"{escape_text(given)} is not a finding code{hint}"
 
