@@ -7,7 +7,9 @@ names an option: the library names its keyword argument (``force=True``, ``max_m
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -177,3 +179,104 @@ def test_flag_wording_touches_only_the_library_phrase() -> None:
     named = "tensor 'x; use a smaller max_shard_size' is bad (HFC704)"
     assert flag_wording(named, "HFC704") == named  # the phrase mid-message comes from the folder
     assert flag_wording("max_memory names cuda:9 ...", "HFC732").startswith("--max-memory names cuda:9")
+
+
+# --- validate: --reference and --trust-remote-code ------------------------------------------------
+
+def custom_code_folder(tmp_path: Path, name: str, **config_changes) -> Path:
+    """The llama family fixture (written by torch) with config.json changed."""
+    folder = copy_fixture(tmp_path, "families/llama").rename(tmp_path / name)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(config_changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def validate_json(folder: Path, *args: str, cwd: Path, env: dict | None = None) -> dict[str, str]:
+    """code -> message of ``hfconv validate FOLDER ARGS --format json``."""
+    run = subprocess.run([sys.executable, "-m", "hfconv", "validate", str(folder), *args, "--format", "json"],
+                         cwd=cwd, capture_output=True, text=True, timeout=300,
+                         env={**{k: v for k, v in os.environ.items() if not k.startswith("HFCONV_")}, **(env or {})})
+    assert run.returncode in (0, 1) and "Traceback" not in run.stderr, run.stderr
+    return {f["code"]: f["message"] for f in json.loads(run.stdout)["findings"]}
+
+
+def test_reference_rules_on_an_unknown_family(tmp_path: Path) -> None:
+    """HFC606: the library names reference='rules', the CLI --reference rules."""
+    from hfconv import validate
+
+    folder = custom_code_folder(tmp_path, "unknown", model_type="nonesuch")
+    [message] = [f.message for f in validate(folder, reference="rules").findings if f.code == "HFC606"]
+    no_flag(message)
+    assert " and reference='rules' was asked: only embedding sizes" in message, message
+    cli = validate_json(folder, "--reference", "rules", cwd=tmp_path)["HFC606"]
+    assert cli == message.replace("reference='rules'", "--reference rules"), cli
+
+
+def test_trusted_custom_code_note(tmp_path: Path) -> None:
+    """HFC807 with trust: the library names trust_remote_code=True, the CLI --trust-remote-code."""
+    from hfconv import validate
+
+    folder = custom_code_folder(tmp_path, "custom", auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})
+    (folder / "modeling_x.py").write_text("class XForCausalLM:\n    pass\n")
+    report = validate(folder, trust_remote_code=True, reference="rules")
+    [message] = [f.message for f in report.findings if f.code == "HFC807"]
+    no_flag(message)
+    assert message.endswith("time-limited subprocesses (trust_remote_code=True)"), message
+    cli = validate_json(folder, "--trust-remote-code", "--reference", "rules", cwd=tmp_path)["HFC807"]
+    assert cli.endswith("time-limited subprocesses (--trust-remote-code)"), cli
+
+
+@pytest.mark.transformers
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
+def test_custom_code_without_trust(tmp_path: Path) -> None:
+    """HFC609 when the folder's own code is not trusted: the flag mid-message, before the fallback
+    (the library's wording, trust_remote_code=True, is asserted by
+    tests/test_shapes.py::test_custom_code_is_not_imported_without_trust)."""
+    folder = custom_code_folder(tmp_path, "untrusted", model_type="my_custom",
+                                auto_map={"AutoConfig": "configuration_my.MyConfig"})
+    (folder / "configuration_my.py").write_text("raise SystemExit('custom code ran')\n")
+    cli = validate_json(folder, cwd=tmp_path)["HFC609"]
+    assert cli.startswith("--reference auto: transformers ") and cli.endswith(
+        " does not know model_type 'my_custom' and the folder's own code (auto_map) is only used with "
+        "--trust-remote-code; only embedding sizes and the layer count were checked"), cli
+
+
+@pytest.mark.transformers
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
+def test_trusted_reference_past_its_time_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HFC811 and HFC609 when trusted code runs past the time cap: both name the keyword in the
+    library, the flag on the command line."""
+    from hfconv import validate
+
+    folder = custom_code_folder(tmp_path, "slow", model_type="slowllama", architectures=["SlowForCausalLM"],
+                                auto_map={"AutoConfig": "configuration_slow.SlowConfig"})
+    (folder / "configuration_slow.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("HFCONV_REMOTE_CODE_TIMEOUT", "1")
+    report = validate(folder, trust_remote_code=True, reference="transformers")
+    library = {f.code: f.message for f in report.findings}
+    for code in ("HFC609", "HFC811"):
+        no_flag(library[code])
+        assert "importing the folder's own code (trust_remote_code=True) and building" in library[code]
+    assert library["HFC609"].startswith("reference='transformers': importing the folder's own code")
+    cli = validate_json(folder, "--trust-remote-code", "--reference", "transformers", cwd=tmp_path,
+                        env={"HFCONV_REMOTE_CODE_TIMEOUT": "1"})
+    assert cli["HFC811"] == "configuration_slow.py: importing the folder's own code (--trust-remote-code) and " \
+        "building the reference model did not finish within 1 s (the time cap; the subprocess was stopped)"
+    assert cli["HFC609"].startswith("--reference transformers: importing the folder's own code (--trust-remote-code) "
+                                    "and building the reference model did not finish within 1 s"), cli["HFC609"]
+
+
+def test_validate_flag_wording_touches_only_hfconv_text() -> None:
+    """The validate phrases are rewritten only at their place: after the reference prefix, before
+    the fixed fallback, at the end; text from the folder that looks like a phrase stays."""
+    from hfconv.cli._common import flag_wording
+
+    fallback = "; checked against hfconv's rule table instead"
+    refused = ("reference='auto': transformers 5 refused the config: bad (the folder's own code, auto_map, is "
+               "only used with trust_remote_code=True)" + fallback)
+    assert flag_wording(refused, "HFC609") == refused.replace("reference='auto'", "--reference auto").replace(
+        "trust_remote_code=True", "--trust-remote-code")
+    named = "reference='auto': transformers 5 does not know model_type 'reference='auto': '" + fallback
+    assert flag_wording(named, "HFC609") == "--reference auto" + named[len("reference='auto'"):]
+    assert flag_wording(refused, "HFC606") == refused  # another code: untouched

@@ -701,7 +701,8 @@ def test_custom_code_is_not_imported_without_trust(transformers, tmp_path):
     (folder / "configuration_my.py").write_text("raise SystemExit('custom code ran')\n")
     found = findings_of(folder)
     assert [f.code for f in found] == ["HFC609"]
-    assert "only used with --trust-remote-code" in found[0].message
+    assert found[0].message.startswith("reference='auto': ")  # the library names its keywords, the CLI its flags
+    assert "only used with trust_remote_code=True" in found[0].message
     assert found[0].message.endswith("; only embedding sizes and the layer count were checked")
 
 

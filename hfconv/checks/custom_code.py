@@ -320,7 +320,7 @@ def _check_auto_map(contents: FolderContents, parsed: dict[str, ParsedModule]) -
                           "the class name in auto_map", file=entry.file, tensor="$.auto_map")
     trusted = contents.options.trust_remote_code
     for module_file, file in local_modules.items():
-        how = ("it is imported only in separate, time-limited subprocesses (--trust-remote-code)" if trusted
+        how = ("it is imported only in separate, time-limited subprocesses (trust_remote_code=True)" if trusted
                else "it was read, not imported (loading it needs trust_remote_code=True)")
         yield finding("HFC807", f"{file}: auto_map uses custom code ({module_file}); {how}", file=module_file)
 

@@ -166,13 +166,13 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
             except ref.ReferenceUnavailable as exc:
                 fallback = ("checked against hfconv's rule table instead" if family is not None else
                             "only embedding sizes and the layer count were checked")
-                notes.append(finding("HFC609", f"--reference {option}: {exc}; {fallback}", file=_CONFIG))
+                notes.append(finding("HFC609", f"reference={option!r}: {exc}; {fallback}", file=_CONFIG))
     rules = expected_tensors(config)
     if rules is not None:
         return rules, notes
     model_type = config.get("model_type")
     if not notes:
-        why = ("transformers is not installed" if option == "auto" else f"--reference {option} was asked")
+        why = ("transformers is not installed" if option == "auto" else f"reference={option!r} was asked")
         what = f"model_type {model_type!r}" if isinstance(model_type, str) else "a config.json without model_type"
         notes.append(finding("HFC606", f"{what} is not in hfconv's shape-rule table and {why}: only embedding "
                              "sizes and the layer count were checked", file=_CONFIG))

@@ -57,6 +57,9 @@ def usage_errors() -> Iterator[None]:
 
 # --- library wording -> CLI wording: the library names its keyword arguments, the CLI its flags --
 
+_TRUSTED_BUILD = "importing the folder's own code (trust_remote_code=True) and building the reference model "
+"""How a reference build that runs the folder's own code begins its messages (HFC609, HFC811)."""
+
 FLAG_PHRASES: tuple[tuple[str | None, str, str, str], ...] = (
     # (finding code, or None for a UsageError; "start" / "end" of the message; library; CLI)
     (None, "start", "the folder of manifest ", "the folder of --manifest "),
@@ -74,22 +77,55 @@ FLAG_PHRASES: tuple[tuple[str | None, str, str, str], ...] = (
     ("HFC732", "start", "max_memory names ", "--max-memory names "),
     ("HFC740", "start", "forward=True skipped: ", "--forward skipped: "),
     ("HFC744", "end", "; strict=True refuses them", "; --strict refuses them"),
+    # validate: the reference (HFC606, HFC609) and the folder's own code (HFC609, HFC807, HFC811)
+    ("HFC606", "end", " and reference='rules' was asked: only embedding sizes and the layer count were checked",
+     " and --reference rules was asked: only embedding sizes and the layer count were checked"),
+    ("HFC609", "start", "reference='auto': ", "--reference auto: "),
+    ("HFC609", "start", "reference='transformers': ", "--reference transformers: "),
+    ("HFC609", "start", _TRUSTED_BUILD, _TRUSTED_BUILD.replace("trust_remote_code=True", "--trust-remote-code")),
+    ("HFC609", "end", "; checked against hfconv's rule table instead", "; checked against hfconv's rule table instead"),
+    ("HFC609", "end", "; only embedding sizes and the layer count were checked",
+     "; only embedding sizes and the layer count were checked"),
+    ("HFC609", "end", " and the folder's own code (auto_map) is only used with trust_remote_code=True",
+     " and the folder's own code (auto_map) is only used with --trust-remote-code"),
+    ("HFC609", "end", " (the folder's own code, auto_map, is only used with trust_remote_code=True)",
+     " (the folder's own code, auto_map, is only used with --trust-remote-code)"),
+    ("HFC807", "end", "; it is imported only in separate, time-limited subprocesses (trust_remote_code=True)",
+     "; it is imported only in separate, time-limited subprocesses (--trust-remote-code)"),
+    ("HFC811", "last", _TRUSTED_BUILD, _TRUSTED_BUILD.replace("trust_remote_code=True", "--trust-remote-code")),
 )
 """The library phrases that name a keyword argument (``force=True``) and their CLI wording
-(``--force``). Only these exact phrases, only at their place (the start or the end of a message
-of that code), are rewritten: a name from the folder is never touched."""
+(``--force``). Only these exact phrases, only at their place in a message of that code, are
+rewritten: ``start`` phrases at the start, each next one right after the one before; ``end``
+phrases at the end, each next one right before the one before (an entry whose two sides are
+equal is fixed text a phrase may precede); ``last``, the last occurrence, for a message whose
+text after it is hfconv's own (HFC811: the file names, then the cap hit). A name from the folder
+is never touched."""
 
 
 def flag_wording(message: str, code: str | None = None) -> str:
-    """``message`` (of finding ``code``; None: a UsageError) with its library phrase in CLI wording."""
-    for phrase_code, place, library, cli in FLAG_PHRASES:
-        if phrase_code != code:
-            continue
-        if place == "start" and message.startswith(library):
-            return cli + message[len(library):]
-        if place == "end" and message.endswith(library):
-            return message[:-len(library)] + cli
-    return message
+    """``message`` (of finding ``code``; None: a UsageError) with its library phrases in CLI wording."""
+    entries = [(place, library, cli) for phrase_code, place, library, cli in FLAG_PHRASES if phrase_code == code]
+    head, tail = 0, len(message)  # message[:head] and message[tail:] are rewritten into start / end
+    start: list[str] = []
+    end: list[str] = []
+    moved = True
+    while moved:
+        moved = False
+        for place, library, cli in entries:
+            if place == "start" and message.startswith(library, head, tail):
+                start.append(cli)
+                head += len(library)
+                moved = True
+            elif place == "end" and tail - len(library) >= head and message.endswith(library, head, tail):
+                end.insert(0, cli)
+                tail -= len(library)
+                moved = True
+    middle = message[head:tail]
+    for place, library, cli in entries:
+        if place == "last" and (at := middle.rfind(library)) >= 0:
+            middle = middle[:at] + cli + middle[at + len(library):]
+    return "".join(start) + middle + "".join(end)
 
 
 def flag_findings(findings: Sequence[Finding]) -> tuple[Finding, ...]:

@@ -3,6 +3,7 @@ renders the reports in the asked format, sets the exit code."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from ._common import (
     checked_codes,
     codes_option,
     emit,
+    flag_findings,
     format_option,
     output_option,
     require_modules,
@@ -149,10 +151,11 @@ def validate_command(paths: tuple[str, ...], fmt: str, output: str | None, stric
     if any(s.reference == "transformers" for s in settings.values()):
         require_modules("--reference transformers", ("transformers",))
 
-    # 2. Validate every folder, ``jobs`` at a time.
+    # 2. Validate every folder, ``jobs`` at a time; the findings name the CLI's flags, not the library's keywords.
     def one(folder: str) -> Report:
-        return validate_configured(folder, settings[folder], trust_remote_code=trust_remote_code,
-                                   manifest=manifest, deep=deep)
+        report = validate_configured(folder, settings[folder], trust_remote_code=trust_remote_code,
+                                     manifest=manifest, deep=deep)
+        return dataclasses.replace(report, findings=flag_findings(report.findings))
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         try:

@@ -328,7 +328,7 @@ def _build_isolated(folder: str | os.PathLike[str], config: Mapping[str, Any], t
         return outcome
     timeout = remote_code_timeout(TRUST_TIMEOUT_S) if trusted else reference_timeout()
     memory = reference_memory()
-    what = "importing the folder's own code (--trust-remote-code) and building" if trusted else "building"
+    what = "importing the folder's own code (trust_remote_code=True) and building" if trusted else "building"
     with tempfile.TemporaryDirectory(prefix="hfconv-reference-", ignore_cleanup_errors=True) as work:
         request, result = os.path.join(work, "request.json"), os.path.join(work, "result.json")
         with open(request, "w", encoding="utf-8") as handle:
@@ -440,7 +440,7 @@ def _build_config(transformers: ModuleType, folder: str | os.PathLike[str], conf
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         reason = f"transformers {version} does not know model_type {model_type!r}"
         if has_code:
-            reason += " and the folder's own code (auto_map) is only used with --trust-remote-code"
+            reason += " and the folder's own code (auto_map) is only used with trust_remote_code=True"
         raise ReferenceUnavailable(reason)
     # transformers 5 writes floats JSON cannot hold as {"__float__": "Infinity"} (FalconH1's
     # time_step_limit) and decodes them when it reads config.json; the config class refuses them raw.
@@ -467,7 +467,7 @@ def _build_config(transformers: ModuleType, folder: str | os.PathLike[str], conf
         # may well accept what the built-in class of the same model_type refuses.
         reason = f"transformers {version} refused the config: {_two_lines(first)}"
         if has_code:
-            reason += " (the folder's own code, auto_map, is only used with --trust-remote-code)"
+            reason += " (the folder's own code, auto_map, is only used with trust_remote_code=True)"
         raise ReferenceUnavailable(reason) from None
     raise ConfigRejected(f"{CONFIG_MAPPING[model_type].__name__} of transformers {version}, so from_pretrained "
                          f"fails: {_two_lines(first)}") from None
