@@ -300,3 +300,25 @@ def test_killed_between_files_leaves_each_file_old_or_new(saved: Path, tmp_path:
     done = run("fix", str(folder))  # picks up where it stopped
     assert done.returncode == 0, done.stdout + done.stderr
     assert snapshot(folder) == new
+
+
+def test_a_write_that_fails_leaves_that_file_as_it_was(saved: Path, tmp_path: Path) -> None:
+    """RLIMIT_FSIZE below the shard's size: the header rewrite fails (EFBIG, HFC951), nothing is half written."""
+    import resource
+
+    folder = fresh(saved, tmp_path)
+    shard = max(shard_names(folder), key=lambda n: (folder / n).stat().st_size)
+    drop_format(folder / shard)
+    edit_json(folder / "config.json", lambda d: d.update(dtype="bfloat16"))
+    before = snapshot(folder)
+    limit = (folder / shard).stat().st_size - 500
+    assert limit > max(len(data) for name, (data, _mode) in before.items() if name.endswith(".json"))
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([*CLI, "fix", str(folder)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=small_files)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1 and "HFC951" in done.stdout and shard in done.stdout, done.stdout
+    assert snapshot(folder) == before  # no temporary file left, the shard and the later config.json untouched

@@ -103,6 +103,11 @@ def fix(path: str | os.PathLike[str], *, unsafe_fixes: bool = False, dry_run: bo
     refused = _refusals(contents, report)
     plan = plan_fixes(contents, report, unsafe_fixes) if not refused else Plan()
     changes = plan.changes()
+    renames = sorted(name for code, name in plan.unsafe_available if code == "rename" and name)
+    if renames:
+        others = f" and {len(renames) - 1} more" if len(renames) > 1 else ""
+        notes += (f"an unsafe fix would rename old-style shard names ({renames[0]}{others}) to the Hub's "
+                  "-0000i-of-0000N names",)
     if not refused:
         refused = _symlink_refusals(contents, changes)
     if refused:
@@ -113,6 +118,10 @@ def fix(path: str | os.PathLike[str], *, unsafe_fixes: bool = False, dry_run: bo
         return FixResult(root, tuple(changes), applied=False, remaining=_remaining(report.findings, plan, changes),
                          report=report, notes=notes)
     done, failure = _apply(root, plan, changes)
+    if failure is not None:
+        failed = changes[len(done)]
+        for code in failed.codes:
+            plan.skipped[(code, failed.file)] = f"its fix failed ({failure.code}), see above"
     contents, after = _validated(root)
     # A fix can uncover another (config.json with a duplicate key was not checked for its dtype):
     # a few more rounds, each on the folder as it now is.
@@ -125,6 +134,10 @@ def fix(path: str | os.PathLike[str], *, unsafe_fixes: bool = False, dry_run: bo
             break
         more, failure = _apply(root, plan, changes)
         done.extend(more)
+        if failure is not None:
+            failed = changes[len(more)]
+            for code in failed.codes:
+                plan.skipped[(code, failed.file)] = f"its fix failed ({failure.code}), see above"
         contents, after = _validated(root)
     return FixResult(root, tuple(done), applied=True, remaining=_remaining(after.findings, plan, ()),
                      refused=(failure,) if failure else (), report=after, notes=notes)

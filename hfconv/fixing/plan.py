@@ -290,7 +290,7 @@ class _Planner:
         if any(self.folder.has(new) for new in mapping.values()):
             return {}
         if not self.unsafe:
-            self.plan.unsafe_available.add(("rename", next(iter(mapping))))
+            self.plan.unsafe_available.update(("rename", old) for old in mapping)
             return {}
         self.plan.links.extend(mapping.items())
         self.plan.deletions.extend((old, f"the old name of {new}", ()) for old, new in mapping.items())

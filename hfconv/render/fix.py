@@ -68,8 +68,11 @@ def render_text(result: FixResult) -> str:
         lines.append(f"fix {path}: refused; nothing was changed")
         lines.extend(f"  {f.code} {escape_text(f.file or '')}: {escape_text(f.message)}" for f in result.refused)
         return "\n".join(lines) + "\n"
-    lines.append(f"fixed {path}: {plural(len(result.changes), 'change')}" if result.changes else
-                 f"fix {path}: nothing to fix")
+    if result.refused:
+        lines.append(f"fix {path}: {plural(len(result.changes), 'change')} made, then one failed")
+    else:
+        lines.append(f"fixed {path}: {plural(len(result.changes), 'change')}" if result.changes else
+                     f"fix {path}: nothing to fix")
     lines.extend(_change_line(c) for c in result.changes)
     lines.extend(f"  note     {escape_text(n)}" for n in result.notes)
     for failure in result.refused:
@@ -98,9 +101,14 @@ def render_diff(result: FixResult) -> str:
             lines.append(f"# {name}: {escape_text(change.summary)}{_codes(change)}")
             diff = difflib.unified_diff(old, new, fromfile="/dev/null" if change.action == "create" else f"a/{name}",
                                         tofile=f"b/{name}")
-            lines.extend(escape_text(line.rstrip("\n")) for line in diff)
+            for line in diff:
+                if line.endswith("\n"):
+                    lines.append(escape_text(line[:-1]))
+                else:  # the file's last line, without a newline: as git and diff say it
+                    lines.extend((escape_text(line), "\\ No newline at end of file"))
         else:
             lines.append(_diff_line(change))
+    lines.extend(f"note: {escape_text(n)}" for n in result.notes)
     if result.changes:
         lines.append(f"{plural(len(result.changes), 'change')} would be made; nothing was changed")
     else:
