@@ -24,6 +24,7 @@ from ..findings import Finding, finding, register
 from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, suggest_fix
 from ..rules.expected import ExpectedModel, architecture_of, expected_tensors, family_of, generic_expected
 from ..rules.expression import ConfigValueError
+from ..rules.quantized import QuantView, Scheme, SchemeError, Unchecked, expected_shapes, quantized_view, scheme_of
 
 # --- HFC6xx: tensor shapes implied by config.json ------------------------------------------
 register("HFC601", "error", "shape differs from config",
@@ -69,12 +70,13 @@ register("HFC606", "info", "architecture not in rule table",
          "transformers for a full check.",
          "model_type 'mamba' is not in hfconv's shape-rule table and transformers is not installed: only "
          "embedding sizes and the layer count were checked")
-register("HFC607", "info", "quantized weights",
-         "config.json has a quantization_config: stored tensors follow the quantizer's packing (packed "
-         "int4 qweight, scales, zeros), so shapes cannot be checked against the config.",
+register("HFC607", "info", "quantization scheme not checked",
+         "config.json has a quantization_config whose storage layout hfconv does not know (schemes it checks: "
+         "fp8 with or without blocks, gptq, awq gemm/gemv, bitsandbytes 4-bit and 8-bit, compressed-tensors "
+         "pack-, float-, int- and naive-quantized), so shapes cannot be checked against the config.",
          "Nothing to do; validate the unquantized model for shape checks.",
-         "config.json has a quantization_config (gptq): stored shapes follow the quantizer's packing, so "
-         "shape checks against the config are skipped")
+         "config.json has a quantization_config (hqq: hfconv does not know its layout), so shape checks "
+         "against the config are skipped")
 register("HFC608", "info", "adapter folder",
          "adapter_config.json marks a PEFT adapter: its tensors are low-rank deltas for a base model, "
          "not that model's weights, so they are not checked against a config.json.",
@@ -101,6 +103,55 @@ register("HFC611", "error", "config value unusable",
          "config.json num_attention_heads is '32', not an integer (needed for a tensor shape); tensor "
          "shapes were not checked")
 
+register("HFC618", "error", "quantized weight without its scale",
+         "A quantized weight is stored without a tensor its scheme needs to dequantize it (FP8 "
+         "weight_scale_inv, GPTQ/AWQ scales or qzeros, bitsandbytes absmax, quant_map, quant_state or SCB, "
+         "compressed-tensors weight_scale or weight_shape): loaders leave that tensor uninitialised, so the "
+         "layer computes garbage, or refuse the checkpoint.",
+         "Re-export the quantized model (save_pretrained of the quantized model writes every part), or copy "
+         "the missing tensor from the original export.",
+         "model.layers.0.mlp.down_proj.weight is stored F8_E4M3 (fp8 in 128x128 blocks) but "
+         "model.layers.0.mlp.down_proj.weight_scale_inv is missing")
+register("HFC619", "error", "quantization tensor shape differs",
+         "A scale, zero-point or quant-state tensor does not have the shape its weight implies (blocks, groups "
+         "or rows of the config's shape, per quantization_config): loaders refuse it with a size mismatch or "
+         "dequantize with the wrong scales.",
+         "Re-export the quantized model for this config, or fix quantization_config (weight_block_size, "
+         "group_size, bits) to what the export used.",
+         "model.layers.0.mlp.down_proj.weight_scale_inv has shape [56, 16] but "
+         "model.layers.0.mlp.down_proj.weight [7168, 2048] in 128x128 blocks = [ceil(7168/128), "
+         "ceil(2048/128)] needs [56, 16] (fp8 in 128x128 blocks)")
+register("HFC620", "error", "quantized tensor in the wrong dtype",
+         "A quantized weight or its scale is stored in a dtype the scheme does not use (an FP8 block scale "
+         "beside a bf16 weight, a GPTQ qweight that is not int32): loaders reinterpret or cast the bytes and "
+         "the layer computes garbage.",
+         "Re-export the quantized model; do not cast quantized checkpoints with a dtype conversion.",
+         "model.layers.0.mlp.down_proj.weight is BF16 but a block-quantized weight is stored as F8_E4M3 "
+         "(fp8 in 128x128 blocks)")
+register("HFC621", "warning", "quantization tensor without its weight",
+         "A scale or zero-point tensor is stored for a module whose quantized weight is not: loaders ignore "
+         "it, and the weight itself is usually missing (see HFC602).",
+         "Restore the weight from the original export, or delete the stray tensor.",
+         "model.layers.0.mlp.down_proj.weight_scale_inv belongs to a quantized model.layers.0.mlp.down_proj "
+         "but model.layers.0.mlp.down_proj.weight is not stored (fp8 in 128x128 blocks); loaders ignore it")
+register("HFC622", "error", "quantization_config value unusable",
+         "A quantization_config value the stored shapes depend on (bits, group_size, weight_block_size) is "
+         "missing or not a valid number: transformers refuses the config or unpacks the weights wrongly.",
+         "Correct the value in config.json's quantization_config to what the export used.",
+         "config.json quantization_config bits is 5, not one of 2, 3, 4, 8; quantized shapes were not checked")
+register("HFC623", "error", "module listed as not converted is quantized",
+         "quantization_config lists this module as kept unquantized (modules_to_not_convert, "
+         "llm_int8_skip_modules, ignore), yet its weight is stored quantized: loaders build a plain layer and "
+         "read the quantized bytes as if they were the weight, or miss the weight.",
+         "Remove the module from the list, or store its unquantized weight.",
+         "lm_head.weight is F8_E4M3 but quantization_config lists lm_head as not converted")
+register("HFC624", "error", "packed weight holds the wrong number of values",
+         "A bitsandbytes 4-bit weight packs two values per byte: its byte count must be half the element "
+         "count of the shape config.json implies. A different count means another layer size.",
+         "Fix the config field behind the layer's size, or re-export the quantized weights for this config.",
+         "model.layers.0.mlp.down_proj.weight holds 4096 bytes = 8192 packed 4-bit values but config.json "
+         "implies [64, 64] = 4096 values, 2048 bytes (bitsandbytes 4-bit nf4)")
+
 _CONFIG = "config.json"
 
 
@@ -118,13 +169,21 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
     if config is None or not tensors:
         return  # layout and read checks report missing config or weights
     quant = config.get("quantization_config")
+    scheme: Scheme | None = None
     if quant:
-        method = quant.get("quant_method") if isinstance(quant, dict) else None
-        kind = f" ({method})" if isinstance(method, str) else ""
-        yield finding("HFC607", f"config.json has a quantization_config{kind}: stored shapes follow the "
-                      "quantizer's packing, so shape checks against the config are skipped", file=_CONFIG)
-        return
-    yield from _check_dtypes(config, tensors)
+        try:
+            found = scheme_of(quant)
+        except SchemeError as exc:
+            yield finding("HFC622", f"config.json quantization_config {exc.message}; quantized shapes were not "
+                          "checked", file=_CONFIG, tensor=exc.key)
+            return
+        if isinstance(found, Unchecked):
+            yield finding("HFC607", f"config.json has a quantization_config ({found.method}: {found.reason}), "
+                          "so shape checks against the config are skipped", file=_CONFIG)
+            return
+        scheme = found
+    else:
+        yield from _check_dtypes(config, tensors)
 
     # 1. Where the expected tensors come from.
     try:
@@ -138,12 +197,24 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
     for note in expected.notes:
         yield finding("HFC606", note, file=_CONFIG)
 
-    # 2. Compare, and look for one config field that explains every mismatch.
-    actual = {name: meta.shape for name, meta in tensors.items()}
+    # 2. A quantized folder: its tensors as the unquantized model stores them, and the scheme's own
+    # tensors (scales, zeros, quant states) against the weights they belong to.
+    view: QuantView | None = None
+    if scheme is not None:
+        view = quantized_view(scheme, tensors, expected_shapes(expected))
+        yield from _check_dtypes(config, {n: m for n, m in tensors.items() if n not in view.quantized})
+        where = contents.tensor_files
+        for issue in view.issues:
+            yield finding(issue.code, issue.message, file=where.get(issue.tensor), tensor=issue.tensor)
+        actual = view.logical
+    else:
+        actual = {name: meta.shape for name, meta in tensors.items()}
+
+    # 3. Compare, and look for one config field that explains every mismatch.
     result = compare(expected, actual)
     fixes = suggest_fix(config, expected, result, actual)
     read_all = _all_shards_read(contents)
-    yield from _render(contents, config, expected, result, fixes, read_all)
+    yield from _render(contents, config, expected, result, fixes, read_all, actual, view)
 
 
 def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[ExpectedModel, list[Finding]]:
@@ -185,11 +256,20 @@ def _all_shards_read(contents: FolderContents) -> bool:
 
 
 def _render(contents: FolderContents, config: Mapping[str, Any], expected: ExpectedModel, result: Comparison,
-            fixes: Mapping[str, int], read_all: bool) -> Iterator[Finding]:
-    where = contents.tensor_files
-    actual = contents.loaded_tensors
+            fixes: Mapping[str, int], read_all: bool, actual: Mapping[str, tuple[int, ...]],
+            view: QuantView | None) -> Iterator[Finding]:
+    where = dict(contents.tensor_files)
+    stored_as = view.stored_as if view is not None else {}
+    for logical, packed in stored_as.items():
+        where.setdefault(logical, where.get(packed, ""))
     for mm in result.mismatched:
-        yield finding("HFC601", _mismatch_message(mm, expected, fixes), file=where.get(mm.name), tensor=mm.name)
+        text = _mismatch_message(mm, expected, fixes)
+        stored = stored_as.get(mm.name)
+        if stored is not None and view is not None:  # a packed weight: name what is stored
+            meta = contents.loaded_tensors[stored]
+            text = text.replace(f"{mm.name} has shape", f"{stored} {_fmt_shape(meta.shape)} ({view.scheme.label}) "
+                                f"unpacks to {mm.name} of shape", 1)
+        yield finding("HFC601", text, file=where.get(mm.name) or None, tensor=stored or mm.name)
     for count in result.counts:
         if read_all or count.found and max(count.found) >= count.group.expected:
             yield finding("HFC604", _count_message(count, config), file=_CONFIG)
@@ -203,8 +283,8 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
                           f"it needs it{_tie_hint(name, config)}", tensor=name)
     for name in result.unexpected:
         what = expected.architecture or "the model"
-        yield finding("HFC603", f"{name} {_fmt_shape(actual[name].shape)} is not part of {what} as config.json "
-                      "describes it; loaders ignore it", file=where.get(name), tensor=name)
+        yield finding("HFC603", f"{name} {_fmt_shape(actual[name])} is not part of {what} as config.json "
+                      "describes it; loaders ignore it", file=where.get(name) or None, tensor=stored_as.get(name, name))
     by_label: dict[str, list[str]] = {}
     for name, label in result.ignored:
         by_label.setdefault(label, []).append(name)

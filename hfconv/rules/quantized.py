@@ -1,0 +1,613 @@
+"""Quantized checkpoints: the stored tensors a quantization scheme implies, from config.json alone.
+
+A quantized folder stores each converted linear layer as the scheme's tensors instead of one
+``weight``: FP8 block quantization keeps the weight's shape in ``F8_E4M3`` beside a
+``weight_scale_inv`` per block; GPTQ and AWQ pack 4-bit values into ``int32`` ``qweight`` with
+``qzeros`` and ``scales`` per group; bitsandbytes packs two 4-bit values per byte beside a quant
+state, or stores ``int8`` with one ``SCB`` scale per row; compressed-tensors writes
+``weight_packed``/``weight`` with ``weight_scale`` (and ``weight_zero_point``, ``weight_shape``).
+
+:func:`scheme_of` reads ``quantization_config``; :func:`quantized_view` maps the stored tensors
+back to the names and shapes the unquantized model stores (the *logical* view, compared with the
+config-implied shapes as usual: a transposed or resized weight is caught through its packing),
+and checks every companion tensor (scales, zeros, quant state) against the shape of the weight it
+belongs to, as the config implies it where known. Only names, dtypes and shapes are used.
+
+Layouts, from each library's source:
+
+- FP8 (transformers ``FP8Linear``, DeepSeek-V3): ``weight`` [out, in] F8_E4M3,
+  ``weight_scale_inv`` [ceil(out/b0), ceil(in/b1)] F32 (or one value without blocks);
+- GPTQ (auto-gptq / gptqmodel ``QuantLinear``): ``qweight`` [in*bits/32, out] I32, ``qzeros``
+  [ceil(in/group), out*bits/32] I32, ``scales`` [ceil(in/group), out], ``g_idx`` [in] I32;
+- AWQ (AutoAWQ ``WQLinear_GEMM``): ``qweight`` [in, out*bits/32] I32, ``qzeros``
+  [ceil(in/group), out*bits/32] I32, ``scales`` [ceil(in/group), out]; GEMV: ``qweight``
+  [out, in*bits/32];
+- bitsandbytes 4-bit (``Params4bit``): ``weight`` [ceil(out*in/2), 1] U8, ``weight.absmax``
+  [ceil(out*in/blocksize)], ``weight.quant_map`` [16], ``weight.quant_state.bitsandbytes__nf4``
+  (or ``__fp4``), and with double quantization ``weight.nested_absmax``/``nested_quant_map``;
+- bitsandbytes 8-bit (``Int8Params``): ``weight`` [out, in] I8, ``SCB`` [out] F32;
+- compressed-tensors: ``pack-quantized``: ``weight_packed`` [out, ceil(in*bits/32)] I32,
+  ``weight_shape`` [2], ``weight_scale`` per strategy; ``float-quantized``/``int-quantized``/
+  ``naive-quantized``: ``weight`` [out, in] (F8_E4M3 / I8) and ``weight_scale``. Scales per
+  strategy: tensor [1], channel [out, 1], group [out, ceil(in/group)], block
+  [ceil(out/b0), ceil(in/b1)].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .expected import ExpectedModel
+
+
+class Stored(Protocol):
+    """A stored tensor's header: all this module reads."""
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+class SchemeError(ValueError):
+    """A quantization_config value the stored shapes depend on is unusable."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """What hfconv checks of one quantization_config."""
+
+    method: str
+    """``fp8``, ``gptq``, ``awq``, ``bnb-4bit``, ``bnb-8bit`` or ``compressed-tensors``."""
+    label: str
+    """How messages name it, e.g. ``fp8 in 128x128 blocks``."""
+    bits: int = 8
+    group: int = 0
+    """Inputs per group (GPTQ, AWQ, compressed-tensors group strategy); 0: one group per row."""
+    block: tuple[int, int] | None = None
+    """FP8 / compressed-tensors block strategy: (rows, columns) per scale."""
+    strategy: str = ""
+    """compressed-tensors weight strategy: tensor, channel, group or block."""
+    layout: str = ""
+    """AWQ: gemm or gemv; compressed-tensors: its format (pack-quantized, float-quantized, ...)."""
+    symmetric: bool = True
+    skip: tuple[str, ...] = ()
+    """Modules kept unquantized (modules_to_not_convert, llm_int8_skip_modules, ignore)."""
+    scale_fmt: str = "float"
+
+
+@dataclass(frozen=True)
+class Unchecked:
+    """A quantization_config whose layout hfconv does not check."""
+
+    method: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class QuantIssue:
+    """One problem of a quantized tensor: the code, the stored tensor it names, the message."""
+
+    code: str
+    tensor: str
+    message: str
+
+
+@dataclass
+class QuantView:
+    """The stored tensors seen as the unquantized model would store them."""
+
+    scheme: Scheme
+    logical: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Name -> shape as the unquantized model stores it (for :func:`compare`)."""
+    stored_as: dict[str, str] = field(default_factory=dict)
+    """Logical name -> the stored tensor it was derived from, where the names differ."""
+    quantized: set[str] = field(default_factory=set)
+    """Stored names belonging to quantized modules (weights and companions)."""
+    issues: list[QuantIssue] = field(default_factory=list)
+    modules: int = 0
+    """Quantized modules found."""
+
+
+# --- reading quantization_config --------------------------------------------------------------
+
+_FP8 = frozenset({"F8_E4M3", "F8_E4M3FNUZ"})
+_FLOATS = frozenset({"F32", "F16", "BF16"})
+_INTS = frozenset({"I32"})
+_CT_FORMATS = frozenset({"pack-quantized", "float-quantized", "int-quantized", "naive-quantized"})
+
+
+def scheme_of(quant: Any) -> Scheme | Unchecked:
+    """The scheme of a ``quantization_config`` (a parsed JSON value).
+
+    Raises:
+        SchemeError: a value the stored shapes depend on is unusable (bits, group size, blocks).
+    """
+    if not isinstance(quant, Mapping):
+        return Unchecked("?", "quantization_config is not an object")
+    method = quant.get("quant_method")
+    method = method.lower() if isinstance(method, str) else ""
+    if method == "fp8":
+        block = _pair(quant, "weight_block_size")
+        fmt = quant.get("scale_fmt", "float")
+        if quant.get("expert_dtype", "fp8") != "fp8":
+            return Unchecked(method, f"expert_dtype {quant.get('expert_dtype')!r}")
+        label = f"fp8 in {block[0]}x{block[1]} blocks" if block else "fp8 per tensor"
+        return Scheme("fp8", label, 8, block=block, skip=_names(quant, "modules_to_not_convert", "ignored_layers"),
+                      scale_fmt=fmt if isinstance(fmt, str) else "float")
+    if method == "gptq":
+        fmt = quant.get("checkpoint_format", "gptq")
+        if fmt not in ("gptq", "gptq_v2", None):
+            return Unchecked(method, f"checkpoint_format {fmt!r}")
+        bits, group = _int(quant, "bits", (2, 3, 4, 8)), _group(quant)
+        return Scheme("gptq", f"gptq {bits}-bit" + (f", group {group}" if group else ""), bits, group,
+                      skip=_names(quant, "modules_to_not_convert"))
+    if method == "awq":
+        version = quant.get("version", "gemm")
+        version = version.lower() if isinstance(version, str) else version
+        if version not in ("gemm", "gemv", "exllama"):
+            return Unchecked(method, f"version {version!r}")
+        bits, group = _int(quant, "bits", (4,), key2="w_bit"), _group(quant, "q_group_size")
+        layout = "gemv" if version == "gemv" else "gemm"
+        return Scheme("awq", f"awq {bits}-bit {layout}" + (f", group {group}" if group else ""), bits, group,
+                      layout=layout, skip=_names(quant, "modules_to_not_convert"))
+    if method == "bitsandbytes":
+        skip = _names(quant, "llm_int8_skip_modules")
+        if quant.get("load_in_4bit") or quant.get("_load_in_4bit"):
+            kind = quant.get("bnb_4bit_quant_type", "fp4")
+            return Scheme("bnb-4bit", f"bitsandbytes 4-bit {kind}", 4, skip=skip)
+        if quant.get("load_in_8bit") or quant.get("_load_in_8bit"):
+            return Scheme("bnb-8bit", "bitsandbytes 8-bit", 8, skip=skip)
+        return Unchecked(method, "neither load_in_4bit nor load_in_8bit")
+    if method == "compressed-tensors":
+        return _compressed_tensors(quant)
+    return Unchecked(method or "?", "hfconv does not know its layout")
+
+
+def _compressed_tensors(quant: Mapping[str, Any]) -> Scheme | Unchecked:
+    groups = quant.get("config_groups")
+    if not isinstance(groups, Mapping) or not groups:
+        return Unchecked("compressed-tensors", "no config_groups")
+    weights = []
+    formats = set()
+    for group in groups.values():
+        if not isinstance(group, Mapping) or not isinstance(group.get("weights"), Mapping):
+            return Unchecked("compressed-tensors", "a config group without weights")
+        weights.append(group["weights"])
+        formats.add(group.get("format") or quant.get("format"))
+    if len(formats) != 1 or len({repr(sorted(w.items())) for w in weights}) != 1:
+        return Unchecked("compressed-tensors", "config groups with different weight schemes")
+    fmt = formats.pop()
+    if fmt not in _CT_FORMATS:
+        return Unchecked("compressed-tensors", f"format {fmt!r}")
+    args = weights[0]
+    strategy = args.get("strategy") or "tensor"
+    if strategy not in ("tensor", "channel", "group", "block"):
+        return Unchecked("compressed-tensors", f"weight strategy {strategy!r}")
+    bits = _int(args, "num_bits", (2, 3, 4, 8), where="config_groups weights")
+    group = _group(args, where="config_groups weights") if strategy == "group" else 0
+    if strategy == "group" and not group:
+        raise SchemeError("group_size", "config_groups weights group_size must be a positive integer for the "
+                          "group strategy")
+    block = _pair(args, "block_structure", where="config_groups weights") if strategy == "block" else None
+    if strategy == "block" and block is None:
+        raise SchemeError("block_structure", "config_groups weights block_structure is missing for the block strategy")
+    kind = args.get("type", "int")
+    label = f"compressed-tensors {fmt}, {kind}{bits} per {strategy}" + (f" of {group}" if group else "")
+    symmetric = args.get("symmetric", True) is not False
+    return Scheme("compressed-tensors", label, bits, group, block, strategy, fmt, symmetric,
+                  skip=_names(quant, "ignore"))
+
+
+def _int(quant: Mapping[str, Any], key: str, allowed: tuple[int, ...], key2: str = "",
+         where: str = "quantization_config") -> int:
+    value = quant.get(key, quant.get(key2) if key2 else None)
+    if isinstance(value, bool) or value not in allowed:
+        raise SchemeError(key, f"{where} {key} is {value!r}, not one of {', '.join(map(str, allowed))}")
+    return int(value)
+
+
+def _group(quant: Mapping[str, Any], key2: str = "", where: str = "quantization_config") -> int:
+    value = quant.get("group_size", quant.get(key2) if key2 else None)
+    if value is None or value == -1:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SchemeError("group_size", f"{where} group_size is {value!r}, not a positive integer or -1")
+    return value
+
+
+def _pair(quant: Mapping[str, Any], key: str, where: str = "quantization_config") -> tuple[int, int] | None:
+    value = quant.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise SchemeError(key, f"{where} {key} is {value!r}, not two positive integers")
+    return value[0], value[1]
+
+
+def _names(quant: Mapping[str, Any], *keys: str) -> tuple[str, ...]:
+    for key in keys:
+        value = quant.get(key)
+        if isinstance(value, list):
+            return tuple(v for v in value if isinstance(v, str) and v)
+    return ()
+
+
+def skipped(stem: str, patterns: Iterable[str]) -> bool:
+    """Whether module ``stem`` is one a skip list names (as transformers' should_convert_module
+    matches: the name itself, a dotted suffix, or a dotted component run)."""
+    padded = f".{stem}."
+    return any(p == stem or f".{p}." in padded for p in patterns if not p.startswith("re:"))
+
+
+# --- the stored tensors, module by module -----------------------------------------------------
+
+_COMPANIONS: dict[str, tuple[str, ...]] = {
+    "fp8": ("weight_scale_inv", "activation_scale", "input_scale"),
+    "gptq": ("qweight", "qzeros", "scales", "g_idx"),
+    "awq": ("qweight", "qzeros", "scales"),
+    "bnb-4bit": ("weight.absmax", "weight.quant_map", "weight.nested_absmax", "weight.nested_quant_map",
+                 "weight.quant_state.bitsandbytes__nf4", "weight.quant_state.bitsandbytes__fp4"),
+    "bnb-8bit": ("SCB", "weight_format"),
+    "compressed-tensors": ("weight_packed", "weight_shape", "weight_scale", "weight_zero_point", "weight_g_idx",
+                           "input_scale", "input_zero_point", "output_scale", "output_zero_point",
+                           "weight_global_scale", "input_global_scale", "k_scale", "v_scale"),
+}
+"""Per scheme: the suffixes of a module's stored tensors besides (or instead of) ``weight``."""
+
+
+def expected_shapes(expected: ExpectedModel | None) -> Callable[[str], tuple[int, ...] | None]:
+    """A lookup of the shape ``expected`` gives a stored name (with or without the base prefix)."""
+    if expected is None:
+        return lambda name: None
+    tensors, prefix = expected.tensors, expected.prefix
+
+    def lookup(name: str) -> tuple[int, ...] | None:
+        for key in (name, prefix + name, name.removeprefix(prefix) if prefix else name):
+            if key in tensors:
+                return tensors[key].shape
+        return None
+    return lookup
+
+
+def quantized_view(scheme: Scheme, tensors: Mapping[str, Stored],
+                   expected: Callable[[str], tuple[int, ...] | None]) -> QuantView:
+    """Map stored tensors to the unquantized model's names and shapes and check the companions.
+
+    Args:
+        scheme: from :func:`scheme_of`.
+        tensors: stored name -> header (dtype, shape).
+        expected: the config-implied shape of an unquantized name, or None where unknown
+            (see :func:`expected_shapes`).
+
+    Returns:
+        The QuantView: ``logical`` for the usual comparison, ``issues`` for the companions.
+    """
+    view = QuantView(scheme)
+    suffixes = _COMPANIONS[scheme.method]
+    modules: dict[str, dict[str, Stored]] = {}
+    for name, meta in tensors.items():
+        for suffix in suffixes:
+            if name.endswith("." + suffix):
+                modules.setdefault(name[: -len(suffix) - 1], {})[suffix] = meta
+                break
+        else:
+            view.logical[name] = tuple(meta.shape)
+    check = _CHECKS[scheme.method]
+    for stem, parts in modules.items():
+        weight = tensors.get(stem + ".weight")
+        if weight is not None:
+            parts = {**parts, "weight": weight}
+            view.logical.pop(stem + ".weight", None)
+        view.quantized.update(f"{stem}.{suffix}" for suffix in parts)
+        view.modules += 1
+        check(view, stem, parts, expected)
+    # Stored quantized (by dtype) with none of the scheme's other tensors: the scale went missing.
+    lone = _LONE_DTYPES.get((scheme.method, scheme.layout))
+    if lone is not None:
+        for name, meta in tensors.items():
+            stem = name.removesuffix(".weight")
+            if name.endswith(".weight") and meta.dtype in lone[0] and stem not in modules:
+                view.quantized.add(name)
+                view.issues.append(QuantIssue("HFC618", name, f"{name} is stored {meta.dtype} ({scheme.label}) but "
+                                                            f"{stem}.{lone[1]} is missing{_loader(scheme)}"))
+    return view
+
+
+_LONE_DTYPES: dict[tuple[str, str], tuple[frozenset[str], str]] = {
+    ("fp8", ""): (_FP8, "weight_scale_inv"),
+    ("bnb-8bit", ""): (frozenset({"I8"}), "SCB"),
+    ("bnb-4bit", ""): (frozenset({"U8"}), "weight.absmax"),
+    ("compressed-tensors", "float-quantized"): (_FP8, "weight_scale"),
+    ("compressed-tensors", "int-quantized"): (frozenset({"I8"}), "weight_scale"),
+    ("compressed-tensors", "naive-quantized"): (frozenset({"I8"}) | _FP8, "weight_scale"),
+}
+
+
+def _loader(scheme: Scheme) -> str:
+    return ": loaders dequantize it with scales left uninitialised (garbage outputs) or fail"
+
+
+def _fmt(shape: Iterable[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _issue(view: QuantView, code: str, tensor: str, message: str) -> None:
+    view.issues.append(QuantIssue(code, tensor, message))
+
+
+def _need(view: QuantView, stem: str, parts: Mapping[str, Stored], suffix: str, why: str = "") -> Stored | None:
+    meta = parts.get(suffix)
+    if meta is None:
+        have = next((s for s in ("weight", "qweight", "weight_packed") if s in parts), next(iter(parts)))
+        _issue(view, "HFC618", f"{stem}.{have}", f"{stem}.{suffix} is missing beside {stem}.{have} "
+               f"({view.scheme.label}){why or _loader(view.scheme)}")
+    return meta
+
+
+def _shape_is(view: QuantView, name: str, meta: Stored, want: tuple[int, ...], derivation: str) -> bool:
+    if tuple(meta.shape) == want:
+        return True
+    _issue(view, "HFC619", name, f"{name} has shape {_fmt(meta.shape)} but {derivation} needs {_fmt(want)} "
+           f"({view.scheme.label})")
+    return False
+
+
+def _dtype_in(view: QuantView, name: str, meta: Stored, allowed: frozenset[str], what: str) -> bool:
+    if meta.dtype in allowed:
+        return True
+    _issue(view, "HFC620", name, f"{name} is {meta.dtype} but {what} is stored as {' or '.join(sorted(allowed))} "
+           f"({view.scheme.label})")
+    return False
+
+
+def _orphan(view: QuantView, stem: str, parts: Mapping[str, Stored], main: str) -> bool:
+    if main in parts:
+        return False
+    for suffix in parts:
+        _issue(view, "HFC621", f"{stem}.{suffix}", f"{stem}.{suffix} belongs to a quantized {stem} but "
+               f"{stem}.{main} is not stored ({view.scheme.label}); loaders ignore it")
+    return True
+
+
+def _matrix(meta: Stored | None) -> tuple[int, int] | None:
+    if meta is None or len(meta.shape) != 2:
+        return None
+    return meta.shape[0], meta.shape[1]
+
+
+def _weight_shape(view: QuantView, stem: str, derived: tuple[int, int] | None,
+                  expected: Callable[[str], tuple[int, ...] | None]) -> tuple[int, int] | None:
+    """[out, in] of the module: as the config implies it where known, else as stored."""
+    want = expected(stem + ".weight")
+    if want is not None and len(want) == 2:
+        return want[0], want[1]
+    return derived
+
+
+def _check_fp8(view: QuantView, stem: str, parts: Mapping[str, Stored],
+               expected: Callable[[str], tuple[int, ...] | None]) -> None:
+    scheme = view.scheme
+    if _orphan(view, stem, parts, "weight"):
+        return
+    weight = parts["weight"]
+    name = stem + ".weight"
+    view.logical[name] = tuple(weight.shape)
+    scale = parts.get("weight_scale_inv")
+    if skipped(stem, scheme.skip) and weight.dtype in _FP8:
+        _issue(view, "HFC623", name, f"{name} is {weight.dtype} but quantization_config lists {stem} as not "
+               "converted: loaders build it unquantized and read the FP8 bytes without their scale")
+    if scale is None:
+        if weight.dtype in _FP8:
+            _need(view, stem, parts, "weight_scale_inv")
+        return
+    _dtype_in(view, name, weight, _FP8, "a block-quantized weight")
+    allowed = _FLOATS | ({"F8_E8M0", "U8"} if scheme.scale_fmt == "ue8m0" else set())
+    _dtype_in(view, stem + ".weight_scale_inv", scale, frozenset(allowed), "an FP8 weight scale")
+    out_in = _weight_shape(view, stem, _matrix(weight), expected)
+    if len(weight.shape) == 3 and scheme.block:  # fused experts [E, out, in]
+        experts, rows, cols = weight.shape
+        b0, b1 = scheme.block
+        _shape_is(view, stem + ".weight_scale_inv", scale, (experts, -(-rows // b0), -(-cols // b1)),
+                  f"{name} {_fmt(weight.shape)} in {b0}x{b1} blocks")
+        return
+    if out_in is None:
+        return
+    out, inp = out_in
+    if scheme.block:
+        b0, b1 = scheme.block
+        _shape_is(view, stem + ".weight_scale_inv", scale, (-(-out // b0), -(-inp // b1)),
+                  f"{name} [{out}, {inp}] in {b0}x{b1} blocks = [ceil({out}/{b0}), ceil({inp}/{b1})]")
+    elif math.prod(scale.shape) != 1:
+        _issue(view, "HFC619", stem + ".weight_scale_inv", f"{stem}.weight_scale_inv has shape {_fmt(scale.shape)} "
+               f"but a per-tensor FP8 scale is one value ({scheme.label})")
+
+
+def _check_packed(view: QuantView, stem: str, parts: Mapping[str, Stored],
+                  expected: Callable[[str], tuple[int, ...] | None]) -> None:
+    """GPTQ and AWQ."""
+    scheme = view.scheme
+    if _orphan(view, stem, parts, "qweight"):
+        return
+    qweight = parts["qweight"]
+    name = stem + ".qweight"
+    if not _dtype_in(view, name, qweight, _INTS, "a packed weight") or len(qweight.shape) != 2:
+        if len(qweight.shape) != 2:
+            _issue(view, "HFC619", name, f"{name} has shape {_fmt(qweight.shape)}, not 2 dimensions "
+                   f"({scheme.label})")
+        return
+    rows, cols = qweight.shape
+    per = 32 / scheme.bits
+    if scheme.method == "gptq":      # [in*bits/32, out]
+        derived = (cols, round(rows * per))
+    elif scheme.layout == "gemm":    # [in, out*bits/32]
+        derived = (round(cols * per), rows)
+    else:                            # gemv: [out, in*bits/32]
+        derived = (rows, round(cols * per))
+    view.logical[stem + ".weight"] = derived
+    view.stored_as[stem + ".weight"] = name
+    if skipped(stem, scheme.skip):
+        _issue(view, "HFC623", name, f"{name} is packed ({scheme.label}) but quantization_config lists {stem} as "
+               "not converted: loaders build it unquantized and find no weight")
+    out, inp = _weight_shape(view, stem, derived, expected) or derived
+    groups = -(-inp // scheme.group) if scheme.group else 1
+    packed_out = -(-out * scheme.bits // 32)
+    if scheme.method == "awq" and scheme.layout == "gemv":
+        for suffix in ("qzeros", "scales"):
+            _need(view, stem, parts, suffix)
+        return
+    within = f"{stem} [out {out}, in {inp}]" + (f" in groups of {scheme.group}" if scheme.group else "")
+    zeros = _need(view, stem, parts, "qzeros")
+    if zeros is not None and _dtype_in(view, stem + ".qzeros", zeros, _INTS, "packed zero points"):
+        _shape_is(view, stem + ".qzeros", zeros, (groups, packed_out),
+                  f"{within} = [groups {groups}, out*{scheme.bits}/32 = {packed_out}]")
+    scales = _need(view, stem, parts, "scales")
+    if scales is not None and _dtype_in(view, stem + ".scales", scales, _FLOATS, "a scale"):
+        _shape_is(view, stem + ".scales", scales, (groups, out), f"{within} = [groups {groups}, out {out}]")
+    g_idx = parts.get("g_idx")
+    if g_idx is not None and _dtype_in(view, stem + ".g_idx", g_idx, _INTS, "a group index"):
+        _shape_is(view, stem + ".g_idx", g_idx, (inp,), f"{stem} [out {out}, in {inp}] = [in {inp}]")
+
+
+def _check_bnb4(view: QuantView, stem: str, parts: Mapping[str, Stored],
+                expected: Callable[[str], tuple[int, ...] | None]) -> None:
+    if _orphan(view, stem, parts, "weight"):
+        return
+    weight = parts["weight"]
+    name = stem + ".weight"
+    want = expected(name)
+    view.logical[name] = want if want is not None else tuple(weight.shape)
+    if weight.dtype in _FLOATS | {"F64"} and math.prod(weight.shape) > 1 and len(weight.shape) == 2 and \
+            weight.shape[1] != 1:
+        _issue(view, "HFC620", name, f"{name} is {weight.dtype} {_fmt(weight.shape)}, not packed 4-bit values, but "
+               f"has a 4-bit quant state ({view.scheme.label})")
+        return
+    packed_bytes = math.prod(weight.shape) * _BYTES.get(weight.dtype, 1)
+    if want is not None:
+        values = math.prod(want)
+        if packed_bytes != -(-values // 2):
+            _issue(view, "HFC624", name, f"{name} holds {packed_bytes} bytes = {2 * packed_bytes} packed 4-bit values "
+                   f"but config.json implies {_fmt(want)} = {values} values, {-(-values // 2)} bytes "
+                   f"({view.scheme.label})")
+            return
+    values = 2 * packed_bytes
+    absmax = _need(view, stem, parts, "weight.absmax")
+    _need(view, stem, parts, "weight.quant_map")
+    if not any(s.startswith("weight.quant_state.") for s in parts):
+        _need(view, stem, parts, "weight.quant_state.bitsandbytes__" + ("nf4" if "nf4" in view.scheme.label else "fp4"))
+    if absmax is not None and (len(absmax.shape) != 1 or not any(
+            absmax.shape[0] == -(-values // b) or absmax.shape[0] == -(-(values - 1) // b) for b in _BNB_BLOCKS)):
+        _issue(view, "HFC619", stem + ".weight.absmax", f"{stem}.weight.absmax has shape {_fmt(absmax.shape)} but "
+               f"{name} ({values} values) needs one scale per block: [ceil({values}/blocksize)] for a blocksize of "
+               f"32 to 4096 ({view.scheme.label})")
+    if absmax is not None and absmax.dtype == "U8":  # double quantization: the absmax is quantized again
+        nested = _need(view, stem, parts, "weight.nested_absmax")
+        _need(view, stem, parts, "weight.nested_quant_map")
+        if nested is not None and len(absmax.shape) == 1 and (len(nested.shape) != 1 or not any(
+                nested.shape[0] == -(-absmax.shape[0] // b) for b in (256, *_BNB_BLOCKS))):
+            _issue(view, "HFC619", stem + ".weight.nested_absmax", f"{stem}.weight.nested_absmax has shape "
+                   f"{_fmt(nested.shape)} but {stem}.weight.absmax {_fmt(absmax.shape)} needs "
+                   f"[ceil({absmax.shape[0]}/256)] = [{-(-absmax.shape[0] // 256)}] ({view.scheme.label})")
+
+
+_BYTES = {"U8": 1, "I8": 1, "BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I32": 4, "I64": 8, "U16": 2, "U32": 4,
+          "U64": 8, "I16": 2}
+_BNB_BLOCKS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def _check_bnb8(view: QuantView, stem: str, parts: Mapping[str, Stored],
+                expected: Callable[[str], tuple[int, ...] | None]) -> None:
+    if _orphan(view, stem, parts, "weight"):
+        return
+    weight = parts["weight"]
+    name = stem + ".weight"
+    view.logical[name] = tuple(weight.shape)
+    scb = _need(view, stem, parts, "SCB")
+    if scb is None:
+        return
+    _dtype_in(view, name, weight, frozenset({"I8"}), "an 8-bit weight with SCB")
+    out_in = _weight_shape(view, stem, _matrix(weight), expected)
+    if out_in is not None and _dtype_in(view, stem + ".SCB", scb, _FLOATS, "a row scale"):
+        _shape_is(view, stem + ".SCB", scb, (out_in[0],), f"{name} [{out_in[0]}, {out_in[1]}] (one scale per row)")
+
+
+def _check_compressed(view: QuantView, stem: str, parts: Mapping[str, Stored],
+                      expected: Callable[[str], tuple[int, ...] | None]) -> None:
+    scheme = view.scheme
+    derived: tuple[int, int] | None
+    if not any(s in parts for s in ("weight_packed", "weight_scale", "weight")):
+        return  # activation or KV-cache scales of a module with no weight (self_attn.k_scale)
+    if scheme.layout == "pack-quantized":
+        if _orphan(view, stem, parts, "weight_packed"):
+            return
+        packed = parts["weight_packed"]
+        name = stem + ".weight_packed"
+        if not _dtype_in(view, name, packed, _INTS, "a packed weight") or len(packed.shape) != 2:
+            return
+        rows, cols = packed.shape
+        derived = (rows, cols * 32 // scheme.bits)
+        want = expected(stem + ".weight")
+        if want is not None and len(want) == 2 and want[0] == rows and -(-want[1] * scheme.bits // 32) == cols:
+            derived = (want[0], want[1])  # the packing rounds up: the config's width fits
+        view.logical[stem + ".weight"] = derived
+        view.stored_as[stem + ".weight"] = name
+        _need(view, stem, parts, "weight_shape", ": loaders cannot unpack the weight without it")
+    else:
+        if _orphan(view, stem, parts, "weight"):
+            return
+        weight = parts["weight"]
+        name = stem + ".weight"
+        view.logical[name] = tuple(weight.shape)
+        if "weight_scale" not in parts:
+            if weight.dtype in _FP8 | {"I8"}:
+                _need(view, stem, parts, "weight_scale")
+            return
+        allowed = frozenset({"I8"}) if scheme.layout == "int-quantized" else _FP8 if \
+            scheme.layout == "float-quantized" else frozenset({"I8"}) | _FP8
+        _dtype_in(view, name, weight, allowed, f"a {scheme.layout} weight")
+        derived = _matrix(weight)
+    if skipped(stem, scheme.skip):
+        _issue(view, "HFC623", name, f"{name} is quantized ({scheme.label}) but quantization_config ignores {stem}: "
+               "loaders build it unquantized")
+    scale = _need(view, stem, parts, "weight_scale")
+    if not scheme.symmetric and scheme.strategy in ("group", "channel"):
+        _need(view, stem, parts, "weight_zero_point")
+    out_in = _weight_shape(view, stem, derived, expected)
+    if scale is None or out_in is None or not _dtype_in(view, stem + ".weight_scale", scale, _FLOATS | _FP8,
+                                                        "a weight scale"):
+        return
+    out, inp = out_in
+    if scheme.strategy == "tensor":
+        if math.prod(scale.shape) != 1:
+            _issue(view, "HFC619", stem + ".weight_scale", f"{stem}.weight_scale has shape {_fmt(scale.shape)} but a "
+                   f"per-tensor scale is one value ({scheme.label})")
+        return
+    if scheme.strategy == "channel":
+        want, how = (out, 1), f"{stem} [out {out}, in {inp}] (one scale per output row)"
+    elif scheme.strategy == "group":
+        want, how = (out, -(-inp // scheme.group)), f"{stem} [out {out}, in {inp}] in groups of {scheme.group}"
+    else:
+        assert scheme.block is not None
+        b0, b1 = scheme.block
+        want, how = (-(-out // b0), -(-inp // b1)), f"{stem} [out {out}, in {inp}] in {b0}x{b1} blocks"
+    _shape_is(view, stem + ".weight_scale", scale, want, how)
+
+
+_CHECKS: dict[str, Callable[[QuantView, str, Mapping[str, Stored], Callable[[str], tuple[int, ...] | None]], None]] = {
+    "fp8": _check_fp8,
+    "gptq": _check_packed,
+    "awq": _check_packed,
+    "bnb-4bit": _check_bnb4,
+    "bnb-8bit": _check_bnb8,
+    "compressed-tensors": _check_compressed,
+}

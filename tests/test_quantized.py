@@ -1,0 +1,219 @@
+"""Quantized folders are checked, not skipped (issue 18).
+
+Each scheme has a tiny real folder in ``fixtures/quantized/`` (``fixtures/make_quantized_fixtures.py``
+says which library wrote which) and three broken copies made here: the main weight stored as if
+the layer were transposed, a scale of the wrong shape, a scale deleted. Every folder goes through
+the CLI in one subprocess (``hfconv validate A B C ... --format json``) to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+QUANTIZED = ROOT / "fixtures" / "quantized"
+
+Tensors = dict[str, torch.Tensor]
+
+_P = "model.layers.0."
+
+
+def _zeros(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(shape, dtype=like.dtype)
+
+
+def _reshape(name: str, shape: Callable[[tuple[int, ...]], tuple[int, ...]]) -> Callable[[Tensors], None]:
+    def change(t: Tensors) -> None:
+        t[name] = _zeros(shape(tuple(t[name].shape)), t[name])
+    return change
+
+
+def _delete(name: str) -> Callable[[Tensors], None]:
+    def change(t: Tensors) -> None:
+        del t[name]
+    return change
+
+
+def _packed_transposed(name: str, rows_packed: bool) -> Callable[[Tensors], None]:
+    """A packed weight as the layer transposed would pack: [in/8, out] -> [out/8, in] (GPTQ rows),
+    [in, out/8] -> [out, in/8] (AWQ, compressed-tensors columns)."""
+    def change(t: Tensors) -> None:
+        rows, cols = t[name].shape
+        shape = (cols // 8, rows * 8) if rows_packed else (cols * 8, rows // 8)
+        t[name] = _zeros(shape, t[name])
+    return change
+
+
+def _bnb4_other_size(t: Tensors) -> None:
+    # q_proj [32, 32] packed into 512 bytes; store k_proj's [16, 32] packing instead.
+    t[_P + "self_attn.q_proj.weight"] = t[_P + "self_attn.k_proj.weight"].clone()
+
+
+_T = lambda s: (s[1], s[0])  # noqa: E731
+_MORE_ROWS = lambda s: (s[0] + 1, *s[1:])  # noqa: E731
+_MORE_COLS = lambda s: (s[0], s[1] + 1)  # noqa: E731
+
+DOWN = _P + "mlp.down_proj."
+EXPERT = "model.layers.1.mlp.experts.2.down_proj."
+# folder -> {defect: (change, codes expected)}
+BROKEN: dict[str, dict[str, tuple[Callable[[Tensors], None], list[str]]]] = {
+    "deepseek_v3-fp8": {
+        "transposed": (_reshape(EXPERT + "weight", _T), ["HFC601"]),
+        "scale_shape": (_reshape(EXPERT + "weight_scale_inv", _MORE_ROWS), ["HFC619"]),
+        "scale_missing": (_delete(EXPERT + "weight_scale_inv"), ["HFC618"]),
+    },
+    "llama-gptq": {
+        "transposed": (_packed_transposed(DOWN + "qweight", rows_packed=True), ["HFC601"]),
+        "scale_shape": (_reshape(DOWN + "scales", _MORE_ROWS), ["HFC619"]),
+        "scale_missing": (_delete(DOWN + "scales"), ["HFC618"]),
+    },
+    "llama-awq": {
+        "transposed": (_packed_transposed(DOWN + "qweight", rows_packed=False), ["HFC601"]),
+        "scale_shape": (_reshape(DOWN + "qzeros", _MORE_COLS), ["HFC619"]),
+        "scale_missing": (_delete(DOWN + "scales"), ["HFC618"]),
+    },
+    "llama-bnb-4bit": {
+        "transposed": (_bnb4_other_size, ["HFC624"]),  # a transposed packing has the same shape: a resized one
+        "scale_shape": (_reshape(DOWN + "weight.absmax", lambda s: (s[0] * 3 + 1,)), ["HFC619"]),
+        "scale_missing": (_delete(DOWN + "weight.absmax"), ["HFC618"]),
+    },
+    "llama-bnb-8bit": {
+        "transposed": (_reshape(DOWN + "weight", _T), ["HFC601"]),
+        "scale_shape": (_reshape(DOWN + "SCB", _MORE_ROWS), ["HFC619"]),
+        "scale_missing": (_delete(DOWN + "SCB"), ["HFC618"]),
+    },
+    "llama-ct-w4a16": {
+        "transposed": (_packed_transposed(DOWN + "weight_packed", rows_packed=False), ["HFC601"]),
+        "scale_shape": (_reshape(DOWN + "weight_scale", _MORE_COLS), ["HFC619"]),
+        "scale_missing": (_delete(DOWN + "weight_scale"), ["HFC618"]),
+    },
+    "llama-ct-fp8": {
+        "transposed": (_reshape(DOWN + "weight", _T), ["HFC601"]),
+        "scale_shape": (_reshape(DOWN + "weight_scale", _MORE_ROWS), ["HFC619"]),
+        "scale_missing": (_delete(DOWN + "weight_scale"), ["HFC618"]),
+    },
+    "llama-ct-w8a8": {
+        "transposed": (_reshape(DOWN + "weight", _T), ["HFC601"]),
+        "scale_shape": (_reshape(DOWN + "weight_scale", _MORE_ROWS), ["HFC619"]),
+        "scale_missing": (_delete(DOWN + "weight_scale"), ["HFC618"]),
+    },
+}
+GOOD = sorted(p.name for p in QUANTIZED.iterdir() if p.is_dir())
+SHAPE_CODES = ("HFC6",)
+
+
+def _validate(folders: list[Path], *args: str) -> dict[str, list[dict]]:
+    proc = subprocess.run([sys.executable, "-m", "hfconv", "validate", *map(str, folders), "--format", "json", *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return {Path(r["path"]).name: r["findings"] for r in json.loads(proc.stdout)}
+
+
+def _copy(tmp: Path, folder: str, name: str, change: Callable[[Tensors], None]) -> Path:
+    out = tmp / name
+    shutil.copytree(QUANTIZED / folder, out)
+    tensors = load_file(out / "model.safetensors")
+    change(tensors)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """Every good folder and every broken copy, validated in one CLI run."""
+    tmp = tmp_path_factory.mktemp("quantized")
+    folders = [QUANTIZED / name for name in GOOD]
+    for folder, defects in BROKEN.items():
+        for defect, (change, _) in defects.items():
+            folders.append(_copy(tmp, folder, f"{folder}--{defect}", change))
+    return _validate(folders)
+
+
+@pytest.mark.parametrize("folder", GOOD)
+def test_good_quantized_folder_has_no_shape_finding(results: dict[str, list[dict]], folder: str) -> None:
+    found = [(f["code"], f["message"]) for f in results[folder]
+             if f["code"].startswith(SHAPE_CODES) and f["code"] != "HFC610"]
+    assert found == []
+    assert not any(f["severity"] == "error" for f in results[folder])
+
+
+@pytest.mark.parametrize("case", [f"{folder}--{defect}" for folder, d in BROKEN.items() for defect in d])
+def test_broken_quantized_folder_is_an_error(results: dict[str, list[dict]], case: str) -> None:
+    folder, defect = case.split("--")
+    want = BROKEN[folder][defect][1]
+    found = [f for f in results[case] if f["code"].startswith(SHAPE_CODES) and f["code"] != "HFC610"]
+    assert [f["code"] for f in found] == want, found
+    assert found[0]["severity"] == "error"
+    assert found[0]["tensor"] and found[0]["tensor"].split(".")[-1] not in ("", "weight_shape")
+    assert found[0]["file"] == "model.safetensors"
+
+
+def test_fp8_transposed_expert_names_the_transposition(results: dict[str, list[dict]]) -> None:
+    """The issue's case: one expert's down_proj.weight stored transposed in a DeepSeek-V3 FP8 layout."""
+    finding = next(f for f in results["deepseek_v3-fp8--transposed"] if f["code"] == "HFC601")
+    assert finding["tensor"] == EXPERT + "weight"
+    assert "moe_intermediate_size" in finding["message"] and "transposed" in finding["message"]
+
+
+def test_packed_weight_message_names_the_stored_tensor(results: dict[str, list[dict]]) -> None:
+    finding = next(f for f in results["llama-gptq--transposed"] if f["code"] == "HFC601")
+    assert finding["tensor"] == DOWN + "qweight"
+    assert finding["message"].startswith(DOWN + "qweight [")
+    assert "gptq 4-bit" in finding["message"] and "unpacks to " + DOWN + "weight" in finding["message"]
+
+
+def test_scale_message_gives_the_derivation(results: dict[str, list[dict]]) -> None:
+    finding = next(f for f in results["deepseek_v3-fp8--scale_shape"] if f["code"] == "HFC619")
+    assert "[32, 16] in 16x16 blocks = [ceil(32/16), ceil(16/16)] needs [2, 1]" in finding["message"]
+
+
+def test_unknown_scheme_is_still_skipped_and_bad_values_are_errors(tmp_path: Path) -> None:
+    folders = []
+    for name, quant in (("hqq", {"quant_method": "hqq"}),
+                        ("bits", {"quant_method": "gptq", "bits": 5, "group_size": 16}),
+                        ("blocks", {"quant_method": "fp8", "weight_block_size": [0, 16]})):
+        out = tmp_path / name
+        shutil.copytree(QUANTIZED / ("llama-gptq" if name != "blocks" else "deepseek_v3-fp8"), out)
+        config = json.loads((out / "config.json").read_text())
+        config["quantization_config"] = quant
+        (out / "config.json").write_text(json.dumps(config))
+        folders.append(out)
+    found = _validate(folders)
+    assert [f["code"] for f in found["hqq"] if f["code"].startswith("HFC6")] == ["HFC607"]
+    assert [f["code"] for f in found["bits"] if f["code"].startswith("HFC6")] == ["HFC622"]
+    assert "bits is 5" in next(f["message"] for f in found["bits"] if f["code"] == "HFC622")
+    assert [f["code"] for f in found["blocks"] if f["code"].startswith("HFC6")] == ["HFC622"]
+
+
+def test_fixture_sizes_stay_tiny() -> None:
+    for folder in GOOD:
+        assert sum(f.stat().st_size for f in (QUANTIZED / folder).iterdir()) < 200_000, folder
+
+
+def test_deepseek_v3_fp8_fixture_is_the_published_layout() -> None:
+    """Weights in F8_E4M3 with their F32 block scales, the router and norms unquantized, and the
+    multi-token-prediction layer after the last one."""
+    tensors = load_file(QUANTIZED / "deepseek_v3-fp8" / "model.safetensors")
+    config = json.loads((QUANTIZED / "deepseek_v3-fp8" / "config.json").read_text())
+    b0, b1 = config["quantization_config"]["weight_block_size"]
+    assert tensors[EXPERT + "weight"].dtype == torch.float8_e4m3fn
+    for name, value in tensors.items():
+        if name.endswith("weight_scale_inv"):
+            weight = tensors[name.replace("weight_scale_inv", "weight")]
+            assert value.dtype == torch.float32
+            assert tuple(value.shape) == (math.ceil(weight.shape[0] / b0), math.ceil(weight.shape[1] / b1))
+    assert tensors["model.layers.1.mlp.gate.weight"].dtype == torch.bfloat16
+    mtp = f"model.layers.{config['num_hidden_layers']}."
+    extras = ("enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.head.weight")
+    assert {mtp + n for n in extras} <= set(tensors)
