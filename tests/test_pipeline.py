@@ -157,3 +157,82 @@ def test_action_bad_input_is_exit_2(tmp_path: Path) -> None:
                            sarif="hfconv.sarif")
     assert result.returncode == 2
     assert "HFC999" in result.stderr and not (workspace / "hfconv.sarif").exists()
+
+
+# --- the README's "In your pipeline" snippets, as written -------------------------------------------
+
+def readme_block(marker: str) -> str:
+    """The fenced block right after ``<!-- pipeline:MARKER -->`` in the README."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = text.split(f"<!-- pipeline:{marker} -->\n", 1)[1]
+    block = re.match(r"```\w+\n(.*?\n)```\n", after, re.S)
+    assert block, marker
+    return block.group(1)
+
+
+def published_hooks(tmp_path: Path) -> Path:
+    """This checkout's hooks as the repository the README's snippet names, tagged with its ``rev``;
+    the python hook's install (pip, half a minute) replaced by the hfconv on PATH (this checkout's)."""
+    repo = tmp_path / "published-hooks"
+    repo.mkdir()
+    definitions = hooks()
+    definitions["hfconv-validate"]["language"] = "system"
+    (repo / ".pre-commit-hooks.yaml").write_text(yaml.safe_dump(list(definitions.values())))
+    git("init", "-q", cwd=repo)
+    git("add", ".", cwd=repo)
+    git("commit", "-q", "-m", "hooks", cwd=repo)
+    return repo
+
+
+def test_readme_pipeline_snippets(tmp_path: Path) -> None:
+    """The README's config in a model repository's pyproject.toml, its .pre-commit-config.yaml with
+    `pre-commit run`, and its workflow's hfconv step through action.yml: a model with a stale shard
+    passes only because the config's per-file-ignores says so."""
+    pytest.importorskip("pre_commit", reason="needs pre-commit (pip install -e '.[dev]')")
+    repo = tmp_path / "model-repo"
+    model = repo / "models" / "my-model"
+    shutil.copytree(ROOT / "fixtures" / "llama-safetensors-sharded", model)
+    shutil.copy(model / "model-00001-of-00003.safetensors", model / "model-00001-of-00004.safetensors")
+    (repo / "pyproject.toml").write_text(readme_block("config"))
+    env = environment(tmp_path)
+    git("init", "-q", cwd=repo)
+    unconfigured = subprocess.run(["hfconv", "validate", "models/my-model", "--no-config", "--strict"], cwd=repo,
+                                  env=env, capture_output=True, text=True, timeout=120)
+    assert unconfigured.returncode == 1 and "HFC007" in unconfigured.stdout
+
+    # pre-commit, with the snippet's repository and rev standing for this checkout's hooks
+    pre_commit_config = readme_block("pre-commit")
+    hook_repo = published_hooks(tmp_path)
+    git("tag", re.search(r"rev: (\S+)", pre_commit_config).group(1), cwd=hook_repo)
+    (repo / ".pre-commit-config.yaml").write_text(pre_commit_config.replace("https://github.com/OWNER/hfconv",
+                                                                            str(hook_repo)))
+    git("add", ".", cwd=repo)
+    git("commit", "-q", "-m", "model", cwd=repo)
+    hook = subprocess.run([sys.executable, "-m", "pre_commit", "run", "--all-files"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert hook.returncode == 0, hook.stdout + hook.stderr
+    assert re.search(r"hfconv validate\.+Passed", hook.stdout)
+
+    # the workflow: checkout, this action with the snippet's inputs, upload-sarif
+    workflow = yaml.safe_load(readme_block("action"))
+    steps = workflow["jobs"]["hfconv"]["steps"]
+    ours = [s for s in steps if s.get("uses", "").startswith("OWNER/hfconv@")]
+    assert len(ours) == 1 and steps[0]["uses"].startswith("actions/checkout@")
+    inputs = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in ours[0]["with"].items()}
+    result, summary = run_action(tmp_path, repo, install="false", **inputs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "::error" not in result.stdout and "::warning" not in result.stdout
+    sarif = json.loads((repo / inputs["sarif"]).read_text())
+    assert [s for s in steps if s.get("uses", "").startswith("github/codeql-action/upload-sarif@")][0]["with"] == \
+        {"sarif_file": inputs["sarif"]}
+    assert sarif["runs"][0]["tool"]["driver"]["name"] == "hfconv"
+    assert "OK" in summary.read_text()
+
+
+def test_readme_explain_snippet(tmp_path: Path) -> None:
+    result = subprocess.run(["bash", "-e", "-c", readme_block("explain")], cwd=tmp_path, env=environment(tmp_path),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("HFC304 (error): ")
+    assert "HFC301  error" in result.stdout
+    assert "HFC304" in {entry["code"] for entry in json.loads((tmp_path / "codes.json").read_text())}
