@@ -182,6 +182,15 @@ def test_missing_index_and_metadata_are_written(saved: Path, tmp_path: Path, tra
     assert json.loads((folder / INDEX).read_text())["metadata"]["total_size"] == 23872
     assert "HFC406" not in codes(folder)
 
+    # An index without "weight_map" (HFC307) beside a complete numbered set: regenerated from it.
+    folder = fresh(saved, tmp_path, "no-weight-map")
+    edit_json(folder / INDEX, lambda d: d.pop("weight_map"))
+    assert "HFC307" in codes(folder)
+    done = run("fix", str(folder))
+    assert done.returncode == 0 and "HFC307" in done.stdout, done.stdout + done.stderr
+    assert (folder / INDEX).read_bytes() == (saved / INDEX).read_bytes()
+    assert_loads_as_saved(folder, saved, transformers)
+
 
 def test_diff_prints_every_change_and_changes_nothing(saved: Path, tmp_path: Path) -> None:
     folder = fresh(saved, tmp_path)
