@@ -178,13 +178,15 @@ def test_scale_message_gives_the_derivation(results: dict[str, list[dict]]) -> N
     assert "[32, 16] in 16x16 blocks = [ceil(32/16), ceil(16/16)] needs [2, 1]" in finding["message"]
 
 
-def test_unknown_scheme_is_still_skipped_and_bad_values_are_errors(tmp_path: Path) -> None:
+def test_unknown_scheme_is_skipped_bad_values_and_unquantized_weights_are_errors(tmp_path: Path) -> None:
     folders = []
+    sources = {"blocks": "deepseek_v3-fp8", "none": "deepseek_v3"}
     for name, quant in (("hqq", {"quant_method": "hqq"}),
                         ("bits", {"quant_method": "gptq", "bits": 5, "group_size": 16}),
-                        ("blocks", {"quant_method": "fp8", "weight_block_size": [0, 16]})):
+                        ("blocks", {"quant_method": "fp8", "weight_block_size": [0, 16]}),
+                        ("none", {"quant_method": "fp8", "weight_block_size": [16, 16]})):
         out = tmp_path / name
-        shutil.copytree(QUANTIZED / ("llama-gptq" if name != "blocks" else "deepseek_v3-fp8"), out)
+        shutil.copytree(QUANTIZED / sources.get(name, "llama-gptq"), out)
         config = json.loads((out / "config.json").read_text())
         config["quantization_config"] = quant
         (out / "config.json").write_text(json.dumps(config))
@@ -194,6 +196,8 @@ def test_unknown_scheme_is_still_skipped_and_bad_values_are_errors(tmp_path: Pat
     assert [f["code"] for f in found["bits"] if f["code"].startswith("HFC6")] == ["HFC622"]
     assert "bits is 5" in next(f["message"] for f in found["bits"] if f["code"] == "HFC622")
     assert [f["code"] for f in found["blocks"] if f["code"].startswith("HFC6")] == ["HFC622"]
+    # bf16 weights under an fp8 quantization_config: one error, not a flood.
+    assert [f["code"] for f in found["none"] if f["code"].startswith("HFC6")] == ["HFC625"]
 
 
 def test_fixture_sizes_stay_tiny() -> None:

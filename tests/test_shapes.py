@@ -371,7 +371,7 @@ def test_some_tensors_in_another_dtype(tmp_path):
 def test_quantized_folder_is_not_flooded(tmp_path):
     folder = copy_with(tmp_path, FIXTURES / "llama-safetensors",
                        config={"quantization_config": {"quant_method": "gptq", "bits": 4}, "hidden_size": 64})
-    assert shape_codes(folder) == ["HFC607"]
+    assert shape_codes(folder) == ["HFC625"]  # one finding: no weight is quantized as the config says
 
 
 def test_adapter_folder(tmp_path):

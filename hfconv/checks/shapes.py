@@ -145,6 +145,14 @@ register("HFC623", "error", "module listed as not converted is quantized",
          "read the quantized bytes as if they were the weight, or miss the weight.",
          "Remove the module from the list, or store its unquantized weight.",
          "lm_head.weight is F8_E4M3 but quantization_config lists lm_head as not converted")
+register("HFC625", "error", "quantization_config but no quantized weight",
+         "config.json declares a quantization scheme, but no stored weight is quantized the way it stores them "
+         "(no scales, packed weights or quant states): loaders build quantized layers and find float weights "
+         "where they expect the scheme's tensors, so loading fails or computes garbage.",
+         "Remove quantization_config from config.json if the weights are not quantized, or store the "
+         "quantized export.",
+         "config.json has a quantization_config (gptq 4-bit, group 128) but none of the 154 stored tensors is "
+         "quantized that way (no qweight); shape checks against the config were skipped")
 register("HFC624", "error", "packed weight holds the wrong number of values",
          "A bitsandbytes 4-bit weight packs two values per byte: its byte count must be half the element "
          "count of the shape config.json implies. A different count means another layer size.",
@@ -153,6 +161,9 @@ register("HFC624", "error", "packed weight holds the wrong number of values",
          "implies [64, 64] = 4096 values, 2048 bytes (bitsandbytes 4-bit nf4)")
 
 _CONFIG = "config.json"
+_MARKS = {"fp8": "no weight_scale_inv", "gptq": "no qweight", "awq": "no qweight",
+          "bnb-4bit": "no weight.absmax or quant state", "bnb-8bit": "no SCB",
+          "compressed-tensors": "no weight_scale or weight_packed"}
 
 
 def check_shapes(contents: FolderContents) -> Iterator[Finding]:
@@ -202,6 +213,11 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
     view: QuantView | None = None
     if scheme is not None:
         view = quantized_view(scheme, tensors, expected_shapes(expected))
+        if not view.modules:
+            yield finding("HFC625", f"config.json has a quantization_config ({scheme.label}) but none of the "
+                          f"{len(tensors)} stored tensors is quantized that way ({_MARKS[scheme.method]}); shape "
+                          "checks against the config were skipped", file=_CONFIG)
+            return
         yield from _check_dtypes(config, {n: m for n, m in tensors.items() if n not in view.quantized})
         where = contents.tensor_files
         for issue in view.issues:
