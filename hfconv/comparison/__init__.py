@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 from ..contents import read_contents
 from ..discovery import discover
-from ..validation import check_folder
 from . import codes  # noqa: F401 - registers HFC960-HFC969
 from .metadata import compare_metadata, compare_tokenizer
 from .results import DIFF_FORMAT, SAME_STATUSES, DiffResult, KeyChange, TensorDiff, TokenizerDiff, block_of
@@ -52,8 +51,11 @@ def diff(a: str | os.PathLike[str], b: str | os.PathLike[str], *, headers_only: 
         UsageError: ``a`` or ``b`` does not exist or is not a folder.
     """
     started = time.perf_counter()
-    check_folder(a)
-    check_folder(b)
+    for path in (a, b):
+        if not os.path.isdir(path):  # validation (and every check it imports) only to word the refusal
+            from ..validation import check_folder
+
+            check_folder(path)
     # 1. Read both folders' headers and metadata.
     contents_a, contents_b = read_contents(discover(a)), read_contents(discover(b))
     side_a, side_b = read_side("A", contents_a), read_side("B", contents_b)
