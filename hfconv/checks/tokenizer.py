@@ -853,11 +853,14 @@ def _embedding_rows(facts: _Facts) -> dict[str, int]:
     """Name -> first dimension of the floating-point vocabulary matrices of the loaded weights."""
     rows: dict[str, int] = {}
     for name, meta in facts.contents.loaded_tensors.items():
-        if len(meta.shape) == 2 and meta.dtype in FLOAT_DTYPES and any(
-            name == suffix or name.endswith("." + suffix) for suffix in EMBED_SUFFIXES
-        ):
+        # endswith(tuple) in C first: this runs over every tensor (100,000s in the largest folders).
+        if (name.endswith(_DOTTED_EMBED_SUFFIXES) or name in EMBED_SUFFIXES) and len(meta.shape) == 2 \
+                and meta.dtype in FLOAT_DTYPES:
             rows[name] = meta.shape[0]
     return rows
+
+
+_DOTTED_EMBED_SUFFIXES = tuple("." + suffix for suffix in EMBED_SUFFIXES)
 
 
 def _input_rows(facts: _Facts) -> tuple[str, int] | None:

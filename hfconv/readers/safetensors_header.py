@@ -31,12 +31,16 @@ The checks accept exactly what the installed safetensors (0.8, the Rust crate be
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
+import itertools
 import json
 import math
+import operator
 import os
 import struct
 from collections.abc import Iterator
+from itertools import repeat
 from typing import Any
 
 from ..dtypes import SAFETENSORS_BITS
@@ -414,6 +418,100 @@ def _check_tiling(spans: list[tuple[int, int, int]], names: list[str], available
         raise FormatError("HFC111", f"file has {available - cursor} bytes after the last tensor")
 
 
+_BYTE_SIZES = {dtype: bits // 8 for dtype, bits in SAFETENSORS_BITS.items()
+               if bits % 8 == 0 and dtype not in _UNLOADABLE_DTYPES}
+"""Whole-byte dtypes: the ones the fast path takes (sub-byte ones may need _check_loadable)."""
+_MISSING = object()
+
+
+def _read_fast(raw: bytes, base: int, available: int) -> tuple[dict[str, TensorMeta], dict[str, str] | None] | None:
+    """The common header in bulk, C-speed operations over flat per-tensor lists.
+
+    Takes only headers that the checked path (``_parse_header`` then the per-entry checks)
+    accepts with no note, and returns exactly what it would: the tensors in header order and
+    the metadata. Anything else returns None and the checked path reads the header again, to
+    refuse it with its precise message or note what only serde reads. The fast path wants:
+
+    - no backslash (every ``"`` delimits a string: no escapes, so no surrogates and no
+      escaped key spellings) and no ``-0``;
+    - every colon right after a quote, and as many colons as the parsed header has keys. With
+      no escapes, a colon is either a key's (outside strings) or inside a string; a count of
+      ``":`` equal to the count of ``:`` puts every key's colon in it, so the keys written
+      equal the keys parsed: no key was written twice (serde keeps the last one, HFC105/HFC114);
+    - every entry an object of exactly ``dtype`` (a whole-byte dtype), ``shape`` (at most 16
+      dimensions, each from 1 to 2**64 - 1) and ``data_offsets``; ``__metadata__`` null or
+      strings. The nesting is then at most 3, so the depth scan is not needed;
+    - sizes that match and tile the data section exactly (no zero-size tensor: ties in the
+      offset order are left to the checked path).
+    """
+    if b"\\" in raw or b"-0" in raw:
+        return None
+    colons = raw.count(b":")
+    if colons != raw.count(b'":') or raw.count(b"{") + raw.count(b"[") > 3 * MAX_TENSORS + 16:
+        return None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, int_max_str_digits
+        return None
+    if type(header) is not dict:
+        return None
+    keys = len(header)
+    meta = header.pop("__metadata__", _MISSING)
+    metadata: dict[str, str] | None = None
+    if meta is not _MISSING and meta is not None:
+        if type(meta) is not dict or not set(map(type, meta.values())) <= {str}:
+            return None
+        metadata = meta
+        keys += len(meta)
+    entries = list(header.values())
+    count = len(entries)
+    if count > MAX_TENSORS or not set(map(type, entries)) <= {dict} or not set(map(len, entries)) <= {3}:
+        return None
+    if keys + 3 * count != colons:
+        return None
+    if not count:
+        return ({}, metadata) if available == 0 else None
+    try:
+        dtypes = [entry["dtype"] for entry in entries]
+        shapes = [entry["shape"] for entry in entries]
+        offsets = [entry["data_offsets"] for entry in entries]
+        if set(map(type, dtypes)) != {str} or not set(dtypes) <= _BYTE_SIZES.keys():
+            return None
+        if set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list} or set(map(len, offsets)) != {2}:
+            return None
+        if max(map(len, shapes)) > 16:
+            return None
+        dims = list(itertools.chain.from_iterable(shapes))
+        if dims and (set(map(type, dims)) != {int} or min(dims) < 1 or max(dims) >= _U64):
+            return None
+        begins = [pair[0] for pair in offsets]
+        ends = [pair[1] for pair in offsets]
+        if set(map(type, begins)) != {int} or set(map(type, ends)) != {int} or min(begins) < 0 or max(ends) >= _U64:
+            return None
+        sizes = list(map(operator.mul, map(math.prod, shapes), map(_BYTE_SIZES.__getitem__, dtypes)))
+        # numel * bits below 2**64, as _check_entry requires; then every size matches its range.
+        if max(sizes) >= _U64 // 8 or list(map(operator.sub, ends, begins)) != sizes:
+            return None
+        # Tiling: sizes are positive, so the ranges tile [0, available) iff the begins, sorted,
+        # start at 0, are distinct and each range ends where the next begins.
+        end_of = dict(zip(begins, ends))
+        order = sorted(end_of)
+        if len(order) != count or order[0] != 0 or end_of[order[-1]] != available:
+            return None
+        if list(map(end_of.__getitem__, order[:-1])) != order[1:]:
+            return None
+    except (KeyError, TypeError):  # a field missing, an unhashable dtype, a non-number in min/max
+        return None
+    names = list(header)
+    absolute = zip(map(base.__add__, begins), map(base.__add__, ends))
+    rows = zip(names, dtypes, map(tuple, shapes), absolute, repeat(None), repeat(0), repeat(None))
+    return dict(zip(names, map(_new_meta, rows))), metadata
+
+
+_new_meta = functools.partial(tuple.__new__, TensorMeta)
+"""TensorMeta from a full row of its fields, in C (a NamedTuple: see TensorMeta)."""
+
+
 def read_safetensors(path: str | os.PathLike) -> WeightFile:
     """Read and validate a safetensors file's header; never reads the tensor bytes.
 
@@ -472,6 +570,11 @@ def read_safetensors(path: str | os.PathLike) -> WeightFile:
 
     base = 8 + n
     available = size - 8 - n
+    with _gc_paused():
+        fast = _read_fast(raw, base, available)
+    if fast is not None:
+        return WeightFile(path=os.fsdecode(path), format="safetensors", tensors=fast[0], metadata=fast[1],
+                          notes=tuple(notes), header_nbytes=n)
     with _gc_paused():
         header = _parse_header(raw)
         del raw

@@ -100,12 +100,15 @@ def architecture_of(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def expected_tensors(config: Mapping[str, Any], architecture: str | None = None) -> ExpectedModel | None:
+def expected_tensors(config: Mapping[str, Any], architecture: str | None = None,
+                     family: Family | None = None) -> ExpectedModel | None:
     """Expected tensor names and shapes for ``config`` from the rule table.
 
     Args:
         config: parsed config.json.
         architecture: class name to build; defaults to ``architectures[0]``.
+        family: the table to use; defaults to the hand-written one of ``config['model_type']``
+            (:data:`FAMILIES`). The generated tables (:mod:`hfconv.rules.generated`) pass theirs.
 
     Returns:
         The ExpectedModel, or None when the family is not in the table. For a head the table
@@ -114,7 +117,7 @@ def expected_tensors(config: Mapping[str, Any], architecture: str | None = None)
     Raises:
         ConfigValueError: a value the shapes need is not usable (with the field names).
     """
-    family = family_of(config)
+    family = family_of(config) if family is None else family
     if family is None:
         return None
     architecture = architecture or architecture_of(config)
@@ -208,27 +211,33 @@ class _Template:
     (:func:`natural_key`) for given placeholder values, without parsing each name again."""
 
     def __init__(self, name: str, placeholders: tuple[str, ...]):
-        self.format = PLACEHOLDER.sub(lambda m: "{%d}" % placeholders.index(m.group(1)), name)
-        # natural_key's parts, with the index of the placeholder value for a part that is one.
-        self.parts: list[tuple | int] | None = []
+        self.format = PLACEHOLDER.sub(lambda m: "{" + str(placeholders.index(m.group(1))) + "}", name)
+        # natural_key's parts as literal segments between the parts that are a placeholder.
+        self.segments: list[tuple] | None = [()]
+        self.slots: list[int] = []
         for part in name.split("."):
             whole = PLACEHOLDER.fullmatch(part)
             if whole is not None:
-                self.parts.append(placeholders.index(whole.group(1)))
+                self.slots.append(placeholders.index(whole.group(1)))
+                self.segments.append(())
             elif PLACEHOLDER.search(part):
-                self.parts = None  # a placeholder inside a part: the key of the whole name
+                self.segments = None  # a placeholder inside a part: the key of the whole name
                 break
             else:
-                self.parts.append((0, int(part), "") if part.isdigit() else (1, 0, part))
+                self.segments[-1] += ((0, int(part), "") if part.isdigit() else (1, 0, part),)
 
     def name(self, values: tuple[int, ...]) -> str:
         return self.format.format(*values) if values else self.format
 
     def sort_key(self, values: tuple[int, ...], name: str) -> tuple:
         """natural_key(name), from the parts known in advance."""
-        if self.parts is None:
+        segments = self.segments
+        if segments is None:
             return natural_key(name)
-        return tuple((0, values[p], "") if isinstance(p, int) else p for p in self.parts)
+        key = segments[0]
+        for k, slot in enumerate(self.slots, start=1):
+            key = key + ((0, values[slot], ""),) + segments[k]
+        return key
 
 
 _new_object = object.__new__
