@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hfconv import validate
+from hfconv import fix, validate
 
 CLI = [sys.executable, "-m", "hfconv"]
 INDEX = "model.safetensors.index.json"
@@ -146,8 +146,7 @@ def test_every_safe_fix_repairs_a_folder_transformers_then_loads(saved: Path, tm
     assert_loads_as_saved(folder, saved, transformers)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 3
-    again = run("fix", str(folder))
-    assert again.returncode == 0 and "nothing to fix" in again.stdout
+    assert fix(folder, dry_run=True).changes == ()  # nothing left to fix
 
 
 def test_missing_index_and_metadata_are_written(saved: Path, tmp_path: Path, transformers) -> None:
@@ -177,8 +176,7 @@ def test_missing_index_and_metadata_are_written(saved: Path, tmp_path: Path, tra
     folder = fresh(saved, tmp_path, "no-metadata")
     edit_json(folder / INDEX, lambda d: d.pop("metadata"))
     assert "HFC406" in codes(folder)
-    done = run("fix", str(folder))
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert fix(folder).exit_code == 0
     assert json.loads((folder / INDEX).read_text())["metadata"]["total_size"] == 23872
     assert "HFC406" not in codes(folder)
 
@@ -280,7 +278,7 @@ def test_killed_between_files_leaves_each_file_old_or_new(saved: Path, tmp_path:
     edit_json(broken / INDEX, lambda d: d["metadata"].update(total_size=12))
     fixed = tmp_path / "fixed"
     shutil.copytree(broken, fixed)
-    assert run("fix", str(fixed)).returncode == 0
+    assert fix(fixed).exit_code == 0
     old, new = snapshot(broken), snapshot(fixed)
     changed = sorted(name for name in old if old[name][0] != new[name][0])
     assert len(changed) == 3, changed

@@ -188,14 +188,14 @@ def _apply(root: str, plan: Plan, changes: list[Change]) -> tuple[list[Change], 
                 ops.rewrite_header(change.file, weight_file, metadata)
             elif change.action in ("rewrite", "create"):
                 assert change.new_text is not None
-                ops.write_text(change.file, change.new_text)
+                ops.write_text(change.file, change.new_text, expected=change.old_text)
             elif change.action == "rename":
                 assert change.new_name is not None
                 ops.link(change.file, change.new_name)
             elif change.action == "delete":
                 ops.delete(change.file)
         except VerifyError as exc:
-            return done, finding("HFC951", f"{change.file} was not rewritten: {exc}; it was left unchanged",
+            return done, finding("HFC951", f"{change.file} was not changed: {exc}; it was left as it was",
                                  file=change.file)
         except (OSError, FormatError, JsonError) as exc:
             reason = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)

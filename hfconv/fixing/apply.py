@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 
+from ..fsutil import open_regular
 from ..readers.safetensors_header import read_safetensors
 from ..tensor_bytes import copy_range, write_all
 from ..tensors import FormatError, WeightFile
@@ -108,8 +109,15 @@ class FileOps:
         os.replace(tmp, target)
         _fsync_dir(os.path.dirname(target))
 
-    def write_text(self, name: str, text: str) -> None:
-        """Replace (or create) ``name`` with ``text`` (UTF-8)."""
+    def write_text(self, name: str, text: str, expected: str | None = None) -> None:
+        """Replace (or create) ``name`` with ``text`` (UTF-8); with ``expected``, only while the
+        file still holds that text (it was not edited since it was read)."""
+        if expected is not None:
+            with open_regular(self.path(name)) as handle:
+                if handle.read(len(expected.encode("utf-8")) + 1) != expected.encode("utf-8"):
+                    raise VerifyError(f"{name} changed since hfconv fix read it")
+        elif os.path.lexists(self.path(name)):
+            raise VerifyError(f"{name} appeared since hfconv fix listed the folder")
         fd, tmp = self._temporary(name)
         try:
             write_all(fd, text.encode("utf-8"))
@@ -123,6 +131,12 @@ class FileOps:
         """Replace ``name`` with the same tensors under a new ``__metadata__``; the tensor bytes are
         copied by byte range and compared with the original's before the rename."""
         source = self.path(name)
+        try:
+            current = read_safetensors(source)
+        except FormatError as exc:
+            raise VerifyError(f"{name} no longer reads as it did: {exc.message}") from None
+        if current.tensors != weight_file.tensors or current.header_nbytes != weight_file.header_nbytes:
+            raise VerifyError(f"{name} changed since hfconv fix read it")
         header = header_bytes(weight_file, metadata)
         old_base = 8 + weight_file.header_nbytes
         src_fd = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
