@@ -77,6 +77,10 @@ FLAG_PHRASES: tuple[tuple[str | None, str, str, str], ...] = (
     ("HFC732", "start", "max_memory names ", "--max-memory names "),
     ("HFC740", "start", "forward=True skipped: ", "--forward skipped: "),
     ("HFC744", "end", "; strict=True refuses them", "; --strict refuses them"),
+    ("HFC035", "end", "; reshard it with convert's max_shard_size (e.g. 5GB)",
+     "; reshard it with hfconv convert --max-shard-size 5GB"),
+    ("HFC036", "end", "; reshard it with convert's max_shard_size (e.g. 5GB)",
+     "; reshard it with hfconv convert --max-shard-size 5GB"),
     # validate: the reference (HFC606, HFC609) and the folder's own code (HFC609, HFC807, HFC811)
     ("HFC606", "end", " and reference='rules' was asked: only embedding sizes and the layer count were checked",
      " and --reference rules was asked: only embedding sizes and the layer count were checked"),
@@ -212,19 +216,17 @@ class Unavailable(click.ClickException):
 
 
 def require_torch(what: str) -> None:
-    """``what`` needs torch: import it now (it is needed at once anyway), or exit 2 with one line
-    naming the install command. Nothing has been read or written yet."""
-    import importlib
-
-    from ..render import escape_text
+    """``what`` needs torch: exit 2 with one line naming the install command when it is not
+    installed (looked up, not imported: a refused folder still costs no torch import). Nothing
+    has been read or written yet."""
+    import importlib.util
 
     try:
-        importlib.import_module("torch")
-    except Exception as exc:  # noqa: BLE001 - not installed, or an install that does not import
-        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "torch"
-        reason = "which is not installed" if missing else \
-            f"which cannot be imported here ({escape_text(f'{type(exc).__name__}: {exc}'.splitlines()[0])[:300]})"
-        raise Unavailable(f"{what} needs torch, {reason}; install it: {TORCH_INSTALL_HINT}") from None
+        installed = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # an import system that refuses it
+        installed = False
+    if not installed:
+        raise Unavailable(f"{what} needs torch, which is not installed; install it: {TORCH_INSTALL_HINT}")
 
 
 def describe_kind(path: str) -> str | None:
@@ -341,9 +343,13 @@ def write_file(output: str, data: bytes) -> None:
 
 
 def resolve_folder(path: str) -> str:
+    from ..errors import UsageError
     from ..render import escape_text
 
-    resolved = resolve_model_path(path)
+    try:
+        resolved = resolve_model_path(path)
+    except UsageError as exc:  # a cached repo id whose revision is not cached
+        raise click.UsageError(escape_text(str(exc))) from None
     shown = escape_text(path)
     if not os.path.exists(resolved):
         if os.path.islink(resolved):
