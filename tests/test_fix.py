@@ -329,3 +329,42 @@ def test_a_write_that_fails_leaves_that_file_as_it_was(saved: Path, tmp_path: Pa
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 1 and "HFC951" in done.stdout and shard in done.stdout, done.stdout
     assert snapshot(folder) == before  # no temporary file left, the shard and the later config.json untouched
+
+
+def old_names(saved: Path, folder: Path) -> None:
+    """The shards under old-style names (-1-of-9), the index naming them."""
+    for name in shard_names(folder):
+        number = int(name.split("-")[1])
+        (folder / name).rename(folder / f"model-{number}-of-9.safetensors")
+    edit_json(folder / INDEX, lambda d: d.update(weight_map={
+        t: f"model-{int(s.split('-')[1])}-of-9.safetensors" for t, s in d["weight_map"].items()}))
+
+
+@pytest.mark.parametrize("pause_after", [4])
+def test_killed_while_renaming_shards(saved: Path, tmp_path: Path, pause_after: int, transformers) -> None:
+    """9 links, the index, 9 old names removed: killed after the 4th link (a rerun meets both names of
+    four files), every tensor stays reachable through the index; the next run finishes the renames."""
+    folder = fresh(saved, tmp_path)
+    old_names(saved, folder)
+    before = {p.name: p.read_bytes() for p in folder.glob("model-*-of-9.safetensors")}
+    proc = subprocess.Popen([*CLI, "fix", str(folder), "--unsafe-fixes"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HFCONV_FIX_PAUSE_AFTER": str(pause_after)})
+    try:
+        line = proc.stderr.readline() if proc.stderr else ""
+        assert "paused after file operation" in line, line
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    index = json.loads((folder / INDEX).read_text())
+    for tensor, shard in index["weight_map"].items():  # what the index names is there, whole
+        assert (folder / shard).read_bytes() == before[f"model-{int(shard.split('-')[1])}-of-9.safetensors"], tensor
+    assert not [f for f in validate(folder).findings if f.severity.value == "error"]
+    done = run("fix", str(folder), "--unsafe-fixes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert shard_names(folder) == shard_names(saved) and not list(folder.glob("model-*-of-9.safetensors"))
+    assert (folder / INDEX).read_bytes() == (saved / INDEX).read_bytes()
+    assert_loads_as_saved(folder, saved, transformers)

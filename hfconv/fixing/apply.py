@@ -156,7 +156,13 @@ class FileOps:
         self._done(f"rewrote the header of {name}")
 
     def link(self, name: str, new_name: str) -> None:
-        """``new_name`` as a second name of ``name`` (the old name stays until :meth:`delete`)."""
+        """``new_name`` as a second name of ``name`` (the old name stays until :meth:`delete`);
+        nothing to do where a killed run already linked it."""
+        try:
+            if os.path.samefile(self.path(name), self.path(new_name)) and not os.path.islink(self.path(new_name)):
+                return
+        except OSError:
+            pass
         try:
             os.link(self.path(name), self.path(new_name), follow_symlinks=False)
         except OSError:

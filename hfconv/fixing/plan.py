@@ -8,7 +8,9 @@ renaming, editing token ids) are planned only when asked for. Nothing here write
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -160,10 +162,15 @@ class _Planner:
             return [], f"its shards claim different totals ({', '.join(map(str, sorted(totals)))})"
         total = totals.pop()
         on_disk: dict[int, list[str]] = {}
+        given = {p.name for p in parsed if p is not None}
         for name in weight_set.shard_files:
             p = parse_shard_name(name, weight_set.format)
             if p is not None and p.total == total:
                 on_disk.setdefault(p.number, []).append(name)
+        for number, names in on_disk.items():
+            # Two names of one file (a rename a killed run linked but did not finish): the one given.
+            if len(names) > 1 and self._one_file(names):
+                on_disk[number] = sorted(names, key=lambda n: (n not in given, n))[:1]
         if sorted(on_disk) != list(range(1, total + 1)):
             missing = [n for n in range(1, total + 1) if n not in on_disk]
             return [], (f"shard {missing[0]} of {total} is not in the folder" if missing else
@@ -172,6 +179,15 @@ class _Planner:
         if doubled:
             return [], f"{' and '.join(doubled[0][1])} both claim shard number {doubled[0][0]}"
         return [on_disk[n][0] for n in range(1, total + 1)], None
+
+    def _one_file(self, names: list[str]) -> bool:
+        """True when every name is a link to one and the same file (no symlink among them)."""
+        try:
+            stats = [os.lstat(self.folder.path(n)) for n in names]
+        except OSError:
+            return False
+        return all(stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (stats[0].st_dev, stats[0].st_ino)
+                   for st in stats)
 
     def _tensors_of(self, shards: list[str]) -> tuple[dict[str, str], int] | str:
         """tensor -> shard over ``shards`` and their total bytes, or why they cannot be indexed."""
@@ -232,6 +248,7 @@ class _Planner:
         if self.having("HFC306", name) or isinstance(old_total, bool) or not isinstance(old_total, (int, float)):
             metadata["total_size"] = total
         new_value = {**value, "metadata": metadata, "weight_map": new_map}
+        self.claimed_shards.update(shards)
         if new_value == value and not document.duplicates:
             return
         words = []
@@ -241,7 +258,6 @@ class _Planner:
             words.append(f"metadata.total_size set to {metadata['total_size']} (the shards' tensor bytes)")
         if not isinstance(value.get("metadata"), dict):
             words.append("metadata added")
-        self.claimed_shards.update(shards)
         stale = [f for f in self.having("HFC007") if f.file in shards]
         document.value = new_value
         document.style = {"indent": 2, "sort_keys": True, "ensure_ascii": True}
@@ -287,7 +303,7 @@ class _Planner:
                 mapping[shard] = hub
         if not mapping:
             return {}
-        if any(self.folder.has(new) for new in mapping.values()):
+        if any(self.folder.has(new) and not self._one_file([old, new]) for old, new in mapping.items()):
             return {}
         if not self.unsafe:
             self.plan.unsafe_available.update(("rename", old) for old in mapping)
@@ -412,8 +428,9 @@ class _Planner:
 
     def deletions(self) -> None:
         targets: dict[str, tuple[str, str]] = {}
+        renamed_to = {new for _old, new in self.plan.links}
         for item in self.having("HFC007"):
-            if item.file is None or item.file in self.claimed_shards:
+            if item.file is None or item.file in self.claimed_shards or item.file in renamed_to:
                 continue
             if item.file.endswith(".index.json"):
                 weight_set = next((ws for ws in self.folder.weight_sets.values() if ws.index == item.file), None)
