@@ -43,6 +43,8 @@ class TensorDiff:
     differing: int | None = None
     """Elements that differ (``different``)."""
     numel: int = 0
+    nbytes: int = 0
+    """Bytes of the tensor (A's where it is in A, else B's)."""
     note: str | None = None
     """Why, where the status alone does not say (the tied partner, the read error)."""
 
@@ -58,7 +60,7 @@ class TensorDiff:
             "shape_b": list(self.shape_b) if self.shape_b is not None else None,
             "file_a": self.file_a, "file_b": self.file_b,
             "max_abs": _finite(self.max_abs), "rel_l2": _finite(self.rel_l2),
-            "differing": self.differing, "numel": self.numel, "note": self.note,
+            "differing": self.differing, "numel": self.numel, "bytes": self.nbytes, "note": self.note,
         }
 
 

@@ -306,7 +306,8 @@ def compare_weights(a: Side, b: Side, headers_only: bool, progress: Progress | N
                 continue
             meta_a, meta_b = a.tensors[name], b.tensors[name]
             base = dict(name=name, dtype_a=meta_a.dtype, dtype_b=meta_b.dtype, shape_a=meta_a.shape,
-                        shape_b=meta_b.shape, file_a=a.files[name], file_b=b.files[name], numel=meta_a.numel)
+                        shape_b=meta_b.shape, file_a=a.files[name], file_b=b.files[name], numel=meta_a.numel,
+                        nbytes=meta_a.nbytes)
             if meta_a.shape != meta_b.shape:
                 rows.append(TensorDiff(status="shape", **base))  # type: ignore[arg-type]
                 continue
@@ -339,7 +340,7 @@ def _one_side(name: str, here: Side, there: Side, status: str) -> TensorDiff:
     partner = here.aliases.get(name)
     if partner is None:  # the kept one may be the alias: find a tensor it is an alias of... or that aliases it
         partner = next((other for other, target in here.aliases.items() if target == name), None)
-    fields: dict[str, Any] = {"numel": meta.numel}
+    fields: dict[str, Any] = {"numel": meta.numel, "nbytes": meta.nbytes}
     if status == "only_a":
         fields.update(dtype_a=meta.dtype, shape_a=meta.shape, file_a=here.files[name])
     else:

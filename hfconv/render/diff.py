@@ -157,27 +157,41 @@ def render_diff_json(result: DiffResult) -> str:
 # --- html ----------------------------------------------------------------------------------------
 
 _CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#1f2328;padding:0 1em}
-h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.6em} .ok{color:#1a7f37} .bad{color:#cf222e}
-table{border-collapse:collapse;width:100%} td,th{border-bottom:1px solid #d0d7de;padding:3px 6px;
-text-align:left;vertical-align:top} td.num{text-align:right;font-variant-numeric:tabular-nums}
-code{font:12px ui-monospace,monospace;word-break:break-all} .muted{color:#656d76}
-svg.layer-map{width:100%;height:auto} svg text{font:11px ui-monospace,monospace;fill:#1f2328}
-.legend span{display:inline-block;margin-right:1em} .legend i{display:inline-block;width:1em;height:.8em;
-margin-right:.3em;vertical-align:middle}
+:root { color-scheme: light dark; --fg: #1f2328; --bg: #ffffff; --muted: #59636e; --line: #d1d9e0;
+  --head: #f6f8fa; --ok: #1a7f37; --fail: #cf222e; }
+@media (prefers-color-scheme: dark) {
+  :root { --fg: #e6edf3; --bg: #0d1117; --muted: #9198a1; --line: #3d444d; --head: #151b23;
+    --ok: #3fb950; --fail: #f85149; }
+}
+body { margin: 0 auto; max-width: 80rem; padding: 1.5rem; color: var(--fg); background: var(--bg);
+  font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; }
+h1 { font-size: 1.4rem; overflow-wrap: anywhere; } h2 { font-size: 1.1rem; margin-top: 1.6rem; }
+.ok { color: var(--ok); } .bad { color: var(--fail); } .muted { color: var(--muted); }
+table { border-collapse: collapse; width: 100%; }
+td, th { border-bottom: 1px solid var(--line); padding: 3px 6px; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; overflow-wrap: anywhere; }
+svg.layer-map { display: block; width: 100%; max-width: 60rem; height: auto; }
+svg.layer-map text { font-size: 12px; fill: var(--fg); }
+svg.layer-map text.num { fill: var(--muted); font-variant-numeric: tabular-nums; }
+svg.layer-map g:hover rect.hover { fill: var(--head); }
+.legend { margin: .3rem 0 .8rem; color: var(--muted); font-size: 12px; display: flex; flex-wrap: wrap;
+  gap: .2rem 1rem; }
+.legend .key { white-space: nowrap; }
+.swatch { display: inline-block; width: .8rem; height: .8rem; border-radius: 2px; margin-right: .3rem;
+  vertical-align: -1px; }
 """
 
-_SCALE = ((0.0, "#d0d7de", "identical"), (1e-6, "#fff1b8", "< 1e-4"), (1e-4, "#ffd08a", "1e-4 .. 1e-2"),
-          (1e-2, "#ff9a52", "1e-2 .. 0.1"), (0.1, "#e5534b", "0.1 .. 1"), (1.0, "#8b1a1a", ">= 1, added or removed"))
-"""Relative L2 change -> colour (lower bound, colour, legend)."""
+_SCALE = ((0.0, "#afb8c1", "identical"), (1e-9, "#f5d76e", "< 1e-4"), (1e-4, "#f0a04b", "1e-4 .. 1e-2"),
+          (1e-2, "#e8613c", "1e-2 .. 0.1"), (0.1, "#c0262d", "0.1 .. 1"),
+          (1.0, "#6e0f14", ">= 1, or added, removed, reshaped, unreadable"))
+"""Change of a row (its largest relative L2 difference) -> colour: (lower bound, colour, legend)."""
 
 
 def _change_colour(amount: float) -> str:
-    if amount <= 0:
-        return _SCALE[0][1]
-    colour = _SCALE[1][1]
+    colour = _SCALE[0][1]
     for bound, value, _ in _SCALE[1:]:
-        if amount >= bound:
+        if amount >= bound or amount != amount:
             colour = value
     return colour
 
@@ -187,25 +201,41 @@ def _esc(value: object) -> str:
 
 
 def _layer_map(result: DiffResult) -> str:
-    """One row per block, coloured by how much it changed (its largest relative L2 difference)."""
-    blocks = result.blocks
-    if not blocks:
-        return ""
-    row_h, label_w, width = 16, 320, 1000
-    out = [f'<svg class="layer-map" viewBox="0 0 {width} {len(blocks) * row_h + 4}" role="img" '
-           'aria-label="layer map: change per block">']
-    for i, (block, amount) in enumerate(blocks.items()):
-        y = 2 + i * row_h
-        label = block if len(block) <= 44 else block[:43] + "\u2026"
-        out.append(f'<g><title>{_esc(block)}: change {_esc(_number(amount))}</title>'
-                   f'<text x="4" y="{y + 12}">{_esc(label)}</text>'
-                   f'<rect x="{label_w}" y="{y + 2}" width="{width - label_w - 90}" height="{row_h - 4}" rx="2" '
-                   f'fill="{_change_colour(amount)}"/>'
-                   f'<text x="{width - 4}" y="{y + 12}" text-anchor="end">{_esc(_number(amount))}</text></g>')
-    out.append("</svg>")
-    out.append('<p class="legend">' + "".join(f'<span><i style="background:{c}"></i>{_esc(label)}</span>'
-                                             for _, c, label in _SCALE) + "</p>")
-    return "".join(out)
+    """The layer map of :mod:`hfconv.render.pictures` (rows in model order, bars as long as their
+    bytes), each row coloured by how much it changed: the picture of what a fine-tune touched."""
+    import dataclasses
+
+    from .pictures import layer_map_svg, layer_rows, unit_of
+
+    changes: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for tensor in result.tensors:
+        amount = _change(tensor)
+        unit = unit_of(tensor.name)
+        changes[unit] = max(changes.get(unit, 0.0), amount)
+        counts[unit] = counts.get(unit, 0) + (0 if tensor.same else 1)
+    rows = [dataclasses.replace(row, colour=_change_colour(changes.get(row.name, 0.0)),
+                                note=f"change {_number(changes.get(row.name, 0.0))}; "
+                                     f"{counts.get(row.name, 0)} of {row.tensors} tensors not identical")
+            for row in layer_rows(_Sized(t.name, t.nbytes, t.numel) for t in result.tensors)]
+    return layer_map_svg(rows, legend=[(colour, label) for _, colour, label in _SCALE],
+                         caption="Each row a block or module, as long as its bytes, coloured by its largest relative "
+                                 "L2 difference (||A - B|| / ||A||) between the folders.")
+
+
+def _change(tensor: TensorDiff) -> float:
+    if tensor.same:
+        return 0.0
+    if tensor.status == "different" and tensor.rel_l2 is not None:
+        return tensor.rel_l2
+    return 1.0
+
+
+class _Sized:
+    """A tensor as the layer map counts it (name, bytes, elements)."""
+
+    def __init__(self, name: str, nbytes: int, numel: int) -> None:
+        self.name, self.bytes, self.numel = name, nbytes, numel
 
 
 def render_diff_html(result: DiffResult) -> str:
