@@ -90,11 +90,11 @@ def render_diff_text(result: DiffResult) -> str:
     if same:
         word = "with the same name, dtype and shape" if result.headers_only else "byte-identical"
         lines.append(f"  {'identical':<11} {plural(same, 'tensor')} {word}")
+    if not result.headers_only:
+        lines.append(f"  read        {human_bytes(result.bytes_read)} in {result.seconds:.2f} s")
     changed = {block: amount for block, amount in result.blocks.items() if amount > 0}
     if changed and len(changed) < len(result.blocks):
         lines.append("blocks changed: " + ", ".join(f"{escape_text(k)} ({_number(v)})" for k, v in changed.items()))
-    if not result.headers_only:
-        lines.append(f"  read        {human_bytes(result.bytes_read)} in {result.seconds:.2f} s")
     if result.metadata:
         lines.append("metadata:")
         for change in result.metadata:
