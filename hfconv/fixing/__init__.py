@@ -224,8 +224,7 @@ def _remaining(findings: tuple[Finding, ...], plan: Plan, changes: tuple[Change,
         if key in plan.skipped or anywhere in plan.skipped:
             out.append(Remaining(item, plan.skipped.get(key) or plan.skipped[anywhere]))
         elif key in plan.unsafe_available or anywhere in plan.unsafe_available:
-            out.append(Remaining(item, "an unsafe fix would change it (it deletes, renames or edits token ids)",
-                                 unsafe=True))
+            out.append(Remaining(item, f"only an unsafe fix changes it ({fixable or 'a rename'})", unsafe=True))
         elif fixable:
             out.append(Remaining(item, f"not the case hfconv fix repairs ({fixable}); {entry.fix if entry else ''}"))
         else:

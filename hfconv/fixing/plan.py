@@ -451,7 +451,7 @@ class _Planner:
             if not self.unsafe:
                 self.plan.unsafe_available.add((code, name))
                 continue
-            self.plan.deletions.append((name, f"deleted: {why}", (code,)))
+            self.plan.deletions.append((name, why, (code,)))
 
     def run(self) -> Plan:
         self.duplicate_keys()
