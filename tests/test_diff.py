@@ -27,9 +27,9 @@ FIXTURES = ROOT / "fixtures"
 CHANGED = "model.layers.1.mlp.up_proj.weight"
 
 
-def hfconv(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def hfconv(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hfconv", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
 
 
 def no_traceback(run: subprocess.CompletedProcess) -> None:
@@ -196,3 +196,57 @@ def test_a_broken_shard_is_named_and_a_missing_folder_is_a_usage_error(saved, tm
     run = hfconv("diff", str(saved["bin"]), str(tmp_path / "absent"), cwd=tmp_path)
     no_traceback(run)
     assert run.returncode == 2 and "does not exist" in run.stderr
+
+
+def test_big_endian_strided_and_every_dtype_compare_by_value(tmp_path):
+    """torch.save of every dtype, a transposed view, slices and a tied alias, as a big-endian
+    machine writes it, against the same state little-endian (identical) and against
+    safetensors with four tensors changed (exactly those named, each with its statistics)."""
+    from safetensors.torch import save_file
+
+    from helpers import mixed_state, save_big_endian
+
+    state = mixed_state()
+    folders = {name: tmp_path / name for name in ("be", "le", "st")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "config.json").write_text('{"model_type": "llama"}')
+    save_big_endian(state, folders["be"] / "pytorch_model.bin")
+    torch.save(state, folders["le"] / "pytorch_model.bin")
+    changed = {k: v.contiguous().clone() for k, v in state.items() if k != "lm_head.weight"}
+    changed["model.layers.0.f16"] += 1
+    changed["model.layers.0.i32"] = torch.tensor([1, -2, 70001], dtype=torch.int32)
+    changed["model.layers.0.c64"] *= 2
+    changed["model.layers.0.block"] += 0.5  # a strided slice in the .bin
+    save_file(changed, folders["st"] / "model.safetensors", metadata={"format": "pt"})
+    code, data = diff_json(folders["be"], folders["le"])
+    assert code == 0 and {t["status"] for t in data["tensors"]} == {"identical"}
+    code, data = diff_json(folders["be"], folders["st"])
+    assert code == 1
+    rows = {t["name"]: t for t in data["tensors"] if t["status"] != "identical"}
+    assert {n: t["status"] for n, t in rows.items()} == {
+        "model.layers.0.block": "different", "model.layers.0.f16": "different", "model.layers.0.i32": "different",
+        "model.layers.0.c64": "different", "lm_head.weight": "tied"}
+    assert rows["model.layers.0.block"]["max_abs"] == 0.5 and rows["model.layers.0.block"]["differing"] == 9
+    assert rows["model.layers.0.f16"]["max_abs"] == pytest.approx(1.0, abs=1e-3)
+    assert rows["model.layers.0.i32"]["max_abs"] == 1 and rows["model.layers.0.i32"]["differing"] == 1
+    assert rows["model.layers.0.i32"]["rel_l2"] is None  # not a floating tensor
+    assert rows["model.layers.0.c64"]["differing"] == 3  # compared by bytes
+
+
+def test_a_hub_repo_id_is_resolved_from_the_local_cache(saved, tmp_path):
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny" / "snapshots" / ("a" * 40)
+    (cache / "models--acme--tiny" / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in sorted(saved["st"].iterdir()):  # as hf_hub_download stores them: symlinks into blobs/
+        blob = cache / "models--acme--tiny" / "blobs" / file.name.replace(".", "_")
+        blob.write_bytes(file.read_bytes())
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / file.name)
+    (cache / "models--acme--tiny" / "refs").mkdir()
+    (cache / "models--acme--tiny" / "refs" / "main").write_text("a" * 40)
+    run = hfconv("diff", "acme/tiny", str(saved["bin"]), "--format", "json", cwd=tmp_path, HF_HUB_CACHE=str(cache))
+    no_traceback(run)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(run.stdout)
+    assert data["a"] == "acme/tiny" and data["weights_identical"] and data["bytes_read"] > 0
