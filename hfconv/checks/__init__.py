@@ -8,9 +8,11 @@ from ..contents import FolderContents
 from ..findings import Finding
 from .custom_code import check_custom_code
 from .deep import check_deep
+from .hub import check_hub
 from .index import check_index
 from .layout import capped, check_hygiene, check_layout, check_read_errors, check_weight_metadata
 from .manifest import check_manifest
+from .model_card import check_model_card
 from .schemas import check_schemas
 from .shapes import check_shapes
 from .tokenizer import check_dtype, check_tokenizer
@@ -22,6 +24,8 @@ _CHECKS: list[Check] = [
     check_layout,
     check_weight_metadata,
     check_hygiene,
+    check_model_card,
+    check_hub,
     check_index,
     check_schemas,
     check_tokenizer,

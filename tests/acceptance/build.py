@@ -40,6 +40,9 @@ PRISTINE: dict[str, Codes] = {
     "families/gpt2": Codes({("HFC610", "info")}),
     "families/gpt_neox": Codes({("HFC610", "info")}),
 }
+NO_CARD = ("HFC030", "info")
+"""save_pretrained writes no README.md, so every fixture also gets the no-model-card info."""
+PRISTINE = {name: Codes({*PRISTINE.get(name, ()), NO_CARD}) for name in fixture_folders()}
 
 
 @dataclass(frozen=True)
