@@ -150,7 +150,10 @@ class ModelFolder:
 
     @cached_property
     def _resolved_roots(self) -> tuple[str, ...]:
-        roots = [self.root] if self.blob_root is None else [self.root, self.blob_root]
+        # A Hub cache's blobs may link on into its cache-wide store (``<cache>/blobs``, huggingface_hub's
+        # shared Xet blobs): trusted as the repo's own blobs are.
+        roots = [self.root] if self.blob_root is None else [self.root, self.blob_root,
+                                                              self.blob_root.parent.parent / "blobs"]
         return tuple(os.path.realpath(r) for r in roots)
 
     def contains(self, name: str) -> bool:
@@ -277,34 +280,130 @@ def hub_cache_dir() -> Path:
     return Path(home) / "hub"
 
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HUB_ID = re.compile(r"^(?:(?P<org>[A-Za-z0-9][A-Za-z0-9._-]*)/)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)"
+                     r"(?:@(?P<revision>[^\x00-\x20@]{1,256}))?$")
+_SAFE_REF = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+MAX_SNAPSHOTS = 10_000
+"""Snapshot folders one repo's cache entry lists when a revision is a commit prefix."""
+
+
+@dataclass(frozen=True)
+class HubSnapshot:
+    """A repo id resolved offline in the local Hub cache."""
+
+    repo_id: str
+    """``org/name`` (or ``name``)."""
+    revision: str
+    """As asked: a branch, a tag, a commit or a commit prefix (``main`` when none was given)."""
+    commit: str
+    """The snapshot's commit hash."""
+    folder: Path
+    """``<cache>/models--org--name/snapshots/<commit>``."""
+
+    @property
+    def name(self) -> str:
+        """``org/name@<short commit>``: how reports name the folder."""
+        return f"{self.repo_id}@{self.commit[:7]}"
+
+
+def resolve_hub_id(text: str, cache: Path | None = None) -> HubSnapshot | None:
+    """``org/name``, ``name`` or either with ``@revision`` (a branch or tag in ``refs/``, a commit or
+    a commit prefix of a snapshot) resolved in the local Hub cache, offline.
+
+    Returns:
+        The snapshot; None when ``text`` is no repo id or the cache holds no such repo.
+
+    Raises:
+        UsageError: the repo is cached but the revision is not (or, with no revision given, the
+            cache has no ``refs/main``: the newest snapshot might be any branch's, so none is guessed).
+    """
+    from .errors import UsageError
+
+    match = _HUB_ID.match(text)
+    if match is None:
+        return None
+    repo_id = f"{match['org']}/{match['name']}" if match["org"] else match["name"]
+    repo = (cache or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+    try:
+        if not repo.is_dir():
+            return None
+    except OSError:
+        return None
+    asked = match["revision"]
+    revision = asked or "main"
+    if not _SAFE_REF.match(revision) or any(part in (".", "..") for part in revision.split("/")):
+        raise UsageError(f"{text}: {revision!r} is not a branch, tag or commit name")
+    snapshots = repo / "snapshots"
+    ref = repo / "refs" / revision
+    commit = ""
+    try:
+        if ref.is_file():
+            with open(ref, "rb") as handle:
+                commit = handle.read(256).decode("ascii", "replace").strip()
+    except OSError:
+        commit = ""
+    if commit:
+        if not _COMMIT.match(commit) or not (snapshots / commit).is_dir():
+            raise UsageError(f"{text}: the Hub cache's refs/{revision} names {commit[:64]!r}, which has no snapshot "
+                             "folder (the cache is incomplete); download the repo again")
+        return HubSnapshot(repo_id, revision, commit, snapshots / commit)
+    cached = _snapshot_names(snapshots)
+    if re.fullmatch(r"[0-9a-f]{4,40}", revision):
+        found = [name for name in cached if name.startswith(revision)]
+        if len(found) == 1:
+            return HubSnapshot(repo_id, revision, found[0], snapshots / found[0])
+        if len(found) > 1:
+            raise UsageError(f"{text}: the commit prefix {revision} matches {len(found)} cached snapshots "
+                             f"({', '.join(n[:12] for n in found[:5])}); give more of the hash")
+    shown = ", ".join(n[:7] for n in cached[:5]) + (", ..." if len(cached) > 5 else "") if cached else "none"
+    if asked is None:
+        raise UsageError(f"{repo_id} is in the local Hub cache but it has no refs/main, so which snapshot is the "
+                         f"main branch is unknown; name a revision: {repo_id}@<branch, tag or commit> "
+                         f"(cached snapshots: {shown})")
+    raise UsageError(f"{text}: the local Hub cache has no branch, tag or commit {revision!r} of {repo_id} "
+                     f"(cached snapshots: {shown})")
+
+
+def _snapshot_names(snapshots: Path) -> list[str]:
+    names: list[str] = []
+    try:
+        with os.scandir(snapshots) as entries:
+            for entry in entries:
+                if len(names) >= MAX_SNAPSHOTS:
+                    break
+                if _COMMIT.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                    names.append(entry.name)
+    except OSError:
+        return []
+    return sorted(names)
+
+
+def hub_snapshot_name(path: str | os.PathLike) -> str | None:
+    """``org/name@<short commit>`` when ``path`` is a snapshot folder of a Hub cache, else None."""
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError):
+        return None
+    repo = resolved.parent.parent
+    if resolved.parent.name != "snapshots" or not repo.name.startswith("models--") or not _COMMIT.match(resolved.name):
+        return None
+    return f"{repo.name[len('models--'):].replace('--', '/')}@{resolved.name[:7]}"
 
 
 def resolve_model_path(path: str) -> str:
-    """A local folder as given, or a Hub repo id (``org/name``) resolved offline in the Hub cache.
+    """A local folder as given, or a Hub repo id (``org/name[@revision]``, ``name``) resolved offline in
+    the Hub cache (:func:`resolve_hub_id`).
 
     Returns the path unchanged when it is not a cached repo id, so callers report it as missing.
+
+    Raises:
+        UsageError: a cached repo whose revision is not in the cache.
     """
-    if os.path.exists(path) or not _REPO_ID.match(path):
+    if os.path.exists(path):
         return path
-    repo = hub_cache_dir() / ("models--" + path.replace("/", "--"))
-    ref = repo / "refs" / "main"
-    snapshots = repo / "snapshots"
-    try:
-        revision = ref.read_text().strip() if ref.is_file() else ""
-    except OSError:
-        revision = ""
-    if revision and is_safe_revision(revision) and (snapshots / revision).is_dir():
-        return str(snapshots / revision)
-    if snapshots.is_dir():
-        candidates = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
-        if candidates:
-            return str(candidates[-1])
-    return path
-
-
-def is_safe_revision(revision: str) -> bool:
-    return bool(re.fullmatch(r"[0-9a-f]{7,64}", revision))
+    snapshot = resolve_hub_id(path)
+    return str(snapshot.folder) if snapshot is not None else path
 
 
 def _weight_set(fmt: str, names: list[str]) -> WeightSet:

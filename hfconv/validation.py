@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from .checks import CHECKS
 from .contents import CheckOptions, FolderContents, read_contents
-from .discovery import discover
+from .discovery import discover, hub_snapshot_name, resolve_model_path
 from .errors import UsageError
 from .findings import Finding
 from .fsutil import special_kind
@@ -49,7 +49,9 @@ def validate(
     """Validate one model folder.
 
     Args:
-        path: the model folder.
+        path: the model folder, or a repo id in the local Hub cache (``org/name``, ``name``, either
+            with ``@revision``: a branch, tag, commit or commit prefix); a Hub cache snapshot is
+            reported as ``org/name@<short commit>``.
         strict: warnings fail the folder too.
         select: only keep findings whose code starts with one of these prefixes.
         ignore: drop findings whose code starts with one of these prefixes.
@@ -62,13 +64,16 @@ def validate(
         The Report; ``report.ok`` is the verdict.
 
     Raises:
-        UsageError: path does not exist or is not a folder (the message says which).
+        UsageError: path does not exist or is not a folder (the message says which), or names a
+            cached repo whose revision is not in the cache.
     """
+    path = resolve_model_path(os.fspath(path))
     check_folder(path)
     folder = discover(path)
     options = CheckOptions(trust_remote_code=trust_remote_code, reference=reference, deep=deep, manifest=manifest)
     contents = read_contents(folder, options)
-    return check_contents(contents, path=str(path), strict=strict, select=select, ignore=ignore)
+    shown = hub_snapshot_name(path) or str(path)
+    return check_contents(contents, path=shown, strict=strict, select=select, ignore=ignore)
 
 
 def check_contents(
