@@ -304,8 +304,10 @@ def test_killed_between_files_leaves_each_file_old_or_new(saved: Path, tmp_path:
     assert states.count("new") == pause_after and "PARTIAL" not in states, states
     # Each file is one of the two states, so the folder validates as a mix of the two verdicts.
     assert codes(folder) <= codes(broken) | codes(fixed)
+    (folder / ".config.json.hfconv-fix-k1ll3d.tmp").write_text('{"dtype": ')  # as a kill mid-write leaves it
     done = run("fix", str(folder))  # picks up where it stopped
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "removed .config.json.hfconv-fix-k1ll3d.tmp" in done.stdout
     assert snapshot(folder) == new
 
 

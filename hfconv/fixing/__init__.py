@@ -96,9 +96,6 @@ def fix(path: str | os.PathLike[str], *, unsafe_fixes: bool = False, dry_run: bo
     check_folder(path)
     root = os.fspath(path)
     notes: tuple[str, ...] = ()
-    if not dry_run:
-        notes = tuple(f"removed {name}, a temporary file of an interrupted hfconv fix"
-                      for name in remove_stale_temporaries(root))
     contents, report = _validated(root)
     refused = _refusals(contents, report)
     plan = plan_fixes(contents, report, unsafe_fixes) if not refused else Plan()
@@ -117,6 +114,8 @@ def fix(path: str | os.PathLike[str], *, unsafe_fixes: bool = False, dry_run: bo
     if dry_run:
         return FixResult(root, tuple(changes), applied=False, remaining=_remaining(report.findings, plan, changes),
                          report=report, notes=notes)
+    notes += tuple(f"removed {name}, a temporary file of an interrupted hfconv fix"
+                   for name in remove_stale_temporaries(root))
     done, failure = _apply(root, plan, changes)
     if failure is not None:
         failed = changes[len(done)]
