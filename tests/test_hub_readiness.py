@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from hfconv.checks.hub import GitRules, check_hub
 from hfconv.contents import read_contents
 from hfconv.discovery import discover
 
@@ -75,6 +74,8 @@ def test_more_than_100000_files_is_a_warning_beside_the_listing_cap(tmp_path: Pa
     """The listing stops at MAX_LISTED_FILES (100,000, the Hub's own limit; HFC015). A real folder of
     that many files takes ~30 s to build and validate on 2 busy cores, so the listing's cut is given
     to the check here, on a real folder's discovery."""
+    from hfconv.checks.hub import check_hub
+
     folder = copy_fixture(tmp_path, "llama-safetensors")
     listed = discover(folder)
     assert [f.code for f in check_hub(read_contents(listed))] == []
@@ -169,6 +170,8 @@ def test_gitattributes_matching_agrees_with_git_check_attr(tmp_path: Path) -> No
                          check=True).stdout.decode()
     fields = out.split("\0")[:-1]
     expected = {fields[i]: fields[i + 2] for i in range(0, len(fields), 3)}
+    from hfconv.checks.hub import GitRules
+
     rules = GitRules(repo)
     words = {True: "set", False: "unset", None: "unspecified"}
     ours = {path: words.get(value, value) if not isinstance(value, str) else value  # type: ignore[call-overload]
@@ -190,5 +193,7 @@ def test_gitignore_matching_agrees_with_git_check_ignore(tmp_path: Path) -> None
     proc = subprocess.run([GIT, "check-ignore", "--no-index", "--", *IGNORE_PATHS], cwd=repo, capture_output=True,
                           text=True)
     expected = set(proc.stdout.splitlines())
+    from hfconv.checks.hub import GitRules
+
     rules = GitRules(repo)
     assert {p for p in IGNORE_PATHS if rules.ignored(p)} == expected
