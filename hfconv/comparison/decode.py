@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from ..dtypes import CASTABLE, FLOAT_DTYPES
+from ..dtypes import CASTABLE
 
 __all__ = ["DECODABLE", "as_float", "as_number", "cast_bytes", "can_cast"]
 
@@ -69,13 +69,20 @@ def as_float(data: Any, dtype: str) -> Any:
 
 
 def as_number(data: Any, dtype: str) -> Any:
-    """Integer and bool values as int64 (uint64 kept), floating ones as float64."""
+    """Values for statistics: float32 for the floating dtypes of 32 bits or fewer (exact; float32
+    arithmetic is 2-4x faster than float64 and its rounding is far below any difference worth
+    reporting), float64 for float64 and every integer and bool dtype."""
     import numpy as np
 
-    if dtype in FLOAT_DTYPES:
-        return as_float(data, dtype)
-    values = np.frombuffer(data, dtype=_NUMPY_NATIVE[dtype])
-    return values if dtype == "U64" else values.astype(np.int64)
+    if dtype == "F32":
+        return np.frombuffer(data, dtype="<f4")
+    if dtype == "F16":
+        return np.frombuffer(data, dtype="<f2").astype(np.float32)
+    if dtype == "BF16":
+        return (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    if dtype.startswith("F8_"):
+        return _table(dtype).astype(np.float32)[np.frombuffer(data, dtype=np.uint8)]
+    return np.frombuffer(data, dtype=_NUMPY_NATIVE[dtype]).astype(np.float64)
 
 
 def can_cast(source: str, target: str) -> bool:
