@@ -178,10 +178,10 @@ def test_config_with_architectures_only_warns(tmp_path):
 
 def test_unknown_model_type_gets_generic_schema_and_info(tmp_path):
     folder = copy_fixture(tmp_path)
-    edit_json(folder / "config.json", lambda c: c.update(model_type="olmo2"))
+    edit_json(folder / "config.json", lambda c: c.update(model_type="olmoe"))
     report = validate(folder)
     [hit] = found(report, "HFC408")
-    assert hit.severity.value == "info" and "olmo2" in hit.message
+    assert hit.severity.value == "info" and "olmoe" in hit.message
     assert found(report, "HFC402") == []
     # ... but the generic fields still count.
     edit_json(folder / "config.json", lambda c: c.update(hidden_size=0))
