@@ -221,6 +221,8 @@ def test_big_endian_strided_and_every_dtype_compare_by_value(tmp_path):
     save_file(changed, folders["st"] / "model.safetensors", metadata={"format": "pt"})
     code, data = diff_json(folders["be"], folders["le"])
     assert code == 0 and {t["status"] for t in data["tensors"]} == {"identical"}
+    # the tied alias is the same storage on both sides: its bytes are read once, as its partner's
+    assert data["bytes_read"] == 2 * sum(t["bytes"] for t in data["tensors"] if t["name"] != "lm_head.weight")
     code, data = diff_json(folders["be"], folders["st"])
     assert code == 1
     rows = {t["name"]: t for t in data["tensors"] if t["status"] != "identical"}

@@ -303,7 +303,8 @@ def compare_weights(a: Side, b: Side, headers_only: bool, progress: Progress | N
     findings: list[Finding] = []
     both = [name for name in a.tensors if name in b.tensors]
     to_read = 0 if headers_only else sum(a.tensors[n].nbytes + b.tensors[n].nbytes for n in both
-                                         if a.tensors[n].shape == b.tensors[n].shape)
+                                         if a.tensors[n].shape == b.tensors[n].shape
+                                         and (a.aliases.get(n) is None or a.aliases.get(n) != b.aliases.get(n)))
     done = [0]
 
     def advance(count: int) -> None:
@@ -313,6 +314,7 @@ def compare_weights(a: Side, b: Side, headers_only: bool, progress: Progress | N
 
     if progress is not None:
         progress(0, to_read)
+    compared: dict[str, TensorDiff] = {}
     files_a, files_b = _Files(a), _Files(b)
     buffers = (memoryview(bytearray(CHUNK_BYTES)), memoryview(bytearray(CHUNK_BYTES)))  # reused for every read
     try:
@@ -333,8 +335,17 @@ def compare_weights(a: Side, b: Side, headers_only: bool, progress: Progress | N
             if headers_only:
                 rows.append(TensorDiff(status="same_header", **base))  # type: ignore[arg-type]
                 continue
+            partner = a.aliases.get(name)
+            if partner is not None and partner == b.aliases.get(name) and partner in compared:
+                # the same view of the same storage as ``partner`` in both: its bytes were compared
+                done_row = compared[partner]
+                rows.append(TensorDiff(status=done_row.status, max_abs=done_row.max_abs, rel_l2=done_row.rel_l2,
+                                       differing=done_row.differing, note=f"the same storage as {partner!r} in both",
+                                       **base))  # type: ignore[arg-type]
+                continue
             try:
                 rows.append(_compare_values(name, files_a, files_b, a, b, buffers, advance, base))
+                compared[name] = rows[-1]
             except _ReadFailed as exc:
                 findings.append(finding("HFC960", f"{exc.side.label}: {exc.file}: reading {name!r} failed: "
                                                   f"{exc.message}", file=exc.file, tensor=name))
