@@ -90,10 +90,22 @@ class KeyChange:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.file, "key": self.key, "change": self.change}
         if self.change != "only_b":
-            out["a"] = self.a
+            out["a"] = _strict(self.a)
         if self.change != "only_a":
-            out["b"] = self.b
+            out["b"] = _strict(self.b)
         return out
+
+
+def _strict(value: Any) -> Any:
+    """A JSON value with Infinity and NaN (which Python's json reads in config.json) as the
+    strings ``"inf"``, ``"-inf"``, ``"nan"``: the report stays strict JSON."""
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
