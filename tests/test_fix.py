@@ -73,11 +73,16 @@ def edit_json(path: Path, change, **dump) -> None:
     path.write_text(json.dumps(data, **({"indent": 2, "sort_keys": True} | dump)) + "\n")
 
 
+_ORIGINAL: dict[Path, dict] = {}
+
+
 def assert_loads_as_saved(folder: Path, saved: Path, transformers) -> None:
     """The fixed folder loads in transformers, every tensor equal to the one transformers saved."""
     import torch
 
-    original = transformers.LlamaForCausalLM.from_pretrained(saved).state_dict()
+    if saved not in _ORIGINAL:  # the model transformers saved, loaded once
+        _ORIGINAL[saved] = transformers.LlamaForCausalLM.from_pretrained(saved).state_dict()
+    original = _ORIGINAL[saved]
     fixed = transformers.LlamaForCausalLM.from_pretrained(folder).state_dict()
     assert sorted(original) == sorted(fixed)
     for name, tensor in original.items():
