@@ -20,7 +20,7 @@ from helpers import copy_fixture
 
 ENTRY = "from hfconv.cli import run; run()"
 LAUGHS = "---\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)) + "---\n"
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(9)) + "---\n"
 
 CARDS: dict[str, str | None] = {
     "no-card": None,
@@ -112,7 +112,7 @@ def test_field_messages_say_what_the_hub_accepts(reports: dict[str, dict]) -> No
 
 @pytest.mark.parametrize(("name", "words"), [
     ("syntax-error", "line 3"), ("python-tag", "python/object"), ("not-a-mapping", "a list, not a mapping"),
-    ("unclosed", "no closing ---"), ("laughs", "more than 100,000 values"), ("not-utf8", "not UTF-8"),
+    ("unclosed", "no closing ---"), ("laughs", "more than 1,000,000 values"), ("not-utf8", "not UTF-8"),
 ])
 def test_unreadable_metadata_is_an_error(reports: dict[str, dict], name: str, words: str) -> None:
     [(code, severity, message)] = _card_findings(reports[name])
