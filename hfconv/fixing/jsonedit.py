@@ -93,28 +93,26 @@ def _loads_folding(text: str, duplicates: list[str]) -> Any:
     return value
 
 
-_STYLES: tuple[dict[str, Any], ...] = tuple(
-    {"indent": indent, "sort_keys": sort_keys, "ensure_ascii": ensure_ascii}
-    for indent in (2, 4, None, "\t") for sort_keys in (True, False) for ensure_ascii in (False, True))
-
-
 def _style_of(text: str, value: Any) -> dict[str, Any]:
-    """The ``json.dumps`` arguments that reproduce ``text`` from ``value``; else indent 2 (or the
-    text's own indent), key order kept."""
+    """The ``json.dumps`` arguments that reproduce ``text`` from ``value`` (the indent read from
+    the text, then key order and escaping tried); else that indent with the key order kept."""
     body = text.rstrip("\n")
-    for style in _STYLES:
-        try:
-            if json.dumps(value, **style) == body:
-                return dict(style)
-        except ValueError:
-            break
-    match = re.search(r"\n([ \t]+)\S", text)
-    indent: int | str = 2
+    match = re.search(r"\n([ \t]+)\S", body)
+    indent: int | str | None
     if match:
         found = match.group(1)
         indent = "\t" if found.startswith("\t") else len(found)
-    elif "\n" not in body:
-        indent = None  # type: ignore[assignment]
+    else:
+        indent = None if "\n" not in body else 0
+    for sort_keys in (True, False):
+        for ensure_ascii in (False, True):
+            style: dict[str, Any] = {"indent": indent, "sort_keys": sort_keys, "ensure_ascii": ensure_ascii}
+            if indent is None:
+                for separators in ((", ", ": "), (",", ":")):
+                    if json.dumps(value, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii) == body:
+                        return {**style, "separators": separators}
+            elif json.dumps(value, **style) == body:
+                return style
     return {"indent": indent, "sort_keys": False, "ensure_ascii": False}
 
 
