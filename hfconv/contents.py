@@ -6,12 +6,15 @@ run; the checks turn them into findings.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from .discovery import JSON_FILES, ModelFolder, WeightSet
+from .dtypes import nbytes
 from .fsutil import link_problem
 from .jsonutil import JsonError, load_json_file
 from .readers import read_weight_file
@@ -102,40 +105,55 @@ class FolderContents:
     def summary(self) -> Summary:
         """Tensor count, parameters and bytes of the weights loaders pick."""
         tensors = self.loaded_tensors.values()
+        numels = list(map(math.prod, map(_SHAPE, tensors)))
         return Summary(
             tensors=len(tensors),
-            parameters=sum(t.numel for t in tensors),
-            bytes=sum(t.nbytes for t in tensors),
+            parameters=sum(numels),
+            bytes=sum(map(nbytes, map(_DTYPE, tensors), numels)),
         )
 
     @cached_property
     def loaded_tensors(self) -> dict[str, TensorMeta]:
         """Tensors of the weight set loaders pick, by name (first shard wins on duplicates)."""
-        chosen = self.folder.loaded_set
-        tensors: dict[str, TensorMeta] = {}
-        if chosen is None:
-            return tensors
-        for shard in self.shards_of(chosen):
-            weight_file = self.weights.get(shard)
-            if weight_file is None:
-                continue
-            for name, meta in weight_file.tensors.items():
-                tensors.setdefault(name, meta)
-        return tensors
+        files = [wf.tensors for wf in self._loaded_files().values()]
+        return _first_wins(files, files)
 
     @cached_property
     def tensor_files(self) -> dict[str, str]:
         """Tensor name -> the shard of the loaded set holding it."""
+        loaded = self._loaded_files()
+        return _first_wins([wf.tensors for wf in loaded.values()],
+                           [dict.fromkeys(wf.tensors, shard) for shard, wf in loaded.items()])
+
+    def _loaded_files(self) -> dict[str, WeightFile]:
+        """The read weight files of the set loaders pick, in shard order."""
         chosen = self.folder.loaded_set
-        where: dict[str, str] = {}
         if chosen is None:
-            return where
-        for shard in self.shards_of(chosen):
-            weight_file = self.weights.get(shard)
-            if weight_file is not None:
-                for name in weight_file.tensors:
-                    where.setdefault(name, shard)
-        return where
+            return {}
+        return {shard: self.weights[shard] for shard in self.shards_of(chosen) if shard in self.weights}
+
+
+_SHAPE = attrgetter("shape")
+_DTYPE = attrgetter("dtype")
+_V = TypeVar("_V")
+
+
+def _first_wins(keys: list[dict[str, TensorMeta]], values: list[dict[str, _V]]) -> dict[str, _V]:
+    """``values`` merged in order, the first of a name kept (``keys`` holds each one's names).
+
+    dict.update in C when no name repeats across files (the rule: a name the index puts in one
+    shard), else one setdefault per name, which keeps the first shard's tensor and its place.
+    """
+    merged: dict[str, _V] = {}
+    for part in values:
+        merged.update(part)
+    if len(merged) == sum(map(len, keys)):
+        return merged
+    merged = {}
+    for part in values:
+        for name, value in part.items():
+            merged.setdefault(name, value)
+    return merged
 
 
 def read_contents(folder: ModelFolder, options: CheckOptions | None = None) -> FolderContents:

@@ -7,7 +7,9 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from operator import attrgetter
+from typing import TYPE_CHECKING, NamedTuple
 
 from .dtypes import SAFETENSORS_BITS
 
@@ -17,9 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MapShard", "MapTensor", "shard_map", "tensor_nbytes"]
 
 
-@dataclass(frozen=True)
-class MapTensor:
-    """One tensor as the pictures show it."""
+class MapTensor(NamedTuple):
+    """One tensor as the pictures show it (a NamedTuple: a report carries one per tensor, 100,000s
+    for the largest models, built in C by :func:`shard_map`)."""
 
     name: str
     shape: tuple[int, ...]
@@ -67,7 +69,14 @@ def shard_map(contents: FolderContents) -> tuple[MapShard, ...]:
         if weight_file is None:
             problem = f"{error.code}: {error.message}" if error is not None else (
                 "missing" if size is None else "not read")
-        tensors = tuple(MapTensor(t.name, tuple(t.shape), t.dtype, t.nbytes)
-                        for t in (weight_file.tensors.values() if weight_file is not None else ()))
+        metas = weight_file.tensors.values() if weight_file is not None else ()
+        shapes = list(map(tuple, map(_SHAPE, metas)))
+        dtypes = list(map(_DTYPE, metas))
+        sizes = map(tensor_nbytes, dtypes, shapes)
+        tensors = tuple(map(_new_map_tensor, zip(map(_NAME, metas), shapes, dtypes, sizes)))
         shards.append(MapShard(name, size, tensors, problem))
     return tuple(shards)
+
+
+_NAME, _SHAPE, _DTYPE = attrgetter("name"), attrgetter("shape"), attrgetter("dtype")
+_new_map_tensor = partial(tuple.__new__, MapTensor)

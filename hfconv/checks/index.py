@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
+from operator import attrgetter
 
 from ..contents import MAX_INDEX_SHARDS, MAX_WEIGHT_FILES, FolderContents, IndexFile
-from ..dtypes import SAFETENSORS_BITS
+from ..dtypes import SAFETENSORS_BITS, nbytes
 from ..findings import Finding, Severity, finding, register
 from ..tensors import WeightFile
 from ..units import plural
@@ -78,10 +80,7 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
             yield finding("HFC308", f"{shard} could not be read, so its {index.name} entries are unchecked", file=shard)
 
     # Where each tensor really lives, over every readable shard of the index.
-    holders: dict[str, list[str]] = {}
-    for shard, weight_file in readable.items():
-        for tensor in weight_file.tensors:
-            holders.setdefault(tensor, []).append(shard)
+    holders = _holders(readable)
 
     # One finding per bad entry, until capped() would only count them (an index may list 300,000).
     made: Counter[str] = Counter()
@@ -119,6 +118,24 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
     yield from _check_total_size(index, readable, complete=len(readable) == len(shard_names))
 
 
+def _holders(readable: dict[str, WeightFile]) -> dict[str, list[str]]:
+    """Tensor name -> the shards holding it, in shard order.
+
+    The first shard of each name by dict.update in C (100,000s of names in the largest folders);
+    the per-name lists only when some name is in two shards.
+    """
+    first: dict[str, str] = {}
+    for shard, weight_file in readable.items():
+        first.update(dict.fromkeys(weight_file.tensors, shard))
+    if len(first) == sum(len(w.tensors) for w in readable.values()):
+        return {tensor: [shard] for tensor, shard in first.items()}
+    holders: dict[str, list[str]] = {}
+    for shard, weight_file in readable.items():
+        for tensor in weight_file.tensors:
+            holders.setdefault(tensor, []).append(shard)
+    return holders
+
+
 def _check_total_size(index: IndexFile, readable: dict[str, WeightFile], complete: bool) -> Iterator[Finding]:
     total = index.metadata.get("total_size")
     if total is None or not complete:
@@ -138,12 +155,19 @@ def _plausible_total_sizes(readable: dict[str, WeightFile]) -> set[float]:
     huggingface_hub sums unique storage bytes; older transformers summed tensor bytes of the first
     tensor per storage and counted a bool as 1/8 byte.
     """
-    tensor_bytes = sum(w.tensor_nbytes for w in readable.values())
+    per_file = {name: _tensor_sizes(w) for name, w in readable.items()}
+    tensor_bytes = sum(size for size, _ in per_file.values())
     storage_bytes = sum(w.storage_nbytes for w in readable.values() if w.storages)
-    storage_bytes += sum(w.tensor_nbytes for w in readable.values() if not w.storages)
+    storage_bytes += sum(per_file[name][0] for name, w in readable.items() if not w.storages)
     first_per_storage = 0
     bool_as_bits = 0.0
-    for weight_file in readable.values():
+    for name, weight_file in readable.items():
+        if all(meta.storage_key is None for meta in weight_file.tensors.values()):
+            # Every tensor is its own storage (safetensors): the sums per file, in bulk. The
+            # terms are multiples of 1/8, so floats add them exactly in any order (below 2**50).
+            first_per_storage += per_file[name][0]
+            bool_as_bits += per_file[name][1]
+            continue
         seen: set[str] = set()
         for meta in weight_file.tensors.values():
             if meta.storage_key is not None:
@@ -154,3 +178,19 @@ def _plausible_total_sizes(readable: dict[str, WeightFile]) -> set[float]:
             bits = SAFETENSORS_BITS[meta.dtype] if meta.dtype != "BOOL" else 1
             bool_as_bits += meta.numel * bits / 8
     return {tensor_bytes, storage_bytes, first_per_storage, bool_as_bits, int(bool_as_bits)}
+
+
+def _tensor_sizes(weight_file: WeightFile) -> tuple[int, float]:
+    """(bytes of the file's tensors, the same with a bool counted as 1/8 byte)."""
+    metas = weight_file.tensors.values()
+    numels = list(map(math.prod, map(_SHAPE, metas)))
+    dtypes = list(map(_DTYPE, metas))
+    return sum(map(nbytes, dtypes, numels)), float(sum(map(_bits_over_8, dtypes, numels)))
+
+
+def _bits_over_8(dtype: str, numel: int) -> float:
+    return numel * (SAFETENSORS_BITS[dtype] if dtype != "BOOL" else 1) / 8
+
+
+_SHAPE = attrgetter("shape")
+_DTYPE = attrgetter("dtype")

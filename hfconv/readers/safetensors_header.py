@@ -30,21 +30,19 @@ The checks accept exactly what the installed safetensors (0.8, the Rust crate be
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import itertools
 import json
 import math
 import operator
 import os
 import struct
-from collections.abc import Iterator
 from itertools import repeat
 from typing import Any
 
 from ..dtypes import SAFETENSORS_BITS
 from ..fsutil import open_regular
+from ..gcpause import gc_paused
 from ..jsonutil import SURROGATE_ESCAPE_RE, JsonError, count_containers, find_surrogate, measure_nesting
 from ..tensors import FormatError, ReaderNote, TensorMeta, WeightFile
 
@@ -98,22 +96,6 @@ def _all_u64(values: list) -> bool:
     if not values:
         return True
     return set(map(type, values)) == {int} and min(values) >= 0 and max(values) < _U64
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while a big header builds millions of acyclic containers.
-
-    Without this, CPython runs full collections over and over as the parsed objects pile up,
-    which made a 100 MB header about twice as slow in a test. Restored on exit (errors included).
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class _Dups(dict):
@@ -570,12 +552,12 @@ def read_safetensors(path: str | os.PathLike) -> WeightFile:
 
     base = 8 + n
     available = size - 8 - n
-    with _gc_paused():
+    with gc_paused():
         fast = _read_fast(raw, base, available)
     if fast is not None:
         return WeightFile(path=os.fsdecode(path), format="safetensors", tensors=fast[0], metadata=fast[1],
                           notes=tuple(notes), header_nbytes=n)
-    with _gc_paused():
+    with gc_paused():
         header = _parse_header(raw)
         del raw
         if isinstance(header, _Dups) and "__metadata__" in header.dups:

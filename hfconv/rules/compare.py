@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..gcpause import gc_paused
 from .expected import CountGroup, ExpectedModel, ExpectedTensor, expected_tensors, family_of
 from .expression import ConfigValueError, ExpressionError, Scope, merge_unique
 from .families import KNOWN_EXTRAS, LEGACY_RENAMES
@@ -71,6 +72,11 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
     Returns:
         The Comparison.
     """
+    with gc_paused():  # a tuple or two per stored tensor, 100,000s for the largest models
+        return _compare(expected, actual)
+
+
+def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> Comparison:
     prefix = expected.prefix
     # A head the table does not know may nest the base model under its own attribute
     # (T5ForSequenceClassification: transformer.encoder...): find that prefix from the names.
@@ -78,8 +84,13 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
     canonical: dict[str, str] = {}  # stored name -> expected name
     taken: set[str] = set()
     direct = bare = prefixed = 0  # how stored names relate to expected ones, to show missing names alike
+    tensors = expected.tensors
     for name in actual:
-        key = _canonical(name.removeprefix(outer) if outer else name, expected.tensors, prefix)
+        # _canonical inlined for the common case: the stored name is an expected one as is.
+        if name in tensors and not outer and _LEGACY_PARTS.search(name) is None:
+            key: str | None = name
+        else:
+            key = _canonical(name.removeprefix(outer) if outer else name, tensors, prefix)
         if key is None or key in taken:
             continue
         canonical[name] = key
@@ -165,8 +176,13 @@ def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, E
     return best
 
 
+_LEGACY_PARTS = re.compile("|".join(re.escape(old) for old, _ in LEGACY_RENAMES))
+
+
 def legacy_name(name: str) -> str:
     """``name`` with the TF-era parts transformers renames at load (LEGACY_RENAMES) renamed."""
+    if _LEGACY_PARTS.search(name) is None:
+        return name
     for old, new in LEGACY_RENAMES:
         if old in name:
             name = name.replace(old, new)

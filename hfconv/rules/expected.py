@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from ..gcpause import gc_paused
 from .expression import ConfigValueError, Scope, as_int, expression_names, merge_unique
 from .families import FAMILIES, PLACEHOLDER, Family, Head, Rule
 
@@ -120,6 +121,12 @@ def expected_tensors(config: Mapping[str, Any], architecture: str | None = None,
     family = family_of(config) if family is None else family
     if family is None:
         return None
+    with gc_paused():  # 100,000s of acyclic objects for the largest MoE models
+        return _expand(family, config, architecture)
+
+
+def _expand(family: Family, config: Mapping[str, Any], architecture: str | None) -> ExpectedModel:
+    """expected_tensors() for a family in the table."""
     architecture = architecture or architecture_of(config)
     found = family.head_for(architecture)
     notes: tuple[str, ...] = ()
