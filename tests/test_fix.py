@@ -375,3 +375,20 @@ def test_killed_while_renaming_shards(saved: Path, tmp_path: Path, pause_after: 
     assert shard_names(folder) == shard_names(saved) and not list(folder.glob("model-*-of-9.safetensors"))
     assert (folder / INDEX).read_bytes() == (saved / INDEX).read_bytes()
     assert_loads_as_saved(folder, saved, transformers)
+
+
+def test_sigterm_between_files_exits_143_with_each_file_old_or_new(saved: Path, tmp_path: Path) -> None:
+    folder = fresh(saved, tmp_path)
+    edit_json(folder / "config.json", lambda d: d.update(dtype="bfloat16"))
+    edit_json(folder / INDEX, lambda d: d["metadata"].update(total_size=12))
+    before = snapshot(folder)
+    proc = subprocess.Popen([*CLI, "fix", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HFCONV_FIX_PAUSE_AFTER": "1"})
+    assert proc.stderr is not None and "paused after file operation 1" in proc.stderr.readline()
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    now = snapshot(folder)
+    assert json.loads(now["config.json"][0])["dtype"] == "float32"  # the first file: new
+    assert now[INDEX] == before[INDEX]  # the second: old
+    assert sorted(now) == sorted(before)  # no temporary file left
