@@ -134,11 +134,9 @@ def run_action(tmp_path: Path, workspace: Path, **inputs: str) -> tuple[subproce
 
 
 def test_action_annotates_and_writes_sarif(tmp_path: Path) -> None:
+    """A broken folder: annotations, a valid SARIF log, the report in the job summary, exit 1 (a
+    good folder passing the action: the README's workflow, below)."""
     workspace = model_repository(tmp_path).parent
-    good, _ = run_action(tmp_path, workspace, path="llama-safetensors-sharded", install="false")
-    assert good.returncode == 0, good.stderr
-    assert "::error" not in good.stdout
-
     (workspace / "llama-safetensors-sharded" / MISSING_SHARD).unlink()
     broken, summary = run_action(tmp_path, workspace, path="llama-safetensors-sharded", install="false",
                                  sarif="hfconv.sarif", strict="true", ignore="HFC030")
