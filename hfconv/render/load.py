@@ -24,10 +24,13 @@ def render_load_json(result: LoadResult) -> str:
     return json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n"
 
 
-def render_load_text(result: LoadResult) -> str:
+def render_load_text(result: LoadResult, bars: bool | None = None) -> str:
     """The human summary: verdict, plan, per-device table, time, memory, forward, findings
-    (listed as validate lists them); every name from the folder escaped."""
-    lines = [_verdict(result), *_plan_lines(result), *_device_lines(result), *_measure_lines(result)]
+    (listed as validate lists them); every name from the folder escaped. ``bars``: add the
+    device map and a memory bar per device drawn with block characters (None: when stdout is
+    a terminal)."""
+    lines = [_verdict(result), *_plan_lines(result), *_device_lines(result), *_bar_lines(result, bars),
+             *_measure_lines(result)]
     if result.findings:
         lines.append("  findings")
         lines.extend(finding_lines(result.findings, indent="    "))
@@ -76,6 +79,16 @@ def _device_lines(result: LoadResult) -> list[str]:
         lines.append(f"  {d.device:<8}{d.tensors:>9}{human_bytes(d.bytes):>12}{limit:>12}{peak:>12}"
                      f"{d.seconds:>12.2f}{note}")
     return lines
+
+
+def _bar_lines(result: LoadResult, bars: bool | None) -> list[str]:
+    """The device map in model order and one memory bar per device (placed, limit, peak)."""
+    from .termbars import device_bars, device_strip, want_bars
+
+    if not want_bars(bars) or not result.devices:
+        return []
+    strip = device_strip(result.shard_map, result.plan.tensors) if result.plan is not None else []
+    return [*strip, *device_bars([(d.device, d.planned_bytes, d.limit, d.peak_bytes) for d in result.devices])]
 
 
 def _measure_lines(result: LoadResult) -> list[str]:

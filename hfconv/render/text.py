@@ -140,8 +140,11 @@ def _render_one_text(report: Report, colour: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_inspection_text(result: Inspection) -> str:
-    """``inspect``'s summary for people; every name from the folder escaped (:func:`escape_text`)."""
+def render_inspection_text(result: Inspection, bars: bool | None = None) -> str:
+    """``inspect``'s summary for people; every name from the folder escaped (:func:`escape_text`).
+    ``bars``: add the shard bar drawn with block characters (None: when stdout is a terminal)."""
+    from .termbars import shard_bar, want_bars
+
     layout = result.layout
     lines = [result.path]
     arch = ", ".join(result.architectures) or "?"
@@ -158,6 +161,8 @@ def render_inspection_text(result: Inspection) -> str:
         detail = shard.error or f"{shard.tensors} tensors, {human_bytes(shard.tensor_bytes)} of tensors"
         size = human_bytes(shard.file_bytes)
         lines.append(f"    {shard.name:<45} {size:>10}  {shard.format or '-':<11} {detail}")
+    if want_bars(bars):
+        lines.extend(shard_bar(getattr(result, "shard_map", ())))
     lines.append("  tokenizer: " + (", ".join(result.tokenizer_files) or "none"))
     if result.tensor_rows is not None:
         lines.extend(_tensor_table(result))
