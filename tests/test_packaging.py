@@ -91,6 +91,9 @@ def test_load_test_and_convert_dtype_without_torch_exit_2_naming_the_install(tmp
         assert len(lines) == 1, result.stderr
         assert lines[0] == f"hfconv: error: {what} needs torch, which is not installed; install it: pip install torch"
     assert not (tmp_path / "out").exists()
+    reference = hfconv("validate", "llama-safetensors", "--reference", "transformers", cwd=tmp_path, torch=False)
+    assert reference.returncode == 2 and "Traceback" not in reference.stderr
+    assert "install it: pip install torch transformers accelerate" in reference.stderr  # one command for both
 
 
 def test_advice_names_installs_that_work_from_a_checkout(tmp_path: Path) -> None:

@@ -32,8 +32,8 @@ __all__ = ["CONTEXT_SETTINGS", "DTYPE_HELP", "ERROR_MAP", "EXIT_FOR_SIGNAL", "IN
            "FLAG_PHRASES", "check_output", "check_size", "checked_codes", "codes_option", "describe_error",
            "describe_kind", "dtype_option", "emit", "flag_findings", "flag_wording", "format_option", "known_codes",
            "on_signal", "os_error_line", "output_option", "progress_bar", "received_signals", "require_modules",
-           "require_torch", "resolve_folder", "TORCH_INSTALL_HINT", "Unavailable", "split_codes", "tqdm_bar",
-           "usage_errors", "write_file"]
+           "require_torch", "resolve_folder", "torch_installed", "TORCH_INSTALL_HINT", "Unavailable", "split_codes",
+           "tqdm_bar", "usage_errors", "write_file"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -183,12 +183,14 @@ def require_modules(what: str, modules: tuple[str, ...]) -> None:
     hfconv never downloads anything on behalf of a folder.
     """
     import importlib
-    import importlib.util
 
     from ..render import escape_text
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    hint = INSTALL_HINT
+    if not torch_installed():  # the light install: one command for both
+        hint = INSTALL_HINT.replace("pip install ", "pip install torch ", 1)
     for name in modules:
         try:
             importlib.import_module(name)
@@ -196,8 +198,8 @@ def require_modules(what: str, modules: tuple[str, ...]) -> None:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
             raise click.UsageError(f"{what} needs {name}, which cannot be imported here ({escape_text(reason)[:300]}); "
-                                   f"install it: {INSTALL_HINT}") from None
-    if importlib.util.find_spec("torch") is None:
+                                   f"install it: {hint}") from None
+    if not torch_installed():
         raise click.UsageError(f"{what} needs torch, which is not installed; install it: {TORCH_INSTALL_HINT}")
 
 
@@ -215,17 +217,20 @@ class Unavailable(click.ClickException):
         click.echo(f"hfconv: error: {self.format_message()}", err=True)
 
 
-def require_torch(what: str) -> None:
-    """``what`` needs torch: exit 2 with one line naming the install command when it is not
-    installed (looked up, not imported: a refused folder still costs no torch import). Nothing
-    has been read or written yet."""
+def torch_installed() -> bool:
+    """Whether torch can be found (looked up, not imported: that costs a second or two)."""
     import importlib.util
 
     try:
-        installed = importlib.util.find_spec("torch") is not None
+        return importlib.util.find_spec("torch") is not None
     except (ImportError, ValueError):  # an import system that refuses it
-        installed = False
-    if not installed:
+        return False
+
+
+def require_torch(what: str) -> None:
+    """``what`` needs torch: exit 2 with one line naming the install command when it is not
+    installed (a refused folder still costs no torch import). Nothing has been read or written yet."""
+    if not torch_installed():
         raise Unavailable(f"{what} needs torch, which is not installed; install it: {TORCH_INSTALL_HINT}")
 
 
