@@ -252,3 +252,22 @@ def test_a_hub_repo_id_is_resolved_from_the_local_cache(saved, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     data = json.loads(run.stdout)
     assert data["a"] == "acme/tiny" and data["weights_identical"] and data["bytes_read"] > 0
+
+
+def test_a_cast_with_nan_inf_and_overflow_is_recognised(tmp_path):
+    """float32 -> bfloat16 by torch, special values included: NaN (whose bfloat16 payload torch
+    writes as it likes), +-inf, signed zeros, subnormals and a value the cast rounds to inf."""
+    from safetensors.torch import save_file
+
+    values = torch.randn(300, 10, generator=torch.Generator().manual_seed(1)) * 10
+    values[0] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 3.4e38, -3.4e38, 1e-40,
+                              65504.0, 1e-8])
+    for name, tensor in (("f32", values), ("bf16", values.to(torch.bfloat16))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        save_file({"w": tensor, "other": tensor[1:] * 2}, tmp_path / name / "model.safetensors",
+                  metadata={"format": "pt"})
+    code, data = diff_json(tmp_path / "f32", tmp_path / "bf16")
+    assert code == 0 and data["cast"] == "F32 -> BF16", data["tensors"]
+    assert {t["name"]: t["status"] for t in data["tensors"]} == {"w": "cast", "other": "cast"}
+    assert {t["name"]: t["max_abs"] for t in data["tensors"]}["w"] == "inf"  # 3.4e38 became inf

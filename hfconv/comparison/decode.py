@@ -104,11 +104,12 @@ def cast_bytes(data: Any, source: str, target: str) -> bytes:
     if target == "F16":
         with np.errstate(over="ignore"):
             return values.astype("<f2").tobytes()
-    # bfloat16: from float32 bits, round to nearest even on the 16 dropped bits
+    # bfloat16: from float32 bits, round to nearest even on the 16 dropped bits (uint32 arithmetic
+    # wraps only for NaN patterns, which are set apart below)
     with np.errstate(over="ignore"):
-        bits = values.astype("<f4").view(np.uint32)
-    rounded = ((bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+        bits = values.astype("<f4", copy=False).view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     if nan.any():
         rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
-    return rounded.astype("<u2").tobytes()
+    return rounded.astype("<u2", copy=False).tobytes()
