@@ -117,7 +117,8 @@ def _validate(folders: list[Path], *args: str) -> dict[str, list[dict]]:
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode in (0, 1), proc.stderr
     assert "Traceback" not in proc.stderr
-    return {Path(r["path"]).name: r["findings"] for r in json.loads(proc.stdout)}
+    data = json.loads(proc.stdout)
+    return {Path(r["path"]).name: r["findings"] for r in (data if isinstance(data, list) else [data])}
 
 
 def _copy(tmp: Path, folder: str, name: str, change: Callable[[Tensors], None]) -> Path:
@@ -221,3 +222,12 @@ def test_deepseek_v3_fp8_fixture_is_the_published_layout() -> None:
     mtp = f"model.layers.{config['num_hidden_layers']}."
     extras = ("enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.head.weight")
     assert {mtp + n for n in extras} <= set(tensors)
+
+
+def test_transformers_reference_checks_quantized_folders_too(transformers: object, tmp_path: Path) -> None:
+    """--reference transformers: transformers' own model gives the shapes, the scheme maps them."""
+    folder = _copy(tmp_path, "llama-gptq", "gptq-transposed", BROKEN["llama-gptq"]["transposed"][0])
+    found = _validate([folder], "--reference", "transformers")["gptq-transposed"]
+    errors = [f for f in found if f["severity"] == "error"]
+    assert [f["code"] for f in errors] == ["HFC601"], found
+    assert "(per transformers " in errors[0]["message"] and errors[0]["tensor"] == DOWN + "qweight"
