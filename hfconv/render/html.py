@@ -390,12 +390,12 @@ def _visible_controls(value: Any) -> Any:
     return value
 
 
-_BREAK_AFTER = re.compile(r"([./_-])")
+_BREAK_AFTER = re.compile(r"([./-])")
 
 
 def _wrap(value: Any) -> Any:
-    """A name as escaped HTML with a line-break opportunity (``<wbr>``) after ``.``, ``-``, ``_``
-    and ``/``, so a long file or tensor name wraps at its parts rather than mid-word."""
+    """A name as escaped HTML with a line-break opportunity (``<wbr>``) after ``.``, ``-`` and
+    ``/``, so a long file or tensor name wraps at its parts rather than mid-word."""
     import markupsafe
 
     text = str(_visible_controls(value if isinstance(value, str) else str(value)))

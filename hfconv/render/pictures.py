@@ -52,8 +52,8 @@ def _tip(text: str) -> str:
 
 
 def wrap_name(value: object) -> str:
-    """A name escaped, with a line-break opportunity (``<wbr>``) after each ``.``, ``-``, ``_`` and ``/``."""
-    return re.sub(r"([./_-])", r"\1<wbr>", esc(value))
+    """A name escaped, with a line-break opportunity (``<wbr>``) after each ``.``, ``-`` and ``/``."""
+    return re.sub(r"([./-])", r"\1<wbr>", esc(value))
 
 
 def _colour(value: str | None, default: str) -> str:
@@ -253,8 +253,13 @@ def _label(unit: str) -> str:
 
 def layer_rows(tensors: Iterable[TensorLike], findings: Sequence[Finding] = ()) -> list[LayerRow]:
     """Tensors grouped into rows in model order: embeddings, each stack's blocks by number, the
-    other modules, heads last; each row marked with the worst severity of findings naming its tensors."""
-    marks, _ = _severity_marks(findings)
+    other modules, heads last; each row marked with the worst severity of the findings naming a
+    tensor of it (one it has, or one it lacks)."""
+    marks: dict[str, str] = {}
+    for name, severity in _severity_marks(findings)[0].items():
+        unit = unit_of(name)
+        if unit not in marks or Severity(severity).rank > Severity(marks[unit]).rank:
+            marks[unit] = severity
     groups: dict[str, list[TensorLike]] = {}
     for t in tensors:
         groups.setdefault(unit_of(t.name), []).append(t)
@@ -275,11 +280,7 @@ def layer_rows(tensors: Iterable[TensorLike], findings: Sequence[Finding] = ()) 
     rows = []
     for unit in sorted(groups, key=key):
         members = groups[unit]
-        worst = None
-        for t in members:
-            sev = marks.get(t.name)
-            if sev and (worst is None or Severity(sev).rank > Severity(worst).rank):
-                worst = sev
+        worst = marks.get(unit)
         rows.append(LayerRow(name=unit, label=_label(unit), parameters=sum(t.numel for t in members),
                              bytes=sum(t.bytes for t in members), tensors=len(members), mark=worst))
     return rows
