@@ -139,5 +139,20 @@ def test_deep_checks_every_blob_against_its_hash(cache: Path) -> None:
     assert set(hfc040(shared)) == {"config.json"}  # v2's config.json is the same blob
 
 
+def test_blobs_in_the_cache_wide_shared_store_are_inside(cache: Path) -> None:
+    """huggingface_hub's shared Xet store: ``blobs/<etag>`` of a repo links on to
+    ``<cache>/blobs/<2 hex>/<xet hash>`` (utils/_shared_blobs.py); that is the cache, not outside it."""
+    blobs = cache / "models--acme--tiny-llama" / "blobs"
+    store = cache / "blobs" / "5e"
+    store.mkdir(parents=True)
+    for blob in sorted(blobs.iterdir()):
+        shared = store / ("5e" + hashlib.sha256(blob.name.encode()).hexdigest()[2:])
+        blob.rename(shared)
+        os.symlink(os.path.relpath(shared, blobs), blob)
+    proc = run(cache, "validate", "--format", "json", "--deep", "acme/tiny-llama")
+    document = json.loads(proc.stdout)
+    assert proc.returncode == 0 and [f["code"] for f in document["findings"]] == ["HFC030"], document["findings"]
+
+
 def hfc040(document: dict) -> dict[str, str]:
     return {f["file"]: f["message"] for f in document["findings"] if f["code"] == "HFC040"}
