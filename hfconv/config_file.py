@@ -19,6 +19,11 @@ key, a bad value or a code that matches no registered finding code is a :class:`
 
 A per-file pattern without a ``/`` matches a file's name; with one, its path relative to the
 folder of the config file (or to the model folder). Glob syntax is :mod:`fnmatch`'s.
+
+A config file can quiet warnings and infos, never an error: the file may lie in the folder being
+checked, which whoever wrote the folder controls (SECURITY.md: the folder is the attacker's, the
+command line is not), so ``select``, ``ignore`` and ``per-file-ignores`` from a file leave errors
+reported. Only ``--select`` / ``--ignore`` on the command line hide an error.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -33,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .findings import Finding
     from .report import Report
 
 __all__ = ["CONFIG_NAMES", "KEYS", "ConfigError", "Settings", "find_config", "load_settings", "read_config",
@@ -65,12 +72,18 @@ class Settings:
     """(glob pattern, codes or prefixes) pairs, in the file's order."""
     source: str | None = None
     """The config file they were read from; None when no file was found."""
+    file_keys: frozenset[str] = frozenset()
+    """The keys whose value comes from the file (not overridden): its select and ignore, like its
+    per-file-ignores, quiet warnings and infos only."""
 
     def override(self, *, select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
                  strict: bool | None = None, reference: str | None = None) -> Settings:
         """These settings with every option that was given (not None) in place of the file's."""
+        given = {key for key, value in (("select", select), ("ignore", ignore), ("strict", strict),
+                                        ("reference", reference)) if value is not None}
         return dataclasses.replace(
             self,
+            file_keys=self.file_keys - given,
             select=tuple(select) if select is not None else self.select,
             ignore=tuple(ignore) if ignore is not None else self.ignore,
             strict=strict if strict is not None else self.strict,
@@ -95,13 +108,24 @@ class Settings:
                 codes.extend(pattern_codes)
         return tuple(codes)
 
+    def hides(self, finding: Finding, folder: str) -> bool:
+        """Whether the file's select, ignore or per-file-ignores drop ``finding`` (never an error)."""
+        from .findings import Severity
+
+        if finding.severity is Severity.ERROR:
+            return False
+        code = finding.code
+        if "select" in self.file_keys and not any(code.startswith(c) for c in self.select or ()):
+            return True
+        if "ignore" in self.file_keys and any(code.startswith(c) for c in self.ignore or ()):
+            return True
+        return any(code.startswith(c) for c in self.ignored_for(finding.file, folder))
+
     def filter(self, report: Report) -> Report:
-        """``report`` without the findings per-file-ignores drops (the verdict follows the findings)."""
-        if not self.per_file_ignores:
+        """``report`` without the findings the file's settings hide (the verdict follows the findings)."""
+        if not (self.per_file_ignores or {"select", "ignore"} & self.file_keys):
             return report
-        kept = tuple(f for f in report.findings
-                     if not any(f.code.startswith(code) for code in self.ignored_for(f.file, report.path)))
-        return dataclasses.replace(report, findings=kept)
+        return dataclasses.replace(report, findings=tuple(f for f in report.findings if not self.hides(f, report.path)))
 
 
 def _repository_root(folder: str) -> str | None:
@@ -125,7 +149,14 @@ def find_config(folder: str | os.PathLike[str]) -> str | None:
     for _ in range(_MAX_LEVELS):
         for name in CONFIG_NAMES:
             candidate = os.path.join(current, name)
-            if os.path.isfile(candidate) and (name != "pyproject.toml" or "tool" in _pyproject_tables(candidate)):
+            try:
+                mode = os.lstat(candidate).st_mode
+            except OSError:
+                continue
+            if stat.S_ISLNK(mode):  # it may lead out of the folder: never followed (SECURITY.md)
+                raise ConfigError(f"{candidate} is a symlink; a config file found beside the folder is read only as a "
+                                  "regular file (name it with --config to read it, or --no-config)")
+            if stat.S_ISREG(mode) and (name != "pyproject.toml" or "tool" in _pyproject_tables(candidate, False)):
                 return candidate
         if root is None or current == root:
             return None
@@ -133,23 +164,29 @@ def find_config(folder: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def _pyproject_tables(path: str) -> dict[str, Any]:
+def _pyproject_tables(path: str, follow_symlinks: bool) -> dict[str, Any]:
     """The ``[tool.hfconv]`` table of a pyproject.toml, as ``{"tool": table}``, or {} when it has none."""
-    data = _read_toml(path)
+    data = _read_toml(path, follow_symlinks)
     tool = data.get("tool")
     if isinstance(tool, dict) and "hfconv" in tool:
         return {"tool": tool["hfconv"]}
     return {}
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def _read_toml(path: str, follow_symlinks: bool) -> dict[str, Any]:
+    """A regular file's TOML (opened without following a symlink unless ``follow_symlinks``; a
+    FIFO or device is refused before a byte is read)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
 
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(f"{path}: not a regular file")
             data = handle.read(_MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
@@ -163,8 +200,9 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
-def read_config(path: str | os.PathLike[str]) -> Settings:
-    """The settings of one config file (an ``hfconv.toml``, or a ``pyproject.toml``'s ``[tool.hfconv]``).
+def read_config(path: str | os.PathLike[str], follow_symlinks: bool = True) -> Settings:
+    """The settings of one config file (an ``hfconv.toml``, or a ``pyproject.toml``'s ``[tool.hfconv]``);
+    a symlink is followed only with ``follow_symlinks`` (a file the user named, not one found).
 
     Raises:
         ConfigError: the file cannot be read or parsed, or sets an unknown key, a bad value or a
@@ -172,12 +210,12 @@ def read_config(path: str | os.PathLike[str]) -> Settings:
     """
     path = os.fspath(path)
     if os.path.basename(path) == "pyproject.toml":
-        table = _pyproject_tables(path).get("tool")
+        table = _pyproject_tables(path, follow_symlinks).get("tool")
         where = f"{path} [tool.hfconv]"
         if table is None:
             raise ConfigError(f"{path} has no [tool.hfconv] table")
     else:
-        table = _read_toml(path)
+        table = _read_toml(path, follow_symlinks)
         where = path
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: must be a table of settings")
@@ -199,7 +237,7 @@ def read_config(path: str | os.PathLike[str]) -> Settings:
     pairs = tuple((str(pattern), _codes(per_file, pattern, f"{where} per-file-ignores") or ())
                   for pattern in per_file)
     return Settings(select=select, ignore=ignore, strict=strict, reference=reference, per_file_ignores=pairs,
-                    source=path)
+                    source=path, file_keys=frozenset(key for key in KEYS if key in table))
 
 
 def _codes(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] | None:
@@ -226,14 +264,17 @@ def _codes(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] | 
 def load_settings(folder: str | os.PathLike[str]) -> Settings:
     """The settings of the config file that applies to ``folder`` (:func:`find_config`), or empty ones."""
     path = find_config(folder)
-    return read_config(path) if path is not None else Settings()
+    return read_config(path, follow_symlinks=False) if path is not None else Settings()
 
 
 def validate_configured(path: str | os.PathLike[str], settings: Settings, **options: Any) -> Report:
-    """:func:`hfconv.validation.validate` with ``settings`` (select, ignore, strict, reference from
-    them; ``options``: its other keyword arguments), then per-file-ignores applied."""
+    """:func:`hfconv.validation.validate` with ``settings`` (``options``: its other keyword
+    arguments): select and ignore given as options filter every finding; the file's, and its
+    per-file-ignores, then hide warnings and infos (:meth:`Settings.filter`)."""
     from .validation import validate
 
-    report = validate(path, strict=bool(settings.strict), select=settings.select, ignore=settings.ignore,
+    select = settings.select if "select" not in settings.file_keys else None
+    ignore = settings.ignore if "ignore" not in settings.file_keys else None
+    report = validate(path, strict=bool(settings.strict), select=select, ignore=ignore,
                       reference=settings.reference or "auto", **options)
     return settings.filter(report)

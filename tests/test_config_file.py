@@ -91,3 +91,33 @@ def test_unknown_key_or_code_is_exit_2_naming_it(tmp_path: Path) -> None:
         assert result.returncode == 2, (text, result.stdout, result.stderr)
         assert str(config) in result.stderr and named in result.stderr, result.stderr
         assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+def test_a_config_file_never_hides_an_error(tmp_path: Path) -> None:
+    """The folder's own hfconv.toml is written by whoever wrote the folder: it can quiet warnings and
+    infos, not errors (a missing shard here; a hostile pickle alike). The command line can."""
+    _, model = repository(tmp_path)
+    (model / "model-00002-of-00003.safetensors").unlink()
+    (model / "hfconv.toml").write_text('select = ["HFC0"]\nignore = ["HFC3"]\n[per-file-ignores]\n"*" = ["HFC"]\n')
+    configured = hfconv("validate", str(model), "--format", "json", cwd=tmp_path)
+    assert configured.returncode == 1
+    found = codes(configured)
+    assert "HFC304" in found and "HFC007" not in found  # the stale shard's warning is quieted, the error is not
+    commanded = hfconv("validate", str(model), "--ignore", "HFC304", cwd=tmp_path)
+    assert commanded.returncode == 0, commanded.stdout
+
+
+def test_a_symlink_or_fifo_named_like_a_config_is_never_read(tmp_path: Path) -> None:
+    """A symlink may lead out of the folder (SECURITY.md: nothing outside it is read): exit 2
+    naming it, its target unread; a FIFO is passed over, never opened (no hang)."""
+    _, model = repository(tmp_path)
+    outside = tmp_path / "secret.toml"
+    outside.write_text("strict = true\n")
+    (model / "hfconv.toml").symlink_to(outside)
+    linked = hfconv("validate", str(model), cwd=tmp_path)
+    assert linked.returncode == 2 and f"{model / 'hfconv.toml'} is a symlink" in linked.stderr
+    (model / "hfconv.toml").unlink()
+    os.mkfifo(model / "hfconv.toml")
+    fifo = hfconv("validate", str(model), cwd=tmp_path)
+    assert fifo.returncode == 1 and "settings from" not in fifo.stderr  # 1: validate reports the FIFO itself
+    assert "hfconv.toml" in fifo.stdout
