@@ -118,7 +118,8 @@ def parse_front_matter(raw: bytes) -> dict[str, Any] | None:
         text = raw[:MAX_CARD_BYTES].decode("utf-8")
     except UnicodeDecodeError as exc:
         if not (truncated and exc.start >= MAX_CARD_BYTES - 4):  # a character cut by the cap is fine
-            raise CardProblem("HFC031", f"README.md is not UTF-8 (byte {exc.start})") from None
+            raise CardProblem("HFC031", f"the file is not UTF-8 text (byte {exc.start:,} is not); "
+                                        "the Hub reads model cards as UTF-8") from None
         text = raw[:exc.start].decode("utf-8")
     text = text.removeprefix("\ufeff")
     if not text.lstrip().startswith("---"):
