@@ -131,3 +131,43 @@ def test_a_corrupt_storage_is_refused_and_the_bin_kept(tmp_path):
     assert run.returncode == 1, run.stdout + run.stderr
     assert "HFC901" in run.stderr and "Traceback" not in run.stderr
     assert listing(src) == before
+
+
+def test_a_hub_cache_snapshot_is_refused(tmp_path):
+    """Writing into a snapshot would change the cache (its files are symlinks into blobs/)."""
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    snapshot = repo / "snapshots" / ("b" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in sorted((ROOT / "fixtures" / "llama-bin").iterdir()):
+        blob = repo / "blobs" / file.name.replace(".", "_")
+        blob.write_bytes(file.read_bytes())
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / file.name)
+    before = listing(repo / "blobs")
+    run = hfconv("convert", str(snapshot), "--in-place", cwd=tmp_path)
+    assert run.returncode == 2 and "snapshot of the Hub cache" in run.stderr, run.stderr
+    source = ROOT / "fixtures" / "llama-bin"
+    assert sorted(p.name for p in snapshot.iterdir()) == sorted(p.name for p in source.iterdir())
+    assert listing(repo / "blobs") == before
+
+
+def test_sigterm_mid_write_leaves_the_folder_as_it_was(tmp_path):
+    src = copy_fixture(tmp_path, "llama-bin")
+    torch.save({f"model.layers.{i}.mlp.up_proj.weight": torch.ones(1024, 1024) for i in range(48)},
+               src / "pytorch_model.bin")  # 200 MB: long enough to be interrupted while written
+    (src / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 48}))
+    before = listing(src)
+    proc = subprocess.Popen([sys.executable, "-m", "hfconv", "convert", str(src), "--in-place", "--quiet"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    import time
+
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".hfconv-") for p in src.iterdir()) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (proc.returncode, out, err)
+    assert "Traceback" not in err and "nothing was written into SRC" in err
+    assert listing(src) == before
