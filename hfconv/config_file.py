@@ -13,7 +13,8 @@
 The nearest file wins (looked for in the model folder first, then each folder above it up to the
 nearest one holding ``.git``; without a ``.git`` above, only in the model folder); in one folder an
 ``hfconv.toml`` comes before a ``pyproject.toml``, and a ``pyproject.toml`` without
-``[tool.hfconv]`` is passed over. Options given to the command override the file's. An unknown
+``[tool.hfconv]`` is passed over. A Hub cache snapshot (``models--org--name/snapshots/REV``) has none:
+it is a download, not the user's repository. Options given to the command override the file's. An unknown
 key, a bad value or a code that matches no registered finding code is a :class:`ConfigError`
 (a :class:`~hfconv.errors.UsageError`: the command cannot run), naming the file and the key.
 
@@ -144,6 +145,9 @@ def _repository_root(folder: str) -> str | None:
 def find_config(folder: str | os.PathLike[str]) -> str | None:
     """The config file that applies to the model ``folder``, or None (see the module docstring)."""
     start = os.path.abspath(os.fspath(folder))
+    parts = start.split(os.sep)
+    if any(a.startswith("models--") and b == "snapshots" for a, b in zip(parts, parts[1:])):
+        return None  # a Hub cache snapshot: a download, not your repository (its files are symlinks)
     root = _repository_root(start)
     current = start
     for _ in range(_MAX_LEVELS):

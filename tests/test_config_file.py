@@ -18,8 +18,8 @@ from helpers import FIXTURES
 STALE = "model-00001-of-00004.safetensors"
 
 
-def hfconv(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", NO_COLOR="1")
+def hfconv(*args: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", NO_COLOR="1", **extra)
     return subprocess.run([sys.executable, "-c", "from hfconv.cli import run; run()", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -121,3 +121,20 @@ def test_a_symlink_or_fifo_named_like_a_config_is_never_read(tmp_path: Path) -> 
     fifo = hfconv("validate", str(model), cwd=tmp_path)
     assert fifo.returncode == 1 and "settings from" not in fifo.stderr  # 1: validate reports the FIFO itself
     assert "hfconv.toml" in fifo.stdout
+
+
+def test_a_hub_cache_snapshot_has_no_config(tmp_path: Path) -> None:
+    """A downloaded repo (files are symlinks into blobs/) is not the user's repository: its
+    hfconv.toml is not looked for, so it neither sets anything nor stops the command."""
+    repo = tmp_path / "hub" / "models--org--name"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(FIXTURES / "llama-safetensors", snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "blobs").mkdir()
+    (repo / "blobs" / "cfg").write_text('ignore = ["HFC"]\n')
+    (snapshot / "hfconv.toml").symlink_to(Path("..", "..", "blobs", "cfg"))
+    result = hfconv("validate", "org/name", cwd=tmp_path, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "settings from" not in result.stderr and "symlink" not in result.stderr
