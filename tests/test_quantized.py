@@ -231,3 +231,23 @@ def test_transformers_reference_checks_quantized_folders_too(transformers: objec
     errors = [f for f in found if f["severity"] == "error"]
     assert [f["code"] for f in errors] == ["HFC601"], found
     assert "(per transformers " in errors[0]["message"] and errors[0]["tensor"] == DOWN + "qweight"
+
+
+def _bnb4_state_transposed(t: Tensors) -> None:
+    """A 4-bit weight packed from the layer transposed: same bytes, its quant state records [in, out]."""
+    name = DOWN + "weight.quant_state.bitsandbytes__nf4"
+    state = json.loads(bytes(t[name].tolist()).decode())
+    state["shape"] = state["shape"][::-1]
+    t[name] = torch.tensor(list(json.dumps(state).encode()), dtype=torch.uint8)
+
+
+def test_bnb_4bit_transposed_weight_is_caught_by_its_quant_state_with_deep(tmp_path: Path) -> None:
+    """The packed bytes cannot tell; the quant state (tensor bytes, so read with --deep) can."""
+    folder = _copy(tmp_path, "llama-bnb-4bit", "bnb4-transposed", _bnb4_state_transposed)
+    good = QUANTIZED / "llama-bnb-4bit"
+    found = _validate([folder, good], "--deep")
+    errors = [f for f in found["bnb4-transposed"] if f["severity"] == "error"]
+    assert [f["code"] for f in errors] == ["HFC601"], found
+    assert errors[0]["tensor"] == DOWN + "weight.quant_state.bitsandbytes__nf4"
+    assert "records " + DOWN + "weight of shape [64, 32]" in errors[0]["message"]
+    assert not [f for f in found["llama-bnb-4bit"] if f["code"].startswith("HFC6")]

@@ -13,6 +13,7 @@ used: no tensor bytes are read.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -212,7 +213,7 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
     # tensors (scales, zeros, quant states) against the weights they belong to.
     view: QuantView | None = None
     if scheme is not None:
-        view = quantized_view(scheme, tensors, expected_shapes(expected))
+        view = quantized_view(scheme, tensors, expected_shapes(expected), _quant_states(contents, scheme))
         if not view.modules:
             yield finding("HFC625", f"config.json has a quantization_config ({scheme.label}) but none of the "
                           f"{len(tensors)} stored tensors is quantized that way ({_MARKS[scheme.method]}); shape "
@@ -266,6 +267,41 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
     return generic_expected(config, {n: m.shape for n, m in contents.loaded_tensors.items()}), notes
 
 
+_QUANT_STATE = ".weight.quant_state.bitsandbytes__"
+_MAX_STATE_BYTES = 64 * 1024
+"""Largest bitsandbytes quant state read (a JSON of a few hundred bytes in practice)."""
+_MAX_STATES_BYTES = 16 * 1024 * 1024
+"""Most bytes of quant states read for one folder."""
+
+
+def _quant_states(contents: FolderContents, scheme: Scheme) -> dict[str, dict[str, Any]]:
+    """bitsandbytes 4-bit quant states by module: the JSON (shape, blocksize, quant type) its
+    ``weight.quant_state.bitsandbytes__nf4`` U8 tensor holds. Tensor bytes, so read with --deep
+    only (validate otherwise reads headers alone); unreadable or malformed ones are skipped."""
+    if scheme.method != "bnb-4bit" or not contents.options.deep:
+        return {}
+    states: dict[str, dict[str, Any]] = {}
+    budget = _MAX_STATES_BYTES
+    files = contents.tensor_files
+    for name, meta in contents.loaded_tensors.items():
+        cut = name.find(_QUANT_STATE)
+        if cut < 0 or meta.dtype != "U8" or meta.data_offsets is None or name not in files:
+            continue
+        begin, end = meta.data_offsets
+        if not 0 <= end - begin <= min(_MAX_STATE_BYTES, budget):
+            continue
+        budget -= end - begin
+        try:
+            with open(contents.folder.root / files[name], "rb") as handle:
+                handle.seek(begin)
+                state = json.loads(handle.read(end - begin).decode("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict):
+            states[name[:cut]] = state
+    return states
+
+
 def _all_shards_read(contents: FolderContents) -> bool:
     chosen = contents.folder.loaded_set
     return chosen is not None and all(s in contents.weights for s in contents.shards_of(chosen))
@@ -283,8 +319,9 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
         stored = stored_as.get(mm.name)
         if stored is not None and view is not None:  # a packed weight: name what is stored
             meta = contents.loaded_tensors[stored]
+            verb = "records" if ".quant_state." in stored else "unpacks to"
             text = text.replace(f"{mm.name} has shape", f"{stored} {_fmt_shape(meta.shape)} ({view.scheme.label}) "
-                                f"unpacks to {mm.name} of shape", 1)
+                                f"{verb} {mm.name} of shape", 1)
         yield finding("HFC601", text, file=where.get(mm.name) or None, tensor=stored or mm.name)
     for count in result.counts:
         if read_all or count.found and max(count.found) >= count.group.expected:

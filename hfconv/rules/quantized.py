@@ -116,6 +116,8 @@ class QuantView:
     issues: list[QuantIssue] = field(default_factory=list)
     modules: int = 0
     """Quantized modules found."""
+    states: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    """bitsandbytes 4-bit quant states by module, where read (see :func:`quantized_view`)."""
 
 
 # --- reading quantization_config --------------------------------------------------------------
@@ -292,7 +294,8 @@ def expected_shapes(expected: ExpectedModel | None) -> ExpectedShapes:
 
 
 def quantized_view(scheme: Scheme, tensors: Mapping[str, Stored],
-                   expected: Callable[[str], tuple[int, ...] | None]) -> QuantView:
+                   expected: Callable[[str], tuple[int, ...] | None],
+                   states: Mapping[str, Mapping[str, Any]] | None = None) -> QuantView:
     """Map stored tensors to the unquantized model's names and shapes and check the companions.
 
     Args:
@@ -300,11 +303,14 @@ def quantized_view(scheme: Scheme, tensors: Mapping[str, Stored],
         tensors: stored name -> header (dtype, shape).
         expected: the config-implied shape of an unquantized name, or None where unknown
             (see :func:`expected_shapes`).
+        states: bitsandbytes 4-bit quant states by module (the JSON its quant_state tensor
+            holds, read only when tensor bytes may be read): they give the weight's shape and
+            blocksize, so a transposed or resized packed weight is caught too.
 
     Returns:
         The QuantView: ``logical`` for the usual comparison, ``issues`` for the companions.
     """
-    view = QuantView(scheme)
+    view = QuantView(scheme, states=dict(states or {}))
     logical, quantized = view.logical, view.quantized
     endings = _ENDINGS[scheme.method]
     lone = _LONE_DTYPES.get((scheme.method, scheme.layout))
@@ -551,7 +557,19 @@ def _check_bnb4(view: QuantView, stem: str, parts: Mapping[str, Stored],
     weight = parts["weight"]
     name = stem + ".weight"
     want = expected(name)
-    view.logical[name] = want if want is not None else tuple(weight.shape)
+    state = view.states.get(stem, {})
+    recorded = state.get("shape")
+    if isinstance(recorded, list) and recorded and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                       for d in recorded):
+        # The quant state records the weight's shape: compared with the config as any weight is.
+        view.logical[name] = tuple(recorded)
+        view.stored_as[name] = stem + "." + next(s for s in parts if s.startswith("weight.quant_state."))
+        want = tuple(recorded)
+    else:
+        view.logical[name] = want if want is not None else tuple(weight.shape)
+    blocksize = state.get("blocksize")
+    blocks = (blocksize,) if isinstance(blocksize, int) and not isinstance(blocksize, bool) and blocksize > 0 \
+        else _BNB_BLOCKS
     if weight.dtype in _FLOATS | {"F64"} and math.prod(weight.shape) > 1 and len(weight.shape) == 2 and \
             weight.shape[1] != 1:
         _issue(view, "HFC620", name, f"{name} is {weight.dtype} {_fmt(weight.shape)}, not packed 4-bit values, but "
@@ -561,9 +579,9 @@ def _check_bnb4(view: QuantView, stem: str, parts: Mapping[str, Stored],
     if want is not None:
         values = math.prod(want)
         if packed_bytes != -(-values // 2):
+            source = "its quant state records" if name in view.stored_as else "config.json implies"
             _issue(view, "HFC624", name, f"{name} holds {packed_bytes} bytes = {2 * packed_bytes} packed 4-bit values "
-                   f"but config.json implies {_fmt(want)} = {values} values, {-(-values // 2)} bytes "
-                   f"({view.scheme.label})")
+                   f"but {source} {_fmt(want)} = {values} values, {-(-values // 2)} bytes ({view.scheme.label})")
             return
     values = 2 * packed_bytes
     absmax = _need(view, stem, parts, "weight.absmax")
@@ -571,10 +589,12 @@ def _check_bnb4(view: QuantView, stem: str, parts: Mapping[str, Stored],
     if not any(s.startswith("weight.quant_state.") for s in parts):
         _need(view, stem, parts, "weight.quant_state.bitsandbytes__" + ("nf4" if "nf4" in view.scheme.label else "fp4"))
     if absmax is not None and (len(absmax.shape) != 1 or not any(
-            absmax.shape[0] == -(-values // b) or absmax.shape[0] == -(-(values - 1) // b) for b in _BNB_BLOCKS)):
+            absmax.shape[0] == -(-values // b) or absmax.shape[0] == -(-(values - 1) // b) for b in blocks)):
+        size = f"the blocksize {blocks[0]} its quant state records" if len(blocks) == 1 else \
+            "a blocksize of 32 to 4096"
         _issue(view, "HFC619", stem + ".weight.absmax", f"{stem}.weight.absmax has shape {_fmt(absmax.shape)} but "
-               f"{name} ({values} values) needs one scale per block: [ceil({values}/blocksize)] for a blocksize of "
-               f"32 to 4096 ({view.scheme.label})")
+               f"{name} ({values} values) needs one scale per block: [ceil({values}/blocksize)] for {size} "
+               f"({view.scheme.label})")
     if absmax is not None and absmax.dtype == "U8":  # double quantization: the absmax is quantized again
         nested = _need(view, stem, parts, "weight.nested_absmax")
         _need(view, stem, parts, "weight.nested_quant_map")
