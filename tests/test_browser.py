@@ -45,7 +45,8 @@ MEASURE = """(function () {
     }
   });
   q('.sev').forEach(function (el) {
-    if (el.getClientRects().length !== 1 || el.getBoundingClientRect().height > 24) {
+    if (el.getClientRects().length !== 1 || el.getBoundingClientRect().height > 24 ||
+        el.scrollWidth > el.clientWidth + 1) {
       m.wrappedBadges.push(el.textContent);
     }
   });

@@ -299,7 +299,12 @@ _PAGE = """<!DOCTYPE html>
 {%- endfor %}
 {%- for heading, items in section.lists %}
 <h3>{{ heading }}</h3>
+{%- if items | length > 12 %}
+<details><summary>{{ items | length | number }} items</summary>
+<ul class="items">{% for item in items %}<li>{{ item | wrap }}</li>{% endfor %}</ul></details>
+{%- else %}
 <ul class="items">{% for item in items %}<li>{{ item | wrap }}</li>{% endfor %}</ul>
+{%- endif %}
 {%- endfor %}
 {%- if section.findings is not none %}
 <div class="block">
