@@ -153,9 +153,9 @@ def test_a_hub_cache_snapshot_is_refused(tmp_path):
 
 def test_sigterm_mid_write_leaves_the_folder_as_it_was(tmp_path):
     src = copy_fixture(tmp_path, "llama-bin")
-    torch.save({f"model.layers.{i}.mlp.up_proj.weight": torch.ones(1024, 1024) for i in range(48)},
-               src / "pytorch_model.bin")  # 200 MB: long enough to be interrupted while written
-    (src / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 48}))
+    torch.save({f"model.layers.{i}.mlp.up_proj.weight": torch.ones(1024, 1024) for i in range(24)},
+               src / "pytorch_model.bin")  # 100 MB: long enough to be interrupted while written
+    (src / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 24}))
     before = listing(src)
     proc = subprocess.Popen([sys.executable, "-m", "hfconv", "convert", str(src), "--in-place", "--quiet"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

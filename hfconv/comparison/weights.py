@@ -1,9 +1,10 @@
 """The tensor half of ``diff``: pair the names of two folders and stream both byte ranges once.
 
-Each tensor is read in chunks of at most 16 MiB into two reused buffers (``os.preadv``, as
-``cat`` reads), compared with numpy (memcmp speed); only a chunk that differs is decoded
-(float64, numpy) for its maximum and relative L2 difference. A ``.bin`` tensor is its view's
-bytes inside its storage (a strided view is gathered, bounded by that one tensor; a
+Each weight file is memory-mapped read-only and each tensor compared 1 MiB at a time straight
+from the page cache (numpy, memcmp speed, no copy; ``pread`` into two reused buffers where a
+file cannot be mapped); only a chunk that differs is decoded (numpy, float32 for the floating
+dtypes of 32 bits or fewer) for its maximum and relative L2 difference. A ``.bin`` tensor is
+its view's bytes inside its storage (a strided view is gathered, bounded by that one tensor; a
 big-endian checkpoint is swapped), so a ``.bin`` folder compares with its safetensors
 conversion byte for byte. Neither folder is written; no torch.
 """
