@@ -85,7 +85,9 @@ def convert_command(src: str, dst: str | None, max_shard_size: str, dtype: str, 
     or safetensors; DST (and its missing parents) is created with model.safetensors (or model-0000i-of-0000N shards
     and model.safetensors.index.json) and every non-weight file copied unchanged. Pickles
     are read by a restricted reader, never executed. DST is written in a temporary folder
-    beside it and renamed only after verification, so it is complete or absent.
+    beside it and renamed only after verification, so it is complete or absent. With
+    --in-place (no DST) the safetensors are written into SRC beside its .bin files, verified,
+    and the .bin files stay unless --delete-bin (which deletes them only after verification).
 
     \b
     Examples:
