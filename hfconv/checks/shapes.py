@@ -23,7 +23,7 @@ from ..discovery import ADAPTER
 from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
 from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, suggest_fix
-from ..rules.expected import ExpectedModel, architecture_of, expected_tensors, family_of, generic_expected
+from ..rules.expected import CapReached, ExpectedModel, architecture_of, expected_tensors, family_of, generic_expected
 from ..rules.expression import ConfigValueError
 from ..rules.quantized import QuantView, Scheme, SchemeError, Unchecked, expected_shapes, quantized_view, scheme_of
 
@@ -103,6 +103,15 @@ register("HFC611", "error", "config value unusable",
          "Correct the field in config.json.",
          "config.json num_attention_heads is '32', not an integer (needed for a tensor shape); tensor "
          "shapes were not checked")
+register("HFC612", "warning", "shape check skipped at a cap",
+         "config.json asks for more layers, experts or tensors than hfconv expands (MAX_COUNT, "
+         "MAX_EXPANSION), and the folder stores enough tensors to fit it. Expanding the rule table that far "
+         "would cost minutes and gigabytes, so the shapes were not checked: no verdict either way. (A config "
+         "the stored tensors cannot fit is HFC611, an error.)",
+         "Nothing is known to be wrong; check the shapes another way (--reference transformers builds the "
+         "model on the meta device), or split the check over smaller configs.",
+         "shape check skipped: config.json num_hidden_layers would need 1,200,003 expected tensors (for the "
+         "1,200,003 stored), more than hfconv checks (2,000,000, MAX_EXPANSION); tensor shapes were not checked")
 
 register("HFC618", "error", "quantized weight without its scale",
          "A quantized weight is stored without a tensor its scheme needs to dequantize it (FP8 "
@@ -200,6 +209,10 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
     # 1. Where the expected tensors come from.
     try:
         expected, notes = _reference(contents, config)
+    except CapReached as exc:  # a cap, on a folder that could fit the config: no verdict
+        yield finding("HFC612", f"shape check skipped: config.json {exc.message}; tensor shapes were not checked",
+                      file=_CONFIG, tensor=exc.fields[0] if exc.fields else None)
+        return
     except ConfigValueError as exc:
         field = exc.fields[0] if exc.fields else None
         yield finding("HFC611", f"config.json {exc.message}; tensor shapes were not checked", file=_CONFIG,
@@ -241,6 +254,8 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
     architecture = architecture_of(config)
     known_head = family is not None and family.head_for(architecture) is not None
     notes: list[Finding] = []
+    if option == "auto" and family is None and (generated := _generated(contents, config)) is not None:
+        return generated, notes
     if option == "transformers" or (option == "auto" and not known_head):
         from ..rules import transformers_reference as ref
 
@@ -255,7 +270,7 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
                 fallback = ("checked against hfconv's rule table instead" if family is not None else
                             "only embedding sizes and the layer count were checked")
                 notes.append(finding("HFC609", f"reference={option!r}: {exc}; {fallback}", file=_CONFIG))
-    rules = expected_tensors(config)
+    rules = expected_tensors(config, stored=len(contents.loaded_tensors))
     if rules is not None:
         return rules, notes
     model_type = config.get("model_type")
@@ -300,6 +315,25 @@ def _quant_states(contents: FolderContents, scheme: Scheme) -> dict[str, dict[st
         if isinstance(state, dict):
             states[name[:cut]] = state
     return states
+
+
+def _generated(contents: FolderContents, config: Mapping[str, Any]) -> ExpectedModel | None:
+    """The generated table's model (:mod:`hfconv.rules.generated`, no transformers import) where
+    one answers for this config. A folder it does not find clean is left to the transformers
+    reference where that is installed (whose checkpoint-name handling is the loader's own), so the
+    table's answer never differs from it; a folder whose own code is trusted is never the table's."""
+    from ..rules import transformers_reference as ref
+    from ..rules.generated import generated_expected
+
+    if ref.runs_folder_code(config, contents.options.trust_remote_code):
+        return None
+    expected = generated_expected(config)
+    if expected is None:
+        return None
+    if not compare(expected, {n: m.shape for n, m in contents.loaded_tensors.items()}).clean and \
+            ref.transformers_available():
+        return None
+    return expected
 
 
 def _all_shards_read(contents: FolderContents) -> bool:

@@ -89,9 +89,9 @@ def _find_model_folders(root: str) -> list[str]:
 @click.option("--reference", type=click.Choice(["auto", "rules", "transformers"]), default="auto",
               show_default=True, help="Where expected tensor shapes come from. rules: hfconv's own shape-rule "
               "table (no transformers needed). transformers: the model class of the installed transformers, "
-              "built from config.json in a subprocess (no weights). auto: the rule table first; transformers "
-              "for architectures the table does not cover (when it is installed; otherwise only the embedding "
-              "sizes and layer count are checked).")
+              "built from config.json in a subprocess (no weights). auto: the rule table first, then the tables "
+              "generated from transformers (no import); transformers for architectures neither covers (when it "
+              "is installed; otherwise only the embedding sizes and layer count are checked).")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Re-check every tensor's dtype, shape and sha256 against the manifest written by "
               "`hfconv convert --manifest FILE` (reads tensor bytes).")

@@ -1,0 +1,481 @@
+"""Generate hfconv/schemas/generated_rules.json from the installed transformers.
+
+For each model type below (the most-downloaded families the hand-written tables lack) and each
+of its common model classes, build the model on the meta device (through hfconv's own
+transformers reference, so names are the checkpoint names ``save_pretrained`` writes) for
+
+- the class's default config with layer counts cut to 2 (the base),
+- one variant per integer field (the field doubled), and one per boolean (flipped),
+
+then fit every numbered run (``encoder.layer.{i}``) to the field that counts it and every
+dimension to an expression of the rule-table language over the fields that move it
+(``hidden_size``, ``num_attention_heads * head_dim``, ``hidden_size // num_attention_heads``,
+...). A class is written only when expanding the fitted table with hfconv's own evaluator gives
+back exactly the names, shapes and optional tensors of every variant; a field that changes the
+tensors but was not fitted (a boolean, a string, a list, a size whose variant did not build) is
+a guard: the table answers only when config.json leaves it at its default.
+
+Run it after upgrading transformers, then run the tests and ``benchmarks/sweep_architectures.py``:
+
+    python benchmarks/generate_rule_tables.py                 # every family below
+    python benchmarks/generate_rule_tables.py vit camembert   # only these (merged into the file)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hfconv.rules.expected import natural_key  # noqa: E402
+from hfconv.rules.families import Family, Head, Rule  # noqa: E402
+from hfconv.rules.generated import TABLE_FILE, is_metadata  # noqa: E402
+
+OUT = ROOT / "hfconv" / "schemas" / TABLE_FILE
+
+MODEL_TYPES = (
+    # text encoders
+    "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+    "mpnet", "xlm-roberta-xl", "data2vec-text", "ernie", "mobilebert", "convbert", "longformer", "rembert",
+    "squeezebert", "funnel", "layoutlm", "roformer", "nystromformer", "big_bird", "canine", "xmod",
+    "modernbert", "luke", "megatron-bert",
+    # encoder-decoders
+    "bart", "mbart", "plbart", "marian", "pegasus", "m2m_100", "mt5", "umt5", "longt5", "prophetnet", "led",
+    "nllb-moe", "fsmt", "blenderbot", "blenderbot-small", "whisper", "bigbird_pegasus",
+    # decoders
+    "gpt_neo", "gptj", "opt", "bloom", "phi", "mpt", "gpt_bigcode", "stablelm", "starcoder2", "olmo", "olmo2",
+    "cohere", "granite", "gemma3_text", "qwen3_moe", "deepseek_v3", "deepseek_v2", "xglm", "codegen", "biogpt",
+    "ctrl", "persimmon", "nemotron", "helium", "glm", "exaone4", "smollm3", "ministral", "seed_oss", "olmoe",
+    "granitemoe", "jetmoe", "dbrx", "arcee", "hunyuan_v1_dense", "qwen3_next", "openai-privacy-filter",
+    # vision and audio
+    "vit", "deit", "beit", "dinov2", "swin", "convnext", "resnet", "regnet", "mobilenet_v2", "efficientnet",
+    "levit", "vit_mae", "yolos", "dinov2_with_registers", "wav2vec2", "hubert", "wavlm", "data2vec-audio",
+    "unispeech", "unispeech-sat", "sew", "wav2vec2-conformer", "audio-spectrogram-transformer", "ast",
+)
+
+HEADS = ("Model", "ForMaskedLM", "ForCausalLM", "ForConditionalGeneration", "ForSequenceClassification",
+         "ForTokenClassification", "ForQuestionAnswering", "ForImageClassification", "ForPreTraining",
+         "ForMultipleChoice", "ForCTC", "ForAudioClassification", "LMHeadModel", "WithLMHeadModel",
+         "ForMaskedImageModeling", "ForNextSentencePrediction", "ForSpeechSeq2Seq")
+"""Class-name endings generated (the heads published checkpoints name in ``architectures``)."""
+
+LAYER_FIELDS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "num_decoder_layers", "encoder_layers",
+                "decoder_layers", "num_encoder_layers")
+BASE_LAYERS = 2
+SKIP_INT = re.compile(r"(_token_id|_token_index|_id|_idx|_ids|seed)$")
+MAX_FIELDS_PER_DIM = 3
+FAMILY_SECONDS = 180
+"""A family whose variants take longer than this to build is left out (a run stays bounded)."""
+
+
+# --- building -------------------------------------------------------------------------------------
+
+def build(folder: str, model_type: str, cls: str, config: Mapping[str, Any]) -> tuple[dict, str, tuple] | None:
+    """(name -> (shape, optional), base-model prefix, ignored-name patterns) of ``cls`` for ``config``,
+    as hfconv's transformers reference sees it (checkpoint names); None when transformers refuses
+    the config or the build fails."""
+    from hfconv.rules.transformers_reference import ReferenceUnavailable, expected_from_transformers
+
+    try:
+        model = expected_from_transformers(folder, {**config, "model_type": model_type, "architectures": [cls]},
+                                           False, isolated=False)
+    except (ReferenceUnavailable, Exception):  # noqa: BLE001 - any refusal: the variant is not usable
+        return None
+    if model.architecture != cls:
+        return None
+    return {name: (t.shape, t.optional) for name, t in model.tensors.items()}, model.prefix, model.allowed_extras
+
+
+def classes_of(transformers: Any, model_type: str) -> list[str]:
+    from transformers.models.auto import modeling_auto
+
+    found: set[str] = set()
+    for attr in dir(modeling_auto):
+        table = getattr(modeling_auto, attr)
+        if attr.endswith("_MAPPING_NAMES") and isinstance(table, Mapping):
+            names = table.get(model_type)
+            for name in (names if isinstance(names, (list, tuple)) else [names]):
+                if isinstance(name, str) and name.endswith(HEADS) and hasattr(transformers, name):
+                    found.add(name)
+    return sorted(found)
+
+
+def config_fields(transformers: Any, model_type: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the class defaults as config.json writes them, attribute_map aliases)."""
+    config = transformers.AutoConfig.for_model(model_type)
+    data = config.to_dict()
+    for key in ("transformers_version", "architectures", "model_type", "_name_or_path"):
+        data.pop(key, None)
+    return data, dict(getattr(type(config), "attribute_map", {}) or {})
+
+
+def derived_fields(transformers: Any, model_type: str, defaults: Mapping[str, Any],
+                   ints: list[str]) -> dict[str, str | None]:
+    """Integer fields whose default the config class computes from other fields: the expression
+    it uses where one fits (``pooler_output_size = hidden_size``), else None."""
+    observed: list[tuple[str | None, dict[str, Any]]] = [(None, dict(defaults))]
+    moved_by: dict[str, list[str]] = {}
+    for f in ints:
+        try:
+            probe = transformers.AutoConfig.for_model(model_type, **{f: defaults[f] * 2}).to_dict()
+        except Exception:  # noqa: BLE001
+            continue
+        observed.append((f, probe))
+        for g in ints:
+            if g != f and probe.get(g) != defaults.get(g):
+                moved_by.setdefault(g, []).append(f)
+    derived: dict[str, str | None] = {}
+    for g, fields in moved_by.items():
+        points = [({f: c.get(f) for f in ints}, c.get(g)) for set_field, c in observed if set_field != g]
+        usable = all(isinstance(v, int) and all(isinstance(c[f], int) for f in fields) for c, v in points)
+        derived[g] = fit(points, fields[:MAX_FIELDS_PER_DIM]) if usable and len(fields) <= MAX_FIELDS_PER_DIM \
+            else None
+    return derived
+
+
+# --- fitting --------------------------------------------------------------------------------------
+
+def runs(names: Iterable[str]) -> dict[str, set[int]]:
+    """Templated stem (every index as ``{#}``) -> the indices found under it."""
+    found: dict[str, set[int]] = {}
+    for name in names:
+        parts = name.split(".")
+        for k, part in enumerate(parts):
+            if part.isdigit() and k > 0:
+                stem = ".".join("{#}" if p.isdigit() else p for p in parts[:k])
+                found.setdefault(stem, set()).add(int(part))
+    return found
+
+
+def template(name: str, letters: Mapping[str, str]) -> tuple[str, tuple[int, ...]]:
+    """``name`` with the indices of counted runs as placeholders, and those indices."""
+    parts = name.split(".")
+    out, values = [], []
+    for k, part in enumerate(parts):
+        if part.isdigit() and k > 0:
+            stem = ".".join("{#}" if p.isdigit() else p for p in parts[:k])
+            if stem in letters:
+                out.append("{" + letters[stem] + "}")
+                values.append(int(part))
+                continue
+        out.append(part)
+    return ".".join(out), tuple(values)
+
+
+def candidates(fields: list[str], base: Mapping[str, int], v0: int) -> Iterable[str]:
+    """Expressions over ``fields`` (those that move the value) worth trying, simplest first."""
+    if not fields:
+        yield str(v0)
+        return
+    for f in fields:
+        b = base[f]
+        yield f
+        if b and v0 % b == 0:
+            yield f"{f} * {v0 // b}"
+        if v0 and b % v0 == 0:
+            yield f"{f} // {b // v0}"
+        if v0 > b:
+            yield f"{f} + {v0 - b}"
+        elif v0 < b:
+            yield f"{f} - {b - v0}"
+        yield f"{f} * {f}"
+    for f, g in itertools.permutations(fields, 2):
+        bf, bg = base[f], base[g]
+        yield f"{f} * {g}"
+        yield f"{f} // {g}"
+        yield f"{f} + {g}"
+        yield f"{f} - {g}"
+        if bf * bg and v0 % (bf * bg) == 0:
+            yield f"{f} * {g} * {v0 // (bf * bg)}"
+        if v0 and (bf * bg) % v0 == 0:
+            yield f"{f} * {g} // {bf * bg // v0}"
+        if bg and bf // bg and v0 % (bf // bg) == 0:
+            yield f"{f} // {g} * {v0 // (bf // bg)}"
+        rest = v0 - bf - bg
+        if rest:
+            yield f"{f} + {g} + {rest}" if rest > 0 else f"{f} + {g} - {-rest}"
+        yield f"{f} * {f} * {g}"
+        if bg and bf // bg:
+            square = (bf // bg) ** 2
+            yield f"({f} // {g}) * ({f} // {g})" if v0 == square else f"({f} // {g}) * ({f} // {g}) + {v0 - square}"
+        if bg:
+            yield f"({f} + {g}) * {v0 // (bf + bg)}" if bf + bg and v0 % (bf + bg) == 0 else f"{f} * 2 + {g}"
+    for f, g, h in itertools.permutations(fields, 3):
+        yield f"{f} * {g} // {h}"
+        yield f"{f} * {g} * {h}"
+        yield f"{f} + {g} + {h}"
+        yield f"{f} + {g} * {h}"
+        yield f"({f} + {g}) * {h}"
+
+
+def evaluate(expr: str, values: Mapping[str, int]) -> int | None:
+    from hfconv.rules.expression import ConfigValueError, Scope
+
+    class Source:
+        model_type = "generated"
+        defaults: Mapping[str, Any] = {}
+        derived: Mapping[str, str] = {}
+        env_defaults: Mapping[str, Any] = {}
+
+    try:
+        value = Scope(Source(), values).evaluate(expr).value
+    except (ConfigValueError, ZeroDivisionError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def fit(observed: list[tuple[Mapping[str, int], int]], fields: list[str]) -> str | None:
+    """The first candidate expression that gives every observed value."""
+    base, v0 = observed[0]
+    for expr in candidates(fields, base, v0):
+        if all(evaluate(expr, values) == value for values, value in observed):
+            return expr
+    return None
+
+
+def fit_condition(observed: list[tuple[Mapping[str, int], bool]], fields: list[str]) -> str | None:
+    """A condition ``f != g`` (or ``f == g``) over two fields that says in which variants a tensor exists."""
+    for f, g in itertools.combinations([f for f in fields if f != "num_labels"], 2):
+        for op in ("!=", "=="):
+            if all((values.get(f) != values.get(g)) == (op == "!=") for values, exists in observed if exists) and \
+                    all((values.get(f) != values.get(g)) != (op == "!=") for values, exists in observed if not exists):
+                return f"{f} {op} {g}"
+    return None
+
+
+# --- one class ------------------------------------------------------------------------------------
+
+def generate_class(folder: str, model_type: str, cls: str, base: dict[str, Any], ints: list[str],
+                   bools: list[str]) -> tuple[dict[str, Any] | None, set[str], str]:
+    """(the class's table, fields to guard, why not) for ``cls``."""
+    built = build(folder, model_type, cls, base)
+    if built is None:
+        return None, set(), "the base config does not build"
+    state, prefix, extras = built
+    guards: set[str] = set()
+    variants: list[tuple[dict[str, Any], dict[str, tuple]]] = [(base, state)]
+    fitted_fields: list[str] = []
+    labels = base.get("id2label")
+    for f in ints:
+        value = base[f] if f != "num_labels" else (len(labels) if isinstance(labels, dict) and labels else 2)
+        changed = {**base, f: value * 2 if value else 1}
+        if f == "num_labels":
+            changed = {**base, "id2label": {str(i): f"LABEL_{i}" for i in range(changed[f])}}
+            changed.pop("label2id", None)
+        other = build(folder, model_type, cls, changed)
+        if other is None:
+            guards.add(f)  # cannot be probed: the table answers only for the default
+            continue
+        if other[0] != state:
+            variants.append((changed, other[0]))
+            fitted_fields.append(f)
+    for f in bools:
+        other = build(folder, model_type, cls, {**base, f: not base[f]})
+        if other is None or other[0] != state:
+            guards.add(f)
+
+    def numbers(config: Mapping[str, Any]) -> dict[str, int]:
+        values = {f: config[f] for f in ints if f in config and f != "num_labels"}
+        id2label = config.get("id2label")
+        values["num_labels"] = len(id2label) if isinstance(id2label, dict) and id2label else 2
+        return values
+
+    observations = [(numbers(config), found) for config, found in variants]
+    # 1. Numbered runs: those whose length follows a field get a placeholder.
+    base_runs = runs(state)
+    letters: dict[str, str] = {}
+    ranges: dict[str, str] = {}
+    pool = iter("ijklmnopqrstuvwxyzabcdefgh")
+    for stem in sorted(base_runs, key=len):
+        counts = []
+        for values, found in observations:
+            indices = runs(found).get(stem, set())
+            if indices != set(range(len(indices))):
+                return None, guards, f"{stem} is not numbered 0..n-1"
+            counts.append((values, len(indices)))
+        moved = [f for f in fitted_fields if any(c != counts[0][1] for v, c in counts if v[f] != counts[0][0][f])]
+        if not moved:
+            continue  # a fixed run (T5's layer.0 / layer.1): literal names
+        expr = fit(counts, moved[:MAX_FIELDS_PER_DIM])
+        if expr is None:
+            return None, guards, f"the length of {stem} fits no expression of {moved}"
+        letters[stem] = next(pool)
+        ranges[letters[stem]] = expr
+    # 2. Every tensor: its template, then each dimension's expression.
+    templates: dict[str, list[tuple[dict[str, int], tuple[int, ...], bool]]] = {}
+    for values, found in observations:
+        seen: dict[str, tuple] = {}
+        for name, (shape, optional) in found.items():
+            key, _ = template(name, letters)
+            if key in seen and seen[key] != (shape, optional):
+                return None, guards, f"{key} differs between layers"
+            seen[key] = (shape, optional)
+        for key, (shape, optional) in seen.items():
+            templates.setdefault(key, []).append((values, shape, optional))
+    rules = []
+    for key, seen_shapes in templates.items():
+        when = None
+        if len(seen_shapes) != len(observations):  # ELECTRA's embeddings_project: when sizes differ
+            present = {id(values) for values, _, _ in seen_shapes}
+            when = fit_condition([(values, id(values) in present) for values, _ in observations], ints)
+            if when is None:
+                return None, guards, f"{key} exists in some variants only"
+        ref_values, shape0, optional0 = seen_shapes[0]
+        if any(len(s) != len(shape0) or o != optional0 for _, s, o in seen_shapes):
+            return None, guards, f"{key} changes rank or optionality"
+        dims = []
+        for d in range(len(shape0)):
+            observed = [(values, s[d]) for values, s, _ in seen_shapes]
+            moved = [f for f in fitted_fields if any(v != shape0[d] for values, v in observed
+                                                      if values[f] != ref_values[f])]
+            if len(moved) > MAX_FIELDS_PER_DIM:
+                return None, guards, f"{key} dim {d} moves with {moved}"
+            expr = fit(observed, moved)
+            if expr is None:
+                return None, guards, f"{key} dim {d} fits no expression of {moved}"
+            dims.append(expr)
+        rules.append([key, dims, optional0] + ([when] if when else []))
+    rules.sort(key=lambda r: natural_key(r[0]))
+    table = {"ranges": ranges, "rules": rules, "extras": list(extras), "prefix": prefix}
+    # 3. Check: the table, expanded by hfconv's evaluator, gives back every variant exactly.
+    for values, found in observations:
+        expanded = expand(model_type, cls, table, values)
+        want = {n: (tuple(s), o) for n, (s, o) in found.items()}
+        if expanded != want:
+            diff = sorted(set(expanded.items()) ^ set(want.items()))[:3]
+            return None, guards, f"the fitted table does not give the variant back: {diff}"
+    return table, guards, ""
+
+
+def expand(model_type: str, cls: str, table: Mapping[str, Any], values: Mapping[str, int]) -> dict[str, tuple]:
+    from hfconv.rules.expected import expected_tensors
+
+    rules = tuple(Rule(r[0], tuple(r[1]), r[3] if len(r) > 3 else None, "1" if r[2] else None) for r in table["rules"])
+    family = Family(model_type, "", table["prefix"], {p: (e, "layers") for p, e in table["ranges"].items()},
+                    {}, {}, (), {cls: Head(rules)}, cls)
+    config = dict(values)
+    config["id2label"] = {str(i): str(i) for i in range(values["num_labels"])}
+    model = expected_tensors(config, cls, family=family)
+    assert model is not None
+    return {n: (t.shape, t.optional) for n, t in model.tensors.items()}
+
+
+# --- one family -----------------------------------------------------------------------------------
+
+def generate_family(transformers: Any, folder: str, model_type: str) -> tuple[dict[str, Any] | None, list[str]]:
+    log: list[str] = []
+    try:
+        defaults, aliases = config_fields(transformers, model_type)
+    except Exception as exc:  # noqa: BLE001
+        return None, [f"{model_type}: no config ({exc})"]
+    if any(isinstance(v, dict) and k not in ("id2label", "label2id") and any(isinstance(x, dict) for x in v.values())
+           for k, v in defaults.items()):
+        return None, [f"{model_type}: nested sub-configs are not generated"]
+    base = dict(defaults)
+    for f in LAYER_FIELDS:
+        if isinstance(base.get(f), int) and not isinstance(base[f], bool) and base[f] > BASE_LAYERS:
+            base[f] = BASE_LAYERS
+    ints = [f for f, v in base.items() if isinstance(v, int) and not isinstance(v, bool) and not SKIP_INT.search(f)
+            and not is_metadata(f) and 0 < v <= 1_000_000]
+    ints.append("num_labels")
+    bools = [f for f, v in base.items() if isinstance(v, bool) and not is_metadata(f)]
+    derived = derived_fields(transformers, model_type, defaults, [f for f in ints if f != "num_labels"])
+    classes: dict[str, Any] = {}
+    guards: set[str] = set()
+    for cls in classes_of(transformers, model_type):
+        start = time.monotonic()
+        table, cls_guards, why = generate_class(folder, model_type, cls, base, ints, bools)
+        if table is None:
+            log.append(f"{model_type}: {cls}: not generated ({why})")
+            continue
+        guards |= cls_guards
+        classes[cls] = table
+        log.append(f"{model_type}: {cls}: {len(table['rules'])} rules ({time.monotonic() - start:.1f} s)")
+    if not classes:
+        return None, log
+    used = {name for t in classes.values() for r in t["rules"] for d in [*r[1], *r[3:]]
+            for name in re.findall(r"[a-z_]\w*", d)}
+    used |= {name for t in classes.values() for e in t["ranges"].values() for name in re.findall(r"[a-z_]\w*", e)}
+    guard_values = {f: defaults.get(f) for f in sorted(guards)}
+    # Strings, lists and nested values were not varied: the table answers only for their defaults.
+    for f, v in defaults.items():
+        if is_metadata(f) or f in used or isinstance(v, (bool, float)):
+            continue
+        if isinstance(v, int) and f not in guards:
+            continue  # an integer that moved nothing (token ids, positions the model does not store)
+        guard_values.setdefault(f, v)
+    formulas = {f: e for f, e in derived.items() if f in used and e is not None}
+    for table in classes.values():  # a size the class computes and no formula fits: config.json must give it
+        names = {n for r in table["rules"] for d in [*r[1], *r[3:]] for n in re.findall(r"[a-z_]\w*", d)}
+        table["needs"] = sorted(names & {f for f, e in derived.items() if e is None})
+    entry = {
+        "defaults": {f: defaults[f] for f in sorted(used | {n for e in formulas.values()
+                                                              for n in re.findall(r"[a-z_]\w*", e)})
+                     if f in defaults and f not in derived},
+        "derived": formulas,
+        "aliases": {a: r for a, r in aliases.items() if r in used},
+        "guards": guard_values,
+        "classes": classes,
+    }
+    return entry, log
+
+
+def main(argv: list[str]) -> int:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    wanted = argv or list(MODEL_TYPES)
+    document = json.loads(OUT.read_text()) if argv and OUT.exists() else {"families": {}}
+    document["transformers"] = transformers.__version__
+    from hfconv.rules.families import FAMILIES
+
+    signal.signal(signal.SIGALRM, _timeout)
+    with tempfile.TemporaryDirectory() as folder:
+        for model_type in wanted:
+            if model_type in FAMILIES:
+                print(f"{model_type}: in the hand-written tables, skipped")
+                continue
+            start = time.monotonic()
+            signal.alarm(FAMILY_SECONDS)
+            try:
+                entry, log = generate_family(transformers, folder, model_type)
+            except FamilyTimeout:
+                entry, log = None, [f"{model_type}: over {FAMILY_SECONDS} s, not generated"]
+            finally:
+                signal.alarm(0)
+            print("\n".join(log), flush=True)
+            if entry is not None:
+                document["families"][model_type] = entry
+            else:
+                document["families"].pop(model_type, None)
+            print(f"{model_type}: {'ok' if entry else 'NOT GENERATED'} ({time.monotonic() - start:.1f} s)", flush=True)
+            write(document)  # after every family: an interrupted run keeps what it did
+    print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(document['families'])} families)")
+    return 0
+
+
+def write(document: dict[str, Any]) -> None:
+    document["families"] = dict(sorted(document["families"].items()))
+    OUT.write_text(json.dumps(document, indent=None, separators=(",", ":"), sort_keys=False) + "\n")
+
+
+class FamilyTimeout(BaseException):
+    """Raised by SIGALRM; a BaseException so that no ``except Exception`` of a build swallows it."""
+
+
+def _timeout(signum: int, frame: Any) -> None:
+    raise FamilyTimeout
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""Rule tables generated from transformers, for the most-downloaded families the hand-written
+tables (:mod:`hfconv.rules.families`) do not cover: ViT, CamemBERT, PLBart, ...
+
+``benchmarks/generate_rule_tables.py`` builds each model class on the meta device for its
+default config and for one variant per config field, fits every tensor dimension to an
+expression of the rule-table language (:mod:`hfconv.rules.expression`) and every numbered run
+to its count field, checks the fit by expanding it again, and writes
+``hfconv/schemas/generated_rules.json``. This module reads that file; it never imports
+transformers, which is the point: ``validate --reference auto`` on these families takes a
+fraction of a second instead of building a reference model.
+
+A table answers only for configs like those it was fitted on. :func:`generated_expected`
+returns None (the caller falls back to the transformers reference) when:
+
+- the architecture is not in the table;
+- a field that changes the tensors and was not fitted (a boolean such as
+  ``tie_word_embeddings``, any string, list or nested value, a size whose variant could not be
+  built) differs from the class default it was generated with;
+- a size is absent from config.json while the class derives its default from other fields in
+  a way no expression fitted (where one did, ``pooler_output_size = hidden_size``, it is used);
+- a field and its alias (``attribute_map``) disagree, or a value is unusable.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from importlib import resources
+from typing import Any
+
+from .expected import ExpectedModel, architecture_of, expected_tensors
+from .expression import ConfigValueError, ExpressionError
+from .families import Family, Head, Rule
+
+TABLE_FILE = "generated_rules.json"
+"""The generated tables, under ``hfconv/schemas/`` (package data)."""
+
+_METADATA = frozenset({"model_type", "architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
+                       "id2label", "label2id", "num_labels", "problem_type", "auto_map", "_commit_hash"})
+
+
+@functools.cache
+def _document() -> Mapping[str, Any]:
+    """The generated tables file, parsed once (an empty table when it is absent or unreadable)."""
+    try:
+        text = resources.files("hfconv").joinpath("schemas").joinpath(TABLE_FILE).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, ValueError):
+        return {"families": {}}
+    return data if isinstance(data, dict) and isinstance(data.get("families"), dict) else {"families": {}}
+
+
+def generated_families() -> tuple[str, ...]:
+    """The model types the generated tables cover."""
+    return tuple(sorted(_document()["families"]))
+
+
+def transformers_version() -> str:
+    """The transformers version the tables were generated from."""
+    return str(_document().get("transformers", "?"))
+
+
+@functools.cache
+def _family(model_type: str, architecture: str) -> Family | None:
+    entry = _document()["families"].get(model_type)
+    if not isinstance(entry, dict) or architecture not in entry.get("classes", {}):
+        return None
+    table = entry["classes"][architecture]
+    # [name, [dimension expressions], optional, condition (absent: always)]
+    rules = tuple(Rule(r[0], tuple(r[1]), r[3] if len(r) > 3 else None, "1" if r[2] else None)
+                  for r in table["rules"])
+    ranges = {p: (expr, "layers") for p, expr in table.get("ranges", {}).items()}
+    return Family(model_type=model_type, class_prefix="", prefix=table.get("prefix", ""), ranges=ranges,
+                  defaults=dict(entry.get("defaults", {})), derived=dict(entry.get("derived", {})), rules=(),
+                  heads={architecture: Head(rules)}, default_head=architecture)
+
+
+def covers(config: Mapping[str, Any]) -> bool:
+    """Whether a generated table exists for this config's model type and ``architectures[0]``."""
+    model_type, architecture = config.get("model_type"), architecture_of(config)
+    entry = _document()["families"].get(model_type) if isinstance(model_type, str) else None
+    return isinstance(entry, dict) and architecture in entry.get("classes", {})
+
+
+def resolved_config(config: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``config`` with aliases resolved to the fields the table uses, or None when the table does
+    not answer for it (a guarded field differs from the generated default, a derived size is
+    absent, an alias disagrees)."""
+    resolved = dict(config)
+    for alias, field_name in entry.get("aliases", {}).items():
+        if resolved.get(alias) is None:
+            continue
+        if resolved.get(field_name) is not None and resolved[field_name] != resolved[alias]:
+            return None
+        resolved[field_name] = resolved[alias]
+    for field_name, default in entry.get("guards", {}).items():
+        value = resolved.get(field_name)
+        if value is None and default is not None:
+            continue  # absent or null: the class default
+        if value != default and not (default is None and isinstance(value, float)):
+            return None
+    return resolved
+
+
+def generated_expected(config: Mapping[str, Any]) -> ExpectedModel | None:
+    """The expected model of ``config`` from the generated tables, or None where they do not
+    answer (see the module docstring); never raises for a bad config (the transformers
+    reference, or the generic check, then says what is wrong)."""
+    model_type, architecture = config.get("model_type"), architecture_of(config)
+    if not isinstance(model_type, str) or architecture is None:
+        return None
+    entry = _document()["families"].get(model_type)
+    family = _family(model_type, architecture)
+    if family is None or not isinstance(entry, dict):
+        return None
+    resolved = resolved_config(config, entry)
+    if resolved is None or any(resolved.get(f) is None for f in entry["classes"][architecture].get("needs", ())):
+        return None
+    try:
+        model = expected_tensors(resolved, architecture, family=family)
+    except (ConfigValueError, ExpressionError, TypeError, ValueError):
+        return None
+    if model is None:
+        return None
+    extras = tuple(entry["classes"][architecture].get("extras", ()))
+    return replace(model, source=f"rules generated from transformers {transformers_version()}",
+                   allowed_extras=extras)
+
+
+def is_metadata(field_name: str) -> bool:
+    """Fields that never change the tensors (names, versions, labels: num_labels is fitted)."""
+    return field_name in _METADATA
