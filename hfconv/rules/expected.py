@@ -102,7 +102,7 @@ def architecture_of(config: Mapping[str, Any]) -> str | None:
 
 
 def expected_tensors(config: Mapping[str, Any], architecture: str | None = None,
-                     family: Family | None = None) -> ExpectedModel | None:
+                     family: Family | None = None, *, stored: int = 0) -> ExpectedModel | None:
     """Expected tensor names and shapes for ``config`` from the rule table.
 
     Args:
@@ -115,17 +115,24 @@ def expected_tensors(config: Mapping[str, Any], architecture: str | None = None,
         The ExpectedModel, or None when the family is not in the table. For a head the table
         does not know, the base model's tensors with ``complete=False``.
 
+        stored: how many tensors the folder stores. The expansion may then reach twice that
+            (at most MAX_EXPANSION), and a count or an expansion past the caps that the stored
+            tensors could still fit raises CapReached rather than an error: a cap is no verdict.
+
     Raises:
-        ConfigValueError: a value the shapes need is not usable (with the field names).
+        ConfigValueError: a value the shapes need is not usable (with the field names), or the
+            config asks for more required tensors than the folder stores.
+        CapReached: the config is within what ``stored`` tensors can hold, but past hfconv's
+            caps: shapes were not checked.
     """
     family = family_of(config) if family is None else family
     if family is None:
         return None
     with gc_paused():  # 100,000s of acyclic objects for the largest MoE models
-        return _expand(family, config, architecture)
+        return _expand(family, config, architecture, stored)
 
 
-def _expand(family: Family, config: Mapping[str, Any], architecture: str | None) -> ExpectedModel:
+def _expand(family: Family, config: Mapping[str, Any], architecture: str | None, stored: int) -> ExpectedModel:
     """expected_tensors() for a family in the table."""
     architecture = architecture or architecture_of(config)
     found = family.head_for(architecture)
@@ -145,12 +152,27 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None)
     rules = base_rules + tuple(Rule(r.name, r.shape, r.when, "1" if optional_head else r.optional)
                                for r in head.rules)
 
-    counts = {p: _count(scope, expr) for p, (expr, _) in family.ranges.items()}
+    counts = {p: _count(scope, expr, stored) for p, (expr, _) in family.ranges.items()}
     planned = sum(math.prod(counts[p] for p in rule.placeholders) for rule in rules)
-    if planned > MAX_TENSORS:
+    limit = min(max(MAX_TENSORS, 2 * stored), MAX_EXPANSION)
+    over = [(expr, counts[p]) for p, (expr, _) in family.ranges.items() if counts[p] > MAX_COUNT]
+    if over or planned > limit:  # over only with stored: _count refuses such counts otherwise
         fields = tuple(expr for expr, _ in family.ranges.values())
-        raise ConfigValueError(fields, f"{' x '.join(fields)} would need {planned} tensors, more than hfconv checks "
-                               f"({MAX_TENSORS})")
+        if not stored:
+            raise ConfigValueError(fields, f"{' x '.join(fields)} would need {planned} tensors, more than hfconv "
+                                   f"checks ({MAX_TENSORS})")
+        # Rules without a condition, never optional: every one of their tensors must be stored.
+        required = sum(math.prod(counts[p] for p in rule.placeholders) for rule in rules
+                       if rule.when is None and rule.optional is None)
+        if over:
+            fields = (over[0][0], *(f for f in fields if f != over[0][0]))
+        what = (f"{over[0][0]} is {over[0][1]:,}, more than hfconv checks ({MAX_COUNT:,}, MAX_COUNT)" if over else
+                f"{' x '.join(fields)} would need {planned:,} expected tensors (for the {stored:,} stored), more "
+                f"than hfconv checks ({limit:,}, MAX_EXPANSION)")
+        if required > stored:
+            raise ConfigValueError(fields, f"{what}; at least {required:,} tensors are required, but the weights "
+                                   f"hold only {stored:,}")
+        raise CapReached(fields, what)
     tensors: dict[str, ExpectedTensor] = {}
     sort_keys: dict[str, tuple] = {}
     groups: dict[str, CountGroup] = {}
@@ -262,19 +284,30 @@ def _expected_tensor(name: str, dims: tuple[Dim, ...], optional: bool, shape: tu
 MAX_COUNT = 65_536
 """Most layers (or experts) a config may ask for; config.json is untrusted input."""
 MAX_TENSORS = 500_000
-"""Most tensors a rule table expands to (the largest MoE checkpoints hold about 100k)."""
+"""Most tensors a rule table expands to without knowing the folder (the largest MoE checkpoints
+hold about 100k); for a folder of N stored tensors, up to 2N (at most MAX_EXPANSION)."""
+MAX_EXPANSION = 2_000_000
+"""Most tensors a rule table expands to for any folder (a few seconds and about 1 GB)."""
 
 
-def _count(scope: Scope, expr: str) -> int:
+class CapReached(ConfigValueError):
+    """The config asks for more layers, experts or tensors than hfconv expands, on a folder that
+    stores enough tensors to fit it: the shapes were not checked, which is no verdict on the
+    folder (a warning, HFC612), unlike a config the weights cannot fit (HFC611)."""
+
+
+def _count(scope: Scope, expr: str, stored: int = 0) -> int:
     term = scope.evaluate(expr)
-    return _bounded_count(as_int(term, "count"), term.drivers, term.text)
+    return _bounded_count(as_int(term, "count"), term.drivers, term.text, stored)
 
 
-def _bounded_count(value: int, drivers: tuple[str, ...], text: str) -> int:
-    """``value``, a count from config.json (untrusted: never range() over it unchecked)."""
+def _bounded_count(value: int, drivers: tuple[str, ...], text: str, stored: int = 0) -> int:
+    """``value``, a count from config.json (untrusted: never range() over it unchecked). Past
+    MAX_COUNT it is refused, unless the folder's ``stored`` tensor count is known: the caller
+    then weighs it against them (CapReached or ConfigValueError) before expanding anything."""
     if value < 0:
         raise ConfigValueError(drivers, f"{text} is {value}, a negative count")
-    if value > MAX_COUNT:
+    if value > MAX_COUNT and not stored:
         raise ConfigValueError(drivers, f"{text} is {value}, more than hfconv checks ({MAX_COUNT})")
     return value
 

@@ -1,0 +1,146 @@
+"""Correctness at tensor count (issue 18): verdicts on folders of 100,000s of tensors.
+
+The files are well formed safetensors files written per the format (an 8-byte length, the JSON
+header padded to 8 bytes as safetensors pads it, then the tensor bytes, all zero here, left as a
+hole by truncate) and read back by safetensors itself before hfconv sees them. No timing asserts:
+speed is shown by benchmarks/bench_scale.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from hfconv.rules.expected import MAX_COUNT, CapReached, expected_tensors
+from hfconv.rules.expression import ConfigValueError
+
+
+def _write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]]) -> None:
+    """F32 tensors ``entries`` (name, shape) in order; the data section zero (a hole)."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in entries:
+        size = math.prod(shape) * 4
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        handle.truncate(8 + len(raw) + offset)
+
+
+def _llama(layers: int) -> dict:
+    """config.json of a Llama with hidden size 4 (2 heads, 1 kv head), 16 tokens, untied."""
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4,
+            "intermediate_size": 8, "num_hidden_layers": layers, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "vocab_size": 16, "torch_dtype": "float32", "tie_word_embeddings": False,
+            "rms_norm_eps": 1e-5, "max_position_embeddings": 64, "bos_token_id": 0, "eos_token_id": 1}
+
+
+def _llama_entries(layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The tensors of _llama(layers), as save_pretrained names and shapes them."""
+    entries: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (16, 4))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        entries += [(p + "input_layernorm.weight", (4,)), (p + "mlp.down_proj.weight", (4, 8)),
+                    (p + "mlp.gate_proj.weight", (8, 4)), (p + "mlp.up_proj.weight", (8, 4)),
+                    (p + "post_attention_layernorm.weight", (4,)), (p + "self_attn.k_proj.weight", (2, 4)),
+                    (p + "self_attn.o_proj.weight", (4, 4)), (p + "self_attn.q_proj.weight", (4, 4)),
+                    (p + "self_attn.v_proj.weight", (2, 4))]
+    return entries + [("model.norm.weight", (4,)), ("lm_head.weight", (16, 4))]
+
+
+def _validate(folder: Path) -> tuple[int, list[dict]]:
+    proc = subprocess.run([sys.executable, "-m", "hfconv", "validate", str(folder), "--format", "json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)["findings"]
+
+
+def _safetensors_count(path: Path) -> int:
+    with safe_open(str(path), framework="np") as handle:
+        return len(list(handle.keys()))
+
+
+def test_300k_tiny_tensors_in_one_file_are_checked_not_refused(tmp_path):
+    """A well-formed file of 281,703 tiny tensors (safetensors reads it; the issue had 400,000):
+    the rule table plans 500,803 expected tensors (bias rules included), past the old fixed cap
+    of 500,000 that made this an HFC611 error. The cap now grows with the stored tensors (twice
+    them), so every shape is checked."""
+    layers = 31_300
+    folder = tmp_path / "tiny-400k"
+    folder.mkdir()
+    _write_safetensors(folder / "model.safetensors", _llama_entries(layers))
+    (folder / "config.json").write_text(json.dumps(_llama(layers)))
+    assert _safetensors_count(folder / "model.safetensors") == 9 * layers + 3
+    code, findings = _validate(folder)
+    assert code == 0, findings
+    # The one warning: a 25 MB+ header, which huggingface_hub's metadata API refuses (HFC103).
+    assert [f["code"] for f in findings if f["severity"] in ("error", "warning")] == ["HFC103"], findings
+
+
+def test_100k_tensors_in_shards_get_the_right_findings(tmp_path):
+    """100,000 tensors in 8 shards with a real index, one tensor left out of its shard (the index
+    still names it) and one index entry pointing at the wrong shard: exactly those findings, each
+    naming its tensor and file."""
+    layers = 11_111
+    entries = _llama_entries(layers)
+    folder = tmp_path / "sharded-100k"
+    folder.mkdir()
+    shards = 8
+    per = -(-len(entries) // shards)
+    weight_map: dict[str, str] = {}
+    for k in range(shards):
+        name = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        weight_map.update((n, name) for n, _ in entries[k * per:(k + 1) * per])
+    lost = "model.layers.7000.mlp.down_proj.weight"
+    kept = [(n, s) for n, s in entries if n != lost]
+    for name in dict.fromkeys(weight_map.values()):
+        _write_safetensors(folder / name, [(n, s) for n, s in kept if weight_map[n] == name])
+    moved = "model.layers.123.self_attn.q_proj.weight"
+    real_shard = weight_map[moved]
+    weight_map[moved] = "model-00008-of-00008.safetensors"
+    total = sum(math.prod(s) * 4 for _, s in kept)
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps(_llama(layers)))
+    assert sum(_safetensors_count(p) for p in folder.glob("*.safetensors")) == len(kept) == 100_001
+
+    code, findings = _validate(folder)
+    assert code == 1
+    problems = sorted((f["code"], f["tensor"], f["file"]) for f in findings if f["severity"] in ("error", "warning"))
+    assert problems == [
+        ("HFC301", lost, weight_map[lost]),
+        ("HFC303", moved, "model.safetensors.index.json"),
+        ("HFC602", lost, None),
+    ], problems
+    [misplaced] = [f for f in findings if f["code"] == "HFC303"]
+    assert real_shard in misplaced["message"]
+
+
+@pytest.mark.parametrize("config, stored, verdict", [
+    # 70,000 layers need 630,003 tensors: stored, a cap (no verdict); 1,000 stored cannot hold them.
+    ({"num_hidden_layers": 70_000}, 630_003, CapReached),
+    ({"num_hidden_layers": 70_000}, 1_000, ConfigValueError),
+    # Unknown folder (stored=0): the fixed caps refuse, as before.
+    ({"num_hidden_layers": 70_000}, 0, ConfigValueError),
+    # 60,000 layers plan 960,003 tensors (bias rules included), past the cap for 100,000 stored,
+    # which cannot hold the 540,003 required ones: wrong.
+    ({"num_hidden_layers": 60_000}, 100_000, ConfigValueError),
+])
+def test_caps_are_no_verdict_where_the_weights_could_fit(config, stored, verdict):
+    """Past MAX_COUNT or the expansion cap, CapReached (HFC612, a warning) when the stored tensors
+    could hold what config.json asks for, ConfigValueError (HFC611, an error) when they cannot."""
+    assert config["num_hidden_layers"] > MAX_COUNT or stored
+    with pytest.raises(ConfigValueError) as raised:
+        expected_tensors({**_llama(4), **config}, stored=stored)
+    assert (type(raised.value) is CapReached) == (verdict is CapReached), raised.value.message
+    assert raised.value.fields[0] == "num_hidden_layers"
