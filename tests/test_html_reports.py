@@ -143,7 +143,10 @@ def test_names_from_the_folder_are_text_in_every_page(tmp_path: Path) -> None:
     inspect = Page(made["inspect"])
     assert HOSTILE in inspect.text  # the config's architectures in the summary
     assert HOSTILE_TENSOR in inspect.text and HOSTILE_FILE in inspect.text  # the tensor table
-    assert HOSTILE_TENSOR in Page(made["validate"]).text  # the findings table's tensor column
+    validate = Page(made["validate"])
+    assert HOSTILE_TENSOR in validate.text  # the findings table's tensor column
+    assert validate.count("rect", "marked") == 1  # the segment of the tensor HFC603 names, marked
+    assert validate.count("g", "marked") == 1  # and its block in the layer map (HFC602, HFC603: block 0)
 
 
 def test_pages_show_pictures_rows_and_no_raw_json(tmp_path: Path, sharded_pages: dict[str, str]) -> None:
