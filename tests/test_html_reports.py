@@ -183,6 +183,9 @@ def test_pages_show_pictures_rows_and_no_raw_json(tmp_path: Path, sharded_pages:
         for raw in ("mb_per_s", "inherited_errors", "peak_rss_bytes", "(empty)", "(none)", "Dropped aliases"):
             assert raw not in html, (command, raw)
         assert not re.search(r"\d{1,3}(,\d{3}){2,}", Page(html).joined), command  # no raw byte counts
+    refused = check_page(pages(FIXTURES / "llama-safetensors-sharded", tmp_path, "--max-memory", "cpu=10KB",
+                               commands=("load-test",))["load-test"])
+    assert "FAILED" in refused.text and refused.count("svg", "shard-bar") == 3  # a plan that does not fit
     tied = check_page(pages(FIXTURES / "llama-tied-bin", tmp_path, commands=("convert",))["convert"])
     assert "Dropped aliases (re-tied by transformers on load)" in tied.text
     assert "lm_head.weight \u2192 shares model.embed_tokens.weight" in tied.joined

@@ -158,7 +158,7 @@ def _run(root: Path, options: _Options, phases: dict[str, float], started: float
     tick = time.perf_counter()
     folder = locate_folder(root, validated.contents, options.dtype)
     if folder.problems:
-        raise Refused(folder.problems, validated.layout)
+        raise Refused(folder.problems, validated.layout, shard_map(validated.contents))
     phases["plan"] = time.perf_counter() - tick
 
     # 3. Plan (the devices and their free memory come from torch). Nothing is read before
@@ -245,7 +245,8 @@ def _plan(torch: Any, folder: FolderBytes, options: _Options, offload_root: str,
             for key in unused_keys(options.strategy_or_map, [name for name, _ in items]):
                 findings.append(finding("HFC738", f"device map key {key!r} matches no tensor", tensor=key))
     except PlanError as exc:
-        raise Refused([finding(exc.code, exc.message, tensor=exc.tensor)], validated.layout) from None
+        raise Refused([finding(exc.code, exc.message, tensor=exc.tensor)], validated.layout,
+                      shard_map(validated.contents)) from None
     # 3c. What the plan does that deserves a note.
     findings.extend(_plan_notes(plan, folder.tied))
     findings.extend(finding("HFC745", note) for note in plan.notes)
