@@ -54,6 +54,10 @@ class CheckOptions:
     deep: bool = False
     """Also read every tensor byte: CRC-32 of .bin storages, NaN and inf values (checks/deep.py)."""
     manifest: str | None = None
+    publishing: bool = False
+    """Also check what a push to the Hub refuses (README.md metadata, the Hub's size limits, git-lfs
+    routing: checks/model_card.py, checks/hub.py). ``validate`` sets it; convert's output check and
+    load-test's gate do not (a model card or a file too large for the Hub does not stop a load)."""
 
 
 @dataclass

@@ -45,6 +45,7 @@ def validate(
     reference: str = "auto",
     deep: bool = False,
     manifest: str | None = None,
+    publishing: bool = True,
 ) -> Report:
     """Validate one model folder.
 
@@ -59,6 +60,8 @@ def validate(
         reference: source of expected shapes: ``auto``, ``rules`` or ``transformers``.
         deep: also read tensor bytes where a check needs them.
         manifest: a digest manifest written by ``hfconv convert --manifest`` to compare with.
+        publishing: also check what a push to the Hub refuses (README.md metadata, the Hub's size
+            limits, git-lfs routing in a git working tree); convert's check of its output turns it off.
 
     Returns:
         The Report; ``report.ok`` is the verdict.
@@ -70,7 +73,8 @@ def validate(
     path = resolve_model_path(os.fspath(path))
     check_folder(path)
     folder = discover(path)
-    options = CheckOptions(trust_remote_code=trust_remote_code, reference=reference, deep=deep, manifest=manifest)
+    options = CheckOptions(trust_remote_code=trust_remote_code, reference=reference, deep=deep, manifest=manifest,
+                           publishing=publishing)
     contents = read_contents(folder, options)
     shown = hub_snapshot_name(path) or str(path)
     return check_contents(contents, path=shown, strict=strict, select=select, ignore=ignore)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hfconv.contents import read_contents
+from hfconv.contents import CheckOptions, read_contents
 from hfconv.discovery import discover
 
 from helpers import copy_fixture
@@ -78,9 +78,10 @@ def test_more_than_100000_files_is_a_warning_beside_the_listing_cap(tmp_path: Pa
 
     folder = copy_fixture(tmp_path, "llama-safetensors")
     listed = discover(folder)
-    assert [f.code for f in check_hub(read_contents(listed))] == []
+    publishing = CheckOptions(publishing=True)
+    assert [f.code for f in check_hub(read_contents(listed, publishing))] == []
     cut = dataclasses.replace(listed, truncated_listing=True, truncated_in="runs")
-    [found] = check_hub(read_contents(cut))
+    [found] = check_hub(read_contents(cut, publishing))
     assert (found.code, found.severity.value) == ("HFC038", "warning")
     assert "more than 100,000 files and folders" in found.message
 

@@ -157,3 +157,16 @@ def test_cards_written_by_huggingface_hub_and_transformers_pass(transformers, tm
     documents = json.loads(proc.stdout)
     assert proc.returncode == 0, [d["findings"] for d in documents]
     assert all(d["findings"] == [] for d in documents), [d["findings"] for d in documents]
+
+
+def test_convert_carries_a_card_the_hub_would_refuse_without_failing(tmp_path: Path) -> None:
+    """The pre-publish checks are validate's: convert's check of its output is about loading."""
+    source = copy_fixture(tmp_path, "llama-bin")
+    (source / "README.md").write_text(CARDS["bad-license"], encoding="utf-8")
+    converted = subprocess.run([sys.executable, "-c", ENTRY, "convert", str(source), str(tmp_path / "out"), "--quiet"],
+                               capture_output=True, text=True, timeout=120)
+    assert converted.returncode == 0, converted.stderr
+    assert (tmp_path / "out" / "README.md").read_text(encoding="utf-8") == CARDS["bad-license"]
+    checked = subprocess.run([sys.executable, "-c", ENTRY, "validate", str(tmp_path / "out")], capture_output=True,
+                             text=True, timeout=120)
+    assert checked.returncode == 1 and "HFC033" in checked.stdout

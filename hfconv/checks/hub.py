@@ -92,10 +92,12 @@ register("HFC040", "error", "Hub cache blob does not match its hash",
 
 
 def check_hub(contents: FolderContents) -> Iterator[Finding]:
-    """HFC035-HFC040: the Hub's size limits, git-lfs routing in a git working tree, cached blobs."""
+    """HFC035-HFC040: the Hub's size limits and git-lfs routing in a git working tree (when
+    ``contents.options.publishing``: validate's pre-publish checks), cached blobs (with ``deep``)."""
     folder = contents.folder
-    yield from _size_limits(folder)
-    yield from _lfs_routing(folder)
+    if contents.options.publishing:
+        yield from _size_limits(folder)
+        yield from _lfs_routing(folder)
     if contents.options.deep and folder.blob_root is not None:
         yield from _blob_hashes(folder)
 

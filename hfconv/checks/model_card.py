@@ -81,7 +81,10 @@ class CardProblem(Exception):
 
 
 def check_model_card(contents: FolderContents) -> Iterator[Finding]:
-    """HFC030-HFC034: README.md present, its front matter parses and passes the Hub's metadata schema."""
+    """HFC030-HFC034: README.md present, its front matter parses and passes the Hub's metadata schema
+    (when ``contents.options.publishing``: validate's pre-publish checks)."""
+    if not contents.options.publishing:
+        return
     folder = contents.folder
     if not folder.has(CARD):
         if not folder.truncated_listing:

@@ -225,7 +225,7 @@ def validate_output(tmp: str, source_findings: list[Finding], allow_invalid: boo
     """
     from ..validation import validate
 
-    report = validate(tmp)
+    report = validate(tmp, publishing=False)  # the output must load; whether the Hub takes it is validate's question
     source_codes = {f.code for f in source_findings if f.severity.value == "error"}
     errors = [f for f in report.findings if f.severity.value == "error"]
     new = [f for f in errors if f.code not in source_codes]
