@@ -251,3 +251,17 @@ def test_bnb_4bit_transposed_weight_is_caught_by_its_quant_state_with_deep(tmp_p
     assert errors[0]["tensor"] == DOWN + "weight.quant_state.bitsandbytes__nf4"
     assert "records " + DOWN + "weight of shape [64, 32]" in errors[0]["message"]
     assert not [f for f in found["llama-bnb-4bit"] if f["code"].startswith("HFC6")]
+
+
+def test_deepseek_v3_multi_token_prediction_layer_is_tolerated_only_with_its_own_tensors(tmp_path: Path) -> None:
+    """The MTP layer after the last one loads as ignored (HFC610); the same index holding a plain
+    decoder layer (no enorm/hnorm/eh_proj) is one layer too many (HFC604)."""
+    def plain(t: Tensors) -> None:
+        for name in [n for n in t if n.startswith("model.layers.3.")]:
+            if name.endswith((".enorm.weight", ".hnorm.weight", ".eh_proj.weight", ".eh_proj.weight_scale_inv")) \
+                    or ".shared_head." in name or name.endswith(".embed_tokens.weight"):
+                del t[name]
+    folder = _copy(tmp_path, "deepseek_v3-fp8", "plain-extra", plain)
+    found = _validate([folder, QUANTIZED / "deepseek_v3-fp8"], "--reference", "rules")
+    assert [f["code"] for f in found["plain-extra"] if f["code"].startswith("HFC6")] == ["HFC604"]
+    assert [f["code"] for f in found["deepseek_v3-fp8"] if f["code"].startswith("HFC6")] == ["HFC610"]

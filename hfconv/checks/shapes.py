@@ -13,7 +13,9 @@ used: no tensor bytes are read.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -219,6 +221,7 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
                       tensor=field)
         return
     yield from notes
+    expected = _trailing_held(expected, config, tensors)
     for note in expected.notes:
         yield finding("HFC606", note, file=_CONFIG)
 
@@ -280,6 +283,18 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
         notes.append(finding("HFC606", f"{what} is not in hfconv's shape-rule table and {why}: only embedding "
                              "sizes and the layer count were checked", file=_CONFIG))
     return generic_expected(config, {n: m.shape for n, m in contents.loaded_tensors.items()}), notes
+
+
+def _trailing_held(expected: ExpectedModel, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> ExpectedModel:
+    """A family's trailing layers (DeepSeek-V3's multi-token prediction) are tolerated only where
+    the folder stores them with a tensor only they hold (enorm, hnorm, eh_proj): a plain decoder
+    layer at that index is one layer more than num_hidden_layers says (HFC604)."""
+    family = family_of(config)
+    if expected.source != "rules" or family is None or not family.trailing_marker or not expected.allowed_extras:
+        return expected
+    marked = [name for name in tensors if name.endswith(family.trailing_marker)]
+    kept = tuple(p for p in expected.allowed_extras if any(re.search(p, name) for name in marked))
+    return expected if kept == expected.allowed_extras else dataclasses.replace(expected, allowed_extras=kept)
 
 
 _QUANT_STATE = ".weight.quant_state.bitsandbytes__"

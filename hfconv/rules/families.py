@@ -85,6 +85,9 @@ class Family:
     """Runs of layers a checkpoint carries past the model's own and loaders ignore, as (stem, first
     index expression, count expression): DeepSeek-V3's multi-token-prediction layers
     ``model.layers.{num_hidden_layers}...``. Tolerated (HFC610), not counted as layers."""
+    trailing_marker: tuple[str, ...] = ()
+    """Name endings only the trailing run holds (DeepSeek-V3: ``.eh_proj.weight``): a run without
+    any is not tolerated (checks/shapes.py), so a plain extra layer there is still an extra layer."""
 
     def head_for(self, architecture: str | None) -> tuple[str, Head] | None:
         """The head of ``architecture`` (exact class name first, then the longest suffix)."""
@@ -585,6 +588,7 @@ DEEPSEEK_V3 = Family(
       + _gated_mlp(_L + "mlp.shared_experts.", "moe_intermediate_size * n_shared_experts", when=_DS_MOE),
     _DECODER_HEADS, "ForCausalLM",
     trailing=(("model.layers.", "num_hidden_layers", "default(num_nextn_predict_layers, 0)"),),
+    trailing_marker=(".enorm.weight", ".hnorm.weight", ".eh_proj.weight"),
 )
 
 FAMILIES: dict[str, Family] = {
