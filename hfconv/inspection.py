@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from operator import attrgetter
 
 from .contents import read_contents
 from .discovery import discover
@@ -136,6 +137,7 @@ def inspect(path: str | os.PathLike, *, tensors: bool = False) -> Inspection:
                                bytes=meta.nbytes) for name, meta in loaded.items())
     config = contents.config or {}
     architectures = config.get("architectures")
+    summary = contents.summary()  # parameters and bytes, summed in bulk
     return Inspection(
         path=str(path),
         layout=layout,
@@ -143,10 +145,10 @@ def inspect(path: str | os.PathLike, *, tensors: bool = False) -> Inspection:
         architectures=tuple(a for a in architectures if isinstance(a, str)) if isinstance(architectures, list) else (),
         config_dtype=_config_dtype(config),
         shards=tuple(shards),
-        dtypes=dict(Counter(t.dtype for t in loaded.values())),
+        dtypes=dict(Counter(map(attrgetter("dtype"), loaded.values()))),
         tensors=len(loaded),
-        parameters=sum(t.numel for t in loaded.values()),
-        bytes=sum(t.nbytes for t in loaded.values()),
+        parameters=summary.parameters,
+        bytes=summary.bytes,
         tokenizer_files=tuple(f for f in TOKENIZER_FILES if folder.has(f)),
         has_config=isinstance(contents.config, dict),
         tensor_rows=rows,

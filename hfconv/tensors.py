@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import NamedTuple
 
 from .dtypes import nbytes
@@ -108,7 +109,8 @@ class WeightFile:
 
     @property
     def tensor_nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
+        metas = self.tensors.values()
+        return sum(map(nbytes, map(attrgetter("dtype"), metas), map(math.prod, map(attrgetter("shape"), metas))))
 
     @property
     def storage_nbytes(self) -> int:
