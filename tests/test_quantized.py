@@ -55,8 +55,8 @@ def _packed_transposed(name: str, rows_packed: bool) -> Callable[[Tensors], None
 
 
 def _bnb4_other_size(t: Tensors) -> None:
-    # q_proj [32, 32] packed into 512 bytes; store k_proj's [16, 32] packing instead.
-    t[_P + "self_attn.q_proj.weight"] = t[_P + "self_attn.k_proj.weight"].clone()
+    # q_proj [32, 32] packed into 512 bytes; store up_proj's [64, 32] packing instead.
+    t[_P + "self_attn.q_proj.weight"] = t[_P + "mlp.up_proj.weight"].clone()
 
 
 _T = lambda s: (s[1], s[0])  # noqa: E731
