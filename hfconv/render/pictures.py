@@ -429,7 +429,8 @@ def memory_bars_html(bars: Sequence[MemoryBar]) -> str:
                     f'preserveAspectRatio="none" role="img" '
                     f'aria-label="{esc(tip)}"><title>{_tip(tip)}</title>{"".join(parts)}</svg>'
                     f'<div class="size">{esc(", ".join(words))}</div></div>')
-    legend = ('<p class="legend"><span class="key"><span class="swatch" style="background:#4e79a7"></span>placed'
-              '</span><span class="key"><span class="swatch outline"></span>limit (dashed: none)</span>'
+    legend = ('<p class="legend"><span class="key"><span class="swatch" style="background:#8c959f"></span>placed '
+              '(in the device\'s colour)</span>'
+              '<span class="key"><span class="swatch outline"></span>limit (dashed: none)</span>'
               '<span class="key"><span class="swatch peak"></span>measured peak</span></p>')
     return f'<div class="smap">{"".join(rows)}</div>{legend}'
