@@ -265,3 +265,19 @@ def test_deepseek_v3_multi_token_prediction_layer_is_tolerated_only_with_its_own
     found = _validate([folder, QUANTIZED / "deepseek_v3-fp8"], "--reference", "rules")
     assert [f["code"] for f in found["plain-extra"] if f["code"].startswith("HFC6")] == ["HFC604"]
     assert [f["code"] for f in found["deepseek_v3-fp8"] if f["code"].startswith("HFC6")] == ["HFC610"]
+
+
+def test_router_bias_kept_in_float32_is_not_reported_as_cast(tmp_path: Path) -> None:
+    """DeepSeek-V3 stores e_score_correction_bias in F32 (transformers keeps it so); a norm left
+    in F32 is still HFC605."""
+    def published(t: Tensors) -> None:
+        for name in [n for n in t if n.endswith("e_score_correction_bias")]:
+            t[name] = t[name].float()
+    def norm_too(t: Tensors) -> None:
+        published(t)
+        t["model.norm.weight"] = t["model.norm.weight"].float()
+    found = _validate([_copy(tmp_path, "deepseek_v3", "published", published),
+                       _copy(tmp_path, "deepseek_v3", "norm-too", norm_too)])
+    assert [f["code"] for f in found["published"] if f["code"].startswith("HFC6")] == []
+    hfc605 = [f for f in found["norm-too"] if f["code"] == "HFC605"]
+    assert len(hfc605) == 1 and hfc605[0]["message"].startswith("1 of ")

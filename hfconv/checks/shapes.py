@@ -494,6 +494,11 @@ def _tie_hint(name: str, config: Mapping[str, Any]) -> str:
     return ""
 
 
+_KEPT_IN_FP32 = (".e_score_correction_bias",)
+"""Tensors transformers keeps in float32 whatever the dtype (_keep_in_fp32_modules_strict of
+DeepSeek-V3 and the MoE models built like it): stored F32 as published, not cast at load."""
+
+
 def _check_dtypes(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Iterator[Finding]:
     """Tensors stored in another float dtype than torch_dtype while most match it.
 
@@ -505,7 +510,8 @@ def _check_dtypes(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Iter
     want = CONFIG_DTYPE.get(declared) if isinstance(declared, str) else None
     if want is None:
         return
-    floats = [meta for meta in tensors.values() if meta.dtype in FLOAT_DTYPES]
+    floats = [meta for meta in tensors.values() if meta.dtype in FLOAT_DTYPES and
+              not meta.name.endswith(_KEPT_IN_FP32)]
     stored = Counter(meta.dtype for meta in floats)
     if not stored or stored.most_common(1)[0][0] != want:
         return
