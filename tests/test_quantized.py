@@ -121,13 +121,49 @@ def _validate(folders: list[Path], *args: str) -> dict[str, list[dict]]:
     return {Path(r["path"]).name: r["findings"] for r in (data if isinstance(data, list) else [data])}
 
 
-def _copy(tmp: Path, folder: str, name: str, change: Callable[[Tensors], None]) -> Path:
+def _copy(tmp: Path, folder: str, name: str, change: Callable[[Tensors], None] | None = None,
+          quant: dict | None = None) -> Path:
     out = tmp / name
     shutil.copytree(QUANTIZED / folder, out)
-    tensors = load_file(out / "model.safetensors")
-    change(tensors)
-    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    if change is not None:
+        tensors = load_file(out / "model.safetensors")
+        change(tensors)
+        save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    if quant is not None:
+        config = json.loads((out / "config.json").read_text())
+        config["quantization_config"] = quant
+        (out / "config.json").write_text(json.dumps(config))
     return out
+
+
+def _plain_extra_layer(t: Tensors) -> None:
+    """The MTP layer of the DeepSeek-V3 fixture without the tensors only it holds: a plain layer."""
+    for name in [n for n in t if n.startswith("model.layers.3.")]:
+        if name.endswith((".enorm.weight", ".hnorm.weight", ".eh_proj.weight", ".eh_proj.weight_scale_inv")) \
+                or ".shared_head." in name or name.endswith(".embed_tokens.weight"):
+            del t[name]
+
+
+def _router_bias_f32(t: Tensors) -> None:
+    for name in [n for n in t if n.endswith("e_score_correction_bias")]:
+        t[name] = t[name].float()
+
+
+def _norm_f32_too(t: Tensors) -> None:
+    _router_bias_f32(t)
+    t["model.norm.weight"] = t["model.norm.weight"].float()
+
+
+# name -> (source folder, change, quantization_config): more cases for the one CLI run.
+EXTRA: dict[str, tuple[str, Callable[[Tensors], None] | None, dict | None]] = {
+    "hqq": ("llama-gptq", None, {"quant_method": "hqq"}),
+    "bits": ("llama-gptq", None, {"quant_method": "gptq", "bits": 5, "group_size": 16}),
+    "blocks": ("deepseek_v3-fp8", None, {"quant_method": "fp8", "weight_block_size": [0, 16]}),
+    "none": ("deepseek_v3", None, {"quant_method": "fp8", "weight_block_size": [16, 16]}),
+    "plain-extra": ("deepseek_v3-fp8", _plain_extra_layer, None),
+    "published": ("deepseek_v3", _router_bias_f32, None),
+    "norm-too": ("deepseek_v3", _norm_f32_too, None),
+}
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +174,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     for folder, defects in BROKEN.items():
         for defect, (change, _) in defects.items():
             folders.append(_copy(tmp, folder, f"{folder}--{defect}", change))
+    for name, (folder, change, quant) in EXTRA.items():
+        folders.append(_copy(tmp, folder, name, change, quant))
     return _validate(folders)
 
 
@@ -179,26 +217,16 @@ def test_scale_message_gives_the_derivation(results: dict[str, list[dict]]) -> N
     assert "[32, 16] in 16x16 blocks = [ceil(32/16), ceil(16/16)] needs [2, 1]" in finding["message"]
 
 
-def test_unknown_scheme_is_skipped_bad_values_and_unquantized_weights_are_errors(tmp_path: Path) -> None:
-    folders = []
-    sources = {"blocks": "deepseek_v3-fp8", "none": "deepseek_v3"}
-    for name, quant in (("hqq", {"quant_method": "hqq"}),
-                        ("bits", {"quant_method": "gptq", "bits": 5, "group_size": 16}),
-                        ("blocks", {"quant_method": "fp8", "weight_block_size": [0, 16]}),
-                        ("none", {"quant_method": "fp8", "weight_block_size": [16, 16]})):
-        out = tmp_path / name
-        shutil.copytree(QUANTIZED / sources.get(name, "llama-gptq"), out)
-        config = json.loads((out / "config.json").read_text())
-        config["quantization_config"] = quant
-        (out / "config.json").write_text(json.dumps(config))
-        folders.append(out)
-    found = _validate(folders)
-    assert [f["code"] for f in found["hqq"] if f["code"].startswith("HFC6")] == ["HFC607"]
-    assert [f["code"] for f in found["bits"] if f["code"].startswith("HFC6")] == ["HFC622"]
-    assert "bits is 5" in next(f["message"] for f in found["bits"] if f["code"] == "HFC622")
-    assert [f["code"] for f in found["blocks"] if f["code"].startswith("HFC6")] == ["HFC622"]
+def test_unknown_scheme_is_skipped_bad_values_and_unquantized_weights_are_errors(
+        results: dict[str, list[dict]]) -> None:
+    def codes(name: str) -> list[str]:
+        return [f["code"] for f in results[name] if f["code"].startswith("HFC6")]
+    assert codes("hqq") == ["HFC607"]
+    assert codes("bits") == ["HFC622"]
+    assert "bits is 5" in next(f["message"] for f in results["bits"] if f["code"] == "HFC622")
+    assert codes("blocks") == ["HFC622"]
     # bf16 weights under an fp8 quantization_config: one error, not a flood.
-    assert [f["code"] for f in found["none"] if f["code"].startswith("HFC6")] == ["HFC625"]
+    assert codes("none") == ["HFC625"]
 
 
 def test_fixture_sizes_stay_tiny() -> None:
@@ -253,31 +281,17 @@ def test_bnb_4bit_transposed_weight_is_caught_by_its_quant_state_with_deep(tmp_p
     assert not [f for f in found["llama-bnb-4bit"] if f["code"].startswith("HFC6")]
 
 
-def test_deepseek_v3_multi_token_prediction_layer_is_tolerated_only_with_its_own_tensors(tmp_path: Path) -> None:
+def test_deepseek_v3_multi_token_prediction_layer_is_tolerated_only_with_its_own_tensors(
+        results: dict[str, list[dict]]) -> None:
     """The MTP layer after the last one loads as ignored (HFC610); the same index holding a plain
     decoder layer (no enorm/hnorm/eh_proj) is one layer too many (HFC604)."""
-    def plain(t: Tensors) -> None:
-        for name in [n for n in t if n.startswith("model.layers.3.")]:
-            if name.endswith((".enorm.weight", ".hnorm.weight", ".eh_proj.weight", ".eh_proj.weight_scale_inv")) \
-                    or ".shared_head." in name or name.endswith(".embed_tokens.weight"):
-                del t[name]
-    folder = _copy(tmp_path, "deepseek_v3-fp8", "plain-extra", plain)
-    found = _validate([folder, QUANTIZED / "deepseek_v3-fp8"], "--reference", "rules")
-    assert [f["code"] for f in found["plain-extra"] if f["code"].startswith("HFC6")] == ["HFC604"]
-    assert [f["code"] for f in found["deepseek_v3-fp8"] if f["code"].startswith("HFC6")] == ["HFC610"]
+    assert [f["code"] for f in results["plain-extra"] if f["code"].startswith("HFC6")] == ["HFC604"]
+    assert [f["code"] for f in results["deepseek_v3-fp8"] if f["code"].startswith("HFC6")] == ["HFC610"]
 
 
-def test_router_bias_kept_in_float32_is_not_reported_as_cast(tmp_path: Path) -> None:
+def test_router_bias_kept_in_float32_is_not_reported_as_cast(results: dict[str, list[dict]]) -> None:
     """DeepSeek-V3 stores e_score_correction_bias in F32 (transformers keeps it so); a norm left
     in F32 is still HFC605."""
-    def published(t: Tensors) -> None:
-        for name in [n for n in t if n.endswith("e_score_correction_bias")]:
-            t[name] = t[name].float()
-    def norm_too(t: Tensors) -> None:
-        published(t)
-        t["model.norm.weight"] = t["model.norm.weight"].float()
-    found = _validate([_copy(tmp_path, "deepseek_v3", "published", published),
-                       _copy(tmp_path, "deepseek_v3", "norm-too", norm_too)])
-    assert [f["code"] for f in found["published"] if f["code"].startswith("HFC6")] == []
-    hfc605 = [f for f in found["norm-too"] if f["code"] == "HFC605"]
+    assert [f["code"] for f in results["published"] if f["code"].startswith("HFC6")] == []
+    hfc605 = [f for f in results["norm-too"] if f["code"] == "HFC605"]
     assert len(hfc605) == 1 and hfc605[0]["message"].startswith("1 of ")
