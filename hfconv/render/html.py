@@ -205,7 +205,7 @@ svg.device-map { display: block; width: 100%; height: auto; }
   vertical-align: -1px; }
 .swatch.disk { background: repeating-linear-gradient(45deg, #c9b8a8 0 3px, #59636e 3px 4px); }
 .swatch.outline { border: 1px dashed #8c959f; }
-.swatch.peak { width: 3px; background: #1f2328; }
+.swatch.peak { width: 3px; background: var(--fg); }
 .filter { display: flex; flex-wrap: wrap; gap: .25rem 1rem; margin: .25rem 0 .5rem; font-size: 13px; }
 .filter label { white-space: nowrap; cursor: pointer; }
 .block:has(input.show-error:not(:checked)) tr.error,

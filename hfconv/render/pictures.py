@@ -421,7 +421,7 @@ def memory_bars_html(bars: Sequence[MemoryBar]) -> str:
         words.append(f"limit {human_bytes(bar.limit)}" if bar.limit is not None else "no limit")
         if bar.peak is not None:
             px = 1 + bar.peak * scale
-            parts.append(f'<rect x="{max(px - 2, 0):.1f}" y="0" width="3" height="{_BAR_H:.0f}" fill="#1f2328"/>')
+            parts.append(f'<rect x="{max(px - 2, 0):.1f}" y="0" width="3" height="{_BAR_H:.0f}" fill="currentColor"/>')
             words.append(f"peak {human_bytes(bar.peak)}")
         tip = f"{bar.device}: " + ", ".join(words)
         rows.append(f'<div class="smap-row"><div class="name mono">{esc(bar.device)}</div>'
