@@ -465,8 +465,11 @@ def main(argv: list[str]) -> int:
 
 
 def write(document: dict[str, Any]) -> None:
-    document["families"] = dict(sorted(document["families"].items()))
-    OUT.write_text(json.dumps(document, indent=None, separators=(",", ":"), sort_keys=False) + "\n")
+    """One JSON document, one family per line (validate parses only its family's line)."""
+    lines = [json.dumps(name) + ":" + json.dumps(entry, separators=(",", ":"))
+             for name, entry in sorted(document["families"].items())]
+    head = '{"transformers":' + json.dumps(document["transformers"]) + ',"families":{\n'
+    OUT.write_text(head + ",\n".join(lines) + "\n}}\n")
 
 
 class FamilyTimeout(BaseException):

@@ -42,14 +42,42 @@ _METADATA = frozenset({"model_type", "architectures", "transformers_version", "_
 
 
 @functools.cache
-def _document() -> Mapping[str, Any]:
-    """The generated tables file, parsed once (an empty table when it is absent or unreadable)."""
+def _text() -> str:
+    """The generated tables file (empty when it is absent or unreadable)."""
     try:
-        text = resources.files("hfconv").joinpath("schemas").joinpath(TABLE_FILE).read_text(encoding="utf-8")
-        data = json.loads(text)
+        return resources.files("hfconv").joinpath("schemas").joinpath(TABLE_FILE).read_text(encoding="utf-8")
     except (OSError, ValueError):
+        return ""
+
+
+@functools.cache
+def _document() -> Mapping[str, Any]:
+    """The whole file, parsed (for listings; validate parses only its family's line)."""
+    try:
+        data = json.loads(_text())
+    except ValueError:
         return {"families": {}}
     return data if isinstance(data, dict) and isinstance(data.get("families"), dict) else {"families": {}}
+
+
+@functools.cache
+def _entry(model_type: str) -> Mapping[str, Any] | None:
+    """One family's table. The script writes one family per line (``"vit":{...},``), so only that
+    line is parsed: the whole file is a megabyte or two."""
+    text = _text()
+    if '"families":{\n' not in text[:200]:  # not written one family per line: parse it all
+        entry = _document()["families"].get(model_type)
+        return entry if isinstance(entry, dict) else None
+    start = text.find("\n" + json.dumps(model_type) + ":")
+    if start < 0:
+        return None
+    end = text.find("\n", start + 1)
+    line = text[start + 1:end if end >= 0 else len(text)].rstrip().rstrip(",")
+    try:
+        entry = json.loads("{" + line + "}").get(model_type)
+    except ValueError:
+        entry = _document()["families"].get(model_type)  # not one line per family: parse it all
+    return entry if isinstance(entry, dict) else None
 
 
 def generated_families() -> tuple[str, ...]:
@@ -58,14 +86,16 @@ def generated_families() -> tuple[str, ...]:
 
 
 def transformers_version() -> str:
-    """The transformers version the tables were generated from."""
-    return str(_document().get("transformers", "?"))
+    """The transformers version the tables were generated from (the file's first line says it)."""
+    head = _text()[:200]
+    found = head.find('"transformers":"')
+    return head[found + 16:head.find('"', found + 16)] if found >= 0 else "?"
 
 
 @functools.cache
 def _family(model_type: str, architecture: str) -> Family | None:
-    entry = _document()["families"].get(model_type)
-    if not isinstance(entry, dict) or architecture not in entry.get("classes", {}):
+    entry = _entry(model_type)
+    if entry is None or architecture not in entry.get("classes", {}):
         return None
     table = entry["classes"][architecture]
     # [name, [dimension expressions], optional, condition (absent: always)]
@@ -80,8 +110,8 @@ def _family(model_type: str, architecture: str) -> Family | None:
 def covers(config: Mapping[str, Any]) -> bool:
     """Whether a generated table exists for this config's model type and ``architectures[0]``."""
     model_type, architecture = config.get("model_type"), architecture_of(config)
-    entry = _document()["families"].get(model_type) if isinstance(model_type, str) else None
-    return isinstance(entry, dict) and architecture in entry.get("classes", {})
+    entry = _entry(model_type) if isinstance(model_type, str) else None
+    return entry is not None and architecture in entry.get("classes", {})
 
 
 def resolved_config(config: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -111,9 +141,9 @@ def generated_expected(config: Mapping[str, Any]) -> ExpectedModel | None:
     model_type, architecture = config.get("model_type"), architecture_of(config)
     if not isinstance(model_type, str) or architecture is None:
         return None
-    entry = _document()["families"].get(model_type)
+    entry = _entry(model_type)
     family = _family(model_type, architecture)
-    if family is None or not isinstance(entry, dict):
+    if family is None or entry is None:
         return None
     resolved = resolved_config(config, entry)
     if resolved is None or any(resolved.get(f) is None for f in entry["classes"][architecture].get("needs", ())):
