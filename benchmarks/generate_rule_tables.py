@@ -78,6 +78,19 @@ FAMILY_SECONDS = 180
 """A family whose variants take longer than this to build is left out (a run stays bounded)."""
 
 
+NOT_STRUCTURAL = frozenset({
+    "suppress_tokens", "begin_suppress_tokens", "forced_decoder_ids", "task_specific_params", "bad_words_ids",
+    "tokenizer_class", "prefix", "finetuning_task",   # generation and tokenizer settings
+    "stage_names", "out_features", "out_indices",      # what a ...Backbone class returns (not generated)
+})
+"""Fields that name no tensor: never guards, whatever their value (token ids are matched by SKIP_INT)."""
+
+
+def structural(field_name: str) -> bool:
+    """Whether a field not fitted may change the tensors (and so must keep its default)."""
+    return field_name not in NOT_STRUCTURAL and not SKIP_INT.search(field_name) and field_name != "num_labels"
+
+
 # --- building -------------------------------------------------------------------------------------
 
 def build(folder: str, model_type: str, cls: str, config: Mapping[str, Any]) -> tuple[dict, str, tuple] | None:
@@ -406,10 +419,10 @@ def generate_family(transformers: Any, folder: str, model_type: str) -> tuple[di
     used = {name for t in classes.values() for r in t["rules"] for d in [*r[1], *r[3:]]
             for name in re.findall(r"[a-z_]\w*", d)}
     used |= {name for t in classes.values() for e in t["ranges"].values() for name in re.findall(r"[a-z_]\w*", e)}
-    guard_values = {f: defaults.get(f) for f in sorted(guards)}
+    guard_values = {f: defaults.get(f) for f in sorted(guards) if structural(f)}
     # Strings, lists and nested values were not varied: the table answers only for their defaults.
     for f, v in defaults.items():
-        if is_metadata(f) or f in used or isinstance(v, (bool, float)):
+        if is_metadata(f) or f in used or isinstance(v, (bool, float)) or not structural(f):
             continue
         if isinstance(v, int) and f not in guards:
             continue  # an integer that moved nothing (token ids, positions the model does not store)
@@ -437,6 +450,11 @@ def main(argv: list[str]) -> int:
     wanted = argv or list(MODEL_TYPES)
     document = json.loads(OUT.read_text()) if argv and OUT.exists() else {"families": {}}
     document["transformers"] = transformers.__version__
+    if argv == ["--guards-only"]:  # re-apply structural() to the guards of the file as it is
+        for entry in document["families"].values():
+            entry["guards"] = {f: v for f, v in entry["guards"].items() if structural(f)}
+        write(document)
+        return 0
     from hfconv.rules.families import FAMILIES
 
     signal.signal(signal.SIGALRM, _timeout)
