@@ -162,6 +162,12 @@ EXTRA: dict[str, tuple[str, Callable[[Tensors], None] | None, dict | None]] = {
     "none": ("deepseek_v3", None, {"quant_method": "fp8", "weight_block_size": [16, 16]}),
     "plain-extra": ("deepseek_v3-fp8", _plain_extra_layer, None),
     "published": ("deepseek_v3", _router_bias_f32, None),
+    "fp8-weight-bf16": ("deepseek_v3-fp8", lambda t: t.update({EXPERT + "weight": t[EXPERT + "weight"].bfloat16()}),
+                        None),
+    "fp8-weight-gone": ("deepseek_v3-fp8", lambda t: t.pop(EXPERT + "weight"), None),
+    "fp8-not-converted": ("deepseek_v3-fp8", None, {"activation_scheme": "dynamic", "fmt": "e4m3",
+                                                    "quant_method": "fp8", "weight_block_size": [16, 16],
+                                                    "modules_to_not_convert": ["lm_head", EXPERT[:-1]]}),
     "norm-too": ("deepseek_v3", _norm_f32_too, None),
 }
 
@@ -295,3 +301,15 @@ def test_router_bias_kept_in_float32_is_not_reported_as_cast(results: dict[str, 
     assert [f["code"] for f in results["published"] if f["code"].startswith("HFC6")] == []
     hfc605 = [f for f in results["norm-too"] if f["code"] == "HFC605"]
     assert len(hfc605) == 1 and hfc605[0]["message"].startswith("1 of ")
+
+
+def test_fp8_dtype_orphan_scale_and_skip_list(results: dict[str, list[dict]]) -> None:
+    """A bf16 weight beside its block scale (HFC620), a scale whose weight is gone (HFC621, and
+    the weight is missing: HFC602), an F8 weight of a module listed as not converted (HFC623)."""
+    def codes(name: str) -> list[str]:
+        return [f["code"] for f in results[name] if f["code"].startswith("HFC6") and f["code"] != "HFC610"]
+    assert codes("fp8-weight-bf16") == ["HFC620"]
+    assert sorted(codes("fp8-weight-gone")) == ["HFC602", "HFC621"]
+    assert codes("fp8-not-converted") == ["HFC623"]
+    [finding] = [f for f in results["fp8-not-converted"] if f["code"] == "HFC623"]
+    assert finding["tensor"] == EXPERT + "weight" and "lists " + EXPERT[:-1] + " as not converted" in finding["message"]
