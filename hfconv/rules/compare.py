@@ -7,13 +7,15 @@ buffers) and reports shape mismatches, missing and unexpected tensors and wrong 
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..gcpause import gc_paused
-from .expected import CountGroup, ExpectedModel, ExpectedTensor, expected_tensors, family_of
+from .expected import CountGroup, ExpectedModel, ExpectedTensor, expected_tensors, family_of, natural_key
 from .expression import ConfigValueError, ExpressionError, Scope, merge_unique
 from .families import KNOWN_EXTRAS, LEGACY_RENAMES
 
@@ -81,38 +83,27 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> 
     # A head the table does not know may nest the base model under its own attribute
     # (T5ForSequenceClassification: transformer.encoder...): find that prefix from the names.
     outer = "" if expected.complete else _outer_prefix(actual, expected.tensors, prefix)
-    canonical: dict[str, str] = {}  # stored name -> expected name
-    taken: set[str] = set()
-    direct = bare = prefixed = 0  # how stored names relate to expected ones, to show missing names alike
     tensors = expected.tensors
-    for name in actual:
-        # _canonical inlined for the common case: the stored name is an expected one as is.
-        if name in tensors and not outer and _LEGACY_PARTS.search(name) is None:
-            key: str | None = name
-        else:
-            key = _canonical(name.removeprefix(outer) if outer else name, tensors, prefix)
-        if key is None or key in taken:
-            continue
-        canonical[name] = key
-        taken.add(key)
-        legacy = legacy_name(name)
-        if key == legacy:
-            direct += 1
-        elif key == prefix + legacy:
-            bare += 1
-        else:
-            prefixed += 1
+    names = list(actual)
+    canonical, taken, (direct, bare, prefixed) = _match_names(names, tensors, prefix, outer)
 
     # 1. Numbered runs (layers, experts): the indices present vs the configured count. Tensors the
     # model class declares ignorable (DeepSeek-V3's multi-token-prediction layer model.layers.61)
     # are not layers of the run.
     allowed = [re.compile(p) for p in expected.allowed_extras]
-    counted = [name for name in actual if name in canonical or not any(rx.search(name) for rx in allowed)]
+    counted = [name for name in names if name in canonical or not any(rx.search(name) for rx in allowed)] \
+        if allowed else names
+    keys = list(map(canonical.get, counted, counted))  # the expected name, else the stored one
     count_mismatches = []
     skipped: list[tuple[re.Pattern, frozenset[int]]] = []
     for group in expected.counts:
         regex = re.compile(group.pattern)
-        found = {i for name in counted if (i := _group_index(regex, canonical.get(name, name), prefix)) is not None}
+        matches = list(map(regex.match, keys))  # the direct matches in C, then _group_index's others
+        found = set(map(int, map(_GROUP_1, filter(None, matches))))
+        if prefix:
+            for key in itertools.compress(keys, map(operator.not_, matches)):
+                if (i := _group_index(regex, key, prefix)) is not None:
+                    found.add(i)
         want = group.wanted
         if found != want and (found or any(regex.match(k) for k in expected.tensors)):
             count_mismatches.append(CountMismatch(group, tuple(sorted(found))))
@@ -125,16 +116,23 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> 
     extras = [(re.compile(p), label) for p, label in KNOWN_EXTRAS]
     extras += [(re.compile(p), "ignored by the loader") for p in expected.allowed_extras]
     mismatched, unexpected, ignored = [], [], []
-    matched = 0
-    for name, shape in actual.items():
-        key = canonical.get(name)
-        if key is not None:
-            want_tensor = expected.tensors[key]
-            if tuple(shape) != want_tensor.shape:
-                mismatched.append(ShapeMismatch(name, want_tensor, tuple(shape)))
-            else:
-                matched += 1
-        elif not left_to_count(name):
+    unmatched: list[str] = []
+    # In C: each stored shape against its expected tensor's (a stand-in with no shape when none).
+    shapes = list(actual.values())
+    lookup: Callable[[Any, Any], Any] = tensors.get  # a stored name -> its ExpectedTensor, else _NO_TENSOR
+    wants: list[Any] = list(map(lookup, map(canonical.get, names), itertools.repeat(_NO_TENSOR)))
+    equal = list(map(operator.eq, shapes, map(_SHAPE, wants)))
+    matched = equal.count(True)
+    for k in itertools.compress(range(len(names)), map(operator.not_, equal)):
+        want_tensor = wants[k]
+        if isinstance(want_tensor, _NoTensor):
+            unmatched.append(names[k])
+        elif tuple(shapes[k]) != want_tensor.shape:
+            mismatched.append(ShapeMismatch(names[k], want_tensor, tuple(shapes[k])))
+        else:  # a list shape equal to the tuple
+            matched += 1
+    for name in unmatched:
+        if not left_to_count(name):
             label = next((lbl for rx, lbl in extras if rx.search(name)), None)
             if label is not None:
                 ignored.append((name, label))
@@ -143,16 +141,77 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> 
 
     # 3. Required tensors nobody stored, named the way this folder names its tensors.
     missing = []
-    for key, tensor in expected.tensors.items():
-        if key in taken or tensor.optional or left_to_count(key):
+    for original in [k for k in tensors if k not in taken]:
+        if tensors[original].optional or left_to_count(original):
             continue
+        key = original
         if prefix and bare > direct and key.startswith(prefix):
             key = key[len(prefix):]
         elif prefix and prefixed > direct and not key.startswith(prefix) and not expected.complete:
             key = prefix + key
-        missing.append(outer + key)
-    return Comparison(tuple(mismatched), tuple(missing), tuple(unexpected), tuple(ignored),
+        missing.append((original, outer + key))
+    if expected.source == "rules":  # rule tables expand rule by rule: report in natural order
+        missing.sort(key=lambda pair: natural_key(pair[0]))
+    return Comparison(tuple(mismatched), tuple(name for _, name in missing), tuple(unexpected), tuple(ignored),
                       tuple(count_mismatches), matched)
+
+
+_GROUP_1 = operator.methodcaller("group", 1)
+_SHAPE = operator.attrgetter("shape")
+class _NoTensor:
+    """compare()'s stand-in for the expected tensor of a stored name that matches none: its shape
+    equals no stored shape."""
+
+    shape = object()
+
+
+_NO_TENSOR = _NoTensor()
+
+
+def _match_names(names: list[str], tensors: Mapping[str, ExpectedTensor], prefix: str,
+                 outer: str) -> tuple[dict[str, str], set[str], tuple[int, int, int]]:
+    """Stored name -> expected name, the expected names taken, and how many stored names match
+    as is, without the prefix and with it (direct, bare, prefixed); the first stored name of an
+    expected one takes it.
+
+    The common case in bulk: no outer prefix and no legacy name part anywhere, so a stored name
+    that is an expected one maps to itself; the other names one by one, and all of them one by
+    one (the original order decides) when one of those takes an expected name also stored as is.
+    """
+    if not outer and _LEGACY_PARTS.search("\n".join(names)) is None:
+        exact = [name for name in names if name in tensors]
+        exact_set = set(exact)
+        if len(exact) == len(names):  # every stored name is an expected one
+            return dict(zip(exact, exact)), exact_set, (len(exact), 0, 0)
+        rest = _match_each([name for name in names if name not in exact_set], tensors, prefix, "")
+        if not exact_set & rest[1]:
+            canonical = dict(zip(exact, exact))
+            canonical.update(rest[0])
+            direct, bare, prefixed = rest[2]
+            return canonical, exact_set | rest[1], (direct + len(exact), bare, prefixed)
+    return _match_each(names, tensors, prefix, outer)
+
+
+def _match_each(names: list[str], tensors: Mapping[str, ExpectedTensor], prefix: str,
+                outer: str) -> tuple[dict[str, str], set[str], tuple[int, int, int]]:
+    """_match_names one stored name at a time."""
+    canonical: dict[str, str] = {}
+    taken: set[str] = set()
+    direct = bare = prefixed = 0
+    for name in names:
+        key = _canonical(name.removeprefix(outer) if outer else name, tensors, prefix)
+        if key is None or key in taken:
+            continue
+        canonical[name] = key
+        taken.add(key)
+        legacy = legacy_name(name)
+        if key == legacy:
+            direct += 1
+        elif key == prefix + legacy:
+            bare += 1
+        else:
+            prefixed += 1
+    return canonical, taken, (direct, bare, prefixed)
 
 
 def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, ExpectedTensor], prefix: str) -> str:

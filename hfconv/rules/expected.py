@@ -8,6 +8,7 @@ config.json are untrusted and capped (:data:`MAX_COUNT`, :data:`MAX_TENSORS`).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -174,7 +175,7 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
                                    f"hold only {stored:,}")
         raise CapReached(fields, what)
     tensors: dict[str, ExpectedTensor] = {}
-    sort_keys: dict[str, tuple] = {}
+    sort_keys: dict[str, str] = {}
     groups: dict[str, CountGroup] = {}
     for rule in rules:
         name = rule.name[len(strip):] if strip and rule.name.startswith(strip) else rule.name
@@ -188,7 +189,26 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
         condition_at = tuple(k for k, p in enumerate(placeholders) if p in conditional)
         conditions: dict[tuple, tuple[bool, bool]] = {}
         template = _Template(name, placeholders)
-        for values in itertools.product(*(range(counts[p]) for p in placeholders)):
+        ranges = [range(counts[p]) for p in placeholders]
+        if not condition_at and static_shape:
+            # The common rule: every tensor alike (conditions and shape evaluated once), the names
+            # formatted in C. Tensors are in rule order: compare() sorts what it reports.
+            if not all(ranges):
+                continue
+            local = dict.fromkeys(placeholders, 0)
+            exists = rule.when is None or bool(scope.evaluate(rule.when, local).value)
+            if not exists:
+                continue
+            optional = rule.optional is not None and bool(scope.evaluate(rule.optional, local).value)
+            dims = tuple(_dim(scope, s, local) for s in rule.shape)
+            shape = tuple(d.value for d in dims)
+            names = ([template.format] if not placeholders else
+                     list(map(template.format.format, ranges[0])) if len(placeholders) == 1 else
+                     list(itertools.starmap(template.format.format, itertools.product(*ranges))))
+            make = functools.partial(_expected_tensor, dims=dims, optional=optional, shape=shape)
+            tensors.update(zip(names, map(make, names)))
+            sort_keys.update(zip(names, template.keys(names, itertools.product(*ranges))))
+        for values in itertools.product(*ranges) if condition_at or not static_shape else ():
             key = tuple(values[k] for k in condition_at)
             if key not in conditions:
                 local = dict(zip(placeholders, values, strict=True))
@@ -204,10 +224,11 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
                 shape = tuple(d.value for d in dims)
             full = template.name(values)
             tensors[full] = _expected_tensor(full, dims, optional, shape)
-            sort_keys[full] = template.sort_key(values, full)
+            sort_keys[full] = template.keys([full], [values])[0]
         if dims is not None:  # the rule produced tensors: its numbered runs are counted
             _add_count_groups(groups, family, name, placeholders, counts)
-    tensors = {k: tensors[k] for k in sorted(tensors, key=sort_keys.__getitem__)}
+    # Natural order (layers.2 before layers.10, each layer's tensors together), by string keys.
+    tensors = {name: tensors[name] for name in sorted(tensors, key=sort_keys.__getitem__)}
     return ExpectedModel(
         tensors=tensors, family=family.model_type, architecture=architecture, source="rules",
         prefix=head.prefix or family.prefix, counts=tuple(groups.values()), complete=complete, notes=notes,
@@ -236,37 +257,42 @@ def _names(expr: str | None) -> frozenset[str]:
 
 
 class _Template:
-    """A rule's tensor name with its placeholders: the names and their natural sort keys
-    (:func:`natural_key`) for given placeholder values, without parsing each name again."""
+    """A rule's tensor name with its placeholders as positional fields: names, and string sort
+    keys in :func:`natural_key` order, for given placeholder values without parsing each name."""
 
     def __init__(self, name: str, placeholders: tuple[str, ...]):
         self.format = PLACEHOLDER.sub(lambda m: "{" + str(placeholders.index(m.group(1))) + "}", name)
-        # natural_key's parts as literal segments between the parts that are a placeholder.
-        self.segments: list[tuple] | None = [()]
-        self.slots: list[int] = []
+        parts = []
         for part in name.split("."):
             whole = PLACEHOLDER.fullmatch(part)
             if whole is not None:
-                self.slots.append(placeholders.index(whole.group(1)))
-                self.segments.append(())
-            elif PLACEHOLDER.search(part):
-                self.segments = None  # a placeholder inside a part: the key of the whole name
+                parts.append("\x01{" + str(placeholders.index(whole.group(1))) + ":020d}")
+            elif PLACEHOLDER.search(part) or not part.isascii():
+                parts = []  # a placeholder inside a part: each name's own key
                 break
             else:
-                self.segments[-1] += ((0, int(part), "") if part.isdigit() else (1, 0, part),)
+                parts.append(_natural_part(part))
+        self.key_format = "\x00".join(parts) if parts else None
 
     def name(self, values: tuple[int, ...]) -> str:
         return self.format.format(*values) if values else self.format
 
-    def sort_key(self, values: tuple[int, ...], name: str) -> tuple:
-        """natural_key(name), from the parts known in advance."""
-        segments = self.segments
-        if segments is None:
-            return natural_key(name)
-        key = segments[0]
-        for k, slot in enumerate(self.slots, start=1):
-            key = key + ((0, values[slot], ""),) + segments[k]
-        return key
+    def keys(self, names: list[str], values: Iterable[tuple[int, ...]]) -> list[str]:
+        """The sort keys of ``names``, made from ``values``."""
+        if self.key_format is None:
+            return list(map(natural_string, names))
+        return list(itertools.starmap(self.key_format.format, values))
+
+
+def _natural_part(part: str) -> str:
+    return "\x01" + part.zfill(20) if part.isdigit() and part.isascii() else "\x02" + part
+
+
+def natural_string(name: str) -> str:
+    """A string that sorts as :func:`natural_key` does for ASCII names of letters, digits and
+    ``_``: each part tagged (digits before words), numbers zero-padded, parts joined by NUL.
+    Strings compare in C, so 100,000s of names sort in a fraction of the tuples' time."""
+    return "\x00".join(map(_natural_part, name.split(".")))
 
 
 _new_object = object.__new__
