@@ -81,6 +81,7 @@ FAMILY_SECONDS = 180
 NOT_STRUCTURAL = frozenset({
     "suppress_tokens", "begin_suppress_tokens", "forced_decoder_ids", "task_specific_params", "bad_words_ids",
     "tokenizer_class", "prefix", "finetuning_task",   # generation and tokenizer settings
+    "ctc_loss_reduction", "problem_type",             # losses
     "stage_names", "out_features", "out_indices",      # what a ...Backbone class returns (not generated)
 })
 """Fields that name no tensor: never guards, whatever their value (token ids are matched by SKIP_INT)."""
@@ -97,8 +98,14 @@ def build(folder: str, model_type: str, cls: str, config: Mapping[str, Any]) -> 
     """(name -> (shape, optional), base-model prefix, ignored-name patterns) of ``cls`` for ``config``,
     as hfconv's transformers reference sees it (checkpoint names); None when transformers refuses
     the config or the build fails."""
+    import transformers
+
     from hfconv.rules.transformers_reference import ReferenceUnavailable, expected_from_transformers
 
+    try:  # a config its class refuses would be read back from the (empty) folder: class defaults, not the variant
+        transformers.AutoConfig.for_model(model_type, **config)
+    except Exception:  # noqa: BLE001
+        return None
     try:
         model = expected_from_transformers(folder, {**config, "model_type": model_type, "architectures": [cls]},
                                            False, isolated=False)
@@ -218,6 +225,8 @@ def candidates(fields: list[str], base: Mapping[str, int], v0: int) -> Iterable[
         if rest:
             yield f"{f} + {g} + {rest}" if rest > 0 else f"{f} + {g} - {-rest}"
         yield f"{f} * {f} * {g}"
+        if bg and bf // bg:
+            yield f"{f} + {f} // {g} * {(v0 - bf) // (bf // bg)}"  # GPTBigCode's fused multi-query c_attn
         if bg and bf // bg:
             square = (bf // bg) ** 2
             yield f"({f} // {g}) * ({f} // {g})" if v0 == square else f"({f} // {g}) * ({f} // {g}) + {v0 - square}"
