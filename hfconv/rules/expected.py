@@ -224,7 +224,7 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
                 shape = tuple(d.value for d in dims)
             full = template.name(values)
             tensors[full] = _expected_tensor(full, dims, optional, shape)
-            sort_keys[full] = template.keys([full], [values])[0]
+            sort_keys[full] = template.key(values, full)
         if dims is not None:  # the rule produced tensors: its numbered runs are counted
             _add_count_groups(groups, family, name, placeholders, counts)
     # Natural order (layers.2 before layers.10, each layer's tensors together), by string keys.
@@ -276,6 +276,10 @@ class _Template:
 
     def name(self, values: tuple[int, ...]) -> str:
         return self.format.format(*values) if values else self.format
+
+    def key(self, values: tuple[int, ...], name: str) -> str:
+        """The sort key of ``name``, made from ``values``."""
+        return self.key_format.format(*values) if self.key_format is not None else natural_string(name)
 
     def keys(self, names: list[str], values: Iterable[tuple[int, ...]]) -> list[str]:
         """The sort keys of ``names``, made from ``values``."""
