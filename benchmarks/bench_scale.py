@@ -288,7 +288,7 @@ def build_llama_405b(folder: Path) -> None:
 
 def build_tiny_file(folder: Path, tensors: int) -> None:
     """One model.safetensors of about ``tensors`` tiny F32 tensors (9 per layer, 3 more)."""
-    config = tiny_llama_config(max(1, (tensors - 3) // 9))
+    config = tiny_llama_config(max(1, -(-(tensors - 3) // 9)))
     write_sparse_safetensors(folder / "model.safetensors", llama_entries(config, "F32"), {"format": "pt"})
     write_config(folder, config)
 
