@@ -13,8 +13,7 @@ import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..gcpause import gc_paused
@@ -33,18 +32,22 @@ class Dim:
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExpectedTensor:
-    """A tensor the config implies: its shape, the fields behind each dimension, optional or not."""
+    """A tensor the config implies: its shape, the fields behind each dimension, optional or not.
+
+    Slotted, with its shape stored (the rule tables of the largest MoE models expand to
+    100,000s of them: a dict each would cost about 50 MB more at 200,000)."""
 
     name: str
     dims: tuple[Dim, ...]
     optional: bool = False
     """May be absent (tied to another tensor, or a tolerated leftover)."""
+    shape: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    """The dims' values (computed from them; never passed)."""
 
-    @cached_property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(d.value for d in self.dims)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(d.value for d in self.dims))
 
     @property
     def drivers(self) -> tuple[str, ...]:
@@ -307,7 +310,10 @@ def _expected_tensor(name: str, dims: tuple[Dim, ...], optional: bool, shape: tu
     """ExpectedTensor(name, dims, optional) with its shape cached, at a fraction of the cost of the
     frozen dataclass's __init__ (a rule table expands to 100,000s of them for the largest MoE models)."""
     tensor = _new_object(ExpectedTensor)
-    _set_attribute(tensor, "__dict__", {"name": name, "dims": dims, "optional": optional, "shape": shape})
+    _set_attribute(tensor, "name", name)
+    _set_attribute(tensor, "dims", dims)
+    _set_attribute(tensor, "optional", optional)
+    _set_attribute(tensor, "shape", shape)
     return tensor
 
 
