@@ -22,8 +22,8 @@ from ._common import (
     received_signals,
 )
 from .convert import convert_command
-from .explain import codes_command, explain_command
 from .diff import diff_command
+from .explain import codes_command, explain_command
 from .fix import fix_command
 from .inspect import inspect_command
 from .load_test import load_test_command
