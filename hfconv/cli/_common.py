@@ -144,12 +144,12 @@ def split_codes(values: tuple[str, ...]) -> list[str]:
 
 def known_codes() -> frozenset[str]:
     """Every registered finding code: the registry is filled by the modules that raise them, so
-    import each of those (validation imports every check; conversion and loading register the
-    HFC7xx codes). None of them imports torch."""
-    from .. import conversion, load, validation  # noqa: F401 - imported for their register() calls
-    from ..findings import REGISTRY
+    import each of those (validation imports every check; findings.all_codes imports the rest:
+    conversion, load, fixing, comparison). None of them imports torch."""
+    from .. import validation  # noqa: F401 - imported for its register() calls
+    from ..findings import all_codes
 
-    return frozenset(REGISTRY)
+    return frozenset(all_codes())
 
 
 def checked_codes(values: tuple[str, ...], option: str) -> list[str]:
