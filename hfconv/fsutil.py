@@ -150,3 +150,17 @@ def special_kind(mode: int) -> str | None:
         if test(mode):
             return kind
     return None
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a folder's entries (a rename into it) to disk; best effort: some file systems refuse."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -16,7 +17,7 @@ from .dtypes import SAFETENSORS_BITS
 if TYPE_CHECKING:  # pragma: no cover
     from .contents import FolderContents
 
-__all__ = ["MapShard", "MapTensor", "shard_map", "tensor_nbytes"]
+__all__ = ["BLOCK_PATTERN", "MapShard", "MapTensor", "shard_map", "tensor_nbytes", "unit_of"]
 
 
 class MapTensor(NamedTuple):
@@ -80,3 +81,15 @@ def shard_map(contents: FolderContents) -> tuple[MapShard, ...]:
 
 _NAME, _SHAPE, _DTYPE = attrgetter("name"), attrgetter("shape"), attrgetter("dtype")
 _new_map_tensor = partial(tuple.__new__, MapTensor)
+
+
+BLOCK_PATTERN = re.compile(r"^((?:[^.]+\.)*?(?:layers|layer|h|block|blocks)\.(\d+))(?:\.|$)")
+"""A repeated block's module (group 1: ``model.layers.7``) and its number (group 2)."""
+
+
+def unit_of(name: str) -> str:
+    """The row a tensor belongs to: its decoder block (``model.layers.7``), else its parent module."""
+    match = BLOCK_PATTERN.match(name)
+    if match:
+        return match.group(1)
+    return name.rsplit(".", 1)[0] if "." in name else name

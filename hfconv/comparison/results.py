@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..findings import Finding
+from ..weight_map import unit_of as block_of
 
 __all__ = ["DIFF_FORMAT", "KeyChange", "TensorDiff", "TokenizerDiff", "DiffResult", "SAME_STATUSES", "block_of"]
 
@@ -149,16 +149,6 @@ class TokenizerDiff:
         }
 
 
-_BLOCK_RE = re.compile(r"^(.*?\.(?:layers|h|blocks|layer|block)\.\d+)\.")
-
-
-def block_of(name: str) -> str:
-    """The block a tensor belongs to: ``model.layers.3`` for ``model.layers.3.mlp.up_proj.weight``;
-    a tensor outside the repeated blocks is its own block (``model.embed_tokens``, ``lm_head``)."""
-    match = _BLOCK_RE.match(name)
-    if match:
-        return match.group(1)
-    return name.rsplit(".", 1)[0] if "." in name else name
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..contents import FolderContents
 from ..errors import OptionError, UsageError
-from ..fsutil import open_inside
+from ..fsutil import fsync_dir, open_inside
 from ..sharding import INDEX_FILE
 from ..tensor_bytes import write_all
 from ..tensors import FormatError
@@ -39,19 +39,6 @@ def fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 

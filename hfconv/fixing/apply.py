@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 
-from ..fsutil import open_regular
+from ..fsutil import fsync_dir, open_regular
 from ..readers.safetensors_header import read_safetensors
 from ..tensor_bytes import copy_range, write_all
 from ..tensors import FormatError, WeightFile
@@ -54,19 +54,6 @@ def remove_stale_temporaries(root: str) -> list[str]:
             except OSError:
                 pass
     return removed
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class FileOps:
@@ -107,7 +94,7 @@ class FileOps:
         if os.path.islink(target):
             raise OSError(f"{name} became a symlink; not written through")
         os.replace(tmp, target)
-        _fsync_dir(os.path.dirname(target))
+        fsync_dir(os.path.dirname(target))
 
     def write_text(self, name: str, text: str, expected: str | None = None) -> None:
         """Replace (or create) ``name`` with ``text`` (UTF-8); with ``expected``, only while the
@@ -175,12 +162,12 @@ class FileOps:
             except BaseException:
                 _discard(fd, tmp)
                 raise
-        _fsync_dir(os.path.dirname(self.path(new_name)))
+        fsync_dir(os.path.dirname(self.path(new_name)))
         self._done(f"linked {name} as {new_name}")
 
     def delete(self, name: str) -> None:
         os.unlink(self.path(name))
-        _fsync_dir(os.path.dirname(self.path(name)))
+        fsync_dir(os.path.dirname(self.path(name)))
         self._done(f"deleted {name}")
 
 

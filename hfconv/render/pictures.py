@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..findings import Finding, Severity
 from ..units import human_bytes, human_count
+from ..weight_map import BLOCK_PATTERN as _BLOCK
+from ..weight_map import unit_of
 from .common import escape_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,17 +207,8 @@ class TensorLike(Protocol):
     def numel(self) -> int: ...
 
 
-_BLOCK = re.compile(r"^((?:[^.]+\.)*?(?:layers|layer|h|block|blocks)\.(\d+))(?:\.|$)")
 _EMBEDDING = re.compile(r"(?:^|\.)(?:embed\w*|\w*embeddings?|wte|wpe|shared|tok_embeddings|word_embeddings)(?:\.|$)")
 _HEAD = re.compile(r"^(?:lm_head|(?:\w+\.)?lm_head|embed_out|output|score|classifier|qa_outputs|cls)(?:\.|$)")
-
-
-def unit_of(name: str) -> str:
-    """The row a tensor belongs to: its decoder block (``model.layers.7``), else its parent module."""
-    match = _BLOCK.match(name)
-    if match:
-        return match.group(1)
-    return name.rsplit(".", 1)[0] if "." in name else name
 
 
 @dataclass(frozen=True)
