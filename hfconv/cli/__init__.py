@@ -42,6 +42,9 @@ def main() -> None:
       hfconv validate ./my-model                 # exit 0 when the folder will load
       hfconv validate ./my-model --format github # annotations in a GitHub Actions step
       hfconv inspect ./my-model                  # format, shards, tensors, dtypes, bytes
+      hfconv fix ./my-model --diff               # what fix would repair, changing nothing
+      hfconv diff ./my-model ./my-model-st       # tensor by tensor: identical, changed, missing
+      hfconv explain HFC601                      # what a finding code means and how to fix it
 
     Nothing in a model folder is ever executed: pickles are read by a restricted reader and
     custom code is only imported with --trust-remote-code.
