@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -60,7 +61,7 @@ class Inspection:
     """config.json was read (a JSON object)."""
     tensor_rows: tuple[TensorRow, ...] | None = None
     """Every tensor (name, shape, dtype, shard, bytes) with ``tensors=True``; None otherwise."""
-    shard_map: tuple[MapShard, ...] = ()
+    shard_map: Sequence[MapShard] = ()
     """The shards with their tensors, for the HTML report's pictures (not in the JSON)."""
 
     @property

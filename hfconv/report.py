@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,7 @@ class Report:
     manifest_matched: int | None = None
     """With ``--manifest``: the number of tensors whose dtype, shape and sha256 all match it (set
     only when every one does); None when no manifest was given or a tensor differs."""
-    shard_map: tuple[MapShard, ...] = field(default=(), compare=False, repr=False)
+    shard_map: Sequence[MapShard] = field(default=(), compare=False, repr=False)
     """The shards loaders read with their tensors (name, shape, dtype, bytes), for the HTML
     report's pictures; not part of the JSON."""
 

@@ -6,18 +6,19 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from operator import attrgetter
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 from .dtypes import SAFETENSORS_BITS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .contents import FolderContents
 
-__all__ = ["BLOCK_PATTERN", "MapShard", "MapTensor", "shard_map", "tensor_nbytes", "unit_of"]
+__all__ = ["BLOCK_PATTERN", "MapShard", "MapTensor", "ShardMap", "build_shard_map", "shard_map", "tensor_nbytes",
+           "unit_of"]
 
 
 class MapTensor(NamedTuple):
@@ -56,7 +57,55 @@ def tensor_nbytes(dtype: str, shape: Iterable[int]) -> int:
     return (math.prod(shape) * bits + 7) // 8
 
 
-def shard_map(contents: FolderContents) -> tuple[MapShard, ...]:
+# A model has a few dozen distinct (dtype, shape) pairs over 100,000s of tensors: computing each
+# size once made the shard map of a 200,000-tensor file 0.4 s cheaper.
+_cached_nbytes = lru_cache(maxsize=1 << 14)(tensor_nbytes)
+
+
+class ShardMap(Sequence[MapShard]):
+    """The shards loaders read, built on first use: only the HTML pictures need them, and for
+    200,000 tensors building them costs 0.3 s and tens of MB that text and JSON reports skip."""
+
+    def __init__(self, contents: FolderContents) -> None:
+        self._contents: FolderContents | None = contents
+        self._shards: tuple[MapShard, ...] = ()
+
+    def _built(self) -> tuple[MapShard, ...]:
+        if self._contents is not None:
+            self._shards, self._contents = build_shard_map(self._contents), None
+        return self._shards
+
+    @overload
+    def __getitem__(self, index: int) -> MapShard: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[MapShard, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> MapShard | tuple[MapShard, ...]:
+        return self._built()[index]
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+    def __iter__(self) -> Iterator[MapShard]:
+        return iter(self._built())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(self._built())
+
+    def __repr__(self) -> str:
+        return f"ShardMap({self._built()!r})"
+
+
+def shard_map(contents: FolderContents) -> ShardMap:
+    """The shards loaders read (the layout's), each with its tensors or its problem; built when
+    first read."""
+    return ShardMap(contents)
+
+
+def build_shard_map(contents: FolderContents) -> tuple[MapShard, ...]:
     """The shards loaders read (the layout's), each with its tensors or its problem."""
     shards = []
     for name in contents.layout().shards:
@@ -73,7 +122,7 @@ def shard_map(contents: FolderContents) -> tuple[MapShard, ...]:
         metas = weight_file.tensors.values() if weight_file is not None else ()
         shapes = list(map(tuple, map(_SHAPE, metas)))
         dtypes = list(map(_DTYPE, metas))
-        sizes = map(tensor_nbytes, dtypes, shapes)
+        sizes = map(_cached_nbytes, dtypes, shapes)
         tensors = tuple(map(_new_map_tensor, zip(map(_NAME, metas), shapes, dtypes, sizes)))
         shards.append(MapShard(name, size, tensors, problem))
     return tuple(shards)

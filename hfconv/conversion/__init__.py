@@ -42,7 +42,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..contents import FolderContents, read_contents
@@ -333,7 +333,7 @@ def _progress_counter(progress: ProgressCallback | None, total: int, passes: int
 
 def _result(paths: _Paths, plan: ConversionPlan, outcomes: list[ShardOutcome], copied: list[str],
             summary: ValidationSummary | None, settings: _Settings, started: float,
-            source_map: tuple[MapShard, ...] = ()) -> ConversionResult:
+            source_map: Sequence[MapShard] = ()) -> ConversionResult:
     """The ConversionResult of a completed conversion (HFC716 when an invalid output was written)."""
     invalid = summary is not None and not summary.valid
     written_anyway = (finding("HFC716", f"output INVALID: {paths.dst} fails validation with "

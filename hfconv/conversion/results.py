@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..findings import Finding
@@ -78,7 +78,7 @@ class ConversionResult:
     manifest: str | None = None
     durable: bool = False
     """Every file and folder was fsynced before DST appeared (``--fsync``)."""
-    source_map: tuple[MapShard, ...] = ()
+    source_map: Sequence[MapShard] = ()
     """SRC's shards with their tensors, for the HTML report's pictures (not in the JSON)."""
     output_map: tuple[MapShard, ...] = ()
     """DST's shards with their tensors as written (dtype after any cast), for the pictures."""

@@ -3,6 +3,7 @@ with findings."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,7 @@ class LoadResult:
     forward: ForwardResult | None = None
     kept: bool = True
     """Whether GPU tensors stayed on their devices until the whole model was loaded."""
-    shard_map: tuple[MapShard, ...] = ()
+    shard_map: Sequence[MapShard] = ()
     """The shards with their tensors, for the HTML report's pictures (not in the JSON)."""
 
     @property
@@ -139,7 +140,7 @@ class Refused(Exception):
     """Stops the run with findings (validation errors, a plan error): the result has no plan."""
 
     def __init__(self, findings: list[Finding], layout: Layout | None = None,
-                 shard_map: tuple[MapShard, ...] = ()) -> None:
+                 shard_map: Sequence[MapShard] = ()) -> None:
         super().__init__(findings[0].message if findings else "refused")
         self.findings = findings
         self.layout = layout
