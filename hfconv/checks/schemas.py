@@ -66,7 +66,7 @@ register("HFC408", "info", "unknown model type",
          "hfconv has no family-specific schema for this model_type, so only the generic config "
          "fields were checked.",
          "Nothing to fix; family-specific checks are simply not available for this model type.",
-         "config.json: model_type 'olmo2' has no family-specific schema in hfconv; only the generic "
+         "config.json: model_type 'olmoe' has no family-specific schema in hfconv; only the generic "
          "fields were checked")
 register("HFC409", "warning", "config without model_type",
          "AutoConfig and the Auto model classes pick the model class from model_type; without it they "

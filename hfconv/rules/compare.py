@@ -114,7 +114,8 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> 
 
     # 2. Every stored tensor: matched (then its shape is checked), ignored, or unexpected.
     extras = [(re.compile(p), label) for p, label in KNOWN_EXTRAS]
-    extras += [(re.compile(p), "ignored by the loader") for p in expected.allowed_extras]
+    trailing = "in layers past num_hidden_layers (multi-token prediction)"
+    extras += [(re.compile(p), trailing) for p in expected.allowed_extras]
     mismatched, unexpected, ignored = [], [], []
     unmatched: list[str] = []
     # In C: each stored shape against its expected tensor's (a stand-in with no shape when none).
