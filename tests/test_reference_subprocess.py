@@ -8,6 +8,7 @@ on folders written by transformers' own ``save_pretrained``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
@@ -23,6 +24,7 @@ import pytest
 pytestmark = pytest.mark.transformers
 
 AS_LIMIT = 2 * 2**30
+SAVED = Path(__file__).resolve().parent.parent / "fixtures" / "saved"
 _CLI = ("import sys, atexit\n"
         "atexit.register(lambda: sys.stderr.write('\\nTORCH-IMPORTED: %s\\n' % ('torch' in sys.modules)))\n"
         "from hfconv.cli import run\n"
@@ -50,23 +52,12 @@ def codes(report: dict) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def saved(transformers, tmp_path_factory):
-    """Tiny folders as save_pretrained writes them: llama, resnet, videomae, llava."""
-    root = tmp_path_factory.mktemp("saved")
-    text = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                    num_attention_heads=2, max_position_embeddings=32)
-    transformers.LlamaForCausalLM(text).save_pretrained(root / "llama")
-    transformers.ResNetModel(transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
-                             ).save_pretrained(root / "resnet")
-    transformers.VideoMAEModel(transformers.VideoMAEConfig(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32,
-        patch_size=16, num_frames=2, tubelet_size=2)).save_pretrained(root / "videomae")
-    vision = transformers.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                           num_attention_heads=2, image_size=28, patch_size=14)
-    transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(
-        text_config=text, vision_config=vision, image_token_index=63, vision_feature_layer=-1)
-    ).save_pretrained(root / "llava")
-    return root
+def saved() -> Path:
+    """Tiny folders as save_pretrained writes them: llama, resnet, videomae, llava (committed, written
+    by fixtures/make_saved_fixtures.py: no transformers import or model build in the test process)."""
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed; install hfconv[transformers] to compare with it")
+    return SAVED
 
 
 def copy_with(saved: Path, name: str, tmp_path: Path, change) -> Path:
