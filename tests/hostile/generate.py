@@ -428,7 +428,7 @@ def _pickle_opcodes(b: _Builder) -> None:
         + P.call("os", "system", P.s(touch(s("memo_index_bomb")))) + P.SETITEMS + P.STOP
     b.add("memo_index_bomb", "caps: memo", {w: torch_zip(memo, {})}, "HFC201", w, "os.system", weight_file=w)
     # Stack bomb: more pushes than the stack cap, never popped (1 byte each).
-    from hfconv.readers import torch_checkpoint as tc
+    from hfconv.readers import unpickler as tc
     bomb = P.PROTO2 + P.NONE * (tc.MAX_STACK + 2) + P.STOP
     b.add("stack_bomb", "caps: stack", {w: torch_zip(bomb, {})}, "HFC203", w, "stack", weight_file=w)
     # MARK nesting far past the cap.

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hfconv.jsonutil import _NOT_QUOTE_OR_BRACKET
-from hfconv.readers import read_weight_file
+from hfconv.readers import read_weight_file, unpickler
 from hfconv.readers import safetensors_header as sh
 from hfconv.readers import torch_checkpoint as tc
 from hfconv.tensors import FormatError, WeightFile
@@ -202,7 +202,7 @@ def lowered_caps(monkeypatch):
     """Caps lowered far below their defaults, so random streams cross every one of them."""
     for name, value in (("MAX_OPCODES", 300), ("MAX_MEMO", 2), ("MAX_STACK", 40), ("MAX_MARK_DEPTH", 4),
                         ("MAX_TENSORS", 3), ("MAX_STRING_BYTES", 8)):
-        monkeypatch.setattr(tc, name, value)
+        monkeypatch.setattr(unpickler, name, value)
 
 
 @SETTINGS
@@ -212,7 +212,7 @@ def test_random_op_streams_respect_lowered_caps(tmp_path_factory, lowered_caps, 
     path.write_bytes(wrap(pkl))
     wf = bounded(tc.read_torch_checkpoint, path)
     if wf is not None:
-        assert len(wf.tensors) <= tc.MAX_TENSORS
+        assert len(wf.tensors) <= unpickler.MAX_TENSORS
 
 
 @pytest.mark.parametrize("cap, stream, words", [
