@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from hfconv.checks.tokenizer import read_sentencepiece
+from hfconv.checks.tokenizer_files import read_sentencepiece
 from hfconv.discovery import discover
 from hfconv.findings import REGISTRY
 from hfconv.validation import validate
@@ -109,7 +109,7 @@ def test_tiktoken_file_named_tokenizer_model(tmp_path):
 
 
 def test_oversized_tokenizer_model_is_not_read(tmp_path, monkeypatch):
-    import hfconv.checks.tokenizer as tok
+    import hfconv.checks.tokenizer_files as tok
 
     folder = copy_fixture(tmp_path)
     monkeypatch.setattr(tok, "MAX_SENTENCEPIECE_BYTES", 1000)

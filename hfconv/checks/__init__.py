@@ -8,6 +8,7 @@ from ..contents import FolderContents
 from ..findings import Finding
 from .custom_code import check_custom_code
 from .deep import check_deep
+from .dtype import check_dtype
 from .hub import check_hub
 from .index import check_index
 from .layout import capped, check_hygiene, check_layout, check_read_errors, check_weight_metadata
@@ -15,7 +16,7 @@ from .manifest import check_manifest
 from .model_card import check_model_card
 from .schemas import check_schemas
 from .shapes import check_shapes
-from .tokenizer import check_dtype, check_tokenizer
+from .tokenizer import check_tokenizer
 
 Check = Callable[[FolderContents], Iterable[Finding]]
 
