@@ -28,6 +28,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
 LOST = "model.layers.1.post_attention_layernorm.weight"
 
 
@@ -46,22 +47,21 @@ def no_traceback(run: subprocess.CompletedProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def saved(transformers, tmp_path_factory) -> dict:
-    """A tiny LlamaForCausalLM saved by save_pretrained (single file and 2 shards), and its state dict."""
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config)
-    base = tmp_path_factory.mktemp("saved")
-    model.save_pretrained(base / "single", safe_serialization=False)
-    model.save_pretrained(base / "sharded", max_shard_size="20KB")
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return {"base": base, "state": state}
+def saved() -> dict:
+    """A tiny LlamaForCausalLM saved by save_pretrained (single file and 2 shards), and its state dict
+    (committed, written by fixtures/make_saved_fixtures.py: no transformers import or model build here)."""
+    from safetensors.torch import load_file
+
+    base = FIXTURES / "saved"
+    tensors = load_file(base / "gate-single" / "model.safetensors")
+    order = json.loads((base / "gate-order.json").read_text())
+    state = {name: tensors[name].clone() for name in order}  # the model's state_dict order
+    return {"base": {"single": base / "gate-single", "sharded": base / "gate-sharded"}, "state": state}
 
 
 def bin_folder(saved: dict, folder: Path, state: dict) -> Path:
     """save_pretrained's config files, weights as torch.save(state) in pytorch_model.bin."""
-    shutil.copytree(saved["base"] / "single", folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin",
+    shutil.copytree(saved["base"]["single"], folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin",
                                                                                      "*.index.json"))
     torch.save(state, folder / "pytorch_model.bin")
     return folder
@@ -71,7 +71,7 @@ def shard_without(saved: dict, folder: Path, name: str) -> Path:
     """The sharded save, with ``name`` dropped from the shard holding it (the index still lists it)."""
     from safetensors.torch import load_file, save_file
 
-    shutil.copytree(saved["base"] / "sharded", folder)
+    shutil.copytree(saved["base"]["sharded"], folder)
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     shard = folder / index["weight_map"][name]
     tensors = load_file(shard)
@@ -147,7 +147,7 @@ def test_allow_invalid_output_writes_it_and_still_says_invalid(saved, tmp_path):
 def test_repaired_index_is_a_valid_output(saved, tmp_path):
     """What convert repairs (the index, regenerated from the shards) is not an error of the output."""
     src = tmp_path / "src"
-    shutil.copytree(saved["base"] / "sharded", src)
+    shutil.copytree(saved["base"]["sharded"], src)
     index_path = src / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
     shards = sorted(set(index["weight_map"].values()))
