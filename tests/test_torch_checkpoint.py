@@ -606,5 +606,7 @@ def test_reader_does_not_import_torch_or_unpickler() -> None:
     code = ("import sys, pickle; pickle.Unpickler = None; "
             "import hfconv.readers.torch_checkpoint; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
-    source = (Path(__file__).resolve().parent.parent / "hfconv" / "readers" / "torch_checkpoint.py").read_text()
-    assert "pickle.load" not in source and "import pickle\n" not in source
+    readers = Path(__file__).resolve().parent.parent / "hfconv" / "readers"
+    for module in ("torch_checkpoint.py", "unpickler.py"):
+        source = (readers / module).read_text()
+        assert "pickle.load" not in source and "import pickle\n" not in source, module
