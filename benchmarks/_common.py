@@ -94,13 +94,14 @@ def weight_files(folder: Path) -> list[Path]:
 
 # --- measuring a subprocess --------------------------------------------------------------------
 
-def measure(cmd: list[str], error_tail: int | None = None) -> Run:
+def measure(cmd: list[str], error_tail: int | None = None, ok_exit: int = 0) -> Run:
     """Run ``cmd``; return (wall seconds, peak RSS bytes, peak RssAnon bytes).
 
     Both are polled from /proc/<pid>/status every 2 ms. VmHWM is the kernel's high-water mark
     of the child's resident set (reset by exec, so unlike ru_maxrss it does not count the
     forked copy of this process before exec); RssAnon is sampled, so its peak is a lower bound.
-    A failing ``cmd`` ends the benchmark with its stderr (the last ``error_tail`` characters).
+    A failing ``cmd`` (an exit code other than ``ok_exit``) ends the benchmark with its stderr
+    (the last ``error_tail`` characters).
     """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -119,7 +120,7 @@ def measure(cmd: list[str], error_tail: int | None = None) -> Run:
         time.sleep(0.002)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
+    if proc.returncode != ok_exit:
         if error_tail is not None:
             err = err[-error_tail:]
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")

@@ -112,7 +112,7 @@ def main() -> None:
     for _ in range(args.repeat):
         for name, cmd in peers.items():
             runs[name].append(measure(cmd))
-        changed.append(_measure_differing([*hfconv, str(a), str(c)]))
+        changed.append(measure([*hfconv, str(a), str(c)], ok_exit=1))
     runs["hfconv diff A C (1 layer changed)"] = changed
     floor = median_wall(runs["cat A B"])
     lines = [banner("bench_diff", work), "",
@@ -122,31 +122,6 @@ def main() -> None:
     lines += ["", f"hfconv diff A B / cat A B = {median_wall(runs['hfconv diff A B']) / floor:.2f}"]
     print("\n".join(lines))
 
-
-def _measure_differing(cmd: list[str]) -> Run:
-    """:func:`measure` for a diff that exits 1 (the weights differ): exit 1 is its answer, not a
-    failure (wall time and peak VmHWM / RssAnon polled from /proc as :func:`measure` does)."""
-    import time
-
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    hwm = anon = 0
-    while proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/status") as handle:
-                for line in handle:
-                    if line.startswith("VmHWM:"):
-                        hwm = max(hwm, int(line.split()[1]) * 1024)
-                    elif line.startswith("RssAnon:"):
-                        anon = max(anon, int(line.split()[1]) * 1024)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.002)
-    wall = time.perf_counter() - start
-    if proc.returncode != 1:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}, not 1:\n{err}")
-    return wall, hwm, anon
 
 if __name__ == "__main__":
     main()
