@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from pathlib import Path
 from ..contents import FolderContents
 from ..discovery import MAX_LISTED_FILES, ModelFolder
 from ..findings import Finding, finding, register
+from ..fsutil import open_regular
+from ..tensors import FormatError
 from ..units import human_bytes
 
 GB = 1000**3
@@ -265,11 +266,9 @@ class GitRules:
 
 def _read_rules(path: Path) -> str:
     try:
-        with open(path, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                return ""
+        with open_regular(path) as handle:
             return handle.read(MAX_ATTRIBUTE_BYTES).decode("utf-8", "replace")
-    except OSError:
+    except (OSError, FormatError):
         return ""
 
 
@@ -482,15 +481,12 @@ def _blob_mismatch(path: str, blob: str) -> str | None:
     else:
         return None
     try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return None
+        with open_regular(path) as handle:
             if digest.name == "sha1":
-                digest.update(b"blob %d\0" % st.st_size)
+                digest.update(b"blob %d\0" % os.fstat(handle.fileno()).st_size)
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
-    except OSError:
+    except (OSError, FormatError):
         return None
     actual = digest.hexdigest()
     return None if actual == blob else actual
