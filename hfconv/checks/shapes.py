@@ -24,10 +24,12 @@ from ..contents import FolderContents
 from ..discovery import ADAPTER
 from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
+from ..fsutil import open_regular
 from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, suggest_fix
 from ..rules.expected import CapReached, ExpectedModel, architecture_of, expected_tensors, family_of, generic_expected
 from ..rules.expression import ConfigValueError
 from ..rules.quantized import QuantView, Scheme, SchemeError, Unchecked, expected_shapes, quantized_view, scheme_of
+from ..tensors import FormatError
 
 # --- HFC6xx: tensor shapes implied by config.json ------------------------------------------
 register("HFC601", "error", "shape differs from config",
@@ -322,10 +324,10 @@ def _quant_states(contents: FolderContents, scheme: Scheme) -> dict[str, dict[st
             continue
         budget -= end - begin
         try:
-            with open(contents.folder.root / files[name], "rb") as handle:
+            with open_regular(contents.folder.path(files[name])) as handle:
                 handle.seek(begin)
                 state = json.loads(handle.read(end - begin).decode("utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, FormatError):
             continue
         if isinstance(state, dict):
             states[name[:cut]] = state
