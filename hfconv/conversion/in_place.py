@@ -24,13 +24,14 @@ from ..discovery import discover
 from ..dtypes import canonical_dtype
 from ..errors import OptionError, UsageError
 from ..findings import finding, register
+from ..fsutil import fsync_dir
 from ..sharding import INDEX_FILE, parse_size
 from ..units import plural
 from ..validation import check_contents, check_folder
 from .errors import ConversionError, write_failure
 from .plan import plan_conversion
 from .results import ConversionResult, ProgressCallback, ShardInfo, ValidationSummary
-from .staging import check_free_space, fsync_dir, make_temp_folder, umask, write_other_files
+from .staging import check_free_space, make_temp_folder, umask, write_other_files
 from .verify import raise_for_outcomes, validate_output
 from .workers import run_tasks
 from .write import ShardTask
