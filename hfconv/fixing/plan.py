@@ -8,6 +8,7 @@ renaming, editing token ids) are planned only when asked for. Nothing here write
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -284,8 +285,6 @@ class _Planner:
         if renames:
             new_map = {tensor: renames.get(shard, shard) for tensor, shard in new_map.items()}
         index = {"metadata": {"total_size": total}, "weight_map": new_map}
-        import json
-
         self.plan.created[name] = json.dumps(index, indent=2, sort_keys=True) + "\n"
         self.plan.note(name, ("HFC002",), f"created from the {len(new_map):,} tensors the {len(shards)} shards hold "
                        f"(total_size {total})")
