@@ -143,10 +143,9 @@ def split_codes(values: tuple[str, ...]) -> list[str]:
 
 
 def known_codes() -> frozenset[str]:
-    """Every registered finding code: the registry is filled by the modules that raise them, so
-    import each of those (validation imports every check; findings.all_codes imports the rest:
-    conversion, load, fixing, comparison). None of them imports torch."""
-    from .. import validation  # noqa: F401 - imported for its register() calls
+    """Every registered finding code: the registry is filled by the modules that raise them, and
+    findings.all_codes imports each of those (checks, conversion, load, fixing, comparison). None of
+    them imports torch."""
     from ..findings import all_codes
 
     return frozenset(all_codes())
