@@ -37,6 +37,7 @@ from .pictures import (
     layer_map_svg,
     layer_rows,
     memory_bars_html,
+    shape_text,
     shard_map_html,
     unit_of,
 )
@@ -681,7 +682,7 @@ def render_load_html(result: LoadResult, command: str | None = None) -> str:
         summary.append(("host memory", memory))
     if result.forward is not None:
         fwd = result.forward
-        shape = "[" + ", ".join(str(n) for n in fwd.shape) + "]"
+        shape = shape_text(fwd.shape)
         summary.append(("forward pass", f"{fwd.model_class}: {fwd.output} {shape}, "
                                         f"{'finite' if fwd.finite else 'NOT finite'} "
                                         f"({plural(fwd.tokens, 'token')} from {fwd.token_source})"))
@@ -739,7 +740,7 @@ def _tensor_table(shards: Sequence[MapShard]) -> TensorTable | None:
     by_bytes = ranks(lambda i: (-shown[i][0].bytes, shown[i][0].name))
     by_dtype = ranks(lambda i: (shown[i][0].dtype, i))
     by_shard = ranks(lambda i: (shown[i][1], i))
-    rows = [TensorTableRow(name=t.name, shape="[" + ", ".join(str(d) for d in t.shape) + "]", dtype=t.dtype,
+    rows = [TensorTableRow(name=t.name, shape=shape_text(t.shape), dtype=t.dtype,
                            shard=shard, bytes=human_bytes(t.bytes),
                            order=f"--n:{by_name[i]};--b:{by_bytes[i]};--d:{by_dtype[i]};--s:{by_shard[i]}")
             for i, (t, shard) in enumerate(shown)]

@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEVICE_COLOURS", "DTYPE_COLOURS", "SEVERITY_COLOURS", "LayerRow", "MemoryBar", "TensorLike", "device_colours",
-    "device_map_svg", "dtype_colour", "esc", "layer_map_svg", "layer_rows", "memory_bars_html", "shard_map_html",
-    "unit_of", "wrap_name",
+    "device_map_svg", "dtype_colour", "esc", "layer_map_svg", "layer_rows", "memory_bars_html", "shape_text",
+    "shard_map_html", "unit_of", "wrap_name",
 ]
 
 DTYPE_COLOURS: dict[str, str] = {
@@ -66,7 +66,8 @@ def dtype_colour(dtype: str) -> str:
     return DTYPE_COLOURS.get(dtype.upper(), _OTHER_DTYPE)
 
 
-def _shape(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[int]) -> str:
+    """``[4096, 11008]``."""
     return "[" + ", ".join(str(n) for n in shape) + "]"
 
 
@@ -127,7 +128,7 @@ def _segments(shard: MapShard, scale: float, marks: Mapping[str, str]) -> list[s
         mark = next((marks[p[0]] for p in pending if p[0] in marks), None)
         if len(pending) == 1:
             name, shape, _, _ = pending[0]
-            tip = f"{escape_text(name)}\n{_shape(shape)} {dtype}, {human_bytes(nbytes)}"
+            tip = f"{escape_text(name)}\n{shape_text(shape)} {dtype}, {human_bytes(nbytes)}"
         else:
             first, last = escape_text(pending[0][0]), escape_text(pending[-1][0])
             tip = f"{len(pending)} tensors ({first} \u2026 {last})\n{dtype}, {human_bytes(nbytes)}"
