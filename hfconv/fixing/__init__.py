@@ -23,7 +23,7 @@ from ..discovery import discover
 from ..findings import REGISTRY, Finding, Severity, finding, mark_fixable, register
 from ..jsonutil import JsonError
 from ..report import Report
-from ..tensors import FormatError
+from ..tensors import FormatError, WeightFile
 from ..validation import check_contents, check_folder
 from .apply import FileOps, VerifyError, remove_stale_temporaries
 from .plan import Plan, plan_fixes
@@ -117,10 +117,6 @@ def fix(path: str | os.PathLike[str], *, unsafe_fixes: bool = False, dry_run: bo
     notes += tuple(f"removed {name}, a temporary file of an interrupted hfconv fix"
                    for name in remove_stale_temporaries(root))
     done, failure = _apply(root, plan, changes)
-    if failure is not None:
-        failed = changes[len(done)]
-        for code in failed.codes:
-            plan.skipped[(code, failed.file)] = f"its fix failed ({failure.code}), see above"
     contents, after = _validated(root)
     # A fix can uncover another (config.json with a duplicate key was not checked for its dtype):
     # a few more rounds, each on the folder as it now is.
@@ -133,10 +129,6 @@ def fix(path: str | os.PathLike[str], *, unsafe_fixes: bool = False, dry_run: bo
             break
         more, failure = _apply(root, plan, changes)
         done.extend(more)
-        if failure is not None:
-            failed = changes[len(more)]
-            for code in failed.codes:
-                plan.skipped[(code, failed.file)] = f"its fix failed ({failure.code}), see above"
         contents, after = _validated(root)
     return FixResult(root, tuple(done), applied=True, remaining=_remaining(after.findings, plan, ()),
                      refused=(failure,) if failure else (), report=after, notes=notes)
@@ -176,32 +168,42 @@ def _symlink_refusals(contents: FolderContents, changes: list[Change]) -> list[F
 
 
 def _apply(root: str, plan: Plan, changes: list[Change]) -> tuple[list[Change], Finding | None]:
-    """Apply ``changes`` in order; stop at the first failure (that file is left as it was)."""
+    """Apply ``changes`` in order; stop at the first failure (that file is left as it was, and
+    ``plan.skipped`` says why its codes remain)."""
     ops = FileOps(root)
     headers = {name: (weight_file, metadata) for name, weight_file, metadata, _codes in plan.headers}
     done: list[Change] = []
     for change in changes:
-        try:
-            if change.action == "header":
-                weight_file, metadata = headers[change.file]
-                ops.rewrite_header(change.file, weight_file, metadata)
-            elif change.action in ("rewrite", "create"):
-                assert change.new_text is not None
-                ops.write_text(change.file, change.new_text, expected=change.old_text)
-            elif change.action == "rename":
-                assert change.new_name is not None
-                ops.link(change.file, change.new_name)
-            elif change.action == "delete":
-                ops.delete(change.file)
-        except VerifyError as exc:
-            return done, finding("HFC951", f"{change.file} was not changed: {exc}; it was left as it was",
-                                 file=change.file)
-        except (OSError, FormatError, JsonError) as exc:
-            reason = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
-            return done, finding("HFC951", f"{change.file} could not be changed ({change.action}): {reason}; it was "
-                                 "left as it was, and the files changed before it are complete", file=change.file)
+        failure = _apply_one(ops, headers, change)
+        if failure is not None:
+            for code in change.codes:
+                plan.skipped[(code, change.file)] = f"its fix failed ({failure.code}), see above"
+            return done, failure
         done.append(change)
     return done, None
+
+
+def _apply_one(ops: FileOps, headers: dict[str, tuple[WeightFile, dict[str, str]]], change: Change) -> Finding | None:
+    """Apply one change; the HFC951 finding when it failed."""
+    try:
+        if change.action == "header":
+            weight_file, metadata = headers[change.file]
+            ops.rewrite_header(change.file, weight_file, metadata)
+        elif change.action in ("rewrite", "create"):
+            assert change.new_text is not None
+            ops.write_text(change.file, change.new_text, expected=change.old_text)
+        elif change.action == "rename":
+            assert change.new_name is not None
+            ops.link(change.file, change.new_name)
+        elif change.action == "delete":
+            ops.delete(change.file)
+    except VerifyError as exc:
+        return finding("HFC951", f"{change.file} was not changed: {exc}; it was left as it was", file=change.file)
+    except (OSError, FormatError, JsonError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
+        return finding("HFC951", f"{change.file} could not be changed ({change.action}): {reason}; it was "
+                       "left as it was, and the files changed before it are complete", file=change.file)
+    return None
 
 
 def _addressed(item: Finding, changes: tuple[Change, ...] | list[Change]) -> bool:
