@@ -144,6 +144,13 @@ def _repository_root(folder: str) -> str | None:
 
 def find_config(folder: str | os.PathLike[str]) -> str | None:
     """The config file that applies to the model ``folder``, or None (see the module docstring)."""
+    found = _found_config(folder)
+    return found[0] if found is not None else None
+
+
+def _found_config(folder: str | os.PathLike[str]) -> tuple[str, dict[str, Any] | None] | None:
+    """:func:`find_config`'s file and, for a pyproject.toml, its tables (read once, to see whether it
+    has ``[tool.hfconv]``, and passed on rather than read again); None when none applies."""
     start = os.path.abspath(os.fspath(folder))
     parts = start.split(os.sep)
     if any(a.startswith("models--") and b == "snapshots" for a, b in zip(parts, parts[1:])):
@@ -160,8 +167,13 @@ def find_config(folder: str | os.PathLike[str]) -> str | None:
             if stat.S_ISLNK(mode):  # it may lead out of the folder: never followed (SECURITY.md)
                 raise ConfigError(f"{candidate} is a symlink; a config file found beside the folder is read only as a "
                                   "regular file (name it with --config to read it, or --no-config)")
-            if stat.S_ISREG(mode) and (name != "pyproject.toml" or "tool" in _pyproject_tables(candidate, False)):
-                return candidate
+            if not stat.S_ISREG(mode):
+                continue
+            if name != "pyproject.toml":
+                return candidate, None
+            tables = _pyproject_tables(candidate, False)
+            if "tool" in tables:
+                return candidate, tables
         if root is None or current == root:
             return None
         current = os.path.dirname(current)
@@ -212,9 +224,15 @@ def read_config(path: str | os.PathLike[str], follow_symlinks: bool = True) -> S
         ConfigError: the file cannot be read or parsed, or sets an unknown key, a bad value or a
             code that matches no registered finding code (the message names the file and the key).
     """
-    path = os.fspath(path)
+    return _settings(os.fspath(path), follow_symlinks)
+
+
+def _settings(path: str, follow_symlinks: bool, pyproject: dict[str, Any] | None = None) -> Settings:
+    """:func:`read_config`; ``pyproject``: the pyproject.toml's tables when already read."""
     if os.path.basename(path) == "pyproject.toml":
-        table = _pyproject_tables(path, follow_symlinks).get("tool")
+        if pyproject is None:
+            pyproject = _pyproject_tables(path, follow_symlinks)
+        table = pyproject.get("tool")
         where = f"{path} [tool.hfconv]"
         if table is None:
             raise ConfigError(f"{path} has no [tool.hfconv] table")
@@ -267,8 +285,8 @@ def _codes(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] | 
 
 def load_settings(folder: str | os.PathLike[str]) -> Settings:
     """The settings of the config file that applies to ``folder`` (:func:`find_config`), or empty ones."""
-    path = find_config(folder)
-    return read_config(path, follow_symlinks=False) if path is not None else Settings()
+    found = _found_config(folder)
+    return _settings(found[0], False, found[1]) if found is not None else Settings()
 
 
 def validate_configured(path: str | os.PathLike[str], settings: Settings, **options: Any) -> Report:
