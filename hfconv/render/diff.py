@@ -3,7 +3,6 @@ The comparison library is named for type checkers only: rendering imports no ope
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..units import human_bytes, plural
 from .common import escape_text, package_version
 from .jsonfmt import dumps_json
+from .pictures import esc, layer_map_svg, layer_rows, unit_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..comparison import DiffResult, TensorDiff
@@ -196,16 +196,10 @@ def _change_colour(amount: float) -> str:
     return colour
 
 
-def _esc(value: object) -> str:
-    return html.escape(escape_text(value), quote=True)
-
-
 def _layer_map(result: DiffResult) -> str:
     """The layer map of :mod:`hfconv.render.pictures` (rows in model order, bars as long as their
     bytes), each row coloured by how much it changed: the picture of what a fine-tune touched."""
     import dataclasses
-
-    from .pictures import layer_map_svg, layer_rows, unit_of
 
     changes: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -246,8 +240,8 @@ def render_diff_html(result: DiffResult) -> str:
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
-        f"<title>hfconv diff {_esc(result.a)} -> {_esc(result.b)}</title><style>{_CSS}</style></head><body>",
-        f"<h1 class=\"{'ok' if ok else 'bad'}\">{_esc(_headline(result))}</h1>",
+        f"<title>hfconv diff {esc(result.a)} -> {esc(result.b)}</title><style>{_CSS}</style></head><body>",
+        f"<h1 class=\"{'ok' if ok else 'bad'}\">{esc(_headline(result))}</h1>",
         "<h2>What changed, block by block</h2>", _layer_map(result),
         f"<h2>Tensors ({len(result.tensors):,}; {result.count('identical') + result.count('same_header'):,} "
         "identical, not listed)</h2>",
@@ -256,12 +250,12 @@ def render_diff_html(result: DiffResult) -> str:
         parts.append("<table><tr><th>status</th><th>tensor</th><th>A</th><th>B</th><th>max abs</th>"
                      "<th>rel L2</th><th>note</th></tr>")
         for t in rows:
-            parts.append(f"<tr><td>{_esc(_LABELS[t.status])}</td><td><code>{_esc(t.name)}</code></td>"
-                         f"<td>{_esc(t.dtype_a or '')} {_esc(_shape(t.shape_a))}</td>"
-                         f"<td>{_esc(t.dtype_b or '')} {_esc(_shape(t.shape_b))}</td>"
-                         f"<td class=\"num\">{_esc(_number(t.max_abs)) if t.max_abs is not None else ''}</td>"
-                         f"<td class=\"num\">{_esc(_number(t.rel_l2)) if t.rel_l2 is not None else ''}</td>"
-                         f"<td>{_esc(t.note or '')}</td></tr>")
+            parts.append(f"<tr><td>{esc(_LABELS[t.status])}</td><td><code>{esc(t.name)}</code></td>"
+                         f"<td>{esc(t.dtype_a or '')} {esc(_shape(t.shape_a))}</td>"
+                         f"<td>{esc(t.dtype_b or '')} {esc(_shape(t.shape_b))}</td>"
+                         f"<td class=\"num\">{esc(_number(t.max_abs)) if t.max_abs is not None else ''}</td>"
+                         f"<td class=\"num\">{esc(_number(t.rel_l2)) if t.rel_l2 is not None else ''}</td>"
+                         f"<td>{esc(t.note or '')}</td></tr>")
         parts.append("</table>")
     parts.append("<h2>Metadata</h2>")
     if result.metadata:
@@ -269,16 +263,16 @@ def render_diff_html(result: DiffResult) -> str:
         for change in result.metadata:
             a = "(absent)" if change.change == "only_b" else _value(change.a)
             b = "(absent)" if change.change == "only_a" else _value(change.b)
-            parts.append(f"<tr><td>{_esc(change.file)}</td><td><code>{_esc(change.key)}</code></td>"
-                         f"<td><code>{_esc(a)}</code></td><td><code>{_esc(b)}</code></td></tr>")
+            parts.append(f"<tr><td>{esc(change.file)}</td><td><code>{esc(change.key)}</code></td>"
+                         f"<td><code>{esc(a)}</code></td><td><code>{esc(b)}</code></td></tr>")
         parts.append("</table>")
     else:
         parts.append("<p>The same in both folders.</p>")
     if result.tokenizer is not None:
-        parts.append("<pre>" + _esc("\n".join(_tokenizer_lines(result))) + "</pre>")
+        parts.append("<pre>" + esc("\n".join(_tokenizer_lines(result))) + "</pre>")
     if result.findings:
         parts.append("<h2>Problems</h2><ul>")
-        parts.extend(f"<li>{_esc(f.code)} {_esc(f.severity.value)}: {_esc(f.message)}</li>" for f in result.findings)
+        parts.extend(f"<li>{esc(f.code)} {esc(f.severity.value)}: {esc(f.message)}</li>" for f in result.findings)
         parts.append("</ul>")
-    parts.append(f"<p class=\"muted\">hfconv {_esc(package_version())}</p></body></html>\n")
+    parts.append(f"<p class=\"muted\">hfconv {esc(package_version())}</p></body></html>\n")
     return "".join(parts)
