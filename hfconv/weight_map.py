@@ -12,7 +12,7 @@ from functools import lru_cache, partial
 from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple, overload
 
-from .dtypes import SAFETENSORS_BITS
+from .dtypes import SAFETENSORS_BITS, nbytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .contents import FolderContents
@@ -53,8 +53,7 @@ class MapShard:
 
 def tensor_nbytes(dtype: str, shape: Iterable[int]) -> int:
     """Bytes of a dense tensor of ``dtype`` (a safetensors name) and ``shape`` (0 for an unknown dtype)."""
-    bits = SAFETENSORS_BITS.get(dtype, 0)
-    return (math.prod(shape) * bits + 7) // 8
+    return nbytes(dtype, math.prod(shape)) if dtype in SAFETENSORS_BITS else 0
 
 
 # A model has a few dozen distinct (dtype, shape) pairs over 100,000s of tensors: computing each
