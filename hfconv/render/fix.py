@@ -54,6 +54,13 @@ def _remaining_lines(remaining: tuple[Remaining, ...]) -> list[str]:
     return lines
 
 
+def _refused(result: FixResult, headline: str) -> str:
+    """The report of a refused folder: ``headline``, then each reason."""
+    lines = [headline]
+    lines.extend(f"  {f.code} {escape_text(f.file or '')}: {escape_text(f.message)}" for f in result.refused)
+    return "\n".join(lines) + "\n"
+
+
 def _tally(result: FixResult) -> str:
     errors = sum(1 for r in result.remaining if r.finding.severity.value == "error")
     warnings = sum(1 for r in result.remaining if r.finding.severity.value == "warning")
@@ -65,9 +72,7 @@ def render_text(result: FixResult) -> str:
     path = escape_text(result.path)
     lines: list[str] = []
     if result.refused and not result.applied:
-        lines.append(f"fix {path}: refused; nothing was changed")
-        lines.extend(f"  {f.code} {escape_text(f.file or '')}: {escape_text(f.message)}" for f in result.refused)
-        return "\n".join(lines) + "\n"
+        return _refused(result, f"fix {path}: refused; nothing was changed")
     if result.refused:
         lines.append(f"fix {path}: {plural(len(result.changes), 'change')} made, then one failed")
     else:
@@ -90,9 +95,7 @@ def render_diff(result: FixResult) -> str:
     path = escape_text(result.path)
     lines: list[str] = []
     if result.refused:
-        lines.append(f"fix {path}: refused; nothing would be changed")
-        lines.extend(f"  {f.code} {escape_text(f.file or '')}: {escape_text(f.message)}" for f in result.refused)
-        return "\n".join(lines) + "\n"
+        return _refused(result, f"fix {path}: refused; nothing would be changed")
     for change in result.changes:
         if change.action in ("rewrite", "create"):
             name = escape_text(change.file)
