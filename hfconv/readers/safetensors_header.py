@@ -37,7 +37,6 @@ import math
 import operator
 import os
 import struct
-from itertools import repeat
 from typing import Any
 
 from ..dtypes import SAFETENSORS_BITS
@@ -488,7 +487,8 @@ def _read_fast(raw: bytes, base: int, available: int) -> tuple[dict[str, TensorM
         return None
     names = list(header)
     absolute = zip(map(base.__add__, begins), map(base.__add__, ends))
-    rows = zip(names, dtypes, map(tuple, shapes), absolute, repeat(None), repeat(0), repeat(None))
+    rows = zip(names, dtypes, map(tuple, shapes), absolute, itertools.repeat(None), itertools.repeat(0),
+               itertools.repeat(None))
     return dict(zip(names, map(_new_meta, rows))), metadata
 
 
