@@ -97,7 +97,7 @@ def fix(path: str | os.PathLike[str], *, unsafe_fixes: bool = False, dry_run: bo
     root = os.fspath(path)
     notes: tuple[str, ...] = ()
     contents, report = _validated(root)
-    refused = _refusals(contents, report)
+    refused = _refusals(report)
     plan = plan_fixes(contents, report, unsafe_fixes) if not refused else Plan()
     changes = plan.changes()
     renames = sorted(name for code, name in plan.unsafe_available if code == "rename" and name)
@@ -121,7 +121,7 @@ def fix(path: str | os.PathLike[str], *, unsafe_fixes: bool = False, dry_run: bo
     # A fix can uncover another (config.json with a duplicate key was not checked for its dtype):
     # a few more rounds, each on the folder as it now is.
     for _round in range(_MORE_ROUNDS):
-        if failure is not None or not done or _refusals(contents, after):
+        if failure is not None or not done or _refusals(after):
             break
         plan = plan_fixes(contents, after, unsafe_fixes)
         changes = plan.changes()
@@ -139,7 +139,7 @@ def _validated(root: str) -> tuple[FolderContents, Report]:
     return contents, check_contents(contents, path=root)
 
 
-def _refusals(contents: FolderContents, report: Report) -> list[Finding]:
+def _refusals(report: Report) -> list[Finding]:
     found = []
     for item in report.findings:
         hostile = item.code in _REFUSING or (item.code == "HFC011" and item.severity is Severity.ERROR)
