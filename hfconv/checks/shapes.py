@@ -243,7 +243,7 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
             yield finding(issue.code, issue.message, file=where.get(issue.tensor), tensor=issue.tensor)
         actual = view.logical
     else:
-        actual = {name: meta.shape for name, meta in tensors.items()}
+        actual = contents.loaded_shapes
 
     # 3. Compare, and look for one config field that explains every mismatch.
     result = compare(expected, actual)
@@ -284,7 +284,7 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
         what = f"model_type {model_type!r}" if isinstance(model_type, str) else "a config.json without model_type"
         notes.append(finding("HFC606", f"{what} is not in hfconv's shape-rule table and {why}: only embedding "
                              "sizes and the layer count were checked", file=_CONFIG))
-    return generic_expected(config, {n: m.shape for n, m in contents.loaded_tensors.items()}), notes
+    return generic_expected(config, contents.loaded_shapes), notes
 
 
 def _trailing_held(expected: ExpectedModel, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> ExpectedModel:
@@ -347,7 +347,7 @@ def _generated(contents: FolderContents, config: Mapping[str, Any]) -> ExpectedM
     expected = generated_expected(config)
     if expected is None:
         return None
-    if not compare(expected, {n: m.shape for n, m in contents.loaded_tensors.items()}).clean and \
+    if not compare(expected, contents.loaded_shapes).clean and \
             ref.transformers_available():
         return None
     return expected
