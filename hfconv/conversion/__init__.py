@@ -42,7 +42,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..contents import FolderContents, read_contents
@@ -80,7 +80,7 @@ from .staging import (
     write_other_files,
 )
 from .verify import raise_for_outcomes, validate_output
-from .workers import run_tasks
+from .workers import progress_counter, run_tasks
 from .write import ShardOutcome, ShardTask
 
 __all__ = [
@@ -276,7 +276,7 @@ def _convert_into(paths: _Paths, contents: FolderContents, plan: ConversionPlan,
         # numpy (~0.1 s to import) is first needed by the verifying thread; import it now on
         # the side, while the main thread starts copying (which mostly waits in syscalls).
         threading.Thread(target=_import_numpy, name="hfconv-import", daemon=True).start()
-    advance = _progress_counter(progress, plan.total_size, 2 if settings.verify else 1)
+    advance = progress_counter(progress, plan.total_size, 2 if settings.verify else 1)
     tmp = make_temp_folder(paths.parent)
     manifest_tmp: str | None = None
     roots = tuple(str(r) for r in (contents.folder.root, contents.folder.blob_root) if r is not None)
@@ -311,24 +311,6 @@ def _convert_into(paths: _Paths, contents: FolderContents, plan: ConversionPlan,
         if settings.fsync:
             fsync_dir(os.path.dirname(paths.manifest))
     return outcomes, copied, summary
-
-
-def _progress_counter(progress: ProgressCallback | None, total: int, passes: int) -> Callable[[int], None]:
-    """The per-chunk callback of the writers: each byte is written and (with verify) compared,
-    so ``progress`` sees each counted half when written and half when verified, and 100%
-    means both are done. Calls ``progress(0, total)`` at once."""
-    done = [0]
-    lock = threading.Lock()
-
-    def advance(n: int) -> None:
-        if progress is not None:
-            with lock:
-                done[0] += n
-                progress(done[0] // passes, total)
-
-    if progress is not None:
-        progress(0, total)
-    return advance
 
 
 def _result(paths: _Paths, plan: ConversionPlan, outcomes: list[ShardOutcome], copied: list[str],

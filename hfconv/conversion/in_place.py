@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
 
 from ..contents import read_contents
 from ..discovery import discover
@@ -33,7 +32,7 @@ from .plan import plan_conversion
 from .results import ConversionResult, ProgressCallback, ShardInfo, ValidationSummary
 from .staging import check_free_space, make_temp_folder, umask, write_other_files
 from .verify import raise_for_outcomes, validate_output
-from .workers import run_tasks
+from .workers import progress_counter, run_tasks
 from .write import ShardTask
 
 __all__ = ["convert_in_place"]
@@ -97,7 +96,7 @@ def convert_in_place(src: str | os.PathLike[str], *, max_shard_size: int | str =
 
     # 2. Write, verify and validate in a hidden folder inside SRC (same file system: renames).
     roots = tuple(str(r) for r in (folder.root, folder.blob_root) if r is not None)
-    advance = _counter(progress, plan.total_size, 2 if verify else 1)
+    advance = progress_counter(progress, plan.total_size, 2 if verify else 1)
     tmp = make_temp_folder(root)
     moved: list[str] = []
     try:
@@ -165,18 +164,5 @@ def _move_into(tmp: str, root: str, names: list[str], moved: list[str], durable:
         moved.append(name)
     if durable:
         fsync_dir(root)
-
-
-def _counter(progress: ProgressCallback | None, total: int, passes: int) -> Callable[[int], None]:
-    done = [0]
-
-    def advance(n: int) -> None:
-        if progress is not None:
-            done[0] += n
-            progress(done[0] // passes, total)
-
-    if progress is not None:
-        progress(0, total)
-    return advance
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from .results import ProgressCallback
 from .verify import check_batch, finish_shard
 from .write import Batch, ShardOutcome, ShardTask, Sources, Writeback, write_shard
 
-__all__ = ["convert_shards", "run_tasks"]
+__all__ = ["convert_shards", "progress_counter", "run_tasks"]
 
 
 _COPY_CHUNK = 64 << 20
@@ -129,3 +131,21 @@ def _stop_pool(pool: Any) -> None:
             process.terminate()
     for process in processes:
         process.join(timeout=10)
+
+
+def progress_counter(progress: ProgressCallback | None, total: int, passes: int) -> Callable[[int], None]:
+    """The per-chunk callback of the writers: each byte is written and (with verify) compared,
+    so ``progress`` sees each counted half when written and half when verified, and 100%
+    means both are done. Calls ``progress(0, total)`` at once."""
+    done = [0]
+    lock = threading.Lock()
+
+    def advance(n: int) -> None:
+        if progress is not None:
+            with lock:
+                done[0] += n
+                progress(done[0] // passes, total)
+
+    if progress is not None:
+        progress(0, total)
+    return advance
