@@ -435,7 +435,12 @@ def progress_bar(quiet: bool, verify: bool, what: str = "convert") -> tuple[Any,
     """
     if quiet:
         return None, None
-    desc = f"{what} (write+verify)" if verify else f"{what} (write)"
+    return byte_progress(f"{what} (write+verify)" if verify else f"{what} (write)")
+
+
+def byte_progress(desc: str) -> tuple[Any, Callable[[int, int], None]]:
+    """A tqdm bar over bytes labelled ``desc`` on a terminal, else (CI logs) a line every
+    HFCONV_PROGRESS_INTERVAL seconds; returns the object to close and its update(done, total)."""
     if not sys.stderr.isatty():
         lines = ProgressLines(desc)
         return lines, lines.update

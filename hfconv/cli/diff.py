@@ -5,20 +5,18 @@ comparison library is imported when the command runs (never torch)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from ._common import (
     CONTEXT_SETTINGS,
-    ProgressLines,
+    byte_progress,
     check_output,
     emit,
     format_option,
     output_option,
     resolve_folder,
-    tqdm_bar,
     usage_errors,
 )
 
@@ -64,7 +62,7 @@ def diff_command(a: str, b: str, headers_only: bool, quiet: bool, fmt: str, outp
 
     folder_a, folder_b = resolve_folder(a), resolve_folder(b)
     check_output(output, reads=[folder_a, folder_b])
-    bar, update = (None, None) if headers_only or quiet else _progress()
+    bar, update = (None, None) if headers_only or quiet else byte_progress("diff")
     try:
         with usage_errors():
             result = run_diff(folder_a, folder_b, headers_only=headers_only, progress=update)
@@ -75,21 +73,6 @@ def diff_command(a: str, b: str, headers_only: bool, quiet: bool, fmt: str, outp
     renderers = {"text": render_diff_text, "json": render_diff_json, "html": render_diff_html}
     emit(renderers[fmt](result), output)
     sys.exit(result.exit_code)
-
-
-def _progress() -> tuple[Any, Callable[[int, int], None]]:
-    """A bar over the bytes compared (both folders) on a terminal, else a line every 10 s."""
-    if not sys.stderr.isatty():
-        lines = ProgressLines("diff")
-        return lines, lines.update
-    bar = tqdm_bar("diff")
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
-
-    return bar, update
 
 
 def _as_given(result: DiffResult, a: str, b: str) -> DiffResult:
