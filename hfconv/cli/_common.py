@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..discovery import resolve_model_path
+from ..fsutil import umask
 
 if TYPE_CHECKING:
     from ..findings import Finding
@@ -332,9 +333,7 @@ def write_file(output: str, data: bytes) -> None:
                 if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
                     os.fchown(handle.fileno(), st.st_uid, st.st_gid)
             else:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(handle.fileno(), 0o666 & ~umask)
+                os.fchmod(handle.fileno(), 0o666 & ~umask())
         os.replace(tmp, target)
     except BaseException as exc:
         try:

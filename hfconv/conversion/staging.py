@@ -18,7 +18,7 @@ from typing import Any
 
 from ..contents import FolderContents
 from ..errors import OptionError, UsageError
-from ..fsutil import fsync_dir, open_inside
+from ..fsutil import fsync_dir, open_inside, umask
 from ..sharding import INDEX_FILE
 from ..tensor_bytes import write_all
 from ..tensors import FormatError
@@ -140,19 +140,6 @@ def size_or_zero(path: Path) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
-
-
-def umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _open_source(roots: tuple[str, ...], path: Path, name: str) -> io.BufferedReader:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 
-from ..fsutil import fsync_dir, open_regular
+from ..fsutil import fsync_dir, open_regular, umask
 from ..readers.safetensors_header import read_safetensors
 from ..tensor_bytes import copy_range, write_all
 from ..tensors import FormatError, WeightFile
@@ -85,9 +85,7 @@ class FileOps:
         try:
             mode = stat.S_IMODE(os.lstat(target).st_mode)
         except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
+            mode = 0o666 & ~umask()
         os.fchmod(fd, mode)
         os.fsync(fd)
         os.close(fd)
