@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..units import human_bytes, plural
+from ..weight_map import unit_of
 from .common import escape_text, package_version
 from .jsonfmt import dumps_json
-from .pictures import esc, layer_map_svg, layer_rows, unit_of
+from .pictures import esc, layer_map_svg, layer_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..comparison import DiffResult, TensorDiff

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEVICE_COLOURS", "DTYPE_COLOURS", "SEVERITY_COLOURS", "LayerRow", "MemoryBar", "TensorLike", "device_colours",
     "device_map_svg", "dtype_colour", "esc", "layer_map_svg", "layer_rows", "memory_bars_html", "shape_text",
-    "shard_map_html", "unit_of", "wrap_name",
+    "shard_map_html", "wrap_name",
 ]
 
 DTYPE_COLOURS: dict[str, str] = {

@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..units import human_bytes
+from ..weight_map import unit_of
 from .common import escape_text
-from .pictures import layer_rows, unit_of
+from .pictures import layer_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..weight_map import MapShard
