@@ -1,8 +1,8 @@
 """Where a tensor's bytes are in its weight file, from the readers' metadata alone.
 
 Shared by ``convert`` and ``load-test``; each turns the outcomes into its own errors.
-The one place that says where a tensor's bytes are (:func:`locate`) and the one byte mover
-that copies them from file to file (:func:`copy_range`).
+The one place that says where a tensor's bytes are (:func:`locate`), the one byte mover
+that copies them from file to file (:func:`copy_range`) and the one exact read (:func:`pread_full`).
 """
 
 from __future__ import annotations
@@ -256,6 +256,26 @@ def _buffered_copy(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
         write_all(dst_fd, view[:got])
         done += got
     return done
+
+
+_READ_CHUNK = 1 << 30
+"""Largest single pread (Linux returns at most ~2 GiB per call)."""
+
+
+def pread_full(fd: int, buffer: memoryview, offset: int) -> None:
+    """Fill ``buffer`` from ``fd`` at ``offset``; a short file is an error.
+
+    Raises:
+        OSError: reading failed, or the file ended first (``file ended N bytes early at offset X``).
+    """
+    done = 0
+    total = len(buffer)
+    while done < total:
+        want = min(total - done, _READ_CHUNK)
+        got = os.preadv(fd, [buffer[done:done + want]], offset + done)
+        if got <= 0:
+            raise OSError(f"file ended {total - done} bytes early at offset {offset + done}")
+        done += got
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> int:

@@ -20,7 +20,7 @@ from ..contents import FolderContents
 from ..dtypes import FLOAT_DTYPES, SAFETENSORS_BITS, itemsize, swap_unit
 from ..findings import Finding, finding
 from ..fsutil import open_inside
-from ..tensor_bytes import LocateError, file_order, locate
+from ..tensor_bytes import LocateError, file_order, locate, pread_full
 from ..tensors import FormatError, TensorMeta, WeightFile
 from .decode import DECODABLE, as_number, can_cast, cast_bytes
 from .results import TensorDiff
@@ -177,7 +177,7 @@ class _Elements:
                 self.whole = mapped[span.begin:span.end]
         elif span.stride is not None or span.byteswap:
             raw = bytearray(span.end - span.begin)
-            _pread_exactly(fd, memoryview(raw), span.begin)
+            pread_full(fd, memoryview(raw), span.begin)
             values: Any = np.frombuffer(raw, dtype=np.uint8)
             if span.stride is not None:
                 from numpy.lib.stride_tricks import as_strided
@@ -198,19 +198,10 @@ class _Elements:
             return self.whole[begin:begin + nbytes]
         view = buffer[:nbytes]
         try:
-            _pread_exactly(self.fd, view, self.offset + begin)
+            pread_full(self.fd, view, self.offset + begin)
         except OSError as exc:
             raise _ReadFailed(self.side, self.file, exc.strerror or str(exc)) from None
         return view
-
-
-def _pread_exactly(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got == 0:
-            raise OSError(f"the file ends {len(view) - done} bytes early")
-        done += got
 
 
 def _equal(a: memoryview, b: memoryview) -> bool:

@@ -2,15 +2,16 @@
 through a 64 MiB staging buffer into a device allocation (cuda); then the bytes as the tensor.
 
 The functions are looked up on this module when called (``transfer.read_exact(...)``), so a
-test can replace one to inject a fault on the way to the device.
+test can replace one to inject a fault on the way to the device (``pread_full`` is
+:func:`hfconv.tensor_bytes.pread_full`, named here for that).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..dtypes import swap_unit
+from ..tensor_bytes import pread_full
 from .checksum import CHUNK_BYTES, Checksum, RunningChecksum
 from .located import Located
 
@@ -18,20 +19,6 @@ __all__ = ["STAGE_BYTES", "Scratch", "as_tensor", "pread_full", "read_exact", "t
 
 STAGE_BYTES = 64 << 20
 """Host staging buffer for GPU transfers: bounds host memory per transfer."""
-_READ_CHUNK = 1 << 30
-"""Largest single pread (Linux returns at most ~2 GiB per call)."""
-
-
-def pread_full(fd: int, buffer: memoryview, offset: int) -> None:
-    """Fill ``buffer`` from ``fd`` at ``offset``; a short file is an error."""
-    done = 0
-    total = len(buffer)
-    while done < total:
-        want = min(total - done, _READ_CHUNK)
-        got = os.preadv(fd, [buffer[done:done + want]], offset + done)
-        if got <= 0:
-            raise OSError(f"file ended {total - done} bytes early at offset {offset + done}")
-        done += got
 
 
 def read_exact(fd: int, buffer: memoryview, offset: int) -> None:
