@@ -7,32 +7,14 @@ from collections.abc import Iterable
 
 from .checks import CHECKS
 from .contents import CheckOptions, FolderContents, read_contents
-from .discovery import discover, hub_snapshot_name, resolve_model_path
+from .discovery import discover, hub_snapshot_name
 from .errors import UsageError
 from .findings import Finding
-from .fsutil import special_kind
+from .folder_check import check_folder, resolve_folder
 from .report import Report
 from .weight_map import shard_map
 
 __all__ = ["UsageError", "check_contents", "check_folder", "validate"]  # UsageError: from .errors, as before
-
-
-def check_folder(path: str | os.PathLike, what: str = "") -> None:
-    """Raise :class:`UsageError` unless ``path`` is a folder, saying what it is instead: missing,
-    a dangling symlink, a FIFO or device, or a file. ``what`` prefixes the message (``"SRC "``)."""
-    if os.path.isdir(path):
-        return
-    shown = f"{what}{os.fspath(path)}"
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        if os.path.islink(path):
-            raise UsageError(f"{shown} is a symlink to something that does not exist") from None
-        raise UsageError(f"{shown} does not exist") from None
-    kind = special_kind(mode)
-    if kind is not None:
-        raise UsageError(f"{shown} is not a folder ({kind})")
-    raise UsageError(f"{shown} is a file, not a folder (give the model folder that contains it)")
 
 
 def validate(
@@ -70,8 +52,7 @@ def validate(
         UsageError: path does not exist or is not a folder (the message says which), or names a
             cached repo whose revision is not in the cache.
     """
-    path = resolve_model_path(os.fspath(path))
-    check_folder(path)
+    path = resolve_folder(path)
     folder = discover(path)
     options = CheckOptions(trust_remote_code=trust_remote_code, reference=reference, deep=deep, manifest=manifest,
                            publishing=publishing)

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..discovery import resolve_model_path
 from ..fsutil import umask
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONTEXT_SETTINGS", "DTYPE_HELP", "ERROR_MAP", "EXIT_FOR_SIGNAL", "INSTALL_HINT", "ProgressLines",
            "FLAG_PHRASES", "check_output", "check_size", "checked_codes", "codes_option", "describe_error",
-           "describe_kind", "dtype_option", "emit", "flag_findings", "flag_wording", "format_option", "known_codes",
+           "dtype_option", "emit", "flag_findings", "flag_wording", "format_option", "known_codes",
            "on_signal", "os_error_line", "output_option", "progress_bar", "received_signals", "require_modules",
            "require_torch", "resolve_folder", "torch_installed", "TORCH_INSTALL_HINT", "Unavailable", "split_codes",
            "tqdm_bar", "usage_errors", "write_file"]
@@ -234,16 +233,6 @@ def require_torch(what: str) -> None:
         raise Unavailable(f"{what} needs torch, which is not installed; install it: {TORCH_INSTALL_HINT}")
 
 
-def describe_kind(path: str) -> str | None:
-    """'a FIFO', 'a character device', ... for a path that exists and is neither a folder nor a regular file."""
-    from ..fsutil import special_kind
-
-    try:
-        return special_kind(os.stat(path).st_mode)
-    except OSError:
-        return None
-
-
 def check_output(output: str | None, reads: tuple[str, ...] | list[str] = (),
                  writes: tuple[str, ...] | list[str] = ()) -> None:
     """Refuse an --output FILE that cannot be written or must not be, before any work (exit 2).
@@ -346,24 +335,16 @@ def write_file(output: str, data: bytes) -> None:
 
 
 def resolve_folder(path: str) -> str:
+    """The model folder PATH names (a folder, or a repo id in the local Hub cache), or a usage error
+    (exit 2) in the library's wording (:func:`hfconv.folder_check.resolve_folder`), escaped."""
     from ..errors import UsageError
+    from ..folder_check import resolve_folder as library_resolve
     from ..render import escape_text
 
     try:
-        resolved = resolve_model_path(path)
-    except UsageError as exc:  # a cached repo id whose revision is not cached
+        return library_resolve(path)
+    except UsageError as exc:
         raise click.UsageError(escape_text(str(exc))) from None
-    shown = escape_text(path)
-    if not os.path.exists(resolved):
-        if os.path.islink(resolved):
-            raise click.UsageError(f"{shown} is a symlink to something that does not exist")
-        raise click.UsageError(f"{shown} does not exist (and is not a repo id in the local Hub cache)")
-    if not os.path.isdir(resolved):
-        kind = describe_kind(resolved)
-        if kind:
-            raise click.UsageError(f"{shown} is not a folder ({kind})")
-        raise click.UsageError(f"{shown} is a file; give the model folder that contains it")
-    return resolved
 
 
 def os_error_line(exc: OSError) -> str:

@@ -1,0 +1,60 @@
+"""Wording and one-source-of-truth items of the third review round: the folder check shared by the
+CLI and the library, the finding-code check shared by --select/--ignore and the config file, the
+repository root found once, git's attribute files in a linked worktree, progress bars kept out of
+an ``-o`` report, and the placeholder repository URL in the docs.
+
+One CLI subprocess per point, on committed fixtures or real folders (``git init``, ``git worktree
+add``); the logic around it in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import FIXTURES, ROOT
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def hfconv(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", NO_COLOR="1", COLUMNS="100", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "hfconv", *args], env=full, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# --- 1. one folder check, one wording: the CLI says what the library says --------------------------
+
+def test_cli_words_a_non_folder_as_the_library_does(tmp_path: Path) -> None:
+    from hfconv import validate
+    from hfconv.errors import UsageError
+    from hfconv.folder_check import check_folder
+
+    link = tmp_path / "model"
+    link.symlink_to(tmp_path / "gone")
+    result = hfconv("inspect", str(link))
+    with pytest.raises(UsageError) as library:
+        validate(link)
+    assert result.returncode == 2, result.stderr
+    assert str(library.value) == f"{link} is a dangling symlink (to '{tmp_path / 'gone'}', which does not exist)"
+    assert str(library.value) in result.stderr and "Traceback" not in result.stderr
+    # Every other case, in the library (the CLI calls this very function).
+    file = tmp_path / "config.json"
+    file.write_text("{}")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = {file: f"{file} is a file, not a folder (give the model folder that contains it)",
+             fifo: f"{fifo} is not a folder (a FIFO); give the model folder",
+             tmp_path / "missing": f"{tmp_path / 'missing'} does not exist"}
+    for path, message in cases.items():
+        with pytest.raises(UsageError) as raised:
+            check_folder(path)
+        assert str(raised.value) == message
+    with pytest.raises(UsageError, match=r"^no-such-model does not exist \(and is not a repo id in the local Hub"):
+        validate("no-such-model")
+    check_folder(FIXTURES / "llama-bin")
