@@ -8,13 +8,12 @@ when one field change explains every mismatch, its value).
 Expected tensors come from hfconv's rule table (:mod:`hfconv.rules`) or, with
 ``--reference transformers`` (or ``auto`` for families the table lacks), from transformers'
 own model built on the meta device (:mod:`hfconv.rules.transformers_reference`). Only headers are
-used: no tensor bytes are read.
+used, and bitsandbytes 4-bit quant states (a few hundred bytes each, bounded): no weight bytes are read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -24,12 +23,11 @@ from ..contents import FolderContents
 from ..discovery import ADAPTER
 from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
-from ..fsutil import open_regular
+from ..readers.quant_state import read_quant_states
 from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, suggest_fix
 from ..rules.expected import CapReached, ExpectedModel, architecture_of, expected_tensors, family_of, generic_expected
 from ..rules.expression import ConfigValueError
 from ..rules.quantized import QuantView, Scheme, SchemeError, Unchecked, expected_shapes, quantized_view, scheme_of
-from ..tensors import FormatError
 
 # --- HFC6xx: tensor shapes implied by config.json ------------------------------------------
 register("HFC601", "error", "shape differs from config",
@@ -78,7 +76,7 @@ register("HFC606", "info", "architecture not in rule table",
 register("HFC607", "info", "quantization scheme not checked",
          "config.json has a quantization_config whose storage layout hfconv does not know (schemes it checks: "
          "fp8 with or without blocks, gptq, awq gemm/gemv, bitsandbytes 4-bit and 8-bit, compressed-tensors "
-         "pack-, float-, int- and naive-quantized), so shapes cannot be checked against the config.",
+         "pack-, float-, int- and naive-quantized, mxfp4), so shapes cannot be checked against the config.",
          "Nothing to do; validate the unquantized model for shape checks.",
          "config.json has a quantization_config (hqq: hfconv does not know its layout), so shape checks "
          "against the config are skipped")
@@ -177,7 +175,7 @@ register("HFC624", "error", "packed weight holds the wrong number of values",
 _CONFIG = "config.json"
 _MARKS = {"fp8": "no weight_scale_inv", "gptq": "no qweight", "awq": "no qweight",
           "bnb-4bit": "no weight.absmax or quant state", "bnb-8bit": "no SCB",
-          "compressed-tensors": "no weight_scale or weight_packed"}
+          "compressed-tensors": "no weight_scale or weight_packed", "mxfp4": "no *_blocks"}
 
 
 def check_shapes(contents: FolderContents) -> Iterator[Finding]:
@@ -231,7 +229,8 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
     # tensors (scales, zeros, quant states) against the weights they belong to.
     view: QuantView | None = None
     if scheme is not None:
-        view = quantized_view(scheme, tensors, expected_shapes(expected), _quant_states(contents, scheme))
+        view = quantized_view(scheme, tensors, expected_shapes(expected, config),
+                              _quant_states(contents, scheme))
         if not view.modules:
             yield finding("HFC625", f"config.json has a quantization_config ({scheme.label}) but none of the "
                           f"{len(tensors)} stored tensors is quantized that way ({_MARKS[scheme.method]}); shape "
@@ -300,37 +299,27 @@ def _trailing_held(expected: ExpectedModel, config: Mapping[str, Any], tensors: 
 
 
 _QUANT_STATE = ".weight.quant_state.bitsandbytes__"
-_MAX_STATE_BYTES = 64 * 1024
-"""Largest bitsandbytes quant state read (a JSON of a few hundred bytes in practice)."""
 _MAX_STATES_BYTES = 16 * 1024 * 1024
 """Most bytes of quant states read for one folder."""
 
 
 def _quant_states(contents: FolderContents, scheme: Scheme) -> dict[str, dict[str, Any]]:
     """bitsandbytes 4-bit quant states by module: the JSON (shape, blocksize, quant type) its
-    ``weight.quant_state.bitsandbytes__nf4`` U8 tensor holds. Tensor bytes, so read with --deep
-    only (validate otherwise reads headers alone); unreadable or malformed ones are skipped."""
-    if scheme.method != "bnb-4bit" or not contents.options.deep:
+    ``weight.quant_state.bitsandbytes__nf4`` U8 tensor holds (a few hundred bytes each, read by
+    :mod:`hfconv.readers.quant_state`, bounded); unreadable or malformed ones are skipped."""
+    if scheme.method != "bnb-4bit":
         return {}
-    states: dict[str, dict[str, Any]] = {}
-    budget = _MAX_STATES_BYTES
     files = contents.tensor_files
+    by_file: dict[str, list[tuple[str, int, int]]] = {}
     for name, meta in contents.loaded_tensors.items():
         cut = name.find(_QUANT_STATE)
-        if cut < 0 or meta.dtype != "U8" or meta.data_offsets is None or name not in files:
-            continue
-        begin, end = meta.data_offsets
-        if not 0 <= end - begin <= min(_MAX_STATE_BYTES, budget):
-            continue
-        budget -= end - begin
-        try:
-            with open_regular(contents.folder.path(files[name])) as handle:
-                handle.seek(begin)
-                state = json.loads(handle.read(end - begin).decode("utf-8"))
-        except (OSError, ValueError, FormatError):
-            continue
-        if isinstance(state, dict):
-            states[name[:cut]] = state
+        if cut >= 0 and meta.dtype == "U8" and meta.data_offsets is not None and name in files:
+            by_file.setdefault(files[name], []).append((name[:cut], *meta.data_offsets))
+    states: dict[str, dict[str, Any]] = {}
+    budget = _MAX_STATES_BYTES
+    for file, ranges in by_file.items():
+        states.update(read_quant_states(contents.folder.path(file), ranges, budget))
+        budget -= sum(end - begin for _, begin, end in ranges)
     return states
 
 

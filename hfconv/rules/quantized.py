@@ -173,6 +173,9 @@ def scheme_of(quant: Any) -> Scheme | Unchecked:
         return Unchecked(method, "neither load_in_4bit nor load_in_8bit")
     if method == "compressed-tensors":
         return _compressed_tensors(quant)
+    if method == "mxfp4":
+        return Scheme("mxfp4", "mxfp4: E2M1 values in blocks of 32 with E8M0 scales", 4, block=(1, 32),
+                      skip=_names(quant, "modules_to_not_convert"))
     return Unchecked(method or "?", "hfconv does not know its layout")
 
 
@@ -262,6 +265,7 @@ _COMPANIONS: dict[str, tuple[str, ...]] = {
     "bnb-4bit": ("weight.absmax", "weight.quant_map", "weight.nested_absmax", "weight.nested_quant_map",
                  "weight.quant_state.bitsandbytes__nf4", "weight.quant_state.bitsandbytes__fp4"),
     "bnb-8bit": ("SCB", "weight_format"),
+    "mxfp4": ("_blocks", "_scales"),  # not dotted: experts.gate_up_proj_blocks (see _mxfp4_view)
     "compressed-tensors": ("weight_packed", "weight_shape", "weight_scale", "weight_zero_point", "weight_g_idx",
                            "input_scale", "input_zero_point", "output_scale", "output_zero_point",
                            "weight_global_scale", "input_global_scale", "k_scale", "v_scale"),
@@ -275,11 +279,13 @@ _ENDINGS: dict[str, tuple[str, ...]] = {
 
 class ExpectedShapes:
     """The shape an ExpectedModel gives a stored name (with or without the base prefix); None
-    where it has none. ``direct`` is its tensors by exact name, for hot loops."""
+    where it has none. ``direct`` is its tensors by exact name, for hot loops; ``config`` the
+    config.json values, for schemes whose layers the model lacks (gpt-oss experts)."""
 
-    def __init__(self, expected: ExpectedModel | None):
+    def __init__(self, expected: ExpectedModel | None, config: Mapping[str, Any] | None = None):
         self.direct: Mapping[str, Any] = expected.tensors if expected is not None else {}
         self.prefix = expected.prefix if expected is not None else ""
+        self.config: Mapping[str, Any] = config if isinstance(config, Mapping) else {}
 
     def __call__(self, name: str) -> tuple[int, ...] | None:
         tensor = self.direct.get(name)
@@ -288,9 +294,10 @@ class ExpectedShapes:
         return tensor.shape if tensor is not None else None
 
 
-def expected_shapes(expected: ExpectedModel | None) -> ExpectedShapes:
-    """The lookup :func:`quantized_view` takes, from the expected model (None: nothing known)."""
-    return ExpectedShapes(expected)
+def expected_shapes(expected: ExpectedModel | None, config: Mapping[str, Any] | None = None) -> ExpectedShapes:
+    """The lookup :func:`quantized_view` takes, from the expected model (None: nothing known)
+    and config.json (for the sizes of layers the expected model lacks)."""
+    return ExpectedShapes(expected, config)
 
 
 def quantized_view(scheme: Scheme, tensors: Mapping[str, Stored],
@@ -311,6 +318,9 @@ def quantized_view(scheme: Scheme, tensors: Mapping[str, Stored],
         The QuantView: ``logical`` for the usual comparison, ``issues`` for the companions.
     """
     view = QuantView(scheme, states=dict(states or {}))
+    if scheme.method == "mxfp4":
+        _mxfp4_view(view, tensors, expected)
+        return view
     logical, quantized = view.logical, view.quantized
     endings = _ENDINGS[scheme.method]
     lone = _LONE_DTYPES.get((scheme.method, scheme.layout))
@@ -697,3 +707,73 @@ _CHECKS: dict[str, Callable[[QuantView, str, Mapping[str, Stored], Callable[[str
     "bnb-8bit": _check_bnb8,
     "compressed-tensors": _check_compressed,
 }
+
+
+# --- MXFP4 (gpt-oss) ----------------------------------------------------------------------------
+
+_U8 = frozenset({"U8"})
+_E8M0 = frozenset({"U8", "F8_E8M0"})
+
+
+def _mxfp4_view(view: QuantView, tensors: Mapping[str, Stored],
+                expected: Callable[[str], tuple[int, ...] | None]) -> None:
+    """gpt-oss's MXFP4 experts (transformers ``integrations/mxfp4.py``): a parameter ``P`` of
+    ``[E, in, out]`` is stored as ``P_blocks`` U8 ``[E, out, in/32, 16]`` (32 E2M1 values, two
+    per byte, per block) and ``P_scales`` U8 ``[E, out, in/32]`` (one E8M0 exponent per block);
+    loaders dequantize to ``[E, out, in]`` and transpose the last two dimensions."""
+    logical, quantized = view.logical, view.quantized
+    pairs: dict[str, dict[str, Stored]] = {}
+    for name, meta in tensors.items():
+        if name.endswith(("_blocks", "_scales")):
+            pairs.setdefault(name[:-7], {})[name[-6:]] = meta
+            quantized.add(name)
+        else:
+            logical[name] = meta.shape
+    config = expected.config if isinstance(expected, ExpectedShapes) else {}
+    label = view.scheme.label
+    for stem, parts in pairs.items():
+        view.modules += 1
+        bname, sname = stem + "_blocks", stem + "_scales"
+        blocks, scales = parts.get("blocks"), parts.get("scales")
+        if blocks is None:
+            _issue(view, "HFC621", sname, f"{sname} belongs to an MXFP4 {stem} but {bname} is not stored ({label}); "
+                   "loaders ignore it")
+            continue
+        if not _dtype_in(view, bname, blocks, _U8, "MXFP4 blocks (two E2M1 values per byte)"):
+            continue
+        if len(blocks.shape) != 4 or blocks.shape[-1] != 16:
+            _issue(view, "HFC619", bname, f"{bname} has shape {_fmt(blocks.shape)} but MXFP4 expert blocks are "
+                   f"[experts, out, in/32, 16]: 16 bytes hold a block of 32 values ({label})")
+            continue
+        experts, out, groups, _ = blocks.shape
+        derived = (experts, groups * 32, out)
+        logical[stem] = derived
+        view.stored_as[stem] = bname
+        if scales is None:
+            _issue(view, "HFC618", bname, f"{sname} is missing beside {bname} ({label}){_loader(view.scheme)}")
+        elif _dtype_in(view, sname, scales, _E8M0, "an MXFP4 block scale (E8M0)") and \
+                tuple(scales.shape) != blocks.shape[:3]:
+            _shape_is(view, sname, scales, blocks.shape[:3], f"{bname} {_fmt(blocks.shape)} (one scale per block of "
+                      "32 values)")
+        if expected(stem) is None:  # the reference lacks the experts: config.json's sizes
+            want = _gpt_oss_expert(stem, config)
+            if want is not None and want != derived:
+                transposed = derived == (want[0], want[2], want[1])
+                how = "; the stored shape is the expected one transposed" if transposed else ""
+                _issue(view, "HFC601", bname, f"{bname} {_fmt(blocks.shape)} ({label}) unpacks to {stem} of shape "
+                       f"{_fmt(derived)} but config.json implies {_fmt(want)} ([num_local_experts, in, out] of "
+                       f"hidden_size and intermediate_size){how}")
+
+
+def _gpt_oss_expert(stem: str, config: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """[E, in, out] of gpt-oss's fused expert projections from config.json, where its values are usable."""
+    values = [config.get(k) for k in ("num_local_experts", "hidden_size", "intermediate_size")]
+    sizes = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    if len(sizes) != 3:
+        return None
+    experts, hidden, inter = sizes
+    if stem.endswith(".experts.gate_up_proj"):
+        return experts, hidden, 2 * inter
+    if stem.endswith(".experts.down_proj"):
+        return experts, inter, hidden
+    return None
