@@ -264,7 +264,7 @@ def _settings(path: str, follow_symlinks: bool, pyproject: dict[str, Any] | None
 
 def _codes(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] | None:
     """A list of finding codes or prefixes under ``key``, each matching a registered code."""
-    from .findings import all_codes
+    from .codes import checked_codes
 
     if key not in table:
         return None
@@ -273,14 +273,10 @@ def _codes(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] | 
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: {key} must be a list of finding codes, e.g. [\"HFC007\", \"HFC3\"]")
-    codes = tuple(v.strip().upper() for v in value if v.strip())
-    known = all_codes()
-    unknown = [code for code in codes if not any(k.startswith(code) for k in known)]
-    if unknown:
-        raise ConfigError(f"{where}: {key}: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a "
-                          "finding code or a prefix of one (codes are HFC followed by three digits, e.g. HFC3 "
-                          "or HFC301)")
-    return codes
+    try:
+        return checked_codes(value, f"{where}: {key}")
+    except UsageError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_settings(folder: str | os.PathLike[str]) -> Settings:

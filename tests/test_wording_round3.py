@@ -58,3 +58,27 @@ def test_cli_words_a_non_folder_as_the_library_does(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"^no-such-model does not exist \(and is not a repo id in the local Hub"):
         validate("no-such-model")
     check_folder(FIXTURES / "llama-bin")
+
+
+# --- 2. one check of finding codes for --select/--ignore and a config file ---------------------------
+
+def test_config_file_and_options_word_an_unknown_code_alike(tmp_path: Path) -> None:
+    from hfconv.codes import checked_codes
+    from hfconv.config_file import ConfigError, read_config
+    from hfconv.errors import UsageError
+
+    tail = ("not a finding code or a prefix of one (codes are HFC followed by three digits, e.g. HFC3 or "
+            "HFC301; hfconv codes lists them all)")
+    config = tmp_path / "hfconv.toml"
+    config.write_text('select = ["hfc3", "hfc9x", "\\u001b[2J"]\n')
+    result = hfconv("validate", str(FIXTURES / "llama-bin"), "--config", str(config))
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert f"{config}: select: hfc9x, \\x1b[2J are {tail}" in result.stderr, result.stderr
+    assert "\x1b" not in result.stderr  # a name from the file cannot drive the terminal
+    with pytest.raises(ConfigError) as from_file:  # the library keeps the text; the CLI escapes it
+        read_config(config)
+    assert str(from_file.value) == f"{config}: select: hfc9x, \x1b[2J are {tail}"
+    with pytest.raises(UsageError) as from_option:
+        checked_codes(["HFC3", " hfc9x "], "--select")
+    assert str(from_option.value) == f"--select: hfc9x is {tail}"
+    assert checked_codes([" hfc3", "", "HFC301"], "--ignore") == ("HFC3", "HFC301")

@@ -32,7 +32,7 @@ __all__ = ["CONTEXT_SETTINGS", "DTYPE_HELP", "ERROR_MAP", "EXIT_FOR_SIGNAL", "IN
            "FLAG_PHRASES", "check_output", "check_size", "checked_codes", "codes_option", "describe_error",
            "dtype_option", "emit", "flag_findings", "flag_wording", "format_option", "known_codes",
            "on_signal", "os_error_line", "output_option", "progress_bar", "received_signals", "require_modules",
-           "require_torch", "resolve_folder", "torch_installed", "TORCH_INSTALL_HINT", "Unavailable", "split_codes",
+           "require_torch", "resolve_folder", "torch_installed", "TORCH_INSTALL_HINT", "Unavailable",
            "tqdm_bar", "usage_errors", "write_file"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,8 +51,10 @@ def usage_errors() -> Iterator[None]:
         yield
     except OptionError as exc:  # the library names its argument; the CLI, its flag
         raise click.UsageError(f"--{exc.option.replace('_', '-')}{exc.detail}") from None
-    except UsageError as exc:
-        raise click.UsageError(flag_wording(str(exc))) from None
+    except UsageError as exc:  # its text may hold a name from the folder or a config file: escaped
+        from ..render import escape_text
+
+        raise click.UsageError(escape_text(flag_wording(str(exc)))) from None
 
 
 # --- library wording -> CLI wording: the library names its keyword arguments, the CLI its flags --
@@ -138,36 +140,24 @@ def flag_findings(findings: Sequence[Finding]) -> tuple[Finding, ...]:
                  else f for f in findings)
 
 
-def split_codes(values: tuple[str, ...]) -> list[str]:
-    return [code.strip().upper() for value in values for code in value.split(",") if code.strip()]
-
-
 def known_codes() -> frozenset[str]:
-    """Every registered finding code: the registry is filled by the modules that raise them, and
-    findings.all_codes imports each of those (checks, conversion, load, fixing, comparison). None of
-    them imports torch."""
-    from ..findings import all_codes
+    """Every registered finding code (:func:`hfconv.codes.known_codes`)."""
+    from ..codes import known_codes as registered
 
-    return frozenset(all_codes())
+    return registered()
 
 
 def checked_codes(values: tuple[str, ...], option: str) -> list[str]:
-    """The codes or prefixes of --select/--ignore; one that matches no registered code is a usage
-    error (a typo would otherwise silently select nothing, and a gate would say OK)."""
-    codes = split_codes(values)
-    if not codes:
-        return codes
-    known = known_codes()
-    given = [code.strip() for value in values for code in value.split(",") if code.strip()]
-    unknown = [name for name, code in zip(given, codes) if not any(k.startswith(code) for k in known)]
-    if unknown:
-        from ..render import escape_text
+    """The codes or prefixes of --select/--ignore (repeatable, comma-separated); one that matches
+    no registered code is a usage error, worded as a config file's (:func:`hfconv.codes.checked_codes`)."""
+    from ..codes import checked_codes as library_checked
+    from ..errors import UsageError
+    from ..render import escape_text
 
-        names = ", ".join(escape_text(code) for code in unknown)
-        raise click.UsageError(f"{option}: {names} {'is' if len(unknown) == 1 else 'are'} not a finding code "
-                               "or a prefix of one (codes are HFC followed by three digits, e.g. HFC3 or "
-                               "HFC301; the README lists them all)")
-    return codes
+    try:
+        return list(library_checked((code for value in values for code in value.split(",")), option))
+    except UsageError as exc:
+        raise click.UsageError(escape_text(str(exc))) from None
 
 
 INSTALL_HINT = "pip install transformers accelerate"
