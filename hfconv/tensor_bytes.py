@@ -2,7 +2,8 @@
 
 Shared by ``convert`` and ``load-test``; each turns the outcomes into its own errors.
 The one place that says where a tensor's bytes are (:func:`locate`), the one byte mover
-that copies them from file to file (:func:`copy_range`) and the one exact read (:func:`pread_full`).
+that copies them from file to file (:func:`copy_range`), the one exact read (:func:`pread_full`)
+and the one gather of a strided view into row-major order (:func:`gather`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .dtypes import itemsize, swap_unit
 from .tensors import StorageMeta, TensorMeta, WeightFile
@@ -90,6 +92,36 @@ def view_span(meta: TensorMeta, storage: StorageMeta) -> tuple[int, int, tuple[i
     if meta.storage_offset < 0 or any(s < 0 for s in strides) or end > data_offset + record:
         raise OutsideStorage(meta.name)
     return begin, end, None if meta.is_contiguous else tuple(strides)
+
+
+def gather(buffer: Any, offset: int, shape: tuple[int, ...], stride: tuple[int, ...], dtype: Any) -> Any:
+    """The elements a strided ``.bin`` view selects, as a new C-ordered 1-D numpy array.
+
+    Args:
+        buffer: bytes holding the view (a mapping, a read span, a uint8 array); not copied.
+        offset: where the view's first element is in ``buffer`` (:func:`view_span`'s ``begin``,
+            relative to what ``buffer`` holds).
+        shape: the view's shape.
+        stride: its element strides (non-negative: :func:`view_span` refuses others).
+        dtype: a numpy dtype of the element's size (``uint16``, ``V2``, ``>u2``): no meaning
+            is needed, bytes are moved as they are.
+
+    Memory: the new array, exactly the tensor's size (its span is only viewed; nothing
+    references ``buffer`` afterwards, so a mapping can be closed).
+
+    Raises:
+        ValueError: a negative stride, or ``buffer`` is too short for the view.
+    """
+    import numpy as np
+    from numpy.lib.stride_tricks import as_strided
+
+    kind = np.dtype(dtype)
+    if any(step < 0 for step in stride):
+        raise ValueError("negative stride")
+    count = 0 if 0 in shape else sum((dim - 1) * step for dim, step in zip(shape, stride)) + 1
+    base = np.frombuffer(buffer, dtype=kind, count=count, offset=offset)  # bounds checked by numpy
+    view = as_strided(base, shape=shape, strides=tuple(step * kind.itemsize for step in stride), writeable=False)
+    return view.copy(order="C").reshape(-1)  # a copy even of a contiguous view: nothing keeps ``buffer``
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
-from ..tensor_bytes import OutsideStorage, located_storage, storage_records, view_span
+from ..tensor_bytes import OutsideStorage, gather, located_storage, storage_records, view_span
 from ..tensors import FormatError, WeightFile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -296,14 +296,8 @@ class _ValueCounts:
         """Count the elements a strided view selects from its span."""
         if self._dtype is None:
             return
-        from numpy.lib.stride_tricks import as_strided
-
-        np, size = self._np, self._dtype.itemsize
-        base = np.frombuffer(span, dtype=self._dtype, count=len(span) // size)
         assert view.stride is not None
-        self._count(np.ascontiguousarray(as_strided(base, shape=view.shape, strides=[s * size for s in view.stride],
-                                                    writeable=False)).reshape(-1))
-        del base
+        self._count(gather(span, 0, view.shape, view.stride, self._dtype))
 
     def _count(self, values: numpy.ndarray[Any, Any]) -> None:
         np = self._np

@@ -16,6 +16,7 @@ from ..dtypes import SAFETENSORS_BITS, swap_unit
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
 from ..jsonutil import JsonError, load_json_file
+from ..tensor_bytes import gather
 from ..tensors import FormatError, TensorMeta, WeightFile
 
 MANIFEST_FORMAT = "hfconv-manifest/1"
@@ -93,7 +94,7 @@ def tensor_sha256(path: str | os.PathLike[str], weight_file: WeightFile, meta: T
     """sha256 of a tensor's bytes in row-major order, read from its file.
 
     Contiguous tensors are hashed straight from the file in chunks; a strided ``.bin`` view is
-    gathered with numpy first (bounded by that one tensor), and so is a big-endian one, whose
+    gathered first (:func:`hfconv.tensor_bytes.gather`, bounded by that one tensor), and so is a big-endian one, whose
     bytes are swapped to the little-endian order convert writes.
     """
     digest = hashlib.sha256()
@@ -115,13 +116,8 @@ def tensor_sha256(path: str | os.PathLike[str], weight_file: WeightFile, meta: T
                 digest.update(mapped[start:min(begin + meta.nbytes, start + _CHUNK)])
             return digest.hexdigest()
         import numpy as np
-        from numpy.lib.stride_tricks import as_strided
 
-        base = np.frombuffer(mapped, dtype=np.dtype(f"V{itemsize}"), count=storage.numel, offset=storage.data_offset)
-        view = as_strided(base[meta.storage_offset:], shape=meta.shape,
-                          strides=tuple(s * itemsize for s in meta.stride or ()))
-        data = np.ascontiguousarray(view).tobytes()
-        del base, view  # the mapping closes only once no array views it
+        data = gather(mapped, begin, meta.shape, meta.stride or (), f"V{itemsize}").tobytes()
         if big_endian:  # the manifest records little-endian bytes, as convert writes them
             data = np.frombuffer(data, dtype=np.uint8).reshape(-1, swap_unit(meta.dtype))[:, ::-1].tobytes()
         digest.update(data)

@@ -20,7 +20,7 @@ from ..contents import FolderContents
 from ..dtypes import FLOAT_DTYPES, SAFETENSORS_BITS, itemsize, swap_unit
 from ..findings import Finding, finding
 from ..fsutil import open_inside
-from ..tensor_bytes import LocateError, file_order, locate, pread_full
+from ..tensor_bytes import LocateError, file_order, gather, locate, pread_full
 from ..tensors import FormatError, TensorMeta, WeightFile
 from .decode import DECODABLE, as_number, can_cast, cast_bytes
 from .results import TensorDiff
@@ -180,12 +180,7 @@ class _Elements:
             pread_full(fd, memoryview(raw), span.begin)
             values: Any = np.frombuffer(raw, dtype=np.uint8)
             if span.stride is not None:
-                from numpy.lib.stride_tricks import as_strided
-
-                base = np.frombuffer(raw, dtype=f"V{self.unit}", count=len(raw) // self.unit)
-                values = np.ascontiguousarray(as_strided(base, shape=meta.shape,
-                                                         strides=[s * self.unit for s in span.stride],
-                                                         writeable=False)).view(np.uint8).reshape(-1)
+                values = gather(raw, 0, meta.shape, span.stride, f"V{self.unit}").view(np.uint8)
             if span.byteswap:
                 swap = swap_unit(meta.dtype)
                 values = values.reshape(-1, swap)[:, ::-1].reshape(-1)

@@ -19,7 +19,7 @@ from typing import Any
 from ..dtypes import itemsize, swap_unit
 from ..findings import Finding
 from ..fsutil import open_inside
-from ..tensor_bytes import SourceEnded, copy_range, write_all
+from ..tensor_bytes import SourceEnded, copy_range, gather, write_all
 from ..tensors import FormatError
 from .errors import ConversionError, write_failure
 from .plan import PlannedTensor, ShardPlan
@@ -100,12 +100,11 @@ def _source_array(tensor: PlannedTensor, sources: Sources, *, aligned: bool = Fa
     """The tensor's source elements as a C-ordered numpy integer array (no dtype meaning).
 
     A contiguous tensor is a zero-copy view of the mapped file unless ``aligned`` asks for
-    an aligned buffer (torch wants one); a strided view is gathered with numpy's
-    ``as_strided`` into a new array of exactly the tensor's size; a big-endian source is
-    byte-swapped into a new array.
+    an aligned buffer (torch wants one); a strided view is gathered
+    (:func:`hfconv.tensor_bytes.gather`) into a new array of exactly the tensor's size; a
+    big-endian source is byte-swapped into a new array.
     """
     import numpy as np
-    from numpy.lib.stride_tricks import as_strided
 
     size = itemsize(tensor.source_dtype)
     int_dtype = np.dtype(_INT_FOR_SIZE[size])
@@ -117,9 +116,7 @@ def _source_array(tensor: PlannedTensor, sources: Sources, *, aligned: bool = Fa
         if aligned and (tensor.offset % size) and not tensor.byteswap:
             flat = flat.copy()
     else:
-        view = as_strided(raw.view(int_dtype), shape=tensor.shape, strides=tuple(s * size for s in tensor.stride),
-                          writeable=False)
-        flat = np.ascontiguousarray(view).reshape(-1)
+        flat = gather(raw, 0, tensor.shape, tensor.stride, int_dtype)
     if tensor.byteswap:  # a new, aligned array in this machine's (little-endian) order
         unit = np.dtype(_INT_FOR_SIZE[swap_unit(tensor.source_dtype)])
         flat = flat.view(unit).byteswap().view(int_dtype)

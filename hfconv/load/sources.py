@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from ..findings import Finding
 from ..fsutil import open_inside
-from ..tensor_bytes import StorageRecord
+from ..tensor_bytes import StorageRecord, gather
 from ..tensors import FormatError
 from . import transfer
 from .checksum import CHUNK_BYTES, Checksum, RunningChecksum, checksum_bytes
@@ -33,7 +33,6 @@ def source_checksum(fd: int, loc: Located, buffer: Any, stop: threading.Event | 
     a strided ``.bin`` view reads its storage span and gathers it first.
     """
     import numpy as np
-    from numpy.lib.stride_tricks import as_strided
 
     from ..dtypes import itemsize
 
@@ -51,9 +50,8 @@ def source_checksum(fd: int, loc: Located, buffer: Any, stop: threading.Event | 
     span = np.empty(loc.end - loc.begin, dtype=np.uint8)
     transfer.pread_full(fd, memoryview(span.data), loc.begin)
     size = itemsize(loc.meta.dtype)
-    base = span.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[size])
-    view = as_strided(base, shape=loc.meta.shape, strides=tuple(s * size for s in loc.stride), writeable=False)
-    return checksum_bytes(np.ascontiguousarray(view).reshape(-1).view(np.uint8))
+    kind = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[size]
+    return checksum_bytes(gather(span, 0, loc.meta.shape, loc.stride, kind).view(np.uint8))
 
 
 def _crc32(data: Any, value: int) -> int:
