@@ -38,6 +38,9 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+from .fsutil import open_regular
+from .gitrepo import work_tree
+from .tensors import FormatError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .findings import Finding
@@ -53,7 +56,7 @@ KEYS = ("select", "ignore", "strict", "reference", "per-file-ignores")
 """The keys a config file may set."""
 
 REFERENCES = ("auto", "rules", "transformers")
-_MAX_LEVELS = 64  # folders walked up at most looking for the repository root
+_MAX_LEVELS = 64  # folders walked up at most looking for a config file
 _MAX_BYTES = 1 << 20  # a config file larger than this is refused, not read
 
 
@@ -129,19 +132,6 @@ class Settings:
         return dataclasses.replace(report, findings=tuple(f for f in report.findings if not self.hides(f, report.path)))
 
 
-def _repository_root(folder: str) -> str | None:
-    """The nearest folder at or above ``folder`` holding a ``.git`` (a folder, or a worktree's file)."""
-    current = folder
-    for _ in range(_MAX_LEVELS):
-        if os.path.lexists(os.path.join(current, ".git")):
-            return current
-        parent = os.path.dirname(current)
-        if parent == current:
-            return None
-        current = parent
-    return None
-
-
 def find_config(folder: str | os.PathLike[str]) -> str | None:
     """The config file that applies to the model ``folder``, or None (see the module docstring)."""
     found = _found_config(folder)
@@ -155,7 +145,7 @@ def _found_config(folder: str | os.PathLike[str]) -> tuple[str, dict[str, Any] |
     parts = start.split(os.sep)
     if any(a.startswith("models--") and b == "snapshots" for a, b in zip(parts, parts[1:])):
         return None  # a Hub cache snapshot: a download, not your repository (its files are symlinks)
-    root = _repository_root(start)
+    root = work_tree(start)
     current = start
     for _ in range(_MAX_LEVELS):
         for name in CONFIG_NAMES:
@@ -197,13 +187,11 @@ def _read_toml(path: str, follow_symlinks: bool) -> dict[str, Any]:
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
 
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
     try:
-        fd = os.open(path, flags)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ConfigError(f"{path}: not a regular file")
+        with open_regular(path, follow_symlinks=follow_symlinks) as handle:
             data = handle.read(_MAX_BYTES + 1)
+    except FormatError as exc:  # a symlink not followed, a FIFO or device, a file that cannot be opened
+        raise ConfigError(f"{path}: {exc.message}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if len(data) > _MAX_BYTES:

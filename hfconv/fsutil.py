@@ -10,15 +10,19 @@ from pathlib import Path
 from .tensors import FormatError
 
 
-def open_regular(path: str | os.PathLike) -> io.BufferedReader:
-    """Open ``path`` for reading only if it is a regular file.
+def open_regular(path: str | os.PathLike, follow_symlinks: bool = True) -> io.BufferedReader:
+    """Open ``path`` for reading only if it is a regular file (not through a symlink unless
+    ``follow_symlinks``: ``O_NOFOLLOW``, so a file swapped for a link after a check is refused too).
 
     FIFOs, devices and sockets are refused before any read (opening a FIFO for reading would
     block forever). ``O_NONBLOCK`` makes the open itself return at once for a FIFO.
     """
+    nofollow = 0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | nofollow)
     except OSError as exc:
+        if nofollow and os.path.islink(path):
+            raise FormatError("HFC008", "is a symlink; not followed") from None
         raise FormatError("HFC008", f"cannot open: {exc.strerror}") from None
     try:
         st = os.fstat(fd)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FIXTURES, ROOT
+from helpers import FIXTURES
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -82,3 +82,29 @@ def test_config_file_and_options_word_an_unknown_code_alike(tmp_path: Path) -> N
         checked_codes(["HFC3", " hfc9x "], "--select")
     assert str(from_option.value) == f"--select: hfc9x is {tail}"
     assert checked_codes([" hfc3", "", "HFC301"], "--ignore") == ("HFC3", "HFC301")
+
+
+# --- 3. one repository root, one way to open a config file --------------------------------------------
+
+def test_config_file_is_opened_as_every_other_file_and_the_root_found_once(tmp_path: Path) -> None:
+    from hfconv.config_file import ConfigError, find_config, read_config
+    from hfconv.gitrepo import work_tree
+
+    fifo = tmp_path / "hfconv.toml"
+    os.mkfifo(fifo)
+    result = hfconv("validate", str(FIXTURES / "llama-bin"), "--config", str(fifo), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert f"{fifo}: is not a regular file (FIFO, device or socket); refused" in result.stderr, result.stderr
+    # A linked worktree's .git is a file: it is the top of the repository for both users of the walk.
+    top = tmp_path / "wt"
+    model = top / "models" / "m"
+    model.mkdir(parents=True)
+    (top / ".git").write_text("gitdir: /elsewhere/.git/worktrees/wt\n")
+    (top / "hfconv.toml").write_text("strict = true\n")
+    assert work_tree(model) == str(top) and find_config(model) == str(top / "hfconv.toml")
+    assert work_tree(tmp_path) is None
+    link = model / "hfconv.toml"
+    link.symlink_to(top / "hfconv.toml")
+    with pytest.raises(ConfigError, match="is a symlink; not followed"):
+        read_config(link, follow_symlinks=False)
+    assert read_config(link).strict is True

@@ -29,6 +29,7 @@ from ..contents import FolderContents
 from ..discovery import MAX_LISTED_FILES, ModelFolder
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
+from ..gitrepo import work_tree
 from ..tensors import FormatError
 from ..units import human_bytes
 
@@ -145,23 +146,16 @@ def _size_limits(folder: ModelFolder) -> Iterator[Finding]:
 
 
 # --- git-lfs routing ---------------------------------------------------------------------------------
-def git_work_tree(path: Path) -> Path | None:
-    """The working tree ``path`` lies in: the nearest folder at or above it holding ``.git``."""
-    try:
-        current = path.resolve()
-    except (OSError, RuntimeError):
-        return None
-    for candidate in (current, *current.parents):
-        if os.path.lexists(candidate / ".git"):
-            return candidate
-    return None
-
-
 def _lfs_routing(folder: ModelFolder) -> Iterator[Finding]:
-    top = git_work_tree(folder.root)
-    if top is None:
+    try:
+        resolved = folder.root.resolve()
+    except (OSError, RuntimeError):
         return
-    base = os.path.relpath(folder.root.resolve(), top).replace(os.sep, "/")
+    found = work_tree(resolved)
+    if found is None:
+        return
+    top = Path(found)
+    base = os.path.relpath(resolved, top).replace(os.sep, "/")
     base = "" if base == "." else base + "/"
     rules = GitRules(top)
     links = frozenset(folder.symlinks)
