@@ -1,9 +1,10 @@
 """The tensor half of ``diff``: pair the names of two folders and stream both byte ranges once.
 
-Each weight file is memory-mapped read-only and each tensor compared 1 MiB at a time straight
-from the page cache (numpy, memcmp speed, no copy; ``pread`` into two reused buffers where a
-file cannot be mapped); only a chunk that differs is decoded (numpy, float32 for the floating
-dtypes of 32 bits or fewer) for its maximum and relative L2 difference. A ``.bin`` tensor is
+Each tensor is read 1 MiB at a time with ``pread`` into two reused buffers and compared at
+memcmp speed; only a chunk that differs is decoded (numpy, float32 for the floating dtypes of
+32 bits or fewer) for its maximum and relative L2 difference. Nothing is memory-mapped: a file
+truncated while it is compared (a download, a sync) ends a read early -- an HFC960 finding
+naming the file and tensor -- where a mapping would kill the process with SIGBUS. A ``.bin`` tensor is
 its view's bytes inside its storage (a strided view is gathered, bounded by that one tensor; a
 big-endian checkpoint is swapped), so a ``.bin`` folder compares with its safetensors
 conversion byte for byte. Neither folder is written; no torch.
@@ -95,7 +96,6 @@ class _Files:
     def __init__(self, side: Side) -> None:
         self.side = side
         self.open: dict[str, Any] = {}
-        self.maps: dict[str, Any] = {}
         folder = side.contents.folder
         self.roots = tuple(str(r) for r in (folder.root, folder.blob_root) if r is not None)
 
@@ -108,31 +108,7 @@ class _Files:
         fd = handle.fileno()
         return fd, os.fstat(fd).st_size
 
-    def mapped(self, name: str) -> memoryview | None:
-        """Weight file ``name`` memory-mapped read-only (compared straight from the page cache,
-        with no copy), or None where it cannot be mapped (then it is read with ``pread``)."""
-        import mmap
-
-        if name not in self.maps:
-            fd, size = self.fd(name)
-            try:
-                mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) if size else None
-                if mapping is not None and hasattr(mapping, "madvise"):
-                    mapping.madvise(mmap.MADV_SEQUENTIAL)
-            except (OSError, ValueError):
-                mapping = None
-            self.maps[name] = mapping
-        mapping = self.maps[name]
-        return memoryview(mapping) if mapping is not None else None
-
     def close(self) -> None:
-        for mapping in self.maps.values():
-            try:
-                if mapping is not None:
-                    mapping.close()
-            except BufferError:  # a view of it is still referenced: unmapped when collected
-                pass
-        self.maps.clear()
         for handle in self.open.values():
             handle.close()
         self.open.clear()
@@ -170,12 +146,9 @@ class _Elements:
         self.unit = itemsize(meta.dtype) if SAFETENSORS_BITS[meta.dtype] % 8 == 0 else 1
         self.count = meta.numel if SAFETENSORS_BITS[meta.dtype] % 8 == 0 else meta.nbytes
         self.whole: memoryview | None = None
+        """A gathered (strided) or swapped (big-endian) tensor, in memory; else None: read by chunks."""
         self.read_bytes = span.end - span.begin
-        if span.stride is None and not span.byteswap:
-            mapped = files.mapped(side.files[name])
-            if mapped is not None:
-                self.whole = mapped[span.begin:span.end]
-        elif span.stride is not None or span.byteswap:
+        if span.stride is not None or span.byteswap:
             raw = bytearray(span.end - span.begin)
             pread_full(fd, memoryview(raw), span.begin)
             values: Any = np.frombuffer(raw, dtype=np.uint8)

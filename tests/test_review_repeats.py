@@ -1,0 +1,51 @@
+"""Bugs found while removing repeated code (third review): ``diff`` of a file truncated while it
+is compared, ``fix``'s copy fallback through a symlink, and Hub repo ids named as such by
+``inspect``, ``convert`` and ``load-test``."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+# Compares A with B in process, truncating B's file once the first 1 MiB chunk has been read:
+# the second chunk of the same tensor is then past the file's end (the truncation a download or
+# a sync makes while diff runs, made at a deterministic point).
+_TRUNCATE_WHILE_COMPARING = """
+import json, os, sys
+from hfconv.comparison import diff
+a, b, victim = sys.argv[1:4]
+cut = [False]
+def progress(done, total):
+    if done and not cut[0]:
+        cut[0] = True
+        os.truncate(victim, 4096)
+result = diff(a, b, progress=progress)
+print(json.dumps({"cut": cut[0], "findings": [[f.code, f.file, f.tensor, f.message] for f in result.findings],
+                  "status": {t.name: t.status for t in result.tensors}}))
+"""
+
+
+def test_diff_of_a_file_truncated_while_compared_is_a_finding_not_sigbus(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    tensors = {"big.weight": np.arange(3 << 18, dtype=np.float32), "small.weight": np.ones(8, dtype=np.float32)}
+    save_file(tensors, str(a / "model.safetensors"))  # big.weight: 3 MiB, 3 chunks of 1 MiB
+    shutil.copytree(a, b)
+    proc = subprocess.run([sys.executable, "-c", _TRUNCATE_WHILE_COMPARING, str(a), str(b),
+                           str(b / "model.safetensors")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != -signal.SIGBUS, "diff was killed by SIGBUS reading a truncated file"
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    import json
+
+    out = json.loads(proc.stdout)
+    assert out["cut"]
+    hits = {f[2]: f for f in out["findings"] if f[0] == "HFC960"}
+    assert hits["big.weight"][1] == "model.safetensors", out
+    assert "B: model.safetensors: reading 'big.weight' failed: file ended" in hits["big.weight"][3]
+    assert out["status"] == {"big.weight": "unreadable", "small.weight": "unreadable"}  # its bytes are gone too
