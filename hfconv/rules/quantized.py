@@ -35,7 +35,10 @@ Layouts, from each library's source:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -83,6 +86,10 @@ class Scheme:
     skip: tuple[str, ...] = ()
     """Modules kept unquantized (modules_to_not_convert, llm_int8_skip_modules, ignore)."""
     scale_fmt: str = "float"
+    groups: tuple[tuple[tuple[str, ...], Scheme], ...] = ()
+    """compressed-tensors with several weight schemes: (targets, scheme) per config group (see :func:`ct_group_of`)."""
+    lone: frozenset[str] = frozenset()
+    """compressed-tensors groups: dtypes of a quantized weight that needs a weight_scale."""
 
 
 @dataclass(frozen=True)
@@ -183,19 +190,41 @@ def _compressed_tensors(quant: Mapping[str, Any]) -> Scheme | Unchecked:
     groups = quant.get("config_groups")
     if not isinstance(groups, Mapping) or not groups:
         return Unchecked("compressed-tensors", "no config_groups")
-    weights = []
-    formats = set()
-    for group in groups.values():
-        if not isinstance(group, Mapping) or not isinstance(group.get("weights"), Mapping):
-            return Unchecked("compressed-tensors", "a config group without weights")
-        weights.append(group["weights"])
-        formats.add(group.get("format") or quant.get("format"))
-    if len(formats) != 1 or len({repr(sorted(w.items())) for w in weights}) != 1:
-        return Unchecked("compressed-tensors", "config groups with different weight schemes")
-    fmt = formats.pop()
+    schemes: list[tuple[tuple[str, ...], Scheme]] = []
+    for key, group in groups.items():
+        if not isinstance(group, Mapping) or not isinstance(group.get("weights", {}), (Mapping, type(None))):
+            return Unchecked("compressed-tensors", f"config group {key!r} is not an object with weights")
+        if group.get("weights") is None:
+            continue  # activations or KV cache only: its modules keep their weights as they are
+        fmt = group.get("format") or quant.get("format")
+        found = _ct_group(group["weights"], fmt)
+        if isinstance(found, Unchecked):
+            return found
+        targets = group.get("targets")
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            return Unchecked("compressed-tensors", f"config group {key!r} has no list of targets")
+        schemes.append((tuple(targets), found))
+    if not schemes:
+        return Unchecked("compressed-tensors", "a config group without weights")
+    ignore = _names(quant, "ignore")
+    if len({(s.label, s.layout, s.symmetric, s.block) for _, s in schemes}) == 1:
+        return dataclasses.replace(schemes[0][1], skip=ignore)
+    # Several weight schemes: each module's is its group's, matched as compressed-tensors does.
+    for targets, _ in schemes:
+        for target in (*targets, *ignore):
+            why = _ct_target_problem(target)
+            if why:
+                return Unchecked("compressed-tensors", f"config groups with different weight schemes, and {why}")
+    formats = {s.layout for _, s in schemes}
+    label = f"compressed-tensors, {len(schemes)} config groups"
+    return Scheme("compressed-tensors", label, layout="mixed" if len(formats) > 1 else formats.pop(), skip=ignore,
+                  groups=tuple(schemes), lone=frozenset().union(*(_LONE_BY_FORMAT.get(f, ()) for f in formats)))
+
+
+def _ct_group(args: Mapping[str, Any], fmt: Any) -> Scheme | Unchecked:
+    """One config group's weight scheme."""
     if fmt not in _CT_FORMATS:
         return Unchecked("compressed-tensors", f"format {fmt!r}")
-    args = weights[0]
     strategy = args.get("strategy") or "tensor"
     if strategy not in ("tensor", "channel", "group", "block"):
         return Unchecked("compressed-tensors", f"weight strategy {strategy!r}")
@@ -210,8 +239,64 @@ def _compressed_tensors(quant: Mapping[str, Any]) -> Scheme | Unchecked:
     kind = args.get("type", "int")
     label = f"compressed-tensors {fmt}, {kind}{bits} per {strategy}" + (f" of {group}" if group else "")
     symmetric = args.get("symmetric", True) is not False
-    return Scheme("compressed-tensors", label, bits, group, block, strategy, fmt, symmetric,
-                  skip=_names(quant, "ignore"))
+    return Scheme("compressed-tensors", label, bits, group, block, strategy, fmt, symmetric)
+
+
+_NESTED_QUANTIFIER = re.compile(r"\([^()]*[*+}][^()]*\)\s*[*+{]")
+"""A quantified group holding a quantifier, ``(a+)+``: the pattern shape that backtracks exponentially."""
+
+
+def _ct_target_problem(target: str) -> str:
+    """Why hfconv cannot match a compressed-tensors target or ignore entry from tensor names alone
+    ('' where it can: a module name, a ``re:`` pattern, or the class name Linear)."""
+    if target.startswith("re:"):
+        pattern = target[3:]
+        if len(pattern) > 1000 or _NESTED_QUANTIFIER.search(pattern) or \
+                pattern.count("*") + pattern.count("+") + pattern.count("{") > 8:
+            return f"the pattern {target[:80]!r} is too complex to match safely"
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError):
+            return f"the pattern {target[:80]!r} is not a valid regular expression"
+        return ""
+    if target in _CT_CLASSES or not target[:1].isupper() or "." in target:
+        return ""
+    return (f"the target {target[:80]!r} is a class name other than Linear: which modules it covers needs the "
+            "model's classes, not its tensor names")
+
+
+_CT_CLASSES = frozenset({"Linear"})
+"""Class-name targets a stored module may match: every quantized module hfconv sees is a Linear."""
+
+
+def ct_group_of(scheme: Scheme, stem: str) -> Scheme | None:
+    """The weight scheme compressed-tensors gives module ``stem`` (apply_quantization_config):
+    None where an ``ignore`` entry matches it or no group targets it; otherwise the group of its
+    first matching target, exact names before ``re:`` patterns before class names, each kind in
+    sorted order (``match_targets``), a target named by two groups belonging to the later one."""
+    if any(_ct_matches(stem, t) for t in scheme.skip):
+        return None
+    by_target: dict[str, Scheme] = {}
+    for targets, group in scheme.groups:
+        for target in targets:
+            by_target[target] = group
+    ordered = sorted(by_target, key=lambda t: (t.startswith("re:"), t))
+    for target in ordered:
+        if target not in _CT_CLASSES and _ct_matches(stem, target):
+            return by_target[target]
+    return next((by_target[t] for t in ordered if t in _CT_CLASSES), None)
+
+
+def _ct_matches(stem: str, target: str) -> bool:
+    """compressed-tensors' match_name (plus the Linear class every quantized module is)."""
+    if target.startswith("re:"):
+        return _regex(target[3:]).match(stem) is not None
+    return target == stem or target in _CT_CLASSES
+
+
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 def _int(quant: Mapping[str, Any], key: str, allowed: tuple[int, ...], key2: str = "",
@@ -323,7 +408,7 @@ def quantized_view(scheme: Scheme, tensors: Mapping[str, Stored],
         return view
     logical, quantized = view.logical, view.quantized
     endings = _ENDINGS[scheme.method]
-    lone = _LONE_DTYPES.get((scheme.method, scheme.layout))
+    lone = (scheme.lone, "weight_scale") if scheme.groups else _LONE_DTYPES.get((scheme.method, scheme.layout))
     lone_dtypes = lone[0] if lone is not None else frozenset()
     hits: list[str] = []
     candidates: list[str] = []  # weights stored in a quantized dtype: their module must have companions
@@ -392,6 +477,10 @@ def _fp8_modules_fine(view: QuantView, hits: list[str], tensors: Mapping[str, St
     return rest
 
 
+_LONE_BY_FORMAT: dict[str, frozenset[str]] = {
+    "float-quantized": _FP8, "int-quantized": frozenset({"I8"}), "naive-quantized": frozenset({"I8"}) | _FP8,
+}
+"""compressed-tensors formats that keep ``weight``: the dtypes it has when quantized."""
 _LONE_DTYPES: dict[tuple[str, str], tuple[frozenset[str], str]] = {
     ("fp8", ""): (_FP8, "weight_scale_inv"),
     ("bnb-8bit", ""): (frozenset({"I8"}), "SCB"),
@@ -638,6 +727,31 @@ def _check_bnb8(view: QuantView, stem: str, parts: Mapping[str, Stored],
 
 def _check_compressed(view: QuantView, stem: str, parts: Mapping[str, Stored],
                       expected: Callable[[str], tuple[int, ...] | None]) -> None:
+    scheme = view.scheme
+    if not scheme.groups:
+        _check_compressed_one(view, stem, parts, expected)
+        return
+    group = ct_group_of(scheme, stem)
+    if group is None:
+        if not any(s in parts for s in ("weight_packed", "weight_scale")):
+            return  # activation or KV-cache scales only
+        have = "weight_packed" if "weight_packed" in parts else "weight"
+        why = "ignores" if any(_ct_matches(stem, t) for t in scheme.skip) else "has no config group that targets"
+        _issue(view, "HFC623", f"{stem}.{have}", f"{stem}.{have} is quantized but quantization_config {why} "
+               f"{stem} ({scheme.label}): loaders build it unquantized")
+        want = expected(stem + ".weight")
+        if "weight" in parts or want is not None:
+            view.logical[stem + ".weight"] = parts["weight"].shape if "weight" in parts else want or ()
+        return
+    view.scheme = group
+    try:
+        _check_compressed_one(view, stem, parts, expected)
+    finally:
+        view.scheme = scheme
+
+
+def _check_compressed_one(view: QuantView, stem: str, parts: Mapping[str, Stored],
+                          expected: Callable[[str], tuple[int, ...] | None]) -> None:
     scheme = view.scheme
     derived: tuple[int, int] | None
     if not any(s in parts for s in ("weight_packed", "weight_scale", "weight")):
