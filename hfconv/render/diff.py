@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..units import human_bytes, plural
 from ..weight_map import unit_of
 from .common import escape_text, package_version
+from .html import PAGE_CSS
 from .jsonfmt import dumps_json
 from .pictures import esc, layer_map_svg, layer_rows
 
@@ -157,31 +158,11 @@ def render_diff_json(result: DiffResult) -> str:
 
 # --- html ----------------------------------------------------------------------------------------
 
-_CSS = """
-:root { color-scheme: light dark; --fg: #1f2328; --bg: #ffffff; --muted: #59636e; --line: #d1d9e0;
-  --head: #f6f8fa; --ok: #1a7f37; --fail: #cf222e; }
-@media (prefers-color-scheme: dark) {
-  :root { --fg: #e6edf3; --bg: #0d1117; --muted: #9198a1; --line: #3d444d; --head: #151b23;
-    --ok: #3fb950; --fail: #f85149; }
-}
-body { margin: 0 auto; max-width: 80rem; padding: 1.5rem; color: var(--fg); background: var(--bg);
-  font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; }
-h1 { font-size: 1.4rem; overflow-wrap: anywhere; } h2 { font-size: 1.1rem; margin-top: 1.6rem; }
-.ok { color: var(--ok); } .bad { color: var(--fail); } .muted { color: var(--muted); }
-table { border-collapse: collapse; width: 100%; }
-td, th { border-bottom: 1px solid var(--line); padding: 3px 6px; text-align: left; vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; overflow-wrap: anywhere; }
-svg.layer-map { display: block; width: 100%; max-width: 60rem; height: auto; }
-svg.layer-map text { font-size: 12px; fill: var(--fg); }
-svg.layer-map text.num { fill: var(--muted); font-variant-numeric: tabular-nums; }
-svg.layer-map g:hover rect.hover { fill: var(--head); }
-.legend { margin: .3rem 0 .8rem; color: var(--muted); font-size: 12px; display: flex; flex-wrap: wrap;
-  gap: .2rem 1rem; }
-.legend .key { white-space: nowrap; }
-.swatch { display: inline-block; width: .8rem; height: .8rem; border-radius: 2px; margin-right: .3rem;
-  vertical-align: -1px; }
+_CSS = PAGE_CSS + """.ok { color: var(--ok); } .bad { color: var(--fail); }
+table { width: 100%; }
+td.num { text-align: right; white-space: nowrap; }
 """
+"""The pages' shared CSS (:data:`hfconv.render.html.PAGE_CSS`) and the diff page's verdict colours."""
 
 _SCALE = ((0.0, "#afb8c1", "identical"), (1e-9, "#f5d76e", "< 1e-4"), (1e-4, "#f0a04b", "1e-4 .. 1e-2"),
           (1e-2, "#e8613c", "1e-2 .. 0.1"), (0.1, "#c0262d", "0.1 .. 1"),

@@ -136,7 +136,7 @@ class Page:
 
 # --- the template -----------------------------------------------------------------------------
 
-_CSS = """
+PAGE_CSS = """
 :root { color-scheme: light dark; --fg: #1f2328; --bg: #ffffff; --muted: #59636e; --line: #d1d9e0;
   --head: #f6f8fa; --ok: #1a7f37; --ok-bg: #dafbe1; --fail: #cf222e; --fail-bg: #ffebe9;
   --warn: #9a6700; --warn-bg: #fff8c5; --info: #0969da; --info-bg: #ddf4ff; }
@@ -162,7 +162,20 @@ thead th, table.kv > tbody > tr > th { background: var(--head); font-weight: 600
 table.kv > tbody > tr > th { white-space: nowrap; }
 td { overflow-wrap: anywhere; }
 td.num, .num { font-variant-numeric: tabular-nums; }
-table.findings { width: 100%; }
+svg.layer-map { display: block; width: 100%; max-width: 60rem; height: auto; }
+svg.layer-map text { font-size: 12px; fill: var(--fg); }
+svg.layer-map text.num { fill: var(--muted); font-variant-numeric: tabular-nums; }
+svg.layer-map g:hover rect.hover { fill: var(--head); }
+.legend { margin: .3rem 0 .8rem; color: var(--muted); font-size: 12px; display: flex; flex-wrap: wrap;
+  gap: .2rem 1rem; }
+.legend .key { white-space: nowrap; }
+.swatch { display: inline-block; width: .8rem; height: .8rem; border-radius: 2px; margin-right: .3rem;
+  vertical-align: -1px; }
+"""
+"""What every page shares (``hfconv diff``'s too): colours (light and dark), type, tables, and
+the layer map's and legends' pictures (:mod:`hfconv.render.pictures`)."""
+
+_CSS = PAGE_CSS + """table.findings { width: 100%; }
 table.findings td.name, table.tensors td.name { overflow-wrap: anywhere; min-width: 8rem; }
 table.findings td.sevcell, table.findings td.codecell { white-space: nowrap; }
 ul.plain { margin: 0; padding-left: 1.1rem; }
@@ -194,16 +207,7 @@ ul.items { margin: .25rem 0; padding-left: 1.4rem; overflow-wrap: anywhere; }
 .pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(30rem, 1fr)); gap: 0 2rem; }
 .pair .smap { grid-template-columns: minmax(6rem, 14rem) minmax(6rem, 1fr) max-content; }
 .pair > div { min-width: 0; }
-svg.layer-map { display: block; width: 100%; max-width: 60rem; height: auto; }
-svg.layer-map text { font-size: 12px; fill: var(--fg); }
-svg.layer-map text.num { fill: var(--muted); font-variant-numeric: tabular-nums; }
-svg.layer-map g:hover rect.hover { fill: var(--head); }
 svg.device-map { display: block; width: 100%; height: auto; }
-.legend { margin: .3rem 0 .8rem; color: var(--muted); font-size: 12px; display: flex; flex-wrap: wrap;
-  gap: .2rem 1rem; }
-.legend .key { white-space: nowrap; }
-.swatch { display: inline-block; width: .8rem; height: .8rem; border-radius: 2px; margin-right: .3rem;
-  vertical-align: -1px; }
 .swatch.disk { background: repeating-linear-gradient(45deg, #c9b8a8 0 3px, #59636e 3px 4px); }
 .swatch.outline { border: 1px dashed #8c959f; }
 .swatch.peak { width: 3px; background: var(--fg); }
