@@ -9,7 +9,9 @@ add``); the logic around it in-process.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +110,50 @@ def test_config_file_is_opened_as_every_other_file_and_the_root_found_once(tmp_p
     with pytest.raises(ConfigError, match="is a symlink; not followed"):
         read_config(link, follow_symlinks=False)
     assert read_config(link).strict is True
+
+
+# --- 5. git's attribute and ignore files in a linked worktree (.git is a file) -------------------------
+
+GIT = shutil.which("git")
+
+
+@pytest.mark.skipif(GIT is None, reason="git is not installed")
+def test_lfs_routing_in_a_linked_worktree_reads_the_files_git_reads(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".config" / "git").mkdir(parents=True)
+    env = {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_ATTR_NOSYSTEM": "1", "XDG_CONFIG_HOME": "",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    genv = {k: v for k, v in dict(os.environ, **env).items() if not k.startswith("GIT_DIR")}
+
+    def git(*args: str, cwd: Path) -> str:
+        return subprocess.run([GIT or "git", *args], cwd=cwd, env=genv, capture_output=True, text=True,
+                              check=True).stdout
+
+    main, linked = tmp_path / "main", tmp_path / "linked"
+    git("init", "-q", str(main), cwd=tmp_path)
+    git("commit", "-q", "--allow-empty", "-m", "init", cwd=main)
+    git("worktree", "add", "-q", str(linked), cwd=main)
+    assert (linked / ".git").is_file()
+    (main / ".git" / "info").mkdir(exist_ok=True)
+    (main / ".git" / "info" / "attributes").write_text("*.dat filter=lfs\n")  # $GIT_COMMON_DIR/info/
+    (main / ".git" / "info" / "exclude").write_text("*.tmp\n")
+    git("config", "core.attributesFile", "~/lfs-attributes", cwd=main)
+    (home / "lfs-attributes").write_text("*.ckpt filter=lfs\n")
+    (home / ".config" / "git" / "ignore").write_text("*.log\n")  # core.excludesFile's default
+    model = linked / "model"
+    shutil.copytree(FIXTURES / "llama-safetensors", model)
+    names = ["a.dat", "b.ckpt", "c.raw", "d.tmp", "e.log"]
+    for name in names:
+        with open(model / name, "wb") as handle:
+            handle.truncate(11 * 1024 * 1024)  # sparse: its size is what git and the Hub see
+    result = hfconv("validate", "--format", "json", "--select", "HFC039", str(model), env=env)
+    assert result.returncode in (0, 1), result.stderr
+    flagged = sorted(f["file"] for f in json.loads(result.stdout)["findings"])
+    # git itself, in the linked worktree, on the same files
+    paths = [f"model/{name}" for name in names]
+    attrs = git("check-attr", "filter", "--", *paths, cwd=linked).splitlines()
+    routed = {line.split(":")[0].removeprefix("model/") for line in attrs if line.endswith(": filter: lfs")}
+    ignored = set(subprocess.run([GIT or "git", "check-ignore", *paths], cwd=linked, env=genv, capture_output=True,
+                                 text=True).stdout.replace("model/", "").split())
+    assert routed == {"a.dat", "b.ckpt"} and ignored == {"d.tmp", "e.log"}
+    assert flagged == sorted(set(names) - routed - ignored) == ["c.raw"], result.stdout

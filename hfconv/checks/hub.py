@@ -8,8 +8,9 @@
   (HFC039). The attributes and ignore rules are read here, without running git: the subset of
   gitattributes(5) and gitignore(5) that decides it (globs, ``**``, patterns without a slash
   matching a name at any depth, later lines and deeper files overriding earlier ones,
-  ``$GIT_DIR/info/attributes`` and ``info/exclude``). Ignored files are not pushed and not
-  reported.
+  ``info/attributes`` and ``info/exclude`` of the repository, also from a linked worktree or a
+  submodule, ``core.attributesFile`` and ``core.excludesFile``: :mod:`hfconv.gitrepo`). Ignored
+  files are not pushed and not reported.
 * In a Hub cache snapshot, with ``deep``: every blob against the hash that is its file name (the
   sha256 of an LFS file, the git blob id of another), offline (HFC040).
 """
@@ -29,7 +30,7 @@ from ..contents import FolderContents
 from ..discovery import MAX_LISTED_FILES, ModelFolder
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
-from ..gitrepo import work_tree
+from ..gitrepo import read_text, repository, work_tree
 from ..tensors import FormatError
 from ..units import human_bytes
 
@@ -44,8 +45,6 @@ HUB_MAX_FILES = 100_000
 """The Hub's recommended most files in one repository."""
 LFS_THRESHOLD = 10 * 1024 * 1024
 """The Hub refuses a ``git push`` holding a file larger than 10 MiB that is not stored in git-lfs."""
-MAX_ATTRIBUTE_BYTES = 1024 * 1024
-"""Bytes of one .gitattributes / .gitignore read (real ones: a few KB)."""
 MAX_RULE_FILES = 256
 """Folders above and inside the model folder whose .gitattributes / .gitignore are read."""
 _CHUNK = 8 * 1024 * 1024
@@ -209,11 +208,15 @@ class GitRules:
         self._attributes: dict[str, list[_Rule]] = {}
         self._ignores: dict[str, list[_Rule]] = {}
         self._read = 0
-        git_dir = top / ".git"
-        self._info_attributes = _parse_attributes(_read_rules(git_dir / "info" / "attributes"), "") \
-            if git_dir.is_dir() else []
-        self._info_exclude = _parse_ignores(_read_rules(git_dir / "info" / "exclude"), "") \
-            if git_dir.is_dir() else []
+        repo = repository(top)
+        # Lowest precedence first (the last matching line wins): the system's and the global
+        # attribute files, then the tree's .gitattributes (by depth), then info/attributes.
+        self._low_attributes = [rule for path in repo.attributes_files
+                                for rule in _parse_attributes(read_text(path), "")]
+        self._info_attributes = _parse_attributes(read_text(repo.info_attributes), "") if repo.info_attributes else []
+        # core.excludesFile, then info/exclude, then the tree's .gitignore files.
+        self._info_exclude = [rule for path in (repo.excludes_file, repo.info_exclude) if path
+                              for rule in _parse_ignores(read_text(path), "")]
 
     def _folder_rules(self, folder: str, kind: str) -> list[_Rule]:
         cache_ = self._attributes if kind == ".gitattributes" else self._ignores
@@ -222,7 +225,7 @@ class GitRules:
             if self._read > 2 * MAX_RULE_FILES:
                 text = ""
             else:
-                text = _read_rules(self.top / folder / kind) if folder else _read_rules(self.top / kind)
+                text = read_text(self.top / folder / kind) if folder else read_text(self.top / kind)
             base = f"{folder}/" if folder else ""
             cache_[folder] = _parse_attributes(text, base) if kind == ".gitattributes" else _parse_ignores(text, base)
         return cache_[folder]
@@ -237,7 +240,7 @@ class GitRules:
         string, True (set), False (unset) or None (unspecified)."""
         value: str | bool | None = None
         rules = [r for folder in self._folders(path) for r in self._folder_rules(folder, ".gitattributes")]
-        for rule in (*rules, *self._info_attributes):
+        for rule in (*self._low_attributes, *rules, *self._info_attributes):
             if name in rule.attributes and rule.matches(path):
                 value = rule.attributes[name]
         return value
@@ -256,14 +259,6 @@ class GitRules:
             if verdict:
                 return True
         return False
-
-
-def _read_rules(path: Path) -> str:
-    try:
-        with open_regular(path) as handle:
-            return handle.read(MAX_ATTRIBUTE_BYTES).decode("utf-8", "replace")
-    except (OSError, FormatError):
-        return ""
 
 
 _MACROS = {"binary": {"diff": False, "merge": False, "text": False}}
