@@ -4,11 +4,14 @@ is compared, ``fix``'s copy fallback through a symlink, and Hub repo ids named a
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 # Compares A with B in process, truncating B's file once the first 1 MiB chunk has been read:
 # the second chunk of the same tensor is then past the file's end (the truncation a download or
@@ -49,3 +52,28 @@ def test_diff_of_a_file_truncated_while_compared_is_a_finding_not_sigbus(tmp_pat
     assert hits["big.weight"][1] == "model.safetensors", out
     assert "B: model.safetensors: reading 'big.weight' failed: file ended" in hits["big.weight"][3]
     assert out["status"] == {"big.weight": "unreadable", "small.weight": "unreadable"}  # its bytes are gone too
+
+
+def test_fix_link_copy_fallback_does_not_follow_a_symlink_or_open_a_fifo(tmp_path: Path) -> None:
+    """``fix``'s rename links the new name; where the link fails it copies. A shard swapped for a
+    symlink (or a FIFO) since the plan must be refused there too, not read through. The link is made
+    to fail for real: the new name was taken meanwhile (EEXIST), which the plan had ruled out."""
+    from hfconv.fixing.apply import FileOps
+    from hfconv.tensors import FormatError
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"bytes from outside the model folder")
+    (folder / "model-1-of-2.safetensors").symlink_to(outside)
+    taken = folder / "model-00001-of-00002.safetensors"
+    taken.write_bytes(b"taken")
+    ops = FileOps(str(folder))
+    with pytest.raises(FormatError, match="symlink"):
+        ops.link("model-1-of-2.safetensors", "model-00001-of-00002.safetensors")
+    assert taken.read_bytes() == b"taken" and sorted(p.name for p in folder.iterdir()) == [
+        "model-00001-of-00002.safetensors", "model-1-of-2.safetensors"]  # no temporary left
+    os.mkfifo(folder / "model-2-of-2.safetensors")  # open() would block forever on it
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"taken")
+    with pytest.raises(FormatError, match="not a regular file"):
+        ops.link("model-2-of-2.safetensors", "model-00002-of-00002.safetensors")

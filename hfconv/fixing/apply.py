@@ -151,10 +151,12 @@ class FileOps:
         try:
             os.link(self.path(name), self.path(new_name), follow_symlinks=False)
         except OSError:
-            # No hard links here (some file systems): copy, then flush, atomically under the new name.
+            # No hard links here (some file systems): copy, then flush, atomically under the new name;
+            # the source opened as every other operation opens it (a regular file, not through a
+            # symlink: one swapped in since the plan is refused, as is a FIFO, which would block).
             fd, tmp = self._temporary(new_name)
             try:
-                with open(self.path(name), "rb") as source:
+                with open_regular(self.path(name), follow_symlinks=False) as source:
                     copy_range(source.fileno(), fd, 0, os.fstat(source.fileno()).st_size)
                 self._install(fd, tmp, new_name)
             except BaseException:
