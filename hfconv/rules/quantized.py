@@ -129,6 +129,9 @@ class QuantView:
 
 # --- reading quantization_config --------------------------------------------------------------
 
+_AWQ_LAYOUTS = {"gemm": "gemm", "exllama": "gemm", "ipex": "gemm", "gemv": "gemv", "gemv_fast": "gemv_fast",
+                "marlin": "marlin"}
+"""AWQ version -> the stored layout (AutoAWQ's WQLinear_*): exllama and IPEX load GEMM checkpoints."""
 _FP8 = frozenset({"F8_E4M3", "F8_E4M3FNUZ"})
 _FLOATS = frozenset({"F32", "F16", "BF16"})
 _INTS = frozenset({"I32"})
@@ -155,20 +158,31 @@ def scheme_of(quant: Any) -> Scheme | Unchecked:
         return Scheme("fp8", label, 8, block=block, skip=_names(quant, "modules_to_not_convert", "ignored_layers"),
                       scale_fmt=fmt if isinstance(fmt, str) else "float")
     if method == "gptq":
-        fmt = quant.get("checkpoint_format", "gptq")
-        if fmt not in ("gptq", "gptq_v2", None):
-            return Unchecked(method, f"checkpoint_format {fmt!r}")
-        bits, group = _int(quant, "bits", (2, 3, 4, 8)), _group(quant)
-        return Scheme("gptq", f"gptq {bits}-bit" + (f", group {group}" if group else ""), bits, group,
-                      skip=_names(quant, "modules_to_not_convert"))
+        fmt = quant.get("checkpoint_format") or quant.get("format") or "gptq"
+        fmt = fmt.lower() if isinstance(fmt, str) else fmt
+        if fmt == "bitblas":
+            return Unchecked(method, "checkpoint_format 'bitblas': BitBLAS stores qweight in the shape of its tuned "
+                             "kernel's weight transform (retrieve_weight_shape, propagate_b, chosen per GPU), which "
+                             "config.json does not record")
+        if fmt not in ("gptq", "gptq_v2", "marlin"):
+            return Unchecked(method, f"checkpoint_format {fmt!r}: hfconv does not know its stored layout")
+        bits, group = _int(quant, "bits", (4,) if fmt == "marlin" else (2, 3, 4, 8)), _group(quant)
+        layout = "marlin" if fmt == "marlin" else ""
+        label = f"gptq {bits}-bit" + (" marlin" if layout else "") + (f", group {group}" if group else "")
+        return Scheme("gptq", label, bits, group, layout=layout, skip=_names(quant, "modules_to_not_convert"))
     if method == "awq":
-        version = quant.get("version", "gemm")
-        version = version.lower() if isinstance(version, str) else version
-        if version not in ("gemm", "gemv", "exllama"):
-            return Unchecked(method, f"version {version!r}")
-        bits, group = _int(quant, "bits", (4,), key2="w_bit"), _group(quant, "q_group_size")
-        layout = "gemv" if version == "gemv" else "gemm"
-        return Scheme("awq", f"awq {bits}-bit {layout}" + (f", group {group}" if group else ""), bits, group,
+        given = quant.get("version") or quant.get("format") or "gemm"
+        version = given.lower() if isinstance(given, str) else ""
+        layout = _AWQ_LAYOUTS.get(version, "")
+        if not layout:
+            return Unchecked(method, f"version {given!r}: hfconv does not know its stored layout")
+        bits = _int(quant, "bits", (4,) if layout == "marlin" else (2, 3, 4, 8), key2="w_bit")
+        group = _group(quant, "q_group_size")
+        if layout == "gemv_fast" and group not in (0, 32, 64) and group < 128:
+            raise SchemeError("group_size", f"quantization_config group_size is {group}, but AWQ gemv_fast packs "
+                              "groups of 32, 64 or 128 and more (AutoAWQ's calculate_zeros_width)")
+        name = version if version == layout else f"{version} ({layout} layout)"
+        return Scheme("awq", f"awq {bits}-bit {name}" + (f", group {group}" if group else ""), bits, group,
                       layout=layout, skip=_names(quant, "modules_to_not_convert"))
     if method == "bitsandbytes":
         skip = _names(quant, "llm_int8_skip_modules")
@@ -356,10 +370,15 @@ _COMPANIONS: dict[str, tuple[str, ...]] = {
                            "weight_global_scale", "input_global_scale", "k_scale", "v_scale"),
 }
 """Per scheme: the suffixes of a module's stored tensors besides (or instead of) ``weight``."""
-_ENDINGS: dict[str, tuple[str, ...]] = {
-    method: tuple("." + x for x in suffixes) for method, suffixes in _COMPANIONS.items()
+_LAYOUT_COMPANIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("gptq", "marlin"): ("B", "s"),  # AutoGPTQ's marlin QuantLinear (its workspace is not persistent)
+    ("awq", "marlin"): ("qweight", "scales"),  # AutoAWQ's WQLinear_Marlin: symmetric, no zeros
 }
-"""The same, dotted, for one ``str.endswith`` per stored tensor."""
+"""Layouts whose tensors differ from their method's."""
+
+
+def _companions(scheme: Scheme) -> tuple[str, ...]:
+    return _LAYOUT_COMPANIONS.get((scheme.method, scheme.layout)) or _COMPANIONS[scheme.method]
 
 
 class ExpectedShapes:
@@ -407,7 +426,8 @@ def quantized_view(scheme: Scheme, tensors: Mapping[str, Stored],
         _mxfp4_view(view, tensors, expected)
         return view
     logical, quantized = view.logical, view.quantized
-    endings = _ENDINGS[scheme.method]
+    companions = _companions(scheme)
+    endings = tuple("." + x for x in companions)
     lone = (scheme.lone, "weight_scale") if scheme.groups else _LONE_DTYPES.get((scheme.method, scheme.layout))
     lone_dtypes = lone[0] if lone is not None else frozenset()
     hits: list[str] = []
@@ -423,7 +443,7 @@ def quantized_view(scheme: Scheme, tensors: Mapping[str, Stored],
         hits = _fp8_modules_fine(view, hits, tensors, expected)
     modules: dict[str, dict[str, Stored]] = {}
     for name in hits:
-        for suffix in _COMPANIONS[scheme.method]:
+        for suffix in companions:
             if name.endswith(suffix) and name[-len(suffix) - 1] == ".":
                 modules.setdefault(name[: -len(suffix) - 1], {})[suffix] = tensors[name]
                 quantized.add(name)
@@ -607,18 +627,24 @@ def _check_packed(view: QuantView, stem: str, parts: Mapping[str, Stored],
                   expected: Callable[[str], tuple[int, ...] | None]) -> None:
     """GPTQ and AWQ."""
     scheme = view.scheme
-    if _orphan(view, stem, parts, "qweight"):
+    main, scales_name = _companions(scheme)[:2] if scheme.layout == "marlin" else ("qweight", "scales")
+    if _orphan(view, stem, parts, main):
         return
-    qweight = parts["qweight"]
-    name = stem + ".qweight"
-    if not _dtype_in(view, name, qweight, _INTS, "a packed weight") or len(qweight.shape) != 2:
+    qweight = parts[main]
+    name = f"{stem}.{main}"
+    ints = _I16 if scheme.layout == "gemv_fast" else _INTS
+    if not _dtype_in(view, name, qweight, ints, "a packed weight") or len(qweight.shape) != 2:
         if len(qweight.shape) != 2:
             _issue(view, "HFC619", name, f"{name} has shape {_fmt(qweight.shape)}, not 2 dimensions "
                    f"({scheme.label})")
         return
     rows, cols = qweight.shape
     per = 32 / scheme.bits
-    if scheme.method == "gptq":      # [in*bits/32, out]
+    if scheme.layout == "marlin":    # 16x16 tiles: [in/16, out*16*bits/32]
+        derived = (round(cols * per / 16), rows * 16)
+    elif scheme.layout == "gemv_fast":  # int16, 4 output rows interleaved: [out/4, in*bits*4/16]
+        derived = (rows * 4, round(cols * 4 / scheme.bits))
+    elif scheme.method == "gptq":    # [in*bits/32, out]
         derived = (cols, round(rows * per))
     elif scheme.layout == "gemm":    # [in, out*bits/32]
         derived = (round(cols * per), rows)
@@ -632,11 +658,25 @@ def _check_packed(view: QuantView, stem: str, parts: Mapping[str, Stored],
     out, inp = _weight_shape(view, stem, derived, expected) or derived
     groups = -(-inp // scheme.group) if scheme.group else 1
     packed_out = -(-out * scheme.bits // 32)
+    within = f"{stem} [out {out}, in {inp}]" + (f" in groups of {scheme.group}" if scheme.group else "")
+    if scheme.layout == "marlin":  # symmetric: scales only, [in/group, out]
+        scales = _need(view, stem, parts, scales_name)
+        if scales is not None and _dtype_in(view, f"{stem}.{scales_name}", scales, _FLOATS, "a scale"):
+            _shape_is(view, f"{stem}.{scales_name}", scales, (inp // scheme.group if scheme.group else 1, out),
+                      f"{within} = [in/group {inp // scheme.group if scheme.group else 1}, out {out}]")
+        return
+    if scheme.layout == "gemv_fast":  # float zeros and scales: [rows of AutoAWQ's calculate_zeros_width, out]
+        width = _gemv_fast_rows(inp, scheme.group or inp, scheme.bits)
+        for suffix in ("qzeros", "scales"):
+            meta = _need(view, stem, parts, suffix)
+            if meta is not None and _dtype_in(view, f"{stem}.{suffix}", meta, _FLOATS, "a gemv_fast scale or zero"):
+                _shape_is(view, f"{stem}.{suffix}", meta, (width, out),
+                          f"{within} = [calculate_zeros_width(in {inp}) * {32 // scheme.bits} = {width}, out {out}]")
+        return
     if scheme.method == "awq" and scheme.layout == "gemv":
         for suffix in ("qzeros", "scales"):
             _need(view, stem, parts, suffix)
         return
-    within = f"{stem} [out {out}, in {inp}]" + (f" in groups of {scheme.group}" if scheme.group else "")
     zeros = _need(view, stem, parts, "qzeros")
     if zeros is not None and _dtype_in(view, stem + ".qzeros", zeros, _INTS, "packed zero points"):
         _shape_is(view, stem + ".qzeros", zeros, (groups, packed_out),
@@ -647,6 +687,17 @@ def _check_packed(view: QuantView, stem: str, parts: Mapping[str, Stored],
     g_idx = parts.get("g_idx")
     if g_idx is not None and _dtype_in(view, stem + ".g_idx", g_idx, _INTS, "a group index"):
         _shape_is(view, stem + ".g_idx", g_idx, (inp,), f"{stem} [out {out}, in {inp}] = [in {inp}]")
+
+
+_I16 = frozenset({"I16"})
+
+
+def _gemv_fast_rows(inp: int, group: int, bits: int) -> int:
+    """Rows of AWQ gemv_fast's scales and zeros: AutoAWQ gemv_fast.py calculate_zeros_width(in, group) * (32 / bits),
+    the width counting groups in eights, rounded up to 4 (group 32) or 2 (group 64) of them."""
+    multiplier = 1 if group >= 128 else 2 if group == 64 else 4
+    width = -(-(inp // group) // 8)
+    return -(-width // multiplier) * multiplier * (32 // bits)
 
 
 def _check_bnb4(view: QuantView, stem: str, parts: Mapping[str, Stored],
