@@ -157,3 +157,39 @@ def test_lfs_routing_in_a_linked_worktree_reads_the_files_git_reads(tmp_path: Pa
                                  text=True).stdout.replace("model/", "").split())
     assert routed == {"a.dat", "b.ckpt"} and ignored == {"d.tmp", "e.log"}
     assert flagged == sorted(set(names) - routed - ignored) == ["c.raw"], result.stdout
+
+
+# --- 6. on a terminal, bars stay on the terminal: never in an -o report ----------------------------
+
+def test_bars_never_go_into_an_output_file_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+    import select
+    import shlex
+
+    sharded = FIXTURES / "llama-safetensors-sharded"
+    reports = {name: tmp_path / f"{name}.txt" for name in ("validate", "inspect")}
+    hfconv_ = f"{shlex.quote(sys.executable)} -m hfconv"
+    script = (f"{hfconv_} validate --deep {sharded} -o {reports['validate']}; "
+              f"{hfconv_} inspect {sharded} -o {reports['inspect']}; test -t 1 && test -t 2 && echo on-a-terminal")
+    main, child = pty.openpty()  # stdout and stderr on a terminal, as a person runs it
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", COLUMNS="100")
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL, stdout=child, stderr=child, env=env)
+    os.close(child)
+    chunks = []
+    while select.select([main], [], [], 120)[0]:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=120) == 0
+    os.close(main)
+    terminal = b"".join(chunks).decode("utf-8", "replace")
+    assert "on-a-terminal" in terminal  # where inspect draws its shard bar (tests/test_html_reports.py)
+    for name, report in reports.items():
+        text = report.read_text(encoding="utf-8")
+        assert str(sharded) in text and not set(text) & set("\u2588\u2593\u2591\r\x1b"), (name, text)
+        assert "  shards  " not in text, text

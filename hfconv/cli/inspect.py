@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -27,12 +28,14 @@ def inspect_command(path: str, fmt: str, output: str | None, list_tensors: bool)
       hfconv inspect ./my-model --tensors        # every tensor: name, shape, dtype, shard, bytes
       hfconv inspect ./my-model --format html -o inspect.html
     """
+    from ..discovery import hub_snapshot_name
     from ..inspection import inspect as run_inspect
     from ..render import dumps_json, escape_text
 
     folder = resolve_folder(path)
     check_output(output, reads=[folder])
     result = run_inspect(folder, tensors=list_tensors)
+    result = dataclasses.replace(result, path=hub_snapshot_name(folder) or result.path)  # a Hub repo: org/name@rev
     if result.empty:
         click.echo(f"inspect {escape_text(path)}: no weights and no config.json were read (an empty folder, or "
                    "only files that cannot be read); not a model folder (hfconv validate says why)", err=True)
@@ -42,5 +45,9 @@ def inspect_command(path: str, fmt: str, output: str | None, list_tensors: bool)
 
         text = render_inspect_html(result)
     else:
-        text = result.to_text() if fmt == "text" else dumps_json(result.to_json())
+        from ..render.text import render_inspection_text
+
+        # The shard bar is for a terminal: drawn when stdout is one, never into an --output file.
+        text = render_inspection_text(result, bars=False if output else None) if fmt == "text" else \
+            dumps_json(result.to_json())
     emit(text, output)

@@ -156,6 +156,7 @@ def load_test_command(path: str, device_map: str, max_memory: dict[str, str], of
     fit or a tensor failed to load or verify, 2 could not run (PATH missing, bad map file,
     bad device name or size).
     """
+    from ..discovery import hub_snapshot_name
     from ..load import load_test as run_load_test
     from ..render import escape_text
     from ..render.load import render_load_json, render_load_text
@@ -180,13 +181,15 @@ def load_test_command(path: str, device_map: str, max_memory: dict[str, str], of
         progress.close()
     # 3. Write the report (the findings name the CLI's flags); the verdict on stderr when it is not on
     #    the terminal; exit.
-    result = dataclasses.replace(result, findings=flag_findings(result.findings))
+    result = dataclasses.replace(result, findings=flag_findings(result.findings),
+                                 path=hub_snapshot_name(folder) or result.path)  # a Hub repo: org/name@rev
     if fmt == "html":
         from ..render.html import render_load_html
 
         text = render_load_html(result)
     else:
-        text = render_load_json(result) if fmt == "json" else render_load_text(result)
+        # The device bars are for a terminal: drawn when stdout is one, never into an --output file.
+        text = render_load_json(result) if fmt == "json" else render_load_text(result, bars=False if output else None)
     emit(text, output)
     if output is not None or fmt != "text":  # the report is not on the terminal: say the verdict there
         if not result.ok:
