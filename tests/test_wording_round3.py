@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FIXTURES
+from helpers import FIXTURES, ROOT
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -193,3 +193,19 @@ def test_bars_never_go_into_an_output_file_on_a_terminal(tmp_path: Path) -> None
         text = report.read_text(encoding="utf-8")
         assert str(sharded) in text and not set(text) & set("\u2588\u2593\u2591\r\x1b"), (name, text)
         assert "  shards  " not in text, text
+
+
+# --- 7. the repository URL in the docs is a placeholder, and they say so ---------------------------------
+
+def test_docs_say_the_repository_url_is_a_placeholder_to_replace() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").split("## In your pipeline", 1)[1].split("\n## ", 1)[0]
+    hooks = (ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
+    action = (ROOT / "action.yml").read_text(encoding="utf-8")
+    pre_commit, workflow = readme.split("<!-- pipeline:pre-commit -->")[0], readme.split("<!-- pipeline:action -->")[0]
+    assert "`OWNER/hfconv` and `v0.1.0`\nare placeholders" in pre_commit and "git remote get-url origin" in pre_commit
+    assert "`OWNER/hfconv@v0.1.0` is a\nplaceholder: replace it" in workflow
+    assert "hfconv has none published" in hooks and "git remote get-url origin" in hooks
+    assert "`uses: OWNER/hfconv@REV`, both placeholders" in action
+    # No real-looking URL was invented: the only repository named is the placeholder.
+    assert not {line for text in (readme, hooks, action) for line in text.splitlines()
+                if "github.com/" in line and "github.com/OWNER/hfconv" not in line}
