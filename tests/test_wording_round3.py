@@ -112,6 +112,20 @@ def test_config_file_is_opened_as_every_other_file_and_the_root_found_once(tmp_p
     assert read_config(link).strict is True
 
 
+# --- 4. registered examples that read as the check's own messages ---------------------------------------
+
+def test_hfc408_example_names_a_model_type_that_really_has_no_schema() -> None:
+    """HFC408's example once named olmo2, which has a family schema since: it must name one without."""
+    import re
+
+    from hfconv.checks.schemas import known_model_types
+    from hfconv.findings import all_codes
+
+    example = all_codes()["HFC408"].example
+    named = re.search(r"model_type '([^']+)' has no family-specific schema", example)
+    assert named is not None and named.group(1) not in known_model_types(), example
+
+
 # --- 5. git's attribute and ignore files in a linked worktree (.git is a file) -------------------------
 
 GIT = shutil.which("git")
