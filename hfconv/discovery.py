@@ -299,12 +299,8 @@ class HubSnapshot:
     commit: str
     """The snapshot's commit hash."""
     folder: Path
-    """``<cache>/models--org--name/snapshots/<commit>``."""
-
-    @property
-    def name(self) -> str:
-        """``org/name@<short commit>``: how reports name the folder."""
-        return f"{self.repo_id}@{self.commit[:7]}"
+    """``<cache>/models--org--name/snapshots/<commit>``; reports name it ``org/name@<short commit>``
+    (:func:`hub_snapshot_name`)."""
 
 
 def resolve_hub_id(text: str, cache: Path | None = None) -> HubSnapshot | None:

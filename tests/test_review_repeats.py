@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import FIXTURES
+
 # Compares A with B in process, truncating B's file once the first 1 MiB chunk has been read:
 # the second chunk of the same tensor is then past the file's end (the truncation a download or
 # a sync makes while diff runs, made at a deterministic point).
@@ -77,3 +79,20 @@ def test_fix_link_copy_fallback_does_not_follow_a_symlink_or_open_a_fifo(tmp_pat
     (folder / "model-00002-of-00002.safetensors").write_bytes(b"taken")
     with pytest.raises(FormatError, match="not a regular file"):
         ops.link("model-2-of-2.safetensors", "model-00002-of-00002.safetensors")
+
+
+def test_inspect_convert_and_load_test_name_a_hub_repo_as_org_name_at_revision(tmp_path: Path) -> None:
+    """As validate does: a repo id resolved in the local Hub cache is reported as ``org/name@<short
+    commit>``, not as the cache's snapshot path."""
+    from test_hub_cache import C2, cache_snapshot, run
+
+    cache = tmp_path / "hub"
+    cache_snapshot(cache, "acme/tiny-llama", C2, FIXTURES / "llama-bin", refs=("v2",))
+    shown = f"acme/tiny-llama@{C2[:7]}"
+    inspected = run(cache, "inspect", "acme/tiny-llama@v2")
+    assert inspected.returncode == 0 and inspected.stdout.splitlines()[0] == shown, inspected.stdout
+    converted = run(cache, "convert", "acme/tiny-llama@v2", str(tmp_path / "out"), "--quiet", "--no-verify")
+    assert converted.returncode == 0 and converted.stdout.splitlines()[0] == f"converted {shown} -> {tmp_path / 'out'}"
+    loaded = run(cache, "load-test", "acme/tiny-llama@v2", "--quiet")
+    assert loaded.returncode == 0 and loaded.stdout.startswith(f"load-test {shown}: OK"), loaded.stdout
+    assert "snapshots" not in inspected.stdout + converted.stdout + loaded.stdout

@@ -185,11 +185,13 @@ def _restore_signals(previous: dict[int, object]) -> None:
 
 
 def _succeed(src: str, dst: str, result: ConversionResult, fmt: str, output: str | None) -> NoReturn:
+    from ..discovery import hub_snapshot_name
     from ..render import convert as reports
     from ..render import escape_text
 
     renderers = {"text": reports.render_text, "json": reports.render_json, "html": reports.render_html}
-    result = dataclasses.replace(result, findings=flag_findings(result.findings))  # the CLI names its flags
+    result = dataclasses.replace(result, findings=flag_findings(result.findings),  # the CLI names its flags
+                                 src=hub_snapshot_name(result.src) or result.src)  # a Hub repo: org/name@rev
     text = renderers[fmt](result)
     if fmt == "text" and result.in_place:  # what happened in SRC: the in-place findings (HFC717, HFC718)
         text += "".join(f"  in place  {escape_text(f.message)}\n" for f in result.findings
