@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..gcpause import gc_paused
-from .expected import CountGroup, ExpectedModel, ExpectedTensor, expected_tensors, family_of, natural_key
+from .expected import (
+    CountGroup,
+    ExpandedTensors,
+    ExpectedModel,
+    ExpectedTensor,
+    expected_tensors,
+    family_of,
+    natural_key,
+)
 from .expression import ConfigValueError, ExpressionError, Scope, merge_unique
 from .families import KNOWN_EXTRAS, LEGACY_RENAMES
 
@@ -80,32 +88,45 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
 
 def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> Comparison:
     prefix = expected.prefix
+    tensors = expected.tensors
+    # What hot loops read: name -> an object with the expected ``shape`` and ``optional`` (a rule
+    # table's runs, in C; else the ExpectedTensors themselves).
+    index: Mapping[str, Any] = tensors.index if isinstance(tensors, ExpandedTensors) else tensors
     # A head the table does not know may nest the base model under its own attribute
     # (T5ForSequenceClassification: transformer.encoder...): find that prefix from the names.
-    outer = "" if expected.complete else _outer_prefix(actual, expected.tensors, prefix)
-    tensors = expected.tensors
+    outer = "" if expected.complete else _outer_prefix(actual, index, prefix)
     names = list(actual)
-    canonical, taken, (direct, bare, prefixed) = _match_names(names, tensors, prefix, outer)
+    canonical, taken, (direct, bare, prefixed) = _match_names(names, index, prefix, outer)
+    same = canonical is None  # every stored name is an expected one, as it is (the common case)
+    expected_name_of: dict[str, str] = canonical if canonical is not None else {}
+    taken_set: set[str] = taken if taken is not None else set()
 
     # 1. Numbered runs (layers, experts): the indices present vs the configured count. Tensors the
     # model class declares ignorable (DeepSeek-V3's multi-token-prediction layer model.layers.61)
     # are not layers of the run.
     allowed = [re.compile(p) for p in expected.allowed_extras]
-    counted = [name for name in names if name in canonical or not any(rx.search(name) for rx in allowed)] \
-        if allowed else names
-    keys = list(map(canonical.get, counted, counted))  # the expected name, else the stored one
+    counted = names if same or not allowed else \
+        [name for name in names if name in expected_name_of or not any(rx.search(name) for rx in allowed)]
+    # The expected name of a matched tensor (named as the count patterns name it), else the stored
+    # one, which may need the base prefix added or removed to match.
+    keys = names if same else list(map(expected_name_of.get, counted, counted))
+    unmatched_keys = [] if same or not prefix else list(itertools.filterfalse(expected_name_of.__contains__, counted))
     count_mismatches = []
     skipped: list[tuple[re.Pattern, frozenset[int]]] = []
+    # One regex pass per group over the keys joined by newlines (a pattern matches within a line):
+    # 100,000s of names in C, unless a name holds a newline itself.
+    joined = "\n".join(keys)
+    by_line = joined.count("\n") == len(keys) - 1
     for group in expected.counts:
         regex = re.compile(group.pattern)
-        matches = list(map(regex.match, keys))  # the direct matches in C, then _group_index's others
-        found = set(map(int, map(_GROUP_1, filter(None, matches))))
-        if prefix:
-            for key in itertools.compress(keys, map(operator.not_, matches)):
-                if (i := _group_index(regex, key, prefix)) is not None:
-                    found.add(i)
+        found = set(map(int, set(re.compile(group.pattern, re.MULTILINE).findall(joined)))) \
+            if by_line and regex.groups == 1 else \
+            set(map(int, map(_GROUP_1, filter(None, map(regex.match, keys)))))
+        for key in unmatched_keys:
+            if regex.match(key) is None and (i := _group_index(regex, key, prefix)) is not None:
+                found.add(i)
         want = group.wanted
-        if found != want and (found or any(regex.match(k) for k in expected.tensors)):
+        if found != want and (found or any(regex.match(k) for k in index)):
             count_mismatches.append(CountMismatch(group, tuple(sorted(found))))
             skipped.append((regex, frozenset(found ^ want)))
 
@@ -120,16 +141,17 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> 
     unmatched: list[str] = []
     # In C: each stored shape against its expected tensor's (a stand-in with no shape when none).
     shapes = list(actual.values())
-    lookup: Callable[[Any, Any], Any] = tensors.get  # a stored name -> its ExpectedTensor, else _NO_TENSOR
-    wants: list[Any] = list(map(lookup, map(canonical.get, names), itertools.repeat(_NO_TENSOR)))
+    lookup: Callable[[Any, Any], Any] = index.get  # a stored name -> what it is expected as, else _NO_TENSOR
+    wanted_names = names if same else map(expected_name_of.get, names)
+    wants: list[Any] = list(map(lookup, wanted_names, itertools.repeat(_NO_TENSOR)))
     equal = list(map(operator.eq, shapes, map(_SHAPE, wants)))
     matched = equal.count(True)
     for k in itertools.compress(range(len(names)), map(operator.not_, equal)):
-        want_tensor = wants[k]
-        if isinstance(want_tensor, _NoTensor):
+        if wants[k] is _NO_TENSOR:
             unmatched.append(names[k])
-        elif tuple(shapes[k]) != want_tensor.shape:
-            mismatched.append(ShapeMismatch(names[k], want_tensor, tuple(shapes[k])))
+        elif tuple(shapes[k]) != wants[k].shape:
+            want_name = names[k] if same else expected_name_of[names[k]]
+            mismatched.append(ShapeMismatch(names[k], tensors[want_name], tuple(shapes[k])))
         else:  # a list shape equal to the tuple
             matched += 1
     for name in unmatched:
@@ -142,8 +164,10 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> 
 
     # 3. Required tensors nobody stored, named the way this folder names its tensors.
     missing = []
-    for original in [k for k in tensors if k not in taken]:
-        if tensors[original].optional or left_to_count(original):
+    present = len(names) if same else len(taken_set)
+    absent = index.keys() - (set(names) if same else taken_set) if present < len(index) else set()
+    for original in [k for k in tensors if k in absent] if absent else ():
+        if index[original].optional or left_to_count(original):
             continue
         key = original
         if prefix and bare > direct and key.startswith(prefix):
@@ -164,26 +188,28 @@ class _NoTensor:
     equals no stored shape."""
 
     shape = object()
+    optional = False
 
 
 _NO_TENSOR = _NoTensor()
 
 
-def _match_names(names: list[str], tensors: Mapping[str, ExpectedTensor], prefix: str,
-                 outer: str) -> tuple[dict[str, str], set[str], tuple[int, int, int]]:
+def _match_names(names: list[str], tensors: Mapping[str, Any], prefix: str,
+                 outer: str) -> tuple[dict[str, str] | None, set[str] | None, tuple[int, int, int]]:
     """Stored name -> expected name, the expected names taken, and how many stored names match
     as is, without the prefix and with it (direct, bare, prefixed); the first stored name of an
-    expected one takes it.
+    expected one takes it. (None, None, counts) when every stored name is an expected one as it
+    is: no map of 100,000s of names to themselves.
 
     The common case in bulk: no outer prefix and no legacy name part anywhere, so a stored name
     that is an expected one maps to itself; the other names one by one, and all of them one by
     one (the original order decides) when one of those takes an expected name also stored as is.
     """
     if not outer and _LEGACY_PARTS.search("\n".join(names)) is None:
-        exact = [name for name in names if name in tensors]
+        exact = list(filter(tensors.__contains__, names))
+        if len(exact) == len(names):  # every stored name is an expected one (names are distinct)
+            return None, None, (len(exact), 0, 0)
         exact_set = set(exact)
-        if len(exact) == len(names):  # every stored name is an expected one
-            return dict(zip(exact, exact)), exact_set, (len(exact), 0, 0)
         rest = _match_each([name for name in names if name not in exact_set], tensors, prefix, "")
         if not exact_set & rest[1]:
             canonical = dict(zip(exact, exact))
@@ -193,7 +219,7 @@ def _match_names(names: list[str], tensors: Mapping[str, ExpectedTensor], prefix
     return _match_each(names, tensors, prefix, outer)
 
 
-def _match_each(names: list[str], tensors: Mapping[str, ExpectedTensor], prefix: str,
+def _match_each(names: list[str], tensors: Mapping[str, Any], prefix: str,
                 outer: str) -> tuple[dict[str, str], set[str], tuple[int, int, int]]:
     """_match_names one stored name at a time."""
     canonical: dict[str, str] = {}
@@ -215,7 +241,7 @@ def _match_each(names: list[str], tensors: Mapping[str, ExpectedTensor], prefix:
     return canonical, taken, (direct, bare, prefixed)
 
 
-def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, ExpectedTensor], prefix: str) -> str:
+def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, Any], prefix: str) -> str:
     """The attribute path (``transformer.``) under which most stored names match expected ones,
     when more match with it stripped than as they are; else ``""``."""
     def matches(strip: str) -> int:
@@ -249,7 +275,7 @@ def legacy_name(name: str) -> str:
     return name
 
 
-def _canonical(name: str, tensors: Mapping[str, ExpectedTensor], prefix: str) -> str | None:
+def _canonical(name: str, tensors: Mapping[str, Any], prefix: str) -> str | None:
     name = legacy_name(name)
     if name in tensors:
         return name

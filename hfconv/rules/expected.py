@@ -8,11 +8,10 @@ config.json are untrusted and capped (:data:`MAX_COUNT`, :data:`MAX_TENSORS`).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +75,8 @@ class CountGroup:
 class ExpectedModel:
     """What a loader expects to find in the weights of one folder."""
 
-    tensors: dict[str, ExpectedTensor]
+    tensors: Mapping[str, ExpectedTensor]
+    """By name; from a rule table an :class:`ExpandedTensors` (its ``index`` is cheap to read)."""
     family: str | None
     architecture: str | None
     source: str
@@ -177,63 +177,49 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
             raise ConfigValueError(fields, f"{what}; at least {required:,} tensors are required, but the weights "
                                    f"hold only {stored:,}")
         raise CapReached(fields, what)
-    tensors: dict[str, ExpectedTensor] = {}
-    sort_keys: dict[str, str] = {}
+    runs: list[TensorRun] = []
     groups: dict[str, CountGroup] = {}
     for rule in rules:
         name = rule.name[len(strip):] if strip and rule.name.startswith(strip) else rule.name
         placeholders = rule.placeholders
-        static_shape = not any(expression_names(s) & set(placeholders) for s in rule.shape)
-        dims: tuple[Dim, ...] | None = None
-        shape: tuple[int, ...] = ()
-        # Conditions usually depend on one placeholder at most (the layer): evaluated once per
-        # value of the placeholders they name, and shapes once per rule unless they name one.
-        conditional = _names(rule.when) | _names(rule.optional)
-        condition_at = tuple(k for k, p in enumerate(placeholders) if p in conditional)
-        conditions: dict[tuple, tuple[bool, bool]] = {}
-        template = _Template(name, placeholders)
         ranges = [range(counts[p]) for p in placeholders]
-        if not condition_at and static_shape:
-            # The common rule: every tensor alike (conditions and shape evaluated once), the names
-            # formatted in C. Tensors are in rule order: compare() sorts what it reports.
-            if not all(ranges):
-                continue
-            local = dict.fromkeys(placeholders, 0)
-            exists = rule.when is None or bool(scope.evaluate(rule.when, local).value)
-            if not exists:
-                continue
-            optional = rule.optional is not None and bool(scope.evaluate(rule.optional, local).value)
-            dims = tuple(_dim(scope, s, local) for s in rule.shape)
-            shape = tuple(d.value for d in dims)
-            names = ([template.format] if not placeholders else
-                     list(map(template.format.format, ranges[0])) if len(placeholders) == 1 else
-                     list(itertools.starmap(template.format.format, itertools.product(*ranges))))
-            make = functools.partial(_expected_tensor, dims=dims, optional=optional, shape=shape)
-            tensors.update(zip(names, map(make, names)))
-            sort_keys.update(zip(names, template.keys(names, itertools.product(*ranges))))
-        for values in itertools.product(*ranges) if condition_at or not static_shape else ():
-            key = tuple(values[k] for k in condition_at)
-            if key not in conditions:
-                local = dict(zip(placeholders, values, strict=True))
+        if not all(ranges):
+            continue
+        # Placeholders a condition or a shape names are "keyed": the rule is evaluated once per
+        # combination of their values (usually the layer, or nothing), and every tensor of one
+        # combination is alike: one run, its names formatted in C.
+        conditional = _names(rule.when) | _names(rule.optional)
+        shaped = frozenset().union(*map(expression_names, rule.shape)) & set(placeholders)
+        keyed = tuple(k for k, p in enumerate(placeholders) if p in conditional or p in shaped)
+        condition_at = tuple(k for k in keyed if placeholders[k] in conditional)
+        shape_at = tuple(k for k in keyed if placeholders[k] in shaped)
+        conditions: dict[tuple[int, ...], tuple[bool, bool]] = {}
+        shapes: dict[tuple[int, ...], tuple[Dim, ...]] = {}
+        template = _Template(name, placeholders)
+        produced = False
+        for key in itertools.product(*(ranges[k] for k in keyed)):
+            values = dict.fromkeys(range(len(placeholders)), 0)
+            values.update(zip(keyed, key))
+            local = {p: values[k] for k, p in enumerate(placeholders)}
+            condition_key = tuple(values[k] for k in condition_at)
+            if condition_key not in conditions:
                 exists = rule.when is None or bool(scope.evaluate(rule.when, local).value)
                 optional = rule.optional is not None and bool(scope.evaluate(rule.optional, local).value)
-                conditions[key] = (exists, optional)
-            exists, optional = conditions[key]
+                conditions[condition_key] = (exists, optional)
+            exists, optional = conditions[condition_key]
             if not exists:
                 continue
-            if dims is None or not static_shape:
-                local = dict(zip(placeholders, values, strict=True))
-                dims = tuple(_dim(scope, s, local) for s in rule.shape)
-                shape = tuple(d.value for d in dims)
-            full = template.name(values)
-            tensors[full] = _expected_tensor(full, dims, optional, shape)
-            sort_keys[full] = template.key(values, full)
-        if dims is not None:  # the rule produced tensors: its numbered runs are counted
+            shape_key = tuple(values[k] for k in shape_at)
+            dims = shapes.get(shape_key)
+            if dims is None:
+                dims = shapes[shape_key] = tuple(_dim(scope, s, local) for s in rule.shape)
+            run_ranges = tuple((values[k],) if k in keyed else ranges[k] for k in range(len(placeholders)))
+            runs.append(TensorRun(template, run_ranges, dims, tuple(d.value for d in dims), optional))
+            produced = True
+        if produced:  # the rule produced tensors: its numbered runs are counted
             _add_count_groups(groups, family, name, placeholders, counts)
-    # Natural order (layers.2 before layers.10, each layer's tensors together), by string keys.
-    tensors = {name: tensors[name] for name in sorted(tensors, key=sort_keys.__getitem__)}
     return ExpectedModel(
-        tensors=tensors, family=family.model_type, architecture=architecture, source="rules",
+        tensors=ExpandedTensors(runs), family=family.model_type, architecture=architecture, source="rules",
         prefix=head.prefix or family.prefix, counts=tuple(groups.values()), complete=complete, notes=notes,
         allowed_extras=_trailing(scope, family),
     )
@@ -289,6 +275,70 @@ class _Template:
         if self.key_format is None:
             return list(map(natural_string, names))
         return list(itertools.starmap(self.key_format.format, values))
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRun:
+    """Tensors of one rule that are alike: the same dims, optional or not. The names are the
+    rule's template over the product of ``ranges`` (one per placeholder), made when asked."""
+
+    template: _Template
+    ranges: tuple[Sequence[int], ...]
+    dims: tuple[Dim, ...]
+    shape: tuple[int, ...]
+    optional: bool
+
+    def names(self) -> list[str]:
+        if not self.ranges:
+            return [self.template.format]
+        if len(self.ranges) == 1:
+            return list(map(self.template.format.format, self.ranges[0]))
+        return list(itertools.starmap(self.template.format.format, itertools.product(*self.ranges)))
+
+    def keys(self, names: list[str]) -> list[str]:
+        """The natural-order sort keys of :meth:`names`."""
+        return self.template.keys(names, itertools.product(*self.ranges))
+
+
+class ExpandedTensors(Mapping[str, ExpectedTensor]):
+    """A rule table's expected tensors, by name in natural order (``layers.2`` before ``layers.10``).
+
+    The largest MoE models expand to 100,000s of tensors, nearly all alike within a rule: they are
+    kept as runs (:class:`TensorRun`) and :attr:`index` (name -> its run, built in C), and an
+    ExpectedTensor is made only for a name looked up. Iterating sorts the names once.
+    """
+
+    def __init__(self, runs: Iterable[TensorRun]):
+        self.runs = tuple(runs)
+        self.index: dict[str, TensorRun] = {}
+        """Name -> its run (a later rule naming the same tensor wins): what hot loops read, with
+        the run's ``shape`` and ``optional``."""
+        for run in self.runs:
+            self.index.update(zip(run.names(), itertools.repeat(run)))
+        self._made: dict[str, ExpectedTensor] = {}
+        self._order: list[str] | None = None
+
+    def __getitem__(self, name: str) -> ExpectedTensor:
+        tensor = self._made.get(name)
+        if tensor is None:
+            run = self.index[name]
+            tensor = self._made[name] = _expected_tensor(name, run.dims, run.optional, run.shape)
+        return tensor
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __iter__(self) -> Iterator[str]:
+        if self._order is None:
+            keys: dict[str, str] = {}
+            for run in self.runs:
+                names = run.names()
+                keys.update(zip(names, run.keys(names)))
+            self._order = sorted(self.index, key=keys.__getitem__)
+        return iter(self._order)
 
 
 def _natural_part(part: str) -> str:
