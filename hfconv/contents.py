@@ -6,15 +6,18 @@ run; the checks turn them into findings.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter
 from typing import Any, TypeVar
 
 from .discovery import JSON_FILES, ModelFolder, WeightSet
-from .dtypes import nbytes
+from .dtypes import SAFETENSORS_BITS, nbytes
 from .fsutil import link_problem
 from .jsonutil import JsonError, load_json_file
 from .readers import read_weight_file
@@ -110,11 +113,18 @@ class FolderContents:
         """Tensor count, parameters and bytes of the weights loaders pick."""
         tensors = self.loaded_tensors.values()
         numels = list(map(math.prod, map(_SHAPE, tensors)))
-        return Summary(
-            tensors=len(tensors),
-            parameters=sum(numels),
-            bytes=sum(map(nbytes, map(_DTYPE, tensors), numels)),
-        )
+        dtypes = list(map(_DTYPE, tensors))
+        if all(bits % 8 == 0 for bits in map(SAFETENSORS_BITS.get, self.loaded_dtype_counts, itertools.repeat(1))):
+            # Whole-byte dtypes (nearly always): bytes per element times elements, in C.
+            size = sum(map(operator.mul, numels, map(_ITEMSIZE.__getitem__, dtypes)))
+        else:
+            size = sum(map(nbytes, dtypes, numels))
+        return Summary(tensors=len(tensors), parameters=sum(numels), bytes=size)
+
+    @cached_property
+    def loaded_dtype_counts(self) -> Counter[str]:
+        """How many loaded tensors each dtype has (counted in C: 100,000s in the largest folders)."""
+        return Counter(map(_DTYPE, self.loaded_tensors.values()))
 
     @cached_property
     def loaded_tensors(self) -> dict[str, TensorMeta]:
@@ -144,6 +154,7 @@ class FolderContents:
 
 _SHAPE = attrgetter("shape")
 _DTYPE = attrgetter("dtype")
+_ITEMSIZE = {dtype: bits // 8 for dtype, bits in SAFETENSORS_BITS.items() if bits % 8 == 0}
 _V = TypeVar("_V")
 
 

@@ -28,7 +28,7 @@ def check_dtype(contents: FolderContents) -> Iterator[Finding]:
     if not isinstance(value, str) or value not in TORCH_DTYPE:
         return
     declared = TORCH_DTYPE[value]
-    stored = Counter(t.dtype for t in contents.loaded_tensors.values() if t.dtype in FLOAT_DTYPES)
+    stored = Counter({dtype: n for dtype, n in contents.loaded_dtype_counts.items() if dtype in FLOAT_DTYPES})
     if not stored or declared not in FLOAT_DTYPES:
         return
     dominant, count = stored.most_common(1)[0]

@@ -14,6 +14,8 @@ used, and bitsandbytes 4-bit quant states (a few hundred bytes each, bounded): n
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -114,6 +116,25 @@ register("HFC612", "warning", "shape check skipped at a cap",
          "model on the meta device), or split the check over smaller configs.",
          "shape check skipped: config.json num_hidden_layers would need 1,200,003 expected tensors (for the "
          "1,200,003 stored), more than hfconv checks (2,000,000, MAX_EXPANSION); tensor shapes were not checked")
+register("HFC613", "warning", "transformers' quantizer not used",
+         "--reference transformers builds the model through transformers' quantizer for the folder's scheme, as "
+         "from_pretrained does, but that quantizer cannot run here (its library is not installed, it needs a GPU, "
+         "or it refused the config): the quantized tensors were checked with hfconv's own layout of the scheme "
+         "instead (every shape and dtype still checked, not by transformers' own modules).",
+         "Install the scheme's library (bitsandbytes, compressed-tensors, gptqmodel) where it runs to check "
+         "with transformers' modules; nothing is known to be wrong.",
+         "the transformers reference: transformers' bitsandbytes_4bit quantizer cannot run here: Using "
+         "`bitsandbytes` 4-bit quantization requires bitsandbytes; the quantized tensors were checked with "
+         "hfconv's own bitsandbytes 4-bit nf4 layout instead")
+register("HFC614", "error", "quantized weight in a module transformers keeps unquantized",
+         "transformers' quantizer for the scheme leaves this module a plain layer (its skip list: lm_head and "
+         "the output embeddings by default, modules_to_not_convert, modules kept in float32), yet its weight is "
+         "stored quantized: from_pretrained casts the quantized values into the plain layer without their "
+         "scales, so it computes garbage.",
+         "Store the module's unquantized weight, or list the modules to convert in quantization_config "
+         "(modules_to_not_convert) as the export did.",
+         "lm_head.weight is stored F8_E4M3 but transformers' FineGrainedFP8HfQuantizer keeps lm_head "
+         "unquantized (fp8 in 128x128 blocks: a module on its skip list)")
 
 register("HFC618", "error", "quantized weight without its scale",
          "A quantized weight is stored without a tensor its scheme needs to dequantize it (FP8 "
@@ -240,6 +261,11 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
         where = contents.tensor_files
         for issue in view.issues:
             yield finding(issue.code, issue.message, file=where.get(issue.tensor), tensor=issue.tensor)
+        if expected.source.startswith("transformers"):  # transformers' quantizer: what hfconv's layout left
+            from ..rules import transformers_reference as ref
+            for issue in ref.quantizer_issues(expected, tensors, view, contents.options.reference == "transformers"):
+                yield finding(issue.code, issue.message, file=where.get(issue.tensor, _CONFIG),
+                              tensor=issue.tensor or None)
         actual = view.logical
     else:
         actual = contents.loaded_shapes
@@ -486,6 +512,7 @@ def _tie_hint(name: str, config: Mapping[str, Any]) -> str:
 
 
 _KEPT_IN_FP32 = (".e_score_correction_bias",)
+_DTYPE = operator.attrgetter("dtype")
 """Tensors transformers keeps in float32 whatever the dtype (_keep_in_fp32_modules_strict of
 DeepSeek-V3 and the MoE models built like it): stored F32 as published, not cast at load."""
 
@@ -501,16 +528,20 @@ def _check_dtypes(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Iter
     want = CONFIG_DTYPE.get(declared) if isinstance(declared, str) else None
     if want is None:
         return
-    floats = [meta for meta in tensors.values() if meta.dtype in FLOAT_DTYPES and
-              not meta.name.endswith(_KEPT_IN_FP32)]
-    stored = Counter(meta.dtype for meta in floats)
+    # Counted in C (100,000s of tensors in the largest folders): every dtype, less the tensors kept
+    # in float32 whatever torch_dtype says.
+    metas = tensors.values()
+    stored = Counter(map(_DTYPE, metas))
+    stored.subtract(map(_DTYPE, itertools.compress(metas, map(str.endswith, tensors, itertools.repeat(_KEPT_IN_FP32)))))
+    stored = Counter({dtype: n for dtype, n in stored.items() if dtype in FLOAT_DTYPES and n > 0})
     if not stored or stored.most_common(1)[0][0] != want:
         return
+    floats = stored.total()
     for dtype, count in sorted(stored.items()):
         if dtype == want:
             continue
-        example = next(meta.name for meta in floats if meta.dtype == dtype)
-        yield finding("HFC605", f"{count} of {len(floats)} tensors are {dtype} but config.json {key} is {declared} "
+        example = next(meta.name for meta in metas if meta.dtype == dtype and not meta.name.endswith(_KEPT_IN_FP32))
+        yield finding("HFC605", f"{count} of {floats} tensors are {dtype} but config.json {key} is {declared} "
                       f"(e.g. {example}); loading with dtype='auto' casts them", file=_CONFIG, tensor=example)
 
 
