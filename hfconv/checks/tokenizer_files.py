@@ -200,8 +200,13 @@ def is_token_id(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def vocabulary_of_json(data: dict) -> Vocabulary | None:
-    """Base vocabulary and added tokens of a parsed tokenizer.json, or None if it has no usable vocab."""
+def vocabulary_of_json(data: dict, *, last_repeat: bool = False) -> Vocabulary | None:
+    """Base vocabulary and added tokens of a parsed tokenizer.json, or None if it has no usable vocab.
+
+    A Unigram piece listed twice keeps its first id here (the checks name both ids: HFC508), or
+    with ``last_repeat`` its last: the id tokenizers' ``token_to_id`` gives it (its Unigram model
+    maps each piece as it reads the list, the later entry over the earlier), which ``diff`` compares.
+    """
     model = data.get("model")
     if not isinstance(model, dict):
         return None
@@ -213,7 +218,10 @@ def vocabulary_of_json(data: dict) -> Vocabulary | None:
     elif isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
         for i, item in enumerate(vocab):
             if isinstance(item, list) and item and isinstance(item[0], str):
-                base.setdefault(item[0], i)
+                if last_repeat:
+                    base[item[0]] = i
+                else:
+                    base.setdefault(item[0], i)
         base_size = len(vocab)
     else:
         return None

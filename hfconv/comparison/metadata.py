@@ -4,9 +4,10 @@ reorders keys or changes indentation is no difference)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..checks.tokenizer_files import vocabulary_of_json
 from ..contents import FolderContents
 from ..findings import Finding, about, finding
 from .results import KeyChange, TokenizerDiff
@@ -75,15 +76,11 @@ def _key_changes(name: str, path: str, a: Any, b: Any) -> Iterator[KeyChange]:
         yield KeyChange(name, path, "changed", a=a, b=b)
 
 
-def _vocab(model: Any) -> dict[str, int]:
-    """Token -> id of a tokenizer.json model: a mapping (BPE, WordPiece, WordLevel) or a list of
-    ``[token, score]`` (Unigram, where the id is the position)."""
-    vocab = model.get("vocab") if isinstance(model, dict) else None
-    if isinstance(vocab, dict):
-        return {str(k): v for k, v in vocab.items() if isinstance(v, int)}
-    if isinstance(vocab, list):
-        return {str(item[0]): i for i, item in enumerate(vocab) if isinstance(item, list) and item}
-    return {}
+def _vocab(data: dict[str, Any]) -> Mapping[str, int]:
+    """Token -> id of a tokenizer.json's model as tokenizers loads it (the checks' reader; a Unigram
+    piece listed twice is its last id, as ``token_to_id`` gives)."""
+    vocabulary = vocabulary_of_json(data, last_repeat=True)
+    return vocabulary.base if vocabulary is not None else {}
 
 
 def _merges(model: Any) -> list[str]:
@@ -107,7 +104,7 @@ def compare_tokenizer(a: FolderContents, b: FolderContents) -> TokenizerDiff | N
     data_a, data_b = a.json.get("tokenizer.json"), b.json.get("tokenizer.json")
     if not isinstance(data_a, dict) or not isinstance(data_b, dict):
         return None
-    vocab_a, vocab_b = _vocab(data_a.get("model")), _vocab(data_b.get("model"))
+    vocab_a, vocab_b = _vocab(data_a), _vocab(data_b)
     only_a = [t for t in vocab_a if t not in vocab_b]
     only_b = [t for t in vocab_b if t not in vocab_a]
     renumbered = [(t, vocab_a[t], vocab_b[t]) for t in vocab_a if t in vocab_b and vocab_a[t] != vocab_b[t]]
