@@ -20,12 +20,14 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeGuard
 
 from .compare import legacy_name
 from .expected import LAYER_FIELDS, Dim, ExpectedModel, ExpectedTensor, expected_tensors, infer_counts
 from .expression import ConfigValueError
+from .quantized import QuantIssue, QuantView, Stored
 
 MAX_REFERENCE_COUNT = 1024
 """Most layers or blocks a reference model is built with, per config field, nested configs included
@@ -39,8 +41,25 @@ TRUST_TIMEOUT_S = 120.0
 """How long the subprocess importing the folder's own code (--trust-remote-code) may take,
 imports included; ``HFCONV_REMOTE_CODE_TIMEOUT`` overrides it."""
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
+_METHOD = re.compile(r"[A-Za-z0-9_.-]{1,40}")
 _COUNT_KEY = re.compile(r"(?:^|_)(?:layers|depth|depths|experts|blocks)$")
 _MAX_CONFIG_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class QuantizedReference(ExpectedModel):
+    """The reference of a folder with a ``quantization_config``: the unquantized model's tensors
+    (``tensors``, compared with the folder's logical view as for any folder) and, where
+    transformers' quantizer for the scheme ran, the tensors its modules load (``stored``: checkpoint
+    name -> shape and safetensors dtype, for every module it replaced); else why not
+    (``unavailable``), and hfconv's own layout of the scheme is all that checks them."""
+
+    method: str = ""
+    """``quant_method`` of the config."""
+    quantizer: str = ""
+    """The transformers quantizer class that prepared the model (empty when it could not)."""
+    stored: Mapping[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
+    unavailable: str = ""
 
 
 class ReferenceUnavailable(Exception):
@@ -224,6 +243,12 @@ def _build_raw(folder: str | os.PathLike[str], config: Mapping[str, Any], trust_
         except Exception as exc:  # noqa: BLE001 - the folder's own config class may raise anything
             raise ReferenceUnavailable(f"transformers {version} could not build the config: "
                                        f"{_one_line(exc)}") from None
+        quant: dict[str, Any] | None = None
+        quantizer = None
+        if isinstance(config.get("quantization_config"), Mapping):
+            # As from_pretrained does, before the model is built: the quantizer of the config's
+            # scheme, or why it cannot run here (its library missing, a GPU needed, ...).
+            quantizer, quant = _quantizer(hf_config, config["quantization_config"], version)
         try:
             model = _build_model(transformers, torch, hf_config, config, trust_remote_code, version)
         except (ReferenceUnavailable, MemoryError):
@@ -252,9 +277,16 @@ def _build_raw(folder: str | os.PathLike[str], config: Mapping[str, Any], trust_
         except Exception as exc:  # noqa: BLE001 - internal to transformers
             raise ReferenceUnavailable(f"transformers {version} could not list the model's tensors: "
                                        f"{_one_line(exc)}") from None
-    return {"state": {name: list(shape) for name, shape in state.items()}, "optional": sorted(optional),
-            "extras": extras, "prefix": prefix if isinstance(prefix, str) else "", "prefixed": prefixed,
-            "architecture": type(model).__name__, "version": str(version)}
+        if quantizer is not None and quant is not None:
+            # The unquantized names and shapes above are what hfconv compares the folder's logical
+            # view with; the quantizer's modules give the stored tensors of each converted one.
+            quant.update(_quantized_state(torch, model, quantizer, quant, config, tensor_names))
+    raw = {"state": {name: list(shape) for name, shape in state.items()}, "optional": sorted(optional),
+           "extras": extras, "prefix": prefix if isinstance(prefix, str) else "", "prefixed": prefixed,
+           "architecture": type(model).__name__, "version": str(version)}
+    if quant is not None:
+        raw["quant"] = quant
+    return raw
 
 
 def _expected(raw: Mapping[str, Any], config: Mapping[str, Any], tensor_names: list[str] | None) -> ExpectedModel:
@@ -286,11 +318,286 @@ def _expected(raw: Mapping[str, Any], config: Mapping[str, Any], tensor_names: l
     }
     if rules is not None:  # leftovers the table tolerates (bert-base-uncased's pooler beside its MLM head)
         tensors.update({name: t for name, t in rules.tensors.items() if t.optional and name not in tensors})
-    return ExpectedModel(
+    if tensor_names is not None:
+        extras += trailing_extras(extras, state, config, tensor_names)
+    fields: dict[str, Any] = dict(
         tensors=tensors, family=config.get("model_type") if isinstance(config.get("model_type"), str) else None,
         architecture=architecture, source=f"transformers {raw['version']}", prefix=prefix,
         counts=infer_counts(state, config), complete=True, allowed_extras=extras,
     )
+    quant = raw.get("quant")
+    if not isinstance(quant, Mapping):
+        return ExpectedModel(**fields)
+    listed = quant.get("tensors")
+    if isinstance(listed, Mapping) and listed:
+        return QuantizedReference(**fields, method=str(quant.get("method", "?")), quantizer=str(quant["quantizer"]),
+                                  stored={name: (tuple(int(d) for d in shape), str(dtype))
+                                          for name, (shape, dtype) in listed.items()})
+    return QuantizedReference(**fields, method=str(quant.get("method", "?")),
+                              unavailable=str(quant.get("unavailable") or "its quantizer listed no tensor"))
+
+
+_LAYER_PATTERN = re.compile(r"\^?((?:[A-Za-z_][A-Za-z0-9_]*\\\.)+)(\d+)(?:\.\*|\\\..*)?\$?")
+"""A class's ignore-on-load pattern for one numbered layer (DeepSeek-V3's ``model\\.layers\\.61.*``)."""
+
+
+def trailing_extras(extras: Iterable[str], state: Mapping[str, Any], config: Mapping[str, Any],
+                     stored: Iterable[str]) -> tuple[str, ...]:
+    """Patterns for the stored layers a class's literal ignore pattern stands for in this config.
+
+    DeepSeek-V3 declares ``model\\.layers\\.61.*`` ignored on load: its multi-token-prediction
+    layer, at index num_hidden_layers (61 in the published config). A folder with another layer
+    count stores that layer at its own num_hidden_layers (a cut-down DeepSeek-V3: ``model.layers.3``
+    for 3 layers), which from_pretrained does not load either. Such a layer is tolerated the
+    same way, at the num_nextn_predict_layers (default 1) indices past the modelled ones, where it
+    holds a tensor no modelled layer has (``enorm``, ``eh_proj``): a plain decoder layer there is a
+    layer more than the config says (HFC604)."""
+    added: list[str] = []
+    stored = list(stored)
+    for pattern in extras:
+        found = _LAYER_PATTERN.fullmatch(pattern)
+        if found is None:
+            continue
+        stem = found.group(1).replace("\\.", ".")
+        modelled: set[int] = set()
+        suffixes: set[str] = set()
+        for name in state:
+            index, _, rest = name[len(stem):].partition(".") if name.startswith(stem) else ("", "", "")
+            if index.isdigit():
+                modelled.add(int(index))
+                suffixes.add(rest)
+        count = len(modelled)
+        if not modelled or modelled != set(range(count)) or int(found.group(2)) < count:
+            continue
+        nextn = config.get("num_nextn_predict_layers")
+        trailing = range(count, count + (nextn if _is_int(nextn) and 0 < nextn <= MAX_REFERENCE_COUNT else 1))
+        held: set[int] = set()
+        for name in stored:
+            index, _, rest = name[len(stem):].partition(".") if name.startswith(stem) else ("", "", "")
+            if index.isdigit() and int(index) in trailing and int(index) != int(found.group(2)) \
+                    and rest not in suffixes:
+                held.add(int(index))
+        added += [f"^{re.escape(stem)}{index}\\." for index in sorted(held)]
+    return tuple(p for p in dict.fromkeys(added) if p not in extras)
+
+
+# --- the quantizer's tensors against the stored ones ---------------------------------------------
+_QUANTIZED_DTYPES = frozenset({"F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I8", "I32", "F4"})
+"""Dtypes only a quantized weight is stored in (a float layer loading one casts it without its scales)."""
+
+
+def _kind(dtype: str) -> str:
+    """What a loader does with a dtype: floats are cast into a float parameter, the rest are not."""
+    if dtype in ("F16", "BF16", "F32", "F64"):
+        return "float"
+    if dtype in ("U8", "F8_E8M0"):  # MXFP8's ue8m0 scales are saved as bytes and viewed back at load
+        return "byte"
+    return dtype.removesuffix("FNUZ")
+
+
+def quantizer_issues(expected: ExpectedModel, tensors: Mapping[str, Stored], view: QuantView,
+                     asked: bool = True) -> list[QuantIssue]:
+    """What transformers' quantizer finds in a quantized folder beyond ``view`` (hfconv's own
+    layout of the scheme, whose issues are not repeated):
+
+    - HFC613 where the quantizer could not run here (hfconv's layout checked the tensors alone),
+      when the transformers reference was ``asked`` for (not where it stands in for a missing
+      rule table, where hfconv's layout checking them is what always happened);
+    - HFC614 for a weight stored in a quantized dtype in a module the quantizer keeps unquantized
+      (its default skip list: ``lm_head``, modules kept in float32);
+    - HFC618, HFC619, HFC620 for a tensor of a module it replaced that is missing beside the
+      module's quantized weight, or stored in another shape or kind of dtype than it loads.
+
+    Shapes of the weights themselves are compared with the unquantized model as for any folder.
+    Anything but a :class:`QuantizedReference` gives nothing."""
+    if not isinstance(expected, QuantizedReference):
+        return []
+    label = view.scheme.label
+    if not expected.stored:
+        if not asked:
+            return []
+        return [QuantIssue("HFC613", "", f"the transformers reference: {expected.unavailable}; the quantized "
+                           f"tensors were checked with hfconv's own {label} layout instead")]
+    reported = {issue.tensor for issue in view.issues}
+    unpacked = set(view.stored_as.values())  # compared as the weight they unpack to (weight_packed, qweight)
+    reported_modules = {name.rpartition(".")[0] for name in reported}
+    prefix = expected.prefix
+    who = f"transformers' {expected.quantizer}"
+
+    def stored_name(name: str) -> str | None:
+        if name in tensors:
+            return name
+        if prefix:
+            for other in (name.removeprefix(prefix), prefix + name):
+                if other in tensors:
+                    return other
+        return None
+
+    issues: list[QuantIssue] = []
+    modules: dict[str, list[str]] = {}
+    for name in expected.stored:
+        modules.setdefault(name.rpartition(".")[0], []).append(name)
+    for module, names in modules.items():
+        # The module's weight: the one the unquantized model has too, else the largest (weight_packed).
+        weight = next((n for n in names if n in expected.tensors), None) or \
+            max(names, key=lambda n: _count(expected.stored[n][0]))
+        weight_stored = stored_name(weight)
+        if weight is None or weight_stored is None or weight_stored in reported or module in reported_modules:
+            continue  # missing: the comparison says so; already worded by hfconv's layout
+        want_dtype = expected.stored[weight][1]
+        quantized = _kind(tensors[weight_stored].dtype) == _kind(want_dtype) != "float"
+        for name in names:
+            if name == weight and name in expected.tensors:
+                continue  # its shape is compared with the unquantized model's
+            shape, dtype = expected.stored[name]
+            found = stored_name(name)
+            if found is None:
+                if quantized and not name.endswith(("activation_scale", "input_scale")):
+                    issues.append(QuantIssue("HFC618", weight_stored, f"{name} is missing beside {weight_stored} "
+                                             f"({tensors[weight_stored].dtype}): {who} loads it into "
+                                             f"{module} {_fmt_shape(shape)} {dtype} ({label}); loaders leave it "
+                                             "uninitialised and the layer computes garbage"))
+                continue
+            meta = tensors[found]
+            if tuple(meta.shape) != shape and found not in reported and found not in unpacked and \
+                    not (_one(meta.shape) and _one(shape)):
+                issues.append(QuantIssue("HFC619", found, f"{found} has shape {_fmt_shape(meta.shape)} but {who} "
+                                         f"loads {_fmt_shape(shape)} into {module} ({label})"))
+            elif _kind(meta.dtype) != _kind(dtype) and found not in reported:
+                issues.append(QuantIssue("HFC620", found, f"{found} is {meta.dtype} but {who} loads {dtype} into "
+                                         f"{module} ({label})"))
+    converted = set(modules)
+    for name, meta in tensors.items():
+        if meta.dtype not in _QUANTIZED_DTYPES or not name.endswith(".weight") or name in reported:
+            continue
+        module = name[: -len(".weight")]
+        if module in converted or module in reported_modules or prefix and (
+                prefix + module in converted or module.removeprefix(prefix) in converted):
+            continue
+        plain = expected.tensors.get(name) or (expected.tensors.get(prefix + name) if prefix else None)
+        if plain is None:
+            continue  # not a tensor of the model: the comparison reports it
+        issues.append(QuantIssue("HFC614", name, f"{name} is stored {meta.dtype} but {who} keeps {module} "
+                                 f"unquantized ({label}: a module on its skip list): from_pretrained builds a plain "
+                                 "layer and casts the quantized values into it without their scales"))
+    return issues
+
+
+# --- the quantizer (in the build process) --------------------------------------------------------
+def _quantizer(hf_config: _HFConfig, quant_config: Mapping[str, Any], version: str) -> tuple[Any, dict[str, Any]]:
+    """transformers' quantizer for the config's ``quantization_config``, built as ``from_pretrained``
+    builds it (``get_hf_quantizer``: the scheme's quantizer class, then its ``validate_environment``),
+    and what is known of it: ``{"method": ...}`` plus ``"unavailable"`` (why it cannot run here)
+    when the quantizer is None.
+
+    An FP8 quantizer on a machine without a GPU switches itself to dequantizing at load (so does
+    ``dequantize: true``); the stored layout it reads is the same, so the reference is built as on
+    a GPU without dequantizing (nothing runs on meta)."""
+    method = quant_config.get("quant_method")
+    label = method if isinstance(method, str) and _METHOD.fullmatch(method) else "?"
+    info: dict[str, Any] = {"method": label}
+    try:
+        from transformers.quantizers.auto import get_hf_quantizer
+    except Exception:  # noqa: BLE001 - transformers 4.x: another interface
+        info["unavailable"] = f"transformers {version} has no get_hf_quantizer (transformers 5's quantizer interface)"
+        return None, info
+    try:
+        quantizer, _, _ = get_hf_quantizer(hf_config, None, None, True, {})
+    except MemoryError:
+        raise
+    except ImportError as exc:  # the scheme's library (bitsandbytes, gptqmodel, compressed-tensors) is missing
+        info["unavailable"] = f"transformers' {label} quantizer cannot run here: {_one_line(exc).rstrip('.')}"
+        return None, info
+    except Exception as exc:  # noqa: BLE001 - validate_environment: no GPU, an unsupported setting, ...
+        info["unavailable"] = f"transformers' {label} quantizer could not be set up here: {_one_line(exc).rstrip('.')}"
+        return None, info
+    if quantizer is None:
+        info["unavailable"] = f"transformers {version} has no quantizer for quant_method {label!r}"
+        return None, info
+    config_object = getattr(quantizer, "quantization_config", None)
+    if config_object is not None and getattr(config_object, "dequantize", False):
+        # Set by validate_environment for want of a GPU (or asked for): the stored layout it reads is
+        # the quantized one all the same.
+        config_object.dequantize = False
+    info["quantizer"] = type(quantizer).__name__
+    return quantizer, info
+
+
+def _quantized_state(torch: ModuleType, model: _Model, quantizer: Any, quant: Mapping[str, Any],
+                     config: Mapping[str, Any], tensor_names: list[str] | None) -> dict[str, Any]:
+    """Let ``quantizer`` replace the model's modules on the meta device (``preprocess_model``, as
+    ``from_pretrained`` does before loading), then list the tensors of every module it replaced,
+    by checkpoint name: ``{"tensors": {name: [shape, safetensors dtype]}, "modules": n}``, or
+    ``{"unavailable": why}`` when the quantizer fails on this model."""
+    from ..dtypes import TORCH_DTYPE
+
+    name = quant.get("quantizer") or type(quantizer).__name__
+    before = {n: _module_kind(m) for n, m in model.named_modules()}
+    dtype = config.get("dtype", config.get("torch_dtype"))
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) and _IDENTIFIER.match(dtype) else None
+    try:
+        with torch.device("meta"):
+            quantizer.preprocess_model(model=model, dtype=dtype if isinstance(dtype, torch.dtype) else None,
+                                       device_map=None, checkpoint_files=None)
+        # Replaced (FP8Linear, Linear4bit), or given the scheme's tensors in place (compressed-tensors
+        # registers weight_packed, weight_scale, ... on the nn.Linear itself).
+        converted = {n for n, m in model.named_modules() if n and before.get(n) != _module_kind(m)}
+        if not converted:
+            return {"unavailable": f"transformers' {name} replaced no module of {type(model).__name__}"}
+        state = model.state_dict()
+        stored = set(tensor_names or ())
+        loads = _simulate_load(model, state, stored, quantizer) if stored else None
+        from transformers.core_model_loading import revert_weight_conversion
+
+        reverted = _revert(revert_weight_conversion, model, state) if loads is not None else None
+        if reverted is None:
+            model._weight_conversions = _quantizer_conversions(model, quantizer)
+            reverted = revert_weight_conversion(model, dict(state))
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - internal to transformers and the scheme's library
+        return {"unavailable": f"transformers' {name} could not prepare {type(model).__name__}: {_one_line(exc)}"}
+    checkpoint = _reverted_names(state, reverted)  # model name -> checkpoint name, for plain renames
+    renamed = set(checkpoint.values())
+    quantized = {checkpoint[n] for n in state if n in checkpoint and _under(n, converted)}
+    tensors = {}
+    for key, tensor in reverted.items():
+        # A converter's output (one expert's scale split from the fused one) is a new tensor: its
+        # checkpoint name is under the replaced module's (model.layers.1.mlp.experts.0....).
+        if key in quantized or (key not in renamed and _under(key, converted)):
+            dtype_name = TORCH_DTYPE.get(str(tensor.dtype).removeprefix("torch."), str(tensor.dtype))
+            tensors[key] = [[int(d) for d in tensor.shape], dtype_name]
+    return {"tensors": tensors, "modules": len(converted)}
+
+
+def _module_kind(module: Any) -> tuple[type, tuple[str, ...]]:
+    """A module's class and the names of its own parameters and buffers."""
+    own = [*getattr(module, "_parameters", {}).items(), *getattr(module, "_buffers", {}).items()]
+    return type(module), tuple(sorted(name for name, value in own if value is not None))
+
+
+def _quantizer_conversions(model: _Model, quantizer: Any) -> list[Any]:
+    """The conversions ``save_pretrained`` reverts for a model prepared by ``quantizer`` when no
+    stored names are known: the model's own and the quantizer's copies of them, without legacy
+    renames, the quantizer's alternative scale names or its load operations."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    plain = {_transform_key(t) for t in get_model_conversion_mapping(model, add_legacy=False) or ()}
+    legacy = {_transform_key(t) for t in get_model_conversion_mapping(model) or ()} - plain
+    return [t for t in get_model_conversion_mapping(model, hf_quantizer=quantizer) or ()
+            if not _load_op(t) and _transform_key(t) not in legacy
+            and (_transform_key(t) in plain or type(t).__name__ != "WeightRenaming")]
+
+
+def _under(name: str, modules: set[str] | frozenset[str]) -> bool:
+    """``name`` is a tensor of one of ``modules`` (or of a module nested in one)."""
+    cut = name.rfind(".")
+    while cut > 0:
+        name = name[:cut]
+        if name in modules:
+            return True
+        cut = name.rfind(".")
+    return False
 
 
 # --- the subprocess ------------------------------------------------------------------------------
@@ -566,6 +873,20 @@ def _state_shapes(model: _Model, tensor_names: Iterable[str] | None = None,
     return shapes, {n for n in optional if n in shapes}
 
 
+def _transform_key(transform: Any) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """One transformers conversion, comparable across calls that each build new objects."""
+    def patterns(value: Any) -> tuple[str, ...]:
+        return (value,) if isinstance(value, str) else tuple(str(v) for v in value or ())
+
+    return (type(transform).__name__, patterns(getattr(transform, "source_patterns", ())),
+            patterns(getattr(transform, "target_patterns", ())))
+
+
+def _load_op(transform: Any) -> bool:
+    """A quantizer's deserializing or dequantizing converter (its operations hold the quantizer)."""
+    return any(getattr(op, "hf_quantizer", None) is not None for op in getattr(transform, "operations", None) or ())
+
+
 def _revert(revert_weight_conversion: Callable[..., Any], model: _Model, state: Mapping[str, Any]
             ) -> dict[str, Any] | None:
     """``revert_weight_conversion(model, state)``, or None when it fails."""
@@ -577,7 +898,8 @@ def _revert(revert_weight_conversion: Callable[..., Any], model: _Model, state: 
         return None
 
 
-def _simulate_load(model: _Model, state: Mapping[str, Any], stored: Iterable[str]) -> dict[str, str] | None:
+def _simulate_load(model: _Model, state: Mapping[str, Any], stored: Iterable[str], quantizer: Any = None
+                   ) -> dict[str, str] | None:
     """{stored name: model name} for the stored names ``from_pretrained`` loads one to one into a
     tensor of ``state`` (renamed or not), per transformers' own load-time conversion mapping,
     legacy renames included.
@@ -590,6 +912,11 @@ def _simulate_load(model: _Model, state: Mapping[str, Any], stored: Iterable[str
     for all models (``LayerNorm.gamma``) are not reverted, as without names: stored names they
     apply to are matched by :func:`_use_stored_names` or by hfconv's comparison.
 
+    With a ``quantizer`` (the model prepared by it), its conversions are simulated too, as
+    ``from_pretrained`` applies them (the per-expert FP8 scales merged like their weights); its
+    alternative scale names (``.qscale_weight``) are reverted only where the folder uses them,
+    and its deserializing converters (bitsandbytes' quant states into one weight) not at all.
+
     None when this transformers lacks that machinery or it fails (internals change between
     versions): then nothing is simulated and the default conversions are reverted.
     """
@@ -600,8 +927,13 @@ def _simulate_load(model: _Model, state: Mapping[str, Any], stored: Iterable[str
         renaming_cls, converter_cls = cml.WeightRenaming, cml.WeightConverter
         prefix_cls = getattr(cml, "PrefixChange", ())
         order = getattr(cml, "dot_natural_key", None)
-        mapping = list(get_model_conversion_mapping(model) or ())
-        own = len(get_model_conversion_mapping(model, add_legacy=False) or ())
+        plain = list(get_model_conversion_mapping(model) or ())
+        own_count = len(get_model_conversion_mapping(model, add_legacy=False) or ())
+        legacy = {_transform_key(t) for t in plain[own_count:]}
+        plain_keys = {_transform_key(t) for t in plain}
+        mapping = plain if quantizer is None else \
+            [t for t in get_model_conversion_mapping(model, hf_quantizer=quantizer) or () if not _load_op(t)]
+        own = [t for t in mapping if _transform_key(t) not in legacy]
         renamings = [t for t in mapping if isinstance(t, renaming_cls)]
         converters = [t for t in mapping if isinstance(t, converter_cls)]
         loads: dict[str, str] = {}
@@ -619,10 +951,11 @@ def _simulate_load(model: _Model, state: Mapping[str, Any], stored: Iterable[str
                 renamed = renamed[len(base):]
             if pattern is None and isinstance(renamed, str) and renamed in state:
                 loads[name] = renamed
-        saved_layout = any(t.was_used() for t in mapping[:own])
+        saved_layout = any(t.was_used() for t in own)
         model._weight_conversions = [
-            t for t in mapping[:own]
-            if t.was_used() or (saved_layout and isinstance(t, renaming_cls) and not isinstance(t, prefix_cls))]
+            t for t in own
+            if t.was_used() or (saved_layout and isinstance(t, renaming_cls) and not isinstance(t, prefix_cls)
+                                and _transform_key(t) in plain_keys)]
     except Exception:  # noqa: BLE001 - another transformers version: no simulated load
         with contextlib.suppress(Exception):
             del model._weight_conversions
@@ -801,3 +1134,19 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
     return first[:300]
+
+
+def _count(shape: Iterable[int]) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
+def _one(shape: Iterable[int]) -> bool:
+    """One value ([], [1], [1, 1]: a per-tensor scale, stored either way)."""
+    return _count(shape) == 1
+
+
+def _fmt_shape(shape: Iterable[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
