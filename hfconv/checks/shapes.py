@@ -123,9 +123,9 @@ register("HFC613", "warning", "transformers' quantizer not used",
          "instead (every shape and dtype still checked, not by transformers' own modules).",
          "Install the scheme's library (bitsandbytes, compressed-tensors, gptqmodel) where it runs to check "
          "with transformers' modules; nothing is known to be wrong.",
-         "the transformers reference: transformers' bitsandbytes_4bit quantizer cannot run here: Using "
-         "`bitsandbytes` 4-bit quantization requires bitsandbytes; the quantized tensors were checked with "
-         "hfconv's own bitsandbytes 4-bit nf4 layout instead")
+         "the transformers reference: transformers' bitsandbytes quantizer cannot run here: Using bitsandbytes "
+         "4-bit quantization requires bitsandbytes: pip install -U bitsandbytes>=0.46.1; the quantized tensors "
+         "were checked with hfconv's own bitsandbytes 4-bit nf4 layout instead")
 register("HFC614", "error", "quantized weight in a module transformers keeps unquantized",
          "transformers' quantizer for the scheme leaves this module a plain layer (its skip list: lm_head and "
          "the output embeddings by default, modules_to_not_convert, modules kept in float32), yet its weight is "
