@@ -30,6 +30,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
 
@@ -481,16 +483,19 @@ def _zip_container(b: _Builder) -> None:
     b.add("zip_deflated_storage", rule, {w: deflated}, "HFC204", w, "DEFLATE", weight_file=w)
     bad_crc = torch_zip(good, {"0": FLOATS}, pkl_entry=ZipEntry("archive/data.pkl", good, crc=0xDEADBEEF))
     b.add("zip_bad_crc_data_pkl", rule, {w: bad_crc}, "HFC204", w, "CRC", weight_file=w)
-    # A zip bomb: data.pkl inflates 1000:1 to 512 MB of zeros after a valid prefix.
+    # A zip bomb: data.pkl inflates 1000:1 to 512 MB of zeros after a valid prefix. A full flush
+    # byte-aligns the stream and resets the compressor, so every 1 MB chunk of zeros after it
+    # deflates to the same bytes: compressed once and repeated (deflating all 512 MB took ~10 s).
     bomb_size = 512 << 20
     comp = zlib.compressobj(9, zlib.DEFLATED, -15)
     prefix = good[:-1]
-    payload, crc = comp.compress(prefix), zlib.crc32(prefix)
     chunk = bytes(1 << 20)
+    head = comp.compress(prefix) + comp.flush(zlib.Z_FULL_FLUSH)
+    deflated_chunk = comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH)
+    payload = head + deflated_chunk * (bomb_size >> 20) + comp.flush()
+    crc = zlib.crc32(prefix)
     for _ in range(bomb_size >> 20):
-        payload += comp.compress(chunk)
         crc = zlib.crc32(chunk, crc)
-    payload += comp.flush()
     bomb = zip_bytes([ZipEntry("archive/data.pkl", b"", method=8, payload=payload, crc=crc,
                                declared_size=len(prefix) + bomb_size),
                       ZipEntry("archive/byteorder", b"little"), ZipEntry("archive/version", b"3\n")])
@@ -549,8 +554,15 @@ def _safetensors(b: _Builder) -> None:
           "NaN")
     deep = '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":' + "[" * 100_000 + "]" * 100_000 + "}}"
     b.add("st_deep_nesting", "caps: JSON depth", {m: safetensors_bytes(deep, bytes(8))}, "HFC104", m, "depth")
+    # 1.5 million distinct six-digit hex names, each an empty object, written with numpy (a
+    # Python loop took ~3 s): '{"000000":{},"000001":{},...}'.
     count = 1_500_000
-    many = "{" + ",".join(f'"{i:x}":{{}}' for i in range(count)) + "}"
+    rows = np.frombuffer(b'"000000":{},' * count, dtype=np.uint8).reshape(count, 12).copy()
+    ids = np.arange(count)
+    hex_digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    for k in range(6):
+        rows[:, 6 - k] = hex_digits[(ids >> (4 * k)) & 15]
+    many = b"{" + rows.tobytes()[:-1] + b"}"
     b.add("st_huge_tensor_count", "caps: tensor count", {m: safetensors_bytes(many)}, "HFC113", m, "tensors")
     neg = '{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,8]}}'
     b.add("st_negative_shape", rule, {m: safetensors_bytes(neg, bytes(8))}, "HFC106", m, "a")
@@ -567,12 +579,12 @@ def _json_files(b: _Builder) -> None:
           "vocab_size")
     b.add("json_nan", "parser differential: NaN", {**good_st, c: '{"model_type": "llama", "rms_norm_eps": NaN}'},
           "HFC401", c, "NaN")
-    big = '{"model_type": "llama", "pad": "' + "x" * (60 << 20) + '"}'
+    big = b'{"model_type": "llama", "pad": "' + b"x" * (60 << 20) + b'"}'  # bytes: no 60 MB str to encode
     b.add("json_60mb_config", "caps: JSON size", {**good_st, c: big}, "HFC401", c, "bytes")
     deep = '{"model_type": "llama", "x": ' + "[" * 200_000 + "]" * 200_000 + "}"
     b.add("json_deep_nesting", "caps: JSON depth", {**good_st, c: deep}, "HFC401", c, "depth")
     # 40 MB of empty objects: under the size cap, but a Python dict each (several GB parsed).
-    bomb = '{"model_type": "llama", "x": [' + "{}," * (13 << 20) + "{}]}"
+    bomb = b'{"model_type": "llama", "x": [' + b"{}," * (13 << 20) + b"{}]}"
     b.add("json_container_bomb", "caps: JSON size", {**good_st, c: bomb}, "HFC401", c, "containers")
     index = ('{"metadata": {"total_size": 8}, "weight_map": {"w": "model-00001-of-00001.safetensors", '
              '"w": "../outside.safetensors"}}')

@@ -2,19 +2,21 @@
 
 For every case (tests/hostile/generate.py builds them, fresh per session) the case's commands
 run in one subprocess (``_runner.py``) with an address-space limit (RLIMIT_AS), a CPU-time
-limit, a wall-clock timeout, a private working directory, HOME and TMPDIR. The assertions:
+limit, a wall-clock timeout, a private working directory, HOME and TMPDIR. Each case is its own
+test (``test_hostile_case[name]``), so pytest-xdist spreads the corpus over its workers. The
+assertions, per case:
 
 * validate exits with the case's code and reports one of its codes as an error naming the
   file (and the tensor, global or key where there is one); convert refuses and leaves no DST;
   load-test refuses (with the case's code where it has one);
 * the peak resident memory stays under a bound;
 * no payload ran: the sentinel folder stays empty;
-* nothing was written anywhere but the case's private temp folders: the corpus and the parent
-  of the corpus are unchanged, no file appeared in the repository and its fixtures are
-  unchanged, and the temp folders are left empty.
+* nothing was written anywhere but the case's private temp folders: the whole corpus (every
+  case's folder and the sentinels) and the parent of the corpus are unchanged, no file appeared
+  in the repository and its fixtures are unchanged, and the temp folders are left empty.
 
-The corpus is built once per session at collection time (the case names parametrize the
-tests) in a private temporary folder that is removed at exit.
+The corpus is built once per session (per xdist worker) at collection time (the case names
+parametrize the tests) in a private temporary folder that is removed at exit.
 
 ``test_payloads_are_live`` proves that the corpus is really hostile: a real
 ``torch.load(weights_only=False)`` on the live cases creates their sentinels.
@@ -31,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,6 @@ PEAK_RSS_LIMIT_TORCH = 1 << 30
 """The same for runs that may import torch (convert, load-test): torch alone takes 200 MB+."""
 CPU_SECONDS_LIMIT = 60
 WALL_TIMEOUT = 90
-WORKERS = max(2, min(4, os.cpu_count() or 2))
 
 
 def _limits() -> None:  # runs in the child between fork and exec
@@ -76,7 +76,7 @@ def _snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
 
 
 _REPO_SKIP = (".git", "__pycache__", ".pytest_cache", ".hypothesis", "fuzz", ".venv", "venv", "build",
-              "bench-data")
+              "bench-data", ".mypy_cache", ".ruff_cache")  # tool caches: mypy and ruff may run meanwhile
 
 
 def _commands(case: Case, work: Path) -> list[list[str]]:
@@ -135,27 +135,18 @@ def _build_once() -> tuple[Path, list[Case]]:
 
 
 _BASE, _CASES = _build_once()
-CASE_NAMES = [c.name for c in _CASES]
 
 
-@pytest.fixture(scope="session")
-def hostile() -> dict:
-    """Run every case (in parallel) and record what changed on disk."""
-    base, corpus = _BASE, _BASE / "corpus"
-    work_root = base / "work"
-    before = {"corpus": _snapshot(corpus), "repo": _snapshot(ROOT, _REPO_SKIP), "base": set(os.listdir(base))}
-    work_root.mkdir()
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        results = dict(zip(CASE_NAMES, pool.map(lambda c: _run_case(c, work_root), _CASES)))
-    after = {"corpus": _snapshot(corpus), "repo": _snapshot(ROOT, _REPO_SKIP), "base": set(os.listdir(base))}
-    return {"cases": {c.name: c for c in _CASES}, "results": results, "before": before, "after": after,
-            "corpus": corpus}
+def _disk_state() -> dict:
+    """What the commands must not change: the whole corpus (sentinels included), the corpus's
+    parent folder and the repository."""
+    return {"corpus": _snapshot(_BASE / "corpus"), "base": set(os.listdir(_BASE)) - {"work"},
+            "repo": _snapshot(ROOT, _REPO_SKIP)}
 
 
-def test_corpus_is_large_and_covers_every_rule(hostile) -> None:
-    cases = hostile["cases"].values()
-    assert len(cases) >= 40
-    rules = {c.rule.split(":")[0] for c in cases}
+def test_corpus_is_large_and_covers_every_rule() -> None:
+    assert len(_CASES) >= 40
+    rules = {c.rule.split(":")[0] for c in _CASES}
     for rule in ("allow-list only", "caps", "parser differential", "content, not extension", "containment",
                  "training leftovers", "chat template sandbox", "load-test sizes from headers"):
         assert rule in rules, rule
@@ -165,11 +156,13 @@ KNOWN_BUGS: dict[str, str] = {}
 """Case name -> why it fails today (a strict xfail: the fix turns it into a failure to remove)."""
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_BUGS[n], strict=True))
-                                  if n in KNOWN_BUGS else n for n in CASE_NAMES])
-def test_hostile_case(hostile, name: str) -> None:
-    case: Case = hostile["cases"][name]
-    result = hostile["results"][name]
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=pytest.mark.xfail(reason=KNOWN_BUGS[c.name],
+                                                                                       strict=True))
+                                  if c.name in KNOWN_BUGS else pytest.param(c, id=c.name) for c in _CASES])
+def test_hostile_case(case: Case) -> None:
+    before = _disk_state()
+    result = _run_case(case, _BASE / "work")
+    after = _disk_state()
     assert "error" not in result, result.get("error")
     runs = {r["args"][0]: r for r in result["results"]}
 
@@ -216,20 +209,16 @@ def test_hostile_case(hostile, name: str) -> None:
 
     # 5. nothing ran, nothing left behind in the private temp folders.
     assert not case.sentinel.exists()
+    assert list((_BASE / "corpus" / SENTINELS).iterdir()) == [], "a payload ran"
     assert not any((result["work"] / "tmp").iterdir()), list((result["work"] / "tmp").iterdir())
     assert not any((result["work"] / "cwd").iterdir()), list((result["work"] / "cwd").iterdir())
 
-
-def test_no_payload_ran(hostile) -> None:
-    assert list((hostile["corpus"] / SENTINELS).iterdir()) == []
-
-
-def test_nothing_written_outside_temp_dirs(hostile) -> None:
-    before, after = hostile["before"], hostile["after"]
+    # 6. nothing written outside the private temp folders: the corpus (every case's folder, not
+    #    only this one's) and its parent unchanged; no new path anywhere in the repository, and the
+    #    fixtures (the commands' other inputs) unchanged. Edits to existing source files are not
+    #    compared: people edit them while tests run.
     assert after["corpus"] == before["corpus"], "the commands modified the input folders"
-    assert after["base"] == before["base"] | {"work"}
-    # New paths anywhere in the repository, or any change to the fixtures (the commands' other
-    # inputs). Edits to existing source files are not compared: people edit them while tests run.
+    assert after["base"] == before["base"], after["base"] ^ before["base"]
     created = sorted(set(after["repo"]) - set(before["repo"]))
     assert not created, f"files created in the repository: {created[:10]}"
     fixtures = {k: v for k, v in before["repo"].items() if k.startswith("fixtures")}
