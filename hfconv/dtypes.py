@@ -86,6 +86,10 @@ FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8
 CONFIG_DTYPE: dict[str, str] = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 
 
+ITEMSIZES: dict[str, int] = {dtype: bits // 8 for dtype, bits in SAFETENSORS_BITS.items() if bits % 8 == 0}
+"""Bytes per element of the whole-byte dtypes: with them, bytes are elements times this, in bulk."""
+
+
 def nbytes(dtype: str, numel: int) -> int:
     """Bytes used by ``numel`` elements of ``dtype`` (sub-byte dtypes round up)."""
     return (SAFETENSORS_BITS[dtype] * numel + 7) // 8

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import NamedTuple
 
-from .dtypes import nbytes
+from .dtypes import ITEMSIZES, nbytes
 
 
 class TensorMeta(NamedTuple):
@@ -110,7 +111,11 @@ class WeightFile:
     @property
     def tensor_nbytes(self) -> int:
         metas = self.tensors.values()
-        return sum(map(nbytes, map(attrgetter("dtype"), metas), map(math.prod, map(attrgetter("shape"), metas))))
+        dtypes = list(map(attrgetter("dtype"), metas))
+        numels = map(math.prod, map(attrgetter("shape"), metas))
+        if set(dtypes) <= ITEMSIZES.keys():  # whole-byte dtypes (nearly always): in C
+            return sum(map(operator.mul, numels, map(ITEMSIZES.__getitem__, dtypes)))
+        return sum(map(nbytes, dtypes, numels))
 
     @property
     def storage_nbytes(self) -> int:

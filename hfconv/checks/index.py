@@ -80,7 +80,12 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
             yield finding("HFC308", f"{shard} could not be read, so its {index.name} entries are unchecked", file=shard)
 
     # Where each tensor really lives, over every readable shard of the index.
-    holders = _holders(readable)
+    first, shared = _holders(readable)
+    if first == index.weight_map and not shared:
+        # The common case, decided in C (100,000s of entries in the largest folders): every entry
+        # names the one shard holding its tensor, and the shards hold nothing else.
+        yield from _check_total_size(index, readable, complete=len(readable) == len(shard_names))
+        return
 
     # One finding per bad entry, until capped() would only count them (an index may list 300,000).
     made: Counter[str] = Counter()
@@ -90,7 +95,7 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
             continue
         if tensor in readable[shard].tensors:
             continue
-        elsewhere = holders.get(tensor)
+        elsewhere = shared.get(tensor) or ([first[tensor]] if tensor in first else [])
         code = "HFC303" if elsewhere else "HFC301"
         made[code] += 1
         if made[code] > MAX_FINDINGS_PER_CODE + 1:
@@ -107,7 +112,8 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
         if count > MAX_FINDINGS_PER_CODE + 1:
             yield Uncounted(code, count - MAX_FINDINGS_PER_CODE - 1, severity[code])
 
-    for tensor, shards in holders.items():
+    for tensor, shard in first.items():
+        shards = shared.get(tensor) or [shard]
         if len(shards) > 1:
             yield finding("HFC305", f"{tensor!r} is stored in {len(shards)} shards ({', '.join(shards)})",
                           file=shards[0], tensor=tensor)
@@ -118,22 +124,24 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
     yield from _check_total_size(index, readable, complete=len(readable) == len(shard_names))
 
 
-def _holders(readable: dict[str, WeightFile]) -> dict[str, list[str]]:
-    """Tensor name -> the shards holding it, in shard order.
+def _holders(readable: dict[str, WeightFile]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(tensor name -> the first shard holding it, in shard order; name -> every shard holding it,
+    for the names in more than one).
 
-    The first shard of each name by dict.update in C (100,000s of names in the largest folders);
-    the per-name lists only when some name is in two shards.
+    The first shards by dict.update in C (100,000s of names in the largest folders); the
+    per-name lists only when some name is in two shards.
     """
     first: dict[str, str] = {}
     for shard, weight_file in readable.items():
         first.update(dict.fromkeys(weight_file.tensors, shard))
     if len(first) == sum(len(w.tensors) for w in readable.values()):
-        return {tensor: [shard] for tensor, shard in first.items()}
+        return first, {}
     holders: dict[str, list[str]] = {}
     for shard, weight_file in readable.items():
         for tensor in weight_file.tensors:
             holders.setdefault(tensor, []).append(shard)
-    return holders
+    first = {tensor: shards[0] for tensor, shards in holders.items()}
+    return first, {tensor: shards for tensor, shards in holders.items() if len(shards) > 1}
 
 
 def _check_total_size(index: IndexFile, readable: dict[str, WeightFile], complete: bool) -> Iterator[Finding]:
@@ -142,6 +150,9 @@ def _check_total_size(index: IndexFile, readable: dict[str, WeightFile], complet
         return
     if isinstance(total, bool) or not isinstance(total, (int, float)):
         yield finding("HFC306", f"metadata.total_size in {index.name} is {total!r}, not a number", file=index.name)
+        return
+    # The tensor bytes first, in bulk: what every safetensors writer records.
+    if total == sum(w.tensor_nbytes for w in readable.values()):
         return
     if total not in _plausible_total_sizes(readable):
         actual = sum(w.tensor_nbytes for w in readable.values())

@@ -319,7 +319,7 @@ def _trailing_held(expected: ExpectedModel, config: Mapping[str, Any], tensors: 
     family = family_of(config)
     if expected.source != "rules" or family is None or not family.trailing_marker or not expected.allowed_extras:
         return expected
-    marked = [name for name in tensors if name.endswith(family.trailing_marker)]
+    marked = list(itertools.compress(tensors, map(str.endswith, tensors, itertools.repeat(family.trailing_marker))))
     kept = tuple(p for p in expected.allowed_extras if any(re.search(p, name) for name in marked))
     return expected if kept == expected.allowed_extras else dataclasses.replace(expected, allowed_extras=kept)
 
