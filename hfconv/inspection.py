@@ -10,6 +10,7 @@ from operator import attrgetter
 
 from .contents import read_contents
 from .discovery import discover
+from .gcpause import gc_paused
 from .report import Layout
 from .validation import check_folder
 from .weight_map import MapShard, shard_map
@@ -111,8 +112,9 @@ def inspect(path: str | os.PathLike, *, tensors: bool = False) -> Inspection:
         UsageError: path does not exist or is not a folder (the message says which).
     """
     check_folder(path)
-    folder = discover(path)
-    contents = read_contents(folder)
+    with gc_paused():  # as validate: millions of acyclic objects in the largest folders
+        folder = discover(path)
+        contents = read_contents(folder)
     layout = contents.layout()
     shards = []
     for name in layout.shards:

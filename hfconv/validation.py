@@ -11,6 +11,7 @@ from .discovery import discover, hub_snapshot_name
 from .errors import UsageError
 from .findings import Finding
 from .folder_check import check_folder, resolve_folder
+from .gcpause import gc_paused
 from .report import Report
 from .weight_map import shard_map
 
@@ -53,12 +54,16 @@ def validate(
             cached repo whose revision is not in the cache.
     """
     path = resolve_folder(path)
-    folder = discover(path)
-    options = CheckOptions(trust_remote_code=trust_remote_code, reference=reference, deep=deep, manifest=manifest,
-                           publishing=publishing)
-    contents = read_contents(folder, options)
-    shown = hub_snapshot_name(path) or str(path)
-    return check_contents(contents, path=shown, strict=strict, select=select, ignore=ignore)
+    # The cyclic GC stays off for the whole run: the largest folders build millions of acyclic
+    # objects (headers, tensor metas, expected shapes), over which each young-generation
+    # collection would walk again; reference counting frees them all the same.
+    with gc_paused():
+        folder = discover(path)
+        options = CheckOptions(trust_remote_code=trust_remote_code, reference=reference, deep=deep,
+                               manifest=manifest, publishing=publishing)
+        contents = read_contents(folder, options)
+        shown = hub_snapshot_name(path) or str(path)
+        return check_contents(contents, path=shown, strict=strict, select=select, ignore=ignore)
 
 
 def check_contents(

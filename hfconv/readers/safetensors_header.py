@@ -476,13 +476,15 @@ def _read_fast(raw: bytes, base: int, available: int) -> tuple[dict[str, TensorM
         if max(sizes) >= _U64 // 8 or list(map(operator.sub, ends, begins)) != sizes:
             return None
         # Tiling: sizes are positive, so the ranges tile [0, available) iff the begins, sorted,
-        # start at 0, are distinct and each range ends where the next begins.
-        end_of = dict(zip(begins, ends))
-        order = sorted(end_of)
-        if len(order) != count or order[0] != 0 or end_of[order[-1]] != available:
-            return None
-        if list(map(end_of.__getitem__, order[:-1])) != order[1:]:
-            return None
+        # start at 0, are distinct and each range ends where the next begins. Writers nearly
+        # always list them in that order already: then no sort.
+        if begins[0] != 0 or ends[-1] != available or ends[:-1] != begins[1:]:
+            end_of = dict(zip(begins, ends))
+            order = sorted(end_of)
+            if len(order) != count or order[0] != 0 or end_of[order[-1]] != available:
+                return None
+            if list(map(end_of.__getitem__, order[:-1])) != order[1:]:
+                return None
     except (KeyError, TypeError):  # a field missing, an unhashable dtype, a non-number in min/max
         return None
     names = list(header)
