@@ -392,7 +392,14 @@ def _kind(dtype: str) -> str:
         return "float"
     if dtype in ("U8", "F8_E8M0"):  # MXFP8's ue8m0 scales are saved as bytes and viewed back at load
         return "byte"
+    if dtype in ("I16", "I32", "I64", "U16", "U32", "U64"):  # a weight_shape or g_idx is copied as a number
+        return "int"
     return dtype.removesuffix("FNUZ")
+
+
+_NEEDED = ("weight_scale_inv", "weight_scale", "SCB", "scales", "qzeros", "weight_shape")
+"""A quantized module's tensors without which its weight cannot be dequantized (others, such as a
+static activation scale or act-order's g_idx, may be absent from a loadable checkpoint)."""
 
 
 def quantizer_issues(expected: ExpectedModel, tensors: Mapping[str, Stored], view: QuantView,
@@ -452,7 +459,7 @@ def quantizer_issues(expected: ExpectedModel, tensors: Mapping[str, Stored], vie
             shape, dtype = expected.stored[name]
             found = stored_name(name)
             if found is None:
-                if quantized and not name.endswith(("activation_scale", "input_scale")):
+                if quantized and name.rpartition(".")[2] in _NEEDED:
                     issues.append(QuantIssue("HFC618", weight_stored, f"{name} is missing beside {weight_stored} "
                                              f"({tensors[weight_stored].dtype}): {who} loads it into "
                                              f"{module} {_fmt_shape(shape)} {dtype} ({label}); loaders leave it "
