@@ -13,6 +13,7 @@ Every failure becomes :class:`ReferenceUnavailable` with a one-line reason, neve
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import logging
 import os
@@ -509,7 +510,8 @@ def _quantizer(hf_config: _HFConfig, quant_config: Mapping[str, Any], version: s
         info["unavailable"] = f"transformers {version} has no get_hf_quantizer (transformers 5's quantizer interface)"
         return None, info
     try:
-        quantizer, _, _ = get_hf_quantizer(hf_config, None, None, True, {})
+        # On a copy: the unquantized model is built from the config exactly as without a quantizer.
+        quantizer, _, _ = get_hf_quantizer(copy.deepcopy(hf_config), None, None, True, {})
     except MemoryError:
         raise
     except ImportError as exc:  # the scheme's library (bitsandbytes, gptqmodel, compressed-tensors) is missing
@@ -543,6 +545,8 @@ def _quantized_state(torch: ModuleType, model: _Model, quantizer: Any, quant: Ma
     dtype = config.get("dtype", config.get("torch_dtype"))
     dtype = getattr(torch, dtype, None) if isinstance(dtype, str) and _IDENTIFIER.match(dtype) else None
     try:
+        with contextlib.suppress(Exception):  # where from_pretrained's model has it
+            model.config.quantization_config = quantizer.quantization_config
         with torch.device("meta"):
             quantizer.preprocess_model(model=model, dtype=dtype if isinstance(dtype, torch.dtype) else None,
                                        device_map=None, checkpoint_files=None)
@@ -936,7 +940,7 @@ def _simulate_load(model: _Model, state: Mapping[str, Any], stored: Iterable[str
         order = getattr(cml, "dot_natural_key", None)
         plain = list(get_model_conversion_mapping(model) or ())
         own_count = len(get_model_conversion_mapping(model, add_legacy=False) or ())
-        legacy = {_transform_key(t) for t in plain[own_count:]}
+        legacy = {_transform_key(t) for t in plain[own_count:]} - {_transform_key(t) for t in plain[:own_count]}
         plain_keys = {_transform_key(t) for t in plain}
         mapping = plain if quantizer is None else \
             [t for t in get_model_conversion_mapping(model, hf_quantizer=quantizer) or () if not _load_op(t)]
