@@ -144,3 +144,73 @@ def test_caps_are_no_verdict_where_the_weights_could_fit(config, stored, verdict
         expected_tensors({**_llama(4), **config}, stored=stored)
     assert (type(raised.value) is CapReached) == (verdict is CapReached), raised.value.message
     assert raised.value.fields[0] == "num_hidden_layers"
+
+
+# --- the bulk paths are the per-tensor paths' equals ----------------------------------------
+
+
+FAMILY_FIXTURES = sorted(p for p in (Path(__file__).parent.parent / "fixtures" / "families").iterdir()
+                         if (p / "config.json").exists())
+
+
+@pytest.mark.parametrize("folder", FAMILY_FIXTURES, ids=lambda p: p.name)
+def test_expanded_runs_give_every_tensor_once_in_natural_order(folder):
+    """A rule table expands to runs (name -> run index, ExpectedTensors made on lookup): iterating
+    gives each name once, in natural order (layers.2 before layers.10), and each ExpectedTensor
+    has its run's shape and optional flag."""
+    from hfconv.rules.expected import ExpandedTensors, natural_key
+
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 12  # two-digit layers: natural order differs from string order
+    for key in ("n_layer", "num_layers"):
+        if key in config:
+            config[key] = 12
+    model = expected_tensors(config)
+    assert model is not None and isinstance(model.tensors, ExpandedTensors)
+    names = list(model.tensors)
+    assert len(names) == len(set(names)) == len(model.tensors) == len(model.tensors.index)
+    assert names == sorted(names, key=natural_key)
+    for name in names:
+        tensor, run = model.tensors[name], model.tensors.index[name]
+        assert (tensor.name, tensor.shape, tensor.optional) == (name, run.shape, run.optional)
+        assert tensor.shape == tuple(d.value for d in tensor.dims)
+
+
+def test_a_later_rule_naming_a_tensor_again_wins_as_in_a_dict():
+    """Two runs naming one tensor: the later one's shape, as dict.update would keep."""
+    from hfconv.rules.expected import Dim, ExpandedTensors, TensorRun, _Template
+
+    first = TensorRun(_Template("a.{i}.w", ("i",)), (range(3),), (Dim(1),), (1,), False)
+    second = TensorRun(_Template("a.1.w", ()), (), (Dim(2),), (2,), True)
+    tensors = ExpandedTensors([first, second])
+    assert list(tensors) == ["a.0.w", "a.1.w", "a.2.w"]
+    assert tensors["a.1.w"].shape == (2,) and tensors["a.1.w"].optional
+    assert tensors["a.0.w"].shape == (1,) and not tensors["a.0.w"].optional
+
+
+def test_headers_listed_out_of_file_order_are_read_alike(tmp_path):
+    """The header fast path skips the offset sort when the entries are in file order; entries in
+    another order (the name order safetensors writes while the data is laid out by dtype) are
+    read the same, and a gap or an overlap is refused either way."""
+    from hfconv.readers.safetensors_header import read_safetensors
+    from hfconv.tensors import FormatError
+
+    def write(path: Path, entries: list[tuple[str, int, int]], total: int) -> None:
+        header = {name: {"dtype": "F32", "shape": [(end - begin) // 4], "data_offsets": [begin, end]}
+                  for name, begin, end in entries}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(total))
+
+    in_order, shuffled = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    write(in_order, [("x", 0, 8), ("y", 8, 24), ("z", 24, 28)], 28)
+    write(shuffled, [("z", 24, 28), ("x", 0, 8), ("y", 8, 24)], 28)
+    a, b = read_safetensors(in_order), read_safetensors(shuffled)
+    assert {n: (m.shape, m.data_offsets) for n, m in a.tensors.items()} == \
+        {n: (m.shape, m.data_offsets) for n, m in b.tensors.items()}
+    for entries in ([("z", 24, 28), ("x", 0, 8), ("y", 12, 24)], [("x", 0, 8), ("y", 4, 24), ("z", 24, 28)]):
+        broken = tmp_path / "c.safetensors"
+        write(broken, entries, 28)
+        with pytest.raises(FormatError) as caught:
+            read_safetensors(broken)
+        assert caught.value.code in ("HFC108", "HFC109")

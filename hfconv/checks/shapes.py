@@ -99,8 +99,8 @@ register("HFC610", "info", "ignored buffers stored",
          "Older exports saved non-persistent buffers (rotary inv_freq, causal-mask attn.bias, position "
          "ids); loaders recompute and ignore them. Harmless, but dead weight.",
          "Nothing to do; re-saving with a current transformers drops them.",
-         "2 tensors are rotary_emb.inv_freq (a rotary-embedding buffer recomputed at load); loaders "
-         "ignore them (e.g. model.layers.0.self_attn.rotary_emb.inv_freq)")
+         "model.layers.0.self_attn.rotary_emb.inv_freq and 1 more like it: a rotary-embedding buffer "
+         "recomputed at load; loaders ignore them")
 register("HFC611", "error", "config value unusable",
          "A config.json value that fixes tensor shapes is missing, not an integer, negative, or zero where "
          "it divides: transformers cannot build the model from it.",
@@ -408,8 +408,10 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
     for name, label in result.ignored:
         by_label.setdefault(label, []).append(name)
     for label, names in by_label.items():
-        noun = "tensor is" if len(names) == 1 else "tensors are"
-        yield finding("HFC610", f"{len(names)} {noun} {label}; loaders ignore them (e.g. {names[0]})",
+        short, _, what = label.partition(" (")  # the example names the tensor: say only what it is
+        what = what.removesuffix(")") if what else short
+        more = f" and {len(names) - 1} more like it" if len(names) > 1 else ""
+        yield finding("HFC610", f"{names[0]}{more}: {what}; loaders ignore {'them' if more else 'it'}",
                       file=where.get(names[0]))
 
 

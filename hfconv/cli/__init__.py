@@ -16,6 +16,7 @@ import click
 from ._common import (
     CONTEXT_SETTINGS,
     EXIT_FOR_SIGNAL,
+    ProcessExit,
     describe_error,
     known_codes,
     on_signal,
@@ -84,6 +85,7 @@ def run() -> None:
     the system's reason, exit 1: never a traceback.
     """
     _install_signal_exits()
+    ProcessExit.follows_command = True
     try:
         main.main(prog_name="hfconv")
     except SystemExit as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import re
 import signal
@@ -515,3 +516,21 @@ def check_size(value: str, option: str) -> None:
         parse_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+class ProcessExit:
+    """Whether this process ends with the command: set by the console script (``run()``), which
+    leaves without a teardown; not under click's test runner or a caller embedding ``main``."""
+
+    follows_command = False
+
+
+def pause_gc_for_good() -> None:
+    """Turn the cyclic GC off for the rest of the process, when the process ends with the command.
+
+    The library pauses the GC while it reads and checks a folder; re-enabled, it would walk the
+    100,000s of tensor records a report keeps (for its pictures) once more, only for the process
+    to end. Elsewhere (tests, embedding callers) the GC is left as it is.
+    """
+    if ProcessExit.follows_command:
+        gc.disable()

@@ -7,7 +7,15 @@ import sys
 
 import click
 
-from ._common import CONTEXT_SETTINGS, check_output, emit, format_option, output_option, resolve_folder
+from ._common import (
+    CONTEXT_SETTINGS,
+    check_output,
+    emit,
+    format_option,
+    output_option,
+    pause_gc_for_good,
+    resolve_folder,
+)
 
 __all__ = ["inspect_command"]
 
@@ -34,6 +42,7 @@ def inspect_command(path: str, fmt: str, output: str | None, list_tensors: bool)
 
     folder = resolve_folder(path)
     check_output(output, reads=[folder])
+    pause_gc_for_good()
     result = run_inspect(folder, tensors=list_tensors)
     result = dataclasses.replace(result, path=hub_snapshot_name(folder) or result.path)  # a Hub repo: org/name@rev
     if result.empty:

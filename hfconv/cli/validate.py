@@ -21,6 +21,7 @@ from ._common import (
     flag_findings,
     format_option,
     output_option,
+    pause_gc_for_good,
     require_modules,
     resolve_folder,
     usage_errors,
@@ -135,6 +136,8 @@ def validate_command(paths: tuple[str, ...], fmt: str, output: str | None, stric
     Every finding code is explained, with its fix, by `hfconv explain CODE` and in the README.
     """
     from ..config_file import validate_configured
+
+    pause_gc_for_good()
 
     # 1. Check the options and the folders before any work.
     selected, ignored = checked_codes(select, "--select"), checked_codes(ignore, "--ignore")

@@ -402,6 +402,7 @@ def _check_tiling(spans: list[tuple[int, int, int]], names: list[str], available
 _BYTE_SIZES = {dtype: bits // 8 for dtype, bits in SAFETENSORS_BITS.items()
                if bits % 8 == 0 and dtype not in _UNLOADABLE_DTYPES}
 """Whole-byte dtypes: the ones the fast path takes (sub-byte ones may need _check_loadable)."""
+_DTYPE_NAMES = {dtype: dtype for dtype in _BYTE_SIZES}
 _MISSING = object()
 
 
@@ -487,10 +488,15 @@ def _read_fast(raw: bytes, base: int, available: int) -> tuple[dict[str, TensorM
                 return None
     except (KeyError, TypeError):  # a field missing, an unhashable dtype, a non-number in min/max
         return None
+    # The parsed header goes before the records are built (the peak holds one of them, not both),
+    # and each dtype is one shared string rather than one per tensor.
     names = list(header)
+    del header, entries, offsets, dims
+    dtypes = list(map(_DTYPE_NAMES.__getitem__, dtypes))
+    shapes = list(map(tuple, shapes))
     absolute = zip(map(base.__add__, begins), map(base.__add__, ends))
-    rows = zip(names, dtypes, map(tuple, shapes), absolute, itertools.repeat(None), itertools.repeat(0),
-               itertools.repeat(None))
+    del begins, ends, sizes
+    rows = zip(names, dtypes, shapes, absolute, itertools.repeat(None), itertools.repeat(0), itertools.repeat(None))
     return dict(zip(names, map(_new_meta, rows))), metadata
 
 

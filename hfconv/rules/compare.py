@@ -135,7 +135,7 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> 
 
     # 2. Every stored tensor: matched (then its shape is checked), ignored, or unexpected.
     extras = [(re.compile(p), label) for p, label in KNOWN_EXTRAS]
-    trailing = "in layers past num_hidden_layers (multi-token prediction)"
+    trailing = "multi-token-prediction layers past num_hidden_layers"
     extras += [(re.compile(p), trailing) for p in expected.allowed_extras]
     mismatched, unexpected, ignored = [], [], []
     unmatched: list[str] = []

@@ -179,6 +179,7 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
         raise CapReached(fields, what)
     runs: list[TensorRun] = []
     groups: dict[str, CountGroup] = {}
+    conditions: dict[tuple[Any, ...], tuple[bool, bool]] = {}
     for rule in rules:
         name = rule.name[len(strip):] if strip and rule.name.startswith(strip) else rule.name
         placeholders = rule.placeholders
@@ -193,7 +194,6 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
         keyed = tuple(k for k, p in enumerate(placeholders) if p in conditional or p in shaped)
         condition_at = tuple(k for k in keyed if placeholders[k] in conditional)
         shape_at = tuple(k for k in keyed if placeholders[k] in shaped)
-        conditions: dict[tuple[int, ...], tuple[bool, bool]] = {}
         shapes: dict[tuple[int, ...], tuple[Dim, ...]] = {}
         template = _Template(name, placeholders)
         produced = False
@@ -201,7 +201,8 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
             values = dict.fromkeys(range(len(placeholders)), 0)
             values.update(zip(keyed, key))
             local = {p: values[k] for k, p in enumerate(placeholders)}
-            condition_key = tuple(values[k] for k in condition_at)
+            # Many rules share a condition (DeepSeek-V3: ``i >= first_k_dense_replace``): once per layer.
+            condition_key = (rule.when, rule.optional, *((placeholders[k], values[k]) for k in condition_at))
             if condition_key not in conditions:
                 exists = rule.when is None or bool(scope.evaluate(rule.when, local).value)
                 optional = rule.optional is not None and bool(scope.evaluate(rule.optional, local).value)
