@@ -108,7 +108,10 @@ BROKEN: dict[str, dict[str, tuple[Callable[[Tensors], None], list[str]]]] = {
         "scale_missing": (_delete(DOWN + "weight_scale"), ["HFC618"]),
     },
 }
-GOOD = sorted(p.name for p in QUANTIZED.iterdir() if p.is_dir())
+ALL = sorted(p.name for p in QUANTIZED.iterdir() if p.is_dir())
+GOOD = [name for name in ALL if name != "gpt_oss-mxfp4"]
+"""gpt_oss has no rule table: its reference is transformers' model, built in a subprocess (about 10 s
+here), so test_quantized_schemes2 checks it with --reference rules (config.json's sizes)."""
 SHAPE_CODES = ("HFC6",)
 
 
@@ -236,7 +239,7 @@ def test_unknown_scheme_is_skipped_bad_values_and_unquantized_weights_are_errors
 
 
 def test_fixture_sizes_stay_tiny() -> None:
-    for folder in GOOD:
+    for folder in ALL:
         assert sum(f.stat().st_size for f in (QUANTIZED / folder).iterdir()) < 200_000, folder
 
 
