@@ -19,9 +19,14 @@ Layouts, from each library's source:
   ``weight_scale_inv`` [ceil(out/b0), ceil(in/b1)] F32 (or one value without blocks);
 - GPTQ (auto-gptq / gptqmodel ``QuantLinear``): ``qweight`` [in*bits/32, out] I32, ``qzeros``
   [ceil(in/group), out*bits/32] I32, ``scales`` [ceil(in/group), out], ``g_idx`` [in] I32;
-- AWQ (AutoAWQ ``WQLinear_GEMM``): ``qweight`` [in, out*bits/32] I32, ``qzeros``
-  [ceil(in/group), out*bits/32] I32, ``scales`` [ceil(in/group), out]; GEMV: ``qweight``
-  [out, in*bits/32];
+- GPTQ ``checkpoint_format: marlin`` (AutoGPTQ's marlin ``QuantLinear``, 4-bit, symmetric):
+  ``B`` [in/16, out*16*bits/32] I32 in 16x16 tiles, ``s`` [in/group, out]; ``bitblas`` is not
+  checked (its qweight shape comes from the kernel tuner, not the config);
+- AWQ (AutoAWQ ``WQLinear_GEMM``; the exllama and IPEX versions load this layout too): ``qweight``
+  [in, out*bits/32] I32, ``qzeros`` [ceil(in/group), out*bits/32] I32, ``scales``
+  [ceil(in/group), out]; GEMV: ``qweight`` [out, in*bits/32]; GEMVFast: ``qweight`` I16
+  [out/4, in*bits*4/16], float ``scales`` and ``qzeros`` [calculate_zeros_width(in, group) *
+  32/bits, out]; Marlin: ``qweight`` [in/16, out*16*bits/32] I32, ``scales`` [in/group, out];
 - bitsandbytes 4-bit (``Params4bit``): ``weight`` [ceil(out*in/2), 1] U8, ``weight.absmax``
   [ceil(out*in/blocksize)], ``weight.quant_map`` [16], ``weight.quant_state.bitsandbytes__nf4``
   (or ``__fp4``), and with double quantization ``weight.nested_absmax``/``nested_quant_map``;
@@ -30,7 +35,10 @@ Layouts, from each library's source:
   ``weight_shape`` [2], ``weight_scale`` per strategy; ``float-quantized``/``int-quantized``/
   ``naive-quantized``: ``weight`` [out, in] (F8_E4M3 / I8) and ``weight_scale``. Scales per
   strategy: tensor [1], channel [out, 1], group [out, ceil(in/group)], block
-  [ceil(out/b0), ceil(in/b1)].
+  [ceil(out/b0), ceil(in/b1)]. With several config groups, each module's scheme is its group's,
+  matched as compressed-tensors' ``match_targets`` does (:func:`ct_group_of`);
+- MXFP4 (gpt-oss, transformers ``integrations/mxfp4.py``): an expert parameter [E, in, out] is
+  stored as ``P_blocks`` U8 [E, out, in/32, 16] and ``P_scales`` U8 [E, out, in/32].
 """
 
 from __future__ import annotations
