@@ -280,3 +280,10 @@ def test_quantized_view_looks_up_no_tensor_per_module_on_a_well_formed_fp8_folde
     assert set(view.quantized) == {n for n in stored if n.endswith("weight_scale_inv")} | \
         {n[: -len("_scale_inv")] for n in stored if n.endswith("weight_scale_inv")}
     assert view.logical == {n: m.shape for n, m in stored.items() if not n.endswith("weight_scale_inv")}
+    # Headers in another order (weights and scales not listed alike): the same view.
+    shuffled = quantized_view(scheme, dict(reversed(list(stored.items()))), expected_shapes(expected, config))
+    assert (shuffled.quantized, shuffled.logical, shuffled.modules) == (view.quantized, view.logical, view.modules)
+    # One scale of the wrong shape: the module-by-module path words it.
+    name = next(n for n in stored if n.endswith("down_proj.weight_scale_inv"))
+    broken = dict(stored, **{name: stored[name]._replace(shape=(9, 9))})
+    assert [i.code for i in quantized_view(scheme, broken, expected_shapes(expected, config)).issues] == ["HFC619"]

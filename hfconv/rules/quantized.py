@@ -50,7 +50,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, filterfalse, repeat
-from operator import attrgetter, not_
+from operator import attrgetter, not_, or_
 from typing import Any, Protocol
 
 from .expected import ExpectedModel
@@ -495,14 +495,19 @@ def _fp8_all_fine(view: QuantView, names: list[str], metas: list[Stored], mask: 
     if scheme.block is None or scheme.skip:
         return False
     hits = list(compress(names, mask))
-    dtypes = list(map(_DTYPE, metas))
-    fp8 = set(compress(names, map(_FP8.__contains__, dtypes)))
+    is_fp8 = list(map(_FP8.__contains__, map(_DTYPE, metas)))
+    fp8_names = list(compress(names, is_fp8))
     # A hit other than X.weight_scale_inv (X.input_scale) keeps its name here: then it is no FP8
     # tensor's name, or it is an FP8 tensor itself and fails the float check of the scales below.
     weight_names = list(map(str.removesuffix, hits, repeat("_scale_inv")))
-    if not hits or len(fp8) != len(hits) or not all(map(fp8.__contains__, weight_names)):
+    if not hits or len(fp8_names) != len(hits):
         return False  # an FP8 tensor without a scale, or a scale beside no FP8 weight
-    if not set(compress(dtypes, mask)) <= _FLOATS:
+    if fp8_names != weight_names:  # headers list both sorted by name: then the lists match as they are
+        fp8 = set(fp8_names)
+        if len(fp8) != len(hits) or not all(map(fp8.__contains__, weight_names)):
+            return False
+    scales = list(compress(metas, mask))
+    if not set(map(_DTYPE, scales)) <= _FLOATS:
         return False
     direct = expected.direct if isinstance(expected, ExpectedShapes) else {}
     shapes = list(map(_SHAPE, map(direct.get, weight_names, repeat(_UNKNOWN))))
@@ -511,13 +516,12 @@ def _fp8_all_fine(view: QuantView, names: list[str], metas: list[Stored], mask: 
         at = shapes.index(None, at + 1)
         shapes[at] = expected(weight_names[at]) or tuple(tensors[weight_names[at]].shape)
     b0, b1 = scheme.block
-    for shape, scale in set(zip(shapes, map(_SHAPE, compress(metas, mask)))):
+    for shape, scale in set(zip(shapes, map(_SHAPE, scales))):
         if len(shape) != 2 or scale != (-(-shape[0] // b0), -(-shape[1] // b1)):
             return False
     kept = list(map(not_, mask))
     view.logical.update(zip(compress(names, kept), map(_SHAPE, compress(metas, kept))))
-    fp8.update(hits)
-    view.quantized = fp8
+    view.quantized = set(compress(names, map(or_, mask, is_fp8)))
     view.modules = len(hits)
     return True
 
