@@ -77,8 +77,10 @@ register("HFC606", "info", "architecture not in rule table",
          "embedding sizes and the layer count were checked")
 register("HFC607", "info", "quantization scheme not checked",
          "config.json has a quantization_config whose storage layout hfconv does not know (schemes it checks: "
-         "fp8 with or without blocks, gptq, awq gemm/gemv, bitsandbytes 4-bit and 8-bit, compressed-tensors "
-         "pack-, float-, int- and naive-quantized, mxfp4), so shapes cannot be checked against the config.",
+         "fp8 with or without blocks, gptq (and its marlin format), awq gemm/gemv/gemv_fast/marlin/ipex, bitsandbytes "
+         "4-bit and 8-bit, compressed-tensors pack-, float-, int- and naive-quantized in one config group or several, "
+         "mxfp4), or a variant whose stored layout config.json does not determine (gptq bitblas), so shapes cannot be "
+         "checked against the config.",
          "Nothing to do; validate the unquantized model for shape checks.",
          "config.json has a quantization_config (hqq: hfconv does not know its layout), so shape checks "
          "against the config are skipped")
@@ -194,7 +196,7 @@ register("HFC624", "error", "packed weight holds the wrong number of values",
          "implies [64, 64] = 4096 values, 2048 bytes (bitsandbytes 4-bit nf4)")
 
 _CONFIG = "config.json"
-_MARKS = {"fp8": "no weight_scale_inv", "gptq": "no qweight", "awq": "no qweight",
+_MARKS = {"fp8": "no weight_scale_inv", "gptq": "no qweight or marlin B", "awq": "no qweight",
           "bnb-4bit": "no weight.absmax or quant state", "bnb-8bit": "no SCB",
           "compressed-tensors": "no weight_scale or weight_packed", "mxfp4": "no *_blocks"}
 
