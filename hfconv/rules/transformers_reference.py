@@ -511,7 +511,8 @@ def _quantizer(hf_config: _HFConfig, quant_config: Mapping[str, Any], version: s
         return None, info
     try:
         # On a copy: the unquantized model is built from the config exactly as without a quantizer.
-        quantizer, _, _ = get_hf_quantizer(copy.deepcopy(hf_config), None, None, True, {})
+        with _no_prints():  # bitsandbytes prints while it is imported
+            quantizer, _, _ = get_hf_quantizer(copy.deepcopy(hf_config), None, None, True, {})
     except MemoryError:
         raise
     except ImportError as exc:  # the scheme's library (bitsandbytes, gptqmodel, compressed-tensors) is missing
@@ -547,7 +548,7 @@ def _quantized_state(torch: ModuleType, model: _Model, quantizer: Any, quant: Ma
     try:
         with contextlib.suppress(Exception):  # where from_pretrained's model has it
             model.config.quantization_config = quantizer.quantization_config
-        with torch.device("meta"):
+        with torch.device("meta"), _no_prints():  # compressed-tensors draws progress bars
             quantizer.preprocess_model(model=model, dtype=dtype if isinstance(dtype, torch.dtype) else None,
                                        device_map=None, checkpoint_files=None)
         # Replaced (FP8Linear, Linear4bit), or given the scheme's tensors in place (compressed-tensors
@@ -581,6 +582,14 @@ def _quantized_state(torch: ModuleType, model: _Model, quantizer: Any, quant: Ma
             dtype_name = TORCH_DTYPE.get(str(tensor.dtype).removeprefix("torch."), str(tensor.dtype))
             tensors[key] = [[int(d) for d in tensor.shape], dtype_name]
     return {"tensors": tensors, "modules": len(converted)}
+
+
+@contextlib.contextmanager
+def _no_prints() -> Iterator[None]:
+    """Whatever a scheme's library prints to stdout or stderr is dropped (hfconv's output is its own)."""
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):
+        yield
 
 
 _DIGITS = re.compile(r"\.\d+\.")
