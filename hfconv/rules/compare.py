@@ -86,7 +86,10 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
         return _compare(expected, actual)
 
 
-def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> Comparison:
+def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
+             any_mismatch: bool = False) -> Comparison:
+    """compare(); with ``any_mismatch``, a Comparison of the first shape mismatch alone as soon as
+    one is found (all suggest_fix needs of a trial config under which most shapes may differ)."""
     prefix = expected.prefix
     tensors = expected.tensors
     # What hot loops read: name -> an object with the expected ``shape`` and ``optional`` (a rule
@@ -152,6 +155,8 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> 
         elif tuple(shapes[k]) != wants[k].shape:
             want_name = names[k] if same else expected_name_of[names[k]]
             mismatched.append(ShapeMismatch(names[k], tensors[want_name], tuple(shapes[k])))
+            if any_mismatch:
+                return Comparison(tuple(mismatched))
         else:  # a list shape equal to the tuple
             matched += 1
     for name in unmatched:
@@ -338,7 +343,8 @@ def suggest_fix(config: Mapping[str, Any], expected: ExpectedModel, comparison: 
                 model = expected_tensors(trial, expected.architecture)
             except (ConfigValueError, ExpressionError):
                 continue
-            result = compare(model, actual) if model is not None else None
+            with gc_paused():
+                result = _compare(model, actual, any_mismatch=True) if model is not None else None
             if result is not None and not result.mismatched and \
                     len(result.missing) + len(result.unexpected) + len(result.counts) <= baseline:
                 fixes[f] = candidate
