@@ -6,6 +6,13 @@ covers every architecture the installed transformers knows. transformers and tor
 imported lazily, only here; hfconv works without them (the optional extra
 ``hfconv[transformers]``).
 
+A folder with a ``quantization_config`` is also built through transformers' quantizer for its
+scheme, as ``from_pretrained`` does (``get_hf_quantizer``, then ``preprocess_model`` on the meta
+model): the tensors of the modules it replaces (FP8Linear and its experts, bitsandbytes' and
+compressed-tensors' layers where their libraries are installed) are listed with their shapes and
+dtypes (:class:`QuantizedReference`, checked by :func:`quantizer_issues`). Where the quantizer
+cannot run here, the reason is kept and hfconv's own layout of the scheme checks the tensors.
+
 The folder's own Python code (``auto_map``) is only imported with ``trust_remote_code``.
 Every failure becomes :class:`ReferenceUnavailable` with a one-line reason, never a traceback.
 """
