@@ -50,7 +50,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, filterfalse, repeat
-from operator import attrgetter, not_, or_
+from operator import attrgetter, eq, not_, or_
 from typing import Any, Protocol
 
 from .expected import ExpectedModel
@@ -516,9 +516,19 @@ def _fp8_all_fine(view: QuantView, names: list[str], metas: list[Stored], mask: 
         at = shapes.index(None, at + 1)
         shapes[at] = expected(weight_names[at]) or tuple(tensors[weight_names[at]].shape)
     b0, b1 = scheme.block
-    for shape, scale in set(zip(shapes, map(_SHAPE, scales))):
-        if len(shape) != 2 or scale != (-(-shape[0] // b0), -(-shape[1] // b1)):
+    # Each scale against its weight's blocks, worked out once per distinct shape: per shape object
+    # where the rule table's runs share one tuple among their tensors, else per (shape, scale) pair.
+    ids = list(map(id, shapes))
+    distinct = dict(zip(ids, shapes))
+    if len(distinct) * 8 < len(shapes):
+        need = {key: (-(-shape[0] // b0), -(-shape[1] // b1)) if len(shape) == 2 else None
+                for key, shape in distinct.items()}
+        if not all(map(eq, map(need.__getitem__, ids), map(_SHAPE, scales))):
             return False
+    else:
+        for shape, scale in set(zip(shapes, map(_SHAPE, scales))):
+            if len(shape) != 2 or scale != (-(-shape[0] // b0), -(-shape[1] // b1)):
+                return False
     kept = list(map(not_, mask))
     view.logical.update(zip(compress(names, kept), map(_SHAPE, compress(metas, kept))))
     view.quantized = set(compress(names, map(or_, mask, is_fp8)))
