@@ -8,7 +8,7 @@ import os
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from .. import environment
 from ..contents import FolderContents
@@ -16,7 +16,6 @@ from ..discovery import MAX_DEPTH, MAX_LISTED_FILES, TRAINING_LEFTOVERS, ModelFo
 from ..findings import REGISTRY, Finding, Severity, about, finding, register
 from ..fsutil import link_problem, open_regular
 from ..readers import LFS_POINTER_PREFIX
-from ..readers.torch_checkpoint import ALLOWED_GLOBALS, ScanResult, pickle_scan
 from ..tensors import FormatError
 from ..units import plural
 
@@ -53,6 +52,9 @@ register("HFC017", "warning", "names differ only in case",
          "Delete or rename one of the two; keep the name loaders expect.",
          "config.json and Config.json differ only in letter case: on a case-insensitive file system (macOS, "
          "Windows) one replaces the other, and a loader there may read the one hfconv did not check")
+
+if TYPE_CHECKING:
+    from ..readers.torch_checkpoint import ScanResult
 
 
 def capped(check: Callable[[FolderContents], Iterable[Finding | Uncounted]],
@@ -368,6 +370,8 @@ def _pickled_leftover(folder: ModelFolder, name: str) -> Finding:
         return finding("HFC011", f"{base} (a symlink leaving the folder: not opened)", file=name)
     if _is_lfs_pointer(folder.path(name)):
         return finding("HFC011", f"{base} (a git-lfs pointer; the file itself was not downloaded)", file=name)
+    from ..readers.torch_checkpoint import ALLOWED_GLOBALS, pickle_scan  # the pickle readers: only for a leftover
+
     scan = pickle_scan(folder.path(name))
     if scan is None:
         return finding("HFC011", f"{base}, and it is a zip hfconv cannot read the way torch would: do not "

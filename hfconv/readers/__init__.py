@@ -30,10 +30,10 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
         head = handle.read(1024)
     if head.startswith(LFS_POINTER_PREFIX):
         raise FormatError("HFC010", "is a git-lfs pointer, not the weights (LFS object not pulled)")
-    from .torch_checkpoint import describe_content, read_torch_checkpoint
-
     if not os.fspath(path).endswith(".safetensors"):
         # The torch reader sniffs the content itself (and names a misnamed safetensors file).
+        from .torch_checkpoint import read_torch_checkpoint
+
         return read_torch_checkpoint(path)
     from .safetensors_header import read_safetensors
 
@@ -47,6 +47,8 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
         # A torch checkpoint (or a bare pickle) named .safetensors: the torch reader names a
         # forbidden global first (the stronger finding); a harmless one still does not load,
         # since loaders parse the name's format.
+        from .torch_checkpoint import read_torch_checkpoint
+
         read_torch_checkpoint(path)
         raise FormatError("HFC202", "is a torch checkpoint, not a safetensors file; loaders parse it as "
                                     "safetensors and fail (rename it pytorch_model.bin; hfconv convert then "
@@ -55,6 +57,8 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
         return read_safetensors(path)
     except FormatError as err:
         if err.code in ("HFC101", "HFC102", "HFC104") and size:
+            from .torch_checkpoint import describe_content  # the pickle/zip readers: only when needed
+
             what = describe_content(head, size)
             if not what.startswith(("unrecognised", "a safetensors")):
                 raise FormatError("HFC202", f"is {what}, not a safetensors file ({err.message})") from None
