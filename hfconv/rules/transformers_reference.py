@@ -367,6 +367,9 @@ def trailing_extras(extras: Iterable[str], state: Mapping[str, Any], config: Map
         if found is None:
             continue
         stem = found.group(1).replace("\\.", ".")
+        if not pattern.startswith("^"):  # searched anywhere, as transformers does: GLM's layers\.45\.
+            stem = next((name[: at + len(stem)] for name in state if (at := name.find(stem)) == 0
+                         or at > 0 and name[at - 1] == "."), stem)
         modelled: set[int] = set()
         suffixes: set[str] = set()
         for name in state:
