@@ -23,6 +23,8 @@ from ..tensors import FormatError
 
 MAX_STATE_BYTES = 64 * 1024
 """Largest quant state read (a JSON of a few hundred bytes in practice)."""
+_MIN_CHARGE = 64
+"""Bytes of the budget each read costs at least."""
 
 
 def parse_quant_state(raw: bytes) -> dict[str, Any] | None:
@@ -40,9 +42,9 @@ def read_quant_states(path: str | os.PathLike, ranges: Iterable[tuple[str, int, 
                       budget: int) -> dict[str, dict[str, Any]]:
     """Key -> parsed quant state, for each ``(key, begin, end)`` absolute byte range of ``path``.
 
-    Ranges longer than :data:`MAX_STATE_BYTES`, past ``budget`` bytes in all, short (a file
-    truncated since its header was read) or unparsable are left out; a file that cannot be opened
-    as a regular file gives nothing.
+    Ranges longer than :data:`MAX_STATE_BYTES`, past ``budget`` bytes in all (each read counting
+    at least 64), short (a file truncated since its header was read) or unparsable are left out;
+    a file that cannot be opened as a regular file gives nothing.
     """
     states: dict[str, dict[str, Any]] = {}
     wanted = sorted((begin, end, key) for key, begin, end in ranges
@@ -54,7 +56,7 @@ def read_quant_states(path: str | os.PathLike, ranges: Iterable[tuple[str, int, 
             for begin, end, key in wanted:
                 if end - begin > budget:
                     break
-                budget -= end - begin
+                budget -= max(end - begin, _MIN_CHARGE)  # many empty states cost reads too
                 handle.seek(begin)
                 raw = handle.read(end - begin)
                 if len(raw) != end - begin:
