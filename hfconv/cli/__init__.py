@@ -7,6 +7,7 @@ Exit codes (all commands): 0 success, 1 problems found / job failed verifiably, 
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -77,7 +78,7 @@ def run() -> None:
     After the report is written and every output file closed, the interpreter's teardown still
     costs wall time a user and a CI job wait for: torch's module graph, allocators and thread
     pools (~0.3 s), or freeing the 100,000s of tensor records of the largest folders (~0.2 s).
-    Skip it: flush stdout and stderr and leave with the exit code.
+    Skip it: run the atexit handlers, flush stdout and stderr and leave with the exit code.
 
     SIGINT and SIGTERM end any command with exit code 130 / 143 (not click's 1, which a
     pipeline reads as "problems found"). An OSError that no command turned into a finding or a
@@ -108,6 +109,9 @@ def _leave(exc: SystemExit) -> None:
         if code is exc.code:
             raise exc
         sys.exit(code)
+    # What an interpreter exit does besides the teardown: atexit handlers (a caller's, coverage's),
+    # then the flush of the standard streams.
+    atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
