@@ -259,7 +259,8 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
                           f"{len(tensors)} stored tensors is quantized that way ({_MARKS[scheme.method]}); shape "
                           "checks against the config were skipped", file=_CONFIG)
             return
-        yield from _check_dtypes(config, {n: m for n, m in tensors.items() if n not in view.quantized})
+        plain = list(itertools.filterfalse(view.quantized.__contains__, tensors))
+        yield from _check_dtypes(config, dict(zip(plain, map(tensors.__getitem__, plain))))
         where = contents.tensor_files
         for issue in view.issues:
             yield finding(issue.code, issue.message, file=where.get(issue.tensor), tensor=issue.tensor)
