@@ -25,44 +25,44 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
             (HFC202 for a file that is neither format, e.g. an image or a web page, whatever
             its name).
     """
-    with open_regular(path) as handle:
+    with open_regular(path) as handle:  # opened once: the sniffing and the safetensors reader share it
         size = os.fstat(handle.fileno()).st_size
         head = handle.read(1024)
-    if head.startswith(LFS_POINTER_PREFIX):
-        raise FormatError("HFC010", "is a git-lfs pointer, not the weights (LFS object not pulled)")
-    if not os.fspath(path).endswith(".safetensors"):
-        # The torch reader sniffs the content itself (and names a misnamed safetensors file).
-        from .torch_checkpoint import read_torch_checkpoint
+        if head.startswith(LFS_POINTER_PREFIX):
+            raise FormatError("HFC010", "is a git-lfs pointer, not the weights (LFS object not pulled)")
+        if not os.fspath(path).endswith(".safetensors"):
+            # The torch reader sniffs the content itself (and names a misnamed safetensors file).
+            from .torch_checkpoint import read_torch_checkpoint
 
-        return read_torch_checkpoint(path)
-    from .safetensors_header import read_safetensors
+            return read_torch_checkpoint(path)
+        from .safetensors_header import read_safetensors
 
-    # Content, not the extension, picks the reader. A safetensors file starts with a
-    # little-endian header length that fits the file, then '{'. That test comes first: a
-    # header length such as 640 (80 02 00 ...) or 19280 (50 4B 00 ...) begins with the bytes
-    # of a pickle or zip magic.
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack_from("<Q", head)[0] <= size - 8:
-        return read_safetensors(path)
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or (head[:1] == b"\x80" and head[1:2] in _PICKLE_PROTOCOLS):
-        # A torch checkpoint (or a bare pickle) named .safetensors: the torch reader names a
-        # forbidden global first (the stronger finding); a harmless one still does not load,
-        # since loaders parse the name's format.
-        from .torch_checkpoint import read_torch_checkpoint
+        # Content, not the extension, picks the reader. A safetensors file starts with a
+        # little-endian header length that fits the file, then '{'. That test comes first: a
+        # header length such as 640 (80 02 00 ...) or 19280 (50 4B 00 ...) begins with the bytes
+        # of a pickle or zip magic.
+        if len(head) >= 9 and head[8:9] == b"{" and struct.unpack_from("<Q", head)[0] <= size - 8:
+            return read_safetensors(path, handle)
+        if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or (head[:1] == b"\x80" and head[1:2] in _PICKLE_PROTOCOLS):
+            # A torch checkpoint (or a bare pickle) named .safetensors: the torch reader names a
+            # forbidden global first (the stronger finding); a harmless one still does not load,
+            # since loaders parse the name's format.
+            from .torch_checkpoint import read_torch_checkpoint
 
-        read_torch_checkpoint(path)
-        raise FormatError("HFC202", "is a torch checkpoint, not a safetensors file; loaders parse it as "
-                                    "safetensors and fail (rename it pytorch_model.bin; hfconv convert then "
-                                    "writes real safetensors)")
-    try:
-        return read_safetensors(path)
-    except FormatError as err:
-        if err.code in ("HFC101", "HFC102", "HFC104") and size:
-            from .torch_checkpoint import describe_content  # the pickle/zip readers: only when needed
+            read_torch_checkpoint(path)
+            raise FormatError("HFC202", "is a torch checkpoint, not a safetensors file; loaders parse it as "
+                                        "safetensors and fail (rename it pytorch_model.bin; hfconv convert then "
+                                        "writes real safetensors)")
+        try:
+            return read_safetensors(path, handle)
+        except FormatError as err:
+            if err.code in ("HFC101", "HFC102", "HFC104") and size:
+                from .torch_checkpoint import describe_content  # the pickle/zip readers: only when needed
 
-            what = describe_content(head, size)
-            if not what.startswith(("unrecognised", "a safetensors")):
-                raise FormatError("HFC202", f"is {what}, not a safetensors file ({err.message})") from None
-        raise
+                what = describe_content(head, size)
+                if not what.startswith(("unrecognised", "a safetensors")):
+                    raise FormatError("HFC202", f"is {what}, not a safetensors file ({err.message})") from None
+            raise
 
 
 _PICKLE_PROTOCOLS = frozenset(bytes([p]) for p in range(6))

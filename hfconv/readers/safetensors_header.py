@@ -30,6 +30,7 @@ The checks accept exactly what the installed safetensors (0.8, the Rust crate be
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -37,7 +38,7 @@ import math
 import operator
 import os
 import struct
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..dtypes import SAFETENSORS_BITS
 from ..fsutil import open_regular
@@ -504,11 +505,13 @@ _new_meta = functools.partial(tuple.__new__, TensorMeta)
 """TensorMeta from a full row of its fields, in C (a NamedTuple: see TensorMeta)."""
 
 
-def read_safetensors(path: str | os.PathLike) -> WeightFile:
+def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None) -> WeightFile:
     """Read and validate a safetensors file's header; never reads the tensor bytes.
 
     Args:
         path: the ``.safetensors`` file.
+        handle: the file already opened as a regular file (fsutil.open_regular), read from its
+            start; None: opened here.
 
     Returns:
         A WeightFile with ``format="safetensors"``, tensors in header order whose
@@ -527,7 +530,8 @@ def read_safetensors(path: str | os.PathLike) -> WeightFile:
             safetensors cannot load). ``tensor`` names the tensor where one applies. Notes:
             HFC103 (header over 25 MB), HFC114 (duplicates or entry forms only serde reads).
     """
-    with open_regular(path) as f:
+    with open_regular(path) if handle is None else contextlib.nullcontext(handle) as f:
+        f.seek(0)
         size = os.fstat(f.fileno()).st_size
         if size < 8:
             raise FormatError(
