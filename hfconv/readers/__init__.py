@@ -11,11 +11,12 @@ from ..tensors import FormatError, WeightFile
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 
 
-def read_weight_file(path: str | os.PathLike) -> WeightFile:
+def read_weight_file(path: str | os.PathLike, *, intern_names: bool = False) -> WeightFile:
     """Read the tensor metadata of one weight file, choosing the reader by content.
 
     Args:
         path: a ``.safetensors`` or torch (``.bin``/``.pt``) file.
+        intern_names: safetensors tensor names as interned strings (see read_safetensors).
 
     Returns:
         The WeightFile (tensor names, dtypes, shapes, byte locations); no tensor bytes read.
@@ -42,7 +43,7 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
         # header length such as 640 (80 02 00 ...) or 19280 (50 4B 00 ...) begins with the bytes
         # of a pickle or zip magic.
         if len(head) >= 9 and head[8:9] == b"{" and struct.unpack_from("<Q", head)[0] <= size - 8:
-            return read_safetensors(path, handle)
+            return read_safetensors(path, handle, intern_names=intern_names)
         if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or (head[:1] == b"\x80" and head[1:2] in _PICKLE_PROTOCOLS):
             # A torch checkpoint (or a bare pickle) named .safetensors: the torch reader names a
             # forbidden global first (the stronger finding); a harmless one still does not load,
@@ -54,7 +55,7 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
                                         "safetensors and fail (rename it pytorch_model.bin; hfconv convert then "
                                         "writes real safetensors)")
         try:
-            return read_safetensors(path, handle)
+            return read_safetensors(path, handle, intern_names=intern_names)
         except FormatError as err:
             if err.code in ("HFC101", "HFC102", "HFC104") and size:
                 from .torch_checkpoint import describe_content  # the pickle/zip readers: only when needed

@@ -38,6 +38,7 @@ import math
 import operator
 import os
 import struct
+import sys
 from typing import Any, BinaryIO
 
 from ..dtypes import SAFETENSORS_BITS
@@ -407,7 +408,8 @@ _DTYPE_NAMES = {dtype: dtype for dtype in _BYTE_SIZES}
 _MISSING = object()
 
 
-def _read_fast(raw: bytes, base: int, available: int) -> tuple[dict[str, TensorMeta], dict[str, str] | None] | None:
+def _read_fast(raw: bytes, base: int, available: int,
+               intern_names: bool = False) -> tuple[dict[str, TensorMeta], dict[str, str] | None] | None:
     """The common header in bulk, C-speed operations over flat per-tensor lists.
 
     Takes only headers that the checked path (``_parse_header`` then the per-entry checks)
@@ -491,7 +493,7 @@ def _read_fast(raw: bytes, base: int, available: int) -> tuple[dict[str, TensorM
         return None
     # The parsed header goes before the records are built (the peak holds one of them, not both),
     # and each dtype is one shared string rather than one per tensor.
-    names = list(header)
+    names = list(map(sys.intern, header)) if intern_names else list(header)
     del header, entries, offsets, dims
     dtypes = list(map(_DTYPE_NAMES.__getitem__, dtypes))
     shapes = list(map(tuple, shapes))
@@ -505,13 +507,16 @@ _new_meta = functools.partial(tuple.__new__, TensorMeta)
 """TensorMeta from a full row of its fields, in C (a NamedTuple: see TensorMeta)."""
 
 
-def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None) -> WeightFile:
+def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None, *,
+                     intern_names: bool = False) -> WeightFile:
     """Read and validate a safetensors file's header; never reads the tensor bytes.
 
     Args:
         path: the ``.safetensors`` file.
         handle: the file already opened as a regular file (fsutil.open_regular), read from its
             start; None: opened here.
+        intern_names: make the tensor names the interned strings (``sys.intern``), so that an
+            index naming them too, read with interned names, holds no second copy of each.
 
     Returns:
         A WeightFile with ``format="safetensors"``, tensors in header order whose
@@ -567,7 +572,7 @@ def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None) ->
     base = 8 + n
     available = size - 8 - n
     with gc_paused():
-        fast = _read_fast(raw, base, available)
+        fast = _read_fast(raw, base, available, intern_names)
     if fast is not None:
         return WeightFile(path=os.fsdecode(path), format="safetensors", tensors=fast[0], metadata=fast[1],
                           notes=tuple(notes), header_nbytes=n)
