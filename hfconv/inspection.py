@@ -10,9 +10,9 @@ from operator import attrgetter
 
 from .contents import read_contents
 from .discovery import discover
+from .folder_check import check_folder
 from .gcpause import gc_paused
 from .report import Layout
-from .validation import check_folder
 from .weight_map import MapShard, shard_map
 
 
