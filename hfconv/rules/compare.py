@@ -116,14 +116,15 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     unmatched_keys = [] if same or not prefix else list(itertools.filterfalse(expected_name_of.__contains__, counted))
     count_mismatches = []
     skipped: list[tuple[re.Pattern, frozenset[int]]] = []
-    # One regex pass per group over the keys joined by newlines (a pattern matches within a line):
-    # 100,000s of names in C, unless a name holds a newline itself.
-    joined = "\n".join(keys)
-    by_line = joined.count("\n") == len(keys) - 1
+    # One regex pass per group over the keys, each after a newline: the pattern's ``^`` becomes
+    # that newline, a literal the engine searches for (100,000s of names in C), unless a name
+    # holds a newline itself.
+    joined = "\n" + "\n".join(keys)
+    by_line = joined.count("\n") == len(keys)
     for group in expected.counts:
         regex = re.compile(group.pattern)
-        found = set(map(int, set(re.compile(group.pattern, re.MULTILINE).findall(joined)))) \
-            if by_line and regex.groups == 1 else \
+        found = set(map(int, set(re.compile("\n(?:" + group.pattern[1:] + ")").findall(joined)))) \
+            if by_line and regex.groups == 1 and group.pattern.startswith("^") else \
             set(map(int, map(_GROUP_1, filter(None, map(regex.match, keys)))))
         for key in unmatched_keys:
             if regex.match(key) is None and (i := _group_index(regex, key, prefix)) is not None:
