@@ -216,7 +216,7 @@ def _match_names(names: list[str], tensors: Mapping[str, Any], prefix: str,
         if len(exact) == len(names):  # every stored name is an expected one (names are distinct)
             return None, None, (len(exact), 0, 0)
         exact_set = set(exact)
-        rest = _match_each([name for name in names if name not in exact_set], tensors, prefix, "")
+        rest = _match_each(list(itertools.filterfalse(exact_set.__contains__, names)), tensors, prefix, "")
         if not exact_set & rest[1]:
             canonical = dict(zip(exact, exact))
             canonical.update(rest[0])
