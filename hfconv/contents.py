@@ -285,11 +285,12 @@ def _read_weights(contents: FolderContents, name: str) -> None:
     if contents.folder.is_special(name):
         contents.weight_errors[name] = FormatError("HFC008", "is not a regular file (FIFO, device or socket); refused")
         return
-    problem = link_problem(contents.folder.path(name))
     if not _inside(contents.folder, name):
-        contents.weight_errors[name] = FormatError("HFC006", f"{problem}; not read")
+        contents.weight_errors[name] = FormatError("HFC006", f"{link_problem(contents.folder.path(name))}; not read")
         return
-    if problem.startswith("is a dangling"):  # inside the folder, but the target is missing
+    if contents.folder.is_symlink(name) and \
+            (problem := link_problem(contents.folder.path(name))).startswith("is a dangling"):
+        # inside the folder, but the target is missing
         contents.weight_errors[name] = FormatError("HFC008", f"{problem}; not read")
         return
     try:

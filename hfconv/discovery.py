@@ -142,7 +142,20 @@ class ModelFolder:
         return frozenset(self.files)
 
     def path(self, name: str) -> Path:
-        return self.root / name
+        # Memoized: the readers and checks ask for each file's path several times, and a pathlib
+        # join costs about 10 us (a folder of 2,000 shards asked 6,000 times).
+        found = self._paths.get(name)
+        if found is None:
+            found = self._paths[name] = self.root / name
+        return found
+
+    @cached_property
+    def _paths(self) -> dict[str, Path]:
+        return {}
+
+    def is_symlink(self, name: str) -> bool:
+        """An entry of ``files`` or ``linked_dirs`` that is a symlink (a set lookup)."""
+        return name in self._symlink_set
 
     @cached_property
     def _symlink_set(self) -> frozenset[str]:
