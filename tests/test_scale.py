@@ -214,3 +214,40 @@ def test_headers_listed_out_of_file_order_are_read_alike(tmp_path):
         with pytest.raises(FormatError) as caught:
             read_safetensors(broken)
         assert caught.value.code in ("HFC108", "HFC109")
+
+
+# --- a model_type transformers does not know: said without starting its subprocess -------------
+
+
+_COUNT_POPEN = ("import sys, atexit\n"
+                "started = []\n"
+                "sys.addaudithook(lambda event, args: started.append(args) if event == 'subprocess.Popen' else None)\n"
+                "atexit.register(lambda: sys.stderr.write('\\nPOPEN: %d\\n' % len(started)))\n"
+                "from hfconv.cli import run\n"
+                "run()\n")
+
+
+@pytest.mark.transformers
+@pytest.mark.parametrize("auto_map", [False, True])
+def test_unknown_model_type_is_said_without_building_a_reference(tmp_path, auto_map):
+    """--reference auto on a model_type transformers does not know: the same HFC609 the reference
+    subprocess would give, read from transformers' auto mappings without starting it (~4 s)."""
+    import importlib.metadata
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = _llama(2) | {"model_type": "hfconv-unknown-type"}
+    if auto_map:
+        config["auto_map"] = {"AutoConfig": "configuration_x.XConfig"}
+    (folder / "config.json").write_text(json.dumps(config))
+    _write_safetensors(folder / "model.safetensors", _llama_entries(2))
+    proc = subprocess.run([sys.executable, "-c", _COUNT_POPEN, "validate", str(folder), "--format", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "POPEN: 0" in proc.stderr, proc.stderr
+    found = {f["code"]: f for f in json.loads(proc.stdout)["findings"]}
+    want = (f"transformers {importlib.metadata.version('transformers')} does not know model_type "
+            "'hfconv-unknown-type'")
+    if auto_map:
+        want += " and the folder's own code (auto_map) is only used with --trust-remote-code"
+    assert want in found["HFC609"]["message"]

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -29,6 +31,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeGuard
 
@@ -143,6 +146,9 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
         raise ReferenceUnavailable(too_big)
     if not transformers_available():
         raise ReferenceUnavailable("transformers is not installed (pip install torch transformers)")
+    unknown = None if runs_folder_code(config, trust_remote_code) else _unknown_model_type(config)
+    if unknown is not None:  # said without starting a subprocess that imports transformers (~4 s)
+        raise ReferenceUnavailable(unknown)
     names = None if tensor_names is None else [n for n in tensor_names if isinstance(n, str)]
     if runs_folder_code(config, trust_remote_code):
         isolated = True  # the folder's code never runs in this process
@@ -160,6 +166,37 @@ def expected_from_transformers(folder: str | os.PathLike, config: Mapping[str, A
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         raw = _build_raw(folder, config, trust_remote_code, names)
     return _expected(raw, config, names)
+
+
+_AUTO_MAPPING_FILES = ("models/auto/auto_mappings.py", "models/auto/configuration_auto.py")
+"""Where transformers lists the model types it knows (CONFIG_MAPPING_NAMES), by version."""
+
+
+def _unknown_model_type(config: Mapping[str, Any]) -> str | None:
+    """The reason the child would give for a model_type transformers does not know, found in the
+    text of transformers' auto mappings (not imported); None when it may know it or the files
+    are not where this reads them."""
+    model_type = config.get("model_type")
+    spec = importlib.util.find_spec("transformers")
+    if not isinstance(model_type, str) or spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    texts = []
+    for name in _AUTO_MAPPING_FILES:
+        try:
+            texts.append((root / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue
+    if not texts or any(json.dumps(model_type) in text for text in texts):
+        return None
+    try:
+        version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    reason = f"transformers {version} does not know model_type {model_type!r}"
+    if isinstance(config.get("auto_map"), dict):
+        reason += " and the folder's own code (auto_map) is only used with trust_remote_code=True"
+    return reason
 
 
 def _absurd_size(config: Mapping[str, Any], path: str = "", depth: int = 0) -> str | None:
