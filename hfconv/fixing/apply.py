@@ -8,13 +8,16 @@ by the next run.
 
 ``HFCONV_FIX_PAUSE_AFTER=N`` is a test hook: after the Nth file operation the process writes a
 line to stderr and sleeps a minute, so that a test can kill it between two files (a real
-crash, not a simulated one).
+crash, not a simulated one); a SIGUSR1 ends the pause early, so that a test can change the
+folder under a running fix (a race made deterministic) and let it go on.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import signal
 import stat
 import struct
 import sys
@@ -33,6 +36,13 @@ TEMP_RE = re.compile(r"^\..+\.hfconv-fix-[A-Za-z0-9_]+\.tmp$")
 """Names of fix's own temporary files (only these are ever removed as leftovers)."""
 PAUSE_ENV = "HFCONV_FIX_PAUSE_AFTER"
 _COMPARE_CHUNK = 1 << 20
+_NO_HARD_LINKS = frozenset(
+    e for e in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", None))
+    if e is not None
+)
+"""``link()`` errors that mean "no hard link here" (a file system without them, too many links, a
+protected_hardlinks refusal): the new name is copied instead. Any other error (EEXIST: the name
+was taken since the plan) is the rename's failure."""
 
 
 class VerifyError(Exception):
@@ -68,9 +78,7 @@ class FileOps:
     def _done(self, what: str) -> None:
         self.count += 1
         if self.pause_after is not None and self.count == self.pause_after:
-            sys.stderr.write(f"hfconv: paused after file operation {self.count} ({what}; {PAUSE_ENV})\n")
-            sys.stderr.flush()
-            time.sleep(60)
+            _pause(f"hfconv: paused after file operation {self.count} ({what}; {PAUSE_ENV})\n")
 
     def path(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -142,33 +150,79 @@ class FileOps:
 
     def link(self, name: str, new_name: str) -> None:
         """``new_name`` as a second name of ``name`` (the old name stays until :meth:`delete`);
-        nothing to do where a killed run already linked it."""
+        nothing to do where a killed run already linked it.
+
+        ``name`` must be a regular file (``os.link`` of a symlink would link the symlink itself);
+        ``new_name`` must not exist: a name taken since the plan is never replaced.
+
+        Raises:
+            FormatError: ``name`` is (now) a symlink or not a regular file.
+            VerifyError: ``new_name`` exists (appeared since the plan).
+            OSError: linking or copying failed otherwise.
+        """
+        source, target = self.path(name), self.path(new_name)
         try:
-            if os.path.samefile(self.path(name), self.path(new_name)) and not os.path.islink(self.path(new_name)):
+            if os.path.samefile(source, target) and not os.path.islink(target) and not os.path.islink(source):
                 return
         except OSError:
             pass
-        try:
-            os.link(self.path(name), self.path(new_name), follow_symlinks=False)
-        except OSError:
-            # No hard links here (some file systems): copy, then flush, atomically under the new name;
-            # the source opened as every other operation opens it (a regular file, not through a
-            # symlink: one swapped in since the plan is refused, as is a FIFO, which would block).
-            fd, tmp = self._temporary(new_name)
+        # The source opened as every other operation opens it: a regular file, not through a symlink
+        # (one swapped in since the plan is refused, as is a FIFO, which would block).
+        with open_regular(source, follow_symlinks=False) as handle:
+            opened = os.fstat(handle.fileno())
             try:
-                with open_regular(self.path(name), follow_symlinks=False) as source:
-                    copy_range(source.fileno(), fd, 0, os.fstat(source.fileno()).st_size)
-                self._install(fd, tmp, new_name)
-            except BaseException:
-                _discard(fd, tmp)
-                raise
-        fsync_dir(os.path.dirname(self.path(new_name)))
+                os.link(source, target, follow_symlinks=False)
+            except FileExistsError:
+                raise VerifyError(f"{new_name} appeared since hfconv fix listed the folder; not replaced") from None
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                self._copy_as(handle.fileno(), opened.st_size, new_name)
+            else:
+                linked = os.lstat(target)
+                if (linked.st_dev, linked.st_ino) != (opened.st_dev, opened.st_ino):
+                    # ``name`` was swapped (for a symlink, another file) between the open and the link:
+                    # the new name is of what it became, and is taken back.
+                    os.unlink(target)
+                    raise FormatError("HFC008", "changed (swapped for a symlink or another file) while it was "
+                                      "being linked; not linked")
+        fsync_dir(os.path.dirname(target))
         self._done(f"linked {name} as {new_name}")
+
+    def _copy_as(self, src_fd: int, size: int, new_name: str) -> None:
+        """No hard links here (some file systems): copy, flush and install under ``new_name``."""
+        fd, tmp = self._temporary(new_name)
+        try:
+            copy_range(src_fd, fd, 0, size)
+            if os.path.lexists(self.path(new_name)):
+                raise VerifyError(f"{new_name} appeared since hfconv fix listed the folder; not replaced")
+            self._install(fd, tmp, new_name)
+        except BaseException:
+            _discard(fd, tmp)
+            raise
 
     def delete(self, name: str) -> None:
         os.unlink(self.path(name))
         fsync_dir(os.path.dirname(self.path(name)))
         self._done(f"deleted {name}")
+
+
+def _pause(line: str) -> None:
+    """The test hook's pause: a minute, or until a SIGUSR1 (blocked first: one sent as soon as the
+    line is read is waited for, not the signal's default action, which ends the process)."""
+    usr1 = getattr(signal, "SIGUSR1", None)
+    if usr1 is None or not hasattr(signal, "sigtimedwait"):  # pragma: no cover - not POSIX
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        time.sleep(60)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {usr1})
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        signal.sigtimedwait({usr1}, 60)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {usr1})
 
 
 def _discard(fd: int, tmp: str) -> None:

@@ -1,0 +1,111 @@
+"""Hostile input and races, fourth round: ``fix``'s rename never replaces a name taken since the
+plan nor links a symlink; ``validate --manifest`` reads tensors with ``pread`` (a file truncated
+while hashed is a finding, not a SIGBUS); a single-group compressed-tensors ``ignore`` matched as
+compressed-tensors matches it (``re:`` patterns too)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import FIXTURES
+
+CLI = [sys.executable, "-m", "hfconv"]
+INDEX = "model.safetensors.index.json"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done
+
+
+# --- 1. fix: a rename's link -------------------------------------------------------------------------
+
+def _old_names(folder: Path) -> dict[str, str]:
+    """The shards under old-style names (model-1-of-9), the index naming them; old -> Hub name."""
+    renamed = {}
+    for shard in sorted(folder.glob("model-*-of-00009.safetensors")):
+        old = f"model-{int(shard.name.split('-')[1])}-of-9.safetensors"
+        shard.rename(folder / old)
+        renamed[old] = shard.name
+    index = json.loads((folder / INDEX).read_text())
+    index["weight_map"] = {t: f"model-{int(s.split('-')[1])}-of-9.safetensors" for t, s in index["weight_map"].items()}
+    (folder / INDEX).write_text(json.dumps(index, indent=2))
+    return renamed
+
+
+@pytest.mark.parametrize("race", ["name taken", "source swapped for a symlink"])
+def test_fix_rename_does_not_replace_a_name_taken_nor_link_a_symlink_since_the_plan(tmp_path: Path,
+                                                                                     race: str) -> None:
+    """``fix --unsafe-fixes`` links each old shard name to the Hub's name. Paused after the first link
+    (HFCONV_FIX_PAUSE_AFTER, resumed by SIGUSR1), the folder changes under it: the Hub names not yet
+    linked are taken by other files, or the old names not yet linked become symlinks to a file outside.
+    The next link fails (HFC951, exit 1): nothing taken is overwritten, no symlink is linked."""
+    folder = tmp_path / "model"
+    shutil.copytree(FIXTURES / "saved" / "fix-llama", folder)
+    renamed = _old_names(folder)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"a file outside the model folder")
+    proc = subprocess.Popen([*CLI, "fix", str(folder), "--unsafe-fixes"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HFCONV_FIX_PAUSE_AFTER": "1"})
+    try:
+        assert proc.stderr is not None and "paused after file operation 1 (linked" in proc.stderr.readline()
+        pending = {old: new for old, new in renamed.items() if not (folder / new).exists()}
+        assert len(pending) == 8
+        for old, new in pending.items():
+            if race == "name taken":
+                (folder / new).write_bytes(b"taken since the plan")
+            else:
+                (folder / old).unlink()
+                (folder / old).symlink_to(outside)
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1 and "Traceback" not in err, (proc.returncode, out, err)
+    assert "HFC951" in out, out
+    for old, new in pending.items():
+        assert not (folder / new).is_symlink(), f"{new} is a link of the symlink {old}"
+        if race == "name taken":
+            assert (folder / new).read_bytes() == b"taken since the plan", f"{new} was overwritten"
+        else:
+            assert not (folder / new).exists()
+    assert outside.read_bytes() == b"a file outside the model folder"
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_link_refuses_a_taken_name_and_a_symlink_source_in_process(tmp_path: Path) -> None:
+    """FileOps.link itself, on real files: EEXIST is a failure (not the copy fallback's overwrite),
+    a symlink source is refused even where the new name is free (``os.link`` would link the symlink)."""
+    from hfconv.fixing.apply import FileOps, VerifyError
+    from hfconv.tensors import FormatError
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "a.safetensors").write_bytes(b"shard")
+    (folder / "b.safetensors").write_bytes(b"taken")
+    ops = FileOps(str(folder))
+    with pytest.raises(VerifyError, match="appeared since"):
+        ops.link("a.safetensors", "b.safetensors")
+    assert (folder / "b.safetensors").read_bytes() == b"taken"
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"outside")
+    (folder / "c.safetensors").symlink_to(outside)
+    with pytest.raises(FormatError, match="symlink"):
+        ops.link("c.safetensors", "d.safetensors")
+    assert not os.path.lexists(folder / "d.safetensors")
+    ops.link("a.safetensors", "e.safetensors")  # the ordinary case: a hard link
+    assert (folder / "e.safetensors").stat().st_ino == (folder / "a.safetensors").stat().st_ino
+    ops.link("a.safetensors", "e.safetensors")  # linked already (a killed run): nothing to do
