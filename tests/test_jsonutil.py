@@ -236,3 +236,13 @@ def test_nonfinite_literals_allowed_for_python_written_files(literal, value):
     # NaN (no default of any config) and an overflowing literal stay refused.
     assert _error('{"x": NaN}', allow_nonfinite=True).kind == "nonfinite"
     assert _error('{"x": 1e999}', allow_nonfinite=True).kind == "nonfinite"
+
+
+@pytest.mark.parametrize("text", [b'{"a" :1,"a":2}', b'{"a":1,"a":2,"b" :3}', b'{"a":1,"a":":x"}',
+                                  b'{"x":{"a" : 1},"y":{"k":1,"k":2,"z"\n:0}}'])
+def test_duplicate_keys_are_found_whatever_the_spacing_around_colons(text):
+    """The duplicate-key shortcut counts ``":`` against the keys parsed; a key spaced from its
+    colon (legal JSON) must not let a duplicate elsewhere pass."""
+    with pytest.raises(JsonError) as caught:
+        loads_strict(text)
+    assert caught.value.kind == "duplicate_key"

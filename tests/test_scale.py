@@ -251,3 +251,25 @@ def test_unknown_model_type_is_said_without_building_a_reference(tmp_path, auto_
     if auto_map:
         want += " and the folder's own code (auto_map) is only used with --trust-remote-code"
     assert want in found["HFC609"]["message"]
+
+
+def test_a_tensor_kept_in_float32_does_not_decide_the_dominant_dtype(tmp_path):
+    """HFC605 counts only the tensors not kept in float32 whatever torch_dtype says: with one
+    BF16 and one F32 weight left, BF16 (first seen) is the dominant dtype and the F32 one is
+    reported, even when a kept-in-float32 F32 tensor comes first."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(_llama(1) | {"torch_dtype": "bfloat16"}))
+    header: dict[str, object] = {}
+    offset = 0
+    for name, dtype, size in [("model.layers.0.mlp.gate.e_score_correction_bias", "F32", 4),
+                              ("model.layers.0.input_layernorm.weight", "BF16", 2),
+                              ("model.layers.0.post_attention_layernorm.weight", "F32", 4)]:
+        header[name] = {"dtype": dtype, "shape": [4], "data_offsets": [offset, offset + 4 * size]}
+        offset += 4 * size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
+    _status, findings = _validate(folder)
+    found = [f for f in findings if f["code"] == "HFC605"]
+    assert len(found) == 1 and found[0]["message"].startswith("1 of 2 tensors are F32"), findings

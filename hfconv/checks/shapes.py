@@ -365,10 +365,24 @@ def _generated(contents: FolderContents, config: Mapping[str, Any]) -> ExpectedM
     expected = generated_expected(config)
     if expected is None:
         return None
-    if not compare(expected, contents.loaded_shapes).clean and \
+    actual: Mapping[str, tuple[int, ...]] = contents.loaded_shapes
+    scheme = _scheme_or_none(config.get("quantization_config"))
+    if scheme is not None:  # quantized (gpt-oss MXFP4): compared as the unquantized model stores it
+        view = quantized_view(scheme, contents.loaded_tensors, expected_shapes(expected, config),
+                              _quant_states(contents, scheme))
+        actual = view.logical if view.modules and not view.issues else {}
+    if not compare(expected, actual).clean and \
             ref.transformers_available():
         return None
     return expected
+
+
+def _scheme_or_none(quant: Any) -> Scheme | None:
+    try:
+        found = scheme_of(quant) if quant else None
+    except SchemeError:
+        return None
+    return found if isinstance(found, Scheme) else None
 
 
 def _all_shards_read(contents: FolderContents) -> bool:
@@ -536,9 +550,9 @@ def _check_dtypes(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Iter
     # Counted in C (100,000s of tensors in the largest folders): every dtype, less the tensors kept
     # in float32 whatever torch_dtype says.
     metas = tensors.values()
-    stored = Counter(map(_DTYPE, metas))
-    stored.subtract(map(_DTYPE, itertools.compress(metas, map(str.endswith, tensors, itertools.repeat(_KEPT_IN_FP32)))))
-    stored = Counter({dtype: n for dtype, n in stored.items() if dtype in FLOAT_DTYPES and n > 0})
+    kept = map(operator.not_, map(str.endswith, tensors, itertools.repeat(_KEPT_IN_FP32)))
+    stored = Counter(map(_DTYPE, itertools.compress(metas, kept)))  # in order: ties go to the first seen
+    stored = Counter({dtype: n for dtype, n in stored.items() if dtype in FLOAT_DTYPES})
     if not stored or stored.most_common(1)[0][0] != want:
         return
     floats = stored.total()
