@@ -109,3 +109,71 @@ def test_link_refuses_a_taken_name_and_a_symlink_source_in_process(tmp_path: Pat
     ops.link("a.safetensors", "e.safetensors")  # the ordinary case: a hard link
     assert (folder / "e.safetensors").stat().st_ino == (folder / "a.safetensors").stat().st_ino
     ops.link("a.safetensors", "e.safetensors")  # linked already (a killed run): nothing to do
+
+
+# --- 2. validate --manifest: tensors read with pread ---------------------------------------------
+
+def _model_with_manifest(tmp_path: Path, big_elements: int) -> tuple[Path, Path]:
+    """A safetensors folder written by safetensors (``big.weight`` of ``big_elements`` float32 and a
+    small tensor after it) and a manifest of its tensors' digests."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "llama-safetensors" / "config.json", folder / "config.json")
+    tensors = {"big.weight": np.arange(big_elements, dtype=np.float32), "small.weight": np.ones(8, dtype=np.float32)}
+    save_file(tensors, str(folder / "model.safetensors"))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"format": "hfconv-manifest/1", "tensors": {
+        name: {"dtype": "F32", "shape": list(array.shape), "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
+        for name, array in tensors.items()}}))
+    return folder, manifest
+
+
+# Validates against the manifest in process, truncating the file once the hash of the big tensor has
+# its first chunk (a C-level call observed with sys.setprofile, nothing replaced): the next chunk is
+# then past the file's end, the truncation a download or a sync makes while validate runs.
+_TRUNCATE_WHILE_HASHING = """
+import json, os, sys
+from hfconv import validate
+folder, manifest, victim = sys.argv[1:4]
+cut = [False]
+def profile(frame, event, arg):
+    if event == "c_call" and not cut[0] and getattr(arg, "__name__", "") == "update" and \\
+            frame.f_code.co_name == "tensor_sha256":
+        cut[0] = True
+        os.truncate(victim, 4096)
+sys.setprofile(profile)
+report = validate(folder, manifest=manifest)
+sys.setprofile(None)
+print(json.dumps({"cut": cut[0], "matched": report.manifest_matched,
+                  "findings": [[f.code, f.file, f.tensor, f.message] for f in report.findings]}))
+"""
+
+
+def test_manifest_hash_of_a_file_truncated_while_read_is_a_finding_not_sigbus(tmp_path: Path) -> None:
+    folder, manifest = _model_with_manifest(tmp_path, 5 << 20)  # 20 MiB: more than one chunk (mapped: 16 MiB)
+    proc = subprocess.run([sys.executable, "-c", _TRUNCATE_WHILE_HASHING, str(folder), str(manifest),
+                           str(folder / "model.safetensors")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != -signal.SIGBUS, "validate --manifest was killed by SIGBUS reading a truncated file"
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["cut"] and not out["matched"]
+    hits = {f[2]: f for f in out["findings"] if f[0] == "HFC721"}
+    assert hits["big.weight"][1] == "model.safetensors", out
+    assert "model.safetensors: reading 'big.weight' failed: file ended" in hits["big.weight"][3]
+    assert "does not fit the file" in hits["small.weight"][3]  # its bytes are gone too
+
+
+def test_manifest_of_a_file_whose_header_says_more_bytes_than_it_has(tmp_path: Path) -> None:
+    """Cut before validate runs: the reader says so (HFC110, the file named) and the manifest's tensors
+    are not in the weights (HFC722), each named; no tensor is read past the end."""
+    folder, manifest = _model_with_manifest(tmp_path, 1 << 10)
+    shard = folder / "model.safetensors"
+    os.truncate(shard, shard.stat().st_size - 100)
+    done = run("validate", str(folder), "--manifest", str(manifest), "--format", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = {(f["code"], f.get("file"), f.get("tensor")) for f in json.loads(done.stdout)["findings"]}
+    assert ("HFC110", "model.safetensors", "small.weight") in found, found
+    assert {("HFC722", None, "big.weight"), ("HFC722", None, "small.weight")} <= found, found
