@@ -205,7 +205,7 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
             condition_key = (rule.when, rule.optional, *((placeholders[k], values[k]) for k in condition_at))
             if condition_key not in conditions:
                 exists = rule.when is None or bool(scope.evaluate(rule.when, local).value)
-                optional = rule.optional is not None and bool(scope.evaluate(rule.optional, local).value)
+                optional = exists and rule.optional is not None and bool(scope.evaluate(rule.optional, local).value)
                 conditions[condition_key] = (exists, optional)
             exists, optional = conditions[condition_key]
             if not exists:
