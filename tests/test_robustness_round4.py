@@ -177,3 +177,39 @@ def test_manifest_of_a_file_whose_header_says_more_bytes_than_it_has(tmp_path: P
     found = {(f["code"], f.get("file"), f.get("tensor")) for f in json.loads(done.stdout)["findings"]}
     assert ("HFC110", "model.safetensors", "small.weight") in found, found
     assert {("HFC722", None, "big.weight"), ("HFC722", None, "small.weight")} <= found, found
+
+
+# --- 4. compressed-tensors with one weight scheme: ``ignore`` matched as compressed-tensors does ----
+
+def _ct_with_ignore(tmp_path: Path, name: str, ignore: list[str]) -> Path:
+    """The committed compressed-tensors W8A8 folder (one config group, every Linear but lm_head
+    quantized), its quantization_config's ignore list replaced."""
+    folder = tmp_path / name
+    shutil.copytree(FIXTURES / "quantized" / "llama-ct-w8a8", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"]["ignore"] = ignore
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def test_single_group_compressed_tensors_ignore_matches_re_patterns(tmp_path: Path) -> None:
+    """A ``re:`` ignore entry naming a module stored quantized: HFC623 (the multi-group path said so,
+    the single-group one only matched plain names)."""
+    folder = _ct_with_ignore(tmp_path, "re-ignore", ["lm_head", r"re:.*layers\.0\.mlp\.down_proj$"])
+    done = run("validate", str(folder), "--format", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    hits = [(f["file"], f["tensor"]) for f in json.loads(done.stdout)["findings"] if f["code"] == "HFC623"]
+    assert hits == [("model.safetensors", "model.layers.0.mlp.down_proj.weight")], done.stdout
+
+
+def test_single_group_compressed_tensors_ignore_good_and_hostile_entries(tmp_path: Path) -> None:
+    """No false alarm: a pattern matching only the unquantized lm_head, a plain name compressed-tensors
+    matches exactly (not as a suffix), and entries hfconv cannot match safely (a catastrophic pattern, an
+    invalid one, a class name) are left out of the check rather than run or crashed on."""
+    from hfconv import validate
+
+    for name, ignore in [("lm-head-pattern", [r"re:.*lm_head$"]), ("suffix", ["lm_head", "down_proj"]),
+                         ("hostile", ["lm_head", "re:(a+)+$", "re:[", "re:" + "a*" * 20, "Embedding"])]:
+        folder = _ct_with_ignore(tmp_path, name, ignore)
+        report = validate(folder)
+        assert not [f for f in report.findings if f.severity.value != "info"], (name, report.findings)

@@ -232,7 +232,10 @@ def _compressed_tensors(quant: Mapping[str, Any]) -> Scheme | Unchecked:
         return Unchecked("compressed-tensors", "a config group without weights")
     ignore = _names(quant, "ignore")
     if len({(s.label, s.layout, s.symmetric, s.block) for _, s in schemes}) == 1:
-        return dataclasses.replace(schemes[0][1], skip=ignore)
+        # One weight scheme: ``ignore`` only says which modules stay unquantized (HFC623), matched
+        # as compressed-tensors matches it (:func:`_ct_matches`); an entry hfconv cannot match safely
+        # (a pattern too complex or invalid, a class name) is left out of that check.
+        return dataclasses.replace(schemes[0][1], skip=tuple(t for t in ignore if not _ct_target_problem(t)))
     # Several weight schemes: each module's is its group's, matched as compressed-tensors does.
     for targets, _ in schemes:
         for target in (*targets, *ignore):
@@ -932,7 +935,7 @@ def _check_compressed_one(view: QuantView, stem: str, parts: Mapping[str, Stored
             scheme.layout == "float-quantized" else frozenset({"I8"}) | _FP8
         _dtype_in(view, name, weight, allowed, f"a {scheme.layout} weight")
         derived = _matrix(weight)
-    if skipped(stem, scheme.skip):
+    if any(_ct_matches(stem, t) for t in scheme.skip):
         _issue(view, "HFC623", name, f"{name} is quantized ({scheme.label}) but quantization_config ignores {stem}: "
                "loaders build it unquantized")
     scale = _need(view, stem, parts, "weight_scale")
