@@ -19,6 +19,7 @@ Run it after upgrading transformers, then run the tests and ``benchmarks/sweep_a
 
     python benchmarks/generate_rule_tables.py                 # every family below
     python benchmarks/generate_rule_tables.py vit camembert   # only these (merged into the file)
+    python benchmarks/generate_rule_tables.py --output /tmp/rules.json   # elsewhere, then copy it over
 """
 
 from __future__ import annotations
@@ -57,10 +58,15 @@ MODEL_TYPES = (
     "cohere", "granite", "gemma3_text", "qwen3_moe", "deepseek_v3", "deepseek_v2", "xglm", "codegen", "biogpt",
     "ctrl", "persimmon", "nemotron", "helium", "glm", "exaone4", "smollm3", "ministral", "seed_oss", "olmoe",
     "granitemoe", "jetmoe", "dbrx", "arcee", "hunyuan_v1_dense", "qwen3_next", "openai-privacy-filter",
+    "gpt_oss", "cohere2", "glm4", "glm4_moe", "olmo3", "phimoe", "falcon_h1", "falcon_mamba", "mamba", "mamba2",
+    "ernie4_5", "ernie4_5_moe", "apertus", "lfm2", "minimax", "jamba", "granitemoehybrid", "llama4_text",
+    "gemma3n_text", "bitnet", "gpt_neox_japanese", "zamba2",
     # vision and audio
     "vit", "deit", "beit", "dinov2", "swin", "convnext", "resnet", "regnet", "mobilenet_v2", "efficientnet",
     "levit", "vit_mae", "yolos", "dinov2_with_registers", "wav2vec2", "hubert", "wavlm", "data2vec-audio",
     "unispeech", "unispeech-sat", "sew", "wav2vec2-conformer", "audio-spectrogram-transformer", "ast",
+    "dinov3_vit", "segformer", "layoutlmv3", "clip_text_model", "clip_vision_model", "siglip_text_model",
+    "siglip_vision_model",
 )
 
 HEADS = ("Model", "ForMaskedLM", "ForCausalLM", "ForConditionalGeneration", "ForSequenceClassification",
@@ -74,6 +80,15 @@ LAYER_FIELDS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "num_d
 BASE_LAYERS = 2
 SKIP_INT = re.compile(r"(_token_id|_token_index|_id|_idx|_ids|seed)$")
 MAX_FIELDS_PER_DIM = 3
+MAX_DROPPED = 2
+"""Most variants a class's fit leaves out (their fields become guards) before it gives up."""
+CENTRAL = frozenset(LAYER_FIELDS) | {"hidden_size", "d_model", "vocab_size", "intermediate_size", "num_attention_heads",
+                                     "num_key_value_heads", "head_dim", "num_local_experts", "num_experts"}
+"""Fields whose variant is left out last (a guard on one of them would make the table answer almost never)."""
+OPTIONAL_SIZES = {"head_dim": "hidden_size // num_attention_heads"}
+"""Sizes a config class may lack while its model reads them when config.json gives them
+(``getattr(config, "head_dim", hidden_size // num_attention_heads)``): fitted with the default
+the model computes, which the table derives where config.json leaves them out."""
 FAMILY_SECONDS = 180
 """A family whose variants take longer than this to build is left out (a run stays bounded)."""
 
@@ -85,6 +100,56 @@ NOT_STRUCTURAL = frozenset({
     "stage_names", "out_features", "out_indices",      # what a ...Backbone class returns (not generated)
 })
 """Fields that name no tensor: never guards, whatever their value (token ids are matched by SKIP_INT)."""
+
+
+_ACTIVATIONS = ("gelu", "silu", "relu", "gelu_pytorch_tanh")
+_ROPE_THETAS = (10000.0, 1000000.0)
+
+
+def probe_values(field_name: str, default: Any) -> list[Any]:
+    """Values other than the default that published configs give a field the generator does not
+    fit (an activation, the RoPE parameters, a sliding window): where every one that builds gives
+    the base tensors, the field is no guard (the table answers whatever its value)."""
+    if field_name in ("hidden_act", "hidden_activation", "activation_function") or field_name.endswith("_act"):
+        return [a for a in _ACTIVATIONS if a != default] if isinstance(default, str) else []
+    if field_name == "sliding_window":
+        return [v for v in (None, 4096, 32768) if v != default]
+    if field_name == "rope_parameters" and isinstance(default, dict):
+        if default and all(isinstance(v, dict) or v is None for v in default.values()):  # one per layer type
+            return [{k: {**v, "rope_theta": theta} if isinstance(v, dict) else v for k, v in default.items()}
+                    for theta in _ROPE_THETAS]
+        plain = {k: v for k, v in default.items() if k in ("rope_theta", "partial_rotary_factor")}
+        return [{**default, "rope_theta": theta} for theta in _ROPE_THETAS] + [
+            {**plain, "rope_type": "default", "rope_theta": 500000.0},
+            {**plain, "rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0},
+            {**plain, "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096,
+             "rope_theta": 150000.0}]
+    return []
+
+
+def per_layer_lists(defaults: Mapping[str, Any]) -> dict[str, str]:
+    """List fields with one entry per layer (``layer_types``) -> the layer-count field they follow:
+    config classes refuse a layer count their length does not match, so the generator resizes them
+    with the count, and the table checks their entries rather than the whole list."""
+    found: dict[str, str] = {}
+    for f, v in defaults.items():
+        if not isinstance(v, list) or not v or not all(isinstance(x, (str, int)) for x in v):
+            continue
+        for layers in LAYER_FIELDS:
+            count = defaults.get(layers)
+            if isinstance(count, int) and not isinstance(count, bool) and count == len(v):
+                found[f] = layers
+                break
+    return found
+
+
+def resized(config: Mapping[str, Any], lists: Mapping[str, str]) -> dict[str, Any]:
+    """``config`` with every per-layer list cut (or repeated) to its layer count."""
+    out = dict(config)
+    for f, layers in lists.items():
+        if isinstance(out.get(f), list) and out[f] and isinstance(out.get(layers), int):
+            out[f] = list(itertools.islice(itertools.cycle(out[f]), out[layers]))
+    return out
 
 
 def structural(field_name: str) -> bool:
@@ -192,6 +257,26 @@ def template(name: str, letters: Mapping[str, str]) -> tuple[str, tuple[int, ...
     return ".".join(out), tuple(values)
 
 
+def first_only(found: Mapping[str, tuple], letters: Mapping[str, str]) -> Iterable[tuple[str, tuple, bool]]:
+    """(template, shape, optional) of every tensor, the index kept literal where a tensor exists in
+    the first entry of a run only (T5's and WavLM's relative_attention_bias: block 0 alone)."""
+    placed = [(name, *template(name, letters), shape, optional) for name, (shape, optional) in found.items()]
+    last: dict[tuple[str, int], int] = {}
+    indices: dict[str, set[tuple[int, ...]]] = {}
+    for _, key, values, _, _ in placed:
+        indices.setdefault(key, set()).add(values)
+        for p, letter in enumerate(re.findall(r"\{(\w)\}", key)):
+            last[letter, p] = max(last.get((letter, p), 0), values[p])
+    for _, key, _, shape, optional in placed:
+        letters_in = re.findall(r"\{(\w)\}", key)
+        pinned = key
+        for p in reversed(range(len(letters_in))):
+            if all(v[p] == 0 for v in indices[key]) and last[letters_in[p], p] > 0:
+                at = [m.start() for m in re.finditer(r"\{\w\}", pinned)][p]
+                pinned = pinned[:at] + "0" + pinned[at + 3:]
+        yield pinned, shape, optional
+
+
 def candidates(fields: list[str], base: Mapping[str, int], v0: int) -> Iterable[str]:
     """Expressions over ``fields`` (those that move the value) worth trying, simplest first."""
     if not fields:
@@ -278,14 +363,18 @@ def fit_condition(observed: list[tuple[Mapping[str, int], bool]], fields: list[s
 # --- one class ------------------------------------------------------------------------------------
 
 def generate_class(folder: str, model_type: str, cls: str, base: dict[str, Any], ints: list[str],
-                   bools: list[str]) -> tuple[dict[str, Any] | None, set[str], str]:
-    """(the class's table, fields to guard, why not) for ``cls``."""
+                   bools: list[str], lists: Mapping[str, str] | None = None,
+                   probed: set[str] | None = None) -> tuple[dict[str, Any] | None, set[str], str]:
+    """(the class's table, fields to guard, why not) for ``cls``. ``probed`` collects the fields
+    that :func:`probe_values` (and the per-layer ``lists``) showed change no tensor."""
+    lists = lists or {}
     built = build(folder, model_type, cls, base)
     if built is None:
         return None, set(), "the base config does not build"
     state, prefix, extras = built
     guards: set[str] = set()
     variants: list[tuple[dict[str, Any], dict[str, tuple]]] = [(base, state)]
+    variant_fields = [""]  # the field each variant doubled
     fitted_fields: list[str] = []
     labels = base.get("id2label")
     for f in ints:
@@ -294,16 +383,35 @@ def generate_class(folder: str, model_type: str, cls: str, base: dict[str, Any],
         if f == "num_labels":
             changed = {**base, "id2label": {str(i): f"LABEL_{i}" for i in range(changed[f])}}
             changed.pop("label2id", None)
+        changed = resized(changed, lists)
         other = build(folder, model_type, cls, changed)
         if other is None:
             guards.add(f)  # cannot be probed: the table answers only for the default
             continue
         if other[0] != state:
             variants.append((changed, other[0]))
+            variant_fields.append(f)
             fitted_fields.append(f)
     for f in bools:
         other = build(folder, model_type, cls, {**base, f: not base[f]})
         if other is None or other[0] != state:
+            guards.add(f)
+    for f, default in base.items():  # unfitted fields published configs vary: no guard where no value moves a tensor
+        tried = [build(folder, model_type, cls, {**base, f: v}) for v in probe_values(f, default)]
+        if not tried:
+            continue
+        if any(t is not None for t in tried) and all(t is None or t[0] == state for t in tried):
+            if probed is not None:
+                probed.add(f)
+        else:
+            guards.add(f)
+    for f in lists:  # every layer the same kind, for each kind the default uses
+        kinds = list(dict.fromkeys(base[f]))
+        tried = [build(folder, model_type, cls, {**base, f: [k] * len(base[f])}) for k in kinds]
+        if all(t is not None and t[0] == state for t in tried):
+            if probed is not None:
+                probed.add(f)
+        else:
             guards.add(f)
 
     def numbers(config: Mapping[str, Any]) -> dict[str, int]:
@@ -312,71 +420,89 @@ def generate_class(folder: str, model_type: str, cls: str, base: dict[str, Any],
         values["num_labels"] = len(id2label) if isinstance(id2label, dict) and id2label else 2
         return values
 
-    observations = [(numbers(config), found) for config, found in variants]
-    # 1. Numbered runs: those whose length follows a field get a placeholder.
-    base_runs = runs(state)
-    letters: dict[str, str] = {}
-    ranges: dict[str, str] = {}
-    pool = iter("ijklmnopqrstuvwxyzabcdefgh")
-    for stem in sorted(base_runs, key=len):
-        counts = []
-        for values, found in observations:
-            indices = runs(found).get(stem, set())
-            if indices != set(range(len(indices))):
-                return None, guards, f"{stem} is not numbered 0..n-1"
-            counts.append((values, len(indices)))
-        moved = [f for f in fitted_fields if any(c != counts[0][1] for v, c in counts if v[f] != counts[0][0][f])]
-        if not moved:
-            continue  # a fixed run (T5's layer.0 / layer.1): literal names
-        expr = fit(counts, moved[:MAX_FIELDS_PER_DIM])
-        if expr is None:
-            return None, guards, f"the length of {stem} fits no expression of {moved}"
-        letters[stem] = next(pool)
-        ranges[letters[stem]] = expr
-    # 2. Every tensor: its template, then each dimension's expression.
-    templates: dict[str, list[tuple[dict[str, int], tuple[int, ...], bool]]] = {}
-    for values, found in observations:
-        seen: dict[str, tuple] = {}
-        for name, (shape, optional) in found.items():
-            key, _ = template(name, letters)
-            if key in seen and seen[key] != (shape, optional):
-                return None, guards, f"{key} differs between layers"
-            seen[key] = (shape, optional)
-        for key, (shape, optional) in seen.items():
-            templates.setdefault(key, []).append((values, shape, optional))
-    rules = []
-    for key, seen_shapes in templates.items():
-        when = None
-        if len(seen_shapes) != len(observations):  # ELECTRA's embeddings_project: when sizes differ
-            present = {id(values) for values, _, _ in seen_shapes}
-            when = fit_condition([(values, id(values) in present) for values, _ in observations], ints)
-            if when is None:
-                return None, guards, f"{key} exists in some variants only"
-        ref_values, shape0, optional0 = seen_shapes[0]
-        if any(len(s) != len(shape0) or o != optional0 for _, s, o in seen_shapes):
-            return None, guards, f"{key} changes rank or optionality"
-        dims = []
-        for d in range(len(shape0)):
-            observed = [(values, s[d]) for values, s, _ in seen_shapes]
-            moved = [f for f in fitted_fields if any(v != shape0[d] for values, v in observed
-                                                      if values[f] != ref_values[f])]
-            if len(moved) > MAX_FIELDS_PER_DIM:
-                return None, guards, f"{key} dim {d} moves with {moved}"
-            expr = fit(observed, moved)
+    def fit_variants(kept: list[tuple[dict[str, Any], dict[str, tuple]]]) -> tuple[dict[str, Any] | None, str]:
+        """The table fitted to ``kept`` (the base first), checked by re-expansion, or why not."""
+        observations = [(numbers(config), found) for config, found in kept]
+        # 1. Numbered runs: those whose length follows a field get a placeholder.
+        base_runs = runs(state)
+        letters: dict[str, str] = {}
+        ranges: dict[str, str] = {}
+        pool = iter("ijklmnopqrstuvwxyzabcdefgh")
+        for stem in sorted(base_runs, key=len):
+            counts = []
+            for values, found in observations:
+                indices = runs(found).get(stem, set())
+                if indices != set(range(len(indices))):
+                    return None, f"{stem} is not numbered 0..n-1"
+                counts.append((values, len(indices)))
+            moved = [f for f in fitted_fields if any(c != counts[0][1] for v, c in counts if v[f] != counts[0][0][f])]
+            if not moved:
+                continue  # a fixed run (T5's layer.0 / layer.1): literal names
+            expr = fit(counts, moved[:MAX_FIELDS_PER_DIM])
             if expr is None:
-                return None, guards, f"{key} dim {d} fits no expression of {moved}"
-            dims.append(expr)
-        rules.append([key, dims, optional0] + ([when] if when else []))
-    rules.sort(key=lambda r: natural_key(r[0]))
-    table = {"ranges": ranges, "rules": rules, "extras": list(extras), "prefix": prefix}
-    # 3. Check: the table, expanded by hfconv's evaluator, gives back every variant exactly.
-    for values, found in observations:
-        expanded = expand(model_type, cls, table, values)
-        want = {n: (tuple(s), o) for n, (s, o) in found.items()}
-        if expanded != want:
-            diff = sorted(set(expanded.items()) ^ set(want.items()))[:3]
-            return None, guards, f"the fitted table does not give the variant back: {diff}"
-    return table, guards, ""
+                return None, f"the length of {stem} fits no expression of {moved}"
+            letters[stem] = next(pool)
+            ranges[letters[stem]] = expr
+        # 2. Every tensor: its template, then each dimension's expression.
+        templates: dict[str, list[tuple[dict[str, int], tuple[int, ...], bool]]] = {}
+        for values, found in observations:
+            seen: dict[str, tuple] = {}
+            for key, shape, optional in first_only(found, letters):
+                if key in seen and seen[key] != (shape, optional):
+                    return None, f"{key} differs between layers"
+                seen[key] = (shape, optional)
+            for key, (shape, optional) in seen.items():
+                templates.setdefault(key, []).append((values, shape, optional))
+        rules = []
+        for key, seen_shapes in templates.items():
+            when = None
+            if len(seen_shapes) != len(observations):  # ELECTRA's embeddings_project: when sizes differ
+                present = {id(values) for values, _, _ in seen_shapes}
+                when = fit_condition([(values, id(values) in present) for values, _ in observations], ints)
+                if when is None:
+                    return None, f"{key} exists in some variants only"
+            ref_values, shape0, optional0 = seen_shapes[0]
+            if any(len(s) != len(shape0) or o != optional0 for _, s, o in seen_shapes):
+                return None, f"{key} changes rank or optionality"
+            dims = []
+            for d in range(len(shape0)):
+                observed = [(values, s[d]) for values, s, _ in seen_shapes]
+                moved = [f for f in fitted_fields if any(v != shape0[d] for values, v in observed
+                                                          if values[f] != ref_values[f])]
+                if len(moved) > MAX_FIELDS_PER_DIM:
+                    return None, f"{key} dim {d} moves with {moved}"
+                expr = fit(observed, moved)
+                if expr is None:
+                    return None, f"{key} dim {d} fits no expression of {moved}"
+                dims.append(expr)
+            rules.append([key, dims, optional0] + ([when] if when else []))
+        rules.sort(key=lambda r: natural_key(r[0]))
+        table = {"ranges": ranges, "rules": rules, "extras": list(extras), "prefix": prefix}
+        # 3. Check: the table, expanded by hfconv's evaluator, gives back every variant exactly.
+        for values, found in observations:
+            expanded = expand(model_type, cls, table, values)
+            want = {n: (tuple(s), o) for n, (s, o) in found.items()}
+            if expanded != want:
+                diff = sorted(set(expanded.items()) ^ set(want.items()))[:3]
+                return None, f"the fitted table does not give the variant back: {diff}"
+        return table, ""
+
+    table, why = fit_variants(variants)
+    dropped = 0
+    while table is None and dropped < MAX_DROPPED and len(variants) > 1:
+        # A field the table language cannot follow (Qwen3-MoE's decoder_sparse_step: which layers
+        # hold experts): without its variant the rest may fit, and the field becomes a guard.
+        for k in sorted(range(1, len(variants)), key=lambda k: variant_fields[k] in CENTRAL):
+            retry, _ = fit_variants(variants[:k] + variants[k + 1:])
+            if retry is not None:
+                guards.add(variant_fields[k])
+                variants = variants[:k] + variants[k + 1:]
+                table = retry
+                break
+        else:
+            break
+        dropped += 1
+    return table, guards, why if table is None else ""
 
 
 def expand(model_type: str, cls: str, table: Mapping[str, Any], values: Mapping[str, int]) -> dict[str, tuple]:
@@ -404,19 +530,28 @@ def generate_family(transformers: Any, folder: str, model_type: str) -> tuple[di
            for k, v in defaults.items()):
         return None, [f"{model_type}: nested sub-configs are not generated"]
     base = dict(defaults)
+    lists = per_layer_lists(defaults)
     for f in LAYER_FIELDS:
         if isinstance(base.get(f), int) and not isinstance(base[f], bool) and base[f] > BASE_LAYERS:
             base[f] = BASE_LAYERS
+    base = resized(base, lists)
     ints = [f for f, v in base.items() if isinstance(v, int) and not isinstance(v, bool) and not SKIP_INT.search(f)
             and not is_metadata(f) and 0 < v <= 1_000_000]
+    derived = derived_fields(transformers, model_type, defaults, list(ints))
+    for f, expr in OPTIONAL_SIZES.items():  # Qwen3-MoE's head_dim: absent from the class, read when given
+        value = evaluate(expr, {k: v for k, v in defaults.items() if isinstance(v, int) and not isinstance(v, bool)})
+        if f not in defaults and value:
+            base[f] = value
+            ints.append(f)
+            derived[f] = expr
     ints.append("num_labels")
     bools = [f for f, v in base.items() if isinstance(v, bool) and not is_metadata(f)]
-    derived = derived_fields(transformers, model_type, defaults, [f for f in ints if f != "num_labels"])
     classes: dict[str, Any] = {}
     guards: set[str] = set()
+    probed: set[str] = set()
     for cls in classes_of(transformers, model_type):
         start = time.monotonic()
-        table, cls_guards, why = generate_class(folder, model_type, cls, base, ints, bools)
+        table, cls_guards, why = generate_class(folder, model_type, cls, base, ints, bools, lists, probed)
         if table is None:
             log.append(f"{model_type}: {cls}: not generated ({why})")
             continue
@@ -428,10 +563,12 @@ def generate_family(transformers: Any, folder: str, model_type: str) -> tuple[di
     used = {name for t in classes.values() for r in t["rules"] for d in [*r[1], *r[3:]]
             for name in re.findall(r"[a-z_]\w*", d)}
     used |= {name for t in classes.values() for e in t["ranges"].values() for name in re.findall(r"[a-z_]\w*", e)}
+    probed -= guards  # a field one class's tensors follow is a guard for the family
     guard_values = {f: defaults.get(f) for f in sorted(guards) if structural(f)}
-    # Strings, lists and nested values were not varied: the table answers only for their defaults.
+    # Strings, lists and nested values not probed: the table answers only for their defaults.
     for f, v in defaults.items():
-        if is_metadata(f) or f in used or isinstance(v, (bool, float)) or not structural(f):
+        if is_metadata(f) or f in used or f in probed or f in lists or isinstance(v, (bool, float)) or \
+                not structural(f):
             continue
         if isinstance(v, int) and f not in guards:
             continue  # an integer that moved nothing (token ids, positions the model does not store)
@@ -447,6 +584,9 @@ def generate_family(transformers: Any, folder: str, model_type: str) -> tuple[di
         "derived": formulas,
         "aliases": {a: r for a, r in aliases.items() if r in used},
         "guards": guard_values,
+        # a per-layer list the table answers for when every entry is a kind the default has and
+        # that kind changes no tensor (a list whose kinds do change them is not answered at all)
+        "per_layer": {f: sorted(set(defaults[f]), key=str) for f in sorted(lists) if f in probed},
         "classes": classes,
     }
     return entry, log
@@ -455,7 +595,12 @@ def generate_family(transformers: Any, folder: str, model_type: str) -> tuple[di
 def main(argv: list[str]) -> int:
     import transformers
 
+    global OUT
     transformers.logging.set_verbosity_error()
+    if "--output" in argv:  # write elsewhere (a full run leaves the package's file whole meanwhile)
+        at = argv.index("--output")
+        OUT = Path(argv[at + 1]).resolve()
+        argv = argv[:at] + argv[at + 2:]
     wanted = argv or list(MODEL_TYPES)
     document = json.loads(OUT.read_text()) if argv and OUT.exists() else {"families": {}}
     document["transformers"] = transformers.__version__

@@ -148,3 +148,73 @@ def test_table_answers_only_for_configs_like_those_it_was_fitted_on(saved: Path)
     assert generated_expected({**camembert, "add_cross_attention": True}) is None
     # A size the class derives when absent (ViT's pooler_output_size = hidden_size) is derived.
     assert generated_expected({k: v for k, v in vit.items() if k != "pooler_output_size"}) is not None
+
+
+# --- gpt-oss (MXFP4 on the Hub) and the fields probed rather than guarded -------------------------
+
+GPT_OSS = Path(__file__).resolve().parent.parent / "fixtures" / "quantized" / "gpt_oss-mxfp4"
+
+
+class _Header:
+    def __init__(self, dtype: str, shape: list[int]) -> None:
+        self.dtype, self.shape = dtype, tuple(shape)
+
+
+def _headers(folder: Path) -> dict[str, _Header]:
+    with safe_open(str(folder / "model.safetensors"), "np") as handle:
+        return {name: _Header(handle.get_slice(name).get_dtype(), handle.get_slice(name).get_shape())
+                for name in handle.keys()}
+
+
+def _logical(config: dict, headers: dict[str, _Header]) -> dict[str, tuple[int, ...]]:
+    """The stored tensors as the unquantized model holds them (hfconv's MXFP4 layout)."""
+    from hfconv.rules.quantized import Scheme, expected_shapes, quantized_view, scheme_of
+
+    scheme = scheme_of(config["quantization_config"])
+    assert isinstance(scheme, Scheme)
+    expected = generated_expected(config)
+    view = quantized_view(scheme, headers, expected_shapes(expected, config))
+    assert not view.issues, view.issues
+    return dict(view.logical)
+
+
+def test_gpt_oss_mxfp4_validates_without_transformers(tmp_path: Path) -> None:
+    """gpt-oss (MXFP4, written by transformers): validate --reference auto takes its table, with
+    no transformers import and no reference subprocess (before: ~4-11 s building the reference),
+    and finds no shape problem."""
+    assert "gpt_oss" in generated_families()
+    status, out, state = hfconv_validate(GPT_OSS, tmp_path)
+    assert status == 0 and "OK: 0 error(s), 0 warning(s)" in out, out
+    assert not any(f"HFC6{n:02d}" in out for n in range(100)), out  # no shape or quantization finding
+    assert state == {"spawned": [], "transformers": False, "torch": False}, state
+
+
+def test_gpt_oss_table_matches_and_catches_broken_copies() -> None:
+    """The table expects exactly the fixture's tensors (through the MXFP4 view); a transposed
+    attention weight, a wrong expert count and an expert weight of the wrong width are mismatches."""
+    config = config_of(GPT_OSS)
+    headers = _headers(GPT_OSS)
+    expected = generated_expected(config)
+    assert expected is not None and expected.source.startswith("rules generated from transformers")
+    result = compare(expected, _logical(config, headers))
+    assert result.clean and result.matched == len(expected.tensors), result
+    broken = dict(headers)
+    k = "model.layers.1.self_attn.k_proj.weight"
+    broken[k] = _Header("BF16", list(reversed(headers[k].shape)))
+    for name in ("down_proj_blocks", "down_proj_scales"):  # expert 4 of 5: both parts, consistently
+        stored = headers[f"model.layers.0.mlp.experts.{name}"]
+        broken[f"model.layers.0.mlp.experts.{name}"] = _Header("U8", [5, *stored.shape[1:]])
+    result = compare(expected, _logical(config, broken))
+    assert sorted(m.name for m in result.mismatched) == sorted([k, "model.layers.0.mlp.experts.down_proj"]), result
+
+
+def test_probed_fields_are_no_guards() -> None:
+    """Activations, RoPE parameters, the sliding window and each probed kind of layer change no
+    gpt-oss tensor: a config that sets them otherwise is still answered; a kind of layer not
+    probed, or a guarded boolean changed, is not (the transformers reference decides)."""
+    config = config_of(GPT_OSS)
+    assert generated_expected({**config, "hidden_act": "gelu", "sliding_window": 4096,
+                               "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+                               "layer_types": ["full_attention", "full_attention"]}) is not None
+    assert generated_expected({**config, "layer_types": ["linear_attention", "full_attention"]}) is None
+    assert generated_expected({**config, "attention_bias": False}) is None

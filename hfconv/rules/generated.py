@@ -18,7 +18,11 @@ returns None (the caller falls back to the transformers reference) when:
   built) differs from the class default it was generated with;
 - a size is absent from config.json while the class derives its default from other fields in
   a way no expression fitted (where one did, ``pooler_output_size = hidden_size``, it is used);
+- a per-layer list (``layer_types``) names a kind of layer the generator did not probe;
 - a field and its alias (``attribute_map``) disagree, or a value is unusable.
+
+Fields the generator probed with the values published configs give them (activations, RoPE
+parameters, a sliding window, each kind of layer) and found to change no tensor are no guards.
 """
 
 from __future__ import annotations
@@ -130,6 +134,11 @@ def resolved_config(config: Mapping[str, Any], entry: Mapping[str, Any]) -> dict
         if value is None and default is not None:
             continue  # absent or null: the class default
         if value != default and not (default is None and isinstance(value, float)):
+            return None
+    for field_name, kinds in entry.get("per_layer", {}).items():  # layer_types: each entry a kind probed
+        value = resolved.get(field_name)
+        if value is not None and not (isinstance(value, list) and all(
+                isinstance(kind, (str, int)) and not isinstance(kind, bool) and kind in kinds for kind in value)):
             return None
     return resolved
 
