@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -85,3 +90,36 @@ def mixed_state() -> dict:
         "model.layers.0.bytes": torch.arange(4, dtype=torch.uint8),
         "model.layers.0.c64": torch.randn(3, generator=generator, dtype=torch.complex64),
     }
+
+
+QUANTIZED = FIXTURES / "quantized"
+"""Tiny quantized folders, each written by its scheme's library (fixtures/make_quantized_fixtures.py)."""
+
+
+def validate_many(folders: list[Path], *args: str) -> dict[str, list[dict]]:
+    """Folder name -> findings of one ``hfconv validate --format json`` run over ``folders``."""
+    proc = subprocess.run([sys.executable, "-m", "hfconv", "validate", *map(str, folders), "--format", "json", *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = json.loads(proc.stdout)
+    return {Path(r["path"]).name: r["findings"] for r in (data if isinstance(data, list) else [data])}
+
+
+def copy_quantized(tmp: Path, fixture: str, name: str, change: Callable[[dict], None] | None = None,
+                   edit_quant: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """A copy of ``QUANTIZED / fixture`` at ``tmp / name``: ``change`` edits its tensors (read and
+    written back with safetensors), ``edit_quant`` its config's quantization_config."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp / name
+    shutil.copytree(QUANTIZED / fixture, out)
+    if change is not None:
+        tensors = load_file(out / "model.safetensors")
+        change(tensors)
+        save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    if edit_quant is not None:
+        config = json.loads((out / "config.json").read_text())
+        edit_quant(config.setdefault("quantization_config", {}))
+        (out / "config.json").write_text(json.dumps(config))
+    return out

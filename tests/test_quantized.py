@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from helpers import copy_quantized, validate_many
 
 ROOT = Path(__file__).resolve().parent.parent
 QUANTIZED = ROOT / "fixtures" / "quantized"
@@ -115,28 +114,10 @@ here), so test_quantized_schemes2 checks it with --reference rules (config.json'
 SHAPE_CODES = ("HFC6",)
 
 
-def _validate(folders: list[Path], *args: str) -> dict[str, list[dict]]:
-    proc = subprocess.run([sys.executable, "-m", "hfconv", "validate", *map(str, folders), "--format", "json", *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode in (0, 1), proc.stderr
-    assert "Traceback" not in proc.stderr
-    data = json.loads(proc.stdout)
-    return {Path(r["path"]).name: r["findings"] for r in (data if isinstance(data, list) else [data])}
-
-
 def _copy(tmp: Path, folder: str, name: str, change: Callable[[Tensors], None] | None = None,
           quant: dict | None = None) -> Path:
-    out = tmp / name
-    shutil.copytree(QUANTIZED / folder, out)
-    if change is not None:
-        tensors = load_file(out / "model.safetensors")
-        change(tensors)
-        save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    if quant is not None:
-        config = json.loads((out / "config.json").read_text())
-        config["quantization_config"] = quant
-        (out / "config.json").write_text(json.dumps(config))
-    return out
+    """A copy with ``change`` applied to its tensors, and ``quant`` as its quantization_config."""
+    return copy_quantized(tmp, folder, name, change, None if quant is None else lambda q: (q.clear(), q.update(quant)))
 
 
 def _plain_extra_layer(t: Tensors) -> None:
@@ -185,7 +166,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
             folders.append(_copy(tmp, folder, f"{folder}--{defect}", change))
     for name, (folder, change, quant) in EXTRA.items():
         folders.append(_copy(tmp, folder, name, change, quant))
-    return _validate(folders)
+    return validate_many(folders)
 
 
 @pytest.mark.parametrize("folder", GOOD)
@@ -264,7 +245,7 @@ def test_deepseek_v3_fp8_fixture_is_the_published_layout() -> None:
 def test_transformers_reference_checks_quantized_folders_too(transformers: object, tmp_path: Path) -> None:
     """--reference transformers: transformers' own model gives the shapes, the scheme maps them."""
     folder = _copy(tmp_path, "llama-gptq", "gptq-transposed", BROKEN["llama-gptq"]["transposed"][0])
-    found = _validate([folder], "--reference", "transformers")["gptq-transposed"]
+    found = validate_many([folder], "--reference", "transformers")["gptq-transposed"]
     errors = [f for f in found if f["severity"] == "error"]
     assert [f["code"] for f in errors] == ["HFC601"], found
     assert "(per transformers " in errors[0]["message"] and errors[0]["tensor"] == DOWN + "qweight"
@@ -282,7 +263,7 @@ def test_bnb_4bit_transposed_weight_is_caught_by_its_quant_state_with_deep(tmp_p
     """The packed bytes cannot tell; the quant state (tensor bytes, so read with --deep) can."""
     folder = _copy(tmp_path, "llama-bnb-4bit", "bnb4-transposed", _bnb4_state_transposed)
     good = QUANTIZED / "llama-bnb-4bit"
-    found = _validate([folder, good], "--deep")
+    found = validate_many([folder, good], "--deep")
     errors = [f for f in found["bnb4-transposed"] if f["severity"] == "error"]
     assert [f["code"] for f in errors] == ["HFC601"], found
     assert errors[0]["tensor"] == DOWN + "weight.quant_state.bitsandbytes__nf4"

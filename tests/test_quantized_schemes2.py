@@ -10,7 +10,6 @@ the CLI in one subprocess (``hfconv validate A B C ... --format json``).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,14 +19,13 @@ from typing import Any, NamedTuple
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from hfconv.readers.quant_state import MAX_STATE_BYTES, parse_quant_state
 from hfconv.rules.expected import expected_tensors
 from hfconv.rules.quantized import Scheme, ct_group_of, expected_shapes, quantized_view, scheme_of
 from hfconv.tensors import TensorMeta
 
-from helpers import ROOT
+from helpers import ROOT, copy_quantized
 
 QUANTIZED = ROOT / "fixtures" / "quantized"
 Tensors = dict[str, torch.Tensor]
@@ -128,26 +126,11 @@ CASES: dict[str, tuple[str, Callable[[Tensors], None] | None, Callable[[dict[str
 }
 
 
-def _copy(tmp: Path, name: str, fixture: str, change: Callable[[Tensors], None] | None,
-          quant: Callable[[dict[str, Any]], None] | None) -> Path:
-    out = tmp / name
-    shutil.copytree(QUANTIZED / fixture, out)
-    if change is not None:
-        tensors = load_file(out / "model.safetensors")
-        change(tensors)
-        save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    if quant is not None:
-        config = json.loads((out / "config.json").read_text())
-        quant(config["quantization_config"])
-        (out / "config.json").write_text(json.dumps(config))
-    return out
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     """Every case validated in one CLI run (no --deep)."""
     tmp = tmp_path_factory.mktemp("schemes2")
-    folders = [_copy(tmp, name, *case[:3]) for name, case in CASES.items()]
+    folders = [copy_quantized(tmp, case[0], name, case[1], case[2]) for name, case in CASES.items()]
     # --reference rules: gpt_oss has no rule table, and building transformers' model for it takes
     # about 10 s a folder; the Llama folders are checked against the rule table either way.
     proc = subprocess.run([sys.executable, "-m", "hfconv", "validate", *map(str, folders), "--format", "json",

@@ -11,31 +11,19 @@ reference is a subprocess of its own: seconds each).
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from hfconv.rules.transformers_reference import trailing_extras
 
-from helpers import FIXTURES, ROOT
+from helpers import FIXTURES, validate_many
 
 QUANTIZED = FIXTURES / "quantized"
 needs_transformers = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None,
     reason="transformers and torch are needed for --reference transformers")
-
-
-def _validate(folders: list[Path], *args: str) -> dict[str, list[dict]]:
-    proc = subprocess.run([sys.executable, "-m", "hfconv", "validate", *map(str, folders), "--format", "json", *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode in (0, 1), proc.stderr
-    assert "Traceback" not in proc.stderr
-    data = json.loads(proc.stdout)
-    return {Path(r["path"]).name: r["findings"] for r in (data if isinstance(data, list) else [data])}
 
 
 def _shape_findings(found: list[dict]) -> list[dict]:
@@ -60,7 +48,7 @@ def test_quantizer_reference_good_broken_and_fallback(tmp_path: Path) -> None:
     save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
 
     bnb = importlib.util.find_spec("bitsandbytes") is not None
-    found = _validate([broken, QUANTIZED / "llama-bnb-4bit"], "--reference", "transformers")
+    found = validate_many([broken, QUANTIZED / "llama-bnb-4bit"], "--reference", "transformers")
 
     # 1. The broken copy: each defect named with its file and tensor, and nothing else: the rest of
     # the folder is the good fixture, its multi-token-prediction layer (model.layers.3) included,
