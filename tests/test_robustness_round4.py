@@ -179,6 +179,56 @@ def test_manifest_of_a_file_whose_header_says_more_bytes_than_it_has(tmp_path: P
     assert {("HFC722", None, "big.weight"), ("HFC722", None, "small.weight")} <= found, found
 
 
+# --- 3. convert: a cast reads its source with pread -------------------------------------------------
+
+# Converts SRC to bfloat16 in process, truncating its shard when the first chunk of the big tensor is
+# about to be cast (a C-level call observed with sys.setprofile / threading.setprofile, nothing
+# replaced): the rest of the tensor is then past the file's end.
+_TRUNCATE_WHILE_CASTING = """
+import json, os, sys, threading
+import torch  # imported before the profile hook (which would slow its import down)
+from hfconv.conversion import convert
+from hfconv.conversion.errors import ConversionError
+src, dst, victim = sys.argv[1:4]
+cut = [False]
+def profile(frame, event, arg):
+    if event == "c_call" and not cut[0] and getattr(arg, "__name__", "") == "copy_" and \\
+            frame.f_code.co_name == "transformed_bytes":
+        cut[0] = True
+        os.truncate(victim, 4096)
+threading.setprofile(profile)
+sys.setprofile(profile)
+try:
+    convert(src, dst, dtype="bfloat16")
+    out = {"error": None}
+except ConversionError as exc:
+    out = {"error": exc.code, "findings": [[f.code, f.file, f.tensor, f.message] for f in exc.findings]}
+sys.setprofile(None)
+print(json.dumps({**out, "cut": cut[0], "dst": os.path.exists(dst)}))
+"""
+
+
+def test_convert_cast_of_a_file_truncated_while_read_is_hfc701_not_sigbus(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(FIXTURES / "llama-safetensors" / "config.json", src / "config.json")
+    save_file({"big.weight": np.arange(3 * 32768, dtype=np.float32), "small.weight": np.ones(8, dtype=np.float32)},
+              str(src / "model.safetensors"))  # big.weight: three steps of the cast
+    dst = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _TRUNCATE_WHILE_CASTING, str(src), str(dst),
+                           str(src / "model.safetensors")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != -signal.SIGBUS, "convert was killed by SIGBUS casting a truncated file"
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["cut"] and out["error"] == "HFC701" and not out["dst"], out
+    [(code, file, tensor, message)] = out["findings"]
+    assert (code, file, tensor) == ("HFC701", "model.safetensors", "big.weight"), out
+    assert "reading model.safetensors failed: file ended" in message
+
+
 # --- 4. compressed-tensors with one weight scheme: ``ignore`` matched as compressed-tensors does ----
 
 def _ct_with_ignore(tmp_path: Path, name: str, ignore: list[str]) -> Path:
