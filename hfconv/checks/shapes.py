@@ -393,8 +393,8 @@ def _all_shards_read(contents: FolderContents) -> bool:
 def _render(contents: FolderContents, config: Mapping[str, Any], expected: ExpectedModel, result: Comparison,
             fixes: Mapping[str, int], read_all: bool, actual: Mapping[str, tuple[int, ...]],
             view: QuantView | None) -> Iterator[Finding]:
-    where = dict(contents.tensor_files)
     stored_as = view.stored_as if view is not None else {}
+    where = dict(contents.tensor_files) if stored_as else contents.tensor_files  # a copy only to add to
     for logical, packed in stored_as.items():
         where.setdefault(logical, where.get(packed, ""))
     for mm in result.mismatched:

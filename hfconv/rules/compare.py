@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +99,15 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     # (T5ForSequenceClassification: transformer.encoder...): find that prefix from the names.
     outer = "" if expected.complete else _outer_prefix(actual, index, prefix)
     names = list(actual)
-    canonical, taken, (direct, bare, prefixed) = _match_names(names, index, prefix, outer)
-    same = canonical is None  # every stored name is an expected one, as it is (the common case)
+    # What each stored name is expected as, looked up as it is: when every one is found, that is
+    # the answer (the common case) and no name is matched one by one.
+    wants: list[Any] = list(map(index.get, names, itertools.repeat(_NO_TENSOR)))
+    if not outer and not any(map(operator.is_, wants, itertools.repeat(_NO_TENSOR))) and \
+            _LEGACY_PARTS.search("\n".join(names)) is None:
+        canonical, taken, (direct, bare, prefixed) = None, None, (len(names), 0, 0)
+    else:
+        canonical, taken, (direct, bare, prefixed) = _match_names(names, index, prefix, outer)
+    same = canonical is None  # every stored name is an expected one, as it is
     expected_name_of: dict[str, str] = canonical if canonical is not None else {}
     taken_set: set[str] = taken if taken is not None else set()
 
@@ -145,9 +152,9 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     unmatched: list[str] = []
     # In C: each stored shape against its expected tensor's (a stand-in with no shape when none).
     shapes = list(actual.values())
-    lookup: Callable[[Any, Any], Any] = index.get  # a stored name -> what it is expected as, else _NO_TENSOR
-    wanted_names = names if same else map(expected_name_of.get, names)
-    wants: list[Any] = list(map(lookup, wanted_names, itertools.repeat(_NO_TENSOR)))
+    if not same:  # a stored name -> what its matched expected name is expected as, else _NO_TENSOR
+        lookup: Any = index.get  # typed loosely: a stored name without a match looks up None
+        wants = list(map(lookup, map(expected_name_of.get, names), itertools.repeat(_NO_TENSOR)))
     equal = list(map(operator.eq, shapes, map(_SHAPE, wants)))
     matched = equal.count(True)
     for k in itertools.compress(range(len(names)), map(operator.not_, equal)):
