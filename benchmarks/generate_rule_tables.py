@@ -152,6 +152,11 @@ def resized(config: Mapping[str, Any], lists: Mapping[str, str]) -> dict[str, An
     return out
 
 
+BACKBONE = ("stage_names", "out_features", "out_indices")
+"""What a ...Backbone class returns: left out of the configs built (the class recomputes
+stage_names from the layer count and refuses the default out_features with it)."""
+
+
 def structural(field_name: str) -> bool:
     """Whether a field not fitted may change the tensors (and so must keep its default)."""
     return field_name not in NOT_STRUCTURAL and not SKIP_INT.search(field_name) and field_name != "num_labels"
@@ -477,7 +482,7 @@ def generate_class(folder: str, model_type: str, cls: str, base: dict[str, Any],
                 dims.append(expr)
             rules.append([key, dims, optional0] + ([when] if when else []))
         rules.sort(key=lambda r: natural_key(r[0]))
-        table = {"ranges": ranges, "rules": rules, "extras": list(extras), "prefix": prefix}
+        table = {"ranges": ranges, "rules": rules, "extras": sorted(extras), "prefix": prefix}
         # 3. Check: the table, expanded by hfconv's evaluator, gives back every variant exactly.
         for values, found in observations:
             expanded = expand(model_type, cls, table, values)
@@ -526,10 +531,10 @@ def generate_family(transformers: Any, folder: str, model_type: str) -> tuple[di
         defaults, aliases = config_fields(transformers, model_type)
     except Exception as exc:  # noqa: BLE001
         return None, [f"{model_type}: no config ({exc})"]
-    if any(isinstance(v, dict) and k not in ("id2label", "label2id") and any(isinstance(x, dict) for x in v.values())
-           for k, v in defaults.items()):
+    if any(isinstance(v, dict) and k not in ("id2label", "label2id", "rope_parameters")  # RoPE per layer kind: probed
+           and any(isinstance(x, dict) for x in v.values()) for k, v in defaults.items()):
         return None, [f"{model_type}: nested sub-configs are not generated"]
-    base = dict(defaults)
+    base = {f: v for f, v in defaults.items() if f not in BACKBONE}
     lists = per_layer_lists(defaults)
     for f in LAYER_FIELDS:
         if isinstance(base.get(f), int) and not isinstance(base[f], bool) and base[f] > BASE_LAYERS:
