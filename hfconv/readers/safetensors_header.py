@@ -434,7 +434,10 @@ def _read_fast(raw: bytes, base: int, available: int,
     # Each entry is one object: more objects than the tensor cap is the checked path's refusal,
     # which counts them before parsing (json.loads of 1.5M empty objects takes ~350 MB).
     colons = raw.count(b":")
-    if colons != raw.count(b'":') or raw.count(b"{") > MAX_TENSORS + 2 or raw.count(b"[") > 2 * MAX_TENSORS + 16:
+    if colons != raw.count(b'":'):
+        return None
+    # (A header shorter than the caps cannot hold that many objects or arrays: no count needed.)
+    if len(raw) > MAX_TENSORS and (raw.count(b"{") > MAX_TENSORS + 2 or raw.count(b"[") > 2 * MAX_TENSORS + 16):
         return None
     try:
         header = json.loads(raw.decode("utf-8"))
