@@ -52,8 +52,8 @@ def diff(a: str | os.PathLike[str], b: str | os.PathLike[str], *, headers_only: 
     """
     started = time.perf_counter()
     for path in (a, b):
-        if not os.path.isdir(path):  # validation (and every check it imports) only to word the refusal
-            from ..validation import check_folder
+        if not os.path.isdir(path):  # the folder check only to word the refusal
+            from ..folder_check import check_folder
 
             check_folder(path)
     # 1. Read both folders' headers and metadata.

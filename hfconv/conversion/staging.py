@@ -18,12 +18,12 @@ from typing import Any
 
 from ..contents import FolderContents
 from ..errors import OptionError, UsageError
+from ..folder_check import check_folder
 from ..fsutil import fsync_dir, open_inside, umask
 from ..sharding import INDEX_FILE
 from ..tensor_bytes import write_all
 from ..tensors import FormatError
 from ..units import human_bytes
-from ..validation import check_folder
 from .errors import ConversionError, DestinationExistsError, write_failure
 from .plan import ConversionPlan
 from .write import copy_source

@@ -42,8 +42,8 @@ from typing import Any
 from ..dtypes import DTYPE_CHOICES, canonical_dtype
 from ..errors import OptionError
 from ..findings import Finding, Severity, finding
+from ..folder_check import check_folder
 from ..tensor_bytes import storage_records
-from ..validation import check_folder
 from ..weight_map import shard_map
 from . import codes as codes
 from .checksum import checksum_bytes, checksum_tensor
