@@ -144,6 +144,14 @@ class FolderContents:
         return _first_wins([wf.tensors for wf in loaded.values()],
                            [dict.fromkeys(wf.tensors, shard) for shard, wf in loaded.items()])
 
+    def file_of(self, name: str) -> str | None:
+        """The shard of the loaded set holding ``name`` (the first one), or None: one lookup per
+        shard, for the few names a finding points at, where ``tensor_files`` (a map of every
+        tensor) would cost more to build than it saves."""
+        if "tensor_files" in self.__dict__:  # built already
+            return self.tensor_files.get(name)
+        return next((shard for shard, wf in self._loaded_files().items() if name in wf.tensors), None)
+
     def _loaded_files(self) -> dict[str, WeightFile]:
         """The read weight files of the set loaders pick, in shard order."""
         chosen = self.folder.loaded_set

@@ -261,13 +261,12 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
             return
         plain = list(itertools.filterfalse(view.quantized.__contains__, tensors))
         yield from _check_dtypes(config, dict(zip(plain, map(tensors.__getitem__, plain))))
-        where = contents.tensor_files
         for issue in view.issues:
-            yield finding(issue.code, issue.message, file=where.get(issue.tensor), tensor=issue.tensor)
+            yield finding(issue.code, issue.message, file=contents.file_of(issue.tensor), tensor=issue.tensor)
         if expected.source.startswith("transformers"):  # transformers' quantizer: what hfconv's layout left
             from ..rules import transformers_reference as ref
             for issue in ref.quantizer_issues(expected, tensors, view, contents.options.reference == "transformers"):
-                yield finding(issue.code, issue.message, file=where.get(issue.tensor, _CONFIG),
+                yield finding(issue.code, issue.message, file=contents.file_of(issue.tensor) or _CONFIG,
                               tensor=issue.tensor or None)
         actual = view.logical
     else:
@@ -394,9 +393,11 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
             fixes: Mapping[str, int], read_all: bool, actual: Mapping[str, tuple[int, ...]],
             view: QuantView | None) -> Iterator[Finding]:
     stored_as = view.stored_as if view is not None else {}
-    where = dict(contents.tensor_files) if stored_as else contents.tensor_files  # a copy only to add to
-    for logical, packed in stored_as.items():
-        where.setdefault(logical, where.get(packed, ""))
+
+    def where(name: str) -> str | None:
+        """The shard holding ``name``, or the packed tensor it is stored as."""
+        return contents.file_of(name) or (contents.file_of(stored_as[name]) if name in stored_as else None)
+
     for mm in result.mismatched:
         text = _mismatch_message(mm, expected, fixes)
         stored = stored_as.get(mm.name)
@@ -405,7 +406,7 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
             verb = "records" if ".quant_state." in stored else "unpacks to"
             text = text.replace(f"{mm.name} has shape", f"{stored} {_fmt_shape(meta.shape)} ({view.scheme.label}) "
                                 f"{verb} {mm.name} of shape", 1)
-        yield finding("HFC601", text, file=where.get(mm.name) or None, tensor=stored or mm.name)
+        yield finding("HFC601", text, file=where(mm.name), tensor=stored or mm.name)
     for count in result.counts:
         if read_all or count.found and max(count.found) >= count.group.expected:
             yield finding("HFC604", _count_message(count, config), file=_CONFIG)
@@ -420,7 +421,7 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
     for name in result.unexpected:
         what = expected.architecture or "the model"
         yield finding("HFC603", f"{name} {_fmt_shape(actual[name])} is not part of {what} as config.json "
-                      "describes it; loaders ignore it", file=where.get(name) or None, tensor=stored_as.get(name, name))
+                      "describes it; loaders ignore it", file=where(name), tensor=stored_as.get(name, name))
     by_label: dict[str, list[str]] = {}
     for name, label in result.ignored:
         by_label.setdefault(label, []).append(name)
@@ -429,7 +430,7 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
         what = what.removesuffix(")") if what else short
         more = f" and {len(names) - 1} more like it" if len(names) > 1 else ""
         yield finding("HFC610", f"{names[0]}{more}: {what}; loaders ignore {'them' if more else 'it'}",
-                      file=where.get(names[0]))
+                      file=where(names[0]))
 
 
 def _mismatch_message(mm: ShapeMismatch, expected: ExpectedModel, fixes: Mapping[str, int]) -> str:

@@ -49,7 +49,7 @@ def check_vocab_size(facts: TokenizerFacts) -> Iterator[Finding]:
         name, count = rows
         yield finding("HFC502", f"{name} has {count} rows but {what} has ids up to {vocab.size - 1}; resize the "
                       f"embeddings to at least {vocab.size} rows and update vocab_size",
-                      file=facts.contents.tensor_files.get(name), tensor=name)
+                      file=facts.contents.file_of(name), tensor=name)
     elif vocab_size is not None and vocab.size > vocab_size and not rows_cover:
         yield finding("HFC502", f"config.json vocab_size is {vocab_size} but {what} has ids up to {vocab.size - 1}; "
                       f"resize the embeddings to at least {vocab.size} rows and update vocab_size",
@@ -99,7 +99,6 @@ def check_embedding_rows(facts: TokenizerFacts) -> Iterator[Finding]:
     vocab = facts.vocab
     if not rows or vocab is None:
         return
-    where = facts.contents.tensor_files
     smallest_name, smallest = min(rows.items(), key=lambda item: item[1])
     current = [(role, token) for role, (token, _file) in facts.named.items()]
     legacy = [(role, token) for role, token, _file in facts.shadowed if (role, token) not in current]
@@ -110,5 +109,5 @@ def check_embedding_rows(facts: TokenizerFacts) -> Iterator[Finding]:
             tail = (" (only transformers < 4.34 uses it: special_tokens_map.json names it, but tokenizer_config.json "
                     "has added_tokens_decoder)" if only_old else "")
             yield finding("HFC510", f"{role} {token!r} has id {token_id} but {smallest_name} has only {smallest} "
-                          f"rows; resize the embeddings to cover it{tail}", file=where.get(smallest_name),
+                          f"rows; resize the embeddings to cover it{tail}", file=facts.contents.file_of(smallest_name),
                           tensor=smallest_name, severity="warning" if only_old else None)
