@@ -273,3 +273,43 @@ def test_a_tensor_kept_in_float32_does_not_decide_the_dominant_dtype(tmp_path):
     _status, findings = _validate(folder)
     found = [f for f in findings if f["code"] == "HFC605"]
     assert len(found) == 1 and found[0]["message"].startswith("1 of 2 tensors are F32"), findings
+
+
+@pytest.mark.parametrize("change", ["as is", "layer dropped", "last layer dropped", "transposed", "known extra in MTP",
+                                    "layer past MTP", "MTP prefix stripped"])
+def test_trailing_layers_compared_in_bulk_as_name_by_name(monkeypatch, change):
+    """A folder whose only unknown names are the trailing layers the class ignores (DeepSeek-V3's
+    multi-token prediction) is compared in bulk, with the same result as name by name."""
+    from hfconv.checks import shapes
+    from hfconv.contents import CheckOptions, read_contents
+    from hfconv.discovery import discover
+    from hfconv.rules import compare as compare_module
+
+    calls = []
+    original = compare_module._compare
+    monkeypatch.setattr(compare_module, "_compare", lambda e, a, **k: calls.append((e, a)) or original(e, a, **k))
+    folder = Path(__file__).parent.parent / "fixtures" / "quantized" / "deepseek_v3-fp8"
+    list(shapes.check_shapes(read_contents(discover(folder), CheckOptions())))
+    monkeypatch.setattr(compare_module, "_compare", original)
+    expected, actual = calls[0]
+    mtp = f"model.layers.{expected.counts[0].expected}."  # the layer after the last: multi-token prediction
+    assert any(name.startswith(mtp) for name in actual)
+    names, stored = list(actual), dict(actual)
+    if change == "layer dropped":
+        stored = {n: s for n, s in stored.items() if not n.startswith("model.layers.0.")}
+    elif change == "transposed":
+        stored[names[3]] = tuple(reversed(stored[names[3]]))
+    elif change == "known extra in MTP":
+        stored[mtp + "self_attn.rotary_emb.inv_freq"] = (4,)
+    elif change == "layer past MTP":
+        stored[f"model.layers.{expected.counts[0].expected + 1}.input_layernorm.weight"] = (4,)
+    elif change == "MTP prefix stripped":
+        stored = {n.removeprefix("model.") if n.startswith(mtp) else n: s for n, s in stored.items()}
+    bulk = [original(expected, stored, any_mismatch=flag) for flag in (False, True)]
+    if change == "as is":  # the bulk path was taken, and the MTP layer is ignored
+        assert compare_module._trailing_only(expected, stored, [n for n in stored if n.startswith(mtp)],
+                                             expected.tensors.index, False) == bulk[0]
+        assert bulk[0].ignored and all(name.startswith(mtp) for name, _ in bulk[0].ignored)
+    monkeypatch.setattr(compare_module, "_trailing_only", lambda *args: None)
+    one_by_one = [original(expected, stored, any_mismatch=flag) for flag in (False, True)]
+    assert bulk == one_by_one

@@ -102,8 +102,12 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     # What each stored name is expected as, looked up as it is: when every one is found, that is
     # the answer (the common case) and no name is matched one by one.
     wants: list[Any] = list(map(index.get, names, itertools.repeat(_NO_TENSOR)))
-    if not outer and not any(map(operator.is_, wants, itertools.repeat(_NO_TENSOR))) and \
-            _LEGACY_PARTS.search("\n".join(names)) is None:
+    unknown = list(map(operator.is_, wants, itertools.repeat(_NO_TENSOR)))
+    if not outer and any(unknown) and expected.allowed_extras:
+        trailing = _trailing_only(expected, actual, list(itertools.compress(names, unknown)), index, any_mismatch)
+        if trailing is not None:
+            return trailing
+    if not outer and not any(unknown) and _LEGACY_PARTS.search("\n".join(names)) is None:
         canonical, taken, (direct, bare, prefixed) = None, None, (len(names), 0, 0)
     else:
         canonical, taken, (direct, bare, prefixed) = _match_names(names, index, prefix, outer)
@@ -146,8 +150,7 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
 
     # 2. Every stored tensor: matched (then its shape is checked), ignored, or unexpected.
     extras = [(re.compile(p), label) for p, label in KNOWN_EXTRAS]
-    trailing = "multi-token-prediction layers past num_hidden_layers"
-    extras += [(re.compile(p), trailing) for p in expected.allowed_extras]
+    extras += [(re.compile(p), _TRAILING_LABEL) for p in expected.allowed_extras]
     mismatched, unexpected, ignored = [], [], []
     unmatched: list[str] = []
     # In C: each stored shape against its expected tensor's (a stand-in with no shape when none).
@@ -192,6 +195,40 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
         missing.sort(key=lambda pair: natural_key(pair[0]))
     return Comparison(tuple(mismatched), tuple(name for _, name in missing), tuple(unexpected), tuple(ignored),
                       tuple(count_mismatches), matched)
+
+
+def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], unknown: list[str],
+                   index: Mapping[str, Any], any_mismatch: bool) -> Comparison | None:
+    """compare() when the only stored names that are no expected name as they are lie in the
+    trailing layers the model class ignores (DeepSeek-V3's multi-token-prediction layer): the rest
+    compared in the common case's bulk passes, these reported as ignored, as the name-by-name path
+    reports them. None when another name is unknown, or one of them might match an expected name
+    another way (prefix, legacy names)."""
+    allowed = [re.compile(p) for p in expected.allowed_extras]
+    if len(unknown) == len(actual) or _LEGACY_PARTS.search("\n".join(actual)) is not None:
+        return None
+    for name in unknown:
+        if not any(rx.search(name) for rx in allowed) or _canonical(name, index, expected.prefix) is not None:
+            return None
+    extra = set(unknown)
+    rest = _compare(expected, {name: shape for name, shape in actual.items() if name not in extra},
+                    any_mismatch=any_mismatch)
+    if any_mismatch and rest.mismatched:
+        return rest
+    # Name by name, these would be uncounted, matched by nothing, and then ignored (KNOWN_EXTRAS'
+    # label first), unless a layer-count mismatch leaves their index to the count finding.
+    skipped = [(re.compile(c.group.pattern), frozenset(set(c.found) ^ c.group.wanted)) for c in rest.counts]
+    labels = [(re.compile(p), label) for p, label in KNOWN_EXTRAS]
+    labels += [(rx, _TRAILING_LABEL) for rx in allowed]
+    ignored, unexpected = list(rest.ignored), list(rest.unexpected)
+    for name in unknown:
+        if any((i := _group_index(rx, name, expected.prefix)) is not None and i in indices for rx, indices in skipped):
+            continue
+        ignored.append((name, next(label for rx, label in labels if rx.search(name))))
+    return Comparison(rest.mismatched, rest.missing, tuple(unexpected), tuple(ignored), rest.counts, rest.matched)
+
+
+_TRAILING_LABEL = "multi-token-prediction layers past num_hidden_layers"
 
 
 _GROUP_1 = operator.methodcaller("group", 1)
