@@ -146,11 +146,10 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
             skipped.append((regex, frozenset(found ^ want)))
 
     def left_to_count(name: str) -> bool:
-        return any((i := _group_index(rx, name, prefix)) is not None and i in indices for rx, indices in skipped)
+        return _left_to_count(name, skipped, prefix)
 
     # 2. Every stored tensor: matched (then its shape is checked), ignored, or unexpected.
-    extras = [(re.compile(p), label) for p, label in KNOWN_EXTRAS]
-    extras += [(re.compile(p), _TRAILING_LABEL) for p in expected.allowed_extras]
+    extras = _ignored_labels(expected)
     mismatched, unexpected, ignored = [], [], []
     unmatched: list[str] = []
     # In C: each stored shape against its expected tensor's (a stand-in with no shape when none).
@@ -218,17 +217,25 @@ def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]
     # Name by name, these would be uncounted, matched by nothing, and then ignored (KNOWN_EXTRAS'
     # label first), unless a layer-count mismatch leaves their index to the count finding.
     skipped = [(re.compile(c.group.pattern), frozenset(set(c.found) ^ c.group.wanted)) for c in rest.counts]
-    labels = [(re.compile(p), label) for p, label in KNOWN_EXTRAS]
-    labels += [(rx, _TRAILING_LABEL) for rx in allowed]
-    ignored, unexpected = list(rest.ignored), list(rest.unexpected)
+    labels = _ignored_labels(expected)
+    ignored = list(rest.ignored)
     for name in unknown:
-        if any((i := _group_index(rx, name, expected.prefix)) is not None and i in indices for rx, indices in skipped):
-            continue
-        ignored.append((name, next(label for rx, label in labels if rx.search(name))))
-    return Comparison(rest.mismatched, rest.missing, tuple(unexpected), tuple(ignored), rest.counts, rest.matched)
+        if not _left_to_count(name, skipped, expected.prefix):
+            ignored.append((name, next(label for rx, label in labels if rx.search(name))))
+    return Comparison(rest.mismatched, rest.missing, rest.unexpected, tuple(ignored), rest.counts, rest.matched)
 
 
-_TRAILING_LABEL = "multi-token-prediction layers past num_hidden_layers"
+def _ignored_labels(expected: ExpectedModel) -> list[tuple[re.Pattern, str]]:
+    """(regex, label) of the stored tensors loaders ignore: known buffers first, then the trailing
+    layers this model class ignores."""
+    labels = [(re.compile(p), label) for p, label in KNOWN_EXTRAS]
+    return labels + [(re.compile(p), "multi-token-prediction layers past num_hidden_layers")
+                     for p in expected.allowed_extras]
+
+
+def _left_to_count(name: str, skipped: list[tuple[re.Pattern, frozenset[int]]], prefix: str) -> bool:
+    """Whether ``name`` lies in a layer (or expert) a count mismatch reports, rather than itself."""
+    return any((i := _group_index(rx, name, prefix)) is not None and i in indices for rx, indices in skipped)
 
 
 _GROUP_1 = operator.methodcaller("group", 1)
