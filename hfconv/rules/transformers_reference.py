@@ -193,8 +193,13 @@ def _unknown_model_type(config: Mapping[str, Any]) -> str | None:
         version = importlib.metadata.version("transformers")
     except importlib.metadata.PackageNotFoundError:
         return None
+    return _unknown_reason(version, model_type, isinstance(config.get("auto_map"), dict))
+
+
+def _unknown_reason(version: str, model_type: object, has_code: bool) -> str:
+    """Why transformers ``version`` builds no reference for ``model_type``."""
     reason = f"transformers {version} does not know model_type {model_type!r}"
-    if isinstance(config.get("auto_map"), dict):
+    if has_code:
         reason += " and the folder's own code (auto_map) is only used with trust_remote_code=True"
     return reason
 
@@ -825,10 +830,7 @@ def _build_config(transformers: ModuleType, folder: str | os.PathLike[str], conf
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        reason = f"transformers {version} does not know model_type {model_type!r}"
-        if has_code:
-            reason += " and the folder's own code (auto_map) is only used with trust_remote_code=True"
-        raise ReferenceUnavailable(reason)
+        raise ReferenceUnavailable(_unknown_reason(version, model_type, has_code))
     # transformers 5 writes floats JSON cannot hold as {"__float__": "Infinity"} (FalconH1's
     # time_step_limit) and decodes them when it reads config.json; the config class refuses them raw.
     decode = getattr(getattr(transformers, "PretrainedConfig", None), "_decode_special_floats", None)
