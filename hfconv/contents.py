@@ -7,7 +7,6 @@ run; the checks turn them into findings.
 from __future__ import annotations
 
 import math
-import operator
 import re
 import sys
 from collections import Counter
@@ -17,7 +16,7 @@ from operator import attrgetter
 from typing import Any, TypeVar
 
 from .discovery import JSON_FILES, ModelFolder, WeightSet
-from .dtypes import ITEMSIZES, nbytes
+from .dtypes import total_nbytes
 from .fsutil import link_problem
 from .jsonutil import JsonError, load_json_file
 from .readers import read_weight_file
@@ -113,13 +112,8 @@ class FolderContents:
         """Tensor count, parameters and bytes of the weights loaders pick."""
         tensors = self.loaded_tensors.values()
         numels = list(map(math.prod, map(_SHAPE, tensors)))
-        dtypes = list(map(_DTYPE, tensors))
-        if self.loaded_dtype_counts.keys() <= ITEMSIZES.keys():
-            # Whole-byte dtypes (nearly always): bytes per element times elements, in C.
-            size = sum(map(operator.mul, numels, map(ITEMSIZES.__getitem__, dtypes)))
-        else:
-            size = sum(map(nbytes, dtypes, numels))
-        return Summary(tensors=len(tensors), parameters=sum(numels), bytes=size)
+        return Summary(tensors=len(tensors), parameters=sum(numels),
+                       bytes=total_nbytes(list(map(_DTYPE, tensors)), numels))
 
     @cached_property
     def loaded_dtype_counts(self) -> Counter[str]:

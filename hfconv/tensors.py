@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import NamedTuple
 
-from .dtypes import ITEMSIZES, nbytes
+from .dtypes import nbytes, total_nbytes
 
 
 class TensorMeta(NamedTuple):
@@ -111,11 +110,8 @@ class WeightFile:
     @property
     def tensor_nbytes(self) -> int:
         metas = self.tensors.values()
-        dtypes = list(map(attrgetter("dtype"), metas))
-        numels = map(math.prod, map(attrgetter("shape"), metas))
-        if set(dtypes) <= ITEMSIZES.keys():  # whole-byte dtypes (nearly always): in C
-            return sum(map(operator.mul, numels, map(ITEMSIZES.__getitem__, dtypes)))
-        return sum(map(nbytes, dtypes, numels))
+        numels = list(map(math.prod, map(attrgetter("shape"), metas)))
+        return total_nbytes(list(map(attrgetter("dtype"), metas)), numels)
 
     @property
     def storage_nbytes(self) -> int:
