@@ -9,6 +9,7 @@ content in the same file, so ``loads_strict`` refuses them all. No torch import 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -273,22 +274,14 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
     # with a colon, which only raise it): when the parsed objects hold as many, no key was written
     # twice, and the per-object duplicate hook (half the parse time of a 100,000-entry weight_map)
     # is needed only to name a duplicate.
-    encoded = raw if raw is not None else None
-    unescaped = encoded is not None and b"\\" not in encoded and encoded.count(b":") == encoded.count(b'":')
+    quoted_colons = raw.count(b'":') if raw is not None and b"\\" not in raw else None
+    keys_written = quoted_colons if raw is not None and raw.count(b":") == quoted_colons else None
+    parse = functools.partial(json.loads, text, parse_float=_parse_float,
+                              parse_constant=_python_constant if allow_nonfinite else _reject_constant)
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=None if unescaped else _pairs_no_duplicates,
-            parse_constant=_python_constant if allow_nonfinite else _reject_constant,
-            parse_float=_parse_float,
-        )
-        if unescaped and encoded is not None and _count_keys(value) != encoded.count(b'":'):
-            value = json.loads(
-                text,
-                object_pairs_hook=_pairs_no_duplicates,
-                parse_constant=_python_constant if allow_nonfinite else _reject_constant,
-                parse_float=_parse_float,
-            )
+        value = parse(object_pairs_hook=None if keys_written is not None else _pairs_no_duplicates)
+        if keys_written is not None and _count_keys(value) != keys_written:
+            value = parse(object_pairs_hook=_pairs_no_duplicates)
     except json.JSONDecodeError as exc:
         raise JsonError(
             "syntax",
