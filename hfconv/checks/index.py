@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from operator import attrgetter
 
 from ..contents import MAX_INDEX_SHARDS, MAX_WEIGHT_FILES, FolderContents, IndexFile
-from ..dtypes import SAFETENSORS_BITS, nbytes
+from ..dtypes import SAFETENSORS_BITS, total_nbytes
 from ..findings import Finding, Severity, finding, register
 from ..tensors import WeightFile
 from ..units import plural
@@ -196,7 +196,7 @@ def _tensor_sizes(weight_file: WeightFile) -> tuple[int, float]:
     metas = weight_file.tensors.values()
     numels = list(map(math.prod, map(_SHAPE, metas)))
     dtypes = list(map(_DTYPE, metas))
-    return sum(map(nbytes, dtypes, numels)), float(sum(map(_bits_over_8, dtypes, numels)))
+    return total_nbytes(dtypes, numels), float(sum(map(_bits_over_8, dtypes, numels)))
 
 
 def _bits_over_8(dtype: str, numel: int) -> float:
