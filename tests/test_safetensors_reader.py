@@ -602,3 +602,65 @@ def test_duplicate_deep_inside_entry_ignored_like_reference(tmp_path):
               '"extra": [[["a", 1], ["a", 2]], {"k": {"z": 1, "z": 2}}]}}')
     wf = read_safetensors(write(tmp_path, build(header, b"\0")))
     assert set(wf.tensors) == {"w"} and not wf.notes
+
+
+# --- the short-header loop, the bulk path and the checked path agree ---------------------------
+
+@st.composite
+def _raw_headers(draw):
+    """A tiled header of 1 to 6 tensors with at most one slot made odd (a bool, float, negative
+    or huge number, an unknown dtype, a 17-dimension shape), maybe listed out of file order."""
+    sizes = {"F32": 4, "BF16": 2, "U8": 1, "I64": 8, "F8_E4M3": 1}
+    rows = []
+    offset = 0
+    for index in range(draw(st.integers(1, 6))):
+        dtype = draw(st.sampled_from(sorted(sizes)))
+        shape = draw(st.lists(st.integers(1, 4), max_size=3))
+        size = sizes[dtype]
+        for dim in shape:
+            size *= dim
+        rows.append([f"t{index}", dtype, shape, [offset, offset + size]])
+        offset += size
+    slot = draw(st.sampled_from(["none", "dtype", "dim", "shape", "begin", "end"]))
+    row = draw(st.sampled_from(rows))
+    if slot == "dtype":
+        row[1] = draw(st.sampled_from(["F4", "X", "BOOL"]))
+    elif slot == "dim":
+        row[2] = [*row[2], draw(st.sampled_from([True, 1.0, 0, -1, 2**64, None, "1"]))]
+    elif slot == "shape":
+        row[2] = [1] * 17
+    elif slot in ("begin", "end"):
+        value = row[3][slot == "end"]  # the same number in another type, or another number
+        row[3][slot == "end"] = draw(st.sampled_from([float(value), value == 1 if value < 2 else True,
+                                                     value + 1, -1, 2**64, None, str(value)]))
+    if draw(st.booleans()):
+        rows.reverse()  # ranges out of header order: the bulk path sorts them
+    header = {name: {"dtype": dtype, "shape": shape, "data_offsets": offsets} for name, dtype, shape, offsets in rows}
+    return json.dumps(header).encode(), max(offset + draw(st.sampled_from([0, 0, 0, 1, -1])), 0)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_raw_headers(), st.booleans())
+def test_short_header_loop_agrees_with_the_bulk_and_checked_paths(drawn, intern_names):
+    import hfconv.readers.safetensors_header as reader
+
+    raw, available = drawn
+    base = 8 + len(raw)
+    short = reader._read_fast(raw, base, available, intern_names)
+    few, reader._FEW = reader._FEW, 0
+    try:
+        bulk = reader._read_fast(raw, base, available, intern_names)
+    finally:
+        reader._FEW = few
+    if short is not None:
+        # Taken by the short loop: exactly what the bulk path takes...
+        assert bulk == short
+        assert [tuple(map(type, m)) for m in bulk[0].values()] == [tuple(map(type, m)) for m in short[0].values()]
+    if bulk is not None:
+        # ...and what the checked path reads, field for field, with no note.
+        checked = reader._parse_header(raw)
+        assert list(checked) == list(bulk[0])
+        for name, meta in bulk[0].items():
+            assert meta.dtype == checked[name]["dtype"]
+            assert list(meta.shape) == checked[name]["shape"]
+            assert [o - base for o in meta.data_offsets] == checked[name]["data_offsets"]

@@ -461,6 +461,10 @@ def _read_fast(raw: bytes, base: int, available: int,
         return None
     if not count:
         return ({}, metadata) if available == 0 else None
+    if count <= _FEW:
+        tensors = _few_entries(header, base, available, intern_names)
+        if tensors is not None:
+            return tensors, metadata
     try:
         dtypes = [entry["dtype"] for entry in entries]
         shapes = [entry["shape"] for entry in entries]
@@ -509,9 +513,44 @@ def _read_fast(raw: bytes, base: int, available: int,
 _new_meta = functools.partial(tuple.__new__, TensorMeta)
 """TensorMeta from a full row of its fields, in C (a NamedTuple: see TensorMeta)."""
 
+_FEW = 48
+"""Headers of at most this many entries go through :func:`_few_entries`: one plain loop beats
+the bulk path's two dozen whole-list passes below a few dozen tensors (one layer per shard)."""
+
+
+def _few_entries(header: dict[str, Any], base: int, available: int,
+                 intern_names: bool) -> dict[str, TensorMeta] | None:
+    """:func:`_read_fast`'s checks for a short header, entry by entry, in one loop.
+
+    Takes the entries (each a dict of exactly three fields, as the caller made sure) only when
+    the bulk path would, and in file order only (each range begins where the previous one ended);
+    None leaves the header to the bulk path, which decides as it always did."""
+    tensors: dict[str, TensorMeta] = {}
+    cursor = 0
+    for name, entry in header.items():
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        itemsize = _BYTE_SIZES.get(dtype) if type(dtype) is str else None
+        if itemsize is None or type(shape) is not list or len(shape) > 16 \
+                or type(offsets) is not list or len(offsets) != 2:
+            return None
+        numel = 1
+        for dim in shape:
+            if type(dim) is not int or dim < 1 or dim >= _U64:
+                return None
+            numel *= dim
+        begin, end = offsets
+        if type(begin) is not int or begin != cursor or type(end) is not int \
+                or numel * itemsize >= _U64 // 8 or end - begin != numel * itemsize:
+            return None
+        cursor = end
+        if intern_names:
+            name = sys.intern(name)
+        tensors[name] = _new_meta((name, _DTYPE_NAMES[dtype], tuple(shape), (base + begin, base + end), None, 0, None))
+    return tensors if cursor == available else None
+
 
 def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None, *,
-                     intern_names: bool = False) -> WeightFile:
+                     intern_names: bool = False, head: bytes = b"", size: int = -1) -> WeightFile:
     """Read and validate a safetensors file's header; never reads the tensor bytes.
 
     Args:
@@ -520,6 +559,8 @@ def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None, *,
             start; None: opened here.
         intern_names: make the tensor names the interned strings (``sys.intern``), so that an
             index naming them too, read with interned names, holds no second copy of each.
+        head: the first bytes of ``handle`` already read (from its start), with ``size``, its
+            size by fstat: a header they hold is taken from them, without another read.
 
     Returns:
         A WeightFile with ``format="safetensors"``, tensors in header order whose
@@ -539,13 +580,15 @@ def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None, *,
             HFC103 (header over 25 MB), HFC114 (duplicates or entry forms only serde reads).
     """
     with open_regular(path) if handle is None else contextlib.nullcontext(handle) as f:
-        f.seek(0)
-        size = os.fstat(f.fileno()).st_size
+        if size < 0:
+            f.seek(0)
+            size = os.fstat(f.fileno()).st_size
+            head = b""
         if size < 8:
             raise FormatError(
                 "HFC101", f"file is {size} bytes long, shorter than the 8-byte header length"
             )
-        prefix = f.read(8)
+        prefix = head[:8] if head else f.read(8)
         if len(prefix) < 8:  # the file shrank after fstat
             raise FormatError(
                 "HFC101", f"file is {len(prefix)} bytes long, shorter than the 8-byte header length"
@@ -559,7 +602,12 @@ def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None, *,
             raise FormatError(
                 "HFC102", f"header length {n} runs past the end of the {size}-byte file"
             )
-        raw = f.read(n)
+        if len(head) >= 8 + n:
+            raw = head[8:8 + n]
+        else:
+            if head:
+                f.seek(8)
+            raw = f.read(n)
         if len(raw) != n:
             raise FormatError(
                 "HFC102", f"header length {n} runs past the end of the file (it shrank while read)"
