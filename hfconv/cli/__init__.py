@@ -8,6 +8,7 @@ Exit codes (all commands): 0 success, 1 problems found / job failed verifiably, 
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import signal
 import sys
@@ -23,18 +24,38 @@ from ._common import (
     on_signal,
     received_signals,
 )
-from .convert import convert_command
-from .diff import diff_command
-from .explain import codes_command, explain_command
-from .fix import fix_command
-from .inspect import inspect_command
-from .load_test import load_test_command
-from .validate import validate_command
 
 __all__ = ["known_codes", "main", "run"]
 
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": (".validate", "validate_command"),
+    "inspect": (".inspect", "inspect_command"),
+    "convert": (".convert", "convert_command"),
+    "load-test": (".load_test", "load_test_command"),
+    "explain": (".explain", "explain_command"),
+    "codes": (".explain", "codes_command"),
+    "fix": (".fix", "fix_command"),
+    "diff": (".diff", "diff_command"),
+}
+"""Command name -> (its module in this package, the click command in it)."""
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+
+class _Commands(click.Group):
+    """The group of :data:`COMMANDS`, each module imported when its command is looked up: a run of
+    one command (``hfconv validate``) does not import the others and what they import; ``--help``
+    looks every one up, so it lists them all with their short help."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, name = COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module, __name__), name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="hfconv")
 def main() -> None:
     """Validate, convert and load-test Hugging Face model folders, without trusting them.
@@ -51,16 +72,6 @@ def main() -> None:
     Nothing in a model folder is ever executed: pickles are read by a restricted reader and
     custom code is only imported with --trust-remote-code.
     """
-
-
-main.add_command(validate_command)
-main.add_command(inspect_command)
-main.add_command(convert_command)
-main.add_command(load_test_command)
-main.add_command(explain_command)
-main.add_command(codes_command)
-main.add_command(fix_command)
-main.add_command(diff_command)
 
 
 def _install_signal_exits() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import click
@@ -160,12 +159,19 @@ def validate_command(paths: tuple[str, ...], fmt: str, output: str | None, stric
                                      manifest=manifest, deep=deep)
         return dataclasses.replace(report, findings=flag_findings(report.findings))
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        try:
-            reports = list(pool.map(one, folders))
-        except BaseException:  # interrupted (or failed): the folders not started are not validated
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    # One at a time in this thread (no pool to import; an interrupt unwinds the check, which kills
+    # its subprocesses on the way), several at once in a pool of threads.
+    if jobs == 1 or len(folders) == 1:
+        reports = [one(folder) for folder in folders]
+    else:
+        from concurrent.futures import ThreadPoolExecutor  # (and logging): only for parallel folders
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            try:
+                reports = list(pool.map(one, folders))
+            except BaseException:  # interrupted (or failed): the folders not started are not validated
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     # 3. Write the reports, say the verdict on stderr when they are not on the terminal, exit.
     _write_reports(reports, fmt, output, several)
