@@ -25,7 +25,6 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -460,6 +459,8 @@ def _run_forked(request: dict) -> tuple[bytes, int | None, bool]:
 
 def _run_spawned(request: dict) -> tuple[bytes, int | None, bool]:
     """The same for a fresh ``python -I`` child (where fork is unavailable)."""
+    import subprocess  # not where the child is forked (Linux)
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     try:
         proc = subprocess.run([sys.executable, "-I", "-c", _CHILD], input=json.dumps(request).encode("utf-8"),

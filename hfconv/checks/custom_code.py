@@ -13,7 +13,6 @@ import ast
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -480,6 +479,8 @@ def load_tokenizer_in_subprocess(folder: str, timeout: float | None = None) -> T
     Returns:
         The child's verdict.
     """
+    import tempfile  # (and shutil): only where a subprocess runs
+
     timeout = remote_code_timeout(TRUST_TIMEOUT_S) if timeout is None else timeout
     folder = os.path.abspath(folder)
     with tempfile.TemporaryDirectory(prefix="hfconv-trust-", ignore_cleanup_errors=True) as work:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
-from ..tensor_bytes import OutsideStorage, gather, located_storage, storage_records, view_span
 from ..tensors import FormatError, WeightFile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -167,6 +166,8 @@ class _Span:
 
 def _plan(weight_file: WeightFile) -> tuple[list[_Span], list[_View]]:
     """(spans to stream, strided views to gather afterwards)."""
+    from ..tensor_bytes import OutsideStorage, located_storage, storage_records, view_span  # --deep only
+
     if weight_file.format == "safetensors":
         spans = []
         for meta in weight_file.tensors.values():
@@ -294,6 +295,8 @@ class _ValueCounts:
 
     def add_strided(self, span: memoryview, view: _View) -> None:
         """Count the elements a strided view selects from its span."""
+        from ..tensor_bytes import gather  # --deep only
+
         if self._dtype is None:
             return
         assert view.stride is not None

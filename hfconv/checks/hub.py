@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections import Counter
@@ -463,6 +462,8 @@ def _blob_hashes(folder: ModelFolder) -> Iterator[Finding]:
 def _blob_mismatch(path: str, blob: str) -> str | None:
     """The blob's actual hash when it differs from its name; None when it matches, or when the name is
     no hash (nothing to compare) or the blob cannot be read (the layout checks report that)."""
+    import hashlib  # only for a folder in the Hub cache
+
     if _SHA256.fullmatch(blob):
         digest = hashlib.sha256()
     elif _GIT_OID.fullmatch(blob):

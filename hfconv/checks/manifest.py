@@ -5,7 +5,6 @@ This is the one check that reads tensor bytes (it hashes them), so it only runs 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,6 @@ from ..dtypes import itemsize, swap_unit
 from ..findings import Finding, finding, register
 from ..fsutil import open_regular
 from ..jsonutil import JsonError, load_json_file
-from ..tensor_bytes import LocateError, gather, locate, pread_full
 from ..tensors import FormatError, TensorMeta, WeightFile
 
 MANIFEST_FORMAT = "hfconv-manifest/1"
@@ -79,6 +77,8 @@ def check_manifest(contents: FolderContents) -> Iterator[Finding]:
 
 def _compare(contents: FolderContents, name: str, entry: dict[str, Any], against: str) -> Iterator[Finding]:
     """The tensor's dtype, shape and sha256 against one manifest entry."""
+    from ..tensor_bytes import LocateError  # with a manifest only: a plain validate does not import it
+
     meta, file = contents.loaded_tensors[name], contents.tensor_files[name]
     if entry.get("dtype") != meta.dtype or list(entry.get("shape", [])) != list(meta.shape):
         yield finding("HFC721", f"{file}: {name!r} is {meta.dtype}{list(meta.shape)} but {against} says "
@@ -110,6 +110,10 @@ def tensor_sha256(path: str | os.PathLike[str], weight_file: WeightFile, meta: T
         LocateError: the tensor's bytes do not fit the file as it is now.
         OSError: reading failed, or the file ended first (truncated while read).
     """
+    import hashlib  # with a manifest only: a plain validate does not import it
+
+    from ..tensor_bytes import gather, locate, pread_full
+
     digest = hashlib.sha256()
     with open_regular(path) as handle:
         fd = handle.fileno()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import PurePath, PurePosixPath
-from urllib.parse import quote
 
 from ..findings import REGISTRY, Finding, Severity
 from ..report import Report
@@ -85,7 +83,14 @@ def _artifact_location(path: str, base: str) -> dict:
         return {"uri": _file_uri(absolute)}
     # Percent-encode what is not allowed in a URI path (spaces, '%', '#', '?', non-ASCII), from the
     # name's bytes: a non-UTF-8 file name becomes its own bytes (%FF%FE), never an encoding error.
-    return {"uri": quote(_name_bytes(PurePath(relative).as_posix()), safe="/"), "uriBaseId": _SRCROOT}
+    return {"uri": _quote_path(PurePath(relative).as_posix()), "uriBaseId": _SRCROOT}
+
+
+def _quote_path(name: str) -> str:
+    """``name`` percent-encoded from its bytes (:func:`_name_bytes`), ``/`` kept."""
+    from urllib.parse import quote  # SARIF only: text and JSON reports do not import it
+
+    return quote(_name_bytes(name), safe="/")
 
 
 def _name_bytes(name: str) -> bytes:
@@ -101,10 +106,12 @@ def _file_uri(absolute: str) -> str:
     path = PurePath(absolute)
     if not isinstance(path, PurePosixPath):  # Windows: its drive rules
         return path.as_uri()
-    return "file://" + quote(_name_bytes(path.as_posix()), safe="/")
+    return "file://" + _quote_path(path.as_posix())
 
 
 def _sarif_result(report: Report, f: Finding, rule_index: int, base: str) -> dict:
+    import hashlib  # SARIF only: text and JSON reports do not import it
+
     where = os.path.join(report.path, f.file) if f.file else report.path
     location: dict = {"physicalLocation": {"artifactLocation": _artifact_location(where, base)}}
     if f.tensor:
