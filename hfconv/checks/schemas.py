@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
+from .schema_subset import certainly_valid
 
 if TYPE_CHECKING:  # pragma: no cover
     from jsonschema.exceptions import ValidationError
@@ -221,7 +222,9 @@ def schema_problems(schema_name: str, data: Any) -> list[SchemaProblem]:
         # tensors, which jsonschema would take seconds over); the schema sees an empty map.
         weight_map = data["weight_map"]
         data = {**data, "weight_map": {}}
-    for error in _validator(schema_name).iter_errors(data):
+    # jsonschema (and its imports, ~50 ms) only for a value the fast subset cannot vouch for.
+    errors = () if certainly_valid(load_schema(schema_name), data) else _validator(schema_name).iter_errors(data)
+    for error in errors:
         for problem in _describe(error):
             # One sentence per path: the generic and the family schema may both object to a value.
             problems.setdefault(problem.path, problem)
@@ -447,16 +450,20 @@ def _config_rules() -> dict[str, frozenset[str]]:
 
 
 @cache
-def _rope_validator() -> Validator:
+def _rope_schema() -> dict[str, Any]:
     """config.schema.json's RoPE rules for a {"rope_scaling" or "rope_parameters": value} object."""
-    from jsonschema import validators
-
     config_schema = load_schema("config.schema.json")
     rope = {"$ref": "#/$defs/rope_parameters"}
-    schema = {"$defs": config_schema["$defs"], "type": "object",
-              "properties": {"rope_scaling": {"$ref": "#/$defs/rope_one_or_null"}, "rope_parameters": rope}}
+    return {"$defs": config_schema["$defs"], "type": "object",
+            "properties": {"rope_scaling": {"$ref": "#/$defs/rope_one_or_null"}, "rope_parameters": rope}}
+
+
+@cache
+def _rope_validator() -> Validator:
+    from jsonschema import validators
+
     base = _validator("config.schema.json")
-    return validators.extend(type(base))(schema)
+    return validators.extend(type(base))(_rope_schema())
 
 
 def _positive_int(value: Any) -> TypeGuard[int]:
@@ -537,9 +544,11 @@ def config_rule_problems(config: Any) -> list[tuple[str, str, str]]:
                              "attention cannot split the query heads evenly over the key/value heads"))
 
         for key in ("rope_scaling", "rope_parameters"):
-            if parts and parts != ("text_config",) and sub.get(key) is not None:
+            rope_value = {key: sub.get(key)}
+            if (parts and parts != ("text_config",) and rope_value[key] is not None
+                    and not certainly_valid(_rope_schema(), rope_value)):
                 # config.schema.json checks the top level and text_config; the same RoPE rules here.
-                for error in _rope_validator().iter_errors({key: sub[key]}):
+                for error in _rope_validator().iter_errors(rope_value):
                     for problem in _describe(error):
                         problems.append(("HFC402", json_path(parts) + problem.path[1:], problem.message))
             for below, rope in _rope_dicts(sub.get(key)):
