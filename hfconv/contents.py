@@ -111,6 +111,12 @@ class FolderContents:
     def summary(self) -> Summary:
         """Tensor count, parameters and bytes of the weights loaders pick."""
         tensors = self.loaded_tensors.values()
+        files = self._loaded_files().values()
+        totals = [wf.totals for wf in files]
+        if None not in totals and len(tensors) == sum(map(len, (wf.tensors for wf in files))):
+            # No name in two files: the files' own sums, which their readers made in passing.
+            return Summary(tensors=len(tensors), parameters=sum(t[0] for t in totals if t),
+                           bytes=sum(t[1] for t in totals if t))
         numels = list(map(math.prod, map(_SHAPE, tensors)))
         return Summary(tensors=len(tensors), parameters=sum(numels),
                        bytes=total_nbytes(list(map(_DTYPE, tensors)), numels))

@@ -14,7 +14,8 @@ import json
 import math
 import os
 import re
-from itertools import accumulate
+from collections.abc import Iterable
+from itertools import accumulate, compress
 from typing import Any, Literal, overload
 
 from .fsutil import open_regular
@@ -84,17 +85,25 @@ def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _count_keys(value: object) -> int:
-    """Keys of every object in a parsed JSON value (iterative: no recursion on deep values)."""
+    """Keys of every object in a parsed JSON value (iterative: no recursion on deep values; the
+    containers among an object's values picked in C: a weight_map holds 100,000s of strings)."""
     keys = 0
     pending = [value]
     while pending:
         item = pending.pop()
+        values: Iterable[Any]
         if type(item) is dict:
             keys += len(item)
-            pending.extend(v for v in item.values() if type(v) is dict or type(v) is list)
+            values = item.values()
         elif type(item) is list:
-            pending.extend(v for v in item if type(v) is dict or type(v) is list)
+            values = item
+        else:
+            continue
+        pending.extend(compress(values, map(_CONTAINER_TYPES.__contains__, map(type, values))))
     return keys
+
+
+_CONTAINER_TYPES = frozenset((dict, list))
 
 
 def _reject_constant(name: str) -> Any:
@@ -120,9 +129,9 @@ def _parse_float(text: str) -> float:
 def measure_nesting(data: bytes, limit: int) -> tuple[int, int]:
     """(deepest ``[``/``{`` nesting, number of arrays and objects), outside string literals.
 
-    Linear time, no recursion. When there are at most ``limit`` openers in all, their count
-    (an upper bound on the depth, and within the limit) stands for the depth, which is then not
-    computed exactly.
+    Linear time, no recursion. When there are at most ``limit`` openers in all (counted in
+    strings too, or outside them), their count (an upper bound on the depth, and within the
+    limit) stands for both numbers, which are then not computed exactly.
 
     Works on the UTF-8 bytes (``"``, ``\\`` and brackets never occur inside multi-byte
     sequences) with C-speed bytes methods only, because a per-token regex costs seconds on a
@@ -136,6 +145,9 @@ def measure_nesting(data: bytes, limit: int) -> tuple[int, int]:
     For text that is not valid JSON the numbers may be off, but only past the first syntax
     error, where ``json.loads`` stops anyway.
     """
+    openers = data.count(b"[") + data.count(b"{")  # strings' brackets too: an upper bound, in C
+    if openers <= limit:
+        return openers, openers
     kept = _brackets_outside_strings(data)
     openers = kept.count(b"[") + kept.count(b"{")
     if openers <= limit:
@@ -268,14 +280,11 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
         raise JsonError("too_large", f"text holds {containers} arrays and objects (containers), over the limit "
                                      f"of {max_containers}")
 
-    # Without escapes, and with every colon right after a quote, each key's colon follows its
-    # closing quote directly (a quote inside a string would be escaped; a key spaced from its colon
-    # leaves a colon after no quote), so ``":`` counts the keys written (plus strings that begin
-    # with a colon, which only raise it): when the parsed objects hold as many, no key was written
-    # twice, and the per-object duplicate hook (half the parse time of a 100,000-entry weight_map)
-    # is needed only to name a duplicate.
-    quoted_colons = raw.count(b'":') if raw is not None and b"\\" not in raw else None
-    keys_written = quoted_colons if raw is not None and raw.count(b":") == quoted_colons else None
+    # Every key written has its colon, and every other colon lies inside a string: when the parsed
+    # objects hold as many keys as the text holds colons, no key was written twice, and the
+    # per-object duplicate hook (half the parse time of a 100,000-entry weight_map) is needed only
+    # to name a duplicate, or where strings hold colons.
+    keys_written = raw.count(b":") if raw is not None else None
     parse = functools.partial(json.loads, text, parse_float=_parse_float,
                               parse_constant=_python_constant if allow_nonfinite else _reject_constant)
     try:

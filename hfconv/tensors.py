@@ -97,6 +97,9 @@ class WeightFile:
     byte_order: str = "little"
     """Byte order of the stored elements: safetensors is always little-endian; a torch
     checkpoint saved on a big-endian machine says ``big`` (torch.load swaps on load)."""
+    totals: tuple[int, int] | None = None
+    """(elements, bytes) of all its tensors, where the reader summed them in passing (the
+    safetensors reader's bulk path: 100,000s of tensors in the largest folders); else None."""
 
     @property
     def aliases(self) -> dict[str, list[str]]:
@@ -109,6 +112,8 @@ class WeightFile:
 
     @property
     def tensor_nbytes(self) -> int:
+        if self.totals is not None:
+            return self.totals[1]
         metas = self.tensors.values()
         numels = list(map(math.prod, map(attrgetter("shape"), metas)))
         return total_nbytes(list(map(attrgetter("dtype"), metas)), numels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import subprocess
@@ -657,6 +658,9 @@ def test_short_header_loop_agrees_with_the_bulk_and_checked_paths(drawn, intern_
         assert bulk == short
         assert [tuple(map(type, m)) for m in bulk[0].values()] == [tuple(map(type, m)) for m in short[0].values()]
     if bulk is not None:
+        # The sums made in passing: every tensor's elements, and the data section is their bytes.
+        assert bulk[2] == sum(math.prod(meta.shape) for meta in bulk[0].values())
+        assert available == sum(end - begin for begin, end in (meta.data_offsets for meta in bulk[0].values()))
         # ...and what the checked path reads, field for field, with no note.
         checked = reader._parse_header(raw)
         assert list(checked) == list(bulk[0])
@@ -664,3 +668,17 @@ def test_short_header_loop_agrees_with_the_bulk_and_checked_paths(drawn, intern_
             assert meta.dtype == checked[name]["dtype"]
             assert list(meta.shape) == checked[name]["shape"]
             assert [o - base for o in meta.data_offsets] == checked[name]["data_offsets"]
+
+
+@pytest.mark.parametrize("count", [5, 300])  # the short-header loop and the bulk path
+def test_totals_are_the_tensors_elements_and_bytes(tmp_path, count):
+    gen = torch.Generator().manual_seed(count)
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.uint8, torch.float8_e4m3fn]
+    tensors = {f"layers.{i}.w": torch.randn(1 + i % 7, 1 + i % 3, generator=gen).to(dtypes[i % len(dtypes)])
+               for i in range(count)}
+    path = tmp_path / "model.safetensors"
+    pt_save_file(tensors, str(path))
+    wf = read_safetensors(path)
+    assert wf.totals == (sum(t.numel() for t in tensors.values()),
+                         sum(t.numel() * t.element_size() for t in tensors.values()))
+    assert wf.tensor_nbytes == wf.totals[1]

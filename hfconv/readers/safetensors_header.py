@@ -409,7 +409,7 @@ _MISSING = object()
 
 
 def _read_fast(raw: bytes, base: int, available: int,
-               intern_names: bool = False) -> tuple[dict[str, TensorMeta], dict[str, str] | None] | None:
+               intern_names: bool = False) -> _FastRead | None:
     """The common header in bulk, C-speed operations over flat per-tensor lists.
 
     Takes only headers that the checked path (``_parse_header`` then the per-entry checks)
@@ -419,10 +419,9 @@ def _read_fast(raw: bytes, base: int, available: int,
 
     - no backslash (every ``"`` delimits a string: no escapes, so no surrogates and no
       escaped key spellings) and no ``-0``;
-    - every colon right after a quote, and as many colons as the parsed header has keys. With
-      no escapes, a colon is either a key's (outside strings) or inside a string; a count of
-      ``":`` equal to the count of ``:`` puts every key's colon in it, so the keys written
-      equal the keys parsed: no key was written twice (serde keeps the last one, HFC105/HFC114);
+    - as many colons as the parsed header has keys. Every key written has its colon, and every
+      other colon lies inside a string: so the keys written equal the keys parsed, and no key
+      was written twice (serde keeps the last one, HFC105/HFC114);
     - every entry an object of exactly ``dtype`` (a whole-byte dtype), ``shape`` (at most 16
       dimensions, each from 1 to 2**64 - 1) and ``data_offsets``; ``__metadata__`` null or
       strings. The nesting is then at most 3, so the depth scan is not needed;
@@ -434,8 +433,6 @@ def _read_fast(raw: bytes, base: int, available: int,
     # Each entry is one object: more objects than the tensor cap is the checked path's refusal,
     # which counts them before parsing (json.loads of 1.5M empty objects takes ~350 MB).
     colons = raw.count(b":")
-    if colons != raw.count(b'":'):
-        return None
     # (A header shorter than the caps cannot hold that many objects or arrays: no count needed.)
     if len(raw) > MAX_TENSORS and (raw.count(b"{") > MAX_TENSORS + 2 or raw.count(b"[") > 2 * MAX_TENSORS + 16):
         return None
@@ -460,11 +457,11 @@ def _read_fast(raw: bytes, base: int, available: int,
     if keys + 3 * count != colons:
         return None
     if not count:
-        return ({}, metadata) if available == 0 else None
+        return ({}, metadata, 0) if available == 0 else None
     if count <= _FEW:
-        tensors = _few_entries(header, base, available, intern_names)
-        if tensors is not None:
-            return tensors, metadata
+        few = _few_entries(header, base, available, intern_names)
+        if few is not None:
+            return few[0], metadata, few[1]
     try:
         dtypes = [entry["dtype"] for entry in entries]
         shapes = [entry["shape"] for entry in entries]
@@ -482,7 +479,9 @@ def _read_fast(raw: bytes, base: int, available: int,
         ends = [pair[1] for pair in offsets]
         if set(map(type, begins)) != {int} or set(map(type, ends)) != {int} or min(begins) < 0 or max(ends) >= _U64:
             return None
-        sizes = list(map(operator.mul, map(math.prod, shapes), map(_BYTE_SIZES.__getitem__, dtypes)))
+        numels = list(map(math.prod, shapes))
+        elements = sum(numels)
+        sizes = list(map(operator.mul, numels, map(_BYTE_SIZES.__getitem__, dtypes)))
         # numel * bits below 2**64, as _check_entry requires; then every size matches its range.
         if max(sizes) >= _U64 // 8 or list(map(operator.sub, ends, begins)) != sizes:
             return None
@@ -505,10 +504,13 @@ def _read_fast(raw: bytes, base: int, available: int,
     dtypes = list(map(_DTYPE_NAMES.__getitem__, dtypes))
     shapes = list(map(tuple, shapes))
     absolute = zip(map(base.__add__, begins), map(base.__add__, ends))
-    del begins, ends, sizes
+    del begins, ends, sizes, numels
     rows = zip(names, dtypes, shapes, absolute, itertools.repeat(None), itertools.repeat(0), itertools.repeat(None))
-    return dict(zip(names, map(_new_meta, rows))), metadata
+    return dict(zip(names, map(_new_meta, rows))), metadata, elements
 
+
+_FastRead = tuple[dict[str, TensorMeta], dict[str, str] | None, int]
+"""What :func:`_read_fast` takes: the tensors, the metadata, and the elements of all tensors."""
 
 _new_meta = functools.partial(tuple.__new__, TensorMeta)
 """TensorMeta from a full row of its fields, in C (a NamedTuple: see TensorMeta)."""
@@ -519,14 +521,14 @@ the bulk path's two dozen whole-list passes below a few dozen tensors (one layer
 
 
 def _few_entries(header: dict[str, Any], base: int, available: int,
-                 intern_names: bool) -> dict[str, TensorMeta] | None:
+                 intern_names: bool) -> tuple[dict[str, TensorMeta], int] | None:
     """:func:`_read_fast`'s checks for a short header, entry by entry, in one loop.
 
     Takes the entries (each a dict of exactly three fields, as the caller made sure) only when
     the bulk path would, and in file order only (each range begins where the previous one ended);
     None leaves the header to the bulk path, which decides as it always did."""
     tensors: dict[str, TensorMeta] = {}
-    cursor = 0
+    cursor = elements = 0
     for name, entry in header.items():
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         itemsize = _BYTE_SIZES.get(dtype) if type(dtype) is str else None
@@ -543,10 +545,11 @@ def _few_entries(header: dict[str, Any], base: int, available: int,
                 or numel * itemsize >= _U64 // 8 or end - begin != numel * itemsize:
             return None
         cursor = end
+        elements += numel
         if intern_names:
             name = sys.intern(name)
         tensors[name] = _new_meta((name, _DTYPE_NAMES[dtype], tuple(shape), (base + begin, base + end), None, 0, None))
-    return tensors if cursor == available else None
+    return (tensors, elements) if cursor == available else None
 
 
 def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None, *,
@@ -625,7 +628,9 @@ def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None, *,
     with gc_paused():
         fast = _read_fast(raw, base, available, intern_names)
     if fast is not None:
+        # The ranges tile the data section: its size is the tensors' bytes.
         return WeightFile(path=os.fsdecode(path), format="safetensors", tensors=fast[0], metadata=fast[1],
+                          totals=(fast[2], available),
                           notes=tuple(notes), header_nbytes=n)
     with gc_paused():
         header = _parse_header(raw)
