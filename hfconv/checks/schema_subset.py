@@ -109,11 +109,11 @@ class _Evaluator:
     def _if(self, condition: Any, schema: Mapping[str, Any], instance: Any, depth: int) -> Verdict:
         """The branch the condition picks; both branches when it cannot be decided."""
         holds = self.check(condition, instance, depth)
-        then = self.check(schema.get("then", True), instance, depth) if holds is not False else True
-        otherwise = self.check(schema.get("else", True), instance, depth) if holds is not True else True
+        then = self.check(schema.get("then", True), instance, depth) if holds is not False else None
+        otherwise = self.check(schema.get("else", True), instance, depth) if holds is not True else None
         if holds is not None:
             return then if holds else otherwise
-        return True if then is True and otherwise is True else False if then is False and otherwise is False else None
+        return then if then is otherwise else None  # undecided: both branches must agree
 
     def _properties(self, properties: Any, _schema: Mapping[str, Any], instance: Any, depth: int) -> Verdict:
         if not isinstance(properties, dict):
