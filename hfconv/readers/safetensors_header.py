@@ -428,7 +428,7 @@ def _read_fast(raw: bytes, base: int, available: int,
     - sizes that match and tile the data section exactly (no zero-size tensor: ties in the
       offset order are left to the checked path).
     """
-    if b"\\" in raw or b"-0" in raw:
+    if b"\\" in raw or (b"-" in raw and b"-0" in raw):  # memchr for "-" first: a 2-byte search is 25x slower
         return None
     # Each entry is one object: more objects than the tensor cap is the checked path's refusal,
     # which counts them before parsing (json.loads of 1.5M empty objects takes ~350 MB).

@@ -104,7 +104,7 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     wants: list[Any] = list(map(index.get, names, itertools.repeat(_NO_TENSOR)))
     unknown = list(map(operator.is_, wants, itertools.repeat(_NO_TENSOR)))
     if not outer and any(unknown) and expected.allowed_extras:
-        trailing = _trailing_only(expected, actual, list(itertools.compress(names, unknown)), index, any_mismatch)
+        trailing = _trailing_only(expected, actual, unknown, names, index, any_mismatch)
         if trailing is not None:
             return trailing
     if not outer and not any(unknown) and _LEGACY_PARTS.search("\n".join(names)) is None:
@@ -196,21 +196,21 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
                       tuple(count_mismatches), matched)
 
 
-def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], unknown: list[str],
-                   index: Mapping[str, Any], any_mismatch: bool) -> Comparison | None:
+def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], is_unknown: list[bool],
+                   names: list[str], index: Mapping[str, Any], any_mismatch: bool) -> Comparison | None:
     """compare() when the only stored names that are no expected name as they are lie in the
     trailing layers the model class ignores (DeepSeek-V3's multi-token-prediction layer): the rest
     compared in the common case's bulk passes, these reported as ignored, as the name-by-name path
     reports them. None when another name is unknown, or one of them might match an expected name
     another way (prefix, legacy names)."""
     allowed = [re.compile(p) for p in expected.allowed_extras]
+    unknown = list(itertools.compress(names, is_unknown))
     if len(unknown) == len(actual) or _LEGACY_PARTS.search("\n".join(actual)) is not None:
         return None
     for name in unknown:
         if not any(rx.search(name) for rx in allowed) or _canonical(name, index, expected.prefix) is not None:
             return None
-    extra = set(unknown)
-    rest = _compare(expected, {name: shape for name, shape in actual.items() if name not in extra},
+    rest = _compare(expected, dict(itertools.compress(actual.items(), map(operator.not_, is_unknown))),
                     any_mismatch=any_mismatch)
     if any_mismatch and rest.mismatched:
         return rest
