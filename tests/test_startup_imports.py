@@ -29,10 +29,14 @@ FORBIDDEN = (
     # subprocesses (--trust-remote-code, --reference transformers; a chat template's child is forked),
     # hashes (SARIF, --manifest, Hub-cache blobs), --deep and --manifest's byte reads, SARIF's URIs
     "subprocess", "hashlib", "hfconv.tensor_bytes", "mmap", "urllib.parse",
+    # package data (the schemas, the generated tables) is read beside the modules: importlib.resources'
+    # readers import these
+    "importlib.resources", "zipfile", "tempfile", "shutil",
 )
-WITH_CHAT_TEMPLATE = frozenset({"jinja2", "hashlib"})
+WITH_CHAT_TEMPLATE = frozenset({"jinja2", "hashlib", "importlib.resources", "zipfile", "tempfile", "shutil"})
 """A folder with a chat template checks it with jinja2 (imported before its child is forked), and
-jinja2 imports hashlib."""
+jinja2 imports hashlib; its tokenizer.model is read with sentencepiece, which imports
+importlib.resources."""
 
 # Runs `hfconv validate` in this process (click's entry point, not a new interpreter) on each
 # folder given in turn, and after each names the forbidden modules imported so far: those not

@@ -16,11 +16,11 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
+from ..fsutil import read_package_text
 from .schema_subset import certainly_valid
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -166,7 +166,7 @@ def load_schema(name: str) -> dict[str, Any]:
     Raises:
         FileNotFoundError: no such schema.
     """
-    text = (resources.files("hfconv") / "schemas" / name).read_text(encoding="utf-8")
+    text = read_package_text("schemas", name)
     return json.loads(text)
 
 

@@ -229,7 +229,7 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
             return
         scheme = found
     else:
-        yield from _check_dtypes(config, tensors)
+        yield from _check_dtypes(config, list(tensors.values()))
 
     # 1. Where the expected tensors come from.
     try:
@@ -259,8 +259,8 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
                           f"{len(tensors)} stored tensors is quantized that way ({_MARKS[scheme.method]}); shape "
                           "checks against the config were skipped", file=_CONFIG)
             return
-        plain = list(itertools.filterfalse(view.quantized.__contains__, tensors))
-        yield from _check_dtypes(config, dict(zip(plain, map(tensors.__getitem__, plain))))
+        plain = map(operator.not_, map(view.quantized.__contains__, tensors))
+        yield from _check_dtypes(config, list(itertools.compress(tensors.values(), plain)))
         for issue in view.issues:
             yield finding(issue.code, issue.message, file=contents.file_of(issue.tensor), tensor=issue.tensor)
         if expected.source.startswith("transformers"):  # transformers' quantizer: what hfconv's layout left
@@ -532,12 +532,13 @@ def _tie_hint(name: str, config: Mapping[str, Any]) -> str:
 
 
 _KEPT_IN_FP32 = (".e_score_correction_bias",)
-_DTYPE = operator.attrgetter("dtype")
 """Tensors transformers keeps in float32 whatever the dtype (_keep_in_fp32_modules_strict of
 DeepSeek-V3 and the MoE models built like it): stored F32 as published, not cast at load."""
+_NAME = operator.attrgetter("name")
+_DTYPE = operator.attrgetter("dtype")
 
 
-def _check_dtypes(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Iterator[Finding]:
+def _check_dtypes(config: Mapping[str, Any], metas: list[Any]) -> Iterator[Finding]:
     """Tensors stored in another float dtype than torch_dtype while most match it.
 
     When the bulk of the weights disagrees with torch_dtype, HFC514 (checks/tokenizer.py) says
@@ -550,8 +551,7 @@ def _check_dtypes(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Iter
         return
     # Counted in C (100,000s of tensors in the largest folders): every dtype, less the tensors kept
     # in float32 whatever torch_dtype says.
-    metas = tensors.values()
-    kept = map(operator.not_, map(str.endswith, tensors, itertools.repeat(_KEPT_IN_FP32)))
+    kept = map(operator.not_, map(str.endswith, map(_NAME, metas), itertools.repeat(_KEPT_IN_FP32)))
     stored = Counter(map(_DTYPE, itertools.compress(metas, kept)))  # in order: ties go to the first seen
     stored = Counter({dtype: n for dtype, n in stored.items() if dtype in FLOAT_DTYPES})
     if not stored or stored.most_common(1)[0][0] != want:

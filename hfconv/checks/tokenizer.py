@@ -674,14 +674,16 @@ def _check_loads_in_transformers(facts: TokenizerFacts) -> Iterator[Finding]:
     model folder is on the child's import path. Costs seconds (the child imports transformers), so it
     runs only when the user asked for transformers-backed checks.
     """
-    import shutil
+    contents = facts.contents
+    folder = contents.folder
+    if contents.options.reference != "transformers":
+        return
+    import shutil  # only for this check: --reference transformers
     import tempfile
 
     from .custom_code import auto_map_entries, load_tokenizer_in_subprocess
 
-    contents = facts.contents
-    folder = contents.folder
-    if contents.options.reference != "transformers" or folder.python_files or auto_map_entries(contents):
+    if folder.python_files or auto_map_entries(contents):
         return
     names = [n for n in dict.fromkeys(TOKENIZER_FILES) if folder.has(n) and n not in folder.special_files
              and folder.contains(n)]

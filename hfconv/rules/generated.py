@@ -31,9 +31,9 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import replace
-from importlib import resources
 from typing import Any
 
+from ..fsutil import read_package_text
 from .expected import ExpectedModel, architecture_of, expected_tensors
 from .expression import ConfigValueError, ExpressionError
 from .families import Family, Head, Rule
@@ -49,7 +49,7 @@ _METADATA = frozenset({"model_type", "architectures", "transformers_version", "_
 def _text() -> str:
     """The generated tables file (empty when it is absent or unreadable)."""
     try:
-        return resources.files("hfconv").joinpath("schemas").joinpath(TABLE_FILE).read_text(encoding="utf-8")
+        return read_package_text("schemas", TABLE_FILE)
     except (OSError, ValueError):
         return ""
 
