@@ -31,7 +31,6 @@ The checks accept exactly what the installed safetensors (0.8, the Rust crate be
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import math
@@ -506,14 +505,12 @@ def _read_fast(raw: bytes, base: int, available: int,
     absolute = zip(map(base.__add__, begins), map(base.__add__, ends))
     del begins, ends, sizes, numels
     rows = zip(names, dtypes, shapes, absolute, itertools.repeat(None), itertools.repeat(0), itertools.repeat(None))
-    return dict(zip(names, map(_new_meta, rows))), metadata, elements
+    # Each TensorMeta from its full row in C (a NamedTuple: tuple.__new__, not its Python __new__).
+    return dict(zip(names, map(tuple.__new__, itertools.repeat(TensorMeta), rows))), metadata, elements
 
 
 _FastRead = tuple[dict[str, TensorMeta], dict[str, str] | None, int]
 """What :func:`_read_fast` takes: the tensors, the metadata, and the elements of all tensors."""
-
-_new_meta = functools.partial(tuple.__new__, TensorMeta)
-"""TensorMeta from a full row of its fields, in C (a NamedTuple: see TensorMeta)."""
 
 _FEW = 48
 """Headers of at most this many entries go through :func:`_few_entries`: one plain loop beats
@@ -548,7 +545,8 @@ def _few_entries(header: dict[str, Any], base: int, available: int,
         elements += numel
         if intern_names:
             name = sys.intern(name)
-        tensors[name] = _new_meta((name, _DTYPE_NAMES[dtype], tuple(shape), (base + begin, base + end), None, 0, None))
+        tensors[name] = tuple.__new__(TensorMeta, (name, _DTYPE_NAMES[dtype], tuple(shape), (base + begin, base + end),
+                                                   None, 0, None))
     return (tensors, elements) if cursor == available else None
 
 
