@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 
 from hfconv.rules.expected import MAX_COUNT, CapReached, expected_tensors
@@ -313,3 +315,21 @@ def test_trailing_layers_compared_in_bulk_as_name_by_name(monkeypatch, change):
     monkeypatch.setattr(compare_module, "_trailing_only", lambda *args: None)
     one_by_one = [original(expected, stored, any_mismatch=flag) for flag in (False, True)]
     assert bulk == one_by_one
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from(["s1", "s2", "s3"])), max_size=12),
+       st.lists(st.tuples(st.sampled_from("abcdefg"), st.sampled_from(["s1", "s2", "s3", "s4"])), max_size=12))
+def test_index_in_place_shortcut_agrees_with_the_holders(stored, entries):
+    """The index check's common-case shortcut says yes exactly where the full holder map agrees
+    with the index entry for entry and no tensor is in two shards."""
+    from hfconv.checks.index import _all_in_place, _holders
+    from hfconv.tensors import TensorMeta, WeightFile
+
+    shards: dict[str, dict[str, TensorMeta]] = {}
+    for name, shard in stored:
+        shards.setdefault(shard, {})[name] = TensorMeta(name=name, dtype="F32", shape=(1,))
+    readable = {shard: WeightFile(path=shard, format="safetensors", tensors=held) for shard, held in shards.items()}
+    weight_map = dict(entries)
+    first, shared = _holders(readable)
+    assert _all_in_place(weight_map, readable) == (first == weight_map and not shared)

@@ -64,7 +64,7 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
     if shard_names and not existing:
         yield finding("HFC003", f"{index.name} names {plural(len(shard_names), 'shard file')} but none of them exists",
                       file=index.name)
-    else:
+    elif len(existing) < len(shard_names):
         tensors_per_shard = Counter(index.weight_map.values())
         for shard in shard_names:
             if not folder.has(shard):
@@ -79,13 +79,11 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
         if shard not in readable and shard not in unread:
             yield finding("HFC308", f"{shard} could not be read, so its {index.name} entries are unchecked", file=shard)
 
-    # Where each tensor really lives, over every readable shard of the index.
-    first, shared = _holders(readable)
-    if first == index.weight_map and not shared:
-        # The common case, decided in C (100,000s of entries in the largest folders): every entry
-        # names the one shard holding its tensor, and the shards hold nothing else.
+    if _all_in_place(index.weight_map, readable):
         yield from _check_total_size(index, readable, complete=len(readable) == len(shard_names))
         return
+    # Where each tensor really lives, over every readable shard of the index.
+    first, shared = _holders(readable)
 
     # One finding per bad entry, until capped() would only count them (an index may list 300,000).
     made: Counter[str] = Counter()
@@ -122,6 +120,21 @@ def _check_one_index(contents: FolderContents, index: IndexFile) -> Iterator[Fin
                           "loaders will not load it", file=shards[0], tensor=tensor)
 
     yield from _check_total_size(index, readable, complete=len(readable) == len(shard_names))
+
+
+def _all_in_place(weight_map: dict[str, str], readable: dict[str, WeightFile]) -> bool:
+    """The common case, decided in C (100,000s of entries in the largest folders): each shard's
+    tensors are all mapped to that shard, and the index lists as many entries as the shards hold
+    tensors. Then no tensor is in two shards (it maps to one), and the entries are exactly the
+    stored tensors (one entry each, as many as there are): every entry names the one shard holding
+    its tensor, and the shards hold nothing else."""
+    if sum(len(w.tensors) for w in readable.values()) != len(weight_map):
+        return False
+    for shard, weight_file in readable.items():
+        named = list(map(weight_map.get, weight_file.tensors))
+        if named.count(shard) != len(named):
+            return False
+    return True
 
 
 def _holders(readable: dict[str, WeightFile]) -> tuple[dict[str, str], dict[str, list[str]]]:
