@@ -87,9 +87,10 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
 
 
 def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
-             any_mismatch: bool = False) -> Comparison:
+             any_mismatch: bool = False, looked_up: list[Any] | None = None) -> Comparison:
     """compare(); with ``any_mismatch``, a Comparison of the first shape mismatch alone as soon as
-    one is found (all suggest_fix needs of a trial config under which most shapes may differ)."""
+    one is found (all suggest_fix needs of a trial config under which most shapes may differ).
+    ``looked_up``: what each name of ``actual`` is expected as, where the caller looked it up."""
     prefix = expected.prefix
     tensors = expected.tensors
     # What hot loops read: name -> an object with the expected ``shape`` and ``optional`` (a rule
@@ -101,10 +102,11 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     names = list(actual)
     # What each stored name is expected as, looked up as it is: when every one is found, that is
     # the answer (the common case) and no name is matched one by one.
-    wants: list[Any] = list(map(index.get, names, itertools.repeat(_NO_TENSOR)))
+    wants: list[Any] = looked_up if looked_up is not None else \
+        list(map(index.get, names, itertools.repeat(_NO_TENSOR)))
     unknown = list(map(operator.is_, wants, itertools.repeat(_NO_TENSOR)))
     if not outer and any(unknown) and expected.allowed_extras:
-        trailing = _trailing_only(expected, actual, unknown, names, index, any_mismatch)
+        trailing = _trailing_only(expected, actual, unknown, names, wants, index, any_mismatch)
         if trailing is not None:
             return trailing
     if not outer and not any(unknown) and _LEGACY_PARTS.search("\n".join(names)) is None:
@@ -197,7 +199,8 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
 
 
 def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], is_unknown: list[bool],
-                   names: list[str], index: Mapping[str, Any], any_mismatch: bool) -> Comparison | None:
+                   names: list[str], wants: list[Any], index: Mapping[str, Any],
+                   any_mismatch: bool) -> Comparison | None:
     """compare() when the only stored names that are no expected name as they are lie in the
     trailing layers the model class ignores (DeepSeek-V3's multi-token-prediction layer): the rest
     compared in the common case's bulk passes, these reported as ignored, as the name-by-name path
@@ -210,14 +213,18 @@ def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]
     for name in unknown:
         if not any(rx.search(name) for rx in allowed) or _canonical(name, index, expected.prefix) is not None:
             return None
-    rest = _compare(expected, dict(itertools.compress(actual.items(), map(operator.not_, is_unknown))),
-                    any_mismatch=any_mismatch)
+    known = list(map(operator.not_, is_unknown))
+    rest = _compare(expected, dict(itertools.compress(actual.items(), known)), any_mismatch=any_mismatch,
+                    looked_up=list(itertools.compress(wants, known)))
     if any_mismatch and rest.mismatched:
         return rest
     # Name by name, these would be uncounted, matched by nothing, and then ignored (KNOWN_EXTRAS'
     # label first), unless a layer-count mismatch leaves their index to the count finding.
     skipped = [(re.compile(c.group.pattern), frozenset(set(c.found) ^ c.group.wanted)) for c in rest.counts]
-    labels = _ignored_labels(expected)
+    # The labels some of these names may take, found over all of them at once: a label's pattern,
+    # multiline, matches the names joined by newlines wherever it matches one of them.
+    joined = "\n".join(unknown)
+    labels = [(rx, label) for rx, label in _ignored_labels(expected) if re.search(rx.pattern, joined, re.M)]
     ignored = list(rest.ignored)
     for name in unknown:
         if not _left_to_count(name, skipped, expected.prefix):
