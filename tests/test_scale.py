@@ -335,3 +335,31 @@ def test_index_in_place_shortcut_agrees_with_the_holders(stored, entries):
     weight_map = dict(entries)
     first, shared = _holders(readable)
     assert _all_in_place(weight_map, readable) == (first == weight_map and not shared)
+
+
+def test_run_names_as_the_template_over_every_placeholder_value() -> None:
+    """TensorRun.names' shortcut for one varying placeholder (the fixed ones filled in once, then
+    concatenation) names exactly what formatting the template for every value combination names."""
+    import itertools
+
+    from hfconv.rules.expected import TensorRun, _Template
+
+    def general(run: TensorRun) -> list[str]:
+        return list(itertools.starmap(run.template.format.format, itertools.product(*run.ranges)))
+
+    cases = [("model.layers.{i}.mlp.experts.{e}.w", ("i", "e"), [(3,), range(5)]),
+             ("layers.{i}.experts.{e}.w", ("i", "e"), [range(4), (7,)]),
+             ("a.{i}.b.{i}.c.{e}", ("i", "e"), [(2,), range(3)]),  # a placeholder named twice
+             ("a.{i}.b.{i}.c.{e}", ("i", "e"), [range(3), (2,)]),
+             ("x.{i}.y.{j}.z.{e}", ("i", "j", "e"), [(1,), (0,), range(12)]),
+             ("x.{i}.y.{j}.z.{e}", ("i", "j", "e"), [range(2), range(2), (5,)])]
+    for name, placeholders, ranges in cases:
+        run = TensorRun(_Template(name, placeholders), tuple(ranges), (), (), False)
+        assert run.names() == general(run), name
+    # And over the largest real table: DeepSeek-V3's 256 experts a layer.
+    config = json.loads((Path(__file__).parent.parent / "fixtures" / "quantized" / "deepseek_v3-fp8" /
+                         "config.json").read_text())
+    config.update(num_hidden_layers=4, n_routed_experts=256, first_k_dense_replace=1)
+    model = expected_tensors(config)
+    assert all(run.names() == general(run) for run in model.tensors.runs)
+    assert len(model.tensors) > 3 * 256 * 3
