@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -217,11 +216,17 @@ def read_contents(folder: ModelFolder, options: CheckOptions | None = None) -> F
     chosen = folder.loaded_set
     first = dict.fromkeys(n for n in contents.shards_of(chosen) if n in to_read) if chosen is not None else {}
     ordered = [*first, *(n for n in to_read if n not in first)]
+    # The shards' tensor names as the index's own strings (a name both hold is one string, not two:
+    # DeepSeek-V3 holds 92,000), through a map of each index name to itself, dropped once read.
+    shared_names: dict[str, str] | None = None
+    for index in contents.indexes.values():
+        shared_names = shared_names or {}
+        shared_names.update(zip(index.weight_map, index.weight_map))
     for count, name in enumerate(n for n in ordered if n not in contents.unsafe_names):
         if count >= MAX_WEIGHT_FILES:
             contents.unread_weights.append(name)
         else:
-            _read_weights(contents, name)
+            _read_weights(contents, name, shared_names)
     return contents
 
 
@@ -265,18 +270,19 @@ def _read_index(contents: FolderContents, name: str) -> None:
             not set(map(type, weight_map)) | set(map(type, weight_map.values())) <= {str}:
         contents.index_errors[name] = "has no 'weight_map' object mapping tensor names to shard file names"
         return
-    distinct = len(set(weight_map.values()))
+    shards = set(weight_map.values())
+    distinct = len(shards)
     if distinct > MAX_INDEX_SHARDS:
         contents.index_errors[name] = (f"names {distinct:,} distinct shard files, more than hfconv checks "
                                        f"({MAX_INDEX_SHARDS:,}, MAX_INDEX_SHARDS; the Hub's 5-digit shard names "
                                        "stop at 99,999); it was not checked")
         contents.index_error_codes[name] = "HFC311"
         return
-    # One string per tensor name (interned: the shards' headers share them) and per shard name,
-    # not one per entry: 100,000s of entries in the largest indexes (DeepSeek-V3: 15 MB less).
-    shard_of = {shard: shard for shard in weight_map.values()}
-    weight_map = dict(zip(map(sys.intern, weight_map), map(shard_of.__getitem__, weight_map.values())))
-    data["weight_map"] = weight_map
+    # One string per shard name, not one per entry: 100,000s of entries in the largest indexes
+    # (DeepSeek-V3: 7 MB less). (The shards' headers take the tensor names' strings from it: see
+    # read_contents.)
+    shard_of = {shard: shard for shard in shards}
+    weight_map.update(zip(list(weight_map), map(shard_of.__getitem__, list(weight_map.values()))))
     metadata = data.get("metadata")
     index = IndexFile(name=name, weight_map=weight_map, metadata=metadata if isinstance(metadata, dict) else {})
     contents.indexes[name] = index
@@ -289,7 +295,7 @@ def _inside(folder: ModelFolder, name: str) -> bool:
     return folder.contains(name)
 
 
-def _read_weights(contents: FolderContents, name: str) -> None:
+def _read_weights(contents: FolderContents, name: str, shared_names: dict[str, str] | None = None) -> None:
     if contents.folder.is_special(name):
         contents.weight_errors[name] = FormatError("HFC008", "is not a regular file (FIFO, device or socket); refused")
         return
@@ -302,8 +308,7 @@ def _read_weights(contents: FolderContents, name: str) -> None:
         contents.weight_errors[name] = FormatError("HFC008", f"{problem}; not read")
         return
     try:
-        # A shard an index names: its tensor names are the index's (interned) strings, not a copy.
-        contents.weights[name] = read_weight_file(contents.folder.path(name), intern_names=bool(contents.indexes))
+        contents.weights[name] = read_weight_file(contents.folder.path(name), shared_names=shared_names)
     except FormatError as exc:
         contents.weight_errors[name] = exc
     except (OSError, MemoryError, RecursionError, ValueError) as exc:

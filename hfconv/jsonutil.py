@@ -145,7 +145,8 @@ def measure_nesting(data: bytes, limit: int) -> tuple[int, int]:
     For text that is not valid JSON the numbers may be off, but only past the first syntax
     error, where ``json.loads`` stops anyway.
     """
-    openers = data.count(b"[") + data.count(b"{")  # strings' brackets too: an upper bound, in C
+    openers = _count_up_to(data, b"[", limit)  # strings' brackets too: an upper bound
+    openers += _count_up_to(data, b"{", limit - openers)
     if openers <= limit:
         return openers, openers
     kept = _brackets_outside_strings(data)
@@ -153,6 +154,17 @@ def measure_nesting(data: bytes, limit: int) -> tuple[int, int]:
     if openers <= limit:
         return openers, openers
     return max(accumulate(map(_DEPTH_DELTA.__getitem__, kept))), openers
+
+
+def _count_up_to(data: bytes, byte: bytes, limit: int) -> int:
+    """Occurrences of ``byte`` in ``data``, counted up to ``limit + 1``: one memchr-speed find per
+    occurrence (a 9 MB index holds 3 braces), where ``bytes.count`` reads every byte in a loop."""
+    count = 0
+    at = data.find(byte)
+    while at >= 0 and count <= limit:
+        count += 1
+        at = data.find(byte, at + 1)
+    return count
 
 
 def count_containers(data: bytes) -> tuple[int, int]:
@@ -309,7 +321,7 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
 
     # Python decodes "\ud800" to a lone surrogate that other parsers refuse and that cannot
     # be written back as UTF-8. Only walk the value when the text holds such an escape.
-    if SURROGATE_ESCAPE_RE.search(text):
+    if "\\" in text and SURROGATE_ESCAPE_RE.search(text):  # an escape needs a backslash (found by memchr)
         bad = find_surrogate(value)
         if bad is not None:
             raise JsonError(
