@@ -246,3 +246,13 @@ def test_duplicate_keys_are_found_whatever_the_spacing_around_colons(text):
     with pytest.raises(JsonError) as caught:
         loads_strict(text)
     assert caught.value.kind == "duplicate_key"
+
+
+def test_brackets_in_strings_never_count_against_the_container_limit():
+    """The bracket count that stands in for both numbers under the limit counts brackets inside
+    strings too: a text within its limits is never refused for them."""
+    text = '{"a": "[[[[{{{{", "b": [1, {"c": 2}]}'  # 3 arrays and objects, 8 brackets in a string
+    assert loads_strict(text, max_containers=3)["b"] == [1, {"c": 2}]
+    with pytest.raises(JsonError) as info:
+        loads_strict(text, max_containers=2)
+    assert info.value.kind == "too_large"

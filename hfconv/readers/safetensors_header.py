@@ -166,7 +166,8 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FormatError("HFC104", f"header is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    depth, containers = measure_nesting(raw, _HEADER_MAX_DEPTH)
+    # (Both numbers exact past the smaller limit: under it, the count of every bracket stands for both.)
+    depth, containers = measure_nesting(raw, min(_HEADER_MAX_DEPTH, 3 * MAX_TENSORS + 16))
     if depth > _HEADER_MAX_DEPTH:
         raise FormatError("HFC104", f"header nesting depth {depth} exceeds {_HEADER_MAX_DEPTH}, the most "
                                     "safetensors (serde_json) reads")
