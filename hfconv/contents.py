@@ -18,7 +18,7 @@ from .discovery import JSON_FILES, ModelFolder, WeightSet
 from .dtypes import total_nbytes
 from .fsutil import link_problem
 from .jsonutil import JsonError, load_json_file
-from .readers.batch import read_weight_files
+from .readers import read_weight_file
 from .report import Layout, Summary
 from .tensors import FormatError, TensorMeta, WeightFile
 
@@ -222,21 +222,11 @@ def read_contents(folder: ModelFolder, options: CheckOptions | None = None) -> F
     for index in contents.indexes.values():
         shared_names = shared_names or {}
         shared_names.update(zip(index.weight_map, index.weight_map))
-    readable: list[str] = []
     for count, name in enumerate(n for n in ordered if n not in contents.unsafe_names):
         if count >= MAX_WEIGHT_FILES:
             contents.unread_weights.append(name)
-        elif (problem := _unreadable(contents, name)) is not None:
-            contents.weight_errors[name] = problem
         else:
-            readable.append(name)
-    listed = sum(len(index.weight_map) for index in contents.indexes.values())
-    results = read_weight_files([folder.path(name) for name in readable], shared_names=shared_names, tensors=listed)
-    for name, result in zip(readable, results):
-        if isinstance(result, FormatError):
-            contents.weight_errors[name] = result
-        else:
-            contents.weights[name] = result
+            _read_weights(contents, name, shared_names)
     return contents
 
 
@@ -305,14 +295,23 @@ def _inside(folder: ModelFolder, name: str) -> bool:
     return folder.contains(name)
 
 
-def _unreadable(contents: FolderContents, name: str) -> FormatError | None:
-    """Why a weight file is not opened at all (a FIFO, a link out of the folder or to nothing), or None."""
+def _read_weights(contents: FolderContents, name: str, shared_names: dict[str, str] | None = None) -> None:
     if contents.folder.is_special(name):
-        return FormatError("HFC008", "is not a regular file (FIFO, device or socket); refused")
+        contents.weight_errors[name] = FormatError("HFC008", "is not a regular file (FIFO, device or socket); refused")
+        return
     if not _inside(contents.folder, name):
-        return FormatError("HFC006", f"{link_problem(contents.folder.path(name))}; not read")
+        contents.weight_errors[name] = FormatError("HFC006", f"{link_problem(contents.folder.path(name))}; not read")
+        return
     if contents.folder.is_symlink(name) and \
             (problem := link_problem(contents.folder.path(name))).startswith("is a dangling"):
         # inside the folder, but the target is missing
-        return FormatError("HFC008", f"{problem}; not read")
-    return None
+        contents.weight_errors[name] = FormatError("HFC008", f"{problem}; not read")
+        return
+    try:
+        contents.weights[name] = read_weight_file(contents.folder.path(name), shared_names=shared_names)
+    except FormatError as exc:
+        contents.weight_errors[name] = exc
+    except (OSError, MemoryError, RecursionError, ValueError) as exc:
+        # Readers raise FormatError by contract; anything else is a reader bug, still reported
+        # as data so that one file never stops the run.
+        contents.weight_errors[name] = FormatError("HFC008", f"could not be read: {exc}")
