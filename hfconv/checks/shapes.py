@@ -550,9 +550,12 @@ def _check_dtypes(config: Mapping[str, Any], metas: list[Any]) -> Iterator[Findi
     if want is None:
         return
     # Counted in C (100,000s of tensors in the largest folders): every dtype, less the tensors kept
-    # in float32 whatever torch_dtype says.
+    # in float32 whatever torch_dtype says; nothing to count where every tensor is in torch_dtype.
+    dtypes = list(map(_DTYPE, metas))
+    if dtypes.count(want) == len(dtypes):
+        return
     kept = map(operator.not_, map(str.endswith, map(_NAME, metas), itertools.repeat(_KEPT_IN_FP32)))
-    stored = Counter(map(_DTYPE, itertools.compress(metas, kept)))  # in order: ties go to the first seen
+    stored = Counter(itertools.compress(dtypes, kept))  # in order: ties go to the first seen
     stored = Counter({dtype: n for dtype, n in stored.items() if dtype in FLOAT_DTYPES})
     if not stored or stored.most_common(1)[0][0] != want:
         return
