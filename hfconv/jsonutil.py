@@ -299,8 +299,12 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
     # Every key written has its colon, and every other colon lies inside a string: when the parsed
     # objects hold as many keys as the text holds colons, no key was written twice, and the
     # per-object duplicate hook (half the parse time of a 100,000-entry weight_map) is needed only
-    # to name a duplicate, or where strings hold colons.
-    keys_written = raw.count(b":") if raw is not None else None
+    # to name a duplicate. A colon right after no quote is inside a string (or spaced from its key):
+    # then the counts would differ, so the hooked parse comes at once, not after a wasted one
+    # (tokenizer.json: the ":" token, chat templates).
+    keys_written = None
+    if raw is not None and (colons := raw.count(b":")) == raw.count(b'":'):
+        keys_written = colons
     parse = functools.partial(json.loads, text, parse_float=_parse_float,
                               parse_constant=_python_constant if allow_nonfinite else _reject_constant)
     try:

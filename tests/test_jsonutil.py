@@ -256,3 +256,21 @@ def test_brackets_in_strings_never_count_against_the_container_limit():
     with pytest.raises(JsonError) as info:
         loads_strict(text, max_containers=2)
     assert info.value.kind == "too_large"
+
+
+@pytest.mark.parametrize(("text", "parses"), [
+    ('{"weight_map": {"a.weight": "model-1.safetensors", "b.weight": "model-1.safetensors"}}', 1),
+    ('{"model": {"vocab": {":": 0, "a:b": 1}}, "chat_template": "{{ role }}: {{ content }}"}', 1),
+    ('{"a": 1, "a": 2}', 2),  # a duplicate: the quick parse, then the hooked one names it
+])
+def test_one_parse_where_strings_hold_colons(monkeypatch, text, parses):
+    """Where a colon follows no quote, a string holds it and the key count cannot settle duplicates:
+    the hooked parse comes at once, not after a parse thrown away (every tokenizer.json)."""
+    calls = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda *a, **k: calls.append(k.get("object_pairs_hook")) or real(*a, **k))
+    try:
+        loads_strict(text.encode())  # as files are read
+    except JsonError as exc:
+        assert exc.kind == "duplicate_key"
+    assert len(calls) == parses

@@ -363,3 +363,19 @@ def test_run_names_as_the_template_over_every_placeholder_value() -> None:
     model = expected_tensors(config)
     assert all(run.names() == general(run) for run in model.tensors.runs)
     assert len(model.tensors) > 3 * 256 * 3
+
+
+def test_trailing_layers_of_any_pattern_take_their_label() -> None:
+    """The trailing layers' patterns may come from a remote model's class (--reference transformers
+    with --trust-remote-code) and use anchors a multiline search of all names joined reads
+    otherwise (``\\A``): each name still gets its label, in any order, and nothing crashes."""
+    from hfconv.rules.compare import compare
+    from hfconv.rules.expected import Dim, ExpectedModel, ExpectedTensor
+
+    weight = ExpectedTensor("w", (Dim(2),), False)
+    model = ExpectedModel(tensors={"w": weight}, family=None, architecture=None, source="transformers test",
+                          allowed_extras=(r"\Amtp\.x", r"mtp\.y"))
+    for stored in ({"w": (2,), "mtp.x": (1,), "mtp.y": (1,)}, {"w": (2,), "mtp.y": (1,), "mtp.x": (1,)}):
+        result = compare(model, stored)
+        assert sorted(name for name, _ in result.ignored) == ["mtp.x", "mtp.y"]
+        assert not result.unexpected and not result.mismatched

@@ -221,10 +221,14 @@ def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]
     # Name by name, these would be uncounted, matched by nothing, and then ignored (KNOWN_EXTRAS'
     # label first), unless a layer-count mismatch leaves their index to the count finding.
     skipped = [(re.compile(c.group.pattern), frozenset(set(c.found) ^ c.group.wanted)) for c in rest.counts]
-    # The labels some of these names may take, found over all of them at once: a label's pattern,
-    # multiline, matches the names joined by newlines wherever it matches one of them.
+    # The known buffers' labels some of these names may take, found over all of them at once: those
+    # patterns (anchored by ^ and $ only, no newline) match, multiline, the names joined by newlines
+    # wherever they match one of them. The trailing layers' own patterns (a remote model's, with
+    # --trust-remote-code) are kept whatever they are.
     joined = "\n".join(unknown)
-    labels = [(rx, label) for rx, label in _ignored_labels(expected) if re.search(rx.pattern, joined, re.M)]
+    labels = _ignored_labels(expected)
+    buffers = len(KNOWN_EXTRAS)
+    labels = [(rx, label) for rx, label in labels[:buffers] if re.search(rx.pattern, joined, re.M)] + labels[buffers:]
     ignored = list(rest.ignored)
     for name in unknown:
         if not _left_to_count(name, skipped, expected.prefix):
