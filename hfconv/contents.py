@@ -111,11 +111,11 @@ class FolderContents:
         """Tensor count, parameters and bytes of the weights loaders pick."""
         tensors = self.loaded_tensors.values()
         files = self._loaded_files().values()
-        totals = [wf.totals for wf in files]
-        if None not in totals and len(tensors) == sum(map(len, (wf.tensors for wf in files))):
+        totals = [wf.totals for wf in files if wf.totals is not None]
+        if len(totals) == len(files) and len(tensors) == sum(len(wf.tensors) for wf in files):
             # No name in two files: the files' own sums, which their readers made in passing.
-            return Summary(tensors=len(tensors), parameters=sum(t[0] for t in totals if t),
-                           bytes=sum(t[1] for t in totals if t))
+            return Summary(tensors=len(tensors), parameters=sum(t[0] for t in totals),
+                           bytes=sum(t[1] for t in totals))
         numels = list(map(math.prod, map(_SHAPE, tensors)))
         return Summary(tensors=len(tensors), parameters=sum(numels),
                        bytes=total_nbytes(list(map(_DTYPE, tensors)), numels))
@@ -219,9 +219,10 @@ def read_contents(folder: ModelFolder, options: CheckOptions | None = None) -> F
     # The shards' tensor names as the index's own strings (a name both hold is one string, not two:
     # DeepSeek-V3 holds 92,000), through a map of each index name to itself, dropped once read.
     shared_names: dict[str, str] | None = None
-    for index in contents.indexes.values():
-        shared_names = shared_names or {}
-        shared_names.update(zip(index.weight_map, index.weight_map))
+    if contents.indexes:
+        shared_names = {}
+        for index in contents.indexes.values():
+            shared_names.update(zip(index.weight_map, index.weight_map))
     for count, name in enumerate(n for n in ordered if n not in contents.unsafe_names):
         if count >= MAX_WEIGHT_FILES:
             contents.unread_weights.append(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,15 @@ LAYOUTS = [
     "llama-legacy-bin",
 ]
 """Every fixture layout (see fixtures/make_fixtures.py)."""
+CLI = [sys.executable, "-m", "hfconv"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``hfconv ARGS`` in a subprocess (``env`` added to this environment); never a traceback."""
+    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done
 
 
 def copy_fixture(tmp_path: Path, name: str) -> Path:

@@ -11,23 +11,17 @@ import pickle
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from hfconv import fix, validate
 
-CLI = [sys.executable, "-m", "hfconv"]
+from helpers import CLI
+from helpers import run_cli as run
+
 INDEX = "model.safetensors.index.json"
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    return done
 
 
 SAVED = Path(__file__).resolve().parent.parent / "fixtures" / "saved" / "fix-llama"

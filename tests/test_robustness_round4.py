@@ -16,17 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FIXTURES
+from helpers import CLI, FIXTURES
+from helpers import run_cli as run
 
-CLI = [sys.executable, "-m", "hfconv"]
 INDEX = "model.safetensors.index.json"
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    return done
 
 
 # --- 1. fix: a rename's link -------------------------------------------------------------------------

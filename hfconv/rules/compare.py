@@ -206,7 +206,9 @@ def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]
     compared in the common case's bulk passes, these reported as ignored, as the name-by-name path
     reports them. None when another name is unknown, or one of them might match an expected name
     another way (prefix, legacy names)."""
-    allowed = [re.compile(p) for p in expected.allowed_extras]
+    labels = _ignored_labels(expected)
+    buffers = len(KNOWN_EXTRAS)  # the known buffers' labels first, then the trailing layers'
+    allowed = [rx for rx, _ in labels[buffers:]]
     unknown = list(itertools.compress(names, is_unknown))
     if len(unknown) == len(actual) or _LEGACY_PARTS.search("\n".join(actual)) is not None:
         return None
@@ -226,8 +228,6 @@ def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]
     # wherever they match one of them. The trailing layers' own patterns (a remote model's, with
     # --trust-remote-code) are kept whatever they are.
     joined = "\n".join(unknown)
-    labels = _ignored_labels(expected)
-    buffers = len(KNOWN_EXTRAS)
     labels = [(rx, label) for rx, label in labels[:buffers] if re.search(rx.pattern, joined, re.M)] + labels[buffers:]
     ignored = list(rest.ignored)
     for name in unknown:
