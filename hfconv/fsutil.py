@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from .tensors import FormatError
@@ -19,20 +20,40 @@ def open_regular(path: str | os.PathLike, follow_symlinks: bool = True) -> io.Bu
     """
     nofollow = 0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | nofollow)
+        handle = _open_owned(path, lambda: os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | nofollow))
+    except IsADirectoryError:
+        raise FormatError("HFC008", "is not a regular file (FIFO, device or socket); refused") from None
     except OSError as exc:
         if nofollow and os.path.islink(path):
             raise FormatError("HFC008", "is a symlink; not followed") from None
         raise FormatError("HFC008", f"cannot open: {exc.strerror}") from None
+    return _regular_or_refused(handle, "is not a regular file (FIFO, device or socket); refused")
+
+
+def _open_owned(name: str | os.PathLike, open_fd: Callable[[], int]) -> io.BufferedReader:
+    """A reader (named ``name``) over the descriptor ``open_fd()`` returns, owned by the reader
+    from the moment it exists.
+
+    Opening a descriptor and handing it to ``os.fdopen`` afterwards leaves a window where a
+    signal (Ctrl-C, SIGTERM) turns into an exception: the cleanup then closes a descriptor the
+    half-built reader also closes, and the second close hits whatever file got that number
+    meanwhile (a shard being written: seen as "bad file descriptor" instead of "interrupted").
+    ``open(opener=...)`` adopts the descriptor inside C, where no signal handler runs.
+    """
+    return open(name, "rb", opener=lambda _name, _flags: open_fd())
+
+
+def _regular_or_refused(handle: io.BufferedReader, refusal: str) -> io.BufferedReader:
+    """``handle`` once it is a regular file (switched back to blocking reads); else closed and HFC008."""
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError("HFC008", "is not a regular file (FIFO, device or socket); refused")
+        fd = handle.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FormatError("HFC008", refusal)
         if hasattr(os, "O_NONBLOCK"):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return handle
     except BaseException:
-        os.close(fd)
+        handle.close()
         raise
 
 
@@ -76,32 +97,29 @@ def _open_beneath(base: str, parts: list[str]) -> io.BufferedReader:
         directory = os.open(base, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
     except OSError as exc:
         raise FormatError("HFC008", f"cannot open its folder: {exc.strerror}") from None
-    fd = -1
     try:
         for part in parts[:-1]:
             try:
                 inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC, dir_fd=directory)
             except OSError as exc:
                 raise FormatError("HFC008", _walk_error(exc, part)) from None
-            os.close(directory)
-            directory = inner
+            # Swapped before the close: an interrupt in between may leak a descriptor, never
+            # make the clean-up below close one twice (see _open_owned).
+            outer, directory = directory, inner
+            os.close(outer)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
         try:
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC,
-                         dir_fd=directory)
+            handle = _open_owned(os.path.join(base, *parts), lambda: os.open(parts[-1], flags, dir_fd=directory))
+        except IsADirectoryError:
+            handle = None
         except OSError as exc:
             raise FormatError("HFC008", _walk_error(exc, parts[-1])) from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError("HFC008", "is not a regular file (a folder, FIFO, device or socket); refused")
-        if hasattr(os, "O_NONBLOCK"):
-            os.set_blocking(fd, True)
-        handle = os.fdopen(fd, "rb")
-        fd = -1
-        return handle
     finally:
-        if fd >= 0:
-            os.close(fd)
         os.close(directory)
+    refusal = "is not a regular file (a folder, FIFO, device or socket); refused"
+    if handle is None:
+        raise FormatError("HFC008", refusal)
+    return _regular_or_refused(handle, refusal)
 
 
 def _walk_error(exc: OSError, part: str) -> str:

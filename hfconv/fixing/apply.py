@@ -14,6 +14,7 @@ folder under a running fix (a race made deterministic) and let it go on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -23,7 +24,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from ..fsutil import fsync_dir, open_regular, umask
 from ..readers.safetensors_header import read_safetensors
@@ -83,24 +84,36 @@ class FileOps:
     def path(self, name: str) -> str:
         return os.path.join(self.root, name)
 
-    def _temporary(self, name: str) -> tuple[int, str]:
-        folder, base = os.path.split(self.path(name))
-        return tempfile.mkstemp(prefix=f".{base}.hfconv-fix-", suffix=".tmp", dir=folder)
+    @contextlib.contextmanager
+    def _replacing(self, name: str) -> Iterator[tuple[int, str]]:
+        """A temporary file beside ``name`` (its descriptor and path) to write in the block; then
+        flushed, given the target's mode and renamed over ``name``; removed if anything fails.
 
-    def _install(self, fd: int, tmp: str, name: str) -> None:
-        """Flush ``tmp``, give it the target's mode, rename it over ``name``."""
+        The descriptor is closed once, in one place: a second close (an error or an interrupt
+        after the first) would close whatever file got that number meanwhile.
+        """
         target = self.path(name)
+        folder, base = os.path.split(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.hfconv-fix-", suffix=".tmp", dir=folder)
         try:
-            mode = stat.S_IMODE(os.lstat(target).st_mode)
-        except FileNotFoundError:
-            mode = 0o666 & ~umask()
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-        os.close(fd)
-        if os.path.islink(target):
-            raise OSError(f"{name} became a symlink; not written through")
-        os.replace(tmp, target)
-        fsync_dir(os.path.dirname(target))
+            try:
+                yield fd, tmp
+                try:
+                    mode = stat.S_IMODE(os.lstat(target).st_mode)
+                except FileNotFoundError:
+                    mode = 0o666 & ~umask()
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if os.path.islink(target):
+                raise OSError(f"{name} became a symlink; not written through")
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(folder)
 
     def write_text(self, name: str, text: str, expected: str | None = None) -> None:
         """Replace (or create) ``name`` with ``text`` (UTF-8); with ``expected``, only while the
@@ -111,13 +124,8 @@ class FileOps:
                     raise VerifyError(f"{name} changed since hfconv fix read it")
         elif os.path.lexists(self.path(name)):
             raise VerifyError(f"{name} appeared since hfconv fix listed the folder")
-        fd, tmp = self._temporary(name)
-        try:
+        with self._replacing(name) as (fd, _):
             write_all(fd, text.encode("utf-8"))
-            self._install(fd, tmp, name)
-        except BaseException:
-            _discard(fd, tmp)
-            raise
         self._done(f"wrote {name}")
 
     def rewrite_header(self, name: str, weight_file: WeightFile, metadata: Mapping[str, str]) -> None:
@@ -135,15 +143,10 @@ class FileOps:
         src_fd = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
             data_bytes = os.fstat(src_fd).st_size - old_base
-            fd, tmp = self._temporary(name)
-            try:
+            with self._replacing(name) as (fd, tmp):
                 write_all(fd, struct.pack("<Q", len(header)) + header)
                 copy_range(src_fd, fd, old_base, data_bytes)
                 _verify(tmp, weight_file, metadata, src_fd, old_base, 8 + len(header), data_bytes)
-                self._install(fd, tmp, name)
-            except BaseException:
-                _discard(fd, tmp)
-                raise
         finally:
             os.close(src_fd)
         self._done(f"rewrote the header of {name}")
@@ -191,15 +194,10 @@ class FileOps:
 
     def _copy_as(self, src_fd: int, size: int, new_name: str) -> None:
         """No hard links here (some file systems): copy, flush and install under ``new_name``."""
-        fd, tmp = self._temporary(new_name)
-        try:
+        with self._replacing(new_name) as (fd, _):
             copy_range(src_fd, fd, 0, size)
             if os.path.lexists(self.path(new_name)):
                 raise VerifyError(f"{new_name} appeared since hfconv fix listed the folder; not replaced")
-            self._install(fd, tmp, new_name)
-        except BaseException:
-            _discard(fd, tmp)
-            raise
 
     def delete(self, name: str) -> None:
         os.unlink(self.path(name))
@@ -223,17 +221,6 @@ def _pause(line: str) -> None:
         signal.sigtimedwait({usr1}, 60)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {usr1})
-
-
-def _discard(fd: int, tmp: str) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
 
 
 def header_bytes(weight_file: WeightFile, metadata: Mapping[str, str]) -> bytes:
