@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import mmap
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -22,7 +22,7 @@ from .errors import InputRefused, VerificationError, write_failure
 from .plan import PlannedTensor, ShardPlan
 from .results import ValidationSummary
 from .staging import fsync_path
-from .write import TRANSFORM_LOCK, Batch, ShardOutcome, ShardTask, Sources, release, transformed_bytes
+from .write import TRANSFORM_LOCK, Batch, ShardOutcome, ShardTask, Sources, read_source, release, transformed_bytes
 
 __all__ = ["check_batch", "check_header", "finish_shard", "raise_for_outcomes", "validate_output"]
 
@@ -86,44 +86,60 @@ def _compare_tensor(tensor: PlannedTensor, out: Any, out_map: mmap.mmap, at: int
     """Compare one written tensor (at ``at`` in the batch's mapping) with its source; why it
     differs, or "". ``fused``: its storage record, whose CRC-32 is computed on the same windows
     (an HFC901 is appended to ``corrupt`` when it fails)."""
-    import numpy as np
 
     if tensor.action == "copy":
-        src_map = sources.map(tensor.source_path)
-        src = np.frombuffer(src_map, dtype=np.uint8)
         crc = [0] if fused is not None else None
-        same = _ranges_equal(out, at, src, tensor.offset, tensor.nbytes, progress, out_map, src_map, crc)
-        del src
+        same = _ranges_equal(out, at, _source_windows(tensor, sources, tensor.offset, tensor.nbytes), progress,
+                             out_map, crc)
         if fused is not None and same and crc is not None and crc[0] != fused.crc32:
             corrupt.append(_crc_finding(tensor, fused, crc[0]))
     else:
         with TRANSFORM_LOCK:  # one transformed tensor in memory at a time
             expected = transformed_bytes(tensor, sources)
-            same = _ranges_equal(out, at, expected, 0, tensor.nbytes, progress, out_map)
-            del expected
+            windows = (expected[pos:pos + _COMPARE_CHUNK] for pos in range(0, tensor.nbytes, _COMPARE_CHUNK))
+            same = _ranges_equal(out, at, windows, progress, out_map)
+            del windows, expected
     if same:
         return ""
     what = "its cast" if tensor.action == "cast" else "the source"
     return f"output bytes differ from {what} ({tensor.source_file})"
 
 
-def _ranges_equal(a: Any, a_off: int, b: Any, b_off: int, count: int, progress: Callable[[int], None],
-                  a_map: mmap.mmap | None = None, b_map: mmap.mmap | None = None,
-                  crc: list[int] | None = None) -> bool:
-    """Compare two byte ranges of uint8 arrays in C, a window at a time.
+def _source_windows(tensor: PlannedTensor, sources: Sources, begin: int, nbytes: int) -> Iterator[Any]:
+    """``nbytes`` of the tensor's source file from ``begin``, as successive uint8 windows of up
+    to :data:`_COMPARE_CHUNK` bytes, read (``pread``) into one reused buffer: each is valid until
+    the next is asked for.
+
+    Read, not mapped: a source file cut during the conversion is an HFC701 naming the tensor,
+    where a mapping of it would end the process with SIGBUS (no message, the temporary folder
+    left behind). The bytes come from the page cache, where the writer has just read them.
+    """
+    import numpy as np
+
+    buffer = np.empty(min(_COMPARE_CHUNK, nbytes), dtype=np.uint8)
+    for pos in range(begin, begin + nbytes, _COMPARE_CHUNK):
+        window = buffer[:min(_COMPARE_CHUNK, begin + nbytes - pos)]
+        read_source(tensor, sources, window.data, pos)
+        yield window
+
+
+def _ranges_equal(a: Any, a_off: int, windows: Iterable[Any], progress: Callable[[int], None],
+                  a_map: mmap.mmap | None = None, crc: list[int] | None = None) -> bool:
+    """Compare a byte range of the uint8 array ``a`` from ``a_off`` with the successive uint8
+    ``windows`` of the other side, in C.
 
     Windows are compared as 64-bit words (twice as fast as bytes) into one reused result
-    buffer. ``a_map``/``b_map`` are the mappings behind the arrays, if any: each compared
-    window is released from the resident set once compared. With ``crc`` (a one-item list),
-    the CRC-32 of ``b``'s range is computed on the same windows, while they are in the cache.
+    buffer. ``a_map`` is the mapping behind ``a``, if any: each compared window is released
+    from the resident set once compared. With ``crc`` (a one-item list), the CRC-32 of the
+    windows is computed on them, while they are in the cache.
     """
     import numpy as np
 
     result = np.empty(_COMPARE_CHUNK // 8, dtype=bool)
     pos = 0
-    while pos < count:
-        step = min(_COMPARE_CHUNK, count - pos)
-        left, right = a[a_off + pos:a_off + pos + step], b[b_off + pos:b_off + pos + step]
+    for right in windows:
+        step = len(right)
+        left = a[a_off + pos:a_off + pos + step]
         if crc is not None:
             crc[0] = _crc32(right, crc[0])
         if step % 8 == 0:
@@ -134,7 +150,6 @@ def _ranges_equal(a: Any, a_off: int, b: Any, b_off: int, count: int, progress: 
             same = bool(np.array_equal(left, right))
         del left, right
         release(a_map, a_off + pos, step)
-        release(b_map, b_off + pos, step)
         if not same:
             return False
         pos += step
@@ -143,15 +158,10 @@ def _ranges_equal(a: Any, a_off: int, b: Any, b_off: int, count: int, progress: 
 
 
 def _check_crc(tensor: PlannedTensor, record: StorageRecord, sources: Sources) -> list[Finding]:
-    """The storage ``tensor`` views, read from the mapped source, against its recorded CRC-32."""
-    mapped = sources.map(tensor.source_path)
+    """The storage ``tensor`` views, read from the source, against its recorded CRC-32."""
     value = 0
-    end = record.begin + record.nbytes
-    with memoryview(mapped) as view:
-        for pos in range(record.begin, end, _COMPARE_CHUNK):
-            stop = min(pos + _COMPARE_CHUNK, end)
-            value = _crc32(view[pos:stop], value)
-            release(mapped, pos, stop - pos)
+    for window in _source_windows(tensor, sources, record.begin, record.nbytes):
+        value = _crc32(window, value)
     return [] if value == record.crc32 else [_crc_finding(tensor, record, value)]
 
 

@@ -25,7 +25,8 @@ from ..tensors import FormatError
 from .errors import ConversionError, write_failure
 from .plan import PlannedTensor, ShardPlan
 
-__all__ = ["TRANSFORM_LOCK", "Sources", "ShardTask", "ShardOutcome", "Batch", "copy_source", "transformed_bytes",
+__all__ = ["TRANSFORM_LOCK", "Sources", "ShardTask", "ShardOutcome", "Batch", "copy_source", "read_source",
+           "transformed_bytes",
            "release", "write_tensor", "write_shard", "Writeback"]
 
 
@@ -101,7 +102,12 @@ and torch casts that few on the calling thread (its parallel grain size is 32768
 steps were measured slower: each one a parallel region whose threads must all be scheduled."""
 
 
-def _read_source(tensor: PlannedTensor, sources: Sources, buffer: memoryview, offset: int) -> None:
+_SPARSE_SPAN = 64 << 20
+"""Bytes a strided view's span may exceed twice its own size by and still be read whole
+(:func:`_source_array`); a sparser view is gathered from the mapped file."""
+
+
+def read_source(tensor: PlannedTensor, sources: Sources, buffer: memoryview, offset: int) -> None:
     """Fill ``buffer`` from the tensor's source file at ``offset``; a short or failed read is an
     HFC701 naming the tensor and its source file."""
     try:
@@ -121,11 +127,12 @@ def _source_array(tensor: PlannedTensor, sources: Sources) -> Any:
     aligned (torch wants that), in this machine's (little-endian) byte order.
 
     A contiguous tensor is read (``pread``) into the new array, swapped in place where
-    big-endian. A strided view is gathered (:func:`hfconv.tensor_bytes.gather`) from the
-    mapped file into a new array of exactly the tensor's size: reading its whole span first
-    would cost a copy of the span (measured 5-8% more CPU on converting such views), so the file's
-    size is checked first instead (a file cut before is an HFC701; one cut during the gather
-    can still end the process with SIGBUS).
+    big-endian. A strided view (a transposed weight) is gathered
+    (:func:`hfconv.tensor_bytes.gather`) from its span, read (``pread``) first: a source file
+    cut during the conversion is then an HFC701, where a read through a mapping of it would end
+    the process with SIGBUS (no message, the temporary folder left behind). Only a view whose span
+    is far larger than itself (a few elements of a huge storage, :data:`_SPARSE_SPAN`) is
+    gathered from the mapped file, so that memory stays bounded by the tensor's size.
     """
     import numpy as np
 
@@ -134,7 +141,12 @@ def _source_array(tensor: PlannedTensor, sources: Sources) -> Any:
     span = tensor.span_end - tensor.offset
     if tensor.stride is None:
         flat = np.empty(span // size, dtype=int_dtype)
-        _read_source(tensor, sources, flat.view(np.uint8).data, tensor.offset)
+        read_source(tensor, sources, flat.view(np.uint8).data, tensor.offset)
+    elif span <= 2 * tensor.nbytes + _SPARSE_SPAN:
+        raw = np.empty(span, dtype=np.uint8)
+        read_source(tensor, sources, raw.data, tensor.offset)
+        flat = gather(raw, 0, tensor.shape, tensor.stride, int_dtype)
+        del raw
     else:
         file_size = os.fstat(sources.fd(tensor.source_path)).st_size
         if file_size < tensor.span_end:
@@ -178,10 +190,10 @@ def transformed_bytes(tensor: PlannedTensor, sources: Sources) -> Any:
                 except OSError:
                     short = True
                 if short:  # read again, to the end or to the error (an HFC701 naming the tensor)
-                    _read_source(tensor, sources, view, position)
+                    read_source(tensor, sources, view, position)
                 target.copy_(whole)
             else:  # the last, shorter step
-                _read_source(tensor, sources, view[:count], position)
+                read_source(tensor, sources, view[:count], position)
                 target.copy_(whole[:len(target)])
             position += count
     else:
@@ -240,7 +252,10 @@ def write_tensor(fd: int, tensor: PlannedTensor, sources: Sources, progress: Cal
     if tensor.nbytes == 0:
         return
     if tensor.action == "copy":
-        copy_source(sources.fd(tensor.source_path), fd, tensor.offset, tensor.nbytes, progress)
+        try:
+            copy_range(sources.fd(tensor.source_path), fd, tensor.offset, tensor.nbytes, progress)
+        except SourceEnded as exc:  # the tensor and its file named, as every other read of it
+            raise _read_failure(tensor, f"file ended {exc.missing} bytes early") from None
         return
     with TRANSFORM_LOCK:
         data = transformed_bytes(tensor, sources)
