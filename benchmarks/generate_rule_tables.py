@@ -367,6 +367,22 @@ def fit_condition(observed: list[tuple[Mapping[str, int], bool]], fields: list[s
 
 # --- one class ------------------------------------------------------------------------------------
 
+def stripped_prefixes(model_type: str, cls: str) -> list[str]:
+    """The prefixes transformers removes from checkpoint names when it loads ``cls`` (its
+    ``PrefixChange`` conversions, by class name then model type): CLIPTextModel checkpoints
+    written by transformers 4 hold ``text_model.embeddings...``, the class's own names are
+    ``embeddings...``. The table accepts a folder holding every name under one of them."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.core_model_loading import PrefixChange
+
+    found: list[str] = []
+    for key in (cls, model_type):
+        for transform in get_checkpoint_conversion_mapping(key) or ():
+            if isinstance(transform, PrefixChange) and transform.prefix_to_remove and not transform.model_prefix:
+                found.append(transform.prefix_to_remove + ".")
+    return sorted(set(found))
+
+
 def generate_class(folder: str, model_type: str, cls: str, base: dict[str, Any], ints: list[str],
                    bools: list[str], lists: Mapping[str, str] | None = None,
                    probed: set[str] | None = None) -> tuple[dict[str, Any] | None, set[str], str]:
@@ -483,6 +499,8 @@ def generate_class(folder: str, model_type: str, cls: str, base: dict[str, Any],
             rules.append([key, dims, optional0] + ([when] if when else []))
         rules.sort(key=lambda r: natural_key(r[0]))
         table = {"ranges": ranges, "rules": rules, "extras": sorted(extras), "prefix": prefix}
+        if strip := stripped_prefixes(model_type, cls):
+            table["strip"] = strip
         # 3. Check: the table, expanded by hfconv's evaluator, gives back every variant exactly.
         for values, found in observations:
             expanded = expand(model_type, cls, table, values)

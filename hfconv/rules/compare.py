@@ -98,7 +98,9 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     index: Mapping[str, Any] = tensors.index if isinstance(tensors, ExpandedTensors) else tensors
     # A head the table does not know may nest the base model under its own attribute
     # (T5ForSequenceClassification: transformer.encoder...): find that prefix from the names.
-    outer = "" if expected.complete else _outer_prefix(actual, index, prefix)
+    # A prefix the loader strips (a transformers 4 CLIPTextModel's text_model.) is found the same way.
+    outer = _outer_prefix(actual, index, prefix) if not expected.complete else \
+        _outer_prefix(actual, index, prefix, expected.strip_prefixes) if expected.strip_prefixes else ""
     names = list(actual)
     # What each stored name is expected as, looked up as it is: when every one is found, that is
     # the answer (the common case) and no name is matched one by one.
@@ -309,15 +311,19 @@ def _match_each(names: list[str], tensors: Mapping[str, Any], prefix: str,
     return canonical, taken, (direct, bare, prefixed)
 
 
-def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, Any], prefix: str) -> str:
+def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, Any], prefix: str,
+                  only: tuple[str, ...] = ()) -> str:
     """The attribute path (``transformer.``) under which most stored names match expected ones,
-    when more match with it stripped than as they are; else ``""``."""
+    when more match with it stripped than as they are; else ``""``. ``only``: the paths to try
+    (else the first one or two parts of the stored names)."""
     def matches(strip: str) -> int:
         return sum(1 for n in actual if n.startswith(strip) and
                    _canonical(n[len(strip):], tensors, prefix) is not None)
 
     candidates: dict[str, int] = {}
-    for name in actual:
+    for stem in only:
+        candidates[stem] = sum(1 for name in actual if name.startswith(stem))
+    for name in actual if not only else ():
         parts = name.split(".")
         for k in (1, 2):
             if len(parts) > k + 1:

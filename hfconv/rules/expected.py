@@ -89,6 +89,10 @@ class ExpectedModel:
     allowed_extras: tuple[str, ...] = ()
     """Extra regexes of tensors the loader ignores silently."""
     notes: tuple[str, ...] = ()
+    strip_prefixes: tuple[str, ...] = ()
+    """Prefixes the loader removes from every name that has one (transformers 5's ``PrefixChange``:
+    CLIPTextModel checkpoints written by transformers 4 hold ``text_model.embeddings...``, where the
+    model's own names are ``embeddings...``): a folder may hold every name under one of them."""
 
 
 def family_of(config: Mapping[str, Any]) -> Family | None:

@@ -163,9 +163,9 @@ def generated_expected(config: Mapping[str, Any]) -> ExpectedModel | None:
         return None
     if model is None:
         return None
-    extras = tuple(entry["classes"][architecture].get("extras", ()))
+    table = entry["classes"][architecture]
     return replace(model, source=f"rules generated from transformers {transformers_version()}",
-                   allowed_extras=extras)
+                   allowed_extras=tuple(table.get("extras", ())), strip_prefixes=tuple(table.get("strip", ())))
 
 
 def is_metadata(field_name: str) -> bool:
