@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from ..fsutil import read_package_text
-from .expected import ExpectedModel, architecture_of, expected_tensors
+from .expected import CountGroup, Dim, ExpectedModel, ExpectedTensor, architecture_of, expected_tensors
 from .expression import ConfigValueError, ExpressionError
 from .families import Family, Head, Rule
 
@@ -150,6 +151,8 @@ def generated_expected(config: Mapping[str, Any]) -> ExpectedModel | None:
     model_type, architecture = config.get("model_type"), architecture_of(config)
     if not isinstance(model_type, str) or architecture is None:
         return None
+    if (model_type, architecture) in COMPOSED:
+        return _composed_expected(config, model_type, architecture)
     entry = _entry(model_type)
     family = _family(model_type, architecture)
     if family is None or entry is None:
@@ -171,3 +174,73 @@ def generated_expected(config: Mapping[str, Any]) -> ExpectedModel | None:
 def is_metadata(field_name: str) -> bool:
     """Fields that never change the tensors (names, versions, labels: num_labels is fitted)."""
     return field_name in _METADATA
+
+
+# --- models made of generated ones -----------------------------------------------------------------
+
+COMPOSED: dict[tuple[str, str], tuple[tuple[tuple[str, str, str, str], ...], tuple[tuple[str, tuple[str, ...]], ...],
+                                      dict[str, int]]] = {
+    ("clip", "CLIPModel"): (
+        # (config.json key, name prefix, the part's model type and class): each part as its own table
+        (("text_config", "text_model.", "clip_text_model", "CLIPTextModel"),
+         ("vision_config", "vision_model.", "clip_vision_model", "CLIPVisionModel")),
+        # the tensors joining them: name, dimensions (a field of config.json or of a part's config)
+        (("text_projection.weight", ("projection_dim", "text_config.hidden_size")),
+         ("visual_projection.weight", ("projection_dim", "vision_config.hidden_size")),
+         ("logit_scale", ())),
+        {"projection_dim": 512},  # CLIPConfig's default
+    ),
+}
+"""Models whose config.json nests one config per part (CLIP: a text and a vision encoder), each
+part a generated table under its attribute, plus the few tensors that join them. The parts' own
+checkpoints and the whole model's name their tensors alike (``text_model.encoder...``)."""
+
+_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?![\w(])")
+
+
+def _composed_expected(config: Mapping[str, Any], model_type: str, architecture: str) -> ExpectedModel | None:
+    """The expected model of a :data:`COMPOSED` model: each part's generated table answering for
+    its nested config, its names, fields and counts under the part's prefix and config key; None
+    where one part's table does not answer or a value is unusable (the caller falls back)."""
+    parts, joints, defaults = COMPOSED[(model_type, architecture)]
+    if any(key.endswith("_config_dict") and value is not None for key, value in config.items()):
+        return None  # transformers 4's older spelling of the parts' configs: left to the reference
+    tensors: dict[str, ExpectedTensor] = {}
+    counts: list[CountGroup] = []
+    extras: list[str] = []
+    sizes: dict[str, Any] = {key: config.get(key) if config.get(key) is not None else value
+                             for key, value in defaults.items()}
+    for key, prefix, part_type, part_class in parts:
+        nested = config.get(key) if config.get(key) is not None else {}
+        if not isinstance(nested, dict) or nested.get("model_type", part_type) != part_type:
+            return None
+        part = generated_expected({**nested, "model_type": part_type, "architectures": [part_class]})
+        entry = _entry(part_type)
+        if part is None or entry is None or part.prefix or not part.complete:
+            return None
+        for name, tensor in part.tensors.items():
+            dims = tuple(Dim(d.value, tuple(f"{key}.{f}" for f in d.drivers), _nested_formula(d.formula, key), d.notes)
+                         for d in tensor.dims)
+            tensors[prefix + name] = ExpectedTensor(prefix + name, dims, tensor.optional)
+        counts += [CountGroup("^" + re.escape(prefix) + group.pattern.removeprefix("^"), prefix + group.display,
+                              group.expected, f"{key}.{group.field}", group.noun) for group in part.counts]
+        extras += [rx if not rx.startswith("^") else "^" + re.escape(prefix) + rx[1:] for rx in part.allowed_extras]
+        part_defaults = entry.get("defaults", {})
+        for field_name in {f for _, fields in joints for f in fields if f.startswith(key + ".")}:
+            short = field_name[len(key) + 1:]
+            sizes[field_name] = nested.get(short) if nested.get(short) is not None else part_defaults.get(short)
+    for name, fields in joints:
+        values = [v for v in map(sizes.get, fields) if type(v) is int and v > 0]
+        if len(values) != len(fields):
+            return None
+        tensors[name] = ExpectedTensor(name, tuple(Dim(v, (f,), f"{f} = {v}") for f, v in zip(fields, values)))
+    return ExpectedModel(tensors=tensors, family=model_type, architecture=architecture,
+                         source=f"rules generated from transformers {transformers_version()}, part by part",
+                         counts=tuple(counts), allowed_extras=tuple(extras))
+
+
+def _nested_formula(formula: str, key: str) -> str:
+    """``hidden_size = 32`` of a part's table as the whole config names it: ``text_config.hidden_size = 32``."""
+    expression, equals, values = formula.partition(" = ")
+    return _NAME.sub(lambda m: f"{key}.{m.group(1)}" if m.group(1) not in ("if", "else", "and", "or", "not") else
+                     m.group(1), expression) + equals + values
