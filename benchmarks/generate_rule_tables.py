@@ -66,7 +66,7 @@ MODEL_TYPES = (
     "levit", "vit_mae", "yolos", "dinov2_with_registers", "wav2vec2", "hubert", "wavlm", "data2vec-audio",
     "unispeech", "unispeech-sat", "sew", "wav2vec2-conformer", "audio-spectrogram-transformer", "ast",
     "dinov3_vit", "segformer", "layoutlmv3", "clip_text_model", "clip_vision_model", "siglip_text_model",
-    "siglip_vision_model",
+    "siglip_vision_model", "siglip_text_model",
 )
 
 HEADS = ("Model", "ForMaskedLM", "ForCausalLM", "ForConditionalGeneration", "ForSequenceClassification",
@@ -186,10 +186,15 @@ def build(folder: str, model_type: str, cls: str, config: Mapping[str, Any]) -> 
     return {name: (t.shape, t.optional) for name, t in model.tensors.items()}, model.prefix, model.allowed_extras
 
 
+PART_CLASSES = {"siglip_text_model": ("SiglipTextModel",)}
+"""Classes of model types no auto mapping names, generated as parts of composed models
+(``hfconv.rules.generated.COMPOSED``: SigLIP's text encoder)."""
+
+
 def classes_of(transformers: Any, model_type: str) -> list[str]:
     from transformers.models.auto import modeling_auto
 
-    found: set[str] = set()
+    found: set[str] = {name for name in PART_CLASSES.get(model_type, ()) if hasattr(transformers, name)}
     for attr in dir(modeling_auto):
         table = getattr(modeling_auto, attr)
         if attr.endswith("_MAPPING_NAMES") and isinstance(table, Mapping):

@@ -1,7 +1,7 @@
-"""CLIP from its parts' generated tables (issue 18: the most-downloaded families without importing
-transformers): CLIPModel is its text encoder's table under ``text_model.``, its vision
-encoder's under ``vision_model.`` and the two projections joining them, each part answering for
-its nested config. Folders written by transformers' own save_pretrained validate with no reference
+"""CLIP and SigLIP from their parts' generated tables (issue 18: the most-downloaded families without
+importing transformers): CLIPModel is its text encoder's table under ``text_model.``, its vision
+encoder's under ``vision_model.`` and the two projections joining them (SigLIP: its logit scale and
+bias), each part answering for its nested config. Folders written by transformers' own save_pretrained validate with no reference
 subprocess; a broken copy is caught and named; a config the parts' tables do not answer for is
 left to the reference.
 """
@@ -59,6 +59,9 @@ def written(transformers, tmp_path_factory) -> Path:
         config = t.CLIPConfig(text_config=sizes["text"], vision_config=sizes["vision"],
                               projection_dim=sizes["projection_dim"])
         t.CLIPModel(config).save_pretrained(root / name)
+    sizes = SIZES["small"]
+    t.SiglipModel(t.SiglipConfig(text_config={**sizes["text"], "max_position_embeddings": 16},
+                                 vision_config=sizes["vision"])).save_pretrained(root / "siglip")
     return root
 
 
@@ -71,17 +74,18 @@ def _config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-@pytest.mark.parametrize("name", list(SIZES))
+@pytest.mark.parametrize("name", [*SIZES, "siglip"])
 def test_composed_table_matches_every_tensor(written: Path, name: str) -> None:
     expected = generated_expected(_config(written / name))
-    assert expected is not None and expected.architecture == "CLIPModel"
+    assert expected is not None and expected.architecture == ("SiglipModel" if name == "siglip" else "CLIPModel")
     stored = _shapes(written / name)
     result = compare(expected, stored)
     assert result.clean and result.matched == len(stored), result
 
 
-def test_good_folder_validates_without_the_reference(written: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", _PROGRAM, "validate", str(written / "small")], cwd=tmp_path,
+@pytest.mark.parametrize("name", ["small", "siglip"])
+def test_good_folder_validates_without_the_reference(written: Path, tmp_path: Path, name: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", _PROGRAM, "validate", str(written / name)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "OK: 0 error(s), 0 warning(s)" in proc.stdout, proc.stdout + proc.stderr
     assert json.loads(proc.stderr.rpartition("STATE ")[2]) == {"spawned": [], "transformers": False}
@@ -150,3 +154,16 @@ def test_config_as_transformers_4_wrote_it(written: Path) -> None:
     expected = generated_expected(old)
     assert expected is not None
     assert compare(expected, _shapes(written / "small")).clean
+
+
+def test_broken_siglip_copy_is_caught(written: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "siglip"
+    shutil.copytree(written / "siglip", folder)
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    head = "vision_model.head.mlp.fc1.weight"
+    state[head] = state[head].T.contiguous()  # [48, 41] for [41, 48]
+    del state["logit_bias"]
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    result = compare(generated_expected(_config(folder)), _shapes(folder))
+    assert [m.name for m in result.mismatched] == [head] and list(result.missing) == ["logit_bias"], result

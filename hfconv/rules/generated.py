@@ -184,14 +184,21 @@ COMPOSED: dict[tuple[str, str], tuple[tuple[tuple[str, str, str, str], ...], tup
         # (config.json key, name prefix, the part's model type and class): each part as its own table
         (("text_config", "text_model.", "clip_text_model", "CLIPTextModel"),
          ("vision_config", "vision_model.", "clip_vision_model", "CLIPVisionModel")),
-        # the tensors joining them: name, dimensions (a field of config.json or of a part's config)
+        # the tensors joining them: name, dimensions (a field of config.json or of a part's config,
+        # or a number)
         (("text_projection.weight", ("projection_dim", "text_config.hidden_size")),
          ("visual_projection.weight", ("projection_dim", "vision_config.hidden_size")),
          ("logit_scale", ())),
         {"projection_dim": 512},  # CLIPConfig's default
     ),
+    ("siglip", "SiglipModel"): (
+        (("text_config", "text_model.", "siglip_text_model", "SiglipTextModel"),
+         ("vision_config", "vision_model.", "siglip_vision_model", "SiglipVisionModel")),
+        (("logit_scale", ("1",)), ("logit_bias", ("1",))),
+        {},
+    ),
 }
-"""Models whose config.json nests one config per part (CLIP: a text and a vision encoder), each
+"""Models whose config.json nests one config per part (CLIP, SigLIP: a text and a vision encoder), each
 part a generated table under its attribute, plus the few tensors that join them. The parts' own
 checkpoints and the whole model's name their tensors alike (``text_model.encoder...``)."""
 
@@ -230,10 +237,12 @@ def _composed_expected(config: Mapping[str, Any], model_type: str, architecture:
             short = field_name[len(key) + 1:]
             sizes[field_name] = nested.get(short) if nested.get(short) is not None else part_defaults.get(short)
     for name, fields in joints:
-        values = [v for v in map(sizes.get, fields) if type(v) is int and v > 0]
-        if len(values) != len(fields):
+        values = [int(f) if f.isdigit() else sizes.get(f) for f in fields]
+        sized = [v for v in values if type(v) is int and v > 0]
+        if len(sized) != len(fields):
             return None
-        tensors[name] = ExpectedTensor(name, tuple(Dim(v, (f,), f"{f} = {v}") for f, v in zip(fields, values)))
+        tensors[name] = ExpectedTensor(name, tuple(Dim(v) if f.isdigit() else Dim(v, (f,), f"{f} = {v}")
+                                                   for f, v in zip(fields, sized)))
     return ExpectedModel(tensors=tensors, family=model_type, architecture=architecture,
                          source=f"rules generated from transformers {transformers_version()}, part by part",
                          counts=tuple(counts), allowed_extras=tuple(extras))
