@@ -251,6 +251,22 @@ def test_no_weights(tmp_path: Path) -> None:
     assert_finding(folder, "HFC001")
 
 
+def test_no_weights_but_models_in_subfolders_names_them(tmp_path: Path) -> None:
+    """A diffusers pipeline's root (model_index.json, the text encoder in text_encoder/): still an
+    error, which names the subfolders to validate instead of only saying there are no weights."""
+    root = tmp_path / "pipeline"
+    root.mkdir()
+    (root / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    for part in ("text_encoder", "text_encoder_2"):
+        shutil.copytree(FIXTURES / "llama-safetensors", root / part)
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "config.json").write_text("{}")  # a config without weights: no model
+    report = validate(root)
+    [hfc001] = [f for f in report.findings if f.code == "HFC001"]
+    assert not report.ok and hfc001.file == "text_encoder/config.json", hfc001
+    assert "but text_encoder/ and 1 more each hold a model" in hfc001.message, hfc001.message
+
+
 def test_fifo_is_never_opened(tmp_path: Path) -> None:
     folder = copy_fixture(tmp_path, "llama-safetensors")
     (folder / "model.safetensors").unlink()

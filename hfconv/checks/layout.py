@@ -287,12 +287,28 @@ def _no_weights(folder: ModelFolder) -> Finding:
             more = f" and {len(names) - 1:,} more" if len(names) > 1 else ""
             found.append((f"{names[0]}{more} ({label})", names[0]))
     if not found:
+        nested = _nested_models(folder)
+        if nested:  # a diffusers pipeline (text_encoder/, ...), or a folder of several models
+            more = f" and {len(nested) - 1:,} more" if len(nested) > 1 else ""
+            return finding("HFC001", f"no weight files in the folder itself, but {nested[0]}/{more} "
+                           f"{'each hold' if more else 'holds'} a model (config.json and weights; a diffusers "
+                           "pipeline keeps its text encoder in text_encoder/): validate that folder, not its parent",
+                           file=f"{nested[0]}/config.json")
         return finding("HFC001", "no weight files found (expected model.safetensors, pytorch_model.bin, "
                        "or sharded shards with their index json)")
     what = ", ".join(text for text, _ in found)
     return finding("HFC001", f"{what} found: hfconv reads PyTorch and safetensors weights, and the folder has none "
                    "(expected model.safetensors, pytorch_model.bin, or sharded shards with their index json)",
                    file=found[0][1])
+
+
+def _nested_models(folder: ModelFolder) -> list[str]:
+    """Subfolders (listed, in order) holding a config.json beside safetensors or .bin weights."""
+    configs = {os.path.dirname(name) for name in folder.files
+               if "/" in name and os.path.basename(name) == "config.json"}
+    weighed = {os.path.dirname(name) for name in folder.files
+               if "/" in name and name.endswith((".safetensors", ".bin")) and os.path.dirname(name) in configs}
+    return sorted(weighed)
 
 
 @capped
