@@ -389,7 +389,7 @@ def test_interrupt_during_verification_leaves_no_dst(tmp_path, monkeypatch):
 
 
 def test_corrupted_write_is_caught_by_verification(tmp_path, monkeypatch):
-    original = conversion_write.copy_source
+    original = conversion_write.copy_range
 
     def flipping(src_fd, dst_fd, offset, count, progress):
         original(src_fd, dst_fd, offset, count, progress)
@@ -398,7 +398,7 @@ def test_corrupted_write_is_caught_by_verification(tmp_path, monkeypatch):
             last = os.pread(src_fd, 1, offset + count - 1)
             os.pwrite(dst_fd, bytes([last[0] ^ 0xFF]), position - 1)
 
-    monkeypatch.setattr(conversion_write, "copy_source", flipping)
+    monkeypatch.setattr(conversion_write, "copy_range", flipping)
     with pytest.raises(VerificationError) as info:
         convert(FIXTURES / "llama-bin", tmp_path / "out")
     assert info.value.code == "HFC701"
