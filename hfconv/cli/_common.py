@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..fsutil import umask
+from ..interrupts import deferring
 
 if TYPE_CHECKING:
     from ..findings import Finding
@@ -377,13 +378,17 @@ received_signals: list[int] = []
 def on_signal(signum: int, frame: FrameType | None) -> None:
     """SIGINT / SIGTERM: unwind as a Ctrl-C does (temporary files and folders are removed on the
     way) and remember which signal, for the exit code; further signals are ignored so that the
-    clean-up is not cut short."""
+    clean-up is not cut short. Inside a step that must not be cut in two (a rename and its
+    roll-back, a temporary file and its clean-up: :func:`hfconv.interrupts.uninterrupted`), the
+    interrupt is raised when the step ends."""
     received_signals.append(signum)
     for other in EXIT_FOR_SIGNAL:
         try:
             signal.signal(other, signal.SIG_IGN)
         except (ValueError, OSError):
             pass
+    if deferring():
+        return
     raise KeyboardInterrupt
 
 

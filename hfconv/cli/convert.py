@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
@@ -116,6 +117,7 @@ def convert_command(src: str, dst: str | None, max_shard_size: str, dtype: str, 
         require_torch("convert --dtype")  # casting is torch's; copying and resharding are not
     # 2. Convert, with progress; a signal unwinds it (the temporary folder is removed) to exit 130/143.
     bar, update = progress_bar(quiet, not no_verify)
+    before = _written_state(folder, dst, in_place)
     previous = _catch_signals()
     try:
         with usage_errors():
@@ -135,8 +137,7 @@ def convert_command(src: str, dst: str | None, max_shard_size: str, dtype: str, 
         if bar is not None:
             bar.close()
             bar = None
-        click.echo("interrupted; nothing was written into SRC." if in_place else "interrupted; no DST was created.",
-                   err=True)
+        click.echo(_interrupted_line(folder, dst, in_place, before), err=True)
         sys.exit(EXIT_FOR_SIGNAL.get(received_signals[-1] if received_signals else signal.SIGINT, 130))
     finally:
         if bar is not None:
@@ -165,6 +166,32 @@ def _check_in_place(dst: str | None, in_place: bool, delete_bin: bool, dtype: st
     if delete_bin and no_verify:
         raise click.UsageError("--delete-bin needs verification: it deletes the .bin files only after it; drop "
                                "--no-verify")
+
+
+def _written_state(folder: str, dst: str | None, in_place: bool) -> object:
+    """What says whether the conversion has been put in place: DST's identity (device and inode,
+    None when absent: a new folder is renamed over it), or with ``in_place`` which safetensors
+    weights SRC holds (none before: the library refuses a folder that has some)."""
+    from ..sharding import INDEX_FILE
+
+    if in_place:
+        return tuple(os.path.lexists(os.path.join(folder, name)) for name in ("model.safetensors", INDEX_FILE))
+    assert dst is not None
+    try:
+        st = os.lstat(dst)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _interrupted_line(folder: str, dst: str | None, in_place: bool, before: object) -> str:
+    """What an interrupt left, said as it is: a signal can come after the conversion was put in
+    place (the last rename is atomic, and the library finishes it before the interrupt)."""
+    done = _written_state(folder, dst, in_place) != before
+    if in_place:
+        return ("interrupted after the conversion was complete: its safetensors are in SRC." if done
+                else "interrupted; nothing was written into SRC.")
+    return "interrupted after DST was complete and in place." if done else "interrupted; no DST was created."
 
 
 def _catch_signals() -> dict[int, object]:

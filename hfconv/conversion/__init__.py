@@ -50,6 +50,7 @@ from ..discovery import discover
 from ..dtypes import DTYPE_ALIASES, DTYPE_CHOICES, canonical_dtype
 from ..errors import OptionError, UsageError
 from ..findings import Finding, finding
+from ..interrupts import uninterrupted
 from ..sharding import INDEX_FILE, parse_size
 from ..units import plural
 from ..validation import check_contents
@@ -277,10 +278,14 @@ def _convert_into(paths: _Paths, contents: FolderContents, plan: ConversionPlan,
         # the side, while the main thread starts copying (which mostly waits in syscalls).
         threading.Thread(target=_import_numpy, name="hfconv-import", daemon=True).start()
     advance = progress_counter(progress, plan.total_size, 2 if settings.verify else 1)
-    tmp = make_temp_folder(paths.parent)
+    tmp = ""
     manifest_tmp: str | None = None
     roots = tuple(str(r) for r in (contents.folder.root, contents.folder.blob_root) if r is not None)
     try:
+        # Each temporary file is created and recorded for the clean-up below in one uninterrupted
+        # step (hfconv.interrupts): a signal in between would leave it behind.
+        with uninterrupted():
+            tmp = make_temp_folder(paths.parent)
         # 4. Shards (written and, per shard, verified while still in the page cache).
         tasks = [ShardTask(shard, os.path.join(tmp, shard.name), settings.verify, settings.digest, settings.fsync,
                            roots) for shard in plan.shards]
@@ -296,20 +301,26 @@ def _convert_into(paths: _Paths, contents: FolderContents, plan: ConversionPlan,
         # Manifest: inside DST it becomes part of the folder; elsewhere it is written beside
         # its target now and renamed once DST is in place.
         if paths.manifest is not None:
-            manifest_tmp = stage_manifest(tmp, paths.manifest, paths.manifest_rel, plan, outcomes, settings.fsync)
+            with uninterrupted():
+                manifest_tmp = stage_manifest(tmp, paths.manifest, paths.manifest_rel, plan, outcomes,
+                                              settings.fsync)
 
-        # 7. Make it visible: permissions, (with fsync) fsync, rename (old DST away last).
-        publish(tmp, paths.dst_abs, settings.force, settings.fsync)
+        # 7. Make it visible: permissions, (with fsync) fsync, rename (old DST away last), and the
+        # manifest beside it: all or nothing, a signal waits for its end (then DST is complete).
+        with uninterrupted():
+            publish(tmp, paths.dst_abs, settings.force, settings.fsync)
+            if manifest_tmp is not None and paths.manifest is not None:
+                os.replace(manifest_tmp, paths.manifest)
+                manifest_tmp = None
+                if settings.fsync:
+                    fsync_dir(os.path.dirname(paths.manifest))
     except BaseException as exc:
-        discard(tmp, manifest_tmp)
+        if tmp:
+            discard(tmp, manifest_tmp)
         if isinstance(exc, OSError):  # a step without its own wording: still one line, no traceback
             where = os.path.basename(exc.filename) if isinstance(exc.filename, str) else ""
             raise write_failure(exc, f"writing {where}" if where else "writing DST") from None
         raise
-    if manifest_tmp is not None and paths.manifest is not None:
-        os.replace(manifest_tmp, paths.manifest)
-        if settings.fsync:
-            fsync_dir(os.path.dirname(paths.manifest))
     return outcomes, copied, summary
 
 

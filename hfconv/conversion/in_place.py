@@ -24,6 +24,7 @@ from ..dtypes import canonical_dtype
 from ..errors import OptionError, UsageError
 from ..findings import finding, register
 from ..fsutil import fsync_dir
+from ..interrupts import uninterrupted
 from ..sharding import INDEX_FILE, parse_size
 from ..units import plural
 from ..validation import check_contents, check_folder
@@ -97,9 +98,11 @@ def convert_in_place(src: str | os.PathLike[str], *, max_shard_size: int | str =
     # 2. Write, verify and validate in a hidden folder inside SRC (same file system: renames).
     roots = tuple(str(r) for r in (folder.root, folder.blob_root) if r is not None)
     advance = progress_counter(progress, plan.total_size, 2 if verify else 1)
-    tmp = make_temp_folder(root)
+    tmp = ""
     moved: list[str] = []
     try:
+        with uninterrupted():  # created and recorded for the clean-up below in one step
+            tmp = make_temp_folder(root)
         tasks = [ShardTask(shard, os.path.join(tmp, shard.name), verify, False, fsync, roots)
                  for shard in plan.shards]
         outcomes = run_tasks(tasks, jobs, advance)
@@ -114,23 +117,30 @@ def convert_in_place(src: str | os.PathLike[str], *, max_shard_size: int | str =
                 os.unlink(os.path.join(root, name))
             except OSError:
                 pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
             raise write_failure(exc, f"writing into {root}") from None
         raise
-    shutil.rmtree(tmp, ignore_errors=True)
 
-    # 4. The .bin files, only now.
+    # 4. The .bin files, only now (all of them or, interrupted before, none), and the temporary
+    # folder (finished even when interrupted: never left half removed in SRC).
     deleted: list[str] = []
-    if delete_bin:
-        for name in (*contents.shards_of(chosen), *((chosen.index,) if chosen.index else ())):
-            try:
-                os.unlink(os.path.join(root, name))
-                deleted.append(name)
-            except FileNotFoundError:
-                pass
-        if fsync:
-            fsync_dir(root)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if delete_bin:
+            with uninterrupted():
+                for name in (*contents.shards_of(chosen), *((chosen.index,) if chosen.index else ())):
+                    try:
+                        os.unlink(os.path.join(root, name))
+                        deleted.append(name)
+                    except FileNotFoundError:
+                        pass
+                if fsync:
+                    fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     written = " and ".join(targets) if len(targets) <= 2 else f"{plural(len(plan.shards), 'shard')} and {INDEX_FILE}"
     notes = [finding("HFC717", f"{written} written beside {', '.join(contents.shards_of(chosen))} and "
                                f"{'verified' if verify else 'not verified (verify=False)'}"
@@ -156,12 +166,13 @@ def _move_into(tmp: str, root: str, names: list[str], moved: list[str], durable:
         if os.path.lexists(target):
             raise ConversionError("HFC714", f"moving {name} into {root} failed: {name} appeared there during the "
                                             "conversion; the folder is as it was")
-        try:
-            os.rename(source, target)
-        except OSError as exc:
-            raise ConversionError("HFC714", f"moving {name} into {root} failed: {exc.strerror or exc}; the folder "
-                                            "is as it was") from None
-        moved.append(name)
+        with uninterrupted():  # renamed and recorded for the roll-back in one step
+            try:
+                os.rename(source, target)
+            except OSError as exc:
+                raise ConversionError("HFC714", f"moving {name} into {root} failed: {exc.strerror or exc}; the "
+                                                "folder is as it was") from None
+            moved.append(name)
     if durable:
         fsync_dir(root)
 

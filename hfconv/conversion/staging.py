@@ -20,6 +20,7 @@ from ..contents import FolderContents
 from ..errors import OptionError, UsageError
 from ..folder_check import check_folder
 from ..fsutil import fsync_dir, open_inside, umask
+from ..interrupts import uninterrupted
 from ..sharding import INDEX_FILE
 from ..tensor_bytes import write_all
 from ..tensors import FormatError
@@ -200,21 +201,28 @@ def write_small(path: Path, data: bytes, durable: bool) -> None:
 
 
 def install(tmp: str, dst: str, force: bool) -> None:
-    """Rename the finished folder to DST; with force, the old DST goes only after that."""
-    if not os.path.lexists(dst):
-        os.rename(tmp, dst)
-        return
-    if not force:  # created by someone else while we worked
-        raise DestinationExistsError(f"{dst} appeared during the conversion; nothing replaced")
-    old = tempfile.mkdtemp(prefix=".hfconv-old-", dir=os.path.dirname(dst))
-    os.rmdir(old)
-    os.rename(dst, old)
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished folder to DST; with force, the old DST goes only after that.
+
+    The renames are one uninterrupted step: a signal between moving the old DST aside and
+    renaming the new one into place would lose the old DST (the roll-back never ran), and one
+    right after the rename would make the roll-back fail (DST is no longer empty) with an
+    OSError in place of the interrupt; and the old DST is removed whole, never left half removed.
+    """
+    with uninterrupted():
+        if not os.path.lexists(dst):
+            os.rename(tmp, dst)
+            return
+        if not force:  # created by someone else while we worked
+            raise DestinationExistsError(f"{dst} appeared during the conversion; nothing replaced")
+        old = tempfile.mkdtemp(prefix=".hfconv-old-", dir=os.path.dirname(dst))
+        os.rmdir(old)
+        os.rename(dst, old)
+        try:
+            os.rename(tmp, dst)
+        except OSError:
+            os.rename(old, dst)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def make_parents(folders: Sequence[str]) -> None:

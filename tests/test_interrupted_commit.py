@@ -1,0 +1,221 @@
+"""A signal during convert's last steps (DST renamed into place, the shards moved into SRC, the
+temporary folder and the manifest created) never loses the old DST, never leaves a file behind,
+never turns into an OSError, and the CLI says what it left.
+
+The CLI's handler (:func:`hfconv.cli._common.on_signal`) raises KeyboardInterrupt between any two
+bytecodes of the main thread; here it is called, as the signal would call it, at every bytecode
+of the step in turn (sys.settrace, as tests/test_interrupted_open.py does). Inside
+:func:`hfconv.interrupts.uninterrupted` it defers the interrupt to the section's end.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from hfconv import interrupts
+from hfconv.cli import _common
+from hfconv.cli import main as cli_main
+from hfconv.conversion import in_place, staging
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _module_files(*modules: Any) -> set[str]:
+    return {os.path.normcase(m.__file__) for m in modules}
+
+
+class _Signal:
+    """A trace function that delivers SIGTERM (the CLI's handler) at the ``at``-th counted bytecode.
+
+    ``counts(frame)`` says which frames' bytecodes count (and are traced at all)."""
+
+    def __init__(self, at: int, counts: Callable[[FrameType], bool]) -> None:
+        self.at, self.counts = at, counts
+        self.count = 0
+        self.fired = False
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
+        if not self.counts(frame):
+            return None
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        if event == "opcode":
+            self.count += 1
+            if self.count == self.at:
+                self.fired = True
+                _common.on_signal(signal.SIGTERM, frame)  # raises, or defers inside a section
+        return self
+
+
+def _interrupt_at(at: int, call: Callable[[], object], counts: Callable[[FrameType], bool]
+                  ) -> tuple[bool, BaseException | None]:
+    """Run ``call`` with the signal at counted bytecode ``at``: (whether it came, what was raised)."""
+    handlers = {signum: signal.getsignal(signum) for signum in _common.EXIT_FOR_SIGNAL}
+    tracer = _Signal(at, counts)
+    raised: BaseException | None = None
+    sys.settrace(tracer)
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - what the signal turned into is the point
+        raised = exc
+    finally:
+        sys.settrace(None)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        _common.received_signals.clear()
+    assert interrupts._depth == 0 and not interrupts._pending  # every section was left
+    return tracer.fired, raised
+
+
+@pytest.fixture(autouse=True)
+def _tempfile_names_made() -> None:
+    """tempfile makes its name generator once, under a lock taken outside a ``try``: an interrupt
+    there (old code) would hang the next test, not fail it."""
+    import tempfile
+
+    tempfile._get_candidate_names()  # type: ignore[attr-defined]
+
+
+def _in(*modules: Any) -> Callable[[FrameType], bool]:
+    files = _module_files(*modules)
+    return lambda frame: os.path.normcase(frame.f_code.co_filename) in files
+
+
+# --- DST renamed into place (with force: the old DST moved aside, then removed) ----------------
+
+def _folder(path: Path, content: str) -> Path:
+    path.mkdir()
+    (path / "model.safetensors").write_text(content)
+    return path
+
+
+@pytest.mark.parametrize("force", [True, False])
+def test_a_signal_anywhere_in_the_rename_into_place_keeps_one_whole_dst(tmp_path: Path, force: bool) -> None:
+    import shutil
+    import tempfile
+
+    counts = _in(staging, interrupts, os, tempfile, shutil)
+    at = 1
+    while True:
+        parent = tmp_path / str(at)
+        parent.mkdir()
+        dst, tmp = parent / "out", _folder(parent / ".hfconv-tmp", "new")
+        if force:
+            _folder(dst, "old")
+        fired, raised = _interrupt_at(at, functools.partial(staging.install, str(tmp), str(dst), force),
+                                      counts)
+        if not fired:
+            assert raised is None and (dst / "model.safetensors").read_text() == "new"
+            break
+        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        # The new DST in place (the interrupt came after the rename), or the old one and the
+        # temporary folder (the caller removes it): never no DST, never the old one left aside.
+        names = sorted(p.name for p in parent.iterdir())
+        if tmp.exists():
+            assert names == [".hfconv-tmp", "out"] if force else [".hfconv-tmp"], (at, names)
+            assert not force or (dst / "model.safetensors").read_text() == "old"
+        else:
+            assert names == ["out"] and (dst / "model.safetensors").read_text() == "new", (at, names)
+        shutil.rmtree(parent)
+        at += 1
+    assert at > (100 if force else 10)  # the whole step was walked
+
+
+# --- in place: each shard renamed into SRC and recorded for the roll-back ----------------------
+
+def test_a_signal_anywhere_in_the_move_into_src_leaves_no_unrecorded_file(tmp_path: Path) -> None:
+    import shutil
+
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+             "model.safetensors.index.json"]
+    at = 1
+    while True:
+        root, tmp = tmp_path / str(at), tmp_path / str(at) / ".hfconv-tmp"
+        tmp.mkdir(parents=True)
+        for name in names:
+            (tmp / name).write_text(name)
+        moved: list[str] = []
+        fired, raised = _interrupt_at(at, functools.partial(in_place._move_into, str(tmp), str(root), names,
+                                                        moved, False),
+                                      _in(in_place, interrupts, os))
+        in_src = sorted(p.name for p in root.iterdir() if p.name != ".hfconv-tmp")
+        assert in_src == sorted(moved), f"bytecode {at}: {in_src} in SRC, {moved} recorded for the roll-back"
+        if not fired:
+            assert raised is None and moved == names
+            break
+        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        shutil.rmtree(root)
+        at += 1
+    assert at > 30
+
+
+# --- convert to DST: the temporary folder, the manifest beside DST, the rename -----------------
+
+def test_a_signal_anywhere_around_the_temporary_files_leaves_nothing_beside_dst(tmp_path: Path) -> None:
+    """Every bytecode of convert's own step function (_convert_into) and of what creates, renames
+    and removes its temporary folder and manifest: afterwards DST and the manifest are both
+    there, complete, or neither is, and nothing else is."""
+    import shutil
+    import tempfile
+
+    from hfconv import convert
+
+    source = FIXTURES / "llama-safetensors"
+    # The manifest's writing (stage_manifest) is one uninterrupted step: its bytecodes are not
+    # walked one by one (that would take seconds), the step as a whole is.
+    steps = {sys.modules["hfconv.conversion"]._convert_into.__code__, staging.make_temp_folder.__code__,
+             staging.publish.__code__, staging.install.__code__, staging.discard.__code__,
+             tempfile.mkdtemp.__code__, interrupts._Section.__enter__.__code__,
+             interrupts._Section.__exit__.__code__}
+
+    def counts(frame: FrameType) -> bool:
+        return frame.f_code in steps
+
+    at = 1
+    while True:
+        parent = tmp_path / str(at)
+        parent.mkdir()
+        fired, raised = _interrupt_at(at, functools.partial(convert, source, parent / "out", verify=False,
+                                                                  manifest=parent / "digests.json"), counts)
+        names = sorted(p.name for p in parent.iterdir())
+        if not fired:
+            assert raised is None and names == ["digests.json", "out"]
+            break
+        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        assert names in ([], ["digests.json", "out"]), f"bytecode {at}: {names} left"
+        shutil.rmtree(parent)
+        at += 1
+    assert at > 100
+
+
+# --- the CLI: a signal after DST is in place is not "no DST was created" -----------------------
+
+def test_an_interrupt_after_dst_is_in_place_says_so(tmp_path: Path) -> None:
+    """The signal comes once DST is renamed into place (the first bytecode of the result's
+    assembly): exit 143 as for any SIGTERM, and the line says DST is there, whole."""
+    from hfconv import conversion
+
+    convert_file = os.path.normcase(conversion.__file__ or "")
+    runner = CliRunner()
+    dst = tmp_path / "out"
+
+    def run() -> None:
+        done = runner.invoke(cli_main, ["convert", str(FIXTURES / "llama-safetensors"), str(dst), "--quiet"])
+        raise SystemExit((done.exit_code, done.stderr))
+
+    fired, raised = _interrupt_at(1, run, lambda frame: os.path.normcase(frame.f_code.co_filename) == convert_file
+                                  and frame.f_code.co_name == "_result")
+    assert fired and isinstance(raised, SystemExit)
+    code, err = raised.code  # type: ignore[misc]
+    assert code == 143 and dst.is_dir(), err
+    assert err.strip().splitlines() == ["interrupted after DST was complete and in place."], err
