@@ -10,6 +10,7 @@ of the step in turn (sys.settrace, as tests/test_interrupted_open.py does). Insi
 
 from __future__ import annotations
 
+import dis
 import functools
 import os
 import signal
@@ -34,6 +35,9 @@ def _module_files(*modules: Any) -> set[str]:
     return {os.path.normcase(m.__file__) for m in modules}
 
 
+_NOP = dis.opmap["NOP"]
+
+
 class _Signal:
     """A trace function that delivers SIGTERM (the CLI's handler) at the ``at``-th counted bytecode.
 
@@ -49,7 +53,9 @@ class _Signal:
             return None
         frame.f_trace_opcodes = True
         frame.f_trace_lines = False
-        if event == "opcode":
+        # Not at a NOP (the `try:` line): no handler runs there, and the compiler leaves NOPs out
+        # of the exception table, so an exception injected there would skip every `except`.
+        if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != _NOP:
             self.count += 1
             if self.count == self.at:
                 self.fired = True
@@ -219,3 +225,53 @@ def test_an_interrupt_after_dst_is_in_place_says_so(tmp_path: Path) -> None:
     code, err = raised.code  # type: ignore[misc]
     assert code == 143 and dst.is_dir(), err
     assert err.strip().splitlines() == ["interrupted after DST was complete and in place."], err
+
+
+# --- fix's file replacement and the report written with --output: temporary file beside the target -
+
+def _replace_everywhere(tmp_path: Path, replace: Callable[[Path], None], counts: Callable[[FrameType], bool]) -> int:
+    """``replace(target)`` (target holds "old"; the call writes "new") with the signal at each counted
+    bytecode in turn: the folder holds the target, old or new, and nothing else. Returns the count."""
+    import shutil
+
+    at = 1
+    while True:
+        folder = tmp_path / str(at)
+        folder.mkdir()
+        target = folder / "config.json"
+        target.write_text("old")
+        fired, raised = _interrupt_at(at, functools.partial(replace, target), counts)
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json"], f"bytecode {at}: left behind"
+        if not fired:
+            assert raised is None and target.read_text() == "new"
+            return at - 1
+        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        assert target.read_text() in ("old", "new")
+        shutil.rmtree(folder)
+        at += 1
+
+
+def test_a_signal_anywhere_in_fix_replacing_a_file_leaves_no_temporary_file(tmp_path: Path) -> None:
+    import tempfile
+
+    from hfconv.fixing import apply
+
+    def replace(target: Path) -> None:
+        apply.FileOps(str(target.parent)).write_text(target.name, "new", expected="old")
+
+    steps = {apply.FileOps.write_text.__code__, apply.FileOps._replacing.__wrapped__.__code__,
+             tempfile.mkstemp.__code__, tempfile._mkstemp_inner.__code__,  # type: ignore[attr-defined]
+             interrupts._Section.__enter__.__code__, interrupts._Section.__exit__.__code__}
+    assert _replace_everywhere(tmp_path, replace, lambda frame: frame.f_code in steps) > 50
+
+
+def test_a_signal_anywhere_in_writing_the_report_file_leaves_no_temporary_file(tmp_path: Path) -> None:
+    import tempfile
+
+    def replace(target: Path) -> None:
+        _common.write_file(str(target), b"new")
+
+    steps = {_common.write_file.__code__, tempfile.mkstemp.__code__,
+             tempfile._mkstemp_inner.__code__,  # type: ignore[attr-defined]
+             interrupts._Section.__enter__.__code__, interrupts._Section.__exit__.__code__}
+    assert _replace_everywhere(tmp_path, replace, lambda frame: frame.f_code in steps) > 50

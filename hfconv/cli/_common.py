@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..fsutil import umask
-from ..interrupts import deferring
+from ..interrupts import deferring, uninterrupted
 
 if TYPE_CHECKING:
     from ..findings import Finding
@@ -304,9 +304,11 @@ def write_file(output: str, data: bytes) -> None:
             raise
         return
     folder, name = os.path.split(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    tmp = ""
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with uninterrupted():  # created and recorded for the clean-up below in one step
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        with open(fd, "wb") as handle:  # the descriptor adopted in C: no window to close it twice
             handle.write(data)
             handle.flush()
             if st is not None:
@@ -317,10 +319,11 @@ def write_file(output: str, data: bytes) -> None:
                 os.fchmod(handle.fileno(), 0o666 & ~umask())
         os.replace(tmp, target)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         if isinstance(exc, OSError) and exc.filename is None:  # a write: say which file
             raise OSError(exc.errno, exc.strerror or str(exc), output) from None
         raise

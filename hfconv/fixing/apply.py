@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from ..fsutil import fsync_dir, open_regular, umask
+from ..interrupts import uninterrupted
 from ..readers.safetensors_header import read_safetensors
 from ..tensor_bytes import copy_range, write_all
 from ..tensors import FormatError, WeightFile
@@ -94,8 +95,12 @@ class FileOps:
         """
         target = self.path(name)
         folder, base = os.path.split(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.hfconv-fix-", suffix=".tmp", dir=folder)
+        tmp = ""
         try:
+            # Created and recorded for the clean-up below in one step (hfconv.interrupts): a
+            # signal in between would leave the temporary file in the model folder.
+            with uninterrupted():
+                fd, tmp = tempfile.mkstemp(prefix=f".{base}.hfconv-fix-", suffix=".tmp", dir=folder)
             try:
                 yield fd, tmp
                 try:
@@ -110,8 +115,9 @@ class FileOps:
                 raise OSError(f"{name} became a symlink; not written through")
             os.replace(tmp, target)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             raise
         fsync_dir(folder)
 
