@@ -418,9 +418,15 @@ def generate_class(folder: str, model_type: str, cls: str, base: dict[str, Any],
             variants.append((changed, other[0]))
             variant_fields.append(f)
             fitted_fields.append(f)
+    # A boolean whose flip only drops whole tensors (SigLIP's vision_use_head: the head.* module)
+    # becomes their condition; any other change of the tensors makes it a guard.
+    dropped_by: dict[str, tuple[frozenset[str], dict]] = {}
     for f in bools:
         other = build(folder, model_type, cls, {**base, f: not base[f]})
-        if other is None or other[0] != state:
+        if other is not None and other[0] != state and other[0].keys() < state.keys() and \
+                all(state[name] == spec for name, spec in other[0].items()):
+            dropped_by[f] = (frozenset(state.keys() - other[0].keys()), other[0])
+        elif other is None or other[0] != state:
             guards.add(f)
     for f, default in base.items():  # unfitted fields published configs vary: no guard where no value moves a tensor
         tried = [build(folder, model_type, cls, {**base, f: v}) for v in probe_values(f, default)]
@@ -502,12 +508,27 @@ def generate_class(folder: str, model_type: str, cls: str, base: dict[str, Any],
                     return None, f"{key} dim {d} fits no expression of {moved}"
                 dims.append(expr)
             rules.append([key, dims, optional0] + ([when] if when else []))
+        # The rules a boolean's flip drops (every tensor of the rule, in the base variant) exist when
+        # it keeps its default.
+        keys_of = dict(zip(state, (key for key, _, _ in first_only(state, letters))))
+        for f, (names, _) in dropped_by.items():
+            keys = {keys_of[name] for name in names}
+            if any(keys_of[name] in keys for name in state.keys() - names):
+                return None, f"flipping {f} drops some tensors of a rule only"
+            toggle = f if base[f] else f"not {f}"
+            for rule in rules:
+                if rule[0] in keys:
+                    rule[3:] = [f"({rule[3]}) and {toggle}" if len(rule) > 3 else toggle]
         rules.sort(key=lambda r: natural_key(r[0]))
         table = {"ranges": ranges, "rules": rules, "extras": sorted(extras), "prefix": prefix}
         if strip := stripped_prefixes(model_type, cls):
             table["strip"] = strip
-        # 3. Check: the table, expanded by hfconv's evaluator, gives back every variant exactly.
-        for values, found in observations:
+        # 3. Check: the table, expanded by hfconv's evaluator, gives back every variant exactly
+        # (each boolean at its default, and each flipped one with its tensors dropped).
+        flags = {f: base[f] for f in dropped_by}
+        checks = [({**values, **flags}, found) for values, found in observations]
+        checks += [({**observations[0][0], **flags, f: not base[f]}, dropped) for f, (_, dropped) in dropped_by.items()]
+        for values, found in checks:
             expanded = expand(model_type, cls, table, values)
             want = {n: (tuple(s), o) for n, (s, o) in found.items()}
             if expanded != want:

@@ -1,9 +1,11 @@
-"""CLIP and SigLIP from their parts' generated tables (issue 18: the most-downloaded families without
-importing transformers): CLIPModel is its text encoder's table under ``text_model.``, its vision
-encoder's under ``vision_model.`` and the two projections joining them (SigLIP: its logit scale and
-bias), each part answering for its nested config. Folders written by transformers' own save_pretrained validate with no reference
-subprocess; a broken copy is caught and named; a config the parts' tables do not answer for is
-left to the reference.
+"""CLIP, SigLIP and Gemma 3 from their parts' generated tables (issue 18: the most-downloaded
+families without importing transformers): CLIPModel is its text encoder's table under
+``text_model.``, its vision encoder's under ``vision_model.`` and the two projections joining them
+(SigLIP: its logit scale and bias; Gemma 3: a language model, a vision tower named the way
+transformers 4 or 5 wrote it, and the projector), each part answering for its nested config.
+Folders written by transformers' own save_pretrained validate with no reference subprocess; a
+broken copy is caught and named; a config the parts' tables do not answer for is left to the
+reference.
 """
 
 from __future__ import annotations
@@ -62,7 +64,25 @@ def written(transformers, tmp_path_factory) -> Path:
     sizes = SIZES["small"]
     t.SiglipModel(t.SiglipConfig(text_config={**sizes["text"], "max_position_embeddings": 16},
                                  vision_config=sizes["vision"])).save_pretrained(root / "siglip")
+    # Gemma 3 as google/gemma-3-4b-it is laid out (no vision head), written by transformers 5
+    # (vision_tower.embeddings...) and renamed as transformers 4 wrote it (vision_tower.vision_model...).
+    t.Gemma3ForConditionalGeneration(t.Gemma3Config(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, vocab_size=300, max_position_embeddings=64,
+                         sliding_window=16),
+        vision_config={**sizes["vision"], "image_size": 32, "patch_size": 8, "vision_use_head": False},
+        mm_tokens_per_image=4, image_token_index=299, boi_token_index=297, eoi_token_index=298,
+    )).save_pretrained(root / "gemma3")
+    state = _state(root / "gemma3")
+    shutil.copytree(root / "gemma3", root / "gemma3-v4")
+    renamed = {name.replace("vision_tower.", "vision_tower.vision_model.", 1): tensor for name, tensor in state.items()}
+    save_file(renamed, str(root / "gemma3-v4" / "model.safetensors"), metadata={"format": "pt"})
     return root
+
+
+def _state(folder: Path) -> dict:
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
 
 
 def _shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -74,16 +94,16 @@ def _config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-@pytest.mark.parametrize("name", [*SIZES, "siglip"])
+@pytest.mark.parametrize("name", [*SIZES, "siglip", "gemma3", "gemma3-v4"])
 def test_composed_table_matches_every_tensor(written: Path, name: str) -> None:
-    expected = generated_expected(_config(written / name))
-    assert expected is not None and expected.architecture == ("SiglipModel" if name == "siglip" else "CLIPModel")
     stored = _shapes(written / name)
+    expected = generated_expected(_config(written / name), stored)
+    assert expected is not None and expected.architecture == _config(written / name)["architectures"][0]
     result = compare(expected, stored)
     assert result.clean and result.matched == len(stored), result
 
 
-@pytest.mark.parametrize("name", ["small", "siglip"])
+@pytest.mark.parametrize("name", ["small", "siglip", "gemma3-v4"])
 def test_good_folder_validates_without_the_reference(written: Path, tmp_path: Path, name: str) -> None:
     proc = subprocess.run([sys.executable, "-c", _PROGRAM, "validate", str(written / name)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
@@ -167,3 +187,17 @@ def test_broken_siglip_copy_is_caught(written: Path, tmp_path: Path) -> None:
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     result = compare(generated_expected(_config(folder)), _shapes(folder))
     assert [m.name for m in result.mismatched] == [head] and list(result.missing) == ["logit_bias"], result
+
+
+def test_broken_gemma3_copy_is_caught_and_named_as_stored(written: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "gemma3"
+    shutil.copytree(written / "gemma3-v4", folder)
+    state = _state(folder)
+    fc1 = "vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight"
+    state[fc1] = state[fc1].T.contiguous()  # [48, 41] for [41, 48]
+    del state["multi_modal_projector.mm_soft_emb_norm.weight"]
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    stored = _shapes(folder)
+    result = compare(generated_expected(_config(folder), stored), stored)
+    assert [m.name for m in result.mismatched] == [fc1], result
+    assert list(result.missing) == ["multi_modal_projector.mm_soft_emb_norm.weight"], result

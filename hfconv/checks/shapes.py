@@ -361,10 +361,10 @@ def _generated(contents: FolderContents, config: Mapping[str, Any]) -> ExpectedM
 
     if ref.runs_folder_code(config, contents.options.trust_remote_code):
         return None
-    expected = generated_expected(config)
+    actual: Mapping[str, tuple[int, ...]] = contents.loaded_shapes
+    expected = generated_expected(config, actual.keys())
     if expected is None:
         return None
-    actual: Mapping[str, tuple[int, ...]] = contents.loaded_shapes
     scheme = _scheme_or_none(config.get("quantization_config"))
     if scheme is not None:  # quantized (gpt-oss MXFP4): compared as the unquantized model stores it
         view = quantized_view(scheme, contents.loaded_tensors, expected_shapes(expected, config),

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -144,15 +144,16 @@ def resolved_config(config: Mapping[str, Any], entry: Mapping[str, Any]) -> dict
     return resolved
 
 
-def generated_expected(config: Mapping[str, Any]) -> ExpectedModel | None:
+def generated_expected(config: Mapping[str, Any], stored: Collection[str] = ()) -> ExpectedModel | None:
     """The expected model of ``config`` from the generated tables, or None where they do not
     answer (see the module docstring); never raises for a bad config (the transformers
-    reference, or the generic check, then says what is wrong)."""
+    reference, or the generic check, then says what is wrong). ``stored``: the folder's tensor
+    names, where a composed model's part may be named two ways (see :data:`COMPOSED`)."""
     model_type, architecture = config.get("model_type"), architecture_of(config)
     if not isinstance(model_type, str) or architecture is None:
         return None
     if (model_type, architecture) in COMPOSED:
-        return _composed_expected(config, model_type, architecture)
+        return _composed_expected(config, model_type, architecture, stored)
     entry = _entry(model_type)
     family = _family(model_type, architecture)
     if family is None or entry is None:
@@ -197,15 +198,25 @@ COMPOSED: dict[tuple[str, str], tuple[tuple[tuple[str, str, str, str], ...], tup
         (("logit_scale", ("1",)), ("logit_bias", ("1",))),
         {},
     ),
+    ("gemma3", "Gemma3ForConditionalGeneration"): (
+        (("text_config", "language_model.", "gemma3_text", "Gemma3ForCausalLM"),
+         ("vision_config", "vision_tower.", "siglip_vision_model", "SiglipVisionModel")),
+        (("multi_modal_projector.mm_input_projection_weight", ("vision_config.hidden_size", "text_config.hidden_size")),
+         ("multi_modal_projector.mm_soft_emb_norm.weight", ("vision_config.hidden_size",))),
+        {},
+    ),
 }
-"""Models whose config.json nests one config per part (CLIP, SigLIP: a text and a vision encoder), each
-part a generated table under its attribute, plus the few tensors that join them. The parts' own
-checkpoints and the whole model's name their tensors alike (``text_model.encoder...``)."""
+"""Models whose config.json nests one config per part (CLIP, SigLIP: a text and a vision encoder;
+Gemma 3: a language model and a vision tower), each part a generated table under its attribute,
+plus the few tensors that join them. A part whose class drops a prefix at load (SigLIP's vision
+model, ``vision_model.``) is named with it by transformers 4 (``vision_tower.vision_model.embeddings``)
+and without it by transformers 5 (``vision_tower.embeddings``): the folder's names say which."""
 
 _NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?![\w(])")
 
 
-def _composed_expected(config: Mapping[str, Any], model_type: str, architecture: str) -> ExpectedModel | None:
+def _composed_expected(config: Mapping[str, Any], model_type: str, architecture: str,
+                       stored: Collection[str]) -> ExpectedModel | None:
     """The expected model of a :data:`COMPOSED` model: each part's generated table answering for
     its nested config, its names, fields and counts under the part's prefix and config key; None
     where one part's table does not answer or a value is unusable (the caller falls back)."""
@@ -218,13 +229,17 @@ def _composed_expected(config: Mapping[str, Any], model_type: str, architecture:
     sizes: dict[str, Any] = {key: config.get(key) if config.get(key) is not None else value
                              for key, value in defaults.items()}
     for key, prefix, part_type, part_class in parts:
-        nested = config.get(key) if config.get(key) is not None else {}
+        # (A part's config left out takes the whole model's defaults, which may not be the part
+        # class's: Gemma 3's vision tower. Left to the reference.)
+        nested = config.get(key)
         if not isinstance(nested, dict) or nested.get("model_type", part_type) != part_type:
             return None
         part = generated_expected({**nested, "model_type": part_type, "architectures": [part_class]})
         entry = _entry(part_type)
-        if part is None or entry is None or part.prefix or not part.complete:
-            return None
+        if part is None or entry is None or not part.complete:
+            return None  # (a part's base-model prefix, model., is in its names: they are taken as they are)
+        prefix = next((prefix + inner for inner in part.strip_prefixes
+                       if any(name.startswith(prefix + inner) for name in stored)), prefix)
         for name, tensor in part.tensors.items():
             dims = tuple(Dim(d.value, tuple(f"{key}.{f}" for f in d.drivers), _nested_formula(d.formula, key), d.notes)
                          for d in tensor.dims)
