@@ -45,7 +45,19 @@ class _Interrupt:
 
 
 def _interrupt_everywhere(open_file: Callable[[], object]) -> int:
-    """Interrupt ``open_file`` at each bytecode in turn; returns how many places were tried."""
+    """Interrupt ``open_file`` at each bytecode in turn; returns how many places were tried.
+
+    The objects that exist already are frozen out of the collections after each try: a full
+    collection of a test process that has imported torch and transformers takes a few hundred
+    milliseconds, and there are hundreds of tries (a minute of the suite, where a second does)."""
+    gc.freeze()
+    try:
+        return _each_bytecode(open_file)
+    finally:
+        gc.unfreeze()
+
+
+def _each_bytecode(open_file: Callable[[], object]) -> int:
     at = 1
     while True:
         interrupt = _Interrupt(at)
