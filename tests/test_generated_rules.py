@@ -139,7 +139,8 @@ def test_table_answers_only_for_configs_like_those_it_was_fitted_on(saved: Path)
     disagrees with its field: no table answer (the transformers reference decides)."""
     vit = config_of(saved / "vit")
     assert generated_expected(vit) is not None
-    assert generated_expected({**vit, "qkv_bias": False}) is None
+    # (a boolean that only drops tensors is their condition: test_a_boolean_that_drops_tensors_is_their_condition)
+    assert generated_expected({**vit, "qkv_bias": False}) is not None
     assert generated_expected({**vit, "architectures": ["ViTForSomethingElse"]}) is None
     plbart = config_of(saved / "plbart")
     assert generated_expected({**plbart, "num_hidden_layers": plbart["encoder_layers"]}) is not None
@@ -217,4 +218,24 @@ def test_probed_fields_are_no_guards() -> None:
                                "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
                                "layer_types": ["full_attention", "full_attention"]}) is not None
     assert generated_expected({**config, "layer_types": ["linear_attention", "full_attention"]}) is None
-    assert generated_expected({**config, "attention_bias": False}) is None
+    assert generated_expected({**config, "tie_word_embeddings": True}) is None
+    assert generated_expected({**config, "attention_bias": False}) is not None  # it only drops the biases
+
+
+def test_a_boolean_that_drops_tensors_is_their_condition(transformers, tmp_path: Path) -> None:
+    """ViT's qkv_bias=False drops the query/key/value biases and changes nothing else: the table
+    answers for it (the biases are expected only with it true) instead of leaving it to the reference."""
+    t = transformers
+    folder = tmp_path / "vit"
+    t.ViTForImageClassification(t.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
+        patch_size=8, num_labels=3, qkv_bias=False)).save_pretrained(folder)
+    expected = generated_expected(config_of(folder))
+    assert expected is not None
+    stored = shapes(folder)
+    assert not any(name.endswith("query.bias") for name in stored)
+    assert compare(expected, stored).clean
+    with_bias = {**config_of(folder), "qkv_bias": True}
+    result = compare(generated_expected(with_bias), stored)
+    assert len(result.missing) == 3 * 2 and all(n.endswith(("query.bias", "key.bias", "value.bias"))
+                                                for n in result.missing), result
