@@ -7,6 +7,8 @@ import os
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from .interrupts import uninterrupted
+
 if TYPE_CHECKING:  # pragma: no cover
     import subprocess
 
@@ -140,14 +142,20 @@ def run_python(code: str, args: list[str], work: str, timeout: float) -> int | N
     import sys
 
     with open(os.path.join(work, "stdout"), "wb") as out, open(os.path.join(work, "stderr"), "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-I", "-c", code, *args], cwd=work, env=sandbox_env(work),
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+        proc = None
         try:
+            # Started and handed to the kill below in one step: a signal in between (Popen waits
+            # for the exec) would leave the folder's code running, in a session of its own, with
+            # no time limit.
+            with uninterrupted():
+                proc = subprocess.Popen([sys.executable, "-I", "-c", code, *args], cwd=work, env=sandbox_env(work),
+                                        stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
         finally:
-            kill_group(proc)
+            if proc is not None:
+                kill_group(proc)
 
 
 def kill_group(proc: subprocess.Popen[Any]) -> None:
