@@ -133,3 +133,34 @@ def copy_quantized(tmp: Path, fixture: str, name: str, change: Callable[[dict], 
         edit_quant(config.setdefault("quantization_config", {}))
         (out / "config.json").write_text(json.dumps(config))
     return out
+
+
+def signal_while(process: subprocess.Popen, signum: int, condition: Callable[[], bool]) -> bool:
+    """Send ``signum`` to ``process`` while ``condition()`` holds, checked with the process stopped
+    (SIGSTOP, every thread seen stopped, check, signal, SIGCONT): what the test sees is where the
+    process is when the signal comes, however long this process was descheduled before. False
+    (nothing sent, the process resumed) when it had gone past that point; start it again."""
+    import signal
+    import time
+
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        if not os.path.isdir(f"/proc/{os.getpid()}/task"):  # no /proc: a generous wait instead
+            time.sleep(0.2)
+            deadline = 0
+        while time.monotonic() < deadline:
+            try:
+                states = [Path(f"/proc/{process.pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                          for task in os.listdir(f"/proc/{process.pid}/task")]
+            except (OSError, IndexError):  # no /proc (or a thread gone meanwhile): look again
+                states = []
+            if states and all(state in "TtZX" for state in states):
+                break
+            time.sleep(0.001 if states else 0.05)
+        if not condition():
+            return False
+        process.send_signal(signum)
+        return True
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
