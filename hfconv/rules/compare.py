@@ -98,9 +98,14 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     index: Mapping[str, Any] = tensors.index if isinstance(tensors, ExpandedTensors) else tensors
     # A head the table does not know may nest the base model under its own attribute
     # (T5ForSequenceClassification: transformer.encoder...): find that prefix from the names.
-    # A prefix the loader strips (a transformers 4 CLIPTextModel's text_model.) is found the same way.
-    outer = _outer_prefix(actual, index, prefix) if not expected.complete else \
-        _outer_prefix(actual, index, prefix, expected.strip_prefixes) if expected.strip_prefixes else ""
+    # A prefix the loader strips (a transformers 4 CLIPTextModel's text_model.) is found the same
+    # way, for naming what is missing as most stored names are; it is stripped from each stored
+    # name that has it, as the loader does, whatever the others.
+    strip = expected.strip_prefixes
+    if not expected.complete:
+        outer = _outer_prefix(actual, index, prefix)
+    else:
+        outer = _outer_prefix(actual, index, prefix, strip) if strip else ""
     names = list(actual)
     # What each stored name is expected as, looked up as it is: when every one is found, that is
     # the answer (the common case) and no name is matched one by one.
@@ -114,7 +119,7 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     if not outer and not any(unknown) and _LEGACY_PARTS.search("\n".join(names)) is None:
         canonical, taken, (direct, bare, prefixed) = None, None, (len(names), 0, 0)
     else:
-        canonical, taken, (direct, bare, prefixed) = _match_names(names, index, prefix, outer)
+        canonical, taken, (direct, bare, prefixed) = _match_names(names, index, prefix, outer, strip)
     same = canonical is None  # every stored name is an expected one, as it is
     expected_name_of: dict[str, str] = canonical if canonical is not None else {}
     taken_set: set[str] = taken if taken is not None else set()
@@ -264,12 +269,13 @@ class _NoTensor:
 _NO_TENSOR = _NoTensor()
 
 
-def _match_names(names: list[str], tensors: Mapping[str, Any], prefix: str,
-                 outer: str) -> tuple[dict[str, str] | None, set[str] | None, tuple[int, int, int]]:
+def _match_names(names: list[str], tensors: Mapping[str, Any], prefix: str, outer: str,
+                 strip: tuple[str, ...] = ()) -> tuple[dict[str, str] | None, set[str] | None, tuple[int, int, int]]:
     """Stored name -> expected name, the expected names taken, and how many stored names match
     as is, without the prefix and with it (direct, bare, prefixed); the first stored name of an
     expected one takes it. (None, None, counts) when every stored name is an expected one as it
-    is: no map of 100,000s of names to themselves.
+    is: no map of 100,000s of names to themselves. ``outer``, else the first of ``strip`` a
+    stored name starts with, is removed from it first.
 
     The common case in bulk: no outer prefix and no legacy name part anywhere, so a stored name
     that is an expected one maps to itself; the other names one by one, and all of them one by
@@ -280,23 +286,25 @@ def _match_names(names: list[str], tensors: Mapping[str, Any], prefix: str,
         if len(exact) == len(names):  # every stored name is an expected one (names are distinct)
             return None, None, (len(exact), 0, 0)
         exact_set = set(exact)
-        rest = _match_each(list(itertools.filterfalse(exact_set.__contains__, names)), tensors, prefix, "")
+        rest = _match_each(list(itertools.filterfalse(exact_set.__contains__, names)), tensors, prefix, "", strip)
         if not exact_set & rest[1]:
             canonical = dict(zip(exact, exact))
             canonical.update(rest[0])
             direct, bare, prefixed = rest[2]
             return canonical, exact_set | rest[1], (direct + len(exact), bare, prefixed)
-    return _match_each(names, tensors, prefix, outer)
+    return _match_each(names, tensors, prefix, outer, strip)
 
 
-def _match_each(names: list[str], tensors: Mapping[str, Any], prefix: str,
-                outer: str) -> tuple[dict[str, str], set[str], tuple[int, int, int]]:
+def _match_each(names: list[str], tensors: Mapping[str, Any], prefix: str, outer: str,
+                strip: tuple[str, ...] = ()) -> tuple[dict[str, str], set[str], tuple[int, int, int]]:
     """_match_names one stored name at a time."""
     canonical: dict[str, str] = {}
     taken: set[str] = set()
     direct = bare = prefixed = 0
+    stems = (outer, *strip) if outer else strip
     for name in names:
-        key = _canonical(name.removeprefix(outer) if outer else name, tensors, prefix)
+        stem = next((s for s in stems if name.startswith(s)), "") if stems else ""
+        key = _canonical(name[len(stem):] if stem else name, tensors, prefix)
         if key is None or key in taken:
             continue
         canonical[name] = key
