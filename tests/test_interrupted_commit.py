@@ -44,19 +44,29 @@ class _Signal:
 
     ``counts(frame)`` says which frames' bytecodes count (and are traced at all)."""
 
-    def __init__(self, at: int, counts: Callable[[FrameType], bool]) -> None:
+    def __init__(self, at: int, counts: Callable[[FrameType], bool], distinct: bool = False,
+                 traced: Callable[[FrameType], bool] | None = None) -> None:
         self.at, self.counts = at, counts
+        self.traced = traced or counts
+        """Which frames are traced at all (their call event); ``counts`` then picks the bytecodes."""
         self.count = 0
         self.fired = False
+        self.seen: set[tuple[int, int]] | None = set() if distinct else None
+        """With ``distinct``, each bytecode counts once (the turns of a loop repeat the same places)."""
 
     def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
-        if not self.counts(frame):
+        if not self.traced(frame):
             return None
         frame.f_trace_opcodes = True
         frame.f_trace_lines = False
         # Not at a NOP (the `try:` line): no handler runs there, and the compiler leaves NOPs out
         # of the exception table, so an exception injected there would skip every `except`.
-        if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != _NOP:
+        if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != _NOP and self.counts(frame):
+            if self.seen is not None:
+                place = (id(frame.f_code), frame.f_lasti)
+                if place in self.seen:
+                    return self
+                self.seen.add(place)
             self.count += 1
             if self.count == self.at:
                 self.fired = True
@@ -64,11 +74,11 @@ class _Signal:
         return self
 
 
-def _interrupt_at(at: int, call: Callable[[], object], counts: Callable[[FrameType], bool]
-                  ) -> tuple[bool, BaseException | None]:
+def _interrupt_at(at: int, call: Callable[[], object], counts: Callable[[FrameType], bool], distinct: bool = False,
+                  traced: Callable[[FrameType], bool] | None = None) -> tuple[bool, BaseException | None]:
     """Run ``call`` with the signal at counted bytecode ``at``: (whether it came, what was raised)."""
     handlers = {signum: signal.getsignal(signum) for signum in _common.EXIT_FOR_SIGNAL}
-    tracer = _Signal(at, counts)
+    tracer = _Signal(at, counts, distinct, traced)
     raised: BaseException | None = None
     sys.settrace(tracer)
     try:
@@ -308,6 +318,9 @@ def test_a_signal_anywhere_in_starting_the_code_child_leaves_no_child_running(tm
     def counts(frame: FrameType) -> bool:
         return frame.f_code in steps or (frame.f_code is code and (frame.f_lineno or 0) < waiting)
 
+    def traced(frame: FrameType) -> bool:
+        return frame.f_code in steps or frame.f_code is code
+
     at = 1
     try:
         while True:
@@ -315,7 +328,7 @@ def test_a_signal_anywhere_in_starting_the_code_child_leaves_no_child_running(tm
             work.mkdir()
             fired, raised = _interrupt_at(at, functools.partial(environment.run_python, "import time; time.sleep(60)",
                                                                 [marker], str(work), 0.01),
-                                          counts)
+                                          counts, traced=traced)
             assert _children_with(marker) == [], f"bytecode {at}: the child still runs"
             if not fired:
                 assert raised is None
@@ -326,3 +339,52 @@ def test_a_signal_anywhere_in_starting_the_code_child_leaves_no_child_running(tm
         for pid in _children_with(marker):
             os.kill(pid, signal.SIGKILL)
     assert at > 20
+
+
+# --- the chat-template child, a fork of this process: forked, then handed to its kill -------------
+
+def _children() -> set[int]:
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as handle:
+            found.update(int(pid) for pid in handle.read().split())
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/self/task/{os.getpid()}/children"), reason="lists children in /proc")
+def test_a_signal_anywhere_in_forking_the_template_child_leaves_no_child(tmp_path: Path) -> None:
+    from hfconv.checks import chat_template
+
+    if not chat_template._FORK:
+        pytest.skip("the child is forked on Linux only")
+    parent = os.getpid()
+    steps = {interrupts._Section.__enter__.__code__, interrupts._Section.__exit__.__code__}
+    # _run_forked from the fork to the wait for the child's output, and its clean-up (each place
+    # once): every signal after the fork forks a child, the poll loop's places are not walked.
+    code = chat_template._run_forked.__code__
+    lines, first = inspect.getsourcelines(chat_template._run_forked)
+    forking = first + next(i for i, line in enumerate(lines) if "os.fork()" in line)
+    polling = first + next(i for i, line in enumerate(lines) if "poller = " in line)
+    cleaning = first + next(i for i, line in enumerate(lines) if line.strip() == "finally:" and i > polling - first)
+
+    def traced(frame: FrameType) -> bool:  # not in the forked child, which inherits the trace function
+        return os.getpid() == parent and (frame.f_code in steps or frame.f_code is code)
+
+    def counts(frame: FrameType) -> bool:
+        line = frame.f_lineno or 0
+        return frame.f_code in steps or forking <= line < polling or line >= cleaning
+
+    template = chat_template.ChatTemplate("tokenizer_config.json", "default", "{{ messages[0]['content'] }}")
+    before = _children()
+    at = 1
+    while True:
+        # Only here, not in the forked child (which inherits the trace function).
+        fired, raised = _interrupt_at(at, functools.partial(chat_template.run_child, [template], None, {}, True),
+                                      counts, distinct=True, traced=traced)
+        assert _children() == before, f"bytecode {at}: a child left running or unreaped"
+        if not fired:
+            assert raised is None
+            break
+        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        at += 1
+    assert at > 40

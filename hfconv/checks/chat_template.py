@@ -20,6 +20,7 @@ thread may hold, no I/O but its pipe) and leaves with ``os._exit``. Elsewhere th
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
+from ..interrupts import uninterrupted
 
 register("HFC523", "error", "chat template over budget",
          "Compiling the chat template or rendering a two-message chat with it needed more memory or time than "
@@ -364,9 +366,12 @@ def _forkable_program() -> dict:
         return _child_program
 
 
-def _forked_child(program: dict, request: dict, write_fd: int, max_fd: int) -> None:
+def _forked_child(program: dict, request: dict, write_fd: int, max_fd: int, mask: Iterable[int] = ()) -> None:
     """In the forked child: pure-Python jinja2 work under the caps, results on ``write_fd``, then
-    os._exit (no clean-up of the parent's objects, threads or buffers runs here)."""
+    os._exit (no clean-up of the parent's objects, threads or buffers runs here).
+
+    It starts with SIGINT and SIGTERM blocked (:func:`_run_forked`); ``mask``, the parent's signal
+    mask, is restored once their default actions are back."""
     status = 70
     try:
         # Only the pipe stays open: a write end of another thread's pipe kept here would hold back
@@ -384,6 +389,7 @@ def _forked_child(program: dict, request: dict, write_fd: int, max_fd: int) -> N
         gc.freeze()  # never finalize the parent's objects here
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # not the CLI's handlers: the parent cleans up
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         # jinja2's one module-level cache with a lock: a parent thread may have held it at the fork.
         jinja2_lexer = program["jinja2"].lexer
         jinja2_lexer._lexer_cache = program["jinja2"].utils.LRUCache(50)
@@ -406,21 +412,28 @@ def _run_forked(request: dict) -> tuple[bytes, int | None, bool]:
     timeout) for a forked child."""
     program = _forkable_program()
     max_fd = min(max(os.sysconf("SC_OPEN_MAX"), 256), 1 << 16)  # (only where /proc cannot list them)
-    read_fd, write_fd = os.pipe()
-    try:
-        pid = os.fork()
-    except BaseException:
-        os.close(read_fd)
-        os.close(write_fd)
-        raise
-    if pid == 0:
-        _forked_child(program, request, write_fd, max_fd)  # never returns
-    deadline = time.monotonic() + WALL_TIMEOUT_S
-    os.close(write_fd)
     chunks: list[bytes] = []
     timed_out = finished = reaped = False
     status = 0
+    pid = 0
+    read_fd, write_fd = os.pipe()
     try:
+        # Forked and handed to the kill below in one uninterrupted step (hfconv.interrupts): a
+        # signal in between left the child running, unreaped. The child starts with SIGINT and
+        # SIGTERM blocked: a Ctrl-C reaches the whole process group, and the CLI's handler in the
+        # child would unwind the parent's frames there (its clean-ups, its messages) instead of
+        # ending the child; it unblocks them once their default actions are back.
+        with uninterrupted():
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    _forked_child(program, request, write_fd, max_fd, mask)  # never returns
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(write_fd)
+            write_fd = -1
+        deadline = time.monotonic() + WALL_TIMEOUT_S
         poller = select.poll()
         poller.register(read_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         while True:
@@ -436,24 +449,35 @@ def _run_forked(request: dict) -> tuple[bytes, int | None, bool]:
             chunks.append(data)
         finished = True
     finally:
-        os.close(read_fd)
         try:
+            if write_fd >= 0:
+                os.close(write_fd)
+            os.close(read_fd)
             # After end of file the child is exiting (only it held the write end); one that lingers
             # past the deadline, a timed-out one, or one whose parent is interrupted is killed.
-            while finished and not timed_out:
-                waited, status = os.waitpid(pid, os.WNOHANG)
-                if waited == pid:
-                    reaped = True
+            while pid and finished and not timed_out:
+                with uninterrupted():  # reaped and recorded in one step: a reaped pid is never killed
+                    waited, status = os.waitpid(pid, os.WNOHANG)
+                    reaped = waited == pid
+                if reaped:
                     break
                 if time.monotonic() > deadline:
                     timed_out = True
                     break
                 time.sleep(0.001)
-            if not reaped:
-                os.kill(pid, signal.SIGKILL)
-                _, status = os.waitpid(pid, 0)
+            if pid and not reaped:
+                with uninterrupted():
+                    os.kill(pid, signal.SIGKILL)
+                    _, status = os.waitpid(pid, 0)
+                    reaped = True
         except ChildProcessError:
             status = 0
+        except BaseException:  # interrupted while the child was waited for: it is killed all the same
+            if pid and not reaped:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+            raise
     return b"".join(chunks), os.waitstatus_to_exitcode(status), timed_out
 
 
