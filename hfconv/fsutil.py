@@ -38,7 +38,8 @@ def _open_owned(name: str | os.PathLike, open_fd: Callable[[], int]) -> io.Buffe
     signal (Ctrl-C, SIGTERM) turns into an exception: the cleanup then closes a descriptor the
     half-built reader also closes, and the second close hits whatever file got that number
     meanwhile (a shard being written: seen as "bad file descriptor" instead of "interrupted").
-    ``open(opener=...)`` adopts the descriptor inside C, where no signal handler runs.
+    ``open(opener=...)`` adopts the descriptor inside C, where no signal handler runs: an interrupt
+    in the opener itself (Python) can leak the descriptor, never close one twice.
     """
     return open(name, "rb", opener=lambda _name, _flags: open_fd())
 

@@ -201,3 +201,14 @@ def test_broken_gemma3_copy_is_caught_and_named_as_stored(written: Path, tmp_pat
     result = compare(generated_expected(_config(folder), stored), stored)
     assert [m.name for m in result.mismatched] == [fc1], result
     assert list(result.missing) == ["multi_modal_projector.mm_soft_emb_norm.weight"], result
+
+
+def test_a_part_named_both_ways_is_left_to_the_reference(written: Path) -> None:
+    """Half the vision tower under transformers 4's vision_tower.vision_model., half under 5's
+    vision_tower.: no guess at which names are the stray ones."""
+    stored = _shapes(written / "gemma3")
+    vision = sorted(name for name in stored if name.startswith("vision_tower."))
+    mixed = {(name.replace("vision_tower.", "vision_tower.vision_model.", 1) if name in vision[::2] else name): shape
+             for name, shape in stored.items()}
+    assert generated_expected(_config(written / "gemma3"), mixed) is None
+    assert generated_expected(_config(written / "gemma3"), stored) is not None

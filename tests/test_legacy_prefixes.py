@@ -108,7 +108,7 @@ def test_broken_old_named_copy_is_caught_and_named_as_stored(written: Path, tmp_
     assert list(result.missing) == ["text_model.final_layer_norm.weight"], result
     status, out = _validate(folder, tmp_path)
     assert status == 1 and f"HFC601 {bad} has shape [32, 37]" in out, out
-    assert "text_model.final_layer_norm.weight" in out, out
+    assert "HFC602 text_model.final_layer_norm.weight [32] is missing" in out, out  # its shape found too
 
 
 @pytest.mark.parametrize("part, old", [("text", "text_model.final_layer_norm.weight"),

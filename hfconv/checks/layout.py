@@ -289,10 +289,13 @@ def _no_weights(folder: ModelFolder) -> Finding:
     if not found:
         nested = _nested_models(folder)
         if nested:  # a diffusers pipeline (text_encoder/, ...), or a folder of several models
-            more = f" and {len(nested) - 1:,} more" if len(nested) > 1 else ""
-            return finding("HFC001", f"no weight files in the folder itself, but {nested[0]}/{more} "
-                           f"{'each hold' if more else 'holds'} a model (config.json and weights; a diffusers "
-                           "pipeline keeps its text encoder in text_encoder/): validate that folder, not its parent",
+            shown = [f"{name}/" for name in nested[:3]] + ([f"{len(nested) - 3:,} more"] if len(nested) > 3 else [])
+            named = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+            many = len(nested) > 1
+            return finding("HFC001", f"no weight files in the folder itself, but {named} "
+                           f"{'each hold' if many else 'holds'} a model (config.json and weights; a diffusers "
+                           "pipeline keeps its text encoder in text_encoder/): validate "
+                           f"{'those folders' if many else 'that folder'}, not {'their' if many else 'its'} parent",
                            file=f"{nested[0]}/config.json")
         return finding("HFC001", "no weight files found (expected model.safetensors, pytorch_model.bin, "
                        "or sharded shards with their index json)")

@@ -414,9 +414,10 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
         what = expected.architecture or "the model"
         for name in result.missing:
             tensor = expected.tensors.get(name) or expected.tensors.get(expected.prefix + name) or \
-                expected.tensors.get(name.removeprefix(expected.prefix))
-            shape = _fmt_shape(tensor.shape) if tensor is not None else ""
-            yield finding("HFC602", f"{name} {shape} is missing from the weights; {what} as config.json describes "
+                expected.tensors.get(name.removeprefix(expected.prefix)) or \
+                next((expected.tensors.get(name[len(p):]) for p in expected.strip_prefixes if name.startswith(p)), None)
+            shape = f" {_fmt_shape(tensor.shape)}" if tensor is not None else ""
+            yield finding("HFC602", f"{name}{shape} is missing from the weights; {what} as config.json describes "
                           f"it needs it{_tie_hint(name, config)}", tensor=name)
     for name in result.unexpected:
         what = expected.architecture or "the model"

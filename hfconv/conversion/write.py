@@ -26,8 +26,7 @@ from .errors import ConversionError, write_failure
 from .plan import PlannedTensor, ShardPlan
 
 __all__ = ["TRANSFORM_LOCK", "Sources", "ShardTask", "ShardOutcome", "Batch", "copy_source", "read_source",
-           "transformed_bytes",
-           "release", "write_tensor", "write_shard", "Writeback"]
+           "transformed_bytes", "release", "write_tensor", "write_shard", "Writeback"]
 
 
 _WRITEBACK_CHUNK = 64 << 20

@@ -32,7 +32,7 @@ import json
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..fsutil import read_package_text
 from .expected import CountGroup, Dim, ExpectedModel, ExpectedTensor, architecture_of, expected_tensors
@@ -179,30 +179,52 @@ def is_metadata(field_name: str) -> bool:
 
 # --- models made of generated ones -----------------------------------------------------------------
 
-COMPOSED: dict[tuple[str, str], tuple[tuple[tuple[str, str, str, str], ...], tuple[tuple[str, tuple[str, ...]], ...],
-                                      dict[str, int]]] = {
-    ("clip", "CLIPModel"): (
-        # (config.json key, name prefix, the part's model type and class): each part as its own table
-        (("text_config", "text_model.", "clip_text_model", "CLIPTextModel"),
-         ("vision_config", "vision_model.", "clip_vision_model", "CLIPVisionModel")),
-        # the tensors joining them: name, dimensions (a field of config.json or of a part's config,
-        # or a number)
-        (("text_projection.weight", ("projection_dim", "text_config.hidden_size")),
-         ("visual_projection.weight", ("projection_dim", "vision_config.hidden_size")),
-         ("logit_scale", ())),
-        {"projection_dim": 512},  # CLIPConfig's default
+class Part(NamedTuple):
+    """One part of a composed model: its config under ``config_key``, its tensors under ``prefix``,
+    answered by the generated table of ``model_type``'s ``architecture``."""
+
+    config_key: str
+    prefix: str
+    model_type: str
+    architecture: str
+
+
+class Joint(NamedTuple):
+    """A tensor joining the parts; each dimension a field of config.json (``projection_dim``), of a
+    part's config (``text_config.hidden_size``), or a number."""
+
+    name: str
+    dims: tuple[str, ...]
+
+
+class Composition(NamedTuple):
+    parts: tuple[Part, ...]
+    joints: tuple[Joint, ...]
+    defaults: dict[str, int]
+    """The whole model's config defaults the joints read (CLIPConfig's projection_dim)."""
+
+
+COMPOSED: dict[tuple[str, str], Composition] = {
+    ("clip", "CLIPModel"): Composition(
+        (Part("text_config", "text_model.", "clip_text_model", "CLIPTextModel"),
+         Part("vision_config", "vision_model.", "clip_vision_model", "CLIPVisionModel")),
+        (Joint("text_projection.weight", ("projection_dim", "text_config.hidden_size")),
+         Joint("visual_projection.weight", ("projection_dim", "vision_config.hidden_size")),
+         Joint("logit_scale", ())),
+        {"projection_dim": 512},
     ),
-    ("siglip", "SiglipModel"): (
-        (("text_config", "text_model.", "siglip_text_model", "SiglipTextModel"),
-         ("vision_config", "vision_model.", "siglip_vision_model", "SiglipVisionModel")),
-        (("logit_scale", ("1",)), ("logit_bias", ("1",))),
+    ("siglip", "SiglipModel"): Composition(
+        (Part("text_config", "text_model.", "siglip_text_model", "SiglipTextModel"),
+         Part("vision_config", "vision_model.", "siglip_vision_model", "SiglipVisionModel")),
+        (Joint("logit_scale", ("1",)), Joint("logit_bias", ("1",))),
         {},
     ),
-    ("gemma3", "Gemma3ForConditionalGeneration"): (
-        (("text_config", "language_model.", "gemma3_text", "Gemma3ForCausalLM"),
-         ("vision_config", "vision_tower.", "siglip_vision_model", "SiglipVisionModel")),
-        (("multi_modal_projector.mm_input_projection_weight", ("vision_config.hidden_size", "text_config.hidden_size")),
-         ("multi_modal_projector.mm_soft_emb_norm.weight", ("vision_config.hidden_size",))),
+    ("gemma3", "Gemma3ForConditionalGeneration"): Composition(
+        (Part("text_config", "language_model.", "gemma3_text", "Gemma3ForCausalLM"),
+         Part("vision_config", "vision_tower.", "siglip_vision_model", "SiglipVisionModel")),
+        (Joint("multi_modal_projector.mm_input_projection_weight",
+               ("vision_config.hidden_size", "text_config.hidden_size")),
+         Joint("multi_modal_projector.mm_soft_emb_norm.weight", ("vision_config.hidden_size",))),
         {},
     ),
 }
@@ -238,8 +260,11 @@ def _composed_expected(config: Mapping[str, Any], model_type: str, architecture:
         entry = _entry(part_type)
         if part is None or entry is None or not part.complete:
             return None  # (a part's base-model prefix, model., is in its names: they are taken as they are)
-        prefix = next((prefix + inner for inner in part.strip_prefixes
-                       if any(name.startswith(prefix + inner) for name in stored)), prefix)
+        for inner in part.strip_prefixes:  # the part named as transformers 4 wrote it, or as 5 does
+            old = sum(1 for name in stored if name.startswith(prefix + inner))
+            if old and old != sum(1 for name in stored if name.startswith(prefix)):
+                return None  # both namings at once: left to the reference (or the generic check)
+            prefix += inner if old else ""
         for name, tensor in part.tensors.items():
             dims = tuple(Dim(d.value, tuple(f"{key}.{f}" for f in d.drivers), _nested_formula(d.formula, key), d.notes)
                          for d in tensor.dims)
