@@ -1,8 +1,8 @@
 """CLIP, SigLIP and Gemma 3 from their parts' generated tables (issue 18: the most-downloaded
 families without importing transformers): CLIPModel is its text encoder's table under
 ``text_model.``, its vision encoder's under ``vision_model.`` and the two projections joining them
-(SigLIP: its logit scale and bias; Gemma 3: a language model, a vision tower named the way
-transformers 4 or 5 wrote it, and the projector), each part answering for its nested config.
+(SigLIP: its logit scale and bias; Gemma 3 and LLaVA: a language model, a vision tower named the
+way transformers 4 or 5 wrote it, and the projector), each part answering for its nested config.
 Folders written by transformers' own save_pretrained validate with no reference subprocess; a
 broken copy is caught and named; a config the parts' tables do not answer for is left to the
 reference.
@@ -77,6 +77,20 @@ def written(transformers, tmp_path_factory) -> Path:
     shutil.copytree(root / "gemma3", root / "gemma3-v4")
     renamed = {name.replace("vision_tower.", "vision_tower.vision_model.", 1): tensor for name, tensor in state.items()}
     save_file(renamed, str(root / "gemma3-v4" / "model.safetensors"), metadata={"format": "pt"})
+    # LLaVA: a Llama language model and a CLIP vision tower (1.5, and as transformers 4 named the
+    # tower), LLaVA-NeXT with two feature layers (the projector takes both) and its image_newline.
+    text = dict(model_type="llama", hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=120)
+    vision = {**sizes["vision"], "model_type": "clip_vision_model"}
+    t.LlavaForConditionalGeneration(t.LlavaConfig(text_config=text, vision_config=vision, image_token_index=100)
+                                    ).save_pretrained(root / "llava")
+    state = _state(root / "llava")
+    shutil.copytree(root / "llava", root / "llava-v4")
+    renamed = {name.replace("vision_tower.", "vision_tower.vision_model.", 1): tensor for name, tensor in state.items()}
+    save_file(renamed, str(root / "llava-v4" / "model.safetensors"), metadata={"format": "pt"})
+    t.LlavaNextForConditionalGeneration(t.LlavaNextConfig(
+        text_config=text, vision_config=vision, image_token_index=100, image_grid_pinpoints=[[30, 30]],
+        vision_feature_layer=[-2, -1])).save_pretrained(root / "llava_next")
     return root
 
 
@@ -94,7 +108,7 @@ def _config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-@pytest.mark.parametrize("name", [*SIZES, "siglip", "gemma3", "gemma3-v4"])
+@pytest.mark.parametrize("name", [*SIZES, "siglip", "gemma3", "gemma3-v4", "llava", "llava-v4", "llava_next"])
 def test_composed_table_matches_every_tensor(written: Path, name: str) -> None:
     stored = _shapes(written / name)
     expected = generated_expected(_config(written / name), stored)
@@ -103,7 +117,7 @@ def test_composed_table_matches_every_tensor(written: Path, name: str) -> None:
     assert result.clean and result.matched == len(stored), result
 
 
-@pytest.mark.parametrize("name", ["small", "siglip", "gemma3-v4"])
+@pytest.mark.parametrize("name", ["small", "siglip", "gemma3-v4", "llava-v4"])
 def test_good_folder_validates_without_the_reference(written: Path, tmp_path: Path, name: str) -> None:
     proc = subprocess.run([sys.executable, "-c", _PROGRAM, "validate", str(written / name)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
@@ -212,3 +226,19 @@ def test_a_part_named_both_ways_is_left_to_the_reference(written: Path) -> None:
              for name, shape in stored.items()}
     assert generated_expected(_config(written / "gemma3"), mixed) is None
     assert generated_expected(_config(written / "gemma3"), stored) is not None
+
+
+def test_broken_llava_copies_are_caught(written: Path) -> None:
+    """The projector's input width follows the feature layers taken; its biases follow
+    multimodal_projector_bias; the language model's layers are counted under text_config."""
+    config = _config(written / "llava_next")
+    stored = _shapes(written / "llava_next")
+    one_layer = {**config, "vision_feature_layer": -2}  # the stored projector takes two: [32, 96]
+    result = compare(generated_expected(one_layer, stored), stored)
+    [wrong] = result.mismatched
+    assert wrong.name == "multi_modal_projector.linear_1.weight" and wrong.expected.shape == (32, 48), result
+    no_bias = compare(generated_expected({**config, "multimodal_projector_bias": False}, stored), stored)
+    assert sorted(no_bias.unexpected) == ["multi_modal_projector.linear_1.bias", "multi_modal_projector.linear_2.bias"]
+    fewer = {name: shape for name, shape in stored.items() if ".layers.1." not in name or "vision" in name}
+    [count] = compare(generated_expected(config, fewer), fewer).counts
+    assert count.group.field == "text_config.num_hidden_layers" and count.found == (0,), count

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 from ..fsutil import read_package_text
 from .expected import CountGroup, Dim, ExpectedModel, ExpectedTensor, architecture_of, expected_tensors
 from .expression import ConfigValueError, ExpressionError
-from .families import Family, Head, Rule
+from .families import FAMILIES, Family, Head, Rule
 
 TABLE_FILE = "generated_rules.json"
 """The generated tables, under ``hfconv/schemas/`` (package data)."""
@@ -181,20 +181,26 @@ def is_metadata(field_name: str) -> bool:
 
 class Part(NamedTuple):
     """One part of a composed model: its config under ``config_key``, its tensors under ``prefix``,
-    answered by the generated table of ``model_type``'s ``architecture``."""
+    answered by the table of ``model_type``'s ``architecture``. With ``any_type``, the part's own
+    config names its model type (``model_type`` where it does not) and ``architecture`` is the end
+    of the class name (``ForCausalLM``: LLaVA's language model may be any of the families)."""
 
     config_key: str
     prefix: str
     model_type: str
     architecture: str
+    any_type: bool = False
 
 
 class Joint(NamedTuple):
     """A tensor joining the parts; each dimension a field of config.json (``projection_dim``), of a
-    part's config (``text_config.hidden_size``), or a number."""
+    part's config (``text_config.hidden_size``), a number, the count of a list field's entries
+    (``#vision_feature_layer``: 1 for a single value) or a product of those (``a * b``). With
+    ``when``, it exists only where that boolean field of config.json is true."""
 
     name: str
     dims: tuple[str, ...]
+    when: str = ""
 
 
 class Composition(NamedTuple):
@@ -227,9 +233,23 @@ COMPOSED: dict[tuple[str, str], Composition] = {
          Joint("multi_modal_projector.mm_soft_emb_norm.weight", ("vision_config.hidden_size",))),
         {},
     ),
+    **{(model_type, architecture): Composition(
+        (Part("text_config", "language_model.", "llama", "ForCausalLM", any_type=True),
+         Part("vision_config", "vision_tower.", "clip_vision_model", "VisionModel", any_type=True)),
+        (Joint("multi_modal_projector.linear_1.weight",
+               ("text_config.hidden_size", "vision_config.hidden_size * #vision_feature_layer")),
+         Joint("multi_modal_projector.linear_1.bias", ("text_config.hidden_size",), "multimodal_projector_bias"),
+         Joint("multi_modal_projector.linear_2.weight", ("text_config.hidden_size", "text_config.hidden_size")),
+         Joint("multi_modal_projector.linear_2.bias", ("text_config.hidden_size",), "multimodal_projector_bias"),
+         *extra),
+        {"vision_feature_layer": -2, "multimodal_projector_bias": True},
+    ) for model_type, architecture, extra in (
+        ("llava", "LlavaForConditionalGeneration", ()),
+        ("llava_next", "LlavaNextForConditionalGeneration", (Joint("image_newline", ("text_config.hidden_size",)),)),
+    )},
 }
 """Models whose config.json nests one config per part (CLIP, SigLIP: a text and a vision encoder;
-Gemma 3: a language model and a vision tower), each part a generated table under its attribute,
+Gemma 3, LLaVA: a language model and a vision tower), each part a table under its attribute,
 plus the few tensors that join them. A part whose class drops a prefix at load (SigLIP's vision
 model, ``vision_model.``) is named with it by transformers 4 (``vision_tower.vision_model.embeddings``)
 and without it by transformers 5 (``vision_tower.embeddings``): the folder's names say which."""
@@ -243,46 +263,48 @@ def _composed_expected(config: Mapping[str, Any], model_type: str, architecture:
     its nested config, its names, fields and counts under the part's prefix and config key; None
     where one part's table does not answer or a value is unusable (the caller falls back)."""
     parts, joints, defaults = COMPOSED[(model_type, architecture)]
+    given = {f.lstrip("#") for joint in joints for dim in joint.dims for f in dim.split(" * ") if "." not in f} | \
+        {joint.when for joint in joints if joint.when}
     if any(key.endswith("_config_dict") and value is not None for key, value in config.items()):
         return None  # transformers 4's older spelling of the parts' configs: left to the reference
     tensors: dict[str, ExpectedTensor] = {}
     counts: list[CountGroup] = []
     extras: list[str] = []
-    sizes: dict[str, Any] = {key: config.get(key) if config.get(key) is not None else value
-                             for key, value in defaults.items()}
-    for key, prefix, part_type, part_class in parts:
+    sizes: dict[str, Any] = {key: config.get(key) if config.get(key) is not None else defaults.get(key)
+                             for key in given if not key.isdigit()}
+    for part in parts:
+        key, prefix = part.config_key, part.prefix
         # (A part's config left out takes the whole model's defaults, which may not be the part
         # class's: Gemma 3's vision tower. Left to the reference.)
         nested = config.get(key)
-        if not isinstance(nested, dict) or nested.get("model_type", part_type) != part_type:
+        found = _part_model(nested, part) if isinstance(nested, dict) else None
+        if found is None or not isinstance(nested, dict):
             return None
-        part = generated_expected({**nested, "model_type": part_type, "architectures": [part_class]})
-        entry = _entry(part_type)
-        if part is None or entry is None or not part.complete:
-            return None  # (a part's base-model prefix, model., is in its names: they are taken as they are)
-        for inner in part.strip_prefixes:  # the part named as transformers 4 wrote it, or as 5 does
+        model, part_defaults = found
+        for inner in model.strip_prefixes:  # the part named as transformers 4 wrote it, or as 5 does
             old = sum(1 for name in stored if name.startswith(prefix + inner))
             if old and old != sum(1 for name in stored if name.startswith(prefix)):
                 return None  # both namings at once: left to the reference (or the generic check)
             prefix += inner if old else ""
-        for name, tensor in part.tensors.items():
+        for name, tensor in model.tensors.items():
             dims = tuple(Dim(d.value, tuple(f"{key}.{f}" for f in d.drivers), _nested_formula(d.formula, key), d.notes)
                          for d in tensor.dims)
             tensors[prefix + name] = ExpectedTensor(prefix + name, dims, tensor.optional)
         counts += [CountGroup("^" + re.escape(prefix) + group.pattern.removeprefix("^"), prefix + group.display,
-                              group.expected, f"{key}.{group.field}", group.noun) for group in part.counts]
-        extras += [rx if not rx.startswith("^") else "^" + re.escape(prefix) + rx[1:] for rx in part.allowed_extras]
-        part_defaults = entry.get("defaults", {})
-        for field_name in {f for _, fields in joints for f in fields if f.startswith(key + ".")}:
-            short = field_name[len(key) + 1:]
-            sizes[field_name] = nested.get(short) if nested.get(short) is not None else part_defaults.get(short)
-    for name, fields in joints:
-        values = [int(f) if f.isdigit() else sizes.get(f) for f in fields]
-        sized = [v for v in values if type(v) is int and v > 0]
-        if len(sized) != len(fields):
+                              group.expected, f"{key}.{group.field}", group.noun) for group in model.counts]
+        extras += [rx if not rx.startswith("^") else "^" + re.escape(prefix) + rx[1:] for rx in model.allowed_extras]
+        for short in {f[len(key) + 1:] for joint in joints for dim in joint.dims for f in dim.split(" * ")
+                      if f.startswith(key + ".")}:
+            sizes[f"{key}.{short}"] = nested.get(short) if nested.get(short) is not None else part_defaults.get(short)
+    for joint in joints:
+        if joint.when and sizes.get(joint.when) is not True:
+            if sizes.get(joint.when) is not False:
+                return None  # not a boolean: left to the reference
+            continue
+        joint_dims = [d for d in (_joint_dim(spec, sizes) for spec in joint.dims) if d is not None]
+        if len(joint_dims) != len(joint.dims):
             return None
-        tensors[name] = ExpectedTensor(name, tuple(Dim(v) if f.isdigit() else Dim(v, (f,), f"{f} = {v}")
-                                                   for f, v in zip(fields, sized)))
+        tensors[joint.name] = ExpectedTensor(joint.name, tuple(joint_dims))
     return ExpectedModel(tensors=tensors, family=model_type, architecture=architecture,
                          source=f"rules generated from transformers {transformers_version()}, part by part",
                          counts=tuple(counts), allowed_extras=tuple(extras))
@@ -293,3 +315,45 @@ def _nested_formula(formula: str, key: str) -> str:
     expression, equals, values = formula.partition(" = ")
     return _NAME.sub(lambda m: f"{key}.{m.group(1)}" if m.group(1) not in ("if", "else", "and", "or", "not") else
                      m.group(1), expression) + equals + values
+
+
+def _part_model(nested: Mapping[str, Any], part: Part) -> tuple[ExpectedModel, Mapping[str, Any]] | None:
+    """A part's expected model from its nested config, and the defaults its table fills sizes
+    from: a hand-written table (LLaVA's Llama) or a generated one; None where none answers."""
+    part_type = nested.get("model_type", part.model_type) if part.any_type else part.model_type
+    if not isinstance(part_type, str) or nested.get("model_type", part_type) != part_type:
+        return None
+    family = FAMILIES.get(part_type)
+    if family is not None:
+        architecture = family.class_prefix + part.architecture if part.any_type else part.architecture
+        if family.head_for(architecture) is None:
+            return None
+        try:
+            model = expected_tensors({**nested, "model_type": part_type}, architecture, family=family)
+        except (ConfigValueError, ExpressionError, TypeError, ValueError):
+            return None
+        return (model, family.defaults) if model is not None and model.complete else None
+    entry = _entry(part_type)
+    if entry is None:
+        return None
+    classes = [name for name in entry.get("classes", {}) if name.endswith(part.architecture)] if part.any_type else \
+        [part.architecture]
+    model = generated_expected({**nested, "model_type": part_type, "architectures": classes[:1]}) if classes else None
+    return (model, entry.get("defaults", {})) if model is not None and model.complete else None
+
+
+def _joint_dim(spec: str, sizes: Mapping[str, Any]) -> Dim | None:
+    """One dimension of a joining tensor (see :class:`Joint`), or None where a value is unusable."""
+    if spec.isdigit():
+        return Dim(int(spec))
+    value, drivers, terms = 1, [], []
+    for factor in spec.split(" * "):
+        entries = sizes.get(factor.lstrip("#"))
+        number = (len(entries) if isinstance(entries, list) else 1 if type(entries) is int else None) \
+            if factor.startswith("#") else entries
+        if type(number) is not int or number <= 0:
+            return None
+        value *= number
+        drivers.append(factor.lstrip("#"))
+        terms.append(str(number))
+    return Dim(value, tuple(drivers), f"{spec} = {' * '.join(terms)}" if len(terms) > 1 else f"{spec} = {value}")
