@@ -1,7 +1,7 @@
 """CLIP, SigLIP and Gemma 3 from their parts' generated tables (issue 18: the most-downloaded
 families without importing transformers): CLIPModel is its text encoder's table under
 ``text_model.``, its vision encoder's under ``vision_model.`` and the two projections joining them
-(SigLIP: its logit scale and bias; Gemma 3 and LLaVA: a language model, a vision tower named the
+(SigLIP: its logit scale and bias; Gemma 3, PaliGemma and LLaVA: a language model, a vision tower named the
 way transformers 4 or 5 wrote it, and the projector), each part answering for its nested config.
 Folders written by transformers' own save_pretrained validate with no reference subprocess; a
 broken copy is caught and named; a config the parts' tables do not answer for is left to the
@@ -88,6 +88,12 @@ def written(transformers, tmp_path_factory) -> Path:
     shutil.copytree(root / "llava", root / "llava-v4")
     renamed = {name.replace("vision_tower.", "vision_tower.vision_model.", 1): tensor for name, tensor in state.items()}
     save_file(renamed, str(root / "llava-v4" / "model.safetensors"), metadata={"format": "pt"})
+    t.PaliGemmaForConditionalGeneration(t.PaliGemmaConfig(
+        text_config=dict(model_type="gemma", hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, vocab_size=300),
+        vision_config={**sizes["vision"], "model_type": "siglip_vision_model", "image_size": 32, "patch_size": 8,
+                       "vision_use_head": False},
+        projection_dim=40, image_token_index=299)).save_pretrained(root / "paligemma")
     t.LlavaNextForConditionalGeneration(t.LlavaNextConfig(
         text_config=text, vision_config=vision, image_token_index=100, image_grid_pinpoints=[[30, 30]],
         vision_feature_layer=[-2, -1])).save_pretrained(root / "llava_next")
@@ -108,7 +114,8 @@ def _config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-@pytest.mark.parametrize("name", [*SIZES, "siglip", "gemma3", "gemma3-v4", "llava", "llava-v4", "llava_next"])
+@pytest.mark.parametrize("name", [*SIZES, "siglip", "gemma3", "gemma3-v4", "paligemma", "llava", "llava-v4",
+                                  "llava_next"])
 def test_composed_table_matches_every_tensor(written: Path, name: str) -> None:
     stored = _shapes(written / name)
     expected = generated_expected(_config(written / name), stored)

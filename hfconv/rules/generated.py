@@ -233,6 +233,13 @@ COMPOSED: dict[tuple[str, str], Composition] = {
          Joint("multi_modal_projector.mm_soft_emb_norm.weight", ("vision_config.hidden_size",))),
         {},
     ),
+    ("paligemma", "PaliGemmaForConditionalGeneration"): Composition(
+        (Part("text_config", "language_model.", "gemma", "ForCausalLM", any_type=True),
+         Part("vision_config", "vision_tower.", "siglip_vision_model", "VisionModel", any_type=True)),
+        (Joint("multi_modal_projector.linear.weight", ("projection_dim", "vision_config.hidden_size")),
+         Joint("multi_modal_projector.linear.bias", ("projection_dim",))),
+        {"projection_dim": 2048},
+    ),
     **{(model_type, architecture): Composition(
         (Part("text_config", "language_model.", "llama", "ForCausalLM", any_type=True),
          Part("vision_config", "vision_tower.", "clip_vision_model", "VisionModel", any_type=True)),
@@ -249,7 +256,7 @@ COMPOSED: dict[tuple[str, str], Composition] = {
     )},
 }
 """Models whose config.json nests one config per part (CLIP, SigLIP: a text and a vision encoder;
-Gemma 3, LLaVA: a language model and a vision tower), each part a table under its attribute,
+Gemma 3, PaliGemma, LLaVA: a language model and a vision tower), each part a table under its attribute,
 plus the few tensors that join them. A part whose class drops a prefix at load (SigLIP's vision
 model, ``vision_model.``) is named with it by transformers 4 (``vision_tower.vision_model.embeddings``)
 and without it by transformers 5 (``vision_tower.embeddings``): the folder's names say which."""
