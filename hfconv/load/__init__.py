@@ -43,6 +43,7 @@ from ..dtypes import DTYPE_CHOICES, canonical_dtype
 from ..errors import OptionError
 from ..findings import Finding, Severity, finding
 from ..folder_check import check_folder
+from ..interrupts import uninterrupted
 from ..tensor_bytes import storage_records
 from ..weight_map import shard_map
 from . import codes as codes
@@ -279,16 +280,36 @@ def _load_and_verify(torch: Any, root: Path, validated: Validated, folder: Folde
     The source side of the checksums runs in a second thread (numpy releases the GIL) ahead
     of the loader; the offload files are removed afterwards.
     """
-    # 4a. The offload folder (only when .bin tensors go to disk), the peak counters, the sources.
+    # 4a. The offload folder (only when .bin tensors go to disk): created and recorded for its
+    # removal in one uninterrupted step (a signal in between left it in the offload folder), and
+    # removed whole even when a signal comes while it is removed.
     tick = time.perf_counter()
+    offload_dir: str | None = None
+    try:
+        if folder.disk_writes and "disk" in plan.devices:
+            try:
+                with uninterrupted():
+                    offload_dir = tempfile.mkdtemp(prefix="hfconv-offload-", dir=offload_root)
+            except OSError as exc:
+                raise OptionError("offload_folder", f" {offload_root}: {exc.strerror or exc}") from None
+        return _load_into(torch, root, validated, folder, plan, options, offload_dir, phases, tick)
+    finally:
+        try:
+            if offload_dir is not None:
+                shutil.rmtree(offload_dir, ignore_errors=True)
+        except BaseException:
+            if offload_dir is not None:
+                shutil.rmtree(offload_dir, ignore_errors=True)
+            raise
+
+
+def _load_into(torch: Any, root: Path, validated: Validated, folder: FolderBytes, plan: DevicePlan,
+               options: _Options, offload_dir: str | None, phases: dict[str, float], tick: float
+               ) -> tuple[tuple[DeviceStats, ...], list[Finding], int]:
+    """Steps 4-5 with the offload folder made: the peak counters, the sources, the load."""
     contents = validated.contents
     chosen = contents.folder.loaded_set
     to_load = [loc for loc in folder.located if plan.tensors[loc.name] != "meta"]
-    try:
-        offload_dir = tempfile.mkdtemp(prefix="hfconv-offload-", dir=offload_root) if folder.disk_writes and \
-            "disk" in plan.devices else None
-    except OSError as exc:
-        raise OptionError("offload_folder", f" {offload_root}: {exc.strerror or exc}") from None
     for device in plan.devices:
         if device.startswith("cuda:"):
             torch.cuda.reset_peak_memory_stats(device)
@@ -315,8 +336,6 @@ def _load_and_verify(torch: Any, root: Path, validated: Validated, folder: Folde
                 findings.append(finding("HFC743", f"nothing was loaded: {_why_nothing(folder, plan)}"))
         finally:
             loader.kept.clear()
-            if offload_dir is not None:
-                shutil.rmtree(offload_dir, ignore_errors=True)
     finally:
         sources.close()
     return stats, findings, loader.peak_anon

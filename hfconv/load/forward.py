@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..findings import Finding, finding
+from ..interrupts import uninterrupted
 from .device_map import DevicePlan
 from .results import ForwardResult
 
@@ -49,10 +50,12 @@ def run_forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: 
               for module, device in plan.modules.items()}
     torch_dtype = {"keep": "auto", "float32": torch.float32, "float16": torch.float16,
                    "bfloat16": torch.bfloat16}[dtype]
-    offload = tempfile.mkdtemp(prefix="hfconv-forward-", dir=offload_root)
+    offload = ""
     model = None
     captured: list[str] = []
     try:
+        with uninterrupted():  # created and recorded for its removal below in one step
+            offload = tempfile.mkdtemp(prefix="hfconv-forward-", dir=offload_root)
         with quiet_transformers(transformers, captured):
             model, model_class = build_model(transformers, root, hf_map, torch_dtype, offload)
             ids, source = sample_tokens(transformers, root, config)
@@ -74,12 +77,20 @@ def run_forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: 
                                  f"(dtype {str(logits.dtype).removeprefix('torch.')})"))
         return result, notes
     except Exception as exc:  # noqa: BLE001 - any failure of the model is the finding
+        if not offload:  # the offload folder could not be made: not the model's failure
+            raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return None, [finding("HFC741", f"forward pass failed: {type(exc).__name__}: {message[:500]}")]
     finally:
-        del model
-        gc.collect()
-        shutil.rmtree(offload, ignore_errors=True)
+        try:  # removed whole, even when a signal comes meanwhile
+            del model
+            gc.collect()
+            if offload:
+                shutil.rmtree(offload, ignore_errors=True)
+        except BaseException:
+            if offload:
+                shutil.rmtree(offload, ignore_errors=True)
+            raise
 
 
 def _unknown_model_type(config: Mapping[str, Any]) -> Finding | None:
