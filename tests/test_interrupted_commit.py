@@ -203,7 +203,8 @@ def test_a_signal_anywhere_around_the_temporary_files_leaves_nothing_beside_dst(
         parent = tmp_path / str(at)
         parent.mkdir()
         fired, raised = _interrupt_at(at, functools.partial(convert, source, parent / "out", verify=False,
-                                                                  manifest=parent / "digests.json"), counts)
+                                                                  manifest=parent / "digests.json"), counts,
+                                      distinct=True)  # (the sections' own places once: walked above)
         names = sorted(p.name for p in parent.iterdir())
         if not fired:
             assert raised is None and names == ["digests.json", "out"]
@@ -423,3 +424,46 @@ def test_a_signal_anywhere_around_the_offload_folder_leaves_nothing_in_it(tmp_pa
         assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
         at += 1
     assert at > 10
+
+
+def test_an_interrupt_after_the_in_place_safetensors_are_in_src_leaves_them_and_says_so(tmp_path: Path) -> None:
+    """A signal at each place of convert --in-place once its shards are in SRC: they stay, the
+    temporary folder goes; and the CLI's line says the conversion is complete (exit 143)."""
+    import shutil
+
+    from hfconv import convert
+
+    code = in_place.convert_in_place.__code__
+    lines, first = inspect.getsourcelines(in_place.convert_in_place)
+    done = first + 1 + next(i for i, line in enumerate(lines) if "_move_into(tmp" in line)
+    result = first + next(i for i, line in enumerate(lines) if line.startswith("    written = "))
+    after_move = functools.partial(lambda frame: done <= (frame.f_lineno or 0) < result)  # to the try's end
+    in_code = functools.partial(lambda frame: frame.f_code is code)
+    at = 1
+    while True:
+        src = tmp_path / str(at)
+        shutil.copytree(FIXTURES / "llama-bin", src)
+        fired, raised = _interrupt_at(at, functools.partial(convert, src, in_place=True, verify=False), after_move,
+                                      distinct=True, traced=in_code)
+        assert (src / "model.safetensors").is_file(), f"bytecode {at}: the conversion was undone"
+        assert not [p.name for p in src.iterdir() if p.name.startswith(".hfconv-")], f"bytecode {at}: left"
+        if not fired:
+            assert raised is None
+            break
+        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        at += 1
+    assert at > 10
+
+    src = tmp_path / "cli"
+    shutil.copytree(FIXTURES / "llama-bin", src)
+    runner = CliRunner()
+
+    def run() -> None:
+        result = runner.invoke(cli_main, ["convert", str(src), "--in-place", "--quiet"])
+        raise SystemExit((result.exit_code, result.stderr))
+
+    fired, raised = _interrupt_at(1, run, after_move, traced=in_code)
+    assert fired and isinstance(raised, SystemExit)
+    exit_code, err = raised.code  # type: ignore[misc]
+    assert exit_code == 143 and (src / "model.safetensors").is_file(), err
+    assert err.strip().splitlines() == ["interrupted after the conversion was complete: its safetensors are in SRC."]

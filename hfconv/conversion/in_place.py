@@ -100,6 +100,7 @@ def convert_in_place(src: str | os.PathLike[str], *, max_shard_size: int | str =
     advance = progress_counter(progress, plan.total_size, 2 if verify else 1)
     tmp = ""
     moved: list[str] = []
+    deleted: list[str] = []
     try:
         with uninterrupted():  # created and recorded for the clean-up below in one step
             tmp = make_temp_folder(root)
@@ -109,25 +110,11 @@ def convert_in_place(src: str | os.PathLike[str], *, max_shard_size: int | str =
         raise_for_outcomes(plan.shards, outcomes)
         write_other_files(tmp, plan, contents, roots, fsync)
         summary: ValidationSummary | None = validate_output(tmp, source_findings, False) if verify else None
-        # 3. Into SRC: shards first, the index last.
+        # 3. Into SRC: shards first, the index last. Once all are moved the conversion is done: a
+        # signal after that removes only the temporary folder.
         _move_into(tmp, root, targets, moved, fsync)
-    except BaseException as exc:
-        for name in moved:
-            try:
-                os.unlink(os.path.join(root, name))
-            except OSError:
-                pass
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise write_failure(exc, f"writing into {root}") from None
-        raise
-
-    # 4. The .bin files, only now (all of them or, interrupted before, none), and the temporary
-    # folder (finished even when interrupted: never left half removed in SRC).
-    deleted: list[str] = []
-    try:
         shutil.rmtree(tmp, ignore_errors=True)
+        # 4. The .bin files, only now: all of them or, interrupted before, none.
         if delete_bin:
             with uninterrupted():
                 for name in (*contents.shards_of(chosen), *((chosen.index,) if chosen.index else ())):
@@ -138,8 +125,18 @@ def convert_in_place(src: str | os.PathLike[str], *, max_shard_size: int | str =
                         pass
                 if fsync:
                     fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        committed = len(moved) == len(targets)
+        if not committed:
+            for name in moved:
+                try:
+                    os.unlink(os.path.join(root, name))
+                except OSError:
+                    pass
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not committed:
+            raise write_failure(exc, f"writing into {root}") from None
         raise
     written = " and ".join(targets) if len(targets) <= 2 else f"{plural(len(plan.shards), 'shard')} and {INDEX_FILE}"
     notes = [finding("HFC717", f"{written} written beside {', '.join(contents.shards_of(chosen))} and "
