@@ -154,8 +154,13 @@ def run_python(code: str, args: list[str], work: str, timeout: float) -> int | N
         except subprocess.TimeoutExpired:
             return None
         finally:
-            if proc is not None:
-                kill_group(proc)
+            try:
+                if proc is not None:
+                    kill_group(proc)
+            except BaseException:  # a signal as it was killed (a timeout and a Ctrl-C at once): killed all the same
+                if proc is not None:
+                    kill_group(proc)
+                raise
 
 
 def kill_group(proc: subprocess.Popen[Any]) -> None:

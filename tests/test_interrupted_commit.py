@@ -309,15 +309,17 @@ def test_a_signal_anywhere_in_starting_the_code_child_leaves_no_child_running(tm
 
     marker = f"hfconv-test-child-{os.getpid()}"
     steps = {interrupts._Section.__enter__.__code__, interrupts._Section.__exit__.__code__}
-    # run_python up to its wait: the start and the hand-over (the wait and the kill after it are
-    # what a signal is meant to cut short; Popen's own bytecodes are not walked one by one, each
-    # one would start a Python).
+    # run_python up to its wait (the start and the hand-over) and its kill; the wait is what a
+    # signal is meant to cut short; Popen's own bytecodes are not walked one by one, each one
+    # would start a Python.
     code = environment.run_python.__code__
     lines, first = inspect.getsourcelines(environment.run_python)
     waiting = first + next(i for i, line in enumerate(lines) if "proc.wait(" in line)
 
-    def counts(frame: FrameType) -> bool:
-        return frame.f_code in steps or (frame.f_code is code and (frame.f_lineno or 0) < waiting)
+    def counts(frame: FrameType) -> bool:  # and the kill after the wait
+        line = frame.f_lineno or 0
+        return frame.f_code in steps or (frame.f_code is code and (line < waiting or
+                                                                   "kill_group" in lines[line - first]))
 
     def traced(frame: FrameType) -> bool:
         return frame.f_code in steps or frame.f_code is code
