@@ -10,6 +10,7 @@ at every bytecode of the open, in turn, as a signal handler would raise it.
 
 from __future__ import annotations
 
+import dis
 import gc
 import os
 import sys
@@ -21,6 +22,9 @@ from hfconv import fsutil
 from hfconv.fsutil import open_inside, open_regular
 
 _TRACED = {os.path.normcase(fsutil.__file__), os.path.normcase(os.__file__), "<frozen os>"}  # os.fdopen
+
+
+_NOP = dis.opmap["NOP"]
 
 
 class _Interrupt:
@@ -36,7 +40,8 @@ class _Interrupt:
             return None
         frame.f_trace_opcodes = True
         frame.f_trace_lines = False
-        if event == "opcode":
+        # (Not at a NOP: no handler runs there, and an exception raised there skips every except.)
+        if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != _NOP:
             self.count += 1
             if self.count == self.at:
                 self.fired = True
