@@ -94,6 +94,21 @@ def _interrupt_at(at: int, call: Callable[[], object], counts: Callable[[FrameTy
     return tracer.fired, raised
 
 
+def _walk(run: Callable[[int], tuple[bool, BaseException | None]]) -> int:
+    """``run(at)`` for at = 1, 2, ... until the signal no longer comes; returns how many places
+    were walked. Each run sets its case up, interrupts it at the ``at``-th place
+    (:func:`_interrupt_at`) and checks what it left; each interrupted run must have raised the
+    interrupt, and the run the signal no longer reached nothing."""
+    at = 1
+    while True:
+        fired, raised = run(at)
+        if not fired:
+            assert raised is None, f"{raised!r} in the run the signal did not reach"
+            return at - 1
+        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        at += 1
+
+
 @pytest.fixture(autouse=True)
 def _tempfile_names_made() -> None:
     """tempfile makes its name generator once, under a lock taken outside a ``try``: an interrupt
@@ -122,30 +137,26 @@ def test_a_signal_anywhere_in_the_rename_into_place_keeps_one_whole_dst(tmp_path
     import tempfile
 
     counts = _in(staging, interrupts, os, tempfile, shutil)
-    at = 1
-    while True:
+
+    def run(at: int) -> tuple[bool, BaseException | None]:
         parent = tmp_path / str(at)
         parent.mkdir()
         dst, tmp = parent / "out", _folder(parent / ".hfconv-tmp", "new")
         if force:
             _folder(dst, "old")
-        fired, raised = _interrupt_at(at, functools.partial(staging.install, str(tmp), str(dst), force),
-                                      counts)
-        if not fired:
-            assert raised is None and (dst / "model.safetensors").read_text() == "new"
-            break
-        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        fired, raised = _interrupt_at(at, functools.partial(staging.install, str(tmp), str(dst), force), counts)
         # The new DST in place (the interrupt came after the rename), or the old one and the
         # temporary folder (the caller removes it): never no DST, never the old one left aside.
         names = sorted(p.name for p in parent.iterdir())
         if tmp.exists():
-            assert names == [".hfconv-tmp", "out"] if force else [".hfconv-tmp"], (at, names)
+            assert fired and names == ([".hfconv-tmp", "out"] if force else [".hfconv-tmp"]), (at, names)
             assert not force or (dst / "model.safetensors").read_text() == "old"
         else:
             assert names == ["out"] and (dst / "model.safetensors").read_text() == "new", (at, names)
         shutil.rmtree(parent)
-        at += 1
-    assert at > (100 if force else 10)  # the whole step was walked
+        return fired, raised
+
+    assert _walk(run) >= (100 if force else 10)  # the whole step was walked
 
 
 # --- in place: each shard renamed into SRC and recorded for the roll-back ----------------------
@@ -155,25 +166,22 @@ def test_a_signal_anywhere_in_the_move_into_src_leaves_no_unrecorded_file(tmp_pa
 
     names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
              "model.safetensors.index.json"]
-    at = 1
-    while True:
+    def run(at: int) -> tuple[bool, BaseException | None]:
         root, tmp = tmp_path / str(at), tmp_path / str(at) / ".hfconv-tmp"
         tmp.mkdir(parents=True)
         for name in names:
             (tmp / name).write_text(name)
         moved: list[str] = []
         fired, raised = _interrupt_at(at, functools.partial(in_place._move_into, str(tmp), str(root), names,
-                                                        moved, False),
+                                                            moved, False),
                                       _in(in_place, interrupts, os))
         in_src = sorted(p.name for p in root.iterdir() if p.name != ".hfconv-tmp")
         assert in_src == sorted(moved), f"bytecode {at}: {in_src} in SRC, {moved} recorded for the roll-back"
-        if not fired:
-            assert raised is None and moved == names
-            break
-        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        assert fired or moved == names
         shutil.rmtree(root)
-        at += 1
-    assert at > 30
+        return fired, raised
+
+    assert _walk(run) >= 30
 
 
 # --- convert to DST: the temporary folder, the manifest beside DST, the rename -----------------
@@ -196,22 +204,19 @@ def test_a_signal_anywhere_around_the_temporary_files_leaves_nothing_beside_dst(
     def counts(frame: FrameType) -> bool:
         return frame.f_code in steps
 
-    at = 1
-    while True:
+    def run(at: int) -> tuple[bool, BaseException | None]:
         parent = tmp_path / str(at)
         parent.mkdir()
         fired, raised = _interrupt_at(at, functools.partial(convert, source, parent / "out", verify=False,
-                                                                  manifest=parent / "digests.json"), counts,
+                                                            manifest=parent / "digests.json"), counts,
                                       distinct=True)  # (the sections' own places once: walked above)
         names = sorted(p.name for p in parent.iterdir())
-        if not fired:
-            assert raised is None and names == ["digests.json", "out"]
-            break
-        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
-        assert names in ([], ["digests.json", "out"]), f"bytecode {at}: {names} left"
+        assert names in (([], ["digests.json", "out"]) if fired else (["digests.json", "out"],)), \
+            f"bytecode {at}: {names} left"
         shutil.rmtree(parent)
-        at += 1
-    assert at > 10
+        return fired, raised
+
+    assert _walk(run) >= 10
 
 
 # --- the CLI: a signal after DST is in place is not "no DST was created" -----------------------
@@ -244,21 +249,18 @@ def _replace_everywhere(tmp_path: Path, replace: Callable[[Path], None], counts:
     bytecode in turn: the folder holds the target, old or new, and nothing else. Returns the count."""
     import shutil
 
-    at = 1
-    while True:
+    def run(at: int) -> tuple[bool, BaseException | None]:
         folder = tmp_path / str(at)
         folder.mkdir()
         target = folder / "config.json"
         target.write_text("old")
         fired, raised = _interrupt_at(at, functools.partial(replace, target), counts)
         assert sorted(p.name for p in folder.iterdir()) == ["config.json"], f"bytecode {at}: left behind"
-        if not fired:
-            assert raised is None and target.read_text() == "new"
-            return at - 1
-        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
-        assert target.read_text() in ("old", "new")
+        assert target.read_text() in (("old", "new") if fired else ("new",))
         shutil.rmtree(folder)
-        at += 1
+        return fired, raised
+
+    return _walk(run)
 
 
 def test_a_signal_anywhere_in_fix_replacing_a_file_leaves_no_temporary_file(tmp_path: Path) -> None:
@@ -322,24 +324,20 @@ def test_a_signal_anywhere_in_starting_the_code_child_leaves_no_child_running(tm
     def traced(frame: FrameType) -> bool:
         return frame.f_code in steps or frame.f_code is code
 
-    at = 1
+    def run(at: int) -> tuple[bool, BaseException | None]:
+        work = tmp_path / str(at)
+        work.mkdir()
+        fired, raised = _interrupt_at(at, functools.partial(environment.run_python, "import time; time.sleep(60)",
+                                                            [marker], str(work), 0.01),
+                                      counts, traced=traced)
+        assert _children_with(marker) == [], f"bytecode {at}: the child still runs"
+        return fired, raised
+
     try:
-        while True:
-            work = tmp_path / str(at)
-            work.mkdir()
-            fired, raised = _interrupt_at(at, functools.partial(environment.run_python, "import time; time.sleep(60)",
-                                                                [marker], str(work), 0.01),
-                                          counts, traced=traced)
-            assert _children_with(marker) == [], f"bytecode {at}: the child still runs"
-            if not fired:
-                assert raised is None
-                break
-            assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
-            at += 1
+        assert _walk(run) >= 20
     finally:
         for pid in _children_with(marker):
             os.kill(pid, signal.SIGKILL)
-    assert at > 20
 
 
 # --- the chat-template child, a fork of this process: forked, then handed to its kill -------------
@@ -377,18 +375,14 @@ def test_a_signal_anywhere_in_forking_the_template_child_leaves_no_child(tmp_pat
 
     template = chat_template.ChatTemplate("tokenizer_config.json", "default", "{{ messages[0]['content'] }}")
     before = _children()
-    at = 1
-    while True:
+    def run(at: int) -> tuple[bool, BaseException | None]:
         # Only here, not in the forked child (which inherits the trace function).
         fired, raised = _interrupt_at(at, functools.partial(chat_template.run_child, [template], None, {}, True),
                                       counts, distinct=True, traced=traced)
         assert _children() == before, f"bytecode {at}: a child left running or unreaped"
-        if not fired:
-            assert raised is None
-            break
-        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
-        at += 1
-    assert at > 40
+        return fired, raised
+
+    assert _walk(run) >= 40
 
 
 # --- load-test: the folder for .bin tensors offloaded to disk -----------------------------------
@@ -411,19 +405,15 @@ def test_a_signal_anywhere_around_the_offload_folder_leaves_nothing_in_it(tmp_pa
         line = frame.f_lineno or first
         return interrupts._depth == 0 and (making <= line <= loading or "rmtree" in lines[line - first])
 
-    at = 1
-    while True:
+    def run(at: int) -> tuple[bool, BaseException | None]:
         offload = tmp_path / str(at) / "offload"
         fired, raised = _interrupt_at(at, functools.partial(load.load_test, FIXTURES / "llama-bin",
                                                             max_memory={"cpu": "50KB"}, offload_folder=offload),
                                       counts, distinct=True, traced=lambda frame: frame.f_code is code)
         assert not offload.exists(), f"bytecode {at}: {sorted(p.name for p in offload.iterdir())} left"
-        if not fired:
-            assert raised is None
-            break
-        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
-        at += 1
-    assert at > 10
+        return fired, raised
+
+    assert _walk(run) >= 10
 
 
 def test_an_interrupt_after_the_in_place_safetensors_are_in_src_leaves_them_and_says_so(tmp_path: Path) -> None:
@@ -439,20 +429,17 @@ def test_an_interrupt_after_the_in_place_safetensors_are_in_src_leaves_them_and_
     result = first + next(i for i, line in enumerate(lines) if line.startswith("    written = "))
     after_move = functools.partial(lambda frame: done <= (frame.f_lineno or 0) < result)  # to the try's end
     in_code = functools.partial(lambda frame: frame.f_code is code)
-    at = 1
-    while True:
+
+    def convert_at(at: int) -> tuple[bool, BaseException | None]:
         src = tmp_path / str(at)
         shutil.copytree(FIXTURES / "llama-bin", src)
         fired, raised = _interrupt_at(at, functools.partial(convert, src, in_place=True, verify=False), after_move,
                                       distinct=True, traced=in_code)
         assert (src / "model.safetensors").is_file(), f"bytecode {at}: the conversion was undone"
         assert not [p.name for p in src.iterdir() if p.name.startswith(".hfconv-")], f"bytecode {at}: left"
-        if not fired:
-            assert raised is None
-            break
-        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
-        at += 1
-    assert at > 10
+        return fired, raised
+
+    assert _walk(convert_at) >= 10
 
     src = tmp_path / "cli"
     shutil.copytree(FIXTURES / "llama-bin", src)
