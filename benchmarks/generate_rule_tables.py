@@ -66,7 +66,7 @@ MODEL_TYPES = (
     "levit", "vit_mae", "yolos", "dinov2_with_registers", "wav2vec2", "hubert", "wavlm", "data2vec-audio",
     "unispeech", "unispeech-sat", "sew", "wav2vec2-conformer", "audio-spectrogram-transformer", "ast",
     "dinov3_vit", "segformer", "layoutlmv3", "clip_text_model", "clip_vision_model", "siglip_text_model",
-    "siglip_vision_model", "siglip_text_model",
+    "siglip_vision_model",
 )
 
 HEADS = ("Model", "ForMaskedLM", "ForCausalLM", "ForConditionalGeneration", "ForSequenceClassification",

@@ -111,11 +111,10 @@ class FolderContents:
         """Tensor count, parameters and bytes of the weights loaders pick."""
         tensors = self.loaded_tensors.values()
         files = self._loaded_files().values()
-        totals = [wf.totals for wf in files if wf.totals is not None]
-        if len(totals) == len(files) and len(tensors) == sum(len(wf.tensors) for wf in files):
-            # No name in two files: the files' own sums, which their readers made in passing.
-            return Summary(tensors=len(tensors), parameters=sum(t[0] for t in totals),
-                           bytes=sum(t[1] for t in totals))
+        if len(tensors) == sum(len(wf.tensors) for wf in files):
+            # No name in two files: the files' own sums (made in passing by their readers, or in C).
+            return Summary(tensors=len(tensors), parameters=sum(wf.tensor_numel for wf in files),
+                           bytes=sum(wf.tensor_nbytes for wf in files))
         numels = list(map(math.prod, map(_SHAPE, tensors)))
         return Summary(tensors=len(tensors), parameters=sum(numels),
                        bytes=total_nbytes(list(map(_DTYPE, tensors)), numels))

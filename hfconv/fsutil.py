@@ -20,32 +20,34 @@ def open_regular(path: str | os.PathLike, follow_symlinks: bool = True) -> io.Bu
     """
     nofollow = 0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0)
     try:
-        handle = _open_owned(path, lambda: os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | nofollow))
-    except IsADirectoryError:
-        raise FormatError("HFC008", "is not a regular file (FIFO, device or socket); refused") from None
+        return _open_regular_fd(path, lambda: os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | nofollow),
+                                "is not a regular file (FIFO, device or socket); refused")
     except OSError as exc:
         if nofollow and os.path.islink(path):
             raise FormatError("HFC008", "is a symlink; not followed") from None
         raise FormatError("HFC008", f"cannot open: {exc.strerror}") from None
-    return _regular_or_refused(handle, "is not a regular file (FIFO, device or socket); refused")
 
 
-def _open_owned(name: str | os.PathLike, open_fd: Callable[[], int]) -> io.BufferedReader:
-    """A reader (named ``name``) over the descriptor ``open_fd()`` returns, owned by the reader
-    from the moment it exists.
+def _open_regular_fd(name: str | os.PathLike, open_fd: Callable[[], int], refusal: str) -> io.BufferedReader:
+    """A reader (named ``name``) over the descriptor ``open_fd()`` returns, once it is a regular
+    file (switched back to blocking reads); else HFC008 ``refusal``, nothing left open.
 
-    Opening a descriptor and handing it to ``os.fdopen`` afterwards leaves a window where a
-    signal (Ctrl-C, SIGTERM) turns into an exception: the cleanup then closes a descriptor the
-    half-built reader also closes, and the second close hits whatever file got that number
-    meanwhile (a shard being written: seen as "bad file descriptor" instead of "interrupted").
-    ``open(opener=...)`` adopts the descriptor inside C, where no signal handler runs: an interrupt
-    in the opener itself (Python) can leak the descriptor, never close one twice.
+    The reader owns the descriptor from the moment it exists. Opening a descriptor and handing it
+    to ``os.fdopen`` afterwards leaves a window where a signal (Ctrl-C, SIGTERM) turns into an
+    exception: the cleanup then closes a descriptor the half-built reader also closes, and the
+    second close hits whatever file got that number meanwhile (a shard being written: seen as
+    "bad file descriptor" instead of "interrupted"). ``open(opener=...)`` adopts the descriptor
+    inside C, where no signal handler runs: an interrupt in the opener itself (Python) can leak the
+    descriptor, never close one twice.
+
+    Raises:
+        FormatError: HFC008 ``refusal`` (a folder, FIFO, device or socket).
+        OSError: opening failed otherwise (the caller words it).
     """
-    return open(name, "rb", opener=lambda _name, _flags: open_fd())
-
-
-def _regular_or_refused(handle: io.BufferedReader, refusal: str) -> io.BufferedReader:
-    """``handle`` once it is a regular file (switched back to blocking reads); else closed and HFC008."""
+    try:
+        handle = open(name, "rb", opener=lambda _name, _flags: open_fd())
+    except IsADirectoryError:
+        raise FormatError("HFC008", refusal) from None
     try:
         fd = handle.fileno()
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -110,17 +112,12 @@ def _open_beneath(base: str, parts: list[str]) -> io.BufferedReader:
             os.close(outer)
         flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
         try:
-            handle = _open_owned(os.path.join(base, *parts), lambda: os.open(parts[-1], flags, dir_fd=directory))
-        except IsADirectoryError:
-            handle = None
+            return _open_regular_fd(os.path.join(base, *parts), lambda: os.open(parts[-1], flags, dir_fd=directory),
+                                    "is not a regular file (a folder, FIFO, device or socket); refused")
         except OSError as exc:
             raise FormatError("HFC008", _walk_error(exc, parts[-1])) from None
     finally:
         os.close(directory)
-    refusal = "is not a regular file (a folder, FIFO, device or socket); refused"
-    if handle is None:
-        raise FormatError("HFC008", refusal)
-    return _regular_or_refused(handle, refusal)
 
 
 def _walk_error(exc: OSError, part: str) -> str:

@@ -126,14 +126,13 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def measure_nesting(data: bytes, limit: int) -> tuple[int, int]:
-    """(deepest ``[``/``{`` nesting, number of arrays and objects), outside string literals.
+def measure_nesting(data: bytes, max_depth: int, max_containers: int) -> tuple[int, int]:
+    """(deepest ``[``/``{`` nesting, number of arrays and objects), outside string literals;
+    exact wherever one of them is past its limit.
 
-    Linear time, no recursion. When there are at most ``limit`` openers in all (counted in
-    strings too, or outside them), their count (an upper bound on both numbers, and within the
-    limit) stands for both, which are then not computed exactly: callers pass the smaller of
-    their depth and container limits, so that a bound never exceeds a limit the exact number
-    would meet.
+    Linear time, no recursion. When there are at most min(``max_depth``, ``max_containers``)
+    openers in all (counted in strings too, or outside them), their count (an upper bound on both
+    numbers, and within both limits) stands for both, which are then not computed exactly.
 
     Works on the UTF-8 bytes (``"``, ``\\`` and brackets never occur inside multi-byte
     sequences) with C-speed bytes methods only, because a per-token regex costs seconds on a
@@ -147,6 +146,7 @@ def measure_nesting(data: bytes, limit: int) -> tuple[int, int]:
     For text that is not valid JSON the numbers may be off, but only past the first syntax
     error, where ``json.loads`` stops anyway.
     """
+    limit = min(max_depth, max_containers)
     openers = _count_up_to(data, b"[", limit)  # strings' brackets too: an upper bound
     openers += _count_up_to(data, b"{", limit - openers)
     if openers <= limit:
@@ -287,9 +287,8 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
     if text.startswith("\ufeff"):
         raise JsonError("encoding", "text starts with a byte order mark (U+FEFF), which JSON forbids")
 
-    # (Both numbers exact past the smaller limit: under it, the count of every bracket stands for both.)
     depth, containers = measure_nesting(raw if raw is not None else text.encode("utf-8", "surrogatepass"),
-                                        min(max_depth, max_containers))
+                                        max_depth, max_containers)
     if depth > max_depth:
         raise JsonError("too_deep", f"nesting depth {depth} exceeds the limit of {max_depth}")
     if containers > max_containers:

@@ -111,6 +111,13 @@ class WeightFile:
         return {key: names for key, names in by_key.items() if len(names) > 1}
 
     @property
+    def tensor_numel(self) -> int:
+        """Elements of all its tensors."""
+        if self.totals is not None:
+            return self.totals[0]
+        return sum(map(math.prod, map(attrgetter("shape"), self.tensors.values())))
+
+    @property
     def tensor_nbytes(self) -> int:
         if self.totals is not None:
             return self.totals[1]

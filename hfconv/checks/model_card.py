@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
-from .schema_subset import certainly_valid
+from .schema_subset import schema_errors
 from .schemas import load_schema
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -243,9 +243,8 @@ def _schema_findings(metadata: dict[str, Any]) -> Iterator[Finding]:
     properties = schema["properties"]
     reported: set[str] = set()
     checked = {str(k): _json_safe(v) for k, v in metadata.items() if str(k) in properties}  # only these are checked
-    if certainly_valid(schema, checked, strict_integers=False):
-        return  # the common case, without importing jsonschema
-    for error in sorted(_validator().iter_errors(checked), key=lambda e: list(map(str, e.path))):
+    errors = schema_errors(schema, checked, _validator, strict_integers=False)  # none: jsonschema not imported
+    for error in sorted(errors, key=lambda e: list(map(str, e.path))):
         path = list(error.absolute_path)
         if not path:  # the if/then: license other without license_name
             if "license_name" in reported:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["certainly_valid"]
+__all__ = ["certainly_valid", "schema_errors"]
 
 Verdict = bool | None
 """True: the value is valid; False: it certainly is not; None: cannot tell."""
@@ -33,6 +33,16 @@ _ANNOTATIONS = frozenset({"$schema", "$comment", "$defs", "title", "description"
 _MAX_DEPTH = 200
 """Nested schema steps (``$ref`` included) before the evaluator gives up (a ``$ref`` loop that
 consumes no part of the value, or a value nested deeper than any real file)."""
+
+
+def schema_errors(schema: Mapping[str, Any], instance: Any, validator: Callable[[], Any], *,
+                  strict_integers: bool = True) -> Iterable[Any]:
+    """jsonschema's errors of ``instance`` against ``schema`` (``validator()`` is a jsonschema
+    validator of that same schema, made only when needed): none, without importing jsonschema,
+    where :func:`certainly_valid` vouches for it."""
+    if certainly_valid(schema, instance, strict_integers=strict_integers):
+        return ()
+    return validator().iter_errors(instance)
 
 
 def certainly_valid(schema: Mapping[str, Any], instance: Any, *, strict_integers: bool = True) -> bool:

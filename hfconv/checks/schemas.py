@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
 from ..fsutil import read_package_text
-from .schema_subset import certainly_valid
+from .schema_subset import schema_errors
 
 if TYPE_CHECKING:  # pragma: no cover
     from jsonschema.exceptions import ValidationError
@@ -223,8 +223,7 @@ def schema_problems(schema_name: str, data: Any) -> list[SchemaProblem]:
         weight_map = data["weight_map"]
         data = {**data, "weight_map": {}}
     # jsonschema (and its imports, ~50 ms) only for a value the fast subset cannot vouch for.
-    errors = () if certainly_valid(load_schema(schema_name), data) else _validator(schema_name).iter_errors(data)
-    for error in errors:
+    for error in schema_errors(load_schema(schema_name), data, lambda: _validator(schema_name)):
         for problem in _describe(error):
             # One sentence per path: the generic and the family schema may both object to a value.
             problems.setdefault(problem.path, problem)
@@ -545,10 +544,9 @@ def config_rule_problems(config: Any) -> list[tuple[str, str, str]]:
 
         for key in ("rope_scaling", "rope_parameters"):
             rope_value = {key: sub.get(key)}
-            if (parts and parts != ("text_config",) and rope_value[key] is not None
-                    and not certainly_valid(_rope_schema(), rope_value)):
+            if parts and parts != ("text_config",) and rope_value[key] is not None:
                 # config.schema.json checks the top level and text_config; the same RoPE rules here.
-                for error in _rope_validator().iter_errors(rope_value):
+                for error in schema_errors(_rope_schema(), rope_value, _rope_validator):
                     for problem in _describe(error):
                         problems.append(("HFC402", json_path(parts) + problem.path[1:], problem.message))
             for below, rope in _rope_dicts(sub.get(key)):

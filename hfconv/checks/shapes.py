@@ -26,7 +26,7 @@ from ..discovery import ADAPTER
 from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
 from ..readers.quant_state import read_quant_states
-from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, suggest_fix
+from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, expected_tensor, suggest_fix
 from ..rules.expected import CapReached, ExpectedModel, architecture_of, expected_tensors, family_of, generic_expected
 from ..rules.expression import ConfigValueError
 from ..rules.quantized import QuantView, Scheme, SchemeError, Unchecked, expected_shapes, quantized_view, scheme_of
@@ -413,9 +413,7 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
     if read_all:  # with a shard unreadable, its tensors are not "missing": the read findings say why
         what = expected.architecture or "the model"
         for name in result.missing:
-            tensor = expected.tensors.get(name) or expected.tensors.get(expected.prefix + name) or \
-                expected.tensors.get(name.removeprefix(expected.prefix)) or \
-                next((expected.tensors.get(name[len(p):]) for p in expected.strip_prefixes if name.startswith(p)), None)
+            tensor = expected_tensor(expected, name)
             shape = f" {_fmt_shape(tensor.shape)}" if tensor is not None else ""
             yield finding("HFC602", f"{name}{shape} is missing from the weights; {what} as config.json describes "
                           f"it needs it{_tie_hint(name, config)}", tensor=name)

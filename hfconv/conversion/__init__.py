@@ -20,7 +20,7 @@ Plan, then execute (STYLE habit 6):
    bytes of a big-endian checkpoint; torch, imported only then, casts;
 5. copy the non-weight files, write the index and, when casting, the updated config.json;
 6. verify, on a second thread right behind the writer: every tensor's output bytes against
-   the source's byte range (both memory-mapped, compared in C, a 4 MiB window at a time) or
+   the source's byte range (the output mapped, the source read, compared in C, a 4 MiB window at a time) or
    against its transform recomputed from the source; every ``.bin`` storage against the
    CRC-32 torch.save recorded (on the same windows when a tensor is its whole storage); every
    header as planned; then ``validate`` the folder: any error fails the conversion (HFC706
@@ -33,7 +33,8 @@ Plan, then execute (STYLE habit 6):
 
 Peak anonymous memory follows the largest tensor that needs transforming (at most one is
 in memory at a time), never a shard or the model: copied tensors move page cache to page
-cache and verification reads through ``mmap`` windows it releases as it goes.
+cache and verification reads 4 MiB windows (the output's mapped and released as it goes, the
+source's read into one reused buffer).
 """
 
 from __future__ import annotations

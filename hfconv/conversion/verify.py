@@ -36,7 +36,7 @@ def check_batch(task: ShardTask, batch: Batch, sources: Sources,
     """Verify (and digest, for the manifest) tensors just written.
 
     Maps only the batch's range of the output file. A tensor copied unchanged is compared
-    directly with its source file's byte range (both memory-mapped, compared in C); a
+    directly with its source file's byte range (read with pread, compared in C); a
     transformed one with its bytes recomputed from the source. Returns (problems, digests,
     HFC901 findings of source storages failing their CRC-32).
     """

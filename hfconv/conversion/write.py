@@ -42,17 +42,22 @@ TRANSFORM_LOCK = threading.Lock()
 verifier thread, so that at most one such tensor exists at a time per process."""
 
 
-def copy_source(src_fd: int, dst_fd: int, offset: int, count: int, progress: Callable[[int], None]) -> None:
-    """:func:`~hfconv.tensor_bytes.copy_range`, a source cut short as HFC701."""
+def copy_source(src_fd: int, dst_fd: int, offset: int, count: int, progress: Callable[[int], None],
+                tensor: PlannedTensor | None = None) -> None:
+    """:func:`~hfconv.tensor_bytes.copy_range`, a source cut short as HFC701 (naming ``tensor`` and
+    its file, as every other read of a tensor does, when it is one)."""
     try:
         copy_range(src_fd, dst_fd, offset, count, progress)
     except SourceEnded as exc:
+        if tensor is not None:
+            raise _read_failure(tensor, f"file ended {exc.missing} bytes early") from None
         raise ConversionError("HFC701", f"source file ended {exc.missing} bytes early (was it truncated "
                                         "during the conversion?)") from None
 
 
 class Sources:
-    """Source files opened read-only and memory-mapped once per shard writer.
+    """Source files opened read-only once per shard writer (memory-mapped only for the gather of
+    a sparse strided view).
 
     Each is opened once, by :func:`hfconv.fsutil.open_inside`: a regular file inside one of
     ``roots`` (SRC, or the Hub cache's blobs), never a symlink followed out of them.
@@ -251,10 +256,7 @@ def write_tensor(fd: int, tensor: PlannedTensor, sources: Sources, progress: Cal
     if tensor.nbytes == 0:
         return
     if tensor.action == "copy":
-        try:
-            copy_range(sources.fd(tensor.source_path), fd, tensor.offset, tensor.nbytes, progress)
-        except SourceEnded as exc:  # the tensor and its file named, as every other read of it
-            raise _read_failure(tensor, f"file ended {exc.missing} bytes early") from None
+        copy_source(sources.fd(tensor.source_path), fd, tensor.offset, tensor.nbytes, progress, tensor)
         return
     with TRANSFORM_LOCK:
         data = transformed_bytes(tensor, sources)

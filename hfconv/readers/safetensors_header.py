@@ -62,6 +62,8 @@ _U64 = 1 << 64
 _I64 = 1 << 63
 # serde_json's recursion limit: 128 levels refused, 127 read (unknown entry fields may nest).
 _HEADER_MAX_DEPTH = 127
+_HEADER_MAX_CONTAINERS = 3 * MAX_TENSORS + 16
+"""Arrays and objects a header of MAX_TENSORS entries may hold (each an object and two arrays)."""
 _ENTRY_KEYS = ("dtype", "shape", "data_offsets")
 # Known to the header format, but the installed safetensors' torch (and numpy) binding has no
 # dtype for them: get_tensor fails with "Dtype not understood".
@@ -166,14 +168,13 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FormatError("HFC104", f"header is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    # (Both numbers exact past the smaller limit: under it, the count of every bracket stands for both.)
-    depth, containers = measure_nesting(raw, min(_HEADER_MAX_DEPTH, 3 * MAX_TENSORS + 16))
+    depth, containers = measure_nesting(raw, _HEADER_MAX_DEPTH, _HEADER_MAX_CONTAINERS)
     if depth > _HEADER_MAX_DEPTH:
         raise FormatError("HFC104", f"header nesting depth {depth} exceeds {_HEADER_MAX_DEPTH}, the most "
                                     "safetensors (serde_json) reads")
-    if containers > 3 * MAX_TENSORS + 16:
+    if containers > _HEADER_MAX_CONTAINERS:
         raise FormatError("HFC113", f"header holds {containers} arrays and objects, over the limit of "
-                                    f"{3 * MAX_TENSORS + 16}; refused before parsing it")
+                                    f"{_HEADER_MAX_CONTAINERS}; refused before parsing it")
     # The default int keeps the C scanner's fast path; the hook only where it matters.
     special_ints = b"-0" in raw or _LONG_DIGIT_RUN in raw.translate(_DIGIT_MARKS)
     try:

@@ -357,6 +357,16 @@ def legacy_name(name: str) -> str:
     return name
 
 
+def expected_tensor(expected: ExpectedModel, name: str) -> Any | None:
+    """The expected tensor that ``name``, as a folder writes it (with or without the base-model
+    prefix, under a prefix the loader strips, with legacy parts), stands for; None when none."""
+    for stem in ("", *expected.strip_prefixes):
+        key = _canonical(name[len(stem):], expected.tensors, expected.prefix) if name.startswith(stem) else None
+        if key is not None:
+            return expected.tensors[key]
+    return None
+
+
 def _canonical(name: str, tensors: Mapping[str, Any], prefix: str) -> str | None:
     name = legacy_name(name)
     if name in tensors:
