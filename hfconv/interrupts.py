@@ -19,10 +19,13 @@ section must be short and never wait for anything a signal should end.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import threading
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
-__all__ = ["deferring", "uninterrupted"]
+__all__ = ["deferring", "temporary_folder", "uninterrupted"]
 
 _depth = 0
 """How many sections the main thread is inside."""
@@ -60,6 +63,29 @@ def uninterrupted() -> _Section:
     """A ``with`` block in which the CLI's SIGINT / SIGTERM handler defers the interrupt to the
     block's end (see the module)."""
     return _SECTION
+
+
+@contextlib.contextmanager
+def temporary_folder(make: Callable[[], str]) -> Iterator[str]:
+    """The folder ``make()`` creates (a ``tempfile.mkdtemp``), removed whole when the block ends.
+
+    Created and recorded for its removal in one uninterrupted section (a signal in between left it
+    behind); removed again when a signal cuts its removal short. An error of ``make`` propagates:
+    there is nothing to remove.
+    """
+    path = ""
+    try:
+        with uninterrupted():
+            path = make()
+        yield path
+    finally:
+        try:
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
+        except BaseException:  # a signal during the removal: removed all the same
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
 
 
 def deferring() -> bool:

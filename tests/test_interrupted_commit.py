@@ -427,8 +427,17 @@ def test_an_interrupt_after_the_in_place_safetensors_are_in_src_leaves_them_and_
     lines, first = inspect.getsourcelines(in_place.convert_in_place)
     done = first + 1 + next(i for i, line in enumerate(lines) if "_move_into(tmp" in line)
     result = first + next(i for i, line in enumerate(lines) if line.startswith("    written = "))
-    after_move = functools.partial(lambda frame: done <= (frame.f_lineno or 0) < result)  # to the try's end
-    in_code = functools.partial(lambda frame: frame.f_code is code)
+    # ... and the removal of the temporary folder (interrupts.temporary_folder, as its block ends).
+    removal = interrupts.temporary_folder.__wrapped__.__code__  # type: ignore[attr-defined]
+    removal_lines, removal_first = inspect.getsourcelines(interrupts.temporary_folder)
+    removing = removal_first + next(i for i, line in enumerate(removal_lines) if line.strip() == "finally:")
+
+    def after_move(frame: FrameType) -> bool:  # to the try's end
+        line = frame.f_lineno or 0
+        return done <= line < result if frame.f_code is code else line >= removing
+
+    def in_code(frame: FrameType) -> bool:
+        return frame.f_code is code or frame.f_code is removal
 
     def convert_at(at: int) -> tuple[bool, BaseException | None]:
         src = tmp_path / str(at)

@@ -15,7 +15,6 @@ the Hub's safetensors conversion does.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 from ..contents import read_contents
@@ -24,7 +23,7 @@ from ..dtypes import canonical_dtype
 from ..errors import OptionError, UsageError
 from ..findings import finding, register
 from ..fsutil import fsync_dir
-from ..interrupts import uninterrupted
+from ..interrupts import temporary_folder, uninterrupted
 from ..sharding import INDEX_FILE, parse_size
 from ..units import plural
 from ..validation import check_contents, check_folder
@@ -98,22 +97,19 @@ def convert_in_place(src: str | os.PathLike[str], *, max_shard_size: int | str =
     # 2. Write, verify and validate in a hidden folder inside SRC (same file system: renames).
     roots = tuple(str(r) for r in (folder.root, folder.blob_root) if r is not None)
     advance = progress_counter(progress, plan.total_size, 2 if verify else 1)
-    tmp = ""
     moved: list[str] = []
     deleted: list[str] = []
     try:
-        with uninterrupted():  # created and recorded for the clean-up below in one step
-            tmp = make_temp_folder(root)
-        tasks = [ShardTask(shard, os.path.join(tmp, shard.name), verify, False, fsync, roots)
-                 for shard in plan.shards]
-        outcomes = run_tasks(tasks, jobs, advance)
-        raise_for_outcomes(plan.shards, outcomes)
-        write_other_files(tmp, plan, contents, roots, fsync)
-        summary: ValidationSummary | None = validate_output(tmp, source_findings, False) if verify else None
-        # 3. Into SRC: shards first, the index last. Once all are moved the conversion is done: a
-        # signal after that removes only the temporary folder.
-        _move_into(tmp, root, targets, moved, fsync)
-        shutil.rmtree(tmp, ignore_errors=True)
+        with temporary_folder(lambda: make_temp_folder(root)) as tmp:
+            tasks = [ShardTask(shard, os.path.join(tmp, shard.name), verify, False, fsync, roots)
+                     for shard in plan.shards]
+            outcomes = run_tasks(tasks, jobs, advance)
+            raise_for_outcomes(plan.shards, outcomes)
+            write_other_files(tmp, plan, contents, roots, fsync)
+            summary: ValidationSummary | None = validate_output(tmp, source_findings, False) if verify else None
+            # 3. Into SRC: shards first, the index last. Once all are moved the conversion is done: a
+            # signal after that removes only the temporary folder.
+            _move_into(tmp, root, targets, moved, fsync)
         # 4. The .bin files, only now: all of them or, interrupted before, none.
         if delete_bin:
             with uninterrupted():
@@ -133,8 +129,6 @@ def convert_in_place(src: str | os.PathLike[str], *, max_shard_size: int | str =
                     os.unlink(os.path.join(root, name))
                 except OSError:
                     pass
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and not committed:
             raise write_failure(exc, f"writing into {root}") from None
         raise

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,7 +42,7 @@ from ..dtypes import DTYPE_CHOICES, canonical_dtype
 from ..errors import OptionError
 from ..findings import Finding, Severity, finding
 from ..folder_check import check_folder
-from ..interrupts import uninterrupted
+from ..interrupts import temporary_folder
 from ..tensor_bytes import storage_records
 from ..weight_map import shard_map
 from . import codes as codes
@@ -280,27 +279,17 @@ def _load_and_verify(torch: Any, root: Path, validated: Validated, folder: Folde
     The source side of the checksums runs in a second thread (numpy releases the GIL) ahead
     of the loader; the offload files are removed afterwards.
     """
-    # 4a. The offload folder (only when .bin tensors go to disk): created and recorded for its
-    # removal in one uninterrupted step (a signal in between left it in the offload folder), and
-    # removed whole even when a signal comes while it is removed.
+    # 4a. The offload folder (only when .bin tensors go to disk), removed whole afterwards.
     tick = time.perf_counter()
-    offload_dir: str | None = None
-    try:
+    with contextlib.ExitStack() as stack:
+        offload_dir: str | None = None
         if folder.disk_writes and "disk" in plan.devices:
             try:
-                with uninterrupted():
-                    offload_dir = tempfile.mkdtemp(prefix="hfconv-offload-", dir=offload_root)
+                offload_dir = stack.enter_context(temporary_folder(
+                    lambda: tempfile.mkdtemp(prefix="hfconv-offload-", dir=offload_root)))
             except OSError as exc:
                 raise OptionError("offload_folder", f" {offload_root}: {exc.strerror or exc}") from None
         return _load_into(torch, root, validated, folder, plan, options, offload_dir, phases, tick)
-    finally:
-        try:
-            if offload_dir is not None:
-                shutil.rmtree(offload_dir, ignore_errors=True)
-        except BaseException:
-            if offload_dir is not None:
-                shutil.rmtree(offload_dir, ignore_errors=True)
-            raise
 
 
 def _load_into(torch: Any, root: Path, validated: Validated, folder: FolderBytes, plan: DevicePlan,

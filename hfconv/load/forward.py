@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging as logging_module
-import shutil
 import tempfile
 import time
 import warnings
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..findings import Finding, finding
-from ..interrupts import uninterrupted
+from ..interrupts import temporary_folder
 from .device_map import DevicePlan
 from .results import ForwardResult
 
@@ -50,47 +49,36 @@ def run_forward(root: Path, config: Mapping[str, Any], plan: DevicePlan, dtype: 
               for module, device in plan.modules.items()}
     torch_dtype = {"keep": "auto", "float32": torch.float32, "float16": torch.float16,
                    "bfloat16": torch.bfloat16}[dtype]
-    offload = ""
     model = None
     captured: list[str] = []
-    try:
-        with uninterrupted():  # created and recorded for its removal below in one step
-            offload = tempfile.mkdtemp(prefix="hfconv-forward-", dir=offload_root)
-        with quiet_transformers(transformers, captured):
-            model, model_class = build_model(transformers, root, hf_map, torch_dtype, offload)
-            ids, source = sample_tokens(transformers, root, config)
-            first = next((d for d in plan.modules.values() if d.startswith("cuda:")), "cpu")
-            inputs = torch.tensor([ids], dtype=torch.long, device=first)
-            with torch.no_grad():
-                output = model(input_ids=inputs)
-        # 3. What came out, and whether it is finite.
-        logits, name = _output_tensor(output)
-        finite_mask = torch.isfinite(logits)
-        finite = bool(finite_mask.all().item())
-        result = ForwardResult(output=name, shape=tuple(logits.shape), finite=finite, tokens=len(ids),
-                               token_source=source, model_class=model_class,
-                               seconds=time.perf_counter() - started)
-        notes: list[Finding] = [finding("HFC746", message) for message in dict.fromkeys(captured)]
-        if not finite:
-            bad = int((~finite_mask).sum().item())
-            notes.append(finding("HFC742", f"forward pass: {bad:,} of {logits.numel():,} {name} are NaN or infinite "
-                                 f"(dtype {str(logits.dtype).removeprefix('torch.')})"))
-        return result, notes
-    except Exception as exc:  # noqa: BLE001 - any failure of the model is the finding
-        if not offload:  # the offload folder could not be made: not the model's failure
-            raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return None, [finding("HFC741", f"forward pass failed: {type(exc).__name__}: {message[:500]}")]
-    finally:
-        try:  # removed whole, even when a signal comes meanwhile
+    with temporary_folder(lambda: tempfile.mkdtemp(prefix="hfconv-forward-", dir=offload_root)) as offload:
+        try:
+            with quiet_transformers(transformers, captured):
+                model, model_class = build_model(transformers, root, hf_map, torch_dtype, offload)
+                ids, source = sample_tokens(transformers, root, config)
+                first = next((d for d in plan.modules.values() if d.startswith("cuda:")), "cpu")
+                inputs = torch.tensor([ids], dtype=torch.long, device=first)
+                with torch.no_grad():
+                    output = model(input_ids=inputs)
+            # 3. What came out, and whether it is finite.
+            logits, name = _output_tensor(output)
+            finite_mask = torch.isfinite(logits)
+            finite = bool(finite_mask.all().item())
+            result = ForwardResult(output=name, shape=tuple(logits.shape), finite=finite, tokens=len(ids),
+                                   token_source=source, model_class=model_class,
+                                   seconds=time.perf_counter() - started)
+            notes: list[Finding] = [finding("HFC746", message) for message in dict.fromkeys(captured)]
+            if not finite:
+                bad = int((~finite_mask).sum().item())
+                notes.append(finding("HFC742", f"forward pass: {bad:,} of {logits.numel():,} {name} are NaN or "
+                                     f"infinite (dtype {str(logits.dtype).removeprefix('torch.')})"))
+            return result, notes
+        except Exception as exc:  # noqa: BLE001 - any failure of the model is the finding
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return None, [finding("HFC741", f"forward pass failed: {type(exc).__name__}: {message[:500]}")]
+        finally:  # the model first: its offloaded weights live in the folder removed next
             del model
             gc.collect()
-            if offload:
-                shutil.rmtree(offload, ignore_errors=True)
-        except BaseException:
-            if offload:
-                shutil.rmtree(offload, ignore_errors=True)
-            raise
 
 
 def _unknown_model_type(config: Mapping[str, Any]) -> Finding | None:
