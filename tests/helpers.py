@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dis
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+from hfconv import interrupts
+from hfconv.cli import _common
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -140,7 +146,6 @@ def signal_while(process: subprocess.Popen, signum: int, condition: Callable[[],
     (SIGSTOP, every thread seen stopped, check, signal, SIGCONT): what the test sees is where the
     process is when the signal comes, however long this process was descheduled before. False
     (nothing sent, the process resumed) when it had gone past that point; start it again."""
-    import signal
     import time
 
     os.kill(process.pid, signal.SIGSTOP)
@@ -164,3 +169,78 @@ def signal_while(process: subprocess.Popen, signum: int, condition: Callable[[],
         return True
     finally:
         os.kill(process.pid, signal.SIGCONT)
+
+
+# --- a signal at every bytecode in turn (tests/test_interrupted_*.py) ----------------------------
+
+_NOP = dis.opmap["NOP"]
+
+
+class SignalAt:
+    """A trace function that delivers SIGTERM (the CLI's handler) at the ``at``-th counted bytecode.
+
+    ``counts(frame)`` says which frames' bytecodes count (and are traced at all)."""
+
+    def __init__(self, at: int, counts: Callable[[FrameType], bool], distinct: bool = False,
+                 traced: Callable[[FrameType], bool] | None = None) -> None:
+        self.at, self.counts = at, counts
+        self.traced = traced or counts
+        """Which frames are traced at all (their call event); ``counts`` then picks the bytecodes."""
+        self.count = 0
+        self.fired = False
+        self.seen: set[tuple[int, int]] | None = set() if distinct else None
+        """With ``distinct``, each bytecode counts once (the turns of a loop repeat the same places)."""
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
+        if not self.traced(frame):
+            return None
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        # Not at a NOP (the `try:` line): no handler runs there, and the compiler leaves NOPs out
+        # of the exception table, so an exception injected there would skip every `except`.
+        if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != _NOP and self.counts(frame):
+            if self.seen is not None:
+                place = (id(frame.f_code), frame.f_lasti)
+                if place in self.seen:
+                    return self
+                self.seen.add(place)
+            self.count += 1
+            if self.count == self.at:
+                self.fired = True
+                _common.on_signal(signal.SIGTERM, frame)  # raises, or defers inside a section
+        return self
+
+
+def interrupt_at(at: int, call: Callable[[], object], counts: Callable[[FrameType], bool], distinct: bool = False,
+                 traced: Callable[[FrameType], bool] | None = None) -> tuple[bool, BaseException | None]:
+    """Run ``call`` with the signal at counted bytecode ``at``: (whether it came, what was raised)."""
+    handlers = {signum: signal.getsignal(signum) for signum in _common.EXIT_FOR_SIGNAL}
+    tracer = SignalAt(at, counts, distinct, traced)
+    raised: BaseException | None = None
+    sys.settrace(tracer)
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - what the signal turned into is the point
+        raised = exc
+    finally:
+        sys.settrace(None)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        _common.received_signals.clear()
+    assert interrupts._depth == 0 and not interrupts._pending  # every section was left
+    return tracer.fired, raised
+
+
+def walk_interrupts(run: Callable[[int], tuple[bool, BaseException | None]]) -> int:
+    """``run(at)`` for at = 1, 2, ... until the signal no longer comes; returns how many places
+    were walked. Each run sets its case up, interrupts it at the ``at``-th place
+    (:func:`interrupt_at`) and checks what it left; each interrupted run must have raised the
+    interrupt, and the run the signal no longer reached nothing."""
+    at = 1
+    while True:
+        fired, raised = run(at)
+        if not fired:
+            assert raised is None, f"{raised!r} in the run the signal did not reach"
+            return at - 1
+        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
+        at += 1

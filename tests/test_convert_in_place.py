@@ -11,13 +11,12 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from helpers import copy_fixture, signal_while
+from helpers import CLI, copy_fixture, signal_while
 
 torch = pytest.importorskip("torch")
 
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def hfconv(*args: str, cwd: Path, preexec=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hfconv", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, preexec_fn=preexec, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -168,7 +167,7 @@ def test_sigterm_mid_write_leaves_the_folder_as_it_was(tmp_path):
             return False
 
     for _attempt in range(5):  # again only when this process was descheduled past the whole write
-        proc = subprocess.Popen([sys.executable, "-m", "hfconv", "convert", str(src), "--in-place", "--quiet"],
+        proc = subprocess.Popen([*CLI, "convert", str(src), "--in-place", "--quiet"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + 60

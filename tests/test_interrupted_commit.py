@@ -10,7 +10,6 @@ of the step in turn (sys.settrace, as tests/test_interrupted_open.py does). Insi
 
 from __future__ import annotations
 
-import dis
 import functools
 import inspect
 import os
@@ -29,84 +28,11 @@ from hfconv.cli import _common
 from hfconv.cli import main as cli_main
 from hfconv.conversion import in_place, staging
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+from helpers import FIXTURES, interrupt_at, walk_interrupts
 
 
 def _module_files(*modules: Any) -> set[str]:
     return {os.path.normcase(m.__file__) for m in modules}
-
-
-_NOP = dis.opmap["NOP"]
-
-
-class _Signal:
-    """A trace function that delivers SIGTERM (the CLI's handler) at the ``at``-th counted bytecode.
-
-    ``counts(frame)`` says which frames' bytecodes count (and are traced at all)."""
-
-    def __init__(self, at: int, counts: Callable[[FrameType], bool], distinct: bool = False,
-                 traced: Callable[[FrameType], bool] | None = None) -> None:
-        self.at, self.counts = at, counts
-        self.traced = traced or counts
-        """Which frames are traced at all (their call event); ``counts`` then picks the bytecodes."""
-        self.count = 0
-        self.fired = False
-        self.seen: set[tuple[int, int]] | None = set() if distinct else None
-        """With ``distinct``, each bytecode counts once (the turns of a loop repeat the same places)."""
-
-    def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
-        if not self.traced(frame):
-            return None
-        frame.f_trace_opcodes = True
-        frame.f_trace_lines = False
-        # Not at a NOP (the `try:` line): no handler runs there, and the compiler leaves NOPs out
-        # of the exception table, so an exception injected there would skip every `except`.
-        if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != _NOP and self.counts(frame):
-            if self.seen is not None:
-                place = (id(frame.f_code), frame.f_lasti)
-                if place in self.seen:
-                    return self
-                self.seen.add(place)
-            self.count += 1
-            if self.count == self.at:
-                self.fired = True
-                _common.on_signal(signal.SIGTERM, frame)  # raises, or defers inside a section
-        return self
-
-
-def _interrupt_at(at: int, call: Callable[[], object], counts: Callable[[FrameType], bool], distinct: bool = False,
-                  traced: Callable[[FrameType], bool] | None = None) -> tuple[bool, BaseException | None]:
-    """Run ``call`` with the signal at counted bytecode ``at``: (whether it came, what was raised)."""
-    handlers = {signum: signal.getsignal(signum) for signum in _common.EXIT_FOR_SIGNAL}
-    tracer = _Signal(at, counts, distinct, traced)
-    raised: BaseException | None = None
-    sys.settrace(tracer)
-    try:
-        call()
-    except BaseException as exc:  # noqa: BLE001 - what the signal turned into is the point
-        raised = exc
-    finally:
-        sys.settrace(None)
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
-        _common.received_signals.clear()
-    assert interrupts._depth == 0 and not interrupts._pending  # every section was left
-    return tracer.fired, raised
-
-
-def _walk(run: Callable[[int], tuple[bool, BaseException | None]]) -> int:
-    """``run(at)`` for at = 1, 2, ... until the signal no longer comes; returns how many places
-    were walked. Each run sets its case up, interrupts it at the ``at``-th place
-    (:func:`_interrupt_at`) and checks what it left; each interrupted run must have raised the
-    interrupt, and the run the signal no longer reached nothing."""
-    at = 1
-    while True:
-        fired, raised = run(at)
-        if not fired:
-            assert raised is None, f"{raised!r} in the run the signal did not reach"
-            return at - 1
-        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
-        at += 1
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +70,7 @@ def test_a_signal_anywhere_in_the_rename_into_place_keeps_one_whole_dst(tmp_path
         dst, tmp = parent / "out", _folder(parent / ".hfconv-tmp", "new")
         if force:
             _folder(dst, "old")
-        fired, raised = _interrupt_at(at, functools.partial(staging.install, str(tmp), str(dst), force), counts)
+        fired, raised = interrupt_at(at, functools.partial(staging.install, str(tmp), str(dst), force), counts)
         # The new DST in place (the interrupt came after the rename), or the old one and the
         # temporary folder (the caller removes it): never no DST, never the old one left aside.
         names = sorted(p.name for p in parent.iterdir())
@@ -156,7 +82,7 @@ def test_a_signal_anywhere_in_the_rename_into_place_keeps_one_whole_dst(tmp_path
         shutil.rmtree(parent)
         return fired, raised
 
-    assert _walk(run) >= (100 if force else 10)  # the whole step was walked
+    assert walk_interrupts(run) >= (100 if force else 10)  # the whole step was walked
 
 
 # --- in place: each shard renamed into SRC and recorded for the roll-back ----------------------
@@ -172,7 +98,7 @@ def test_a_signal_anywhere_in_the_move_into_src_leaves_no_unrecorded_file(tmp_pa
         for name in names:
             (tmp / name).write_text(name)
         moved: list[str] = []
-        fired, raised = _interrupt_at(at, functools.partial(in_place._move_into, str(tmp), str(root), names,
+        fired, raised = interrupt_at(at, functools.partial(in_place._move_into, str(tmp), str(root), names,
                                                             moved, False),
                                       _in(in_place, interrupts, os))
         in_src = sorted(p.name for p in root.iterdir() if p.name != ".hfconv-tmp")
@@ -181,7 +107,7 @@ def test_a_signal_anywhere_in_the_move_into_src_leaves_no_unrecorded_file(tmp_pa
         shutil.rmtree(root)
         return fired, raised
 
-    assert _walk(run) >= 30
+    assert walk_interrupts(run) >= 30
 
 
 # --- convert to DST: the temporary folder, the manifest beside DST, the rename -----------------
@@ -207,7 +133,7 @@ def test_a_signal_anywhere_around_the_temporary_files_leaves_nothing_beside_dst(
     def run(at: int) -> tuple[bool, BaseException | None]:
         parent = tmp_path / str(at)
         parent.mkdir()
-        fired, raised = _interrupt_at(at, functools.partial(convert, source, parent / "out", verify=False,
+        fired, raised = interrupt_at(at, functools.partial(convert, source, parent / "out", verify=False,
                                                             manifest=parent / "digests.json"), counts,
                                       distinct=True)  # (the sections' own places once: walked above)
         names = sorted(p.name for p in parent.iterdir())
@@ -216,7 +142,7 @@ def test_a_signal_anywhere_around_the_temporary_files_leaves_nothing_beside_dst(
         shutil.rmtree(parent)
         return fired, raised
 
-    assert _walk(run) >= 10
+    assert walk_interrupts(run) >= 10
 
 
 # --- the CLI: a signal after DST is in place is not "no DST was created" -----------------------
@@ -234,7 +160,7 @@ def test_an_interrupt_after_dst_is_in_place_says_so(tmp_path: Path) -> None:
         done = runner.invoke(cli_main, ["convert", str(FIXTURES / "llama-safetensors"), str(dst), "--quiet"])
         raise SystemExit((done.exit_code, done.stderr))
 
-    fired, raised = _interrupt_at(1, run, lambda frame: os.path.normcase(frame.f_code.co_filename) == convert_file
+    fired, raised = interrupt_at(1, run, lambda frame: os.path.normcase(frame.f_code.co_filename) == convert_file
                                   and frame.f_code.co_name == "_result")
     assert fired and isinstance(raised, SystemExit)
     code, err = raised.code  # type: ignore[misc]
@@ -254,13 +180,13 @@ def _replace_everywhere(tmp_path: Path, replace: Callable[[Path], None], counts:
         folder.mkdir()
         target = folder / "config.json"
         target.write_text("old")
-        fired, raised = _interrupt_at(at, functools.partial(replace, target), counts)
+        fired, raised = interrupt_at(at, functools.partial(replace, target), counts)
         assert sorted(p.name for p in folder.iterdir()) == ["config.json"], f"bytecode {at}: left behind"
         assert target.read_text() in (("old", "new") if fired else ("new",))
         shutil.rmtree(folder)
         return fired, raised
 
-    return _walk(run)
+    return walk_interrupts(run)
 
 
 def test_a_signal_anywhere_in_fix_replacing_a_file_leaves_no_temporary_file(tmp_path: Path) -> None:
@@ -327,14 +253,14 @@ def test_a_signal_anywhere_in_starting_the_code_child_leaves_no_child_running(tm
     def run(at: int) -> tuple[bool, BaseException | None]:
         work = tmp_path / str(at)
         work.mkdir()
-        fired, raised = _interrupt_at(at, functools.partial(environment.run_python, "import time; time.sleep(60)",
+        fired, raised = interrupt_at(at, functools.partial(environment.run_python, "import time; time.sleep(60)",
                                                             [marker], str(work), 0.01),
                                       counts, traced=traced)
         assert _children_with(marker) == [], f"bytecode {at}: the child still runs"
         return fired, raised
 
     try:
-        assert _walk(run) >= 20
+        assert walk_interrupts(run) >= 20
     finally:
         for pid in _children_with(marker):
             os.kill(pid, signal.SIGKILL)
@@ -377,12 +303,12 @@ def test_a_signal_anywhere_in_forking_the_template_child_leaves_no_child(tmp_pat
     before = _children()
     def run(at: int) -> tuple[bool, BaseException | None]:
         # Only here, not in the forked child (which inherits the trace function).
-        fired, raised = _interrupt_at(at, functools.partial(chat_template.run_child, [template], None, {}, True),
+        fired, raised = interrupt_at(at, functools.partial(chat_template.run_child, [template], None, {}, True),
                                       counts, distinct=True, traced=traced)
         assert _children() == before, f"bytecode {at}: a child left running or unreaped"
         return fired, raised
 
-    assert _walk(run) >= 40
+    assert walk_interrupts(run) >= 40
 
 
 # --- load-test: the folder for .bin tensors offloaded to disk -----------------------------------
@@ -407,13 +333,13 @@ def test_a_signal_anywhere_around_the_offload_folder_leaves_nothing_in_it(tmp_pa
 
     def run(at: int) -> tuple[bool, BaseException | None]:
         offload = tmp_path / str(at) / "offload"
-        fired, raised = _interrupt_at(at, functools.partial(load.load_test, FIXTURES / "llama-bin",
+        fired, raised = interrupt_at(at, functools.partial(load.load_test, FIXTURES / "llama-bin",
                                                             max_memory={"cpu": "50KB"}, offload_folder=offload),
                                       counts, distinct=True, traced=lambda frame: frame.f_code is code)
         assert not offload.exists(), f"bytecode {at}: {sorted(p.name for p in offload.iterdir())} left"
         return fired, raised
 
-    assert _walk(run) >= 10
+    assert walk_interrupts(run) >= 10
 
 
 def test_an_interrupt_after_the_in_place_safetensors_are_in_src_leaves_them_and_says_so(tmp_path: Path) -> None:
@@ -442,13 +368,13 @@ def test_an_interrupt_after_the_in_place_safetensors_are_in_src_leaves_them_and_
     def convert_at(at: int) -> tuple[bool, BaseException | None]:
         src = tmp_path / str(at)
         shutil.copytree(FIXTURES / "llama-bin", src)
-        fired, raised = _interrupt_at(at, functools.partial(convert, src, in_place=True, verify=False), after_move,
+        fired, raised = interrupt_at(at, functools.partial(convert, src, in_place=True, verify=False), after_move,
                                       distinct=True, traced=in_code)
         assert (src / "model.safetensors").is_file(), f"bytecode {at}: the conversion was undone"
         assert not [p.name for p in src.iterdir() if p.name.startswith(".hfconv-")], f"bytecode {at}: left"
         return fired, raised
 
-    assert _walk(convert_at) >= 10
+    assert walk_interrupts(convert_at) >= 10
 
     src = tmp_path / "cli"
     shutil.copytree(FIXTURES / "llama-bin", src)
@@ -458,7 +384,7 @@ def test_an_interrupt_after_the_in_place_safetensors_are_in_src_leaves_them_and_
         result = runner.invoke(cli_main, ["convert", str(src), "--in-place", "--quiet"])
         raise SystemExit((result.exit_code, result.stderr))
 
-    fired, raised = _interrupt_at(1, run, after_move, traced=in_code)
+    fired, raised = interrupt_at(1, run, after_move, traced=in_code)
     assert fired and isinstance(raised, SystemExit)
     exit_code, err = raised.code  # type: ignore[misc]
     assert exit_code == 143 and (src / "model.safetensors").is_file(), err

@@ -10,43 +10,23 @@ at every bytecode of the open, in turn, as a signal handler would raise it.
 
 from __future__ import annotations
 
-import dis
 import gc
 import os
-import sys
 from collections.abc import Callable
+from types import FrameType
 
 import pytest
 
 from hfconv import fsutil
 from hfconv.fsutil import open_inside, open_regular
 
+from helpers import interrupt_at, walk_interrupts
+
 _TRACED = {os.path.normcase(fsutil.__file__), os.path.normcase(os.__file__), "<frozen os>"}  # os.fdopen
 
 
-_NOP = dis.opmap["NOP"]
-
-
-class _Interrupt:
-    """A trace function raising KeyboardInterrupt at the ``at``-th bytecode of the traced files."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-        self.count = 0
-        self.fired = False
-
-    def __call__(self, frame, event, arg):
-        if os.path.normcase(frame.f_code.co_filename) not in _TRACED:
-            return None
-        frame.f_trace_opcodes = True
-        frame.f_trace_lines = False
-        # (Not at a NOP: no handler runs there, and an exception raised there skips every except.)
-        if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != _NOP:
-            self.count += 1
-            if self.count == self.at:
-                self.fired = True
-                raise KeyboardInterrupt
-        return self
+def _in_traced_files(frame: FrameType) -> bool:
+    return os.path.normcase(frame.f_code.co_filename) in _TRACED
 
 
 def _interrupt_everywhere(open_file: Callable[[], object]) -> int:
@@ -57,45 +37,40 @@ def _interrupt_everywhere(open_file: Callable[[], object]) -> int:
     milliseconds, and there are hundreds of tries (a minute of the suite, where a second does)."""
     gc.freeze()
     try:
-        return _each_bytecode(open_file)
+        return walk_interrupts(lambda at: _open_at(at, open_file))
     finally:
         gc.unfreeze()
 
 
-def _each_bytecode(open_file: Callable[[], object]) -> int:
-    at = 1
-    while True:
-        interrupt = _Interrupt(at)
-        raised: BaseException | None = None
-        handle = None
-        sys.settrace(interrupt)
-        try:
-            handle = open_file()
-        except BaseException as exc:  # noqa: BLE001 - what the interrupt turned into is the point
-            raised = exc
-        finally:
-            sys.settrace(None)
-        if not interrupt.fired:
-            assert handle is not None
-            handle.close()  # type: ignore[attr-defined]
-            return at - 1
-        assert handle is None
-        assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
-        # Files opened now take the numbers just freed; dropping the exception (and with it any
-        # half-built file object in its frames) must not close them.
-        bystanders = [os.open(os.devnull, os.O_RDONLY) for _ in range(4)]
-        raised = None
-        gc.collect()
-        try:
-            for fd in bystanders:
-                os.fstat(fd)  # EBADF: closed by someone else's cleanup
-        finally:
-            for fd in bystanders:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        at += 1
+def _open_at(at: int, open_file: Callable[[], object]) -> tuple[bool, BaseException | None]:
+    opened: list[object] = []
+    fired, raised = interrupt_at(at, lambda: opened.append(open_file()), _in_traced_files)
+    if not fired:
+        opened[0].close()  # type: ignore[attr-defined]
+        return fired, raised
+    assert not opened, f"bytecode {at}: opened although interrupted"
+    # Files opened now take the numbers just freed; dropping the exception's frames (and with them
+    # any half-built file object) afterwards must not close them.
+    bystanders = [os.open(os.devnull, os.O_RDONLY) for _ in range(4)]
+    _drop_frames(raised)
+    gc.collect()
+    try:
+        for fd in bystanders:
+            os.fstat(fd)  # EBADF: closed by someone else's cleanup
+    finally:
+        for fd in bystanders:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    return fired, raised
+
+
+def _drop_frames(exc: BaseException | None) -> None:
+    """Let go of every frame ``exc`` (and the exceptions chained to it) holds."""
+    while exc is not None:
+        exc.__traceback__ = None
+        exc = exc.__context__ or exc.__cause__
 
 
 @pytest.fixture()
