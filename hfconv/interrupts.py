@@ -20,7 +20,6 @@ section must be short and never wait for anything a signal should end.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -73,6 +72,8 @@ def temporary_folder(make: Callable[[], str]) -> Iterator[str]:
     behind); removed again when a signal cuts its removal short. An error of ``make`` propagates:
     there is nothing to remove.
     """
+    import shutil  # (not at import: validate never makes a temporary folder)
+
     path = ""
     try:
         with uninterrupted():
