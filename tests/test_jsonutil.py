@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hfconv import jsonutil
 from hfconv.jsonutil import JsonError, load_json_file, loads_strict
 from hfconv.tensors import FormatError
 
@@ -269,8 +270,41 @@ def test_one_parse_where_strings_hold_colons(monkeypatch, text, parses):
     calls = []
     real = json.loads
     monkeypatch.setattr(json, "loads", lambda *a, **k: calls.append(k.get("object_pairs_hook")) or real(*a, **k))
+    bulk = jsonutil.loads_fast  # the bulk parse (orjson) counts as a parse too
+    monkeypatch.setattr(jsonutil, "loads_fast", lambda raw: calls.append("bulk") or bulk(raw))
     try:
         loads_strict(text.encode())  # as files are read
     except JsonError as exc:
         assert exc.kind == "duplicate_key"
     assert len(calls) == parses
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=12)
+_SPLICES = [b"\\ud800", b"\\udc00", b'"', b"\\", b":", b",", b"NaN", b"Infinity", b"1e400", b"-0", b"\xff",
+            b"\xed\xa0\x80", b"99999999999999999999999", b"1.5", b"{", b"]", b"\x00", b" "]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES, st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(_SPLICES)), max_size=2),
+       st.booleans())
+def test_the_bulk_parse_reads_every_text_as_json_alone_does(value, splices, allow_nonfinite):
+    """loads_strict takes orjson's parse only where json's would be the same: on valid texts and
+    broken ones (a spliced surrogate escape, a duplicate key, a huge integer, NaN), the value or the
+    refusal (kind and message) is the one of json alone."""
+    raw = bytearray(json.dumps({"k": value, "k2": [value]}, ensure_ascii=False).encode())
+    for at, splice in splices:
+        raw[at % (len(raw) + 1):at % (len(raw) + 1)] = splice
+
+    def outcome() -> tuple[str, object]:
+        try:
+            return "ok", repr(loads_strict(bytes(raw), allow_nonfinite=allow_nonfinite))
+        except JsonError as exc:
+            return exc.kind, exc.message
+
+    bulk = outcome()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jsonutil, "_orjson_loads", None)  # loads_fast falls back to json
+        assert outcome() == bulk

@@ -656,11 +656,11 @@ def test_short_header_loop_agrees_with_the_bulk_and_checked_paths(drawn, share):
         reader._FEW = few
     # The bulk parser (orjson) reads as json would, or refuses: an int past 64 bits, which orjson
     # makes a float, sends the header to the checked path as json's int would.
-    parse, reader._parse_bulk = reader._parse_bulk, lambda text: json.loads(text.decode("utf-8"))
+    parse, reader.loads_fast = reader.loads_fast, lambda text: json.loads(text.decode("utf-8"))
     try:
         assert reader._read_fast(raw, base, available, shared) == short
     finally:
-        reader._parse_bulk = parse
+        reader.loads_fast = parse
     if short is not None:
         # Taken by the short loop: exactly what the bulk path takes...
         assert bulk == short

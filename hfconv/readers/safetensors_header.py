@@ -43,14 +43,8 @@ from typing import Any, BinaryIO
 from ..dtypes import SAFETENSORS_BITS
 from ..fsutil import open_regular
 from ..gcpause import gc_paused
-from ..jsonutil import SURROGATE_ESCAPE_RE, JsonError, count_containers, find_surrogate, measure_nesting
+from ..jsonutil import SURROGATE_ESCAPE_RE, JsonError, count_containers, find_surrogate, loads_fast, measure_nesting
 from ..tensors import FormatError, ReaderNote, TensorMeta, WeightFile
-
-try:  # the bulk path's parser: orjson parses a large header in about half the time json takes
-    from orjson import loads as _parse_bulk
-except ImportError:  # a dependency, but the json module reads the same headers
-    def _parse_bulk(raw: bytes) -> Any:
-        return json.loads(raw.decode("utf-8"))
 
 __all__ = ["read_safetensors", "MAX_HEADER_BYTES", "HUB_HEADER_LIMIT", "MAX_TENSORS"]
 
@@ -444,9 +438,8 @@ def _read_fast(raw: bytes, base: int, available: int,
     if len(raw) > MAX_TENSORS and (raw.count(b"{") > MAX_TENSORS + 2 or raw.count(b"[") > 2 * MAX_TENSORS + 16):
         return None
     try:
-        # orjson refuses (or parses as a float, which no field below takes) what json would not
-        # read as the same ints and strings: an integer past 64 bits, 1e400, bad UTF-8.
-        header = _parse_bulk(raw)
+        # (orjson, where json would read other numbers, makes floats, which no field below takes)
+        header = loads_fast(raw)
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, int_max_str_digits
         return None
     if type(header) is not dict:
