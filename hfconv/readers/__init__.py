@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Mapping
 
 from ..fsutil import open_regular
 from ..tensors import FormatError, WeightFile
@@ -12,12 +11,11 @@ from ..tensors import FormatError, WeightFile
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 
 
-def read_weight_file(path: str | os.PathLike, *, shared_names: Mapping[str, str] | None = None) -> WeightFile:
+def read_weight_file(path: str | os.PathLike) -> WeightFile:
     """Read the tensor metadata of one weight file, choosing the reader by content.
 
     Args:
         path: a ``.safetensors`` or torch (``.bin``/``.pt``) file.
-        shared_names: the strings to keep for safetensors tensor names (see read_safetensors).
 
     Returns:
         The WeightFile (tensor names, dtypes, shapes, byte locations); no tensor bytes read.
@@ -46,7 +44,7 @@ def read_weight_file(path: str | os.PathLike, *, shared_names: Mapping[str, str]
         # header length such as 640 (80 02 00 ...) or 19280 (50 4B 00 ...) begins with the bytes
         # of a pickle or zip magic.
         if len(head) >= 9 and head[8:9] == b"{" and struct.unpack_from("<Q", head)[0] <= size - 8:
-            return read_safetensors(path, handle, shared_names=shared_names, head=head, size=size)
+            return read_safetensors(path, handle, head=head, size=size)
         if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or (head[:1] == b"\x80" and head[1:2] in _PICKLE_PROTOCOLS):
             # A torch checkpoint (or a bare pickle) named .safetensors: the torch reader names a
             # forbidden global first (the stronger finding); a harmless one still does not load,
@@ -58,7 +56,7 @@ def read_weight_file(path: str | os.PathLike, *, shared_names: Mapping[str, str]
                                         "safetensors and fail (rename it pytorch_model.bin; hfconv convert then "
                                         "writes real safetensors)")
         try:
-            return read_safetensors(path, handle, shared_names=shared_names, head=head, size=size)
+            return read_safetensors(path, handle, head=head, size=size)
         except FormatError as err:
             if err.code in ("HFC101", "HFC102", "HFC104") and size:
                 from .torch_checkpoint import describe_content  # the pickle/zip readers: only when needed

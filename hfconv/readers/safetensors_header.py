@@ -37,7 +37,6 @@ import math
 import operator
 import os
 import struct
-from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from ..dtypes import SAFETENSORS_BITS
@@ -409,8 +408,7 @@ _DTYPE_NAMES = {dtype: dtype for dtype in _BYTE_SIZES}
 _MISSING = object()
 
 
-def _read_fast(raw: bytes, base: int, available: int,
-               shared_names: Mapping[str, str] | None = None) -> _FastRead | None:
+def _read_fast(raw: bytes, base: int, available: int) -> _FastRead | None:
     """The common header in bulk, C-speed operations over flat per-tensor lists.
 
     Takes only headers that the checked path (``_parse_header`` then the per-entry checks)
@@ -461,7 +459,7 @@ def _read_fast(raw: bytes, base: int, available: int,
     if not count:
         return ({}, metadata, 0) if available == 0 else None
     if count <= _FEW:
-        few = _few_entries(header, base, available, shared_names)
+        few = _few_entries(header, base, available)
         if few is not None:
             return few[0], metadata, few[1]
     try:
@@ -501,7 +499,7 @@ def _read_fast(raw: bytes, base: int, available: int,
         return None
     # The parsed header goes before the records are built (the peak holds one of them, not both),
     # and each dtype is one shared string rather than one per tensor.
-    names = list(map(shared_names.get, header, header)) if shared_names is not None else list(header)
+    names = list(header)
     del header, entries, offsets, dims
     dtypes = list(map(_DTYPE_NAMES.__getitem__, dtypes))
     shapes = list(map(tuple, shapes))
@@ -520,8 +518,7 @@ _FEW = 48
 the bulk path's two dozen whole-list passes below a few dozen tensors (one layer per shard)."""
 
 
-def _few_entries(header: dict[str, Any], base: int, available: int,
-                 shared_names: Mapping[str, str] | None) -> tuple[dict[str, TensorMeta], int] | None:
+def _few_entries(header: dict[str, Any], base: int, available: int) -> tuple[dict[str, TensorMeta], int] | None:
     """:func:`_read_fast`'s checks for a short header, entry by entry, in one loop.
 
     Takes the entries (each a dict of exactly three fields, as the caller made sure) only when
@@ -546,24 +543,19 @@ def _few_entries(header: dict[str, Any], base: int, available: int,
             return None
         cursor = end
         elements += numel
-        if shared_names is not None:
-            name = shared_names.get(name, name)
         tensors[name] = tuple.__new__(TensorMeta, (name, _DTYPE_NAMES[dtype], tuple(shape), (base + begin, base + end),
                                                    None, 0, None))
     return (tensors, elements) if cursor == available else None
 
 
 def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None, *,
-                     shared_names: Mapping[str, str] | None = None, head: bytes = b"", size: int = -1) -> WeightFile:
+                     head: bytes = b"", size: int = -1) -> WeightFile:
     """Read and validate a safetensors file's header; never reads the tensor bytes.
 
     Args:
         path: the ``.safetensors`` file.
         handle: the file already opened as a regular file (fsutil.open_regular), read from its
             start; None: opened here.
-        shared_names: name -> the string to keep for it (an index's own keys): a tensor name
-            both hold is then one string, not two (100,000s in the largest folders); names not
-            in it are kept as read.
         head: the first bytes of ``handle`` already read (from its start), with ``size``, its
             size by fstat: a header they hold is taken from them, without another read.
 
@@ -628,7 +620,7 @@ def read_safetensors(path: str | os.PathLike, handle: BinaryIO | None = None, *,
     base = 8 + n
     available = size - 8 - n
     with gc_paused():
-        fast = _read_fast(raw, base, available, shared_names)
+        fast = _read_fast(raw, base, available)
     if fast is not None:
         # The ranges tile the data section: its size is the tensors' bytes.
         return WeightFile(path=os.fsdecode(path), format="safetensors", tensors=fast[0], metadata=fast[1],
