@@ -395,7 +395,9 @@ def all_codes() -> dict[str, Code]:
     """Every registered code, importing the modules that register codes next to their checks."""
     import importlib
 
-    for module in ("hfconv.checks", "hfconv.conversion", "hfconv.load", "hfconv.fixing", "hfconv.comparison"):
+    # (hfconv.checks imports its custom-code and --deep checks only for a folder that needs them)
+    for module in ("hfconv.checks", "hfconv.checks.custom_code", "hfconv.checks.deep", "hfconv.conversion",
+                   "hfconv.load", "hfconv.fixing", "hfconv.comparison"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

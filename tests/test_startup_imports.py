@@ -32,6 +32,8 @@ FORBIDDEN = (
     # package data (the schemas, the generated tables) is read beside the modules: importlib.resources'
     # readers import these
     "importlib.resources", "zipfile", "tempfile", "shutil",
+    # the checks of a folder's own code and of --deep's byte reads
+    "hfconv.checks.custom_code", "hfconv.checks.deep",
 )
 WITH_CHAT_TEMPLATE = frozenset({"jinja2", "hashlib", "importlib.resources", "zipfile", "tempfile", "shutil"})
 """A folder with a chat template checks it with jinja2 (imported before its child is forked), and

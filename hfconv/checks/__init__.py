@@ -6,8 +6,6 @@ from collections.abc import Callable, Iterable
 
 from ..contents import FolderContents
 from ..findings import Finding
-from .custom_code import check_custom_code
-from .deep import check_deep
 from .dtype import check_dtype
 from .hub import check_hub
 from .index import check_index
@@ -19,6 +17,27 @@ from .shapes import check_shapes
 from .tokenizer import check_tokenizer
 
 Check = Callable[[FolderContents], Iterable[Finding]]
+
+# Two checks are imported only for a folder that needs them: their parsers and records are start-up
+# time every other validate would pay. (findings.all_codes imports them for the registry.)
+def check_custom_code(contents: FolderContents) -> Iterable[Finding]:
+    """checks/custom_code.py, for a folder with Python files or an auto_map in a JSON file."""
+    if not contents.folder.python_files and not any(isinstance(data, dict) and "auto_map" in data
+                                                    for data in contents.json.values()):
+        return ()
+    from .custom_code import check_custom_code as check
+
+    return check(contents)
+
+
+def check_deep(contents: FolderContents) -> Iterable[Finding]:
+    """checks/deep.py, when tensor bytes are read (--deep)."""
+    if not contents.options.deep:
+        return ()
+    from .deep import check_deep as check
+
+    return check(contents)
+
 
 _CHECKS: list[Check] = [
     check_read_errors,
