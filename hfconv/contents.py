@@ -258,9 +258,8 @@ def _read_index(contents: FolderContents, name: str) -> None:
         return
     data = contents.json[name]
     weight_map = data.get("weight_map")
-    # Key and value types in C (100,000s of entries in the largest indexes); JSON makes plain str.
-    if not isinstance(weight_map, dict) or \
-            not set(map(type, weight_map)) | set(map(type, weight_map.values())) <= {str}:
+    # Value types in C (100,000s of entries in the largest indexes); JSON keys are plain str.
+    if not isinstance(weight_map, dict) or not set(map(type, weight_map.values())) <= {str}:
         contents.index_errors[name] = "has no 'weight_map' object mapping tensor names to shard file names"
         return
     shards = set(weight_map.values())

@@ -123,9 +123,10 @@ def _count_keys(value: object) -> tuple[int, bool]:
             values = item
         else:
             continue
-        kinds = list(map(type, values))
+        kinds = set(map(type, values))
         floats = floats or float in kinds
-        pending.extend(compress(values, map(_CONTAINER_TYPES.__contains__, kinds)))
+        if not kinds.isdisjoint(_CONTAINER_TYPES):
+            pending.extend(compress(values, map(_CONTAINER_TYPES.__contains__, map(type, values))))
     return keys, floats
 
 
