@@ -16,10 +16,12 @@ from typing import Any
 
 from ..gcpause import gc_paused
 from .expected import (
+    NO_TENSOR,
     CountGroup,
     ExpandedTensors,
     ExpectedModel,
     ExpectedTensor,
+    StoredShapes,
     expected_tensors,
     family_of,
     natural_key,
@@ -102,11 +104,18 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     # way, for naming what is missing as most stored names are; it is stripped from each stored
     # name that has it, as the loader does, whatever the others.
     strip = expected.strip_prefixes
-    if not expected.complete:
-        outer = _outer_prefix(actual, index, prefix)
+    # The names and shapes as lists (a StoredShapes holds them so already, and may have looked the
+    # names up in this index too).
+    if isinstance(actual, StoredShapes):
+        names, shapes = actual.names, actual.shapes
+        if looked_up is None and actual.looked_up is not None and actual.index is index:
+            looked_up = actual.looked_up
     else:
-        outer = _outer_prefix(actual, index, prefix, strip) if strip else ""
-    names = list(actual)
+        names, shapes = list(actual), list(actual.values())
+    if not expected.complete:
+        outer = _outer_prefix(names, index, prefix)
+    else:
+        outer = _outer_prefix(names, index, prefix, strip) if strip else ""
     # What each stored name is expected as, looked up as it is: when every one is found, that is
     # the answer (the common case) and no name is matched one by one.
     wants: list[Any] = looked_up if looked_up is not None else \
@@ -116,7 +125,10 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
         trailing = _trailing_only(expected, actual, unknown, names, wants, index, any_mismatch)
         if trailing is not None:
             return trailing
-    if not outer and not any(unknown) and _LEGACY_PARTS.search("\n".join(names)) is None:
+    # All names joined by newlines, made once: the legacy parts are looked for in it, and the
+    # numbered runs counted (below) where every stored name is an expected one.
+    joined = "\n" + "\n".join(names) if not outer and not any(unknown) else ""
+    if joined and _LEGACY_PARTS.search(joined) is None:
         canonical, taken, (direct, bare, prefixed) = None, None, (len(names), 0, 0)
     else:
         canonical, taken, (direct, bare, prefixed) = _match_names(names, index, prefix, outer, strip)
@@ -139,7 +151,8 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     # One regex pass per group over the keys, each after a newline: the pattern's ``^`` becomes
     # that newline, a literal the engine searches for (100,000s of names in C), unless a name
     # holds a newline itself.
-    joined = "\n" + "\n".join(keys)
+    if not same:
+        joined = "\n" + "\n".join(keys)
     by_line = joined.count("\n") == len(keys)
     for group in expected.counts:
         regex = re.compile(group.pattern)
@@ -162,7 +175,6 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     mismatched, unexpected, ignored = [], [], []
     unmatched: list[str] = []
     # In C: each stored shape against its expected tensor's (a stand-in with no shape when none).
-    shapes = list(actual.values())
     if not same:  # a stored name -> what its matched expected name is expected as, else _NO_TENSOR
         lookup: Any = index.get  # typed loosely: a stored name without a match looks up None
         wants = list(map(lookup, map(expected_name_of.get, names), itertools.repeat(_NO_TENSOR)))
@@ -223,8 +235,10 @@ def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]
         if not any(rx.search(name) for rx in allowed) or _canonical(name, index, expected.prefix) is not None:
             return None
     known = list(map(operator.not_, is_unknown))
-    rest = _compare(expected, dict(itertools.compress(actual.items(), known)), any_mismatch=any_mismatch,
-                    looked_up=list(itertools.compress(wants, known)))
+    shapes = actual.shapes if isinstance(actual, StoredShapes) else list(actual.values())
+    rest = _compare(expected, StoredShapes(list(itertools.compress(names, known)),
+                                           list(itertools.compress(shapes, known))),
+                    any_mismatch=any_mismatch, looked_up=list(itertools.compress(wants, known)))
     if any_mismatch and rest.mismatched:
         return rest
     # Name by name, these would be uncounted, matched by nothing, and then ignored (KNOWN_EXTRAS'
@@ -258,15 +272,9 @@ def _left_to_count(name: str, skipped: list[tuple[re.Pattern, frozenset[int]]], 
 
 _GROUP_1 = operator.methodcaller("group", 1)
 _SHAPE = operator.attrgetter("shape")
-class _NoTensor:
-    """compare()'s stand-in for the expected tensor of a stored name that matches none: its shape
-    equals no stored shape."""
-
-    shape = object()
-    optional = False
-
-
-_NO_TENSOR = _NoTensor()
+_NO_TENSOR = NO_TENSOR
+"""compare()'s stand-in for the expected tensor of a stored name that matches none: its shape
+equals no stored shape."""
 
 
 def _match_names(names: list[str], tensors: Mapping[str, Any], prefix: str, outer: str,
@@ -319,7 +327,7 @@ def _match_each(names: list[str], tensors: Mapping[str, Any], prefix: str, outer
     return canonical, taken, (direct, bare, prefixed)
 
 
-def _outer_prefix(actual: Mapping[str, tuple[int, ...]], tensors: Mapping[str, Any], prefix: str,
+def _outer_prefix(actual: list[str], tensors: Mapping[str, Any], prefix: str,
                   only: tuple[str, ...] = ()) -> str:
     """The attribute path (``transformer.``) under which most stored names match expected ones,
     when more match with it stripped than as they are; else ``""``. ``only``: the paths to try

@@ -93,6 +93,57 @@ class ExpectedModel:
     """Prefixes the loader removes from every name that has one (transformers 5's ``PrefixChange``:
     CLIPTextModel checkpoints written by transformers 4 hold ``text_model.embeddings...``, where the
     model's own names are ``embeddings...``): a folder may hold every name under one of them."""
+    trailing_layers: tuple[str, ...] = ()
+    """The trailing layers ``allowed_extras`` stands for, as the rule table names them
+    (``model.layers.61``): where a folder's trailing-marker tensors are looked for first."""
+
+
+class _Absent:
+    """What a name no expected tensor has is expected as: its shape equals no stored shape."""
+
+    __slots__ = ()
+    shape: Any = object()
+    optional = False
+
+
+NO_TENSOR: Any = _Absent()
+"""The stand-in :class:`StoredShapes` lookups (and :func:`~hfconv.rules.compare.compare`) give a
+name that is no expected tensor's."""
+
+
+class StoredShapes(Mapping[str, tuple[int, ...]]):
+    """Stored names and shapes as two parallel lists, made in C-level passes over 100,000s of
+    tensors (DeepSeek-V3's FP8 weights, scales left out), read as a Mapping whose dict is built
+    only if a name is looked up. ``looked_up``, where given: what each name is expected as in
+    ``index`` (an expected model's name index; :data:`NO_TENSOR` where none), looked up once for
+    both the quantized view and the comparison. The names are distinct."""
+
+    __slots__ = ("names", "shapes", "index", "looked_up", "_by_name")
+
+    def __init__(self, names: list[str], shapes: list[Any], index: Mapping[str, Any] | None = None,
+                 looked_up: list[Any] | None = None):
+        self.names = names
+        self.shapes = shapes
+        self.index = index
+        self.looked_up = looked_up
+        self._by_name: dict[str, tuple[int, ...]] | None = None
+
+    def _map(self) -> dict[str, tuple[int, ...]]:
+        if self._by_name is None:
+            self._by_name = dict(zip(self.names, self.shapes))
+        return self._by_name
+
+    def __getitem__(self, name: str) -> tuple[int, ...]:
+        return self._map()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._map()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def family_of(config: Mapping[str, Any]) -> Family | None:
@@ -223,10 +274,12 @@ def _expand(family: Family, config: Mapping[str, Any], architecture: str | None,
             produced = True
         if produced:  # the rule produced tensors: its numbered runs are counted
             _add_count_groups(groups, family, name, placeholders, counts)
+    trailing = _trailing(scope, family)
     return ExpectedModel(
         tensors=ExpandedTensors(runs), family=family.model_type, architecture=architecture, source="rules",
         prefix=head.prefix or family.prefix, counts=tuple(groups.values()), complete=complete, notes=notes,
-        allowed_extras=_trailing(scope, family),
+        allowed_extras=tuple(pattern for pattern, _ in trailing),
+        trailing_layers=tuple(layer for _, layers in trailing for layer in layers),
     )
 
 
@@ -234,16 +287,18 @@ _MAX_TRAILING = 256
 """Most trailing layers a config may declare before hfconv stops tolerating them (untrusted input)."""
 
 
-def _trailing(scope: Scope, family: Family) -> tuple[str, ...]:
-    """Regexes of the trailing layer runs (:attr:`Family.trailing`) this config declares."""
+def _trailing(scope: Scope, family: Family) -> list[tuple[str, tuple[str, ...]]]:
+    """Regexes of the trailing layer runs (:attr:`Family.trailing`) this config declares, each
+    with its layers' names (``model.layers.61``)."""
     out = []
     for stem, first_expr, count_expr in family.trailing:
         first, count = _count(scope, first_expr), _count(scope, count_expr)
         if 0 < count <= _MAX_TRAILING:
             rest = re.escape(stem.removeprefix(family.prefix))
             indices = "|".join(str(first + k) for k in range(count))
-            out.append(f"^(?:{re.escape(family.prefix)})?{rest}(?:{indices})\\.")
-    return tuple(out)
+            out.append((f"^(?:{re.escape(family.prefix)})?{rest}(?:{indices})\\.",
+                        tuple(f"{stem}{first + k}" for k in range(count))))
+    return out
 
 
 def _names(expr: str | None) -> frozenset[str]:

@@ -48,12 +48,12 @@ import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import compress, filterfalse, repeat
 from operator import attrgetter, eq, not_, or_
 from typing import Any, Protocol
 
-from .expected import ExpectedModel
+from .expected import NO_TENSOR, ExpectedModel, StoredShapes
 
 
 class Stored(Protocol):
@@ -119,22 +119,55 @@ class QuantIssue:
     message: str
 
 
-@dataclass
 class QuantView:
     """The stored tensors seen as the unquantized model would store them."""
 
-    scheme: Scheme
-    logical: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    """Name -> shape as the unquantized model stores it (for :func:`compare`)."""
-    stored_as: dict[str, str] = field(default_factory=dict)
-    """Logical name -> the stored tensor it was derived from, where the names differ."""
-    quantized: set[str] = field(default_factory=set)
-    """Stored names belonging to quantized modules (weights and companions)."""
-    issues: list[QuantIssue] = field(default_factory=list)
-    modules: int = 0
-    """Quantized modules found."""
-    states: dict[str, Mapping[str, Any]] = field(default_factory=dict)
-    """bitsandbytes 4-bit quant states by module, where read (see :func:`quantized_view`)."""
+    def __init__(self, scheme: Scheme, states: Mapping[str, Mapping[str, Any]] | None = None):
+        self.scheme = scheme
+        self.stored_as: dict[str, str] = {}
+        """Logical name -> the stored tensor it was derived from, where the names differ."""
+        self.issues: list[QuantIssue] = []
+        self.modules = 0
+        """Quantized modules found."""
+        self.states: dict[str, Mapping[str, Any]] = dict(states or {})
+        """bitsandbytes 4-bit quant states by module, where read (see :func:`quantized_view`)."""
+        self._logical: dict[str, tuple[int, ...]] | None = {}
+        self._quantized: set[str] | None = set()
+        # Where the bulk FP8 path made the view (:func:`_fp8_all_fine`): the logical names and shapes
+        # as lists, and the stored names with which of them are quantized; the dict and the set are
+        # made from these only if asked for.
+        self._table: StoredShapes | None = None
+        self._bulk: tuple[list[str], list[Stored], list[bool]] | None = None
+
+    @property
+    def logical(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape as the unquantized model stores it (for :func:`compare`)."""
+        if self._logical is None:
+            assert self._table is not None
+            self._logical = dict(zip(self._table.names, self._table.shapes))
+        return self._logical
+
+    @property
+    def shapes(self) -> Mapping[str, tuple[int, ...]]:
+        """:attr:`logical` as :func:`compare` reads it best (the bulk path's lists, with what each name is
+        expected as looked up already)."""
+        return self._table if self._table is not None else self.logical
+
+    @property
+    def quantized(self) -> set[str]:
+        """Stored names belonging to quantized modules (weights and companions)."""
+        if self._quantized is None:
+            assert self._bulk is not None
+            names, _, mask = self._bulk
+            self._quantized = set(compress(names, mask))
+        return self._quantized
+
+    def unquantized(self, tensors: Mapping[str, Stored]) -> list[Stored]:
+        """The headers of ``tensors`` (those the view was made of) that belong to no quantized module."""
+        if self._bulk is not None:
+            _, metas, mask = self._bulk
+            return list(compress(metas, map(not_, mask)))
+        return list(compress(tensors.values(), map(not_, map(self.quantized.__contains__, tensors))))
 
 
 # --- reading quantization_config --------------------------------------------------------------
@@ -436,7 +469,7 @@ def quantized_view(scheme: Scheme, tensors: Mapping[str, Stored],
     Returns:
         The QuantView: ``logical`` for the usual comparison, ``issues`` for the companions.
     """
-    view = QuantView(scheme, states=dict(states or {}))
+    view = QuantView(scheme, states)
     if scheme.method == "mxfp4":
         _mxfp4_view(view, tensors, expected)
         return view
@@ -505,7 +538,8 @@ def _fp8_all_fine(view: QuantView, names: list[str], metas: list[Stored], mask: 
     weight_names = list(map(str.removesuffix, hits, repeat("_scale_inv")))
     if not hits or len(fp8_names) != len(hits):
         return False  # an FP8 tensor without a scale, or a scale beside no FP8 weight
-    if fp8_names != weight_names:  # headers list both sorted by name: then the lists match as they are
+    in_order = fp8_names == weight_names
+    if not in_order:  # headers list both sorted by name: then the lists match as they are
         fp8 = set(fp8_names)
         if len(fp8) != len(hits) or not all(map(fp8.__contains__, weight_names)):
             return False
@@ -513,10 +547,19 @@ def _fp8_all_fine(view: QuantView, names: list[str], metas: list[Stored], mask: 
     if not set(map(_DTYPE, scales)) <= _FLOATS:
         return False
     direct = expected.direct if isinstance(expected, ExpectedShapes) else {}
-    shapes = list(map(_SHAPE, map(direct.get, weight_names, repeat(_UNKNOWN))))
+    # The logical view: every stored tensor but the scales (the FP8 weights among them, each in its
+    # scale's order when the headers list both alike), each looked up once in the expected model,
+    # for the comparison too.
+    kept = list(map(not_, mask))
+    logical_names = list(compress(names, kept))
+    looked_up = list(map(direct.get, logical_names, repeat(NO_TENSOR)))
+    if in_order:
+        shapes = list(map(_SHAPE, compress(looked_up, compress(is_fp8, kept))))
+    else:
+        shapes = list(map(_SHAPE, map(direct.get, weight_names, repeat(NO_TENSOR))))
     at = -1
-    for _ in range(shapes.count(None)):  # names the reference lacks (a trailing MTP layer): as the module path does
-        at = shapes.index(None, at + 1)
+    for _ in range(shapes.count(_NO_SHAPE)):  # names the reference lacks (a trailing MTP layer): as the modules' path
+        at = shapes.index(_NO_SHAPE, at + 1)
         shapes[at] = expected(weight_names[at]) or tuple(tensors[weight_names[at]].shape)
     b0, b1 = scheme.block
     # Each scale against its weight's blocks, worked out once per distinct shape: per shape object
@@ -532,20 +575,15 @@ def _fp8_all_fine(view: QuantView, names: list[str], metas: list[Stored], mask: 
         for shape, scale in set(zip(shapes, map(_SHAPE, scales))):
             if len(shape) != 2 or scale != (-(-shape[0] // b0), -(-shape[1] // b1)):
                 return False
-    kept = list(map(not_, mask))
-    view.logical.update(zip(compress(names, kept), map(_SHAPE, compress(metas, kept))))
-    view.quantized = set(compress(names, map(or_, mask, is_fp8)))
+    view._table = StoredShapes(logical_names, list(map(_SHAPE, compress(metas, kept))), direct, looked_up)
+    view._logical = None
+    view._bulk = (names, metas, list(map(or_, mask, is_fp8)))
+    view._quantized = None
     view.modules = len(hits)
     return True
 
 
-class _Unknown:
-    """What :func:`_fp8_all_fine` reads for a name the expected model lacks."""
-
-    shape = None
-
-
-_UNKNOWN = _Unknown()
+_NO_SHAPE = NO_TENSOR.shape
 
 
 def _fp8_modules_fine(view: QuantView, hits: list[str], tensors: Mapping[str, Stored],
