@@ -622,10 +622,12 @@ def _raw_headers(draw):
             size *= dim
         rows.append([f"t{index}", dtype, shape, [offset, offset + size]])
         offset += size
-    slot = draw(st.sampled_from(["none", "dtype", "dim", "shape", "begin", "end"]))
+    slot = draw(st.sampled_from(["none", "dtype", "dim", "shape", "begin", "end", "offsets"]))
     row = draw(st.sampled_from(rows))
     if slot == "dtype":
-        row[1] = draw(st.sampled_from(["F4", "X", "BOOL"]))
+        row[1] = draw(st.sampled_from(["F4", "X", "BOOL", ["F32"], {"F32": None}, 1, None]))
+    elif slot == "offsets":  # a two-item value that is no pair of ints, or no pair
+        row[3] = draw(st.sampled_from(["01", {"0": 0, "1": 4}, [0, 1, 2], [[0], [4]], [0], None, 7]))
     elif slot == "dim":
         row[2] = [*row[2], draw(st.sampled_from([True, 1.0, 0, -1, 2**64, None, "1"]))]
     elif slot == "shape":
