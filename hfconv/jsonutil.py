@@ -302,7 +302,7 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
             ``too_large`` (more than ``max_containers``), ``syntax``, ``duplicate_key``,
             ``nonfinite`` or ``not_object``.
     """
-    raw: bytes | None = None
+    raw: bytes | None = None  # bytes as given: decoded only for json's parse (orjson reads bytes)
     if isinstance(text, (bytes, bytearray, memoryview)):
         raw = encoded = bytes(text)
         if raw.startswith(_UTF8_BOM):
@@ -338,9 +338,8 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
                 keys_written = None  # a key written twice: the hooked parse names it
             elif not floats:
                 return _checked_top(value, require_object)
-    text = _decoded(raw) if raw is not None else text
-    assert isinstance(text, str)
-    parse = functools.partial(json.loads, text, parse_float=_parse_float,
+    string = text if isinstance(text, str) else _decoded(encoded)
+    parse = functools.partial(json.loads, string, parse_float=_parse_float,
                               parse_constant=_python_constant if allow_nonfinite else _reject_constant)
     try:
         value = parse(object_pairs_hook=None if keys_written is not None else _pairs_no_duplicates)
@@ -364,7 +363,7 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
 
     # Python decodes "\ud800" to a lone surrogate that other parsers refuse and that cannot
     # be written back as UTF-8. Only walk the value when the text holds such an escape.
-    if "\\" in text and SURROGATE_ESCAPE_RE.search(text):  # an escape needs a backslash (found by memchr)
+    if "\\" in string and SURROGATE_ESCAPE_RE.search(string):  # an escape needs a backslash (found by memchr)
         bad = find_surrogate(value)
         if bad is not None:
             raise JsonError(
