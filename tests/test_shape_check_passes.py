@@ -12,11 +12,15 @@ safetensors.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hfconv.checks import shapes
 from hfconv.contents import CheckOptions, FolderContents, read_contents
@@ -24,7 +28,8 @@ from hfconv.discovery import discover
 from hfconv.rules import compare as compare_module
 from hfconv.rules import quantized
 from hfconv.rules.compare import compare
-from hfconv.rules.expected import StoredShapes, expected_tensors
+from hfconv.rules.expected import ExpandedTensors, StoredShapes, TensorRun, _Template, expected_tensors
+from hfconv.rules.expression import ConfigValueError
 from hfconv.rules.quantized import Scheme, expected_shapes, quantized_view, scheme_of
 
 from helpers import copy_quantized
@@ -94,9 +99,11 @@ def _findings(folder: Path) -> list[tuple[str, str, str | None, str | None]]:
 
 def _general(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every bulk path gives up, as at a doubt: the module-by-module view, the name-by-name
-    comparison, the trailing markers looked for in every stored name."""
+    comparison, the layer and expert counts from every name, the trailing markers looked for in
+    every stored name."""
     monkeypatch.setattr(quantized, "_fp8_all_fine", lambda *args: False)
     monkeypatch.setattr(compare_module, "_trailing_only", lambda *args: None)
+    monkeypatch.setattr(ExpandedTensors, "indices", lambda self, pattern: None)
     original = shapes._trailing_held
     monkeypatch.setattr(shapes, "_trailing_held", lambda expected, config, tensors: original(
         dataclasses.replace(expected, trailing_layers=()), config, tensors))
@@ -177,3 +184,83 @@ def test_trailing_markers_found_by_name_as_by_every_name(folders: dict[str, Path
     moved = {("model." + name if name.startswith(MTP) else name): meta for name, meta in tensors.items()}
     assert shapes._trailing_held(expected, config, moved).allowed_extras == \
         shapes._trailing_held(dataclasses.replace(expected, trailing_layers=()), config, moved).allowed_extras
+
+
+def _brute(model: ExpandedTensors, pattern: str) -> set[int]:
+    regex = re.compile(pattern)
+    return {int(m.group(1)) for name in model.index if (m := regex.match(name))}
+
+
+def _model(rules: list[tuple[str, tuple[str, ...], list[Any]]]) -> ExpandedTensors:
+    return ExpandedTensors(TensorRun(_Template(name, placeholders), tuple(ranges), (), (), False)
+                           for name, placeholders, ranges in rules)
+
+
+def test_run_indices_from_templates_as_from_every_name() -> None:
+    """The layer and expert counts read from the rule templates: what a match of every expected name
+    finds, on every table the fixtures' configs expand to and on templates made to mislead (literal
+    digits, placeholders side by side); None where the form does not make it exact."""
+    decided = 0
+    for path in sorted((Path(__file__).parent.parent / "fixtures").glob("**/config.json")):
+        try:
+            model = expected_tensors(json.loads(path.read_text()))
+        except ConfigValueError:
+            continue
+        if model is None or not isinstance(model.tensors, ExpandedTensors):
+            continue
+        for group in model.counts:
+            found = model.tensors.indices(group.pattern)
+            assert found == _brute(model.tensors, group.pattern), (path, group.pattern)
+            decided += 1
+    assert decided > 30
+    tricky = _model([("model.layers.{i}.mlp.experts.{e}.w", ("i", "e"), [(3,), range(12)]),
+                     ("model.layers.{i}.x.{i}.w", ("i",), [range(4)]),  # a placeholder named twice
+                     ("model.blocks.7.layers.{i}.w", ("i",), [range(5)]),  # literal digits
+                     ("model.layers.x{i}.w", ("i",), [range(2)])])
+    patterns = [r"^model\.layers\.(\d+)\.", r"^model\.layers\.\d+\.mlp\.experts\.(\d+)\.", r"^model\.blocks\.(\d+)\.",
+                r"^model\.blocks\.\d+\.layers\.(\d+)\.", r"^model\.layers\.x(\d+)\.",
+                r"^model\.layers\.(\d+)\.x\.\d+\."]
+    for pattern in patterns:
+        assert tricky.indices(pattern) == _brute(tricky, pattern), pattern
+    assert tricky.indices(r"^model\.layers\.1(\d+)\.") is None  # a literal digit in the pattern
+    assert tricky.indices(r"^model\.layers\.(\d+)") is None  # the group not followed by a literal
+    assert tricky.indices(r"^model\.layers\.\d+(\d+)\.") is None  # two digit runs side by side
+    wide = _model([("model.layers.{i}.w", ("i",), [range(12)])])
+    assert wide.indices(r"^model\.layers\.\d+(\d+)\.") is None and _brute(wide, r"^model\.layers\.\d+(\d+)\.") == {0, 1}
+    for misleading in [("model.layers.1{i}.w", ("i",), [range(3)]),  # digits beside a placeholder
+                       ("model.layers.{i}{e}.w", ("i", "e"), [range(2), range(2)])]:  # placeholders side by side
+        assert all(_model([("model.layers.{i}.w", ("i",), [range(2)]), misleading]).indices(p) is None
+                   for p in patterns)
+    plain = _model([("model.layers.{i}.x.{i}.w", ("i",), [range(4)]), ("model.layers.{i}.y", ("i",), [(7,)])])
+    assert plain.indices(r"^model\.layers\.(\d+)\.x\.\d+\.") == _brute(plain, r"^model\.layers\.(\d+)\.x\.\d+\.") == \
+        {0, 1, 2, 3}
+
+
+_SEGMENTS = st.lists(st.sampled_from(["a", "a", "{i}", "{j}", "{i}", "x{i}", "b1", "1", "{i}{j}", "2{j}"]),
+                     min_size=1, max_size=6)
+_AS = {"a": "a", "b1": r"b\d+", "1": r"\d+", "{i}": r"\d+", "{j}": r"\d+", "x{i}": r"x\d+", "{i}{j}": r"\d+",
+       "2{j}": r"\d+"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(_SEGMENTS, st.data(), st.sampled_from([(1,), (0, 5), tuple(range(12))]))
+def test_run_indices_never_differ_from_a_match_of_every_name(segments: list[str], data: st.DataObject,
+                                                            values: tuple[int, ...]) -> None:
+    """Any template of these dotted parts, and a pattern written after it (each part as itself or as
+    digits, one of them changed; the group at one of them; cut short, or with an end anchor): the
+    templates' answer, where they give one, is what a match of every name finds."""
+    name = ".".join(segments)
+    placeholders = tuple(p for p in ("i", "j") if "{" + p + "}" in name)
+    ranges = [values if k == 0 else (2,) for k in range(len(placeholders))]
+    model = _model([(name, placeholders, ranges), ("a.{i}.b1.{j}", ("i", "j"), [range(3), range(2)])])
+    tokens = [_AS[p] for p in segments]
+    changed = data.draw(st.integers(0, 2 * len(tokens)))
+    if changed < len(tokens):
+        tokens[changed] = data.draw(st.sampled_from(["a", "1", r"\d+\d+", r"b1", r"x\d+"]))
+    at = data.draw(st.integers(0, len(tokens) - 1))
+    tokens[at] = r"(\d+)"
+    tokens = tokens[:data.draw(st.integers(at + 1, len(tokens)))]
+    pattern = "^" + r"\.".join(tokens) + data.draw(st.sampled_from(["", "$", r"\.", r"\.", r"\."]))
+    found = model.indices(pattern)
+    if found is not None:
+        assert found == _brute(model, pattern)

@@ -151,14 +151,20 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     # One regex pass per group over the keys, each after a newline: the pattern's ``^`` becomes
     # that newline, a literal the engine searches for (100,000s of names in C), unless a name
     # holds a newline itself.
+    # Where the stored names are the expected ones, every one (as is: no prefix, no legacy part),
+    # a rule table's indices are read from its templates instead (ExpandedTensors.indices).
+    whole = same and len(names) == len(index)
     if not same:
         joined = "\n" + "\n".join(keys)
-    by_line = joined.count("\n") == len(keys)
+    by_line: bool | None = None
     for group in expected.counts:
         regex = re.compile(group.pattern)
-        found = set(map(int, set(re.compile("\n(?:" + group.pattern[1:] + ")").findall(joined)))) \
-            if by_line and regex.groups == 1 and group.pattern.startswith("^") else \
-            set(map(int, map(_GROUP_1, filter(None, map(regex.match, keys)))))
+        found = tensors.indices(group.pattern) if whole and isinstance(tensors, ExpandedTensors) else None
+        if found is None:
+            by_line = joined.count("\n") == len(keys) if by_line is None else by_line
+            found = set(map(int, set(re.compile("\n(?:" + group.pattern[1:] + ")").findall(joined)))) \
+                if by_line and regex.groups == 1 and group.pattern.startswith("^") else \
+                set(map(int, map(_GROUP_1, filter(None, map(regex.match, keys)))))
         for key in unmatched_keys:
             if regex.match(key) is None and (i := _group_index(regex, key, prefix)) is not None:
                 found.add(i)

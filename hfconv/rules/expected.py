@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -388,6 +389,41 @@ class ExpandedTensors(Mapping[str, ExpectedTensor]):
         self._made: dict[str, ExpectedTensor] = {}
         self._order: list[str] | None = None
 
+    def indices(self, pattern: str) -> set[int] | None:
+        """``{int(m.group(1)) for name in self if (m := re.match(pattern, name))}``, worked out once per
+        rule template instead of once per name (100,000s of names in the largest MoE models); None
+        where the pattern or a template is not of the form that makes the two the same.
+
+        That form: the pattern is ``^`` then literal letters, ``_`` and escaped punctuation, and
+        ``\\d+`` runs (one of them the group), each followed by a literal; a template's placeholders
+        each lie between non-digits. Then each ``\\d+`` of a match takes one whole run of digits
+        of the name, whatever its digits, and a placeholder's value is one whole run: whether a
+        name matches, and which run the group takes, is the same for every name of the template.
+        So the template with every placeholder 0 says it: no match, the same literal digits for
+        every name, or the values of one placeholder (its run's range)."""
+        if _digit_run_pattern(pattern) is None:
+            return None
+        regex = re.compile(pattern)
+        found: set[int] = set()
+        taken: dict[int, tuple[str, int] | None] = {}
+        added: set[int] = set()
+        for run in self.runs:
+            key = id(run.template)
+            if key not in taken:
+                taken[key] = _captured(run.template.format, regex)
+            what = taken[key]
+            if what is None:
+                continue
+            kind, value = what
+            if kind == "undecided":
+                return None
+            if kind == "literal":
+                found.add(value)
+            elif id(values := run.ranges[value]) not in added:
+                added.add(id(values))
+                found.update(values)
+        return found
+
     def __getitem__(self, name: str) -> ExpectedTensor:
         tensor = self._made.get(name)
         if tensor is None:
@@ -409,6 +445,64 @@ class ExpandedTensors(Mapping[str, ExpectedTensor]):
                 keys.update(zip(names, run.keys(names)))
             self._order = sorted(self.index, key=keys.__getitem__)
         return iter(self._order)
+
+
+_PATTERN_TOKEN = re.compile(r"\\d\+|\(\\d\+\)|\\[" + re.escape(string.punctuation + " ") + "]|[A-Za-z_]")
+_DIGITS = ("\\d+", "(\\d+)")
+
+
+def _digit_run_pattern(pattern: str) -> list[str] | None:
+    """The tokens of ``pattern`` where it has the form :meth:`ExpandedTensors.indices` reads from
+    templates alone, else None."""
+    if not pattern.startswith("^"):
+        return None
+    tokens: list[str] = []
+    at = 1
+    while at < len(pattern):
+        m = _PATTERN_TOKEN.match(pattern, at)
+        if m is None:
+            return None
+        tokens.append(m.group())
+        at = m.end()
+    if tokens.count("(\\d+)") != 1 or not tokens or tokens[-1] in _DIGITS or \
+            any(a in _DIGITS and b in _DIGITS for a, b in itertools.pairwise(tokens)):
+        return None
+    return tokens
+
+
+def _captured(form: str, regex: re.Pattern[str]) -> tuple[str, int] | None:
+    """What ``regex`` (of :func:`_digit_run_pattern`'s form) captures in every name of a template
+    (its format string, placeholders ``{k}``): None where no name matches, ("literal", n) where
+    each captures the same digits n, ("placeholder", k) where each captures its value of
+    placeholder k; ("undecided", 0) where the template is not of the form that makes this exact."""
+    undecided = ("undecided", 0)
+    try:
+        parts = list(string.Formatter().parse(form))
+    except ValueError:
+        return undecided
+    text = ""
+    fields: list[tuple[int, int]] = []  # (position in the text, placeholder)
+    for literal, name, spec, conversion in parts:
+        text += literal
+        if name is None:
+            continue
+        if spec or conversion or not name.isdigit():
+            return undecided
+        fields.append((len(text), int(name)))
+        text += "0"
+    if "{" in text or "}" in text or any(at > 0 and text[at - 1].isdigit() or text[at + 1:at + 2].isdigit()
+                                         for at, _ in fields):
+        return undecided
+    m = regex.match(text)
+    if m is None:
+        return None
+    start, end = m.span(1)
+    for at, k in fields:
+        if (start, end) == (at, at + 1):
+            return ("placeholder", k)
+        if start <= at < end:
+            return undecided
+    return ("literal", int(m.group(1)))
 
 
 def _natural_part(part: str) -> str:
