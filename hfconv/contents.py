@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .discovery import JSON_FILES, ModelFolder, WeightSet
 from .dtypes import total_nbytes
@@ -45,8 +45,7 @@ def _shard_sort_key(name: str) -> tuple:
     return (0, int(match.group(1)), name) if match else (1, 0, name)
 
 
-@dataclass(frozen=True)
-class CheckOptions:
+class CheckOptions(NamedTuple):
     """What the user asked the checks to do beyond the defaults."""
 
     trust_remote_code: bool = False

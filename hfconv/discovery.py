@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from .fsutil import is_safe_relative_name
 
@@ -55,8 +56,7 @@ _PATH_MAX = 4096
 SKIPPED_DIRS = frozenset({".git", ".cache", "__pycache__"})
 
 
-@dataclass(frozen=True)
-class ShardName:
+class ShardName(NamedTuple):
     """A shard file name parsed into its number and the total it claims."""
 
     name: str
@@ -301,8 +301,7 @@ MAX_SNAPSHOTS = 10_000
 """Snapshot folders one repo's cache entry lists when a revision is a commit prefix."""
 
 
-@dataclass(frozen=True)
-class HubSnapshot:
+class HubSnapshot(NamedTuple):
     """A repo id resolved offline in the local Hub cache."""
 
     repo_id: str

@@ -28,7 +28,7 @@ empty, as git does with a missing one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .fsutil import open_regular
 from .tensors import FormatError
@@ -65,8 +65,7 @@ def read_text(path: str | os.PathLike[str]) -> str:
         return ""
 
 
-@dataclass(frozen=True)
-class Repository:
+class Repository(NamedTuple):
     """The git files that apply to one working tree."""
 
     top: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .findings import Finding, Severity
 
@@ -40,8 +40,7 @@ class Layout:
         }
 
 
-@dataclass(frozen=True)
-class Summary:
+class Summary(NamedTuple):
     tensors: int = 0
     parameters: int = 0
     bytes: int = 0

@@ -51,8 +51,7 @@ class TensorMeta(NamedTuple):
         return True
 
 
-@dataclass(frozen=True)
-class StorageMeta:
+class StorageMeta(NamedTuple):
     """One storage (a flat byte buffer) of a ``.bin`` checkpoint."""
 
     key: str
@@ -72,8 +71,7 @@ class StorageMeta:
         return nbytes(self.dtype, self.numel)
 
 
-@dataclass(frozen=True)
-class ReaderNote:
+class ReaderNote(NamedTuple):
     """A non-fatal remark a reader makes about a file it could read."""
 
     code: str

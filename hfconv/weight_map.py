@@ -7,7 +7,6 @@ import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import lru_cache, partial
 from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple, overload
@@ -35,8 +34,7 @@ class MapTensor(NamedTuple):
         return math.prod(self.shape)
 
 
-@dataclass(frozen=True)
-class MapShard:
+class MapShard(NamedTuple):
     """One weight file: its tensors in file order, or the problem that kept them from being read."""
 
     name: str

@@ -32,6 +32,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
@@ -62,8 +63,7 @@ MARKER = "hfconvMARKER7q"
 SPECIAL_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
-@dataclass(frozen=True)
-class ChatTemplate:
+class ChatTemplate(NamedTuple):
     """One chat template and where it comes from."""
 
     file: str

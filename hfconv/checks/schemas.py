@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
 from ..contents import FolderContents
 from ..findings import Finding, finding, register
@@ -148,8 +147,7 @@ def _loaded_index(contents: FolderContents) -> str | None:
     return loaded.index if loaded is not None and loaded.single is None else None
 
 
-@dataclass(frozen=True)
-class SchemaProblem:
+class SchemaProblem(NamedTuple):
     """One schema violation, already in words."""
 
     path: str

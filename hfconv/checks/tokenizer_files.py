@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 from ..contents import FolderContents
 from ..discovery import ModelFolder
@@ -72,8 +72,7 @@ class TokenizerFileError(Exception):
 
 
 # --- readers -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SentencePieceModel:
+class SentencePieceModel(NamedTuple):
     """What hfconv needs from a SentencePiece model: its pieces and the ids of its special pieces."""
 
     file: str
@@ -325,8 +324,7 @@ def _pegasus_fixed(contents: FolderContents, offset: int) -> dict[str, int]:
     return fixed
 
 
-@dataclass(frozen=True)
-class ShiftedLayout:
+class ShiftedLayout(NamedTuple):
     """How a slow tokenizer class maps a SentencePiece file under its own name to token ids.
 
     fairseq-converted models (XLM-R, mBART, NLLB, ...) pin their own specials to fixed ids and shift
@@ -442,8 +440,7 @@ def slow_vocabulary(contents: FolderContents, sp_models: dict[str, SentencePiece
     return None
 
 
-@dataclass(frozen=True)
-class DeclaredToken:
+class DeclaredToken(NamedTuple):
     """An added token as tokenizer_config.json (added_tokens_decoder) or added_tokens.json declares it."""
 
     file: str
