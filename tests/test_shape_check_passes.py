@@ -28,8 +28,18 @@ from hfconv.discovery import discover
 from hfconv.rules import compare as compare_module
 from hfconv.rules import quantized
 from hfconv.rules.compare import compare
-from hfconv.rules.expected import ExpandedTensors, StoredShapes, TensorRun, _Template, expected_tensors
+from hfconv.rules.expected import (
+    Dim,
+    ExpandedTensors,
+    ExpectedModel,
+    ExpectedTensor,
+    StoredShapes,
+    TensorRun,
+    _Template,
+    expected_tensors,
+)
 from hfconv.rules.expression import ConfigValueError
+from hfconv.rules.families import KNOWN_EXTRAS
 from hfconv.rules.quantized import Scheme, expected_shapes, quantized_view, scheme_of
 
 from helpers import copy_quantized
@@ -264,3 +274,34 @@ def test_run_indices_never_differ_from_a_match_of_every_name(segments: list[str]
     found = model.indices(pattern)
     if found is not None:
         assert found == _brute(model, pattern)
+
+
+_PATTERNS = [p for p, _ in KNOWN_EXTRAS] + [r"ab?c", r"x\.y+z", r"(a|b)c\.d", r"a|bc", r"\Amtp\.x", r"a*bc", r"(ab)?cd",
+                                            r"^(?:model\.)?layers\.(?:61)\.", r"q\d\.rr", r"s.t", r"u\-v_w{2}"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_required_text_is_in_every_match(data: st.DataObject) -> None:
+    """The literal a pattern's every match holds (what lets the trailing layers' names skip a search
+    for a known buffer's pattern): in every text the pattern finds a match in."""
+    pattern = data.draw(st.sampled_from(_PATTERNS))
+    text = data.draw(st.from_regex(pattern))
+    match = re.search(pattern, text)
+    assert match is not None and compare_module._required_text(pattern) in match.group()
+
+
+@pytest.mark.parametrize("stored", [{"model.w": (2,), "model.x.mtp": (1,)}, {"model.w": (2,), "y.mtp": (1,)},
+                                    {"model.w": (2,), "model.z.mtp": (1,)}])
+def test_trailing_names_that_match_with_the_prefix_changed_are_not_ignored(stored: dict[str, tuple[int, ...]],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name in a trailing layer that is an expected one with the base prefix removed or added is
+    matched as the name-by-name comparison matches it, not ignored."""
+    sizes = {"model.w": 2, "x.mtp": 1, "model.y.mtp": 1}
+    tensors = {name: ExpectedTensor(name, (Dim(size),)) for name, size in sizes.items()}
+    model = ExpectedModel(tensors=tensors, family=None, architecture=None, source="transformers test", prefix="model.",
+                          allowed_extras=(r"mtp$",))
+    bulk = compare(model, stored)
+    monkeypatch.setattr(compare_module, "_trailing_only", lambda *args: None)
+    assert bulk == compare(model, stored)
+    assert [name for name, _ in bulk.ignored] == (["model.z.mtp"] if "model.z.mtp" in stored else [])

@@ -7,6 +7,7 @@ buffers) and reports shape mismatches, missing and unexpected tensors and wrong 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import re
@@ -89,10 +90,11 @@ def compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]]) -> C
 
 
 def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
-             any_mismatch: bool = False, looked_up: list[Any] | None = None) -> Comparison:
+             any_mismatch: bool = False, looked_up: list[Any] | None = None, legacy_free: bool = False) -> Comparison:
     """compare(); with ``any_mismatch``, a Comparison of the first shape mismatch alone as soon as
     one is found (all suggest_fix needs of a trial config under which most shapes may differ).
-    ``looked_up``: what each name of ``actual`` is expected as, where the caller looked it up."""
+    ``looked_up``: what each name of ``actual`` is expected as, where the caller looked it up;
+    ``legacy_free``: the caller found no legacy part (LayerNorm.gamma) in any name."""
     prefix = expected.prefix
     tensors = expected.tensors
     # What hot loops read: name -> an object with the expected ``shape`` and ``optional`` (a rule
@@ -127,8 +129,8 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
             return trailing
     # All names joined by newlines, made once: the legacy parts are looked for in it, and the
     # numbered runs counted (below) where every stored name is an expected one.
-    joined = "\n" + "\n".join(names) if not outer and not any(unknown) else ""
-    if joined and _LEGACY_PARTS.search(joined) is None:
+    joined = "\n" + "\n".join(names) if not outer and not any(unknown) and not legacy_free else ""
+    if not outer and not any(unknown) and (legacy_free or _LEGACY_PARTS.search(joined) is None):
         canonical, taken, (direct, bare, prefixed) = None, None, (len(names), 0, 0)
     else:
         canonical, taken, (direct, bare, prefixed) = _match_names(names, index, prefix, outer, strip)
@@ -155,12 +157,13 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     # a rule table's indices are read from its templates instead (ExpandedTensors.indices).
     whole = same and len(names) == len(index)
     if not same:
-        joined = "\n" + "\n".join(keys)
+        joined = ""
     by_line: bool | None = None
     for group in expected.counts:
         regex = re.compile(group.pattern)
         found = tensors.indices(group.pattern) if whole and isinstance(tensors, ExpandedTensors) else None
         if found is None:
+            joined = joined or "\n" + "\n".join(keys)
             by_line = joined.count("\n") == len(keys) if by_line is None else by_line
             found = set(map(int, set(re.compile("\n(?:" + group.pattern[1:] + ")").findall(joined)))) \
                 if by_line and regex.groups == 1 and group.pattern.startswith("^") else \
@@ -237,14 +240,22 @@ def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]
     unknown = list(itertools.compress(names, is_unknown))
     if len(unknown) == len(actual) or _LEGACY_PARTS.search("\n".join(actual)) is not None:
         return None
-    for name in unknown:
-        if not any(rx.search(name) for rx in allowed) or _canonical(name, index, expected.prefix) is not None:
+    # Each in a trailing layer, and none an expected name with the base prefix added or removed
+    # (_canonical, in C: no name has a legacy part, and none is an expected name as it is).
+    prefix = expected.prefix
+    if len(allowed) == 1:
+        if not all(map(allowed[0].search, unknown)):
             return None
+    elif not all(any(rx.search(name) for rx in allowed) for name in unknown):
+        return None
+    if prefix and (any(map(index.__contains__, map(prefix.__add__, unknown))) or
+                   any(map(index.__contains__, map(str.removeprefix, unknown, itertools.repeat(prefix))))):
+        return None
     known = list(map(operator.not_, is_unknown))
     shapes = actual.shapes if isinstance(actual, StoredShapes) else list(actual.values())
     rest = _compare(expected, StoredShapes(list(itertools.compress(names, known)),
                                            list(itertools.compress(shapes, known))),
-                    any_mismatch=any_mismatch, looked_up=list(itertools.compress(wants, known)))
+                    any_mismatch=any_mismatch, looked_up=list(itertools.compress(wants, known)), legacy_free=True)
     if any_mismatch and rest.mismatched:
         return rest
     # Name by name, these would be uncounted, matched by nothing, and then ignored (KNOWN_EXTRAS'
@@ -254,13 +265,53 @@ def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]
     # patterns (anchored by ^ and $ only, no newline) match, multiline, the names joined by newlines
     # wherever they match one of them. The trailing layers' own patterns (a remote model's, with
     # --trust-remote-code) are kept whatever they are.
+    # (A pattern whose text must hold a literal the names do not is not searched.)
     joined = "\n".join(unknown)
-    labels = [(rx, label) for rx, label in labels[:buffers] if re.search(rx.pattern, joined, re.M)] + labels[buffers:]
+    labels = [(rx, label) for rx, label in labels[:buffers]
+              if _required_text(rx.pattern) in joined and re.search(rx.pattern, joined, re.M)] + labels[buffers:]
     ignored = list(rest.ignored)
-    for name in unknown:
-        if not _left_to_count(name, skipped, expected.prefix):
-            ignored.append((name, next(label for rx, label in labels if rx.search(name))))
+    if not skipped and len({label for _, label in labels}) == 1:
+        # One label left, and every name matches one of its patterns (above): each takes it.
+        ignored.extend(zip(unknown, itertools.repeat(labels[0][1])))
+    else:
+        for name in unknown:
+            if not _left_to_count(name, skipped, expected.prefix):
+                ignored.append((name, next(label for rx, label in labels if rx.search(name))))
     return Comparison(rest.mismatched, rest.missing, rest.unexpected, tuple(ignored), rest.counts, rest.matched)
+
+
+@functools.lru_cache(maxsize=64)
+def _required_text(pattern: str) -> str:
+    """The longest literal text every match of ``pattern`` holds ("" where this cannot tell):
+    the escaped punctuation and the letters, digits and ``_`` outside any group, not made optional
+    by a quantifier, of a pattern without alternatives, character classes, counted repeats or
+    ``(?`` constructs (flags among them)."""
+    if "(?" in pattern or "[" in pattern or "{" in pattern:
+        return ""
+    runs, run, depth, at = [""], "", 0, 0
+    while at < len(pattern):
+        c = pattern[at]
+        literal = None
+        if c == "\\":
+            escaped = pattern[at + 1:at + 2]
+            literal = escaped if escaped and not escaped.isalnum() and escaped.isascii() else None
+            at += 2
+        else:
+            if c.isascii() and (c.isalnum() or c == "_"):
+                literal = c
+            elif c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+            elif c == "|" and depth == 0:
+                return ""
+            at += 1
+        if literal is not None and depth == 0 and pattern[at:at + 1] not in ("?", "*", "+"):
+            run += literal
+        else:
+            runs.append(run)
+            run = ""
+    return max([*runs, run], key=len)
 
 
 def _ignored_labels(expected: ExpectedModel) -> list[tuple[re.Pattern, str]]:
