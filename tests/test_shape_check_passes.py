@@ -305,3 +305,24 @@ def test_trailing_names_that_match_with_the_prefix_changed_are_not_ignored(store
     monkeypatch.setattr(compare_module, "_trailing_only", lambda *args: None)
     assert bulk == compare(model, stored)
     assert [name for name, _ in bulk.ignored] == (["model.z.mtp"] if "model.z.mtp" in stored else [])
+
+
+def test_embedding_rows_not_looked_for_without_a_vocabulary() -> None:
+    """Without a tokenizer vocabulary no special token id is checked against the embedding rows, so
+    the rows (a pass over every tensor name: 92,000 in DeepSeek-V3) are not looked for."""
+    from hfconv.checks.tokenizer import _gather
+    from hfconv.checks.tokenizer_embeddings import check_embedding_rows
+
+    contents = _contents(Path(__file__).parent.parent / "fixtures" / "quantized" / FIXTURE)
+
+    class Watched(dict[str, Any]):
+        passes = 0
+
+        def __iter__(self) -> Any:
+            Watched.passes += 1
+            return super().__iter__()
+
+    contents.__dict__["loaded_tensors"] = Watched(contents.loaded_tensors)
+    facts = _gather(contents)
+    assert facts.vocab is None
+    assert list(check_embedding_rows(facts)) == [] and Watched.passes == 0
