@@ -326,3 +326,22 @@ def test_embedding_rows_not_looked_for_without_a_vocabulary() -> None:
     facts = _gather(contents)
     assert facts.vocab is None
     assert list(check_embedding_rows(facts)) == [] and Watched.passes == 0
+
+
+def test_index_names_with_shared_endings_as_each_run_names_them() -> None:
+    """The index's names, made with the varying values' endings shared among runs (the experts of
+    every layer): the names each run makes alone, in the same order, on DeepSeek-V3's table with 256
+    experts and on runs whose endings or ranges differ."""
+    config = json.loads((Path(__file__).parent.parent / "fixtures" / "quantized" / FIXTURE / "config.json").read_text())
+    config.update(num_hidden_layers=4, n_routed_experts=256, first_k_dense_replace=1)
+    model = expected_tensors(config)
+    assert model is not None and isinstance(model.tensors, ExpandedTensors)
+    runs = model.tensors.runs
+    assert list(ExpandedTensors(runs).index) == [name for run in runs for name in run.names()]
+    shared = range(3)
+    both = ("i", "e")
+    mixed = _model([("a.{i}.experts.{e}.w", both, [(0,), shared]), ("a.{i}.experts.{e}.w", both, [(1,), shared]),
+                    ("b.{i}.experts.{e}.w", both, [(0,), range(5)]), ("b.{i}.experts.{e}.v", both, [(0,), shared]),
+                    ("c.{e}.x.{i}", both, [(4,), shared])])
+    assert list(mixed.index) == [name for run in mixed.runs for name in run.names()]
+    assert len(mixed.index) == 3 + 3 + 5 + 3 + 3

@@ -349,7 +349,11 @@ class TensorRun:
     shape: tuple[int, ...]
     optional: bool
 
-    def names(self) -> list[str]:
+    def names(self, endings: dict[tuple[int, str], list[str]] | None = None) -> list[str]:
+        """The names, in the order of the ranges' product. ``endings``: a cache the caller keeps while
+        these runs (and their ranges) live, of the varying value's name endings (``"7" + tail``, see
+        :func:`_endings`): the experts of every layer share them, and each name is then one
+        concatenation made in C."""
         form = self.template.format
         if not self.ranges:
             return [form]
@@ -363,12 +367,23 @@ class TensorRun:
             parts = form.format(*(str(v[0]) if i != k else "{0}" for i, v in enumerate(self.ranges))).split("{0}")
             if len(parts) == 2:
                 head, tail = parts
-                return [head + index + tail for index in map(str, self.ranges[k])]
+                if endings is None:
+                    return [head + index + tail for index in map(str, self.ranges[k])]
+                return list(map(head.__add__, _endings(endings, self.ranges[k], tail)))
         return list(itertools.starmap(form.format, itertools.product(*self.ranges)))
 
     def keys(self, names: list[str]) -> list[str]:
         """The natural-order sort keys of :meth:`names`."""
         return self.template.keys(names, itertools.product(*self.ranges))
+
+
+def _endings(cache: dict[tuple[int, str], list[str]], values: Sequence[int], tail: str) -> list[str]:
+    """``[str(v) + tail for v in values]``, kept in ``cache`` by (id of ``values``, ``tail``): the
+    caller keeps every ``values`` alive while ``cache`` lives, so an id names one sequence."""
+    ends = cache.get((id(values), tail))
+    if ends is None:
+        ends = cache[id(values), tail] = list(map(str.__add__, map(str, values), itertools.repeat(tail)))
+    return ends
 
 
 class ExpandedTensors(Mapping[str, ExpectedTensor]):
@@ -384,8 +399,9 @@ class ExpandedTensors(Mapping[str, ExpectedTensor]):
         self.index: dict[str, TensorRun] = {}
         """Name -> its run (a later rule naming the same tensor wins): what hot loops read, with
         the run's ``shape`` and ``optional``."""
+        endings: dict[tuple[int, str], list[str]] = {}  # the runs hold their ranges while it lives
         for run in self.runs:
-            self.index.update(zip(run.names(), itertools.repeat(run)))
+            self.index.update(zip(run.names(endings), itertools.repeat(run)))
         self._made: dict[str, ExpectedTensor] = {}
         self._order: list[str] | None = None
 
