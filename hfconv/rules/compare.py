@@ -154,8 +154,9 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     # that newline, a literal the engine searches for (100,000s of names in C), unless a name
     # holds a newline itself.
     # Where the stored names are the expected ones, every one (as is: no prefix, no legacy part),
-    # a rule table's indices are read from its templates instead (ExpandedTensors.indices).
-    whole = same and len(names) == len(index)
+    # a rule table's indices are read from its templates instead (ExpandedTensors.indices), where
+    # there are enough names for that to cost less.
+    whole = same and len(names) == len(index) >= _TEMPLATES_FROM
     if not same:
         joined = ""
     by_line: bool | None = None
@@ -327,6 +328,9 @@ def _left_to_count(name: str, skipped: list[tuple[re.Pattern, frozenset[int]]], 
     return any((i := _group_index(rx, name, prefix)) is not None and i in indices for rx, indices in skipped)
 
 
+_TEMPLATES_FROM = 1024
+"""Fewest names whose numbered runs are read from the rule templates rather than the names (about
+0.1 ms a table against 0.25 us a name)."""
 _GROUP_1 = operator.methodcaller("group", 1)
 _SHAPE = operator.attrgetter("shape")
 _NO_TENSOR = NO_TENSOR
