@@ -329,6 +329,22 @@ def test_embedding_rows_not_looked_for_without_a_vocabulary() -> None:
     assert list(check_embedding_rows(facts)) == [] and Watched.passes == 0
 
 
+def test_embedding_rows_looked_for_once_per_folder() -> None:
+    """With a tokenizer, three checks read the embedding rows (vocab_size, special tokens, ids against
+    rows): the pass over every tensor name is made once, and the findings are those of a pass each."""
+    from hfconv.checks import tokenizer_embeddings
+    from hfconv.checks.tokenizer import check_tokenizer
+
+    folder = Path(__file__).parent.parent / "fixtures" / "llama-bin-sharded"
+    looks = []
+    look = tokenizer_embeddings._embedding_rows
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokenizer_embeddings, "_embedding_rows", lambda tensors: looks.append(1) or look(tensors))
+        found = list(check_tokenizer(_contents(folder)))
+    assert len(looks) == 1
+    assert found == list(check_tokenizer(_contents(folder)))
+
+
 def test_index_names_with_shared_endings_as_each_run_names_them() -> None:
     """The index's names, made with the varying values' endings shared among runs (the experts of
     every layer): the names each run makes alone, in the same order, on DeepSeek-V3's table with 256

@@ -6,12 +6,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from ..dtypes import FLOAT_DTYPES
 from ..findings import Finding, finding, register
 from .schemas import known_model_types
 from .tokenizer_files import EMBED_SUFFIXES, TokenizerFacts
+
+if TYPE_CHECKING:
+    from ..tensors import TensorMeta
 
 # --- codes (HFC5xx) ------------------------------------------------------------------------------
 register("HFC502", "error", "vocab_size below tokenizer",
@@ -63,9 +67,15 @@ OUTPUT_SUFFIXES = ("lm_head.weight", "embed_out.weight")
 
 
 def embedding_rows(facts: TokenizerFacts) -> dict[str, int]:
-    """Name -> first dimension of the floating-point vocabulary matrices of the loaded weights."""
+    """Name -> first dimension of the floating-point vocabulary matrices of the loaded weights (looked
+    for once per folder, kept in ``facts``)."""
+    if facts.embedding_rows is None:
+        facts.embedding_rows = _embedding_rows(facts.contents.loaded_tensors)
+    return facts.embedding_rows
+
+
+def _embedding_rows(tensors: Mapping[str, TensorMeta]) -> dict[str, int]:
     rows: dict[str, int] = {}
-    tensors = facts.contents.loaded_tensors
     # The names by suffix in C first: this runs over every tensor (100,000s in the largest folders).
     for name in itertools.compress(tensors, map(str.endswith, tensors, itertools.repeat(_EMBED_ENDINGS))):
         meta = tensors[name]

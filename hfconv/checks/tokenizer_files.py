@@ -279,6 +279,9 @@ class TokenizerFacts:
     """The slow files' vocabulary (tokenizer.model, vocab.txt, vocab.json, ...) beside a tokenizer.json, with
     the declared added tokens; None without tokenizer.json or slow files."""
     """Extra special tokens only special_tokens_map.json names, where only transformers < 4.34 reads it."""
+    embedding_rows: dict[str, int] | None = None
+    """Name -> rows of the loaded weights' vocabulary matrices, once a check has looked for them (a pass
+    over every tensor name: three checks read them; see tokenizer_embeddings.embedding_rows)."""
 
     @property
     def config(self) -> dict | None:
