@@ -12,8 +12,7 @@ import itertools
 import operator
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..gcpause import gc_paused
 from .expected import (
@@ -31,8 +30,7 @@ from .expression import ConfigValueError, ExpressionError, Scope, merge_unique
 from .families import KNOWN_EXTRAS, LEGACY_RENAMES
 
 
-@dataclass(frozen=True)
-class ShapeMismatch:
+class ShapeMismatch(NamedTuple):
     name: str
     """The tensor name as stored in the weights."""
     expected: ExpectedTensor
@@ -45,15 +43,13 @@ class ShapeMismatch:
         return tuple(k for k, (a, d) in enumerate(zip(self.actual, self.expected.dims, strict=True)) if a != d.value)
 
 
-@dataclass(frozen=True)
-class CountMismatch:
+class CountMismatch(NamedTuple):
     group: CountGroup
     found: tuple[int, ...]
     """Sorted indices present in the weights."""
 
 
-@dataclass(frozen=True)
-class Comparison:
+class Comparison(NamedTuple):
     """The differences between an ExpectedModel and the tensors of a folder."""
 
     mismatched: tuple[ShapeMismatch, ...] = ()

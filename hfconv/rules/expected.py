@@ -14,15 +14,14 @@ import re
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..gcpause import gc_paused
 from .expression import ConfigValueError, Scope, as_int, expression_names, merge_unique
 from .families import FAMILIES, PLACEHOLDER, Family, Head, Rule
 
 
-@dataclass(frozen=True)
-class Dim:
+class Dim(NamedTuple):
     """One expected dimension and where it comes from."""
 
     value: int
@@ -54,8 +53,7 @@ class ExpectedTensor:
         return merge_unique(*(d.drivers for d in self.dims))
 
 
-@dataclass(frozen=True)
-class CountGroup:
+class CountGroup(NamedTuple):
     """A numbered run of modules (layers, experts) whose count the config fixes."""
 
     pattern: str

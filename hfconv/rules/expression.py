@@ -21,8 +21,7 @@ import ast
 import functools
 import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 FUNCTIONS = frozenset({"default", "given", "startswith", "member"})
 """Calls a shape expression may make:
@@ -112,8 +111,7 @@ def expression_names(text: str) -> frozenset[str]:
                      and n.id not in FUNCTIONS)
 
 
-@dataclass(frozen=True)
-class Term:
+class Term(NamedTuple):
     """An evaluated (sub)expression and how it came about."""
 
     value: Any

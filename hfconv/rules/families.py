@@ -18,14 +18,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 PLACEHOLDER = re.compile(r"\{([a-z])\}")
 """A placeholder in a name template: ``{i}``."""
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One tensor (or one tensor per layer/expert) of a family."""
 
     name: str

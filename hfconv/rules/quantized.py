@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import compress, filterfalse, repeat
 from operator import attrgetter, eq, not_, or_
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .expected import NO_TENSOR, ExpectedModel, StoredShapes
 
@@ -102,16 +102,14 @@ class Scheme:
     """compressed-tensors groups: dtypes of a quantized weight that needs a weight_scale."""
 
 
-@dataclass(frozen=True)
-class Unchecked:
+class Unchecked(NamedTuple):
     """A quantization_config whose layout hfconv does not check."""
 
     method: str
     reason: str
 
 
-@dataclass(frozen=True)
-class QuantIssue:
+class QuantIssue(NamedTuple):
     """One problem of a quantized tensor: the code, the stored tensor it names, the message."""
 
     code: str
