@@ -691,3 +691,22 @@ def test_totals_are_the_tensors_elements_and_bytes(tmp_path, count):
     assert wf.totals == (sum(t.numel() for t in tensors.values()),
                          sum(t.numel() * t.element_size() for t in tensors.values()))
     assert wf.tensor_nbytes == wf.totals[1]
+
+
+@pytest.mark.parametrize("odd", [2.0, True])
+def test_a_dimension_equal_to_an_int_is_not_taken_for_it(tmp_path, odd):
+    """The bulk path keeps one tuple per distinct shape, and (2.0, 2) equals (2, 2), (True, 2)
+    equals (1, 2): the dimensions' types are checked before, so a float or bool dimension beside an
+    alike int shape is refused as the checked path refuses it, not merged into the int shape."""
+    import hfconv.readers.safetensors_header as reader
+
+    alike = [2, 2] if odd == 2 else [1, 2]
+    size = 4 * alike[0] * alike[1]  # F32: what the odd shape would hold, taken for the int one
+    header = {"a": {"dtype": "F32", "shape": alike, "data_offsets": [0, size]},
+              "b": {"dtype": "F32", "shape": [odd, 2], "data_offsets": [size, 2 * size]}}
+    header.update({f"c{i}": {"dtype": "U8", "shape": [1], "data_offsets": [2 * size + i, 2 * size + i + 1]}
+                   for i in range(60)})  # past the short-header loop's 48 entries
+    raw = json.dumps(header).encode()
+    assert reader._read_fast(raw, 8 + len(raw), 2 * size + 60) is None
+    with pytest.raises(FormatError):
+        read_safetensors(write(tmp_path, build(header, b"\0" * (2 * size + 60))))

@@ -469,14 +469,18 @@ def _read_fast(raw: bytes, base: int, available: int) -> _FastRead | None:
         # Each pass below checks what no other one implies (a pass over 100,000 entries costs
         # 1-2 ms): only a str equals a dtype name (a list or dict raises TypeError here), and an
         # offsets value of two items that is no list of two ints fails the int test or raises.
-        if not set(dtypes) <= _BYTE_SIZES.keys():
+        if not set(dtypes) <= _BYTE_SIZES.keys() or set(map(len, offsets)) != {2}:
             return None
-        if set(map(type, shapes)) != {list} or set(map(len, offsets)) != {2}:
+        # Every dimension an int (of a list: a str's or an object's items are str), checked before the
+        # shapes become one tuple per distinct shape (a model has a few dozen), which would take 1.0
+        # or True for 1; then each distinct shape's rank and least dimension.
+        if not set(map(type, itertools.chain.from_iterable(shapes))) <= {int}:
             return None
-        if max(map(len, shapes)) > 16:
-            return None
-        dims = list(itertools.chain.from_iterable(shapes))
-        if dims and (set(map(type, dims)) != {int} or min(dims) < 1):
+        tuples = list(map(tuple, shapes))
+        distinct_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+        shapes = list(map(distinct_shapes.setdefault, tuples, tuples))
+        del tuples
+        if any(len(shape) > 16 or (shape and min(shape) < 1) for shape in distinct_shapes):
             return None
         begins = [pair[0] for pair in offsets]
         ends = [pair[1] for pair in offsets]
@@ -504,15 +508,11 @@ def _read_fast(raw: bytes, base: int, available: int) -> _FastRead | None:
     except (KeyError, TypeError):  # a field missing, an unhashable dtype, a non-number in min/max
         return None
     # The parsed header goes before the records are built (the peak holds one of them, not both).
-    # Repeated values are one object each, not one per tensor: a dtype string, a shape (a model
-    # has a few dozen distinct ones: 5 MB less for DeepSeek-V3), and in file order each begin is
-    # the previous tensor's end.
+    # Repeated values are one object each, not one per tensor: a dtype string, a shape (5 MB less
+    # for DeepSeek-V3), and in file order each begin is the previous tensor's end.
     names = list(header)
-    del header, entries, offsets, dims
+    del header, entries, offsets
     dtypes = list(map(_DTYPE_NAMES.__getitem__, dtypes))
-    shapes = list(map(tuple, shapes))
-    distinct_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
-    shapes = list(map(distinct_shapes.setdefault, shapes, shapes))
     ends = list(map(base.__add__, ends))
     absolute = zip([base, *ends[:-1]] if in_file_order else map(base.__add__, begins), ends)
     del begins, sizes, numels
