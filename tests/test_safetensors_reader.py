@@ -630,8 +630,8 @@ def _raw_headers(draw):
         row[3] = draw(st.sampled_from(["01", {"0": 0, "1": 4}, [0, 1, 2], [[0], [4]], [0], None, 7]))
     elif slot == "dim":
         row[2] = [*row[2], draw(st.sampled_from([True, 1.0, 0, -1, 2**64, None, "1"]))]
-    elif slot == "shape":
-        row[2] = [1] * 17
+    elif slot == "shape":  # too many dimensions, or no list (an empty str or object has no items)
+        row[2] = draw(st.sampled_from([[1] * 17, "", {}, "12", None, 3, {"0": 1}]))
     elif slot in ("begin", "end"):
         value = row[3][slot == "end"]  # the same number in another type, or another number
         row[3][slot == "end"] = draw(st.sampled_from([float(value), value == 1 if value < 2 else True,
@@ -710,3 +710,14 @@ def test_a_dimension_equal_to_an_int_is_not_taken_for_it(tmp_path, odd):
     assert reader._read_fast(raw, 8 + len(raw), 2 * size + 60) is None
     with pytest.raises(FormatError):
         read_safetensors(write(tmp_path, build(header, b"\0" * (2 * size + 60))))
+
+
+@pytest.mark.parametrize("shape", ["", {}])
+def test_an_empty_non_list_shape_is_no_scalar(tmp_path, shape):
+    """An empty string or object has no items, like a scalar's []: the bulk path (which a header the
+    short-header loop refuses reaches) refuses it as the checked path does (safetensors: "expected a
+    sequence"), not read as shape ()."""
+    header = {"x": {"dtype": "F32", "shape": shape, "data_offsets": [0, 4]}}
+    with pytest.raises(FormatError) as info:
+        read_safetensors(write(tmp_path, build(header, b"\0" * 4)))
+    assert info.value.code == "HFC106"

@@ -471,10 +471,10 @@ def _read_fast(raw: bytes, base: int, available: int) -> _FastRead | None:
         # offsets value of two items that is no list of two ints fails the int test or raises.
         if not set(dtypes) <= _BYTE_SIZES.keys() or set(map(len, offsets)) != {2}:
             return None
-        # Every dimension an int (of a list: a str's or an object's items are str), checked before the
-        # shapes become one tuple per distinct shape (a model has a few dozen), which would take 1.0
-        # or True for 1; then each distinct shape's rank and least dimension.
-        if not set(map(type, itertools.chain.from_iterable(shapes))) <= {int}:
+        # Every shape a list of ints, checked before the shapes become one tuple per distinct shape
+        # (a model has a few dozen), which would take 1.0 or True for 1, and "" or {} for []; then
+        # each distinct shape's rank and least dimension.
+        if set(map(type, shapes)) != {list} or not set(map(type, itertools.chain.from_iterable(shapes))) <= {int}:
             return None
         tuples = list(map(tuple, shapes))
         distinct_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
