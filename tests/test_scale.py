@@ -310,7 +310,7 @@ def test_trailing_layers_compared_in_bulk_as_name_by_name(monkeypatch, change):
     bulk = [original(expected, stored, any_mismatch=flag) for flag in (False, True)]
     if change == "as is":  # the bulk path was taken, and the MTP layer is ignored
         index = expected.tensors.index
-        wants = [index.get(n, compare_module._NO_TENSOR) for n in stored]
+        wants = [index.get(n, compare_module.NO_TENSOR) for n in stored]
         assert compare_module._trailing_only(expected, stored, [n.startswith(mtp) for n in stored], list(stored),
                                              wants, index, False) == bulk[0]
         assert bulk[0].ignored and all(name.startswith(mtp) for name, _ in bulk[0].ignored)

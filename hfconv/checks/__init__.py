@@ -21,7 +21,8 @@ Check = Callable[[FolderContents], Iterable[Finding]]
 # Two checks are imported only for a folder that needs them: their parsers and records are start-up
 # time every other validate would pay. (findings.all_codes imports them for the registry.)
 def check_custom_code(contents: FolderContents) -> Iterable[Finding]:
-    """checks/custom_code.py, for a folder with Python files or an auto_map in a JSON file."""
+    """checks/custom_code.py, for a folder with Python files or an auto_map in a JSON file (a superset of
+    the folders its own check_custom_code looks at: keep the two in step)."""
     if not contents.folder.python_files and not any(isinstance(data, dict) and "auto_map" in data
                                                     for data in contents.json.values()):
         return ()

@@ -559,6 +559,7 @@ def _check_trusted_model(contents: FolderContents) -> Iterator[Finding]:
 # --- the check -----------------------------------------------------------------------------------
 def check_custom_code(contents: FolderContents) -> Iterator[Finding]:
     """auto_map targets exist and define their classes, risky code is named, trusted code is tried."""
+    # (checks/__init__.py imports this module only for a folder this test may pass: keep them in step)
     if not contents.folder.python_files and not auto_map_entries(contents):
         return
     parsed, parse_findings = _parse_all(contents)

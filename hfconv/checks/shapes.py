@@ -18,7 +18,7 @@ import itertools
 import operator
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ..contents import FolderContents
@@ -322,13 +322,19 @@ def _trailing_held(expected: ExpectedModel, config: Mapping[str, Any], tensors: 
         return expected
     # Each pattern's witness looked for first where save_pretrained writes it (model.layers.61.enorm.weight):
     # then no pass over every stored name (100,000s in the largest folders).
-    witnesses = [name for layer in expected.trailing_layers for stem in dict.fromkeys((layer, layer.removeprefix(
-        family.prefix))) for marker in family.trailing_marker if (name := stem + marker) in tensors]
+    witnesses = _usual_markers(expected.trailing_layers, family.prefix, family.trailing_marker, tensors)
     if all(any(re.search(p, name) for name in witnesses) for p in expected.allowed_extras):
         return expected
     marked = list(itertools.compress(tensors, map(str.endswith, tensors, itertools.repeat(family.trailing_marker))))
     kept = tuple(p for p in expected.allowed_extras if any(re.search(p, name) for name in marked))
     return expected if kept == expected.allowed_extras else dataclasses.replace(expected, allowed_extras=kept)
+
+
+def _usual_markers(layers: Iterable[str], prefix: str, markers: tuple[str, ...],
+                   tensors: Mapping[str, Any]) -> list[str]:
+    """The stored names of ``markers`` in each trailing layer, with and without the base prefix."""
+    stems = dict.fromkeys(stem for layer in layers for stem in (layer, layer.removeprefix(prefix)))
+    return [stem + marker for stem in stems for marker in markers if stem + marker in tensors]
 
 
 _QUANT_STATE = ".weight.quant_state.bitsandbytes__"

@@ -117,8 +117,8 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     # What each stored name is expected as, looked up as it is: when every one is found, that is
     # the answer (the common case) and no name is matched one by one.
     wants: list[Any] = looked_up if looked_up is not None else \
-        list(map(index.get, names, itertools.repeat(_NO_TENSOR)))
-    unknown = list(map(operator.is_, wants, itertools.repeat(_NO_TENSOR)))
+        list(map(index.get, names, itertools.repeat(NO_TENSOR)))
+    unknown = list(map(operator.is_, wants, itertools.repeat(NO_TENSOR)))
     if not outer and any(unknown) and expected.allowed_extras:
         trailing = _trailing_only(expected, actual, unknown, names, wants, index, any_mismatch)
         if trailing is not None:
@@ -181,13 +181,13 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     mismatched, unexpected, ignored = [], [], []
     unmatched: list[str] = []
     # In C: each stored shape against its expected tensor's (a stand-in with no shape when none).
-    if not same:  # a stored name -> what its matched expected name is expected as, else _NO_TENSOR
+    if not same:  # a stored name -> what its matched expected name is expected as, else NO_TENSOR
         lookup: Any = index.get  # typed loosely: a stored name without a match looks up None
-        wants = list(map(lookup, map(expected_name_of.get, names), itertools.repeat(_NO_TENSOR)))
+        wants = list(map(lookup, map(expected_name_of.get, names), itertools.repeat(NO_TENSOR)))
     equal = list(map(operator.eq, shapes, map(_SHAPE, wants)))
     matched = equal.count(True)
     for k in itertools.compress(range(len(names)), map(operator.not_, equal)):
-        if wants[k] is _NO_TENSOR:
+        if wants[k] is NO_TENSOR:
             unmatched.append(names[k])
         elif tuple(shapes[k]) != wants[k].shape:
             want_name = names[k] if same else expected_name_of[names[k]]
@@ -291,6 +291,8 @@ def _required_text(pattern: str) -> str:
         literal = None
         if c == "\\":
             escaped = pattern[at + 1:at + 2]
+            if escaped and escaped in "xuU0123456789":  # a character code or a group reference: what
+                return ""                               # follows is no literal of its own
             literal = escaped if escaped and not escaped.isalnum() and escaped.isascii() else None
             at += 2
         else:
@@ -329,7 +331,6 @@ _TEMPLATES_FROM = 1024
 0.1 ms a table against 0.25 us a name)."""
 _GROUP_1 = operator.methodcaller("group", 1)
 _SHAPE = operator.attrgetter("shape")
-_NO_TENSOR = NO_TENSOR
 """compare()'s stand-in for the expected tensor of a stored name that matches none: its shape
 equals no stored shape."""
 
@@ -384,19 +385,19 @@ def _match_each(names: list[str], tensors: Mapping[str, Any], prefix: str, outer
     return canonical, taken, (direct, bare, prefixed)
 
 
-def _outer_prefix(actual: list[str], tensors: Mapping[str, Any], prefix: str,
+def _outer_prefix(names: list[str], tensors: Mapping[str, Any], prefix: str,
                   only: tuple[str, ...] = ()) -> str:
     """The attribute path (``transformer.``) under which most stored names match expected ones,
     when more match with it stripped than as they are; else ``""``. ``only``: the paths to try
     (else the first one or two parts of the stored names)."""
     def matches(strip: str) -> int:
-        return sum(1 for n in actual if n.startswith(strip) and
+        return sum(1 for n in names if n.startswith(strip) and
                    _canonical(n[len(strip):], tensors, prefix) is not None)
 
     candidates: dict[str, int] = {}
     for stem in only:
-        candidates[stem] = sum(1 for name in actual if name.startswith(stem))
-    for name in actual if not only else ():
+        candidates[stem] = sum(1 for name in names if name.startswith(stem))
+    for name in names if not only else ():
         parts = name.split(".")
         for k in (1, 2):
             if len(parts) > k + 1:

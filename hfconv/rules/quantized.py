@@ -117,6 +117,16 @@ class QuantIssue(NamedTuple):
     message: str
 
 
+class _BulkView(NamedTuple):
+    """How the bulk FP8 path (:func:`_fp8_all_fine`) leaves a view: the logical names and shapes as
+    lists, with what each name is expected as; the stored names and headers, and which are quantized."""
+
+    table: StoredShapes
+    names: list[str]
+    metas: list[Stored]
+    quantized: list[bool]
+
+
 class QuantView:
     """The stored tensors seen as the unquantized model would store them."""
 
@@ -129,42 +139,39 @@ class QuantView:
         """Quantized modules found."""
         self.states: dict[str, Mapping[str, Any]] = dict(states or {})
         """bitsandbytes 4-bit quant states by module, where read (see :func:`quantized_view`)."""
-        self._logical: dict[str, tuple[int, ...]] | None = {}
-        self._quantized: set[str] | None = set()
-        # Where the bulk FP8 path made the view (:func:`_fp8_all_fine`): the logical names and shapes
-        # as lists, and the stored names with which of them are quantized; the dict and the set are
-        # made from these only if asked for.
-        self._table: StoredShapes | None = None
-        self._bulk: tuple[list[str], list[Stored], list[bool]] | None = None
+        self._logical: dict[str, tuple[int, ...]] = {}
+        self._quantized: set[str] = set()
+        self._bulk: _BulkView | None = None
+
+    def take_bulk(self, bulk: _BulkView) -> None:
+        """The view as the bulk path made it: :attr:`logical` and :attr:`quantized` (a dict and a set
+        of 100,000s of names) are made from its lists only if asked for."""
+        self._bulk = bulk
 
     @property
     def logical(self) -> dict[str, tuple[int, ...]]:
         """Name -> shape as the unquantized model stores it (for :func:`compare`)."""
-        if self._logical is None:
-            assert self._table is not None
-            self._logical = dict(zip(self._table.names, self._table.shapes))
+        if self._bulk is not None and not self._logical:
+            self._logical = dict(zip(self._bulk.table.names, self._bulk.table.shapes))
         return self._logical
 
     @property
     def shapes(self) -> Mapping[str, tuple[int, ...]]:
         """:attr:`logical` as :func:`compare` reads it best (the bulk path's lists, with what each name is
         expected as looked up already)."""
-        return self._table if self._table is not None else self.logical
+        return self._bulk.table if self._bulk is not None else self.logical
 
     @property
     def quantized(self) -> set[str]:
         """Stored names belonging to quantized modules (weights and companions)."""
-        if self._quantized is None:
-            assert self._bulk is not None
-            names, _, mask = self._bulk
-            self._quantized = set(compress(names, mask))
+        if self._bulk is not None and not self._quantized:
+            self._quantized = set(compress(self._bulk.names, self._bulk.quantized))
         return self._quantized
 
     def unquantized(self, tensors: Mapping[str, Stored]) -> list[Stored]:
         """The headers of ``tensors`` (those the view was made of) that belong to no quantized module."""
         if self._bulk is not None:
-            _, metas, mask = self._bulk
-            return list(compress(metas, map(not_, mask)))
+            return list(compress(self._bulk.metas, map(not_, self._bulk.quantized)))
         return list(compress(tensors.values(), map(not_, map(self.quantized.__contains__, tensors))))
 
 
@@ -573,10 +580,8 @@ def _fp8_all_fine(view: QuantView, names: list[str], metas: list[Stored], mask: 
         for shape, scale in set(zip(shapes, map(_SHAPE, scales))):
             if len(shape) != 2 or scale != (-(-shape[0] // b0), -(-shape[1] // b1)):
                 return False
-    view._table = StoredShapes(logical_names, list(map(_SHAPE, compress(metas, kept))), direct, looked_up)
-    view._logical = None
-    view._bulk = (names, metas, list(map(or_, mask, is_fp8)))
-    view._quantized = None
+    view.take_bulk(_BulkView(StoredShapes(logical_names, list(map(_SHAPE, compress(metas, kept))), direct, looked_up),
+                             names, metas, list(map(or_, mask, is_fp8))))
     view.modules = len(hits)
     return True
 
