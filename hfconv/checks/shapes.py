@@ -27,7 +27,15 @@ from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
 from ..readers.quant_state import read_quant_states
 from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, expected_tensor, suggest_fix
-from ..rules.expected import CapReached, ExpectedModel, architecture_of, expected_tensors, family_of, generic_expected
+from ..rules.expected import (
+    CapReached,
+    ExpectedModel,
+    StoredShapes,
+    architecture_of,
+    expected_tensors,
+    family_of,
+    generic_expected,
+)
 from ..rules.expression import ConfigValueError
 from ..rules.quantized import QuantView, Scheme, SchemeError, Unchecked, expected_shapes, quantized_view, scheme_of
 
@@ -268,8 +276,8 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
                 yield finding(issue.code, issue.message, file=contents.file_of(issue.tensor) or _CONFIG,
                               tensor=issue.tensor or None)
         actual = view.shapes
-    else:
-        actual = contents.loaded_shapes
+    else:  # names and shapes as lists, a dict of them made only where a name is looked up (a mismatch)
+        actual = StoredShapes(list(tensors), list(map(_SHAPE, tensors.values())))
 
     # 3. Compare, and look for one config field that explains every mismatch.
     result = compare(expected, actual)
@@ -546,6 +554,7 @@ _KEPT_IN_FP32 = (".e_score_correction_bias",)
 DeepSeek-V3 and the MoE models built like it): stored F32 as published, not cast at load."""
 _NAME = operator.attrgetter("name")
 _DTYPE = operator.attrgetter("dtype")
+_SHAPE = operator.attrgetter("shape")
 
 
 def _check_dtypes(config: Mapping[str, Any], metas: list[Any]) -> Iterator[Finding]:
