@@ -130,11 +130,6 @@ class FolderContents:
         return _first_wins(files, files)
 
     @cached_property
-    def loaded_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Tensor name -> stored shape, of the weight set loaders pick (what shape checks compare)."""
-        return dict(zip(self.loaded_tensors, map(_SHAPE, self.loaded_tensors.values())))
-
-    @cached_property
     def tensor_files(self) -> dict[str, str]:
         """Tensor name -> the shard of the loaded set holding it."""
         loaded = self._loaded_files()

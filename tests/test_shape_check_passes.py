@@ -149,7 +149,7 @@ def test_bulk_view_and_comparison_agree_with_the_general_ones(folders: dict[str,
     assert config is not None
     scheme = scheme_of(config["quantization_config"])
     assert isinstance(scheme, Scheme)
-    expected, _ = shapes._reference(contents, config)
+    expected, _ = shapes._reference(contents, config, shapes._stored_shapes(contents.loaded_tensors))
     expected = shapes._trailing_held(expected, config, contents.loaded_tensors)
     tensors = dict(contents.loaded_tensors)
     if order == "reversed":
@@ -184,7 +184,7 @@ def test_trailing_markers_found_by_name_as_by_every_name(folders: dict[str, Path
     contents = _contents(folders[label])
     config = contents.config
     assert config is not None
-    expected, _ = shapes._reference(contents, config)
+    expected, _ = shapes._reference(contents, config, shapes._stored_shapes(contents.loaded_tensors))
     assert expected.trailing_layers == ("model.layers.3",)
     tensors = contents.loaded_tensors
     bulk = shapes._trailing_held(expected, config, tensors)

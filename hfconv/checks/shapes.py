@@ -240,8 +240,9 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
         yield from _check_dtypes(config, list(tensors.values()))
 
     # 1. Where the expected tensors come from.
+    stored = _stored_shapes(tensors)
     try:
-        expected, notes = _reference(contents, config)
+        expected, notes = _reference(contents, config, stored)
     except CapReached as exc:  # a cap, on a folder that could fit the config: no verdict
         yield finding("HFC612", f"shape check skipped: config.json {exc.message}; tensor shapes were not checked",
                       file=_CONFIG, tensor=exc.fields[0] if exc.fields else None)
@@ -276,8 +277,8 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
                 yield finding(issue.code, issue.message, file=contents.file_of(issue.tensor) or _CONFIG,
                               tensor=issue.tensor or None)
         actual = view.shapes
-    else:  # names and shapes as lists, a dict of them made only where a name is looked up (a mismatch)
-        actual = StoredShapes(list(tensors), list(map(_SHAPE, tensors.values())))
+    else:
+        actual = stored
 
     # 3. Compare, and look for one config field that explains every mismatch.
     result = compare(expected, actual)
@@ -286,14 +287,16 @@ def check_shapes(contents: FolderContents) -> Iterator[Finding]:
     yield from _render(contents, config, expected, result, fixes, read_all, actual, view)
 
 
-def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[ExpectedModel, list[Finding]]:
-    """The expected model per --reference, with the findings explaining any fallback."""
+def _reference(contents: FolderContents, config: Mapping[str, Any],
+               stored: StoredShapes) -> tuple[ExpectedModel, list[Finding]]:
+    """The expected model per --reference, with the findings explaining any fallback. ``stored``:
+    the loaded tensors' names and shapes."""
     option = contents.options.reference
     family = family_of(config)
     architecture = architecture_of(config)
     known_head = family is not None and family.head_for(architecture) is not None
     notes: list[Finding] = []
-    if option == "auto" and family is None and (generated := _generated(contents, config)) is not None:
+    if option == "auto" and family is None and (generated := _generated(contents, config, stored)) is not None:
         return generated, notes
     if option == "transformers" or (option == "auto" and not known_head):
         from ..rules import transformers_reference as ref
@@ -318,7 +321,13 @@ def _reference(contents: FolderContents, config: Mapping[str, Any]) -> tuple[Exp
         what = f"model_type {model_type!r}" if isinstance(model_type, str) else "a config.json without model_type"
         notes.append(finding("HFC606", f"{what} is not in hfconv's shape-rule table and {why}: only embedding "
                              "sizes and the layer count were checked", file=_CONFIG))
-    return generic_expected(config, contents.loaded_shapes), notes
+    return generic_expected(config, stored), notes
+
+
+def _stored_shapes(tensors: Mapping[str, Any]) -> StoredShapes:
+    """The stored tensors' names and shapes as two lists (what the comparison reads), a dict of them
+    made only where a name is looked up (a mismatch to word)."""
+    return StoredShapes(list(tensors), list(map(_SHAPE, tensors.values())))
 
 
 def _trailing_held(expected: ExpectedModel, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> ExpectedModel:
@@ -370,7 +379,7 @@ def _quant_states(contents: FolderContents, scheme: Scheme) -> dict[str, dict[st
     return states
 
 
-def _generated(contents: FolderContents, config: Mapping[str, Any]) -> ExpectedModel | None:
+def _generated(contents: FolderContents, config: Mapping[str, Any], stored: StoredShapes) -> ExpectedModel | None:
     """The generated table's model (:mod:`hfconv.rules.generated`, no transformers import) where
     one answers for this config. A folder it does not find clean is left to the transformers
     reference where that is installed (whose checkpoint-name handling is the loader's own), so the
@@ -380,8 +389,8 @@ def _generated(contents: FolderContents, config: Mapping[str, Any]) -> ExpectedM
 
     if ref.runs_folder_code(config, contents.options.trust_remote_code):
         return None
-    actual: Mapping[str, tuple[int, ...]] = contents.loaded_shapes
-    expected = generated_expected(config, actual.keys())
+    actual: Mapping[str, tuple[int, ...]] = stored
+    expected = generated_expected(config, stored.keys())
     if expected is None:
         return None
     scheme = _scheme_or_none(config.get("quantization_config"))
