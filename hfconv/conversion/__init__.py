@@ -51,7 +51,7 @@ from ..discovery import discover
 from ..dtypes import DTYPE_ALIASES, DTYPE_CHOICES, canonical_dtype
 from ..errors import OptionError, UsageError
 from ..findings import Finding, finding
-from ..interrupts import uninterrupted
+from ..interrupts import temporary_folder, uninterrupted
 from ..sharding import INDEX_FILE, parse_size
 from ..units import plural
 from ..validation import check_contents
@@ -71,7 +71,6 @@ from .results import ConversionResult, ProgressCallback, ShardInfo, ValidationSu
 from .staging import (
     check_free_space,
     check_paths,
-    discard,
     fsync_dir,
     make_parents,
     make_temp_folder,
@@ -279,45 +278,46 @@ def _convert_into(paths: _Paths, contents: FolderContents, plan: ConversionPlan,
         # the side, while the main thread starts copying (which mostly waits in syscalls).
         threading.Thread(target=_import_numpy, name="hfconv-import", daemon=True).start()
     advance = progress_counter(progress, plan.total_size, 2 if settings.verify else 1)
-    tmp = ""
     manifest_tmp: str | None = None
     roots = tuple(str(r) for r in (contents.folder.root, contents.folder.blob_root) if r is not None)
     try:
-        # Each temporary file is created and recorded for the clean-up below in one uninterrupted
-        # step (hfconv.interrupts): a signal in between would leave it behind.
-        with uninterrupted():
-            tmp = make_temp_folder(paths.parent)
-        # 4. Shards (written and, per shard, verified while still in the page cache).
-        tasks = [ShardTask(shard, os.path.join(tmp, shard.name), settings.verify, settings.digest, settings.fsync,
-                           roots) for shard in plan.shards]
-        outcomes = run_tasks(tasks, settings.jobs, advance)
-        raise_for_outcomes(plan.shards, outcomes)
+        # The temporary folder is created and recorded for its removal in one uninterrupted step
+        # (interrupts.temporary_folder), and so is the manifest beside DST: a signal in between
+        # would leave it behind. Once renamed into place, there is nothing left to remove.
+        with temporary_folder(lambda: make_temp_folder(paths.parent)) as tmp:
+            # 4. Shards (written and, per shard, verified while still in the page cache).
+            tasks = [ShardTask(shard, os.path.join(tmp, shard.name), settings.verify, settings.digest,
+                               settings.fsync, roots) for shard in plan.shards]
+            outcomes = run_tasks(tasks, settings.jobs, advance)
+            raise_for_outcomes(plan.shards, outcomes)
 
-        # 5. Index, non-weight files, config.json.
-        copied = write_other_files(tmp, plan, contents, roots, settings.fsync)
+            # 5. Index, non-weight files, config.json.
+            copied = write_other_files(tmp, plan, contents, roots, settings.fsync)
 
-        # 6. The output must pass validate (any error fails it, unless asked to write it anyway).
-        summary = validate_output(tmp, source_findings, settings.allow_invalid_output) if settings.verify else None
+            # 6. The output must pass validate (any error fails it, unless asked to write it anyway).
+            summary = validate_output(tmp, source_findings, settings.allow_invalid_output) if settings.verify \
+                else None
 
-        # Manifest: inside DST it becomes part of the folder; elsewhere it is written beside
-        # its target now and renamed once DST is in place.
-        if paths.manifest is not None:
+            # Manifest: inside DST it becomes part of the folder; elsewhere it is written beside
+            # its target now and renamed once DST is in place.
+            if paths.manifest is not None:
+                with uninterrupted():
+                    manifest_tmp = stage_manifest(tmp, paths.manifest, paths.manifest_rel, plan, outcomes,
+                                                  settings.fsync)
+
+            # 7. Make it visible: permissions, (with fsync) fsync, rename (old DST away last), and the
+            # manifest beside it: all or nothing, a signal waits for its end (then DST is complete).
             with uninterrupted():
-                manifest_tmp = stage_manifest(tmp, paths.manifest, paths.manifest_rel, plan, outcomes,
-                                              settings.fsync)
-
-        # 7. Make it visible: permissions, (with fsync) fsync, rename (old DST away last), and the
-        # manifest beside it: all or nothing, a signal waits for its end (then DST is complete).
-        with uninterrupted():
-            publish(tmp, paths.dst_abs, settings.force, settings.fsync)
-            if manifest_tmp is not None and paths.manifest is not None:
-                os.replace(manifest_tmp, paths.manifest)
-                manifest_tmp = None
-                if settings.fsync:
-                    fsync_dir(os.path.dirname(paths.manifest))
+                publish(tmp, paths.dst_abs, settings.force, settings.fsync)
+                if manifest_tmp is not None and paths.manifest is not None:
+                    os.replace(manifest_tmp, paths.manifest)
+                    manifest_tmp = None
+                    if settings.fsync:
+                        fsync_dir(os.path.dirname(paths.manifest))
     except BaseException as exc:
-        if tmp:
-            discard(tmp, manifest_tmp)
+        if manifest_tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(manifest_tmp)
         if isinstance(exc, OSError):  # a step without its own wording: still one line, no traceback
             where = os.path.basename(exc.filename) if isinstance(exc.filename, str) else ""
             raise write_failure(exc, f"writing {where}" if where else "writing DST") from None

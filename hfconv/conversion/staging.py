@@ -31,7 +31,7 @@ from .write import copy_source
 
 __all__ = [
     "check_paths", "missing_parents", "make_parents", "remove_parents", "check_free_space", "make_temp_folder",
-    "write_other_files", "publish", "discard", "install", "copy_file", "write_small", "updated_config", "fsync_path",
+    "write_other_files", "publish", "install", "copy_file", "write_small", "updated_config", "fsync_path",
     "fsync_dir", "disk_margin", "existing_ancestor", "size_or_zero", "umask",
 ]
 
@@ -283,11 +283,3 @@ def publish(tmp: str, dst_abs: str, force: bool, durable: bool) -> None:
     install(tmp, dst_abs, force)
     if durable:
         fsync_dir(os.path.dirname(dst_abs))
-
-
-def discard(tmp: str, manifest_tmp: str | None) -> None:
-    """Remove what a failed conversion wrote: the temporary folder and a staged manifest."""
-    shutil.rmtree(tmp, ignore_errors=True)
-    if manifest_tmp is not None:
-        with contextlib.suppress(OSError):
-            os.unlink(manifest_tmp)
