@@ -244,3 +244,25 @@ def walk_interrupts(run: Callable[[int], tuple[bool, BaseException | None]]) -> 
             return at - 1
         assert isinstance(raised, KeyboardInterrupt), f"bytecode {at}: {raised!r} instead of the interrupt"
         at += 1
+
+
+# --- a saved folder's model.safetensors and config.json ------------------------------------------
+
+def stored_state(folder: Path) -> dict[str, Any]:
+    """Every tensor of ``folder``'s model.safetensors, by name (torch tensors)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}
+
+
+def stored_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of ``folder``'s model.safetensors, by name (no tensor read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+
+
+def config_of(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "config.json").read_text())

@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hfconv.rules.compare import compare
 from hfconv.rules.generated import generated_expected
+
+from helpers import config_of, stored_shapes, stored_state
 
 pytestmark = pytest.mark.transformers
 
@@ -73,7 +74,7 @@ def written(transformers, tmp_path_factory) -> Path:
         vision_config={**sizes["vision"], "image_size": 32, "patch_size": 8, "vision_use_head": False},
         mm_tokens_per_image=4, image_token_index=299, boi_token_index=297, eoi_token_index=298,
     )).save_pretrained(root / "gemma3")
-    state = _state(root / "gemma3")
+    state = stored_state(root / "gemma3")
     shutil.copytree(root / "gemma3", root / "gemma3-v4")
     renamed = {name.replace("vision_tower.", "vision_tower.vision_model.", 1): tensor for name, tensor in state.items()}
     save_file(renamed, str(root / "gemma3-v4" / "model.safetensors"), metadata={"format": "pt"})
@@ -84,7 +85,7 @@ def written(transformers, tmp_path_factory) -> Path:
     vision = {**sizes["vision"], "model_type": "clip_vision_model"}
     t.LlavaForConditionalGeneration(t.LlavaConfig(text_config=text, vision_config=vision, image_token_index=100)
                                     ).save_pretrained(root / "llava")
-    state = _state(root / "llava")
+    state = stored_state(root / "llava")
     shutil.copytree(root / "llava", root / "llava-v4")
     renamed = {name.replace("vision_tower.", "vision_tower.vision_model.", 1): tensor for name, tensor in state.items()}
     save_file(renamed, str(root / "llava-v4" / "model.safetensors"), metadata={"format": "pt"})
@@ -100,26 +101,13 @@ def written(transformers, tmp_path_factory) -> Path:
     return root
 
 
-def _state(folder: Path) -> dict:
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}
-
-
-def _shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-
-
-def _config(folder: Path) -> dict:
-    return json.loads((folder / "config.json").read_text())
-
-
 @pytest.mark.parametrize("name", [*SIZES, "siglip", "gemma3", "gemma3-v4", "paligemma", "llava", "llava-v4",
                                   "llava_next"])
 def test_composed_table_matches_every_tensor(written: Path, name: str) -> None:
-    stored = _shapes(written / name)
-    expected = generated_expected(_config(written / name), stored)
-    assert expected is not None and expected.architecture == _config(written / name)["architectures"][0]
+    stored = stored_shapes(written / name)
+    config = config_of(written / name)
+    expected = generated_expected(config, stored)
+    assert expected is not None and expected.architecture == config["architectures"][0]
     result = compare(expected, stored)
     assert result.clean and result.matched == len(stored), result
 
@@ -135,15 +123,14 @@ def test_good_folder_validates_without_the_reference(written: Path, tmp_path: Pa
 def test_broken_copy_is_caught_and_named(written: Path, tmp_path: Path) -> None:
     folder = tmp_path / "clip"
     shutil.copytree(written / "small", folder)
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    state = stored_state(folder)
     state["text_projection.weight"] = state["text_projection.weight"].T.contiguous()  # [32, 24] for [24, 32]
     fc2 = "vision_model.encoder.layers.1.mlp.fc2.weight"
     state[fc2] = state[fc2][:, :40].contiguous()  # [48, 40] for [48, 41]
     for key in [k for k in state if k.startswith("vision_model.encoder.layers.2.")]:
         del state[key]
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    result = compare(generated_expected(_config(folder)), _shapes(folder))
+    result = compare(generated_expected(config_of(folder)), stored_shapes(folder))
     assert sorted(m.name for m in result.mismatched) == ["text_projection.weight",
                                                           "vision_model.encoder.layers.1.mlp.fc2.weight"], result
     [count] = result.counts
@@ -153,7 +140,7 @@ def test_broken_copy_is_caught_and_named(written: Path, tmp_path: Path) -> None:
 
 
 def test_configs_the_parts_do_not_answer_for_are_left_to_the_reference(written: Path) -> None:
-    config = _config(written / "small")
+    config = config_of(written / "small")
     assert generated_expected(config) is not None
     assert generated_expected({**config, "text_config_dict": {"hidden_size": 64}}) is None  # transformers 4's old key
     assert generated_expected({**config, "text_config": {**config["text_config"], "model_type": "bert"}}) is None
@@ -183,7 +170,7 @@ _V4_GENERIC = {
 def test_config_as_transformers_4_wrote_it(written: Path) -> None:
     """openai/clip-vit-base-patch32's config.json layout: every generic field in each nested config,
     ``text_config_dict``/``vision_config_dict`` null, no top-level version: the parts still answer."""
-    config = _config(written / "small")
+    config = config_of(written / "small")
     old = {"_name_or_path": "openai/clip-vit-base-patch32", "architectures": ["CLIPModel"], "model_type": "clip",
            "initializer_factor": 1.0, "logit_scale_init_value": 2.6592, "projection_dim": config["projection_dim"],
            "text_config": {**_V4_GENERIC, **{k: config["text_config"][k] for k in SIZES["small"]["text"]},
@@ -194,32 +181,31 @@ def test_config_as_transformers_4_wrote_it(written: Path) -> None:
            "vision_config_dict": None}
     expected = generated_expected(old)
     assert expected is not None
-    assert compare(expected, _shapes(written / "small")).clean
+    assert compare(expected, stored_shapes(written / "small")).clean
 
 
 def test_broken_siglip_copy_is_caught(written: Path, tmp_path: Path) -> None:
     folder = tmp_path / "siglip"
     shutil.copytree(written / "siglip", folder)
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    state = stored_state(folder)
     head = "vision_model.head.mlp.fc1.weight"
     state[head] = state[head].T.contiguous()  # [48, 41] for [41, 48]
     del state["logit_bias"]
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    result = compare(generated_expected(_config(folder)), _shapes(folder))
+    result = compare(generated_expected(config_of(folder)), stored_shapes(folder))
     assert [m.name for m in result.mismatched] == [head] and list(result.missing) == ["logit_bias"], result
 
 
 def test_broken_gemma3_copy_is_caught_and_named_as_stored(written: Path, tmp_path: Path) -> None:
     folder = tmp_path / "gemma3"
     shutil.copytree(written / "gemma3-v4", folder)
-    state = _state(folder)
+    state = stored_state(folder)
     fc1 = "vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight"
     state[fc1] = state[fc1].T.contiguous()  # [48, 41] for [41, 48]
     del state["multi_modal_projector.mm_soft_emb_norm.weight"]
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    stored = _shapes(folder)
-    result = compare(generated_expected(_config(folder), stored), stored)
+    stored = stored_shapes(folder)
+    result = compare(generated_expected(config_of(folder), stored), stored)
     assert [m.name for m in result.mismatched] == [fc1], result
     assert list(result.missing) == ["multi_modal_projector.mm_soft_emb_norm.weight"], result
 
@@ -227,19 +213,19 @@ def test_broken_gemma3_copy_is_caught_and_named_as_stored(written: Path, tmp_pat
 def test_a_part_named_both_ways_is_left_to_the_reference(written: Path) -> None:
     """Half the vision tower under transformers 4's vision_tower.vision_model., half under 5's
     vision_tower.: no guess at which names are the stray ones."""
-    stored = _shapes(written / "gemma3")
+    stored = stored_shapes(written / "gemma3")
     vision = sorted(name for name in stored if name.startswith("vision_tower."))
     mixed = {(name.replace("vision_tower.", "vision_tower.vision_model.", 1) if name in vision[::2] else name): shape
              for name, shape in stored.items()}
-    assert generated_expected(_config(written / "gemma3"), mixed) is None
-    assert generated_expected(_config(written / "gemma3"), stored) is not None
+    assert generated_expected(config_of(written / "gemma3"), mixed) is None
+    assert generated_expected(config_of(written / "gemma3"), stored) is not None
 
 
 def test_broken_llava_copies_are_caught(written: Path) -> None:
     """The projector's input width follows the feature layers taken; its biases follow
     multimodal_projector_bias; the language model's layers are counted under text_config."""
-    config = _config(written / "llava_next")
-    stored = _shapes(written / "llava_next")
+    config = config_of(written / "llava_next")
+    stored = stored_shapes(written / "llava_next")
     one_layer = {**config, "vision_feature_layer": -2}  # the stored projector takes two: [32, 96]
     result = compare(generated_expected(one_layer, stored), stored)
     [wrong] = result.mismatched

@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 from hfconv.rules.compare import compare
 from hfconv.rules.generated import generated_expected, generated_families
 
+from helpers import config_of, stored_shapes, stored_state
+
 pytestmark = pytest.mark.transformers
 
 NAMED = ("vit", "plbart", "camembert")
@@ -64,15 +66,6 @@ def hfconv_validate(folder: Path, cwd: Path) -> tuple[int, str, dict]:
     return proc.returncode, proc.stdout, state
 
 
-def shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-
-
-def config_of(folder: Path) -> dict:
-    return json.loads((folder / "config.json").read_text())
-
-
 @pytest.mark.parametrize("name", NAMED)
 def test_good_folder_ok_without_transformers(saved: Path, tmp_path: Path, name: str) -> None:
     """validate says OK (exit 0) without importing transformers or torch and without starting the
@@ -89,8 +82,8 @@ def test_generated_table_matches_every_tensor(saved: Path, name: str) -> None:
     """The table expects exactly the tensors save_pretrained wrote, with their shapes."""
     expected = generated_expected(config_of(saved / name))
     assert expected is not None and expected.source.startswith("rules generated from transformers")
-    result = compare(expected, shapes(saved / name))
-    assert result.clean and result.matched == len(shapes(saved / name)), result
+    result = compare(expected, stored_shapes(saved / name))
+    assert result.clean and result.matched == len(stored_shapes(saved / name)), result
 
 
 @pytest.mark.parametrize(("name", "tensor", "change"), [
@@ -105,16 +98,13 @@ def test_broken_copy_is_caught_by_the_table(saved: Path, tmp_path: Path, name: s
 
     folder = tmp_path / name
     shutil.copytree(saved / name, folder)
-    state = {}
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        for key in handle.keys():
-            state[key] = handle.get_tensor(key)
+    state = stored_state(folder)
     state[tensor] = state[tensor].T.contiguous() if change == "transpose" else torch.zeros(
         state[tensor].shape[0] + 1, state[tensor].shape[1])
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     expected = generated_expected(config_of(folder))
     assert expected is not None
-    result = compare(expected, shapes(folder))
+    result = compare(expected, stored_shapes(folder))
     assert [m.name for m in result.mismatched] == [tensor], result
 
 
@@ -123,10 +113,7 @@ def test_broken_copy_fails_validate(saved: Path, tmp_path: Path) -> None:
     folder the table does not find clean is confirmed by the transformers reference)."""
     folder = tmp_path / "vit"
     shutil.copytree(saved / "vit", folder)
-    state = {}
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        for key in handle.keys():
-            state[key] = handle.get_tensor(key)
+    state = stored_state(folder)
     name = "vit.encoder.layer.0.intermediate.dense.weight"
     state[name] = state[name].T.contiguous()
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -232,7 +219,7 @@ def test_a_boolean_that_drops_tensors_is_their_condition(transformers, tmp_path:
         patch_size=8, num_labels=3, qkv_bias=False)).save_pretrained(folder)
     expected = generated_expected(config_of(folder))
     assert expected is not None
-    stored = shapes(folder)
+    stored = stored_shapes(folder)
     assert not any(name.endswith("query.bias") for name in stored)
     assert compare(expected, stored).clean
     with_bias = {**config_of(folder), "qkv_bias": True}

@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hfconv.rules.compare import compare
 from hfconv.rules.generated import generated_expected
+
+from helpers import stored_shapes, stored_state
 
 pytestmark = pytest.mark.transformers
 
@@ -51,22 +52,13 @@ def written(transformers, tmp_path_factory) -> Path:
         patch_size=10)).save_pretrained(root / "vision")
     for part, prefix, buffer in (("text", "text_model.", "embeddings.position_ids"),
                                  ("vision", "vision_model.", "embeddings.position_ids")):
-        state = _state(root / part)
+        state = stored_state(root / part)
         rows = state["embeddings.position_embedding.weight"].shape[0]
         old = {prefix + name: tensor for name, tensor in state.items()}
         old[prefix + buffer] = torch.arange(rows)[None]
         shutil.copytree(root / part, root / f"{part}-v4")
         save_file(old, str(root / f"{part}-v4" / "model.safetensors"), metadata={"format": "pt"})
     return root
-
-
-def _state(folder: Path) -> dict:
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.keys()}
-
-
-def _shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(tensor.shape) for name, tensor in _state(folder).items()}
 
 
 def _validate(folder: Path, cwd: Path) -> tuple[int, str]:
@@ -88,22 +80,23 @@ def test_both_namings_match_every_tensor(written: Path, part: str, prefix: str) 
     config = json.loads((written / part / "config.json").read_text())
     expected = generated_expected(config)
     assert expected is not None and expected.strip_prefixes == (prefix,)
+    tensors = len(stored_shapes(written / part))
     for folder in (written / part, written / f"{part}-v4"):
-        result = compare(expected, _shapes(folder))
+        result = compare(expected, stored_shapes(folder))
         assert not result.mismatched and not result.missing and not result.unexpected, (folder, result)
-        assert result.matched == len(_shapes(written / part)), (folder, result)
+        assert result.matched == tensors, (folder, result)
 
 
 def test_broken_old_named_copy_is_caught_and_named_as_stored(written: Path, tmp_path: Path) -> None:
     folder = tmp_path / "text-v4"
     shutil.copytree(written / "text-v4", folder)
-    state = _state(folder)
+    state = stored_state(folder)
     bad = "text_model.encoder.layers.1.mlp.fc1.weight"
     state[bad] = state[bad].T.contiguous()
     del state["text_model.final_layer_norm.weight"]
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((folder / "config.json").read_text())
-    result = compare(generated_expected(config), _shapes(folder))
+    result = compare(generated_expected(config), stored_shapes(folder))
     assert [m.name for m in result.mismatched] == [bad], result
     assert list(result.missing) == ["text_model.final_layer_norm.weight"], result
     status, out = _validate(folder, tmp_path)
@@ -118,11 +111,11 @@ def test_some_names_under_the_old_prefix_validate(written: Path, tmp_path: Path,
     whose names are mostly new, one under the old prefix, loads in full (transformers 5 says nothing)."""
     folder = tmp_path / part
     shutil.copytree(written / part, folder)
-    state = _state(folder)
+    state = stored_state(folder)
     state[old] = state.pop(old.partition(".")[2])
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((folder / "config.json").read_text())
-    result = compare(generated_expected(config), _shapes(folder))
+    result = compare(generated_expected(config), stored_shapes(folder))
     assert result.clean and result.matched == len(state), result
     if part == "text":  # one CLI run: both parts take the same path
         status, out = _validate(folder, tmp_path)
