@@ -26,7 +26,7 @@ from ..discovery import ADAPTER
 from ..dtypes import CONFIG_DTYPE, FLOAT_DTYPES
 from ..findings import Finding, finding, register
 from ..readers.quant_state import read_quant_states
-from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, expected_tensor, suggest_fix
+from ..rules.compare import Comparison, CountMismatch, ShapeMismatch, compare, suggest_fix
 from ..rules.expected import (
     CapReached,
     ExpectedModel,
@@ -440,9 +440,8 @@ def _render(contents: FolderContents, config: Mapping[str, Any], expected: Expec
             yield finding("HFC604", _count_message(count, config), file=_CONFIG)
     if read_all:  # with a shard unreadable, its tensors are not "missing": the read findings say why
         what = expected.architecture or "the model"
-        for name in result.missing:
-            tensor = expected_tensor(expected, name)
-            shape = f" {_fmt_shape(tensor.shape)}" if tensor is not None else ""
+        for name, key in zip(result.missing, result.missing_expected):
+            shape = f" {_fmt_shape(expected.tensors[key].shape)}"
             yield finding("HFC602", f"{name}{shape} is missing from the weights; {what} as config.json describes "
                           f"it needs it{_tie_hint(name, config)}", tensor=name)
     for name in result.unexpected:

@@ -60,6 +60,8 @@ class Comparison(NamedTuple):
     """(tensor, label) for known buffers and leftovers loaders ignore."""
     counts: tuple[CountMismatch, ...] = ()
     matched: int = 0
+    missing_expected: tuple[str, ...] = ()
+    """The expected model's own names of ``missing``, in the same order."""
 
     @property
     def clean(self) -> bool:
@@ -220,7 +222,7 @@ def _compare(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], *,
     if expected.source == "rules":  # rule tables expand rule by rule: report in natural order
         missing.sort(key=lambda pair: natural_key(pair[0]))
     return Comparison(tuple(mismatched), tuple(name for _, name in missing), tuple(unexpected), tuple(ignored),
-                      tuple(count_mismatches), matched)
+                      tuple(count_mismatches), matched, tuple(original for original, _ in missing))
 
 
 def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]], is_unknown: list[bool],
@@ -274,7 +276,7 @@ def _trailing_only(expected: ExpectedModel, actual: Mapping[str, tuple[int, ...]
         for name in unknown:
             if not _left_to_count(name, skipped, expected.prefix):
                 ignored.append((name, next(label for rx, label in labels if rx.search(name))))
-    return Comparison(rest.mismatched, rest.missing, rest.unexpected, tuple(ignored), rest.counts, rest.matched)
+    return rest._replace(ignored=tuple(ignored))
 
 
 @functools.lru_cache(maxsize=64)
@@ -421,16 +423,6 @@ def legacy_name(name: str) -> str:
         if old in name:
             name = name.replace(old, new)
     return name
-
-
-def expected_tensor(expected: ExpectedModel, name: str) -> Any | None:
-    """The expected tensor that ``name``, as a folder writes it (with or without the base-model
-    prefix, under a prefix the loader strips, with legacy parts), stands for; None when none."""
-    for stem in ("", *expected.strip_prefixes):
-        key = _canonical(name[len(stem):], expected.tensors, expected.prefix) if name.startswith(stem) else None
-        if key is not None:
-            return expected.tensors[key]
-    return None
 
 
 def _canonical(name: str, tensors: Mapping[str, Any], prefix: str) -> str | None:
