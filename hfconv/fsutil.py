@@ -107,7 +107,7 @@ def _open_beneath(base: str, parts: list[str]) -> io.BufferedReader:
             except OSError as exc:
                 raise FormatError("HFC008", _walk_error(exc, part)) from None
             # Swapped before the close: an interrupt in between may leak a descriptor, never
-            # make the clean-up below close one twice (see _open_owned).
+            # make the clean-up below close one twice (see _open_regular_fd).
             outer, directory = directory, inner
             os.close(outer)
         flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC

@@ -22,7 +22,7 @@ from hfconv.fsutil import open_inside, open_regular
 
 from helpers import interrupt_at, walk_interrupts
 
-_TRACED = {os.path.normcase(fsutil.__file__), os.path.normcase(os.__file__), "<frozen os>"}  # os.fdopen
+_TRACED = {os.path.normcase(fsutil.__file__), os.path.normcase(os.__file__), "<frozen os>"}  # os.open, open()
 
 
 def _in_traced_files(frame: FrameType) -> bool:
