@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -270,24 +270,21 @@ def _composed_expected(config: Mapping[str, Any], model_type: str, architecture:
     its nested config, its names, fields and counts under the part's prefix and config key; None
     where one part's table does not answer or a value is unusable (the caller falls back)."""
     parts, joints, defaults = COMPOSED[(model_type, architecture)]
-    given = {f.lstrip("#") for joint in joints for dim in joint.dims for f in dim.split(" * ") if "." not in f} | \
-        {joint.when for joint in joints if joint.when}
     if any(key.endswith("_config_dict") and value is not None for key, value in config.items()):
         return None  # transformers 4's older spelling of the parts' configs: left to the reference
     tensors: dict[str, ExpectedTensor] = {}
     counts: list[CountGroup] = []
     extras: list[str] = []
-    sizes: dict[str, Any] = {key: config.get(key) if config.get(key) is not None else defaults.get(key)
-                             for key in given if not key.isdigit()}
+    part_defaults: dict[str, Mapping[str, Any]] = {}  # config key -> the defaults its part's table fills sizes from
     for part in parts:
         key, prefix = part.config_key, part.prefix
         # (A part's config left out takes the whole model's defaults, which may not be the part
         # class's: Gemma 3's vision tower. Left to the reference.)
         nested = config.get(key)
         found = _part_model(nested, part) if isinstance(nested, dict) else None
-        if found is None or not isinstance(nested, dict):
+        if found is None:
             return None
-        model, part_defaults = found
+        model, part_defaults[key] = found
         for inner in model.strip_prefixes:  # the part named as transformers 4 wrote it, or as 5 does
             old = sum(1 for name in stored if name.startswith(prefix + inner))
             if old and old != sum(1 for name in stored if name.startswith(prefix)):
@@ -300,15 +297,25 @@ def _composed_expected(config: Mapping[str, Any], model_type: str, architecture:
         counts += [CountGroup("^" + re.escape(prefix) + group.pattern.removeprefix("^"), prefix + group.display,
                               group.expected, f"{key}.{group.field}", group.noun) for group in model.counts]
         extras += [rx if not rx.startswith("^") else "^" + re.escape(prefix) + rx[1:] for rx in model.allowed_extras]
-        for short in {f[len(key) + 1:] for joint in joints for dim in joint.dims for f in dim.split(" * ")
-                      if f.startswith(key + ".")}:
-            sizes[f"{key}.{short}"] = nested.get(short) if nested.get(short) is not None else part_defaults.get(short)
+
+    def size(field: str) -> Any:
+        """A joining tensor's field: a part's (``text_config.hidden_size``: its nested config, else its
+        table's default) or the whole config's (else the composition's default)."""
+        key, dot, short = field.partition(".")
+        if dot:
+            if key not in part_defaults:
+                return None
+            value, default = config[key].get(short), part_defaults[key].get(short)
+        else:
+            value, default = config.get(field), defaults.get(field)
+        return value if value is not None else default
+
     for joint in joints:
-        if joint.when and sizes.get(joint.when) is not True:
-            if sizes.get(joint.when) is not False:
+        if joint.when and size(joint.when) is not True:
+            if size(joint.when) is not False:
                 return None  # not a boolean: left to the reference
             continue
-        joint_dims = [d for d in (_joint_dim(spec, sizes) for spec in joint.dims) if d is not None]
+        joint_dims = [d for d in (_joint_dim(spec, size) for spec in joint.dims) if d is not None]
         if len(joint_dims) != len(joint.dims):
             return None
         tensors[joint.name] = ExpectedTensor(joint.name, tuple(joint_dims))
@@ -349,13 +356,13 @@ def _part_model(nested: Mapping[str, Any], part: Part) -> tuple[ExpectedModel, M
     return (model, entry.get("defaults", {})) if model is not None and model.complete else None
 
 
-def _joint_dim(spec: str, sizes: Mapping[str, Any]) -> Dim | None:
+def _joint_dim(spec: str, size: Callable[[str], Any]) -> Dim | None:
     """One dimension of a joining tensor (see :class:`Joint`), or None where a value is unusable."""
     if spec.isdigit():
         return Dim(int(spec))
     value, drivers, terms = 1, [], []
     for factor in spec.split(" * "):
-        entries = sizes.get(factor.lstrip("#"))
+        entries = size(factor.lstrip("#"))
         number = (len(entries) if isinstance(entries, list) else 1 if type(entries) is int else None) \
             if factor.startswith("#") else entries
         if type(number) is not int or number <= 0:
