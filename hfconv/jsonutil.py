@@ -302,10 +302,12 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
             ``too_large`` (more than ``max_containers``), ``syntax``, ``duplicate_key``,
             ``nonfinite`` or ``not_object``.
     """
-    raw: bytes | None = None  # bytes as given: decoded only for json's parse (orjson reads bytes)
+    # The text as UTF-8 bytes (as given, or encoded), which the scans and orjson read; bytes given
+    # are decoded only for json's parse.
+    given_bytes = not isinstance(text, str)
     if isinstance(text, (bytes, bytearray, memoryview)):
-        raw = encoded = bytes(text)
-        if raw.startswith(_UTF8_BOM):
+        encoded = bytes(text)
+        if encoded.startswith(_UTF8_BOM):
             raise JsonError("encoding", "text starts with a UTF-8 byte order mark, which JSON forbids")
     else:
         if text.startswith("\ufeff"):
@@ -313,8 +315,8 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
         encoded = text.encode("utf-8", "surrogatepass")
 
     depth, containers = measure_nesting(encoded, max_depth, max_containers)
-    if raw is not None and (depth > max_depth or containers > max_containers):
-        _decoded(raw)  # bad UTF-8 is named first, as for every other text
+    if given_bytes and (depth > max_depth or containers > max_containers):
+        _decoded(encoded)  # bad UTF-8 is named first, as for every other text
     if depth > max_depth:
         raise JsonError("too_deep", f"nesting depth {depth} exceeds the limit of {max_depth}")
     if containers > max_containers:
@@ -329,9 +331,9 @@ def loads_strict(text: str | bytes, *, max_depth: int = 64, require_object: bool
     # (tokenizer.json: the ":" token, chat templates). When they may match, a bulk parse comes
     # first, taken where it reads as json would.
     keys_written = None
-    if raw is not None and (colons := raw.count(b":")) == raw.count(b'":'):
+    if given_bytes and (colons := encoded.count(b":")) == encoded.count(b'":'):
         keys_written = colons
-        bulk = _bulk_parse(raw)
+        bulk = _bulk_parse(encoded)
         if bulk is not None:
             value, keys, floats = bulk
             if keys != keys_written:
