@@ -184,26 +184,27 @@ def test_config_as_transformers_4_wrote_it(written: Path) -> None:
     assert compare(expected, stored_shapes(written / "small")).clean
 
 
-def test_broken_siglip_copy_is_caught(written: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "siglip"
-    shutil.copytree(written / "siglip", folder)
+def _transposed_and_deleted(source: Path, folder: Path, transposed: str, deleted: str) -> Path:
+    """A copy of ``source`` with one tensor stored transposed and another left out."""
+    shutil.copytree(source, folder)
     state = stored_state(folder)
-    head = "vision_model.head.mlp.fc1.weight"
-    state[head] = state[head].T.contiguous()  # [48, 41] for [41, 48]
-    del state["logit_bias"]
+    state[transposed] = state[transposed].T.contiguous()
+    del state[deleted]
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_broken_siglip_copy_is_caught(written: Path, tmp_path: Path) -> None:
+    head = "vision_model.head.mlp.fc1.weight"  # [48, 41] for [41, 48]
+    folder = _transposed_and_deleted(written / "siglip", tmp_path / "siglip", head, "logit_bias")
     result = compare(generated_expected(config_of(folder)), stored_shapes(folder))
     assert [m.name for m in result.mismatched] == [head] and list(result.missing) == ["logit_bias"], result
 
 
 def test_broken_gemma3_copy_is_caught_and_named_as_stored(written: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "gemma3"
-    shutil.copytree(written / "gemma3-v4", folder)
-    state = stored_state(folder)
-    fc1 = "vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight"
-    state[fc1] = state[fc1].T.contiguous()  # [48, 41] for [41, 48]
-    del state["multi_modal_projector.mm_soft_emb_norm.weight"]
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    fc1 = "vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight"  # [48, 41] for [41, 48]
+    folder = _transposed_and_deleted(written / "gemma3-v4", tmp_path / "gemma3", fc1,
+                                     "multi_modal_projector.mm_soft_emb_norm.weight")
     stored = stored_shapes(folder)
     result = compare(generated_expected(config_of(folder), stored), stored)
     assert [m.name for m in result.mismatched] == [fc1], result
